@@ -1,0 +1,52 @@
+# Two commands do everything on a fresh machine: `make serve` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+GRPC_PORT ?= 50051
+METRICS_PORT ?= 9464
+
+.PHONY: venv serve test protos protos-check lint bench bench-engine bench-serve bench-load deploy-check soak clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[server,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install camserve with the server and dev extras
+
+serve: venv  ## serve the bundled demo model on gRPC :50051, metrics on :9464
+	$(BIN)/camserve serve --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+test: venv  ## the whole suite (what CI runs)
+	$(BIN)/python -m pytest
+
+protos: venv  ## regenerate client/camserve_client/_proto from protos/
+	$(BIN)/python protos/generate.py
+
+protos-check: venv
+	$(BIN)/python protos/generate.py --check
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: bench-engine bench-serve bench-load  ## every benchmark the README quotes
+
+bench-engine: venv
+	$(BIN)/python -m bench.engine
+
+bench-serve: venv
+	$(BIN)/python -m bench.serve
+
+bench-load: venv
+	$(BIN)/python -m bench.load
+
+deploy-check: venv  ## render and validate deploy/ offline
+	$(BIN)/python -m deploy.check
+
+soak: venv  ## the long reliability run (not part of make test)
+	CAMSERVE_SOAK=1 $(BIN)/python -m pytest tests/reliability -x
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
