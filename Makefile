@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 GRPC_PORT ?= 50051
 METRICS_PORT ?= 9464
 
-.PHONY: venv serve test protos protos-check lint bench bench-engine bench-serve bench-load deploy-check soak clean
+.PHONY: system-deps venv serve test protos protos-check lint bench bench-engine bench-serve bench-load deploy-check soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,17 @@ venv: $(STAMP)  ## create .venv and install camserve with the server and dev ext
 serve: venv  ## serve the bundled demo model on gRPC :50051, metrics on :9464
 	$(BIN)/camserve serve --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: venv  ## the whole suite (what CI runs)
+test: venv system-deps  ## the whole suite (what CI runs)
 	$(BIN)/python -m pytest
+
+# Debian's prometheus (and promtool) for the scrape and alert-rule tests; best effort: without root
+# or apt those tests skip and say why.
+system-deps:
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus >/dev/null 2>&1; }; }; } || \
+	  echo "note: prometheus could not be installed; the Prometheus scrape test will skip"
 
 protos: venv  ## regenerate client/camserve_client/_proto from protos/
 	$(BIN)/python protos/generate.py
