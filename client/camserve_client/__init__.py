@@ -1,3 +1,49 @@
 """camserve client: talk to a camserve server with only grpcio, protobuf and numpy."""
 
 __version__ = "0.1.0"
+
+from camserve_client.client import AsyncClient, Client, RetryPolicy, TLSConfig
+from camserve_client.errors import (
+    CamserveError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from camserve_client.types import (
+    METHODS,
+    ExplainResult,
+    Explanation,
+    LayerInfo,
+    ModelInfo,
+    OutputOptions,
+    Prediction,
+    Timing,
+)
+
+__all__ = [
+    "METHODS",
+    "AsyncClient",
+    "CamserveError",
+    "Client",
+    "DeadlineExceeded",
+    "ExplainResult",
+    "Explanation",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "LayerInfo",
+    "ModelInfo",
+    "NotFound",
+    "OutputOptions",
+    "Prediction",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "TLSConfig",
+    "Timing",
+    "Unauthenticated",
+    "Unavailable",
+    "__version__",
+]

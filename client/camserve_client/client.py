@@ -1,0 +1,435 @@
+"""Sync and asyncio clients for camserve.
+
+Both share request building, channel setup and the retry policy; only the transport differs.
+Retries follow the gRPC retry design (exponential back-off, full jitter) but live here rather than
+in a service config so that they apply to every call, are bounded by the call's own deadline, and
+can skip RESOURCE_EXHAUSTED answers caused by message size (retrying those cannot help).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from camserve_client import __version__, _health
+from camserve_client._proto import explain_pb2 as pb
+from camserve_client._proto import explain_pb2_grpc as pb_grpc
+from camserve_client.errors import (
+    CamserveError,
+    DeadlineExceeded,
+    InvalidArgument,
+    error_from_code,
+    error_from_rpc,
+)
+from camserve_client.types import (
+    ExplainResult,
+    ImageLike,
+    ModelInfo,
+    OutputLike,
+    build_request,
+    parse_model_info,
+    parse_response,
+    per_image,
+)
+
+MiB = 1024 * 1024
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# RESOURCE_EXHAUSTED caused by a message size limit is permanent: do not retry it.
+_SIZE_MARKERS = ("larger than max", "message too large", "message size", "too large")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential back-off and full jitter.
+
+    Attempt n (0-based) sleeps uniform(0, min(max_backoff_s, initial_backoff_s * multiplier**n)).
+    Only codes in `retry_on` are retried, never past the call's deadline.
+    """
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    retry_on: frozenset[grpc.StatusCode] = field(default=_RETRYABLE)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
+            raise ValueError("back-off must be >= 0 and multiplier >= 1")
+
+    @classmethod
+    def coerce(cls, retries: int | RetryPolicy | None) -> RetryPolicy:
+        """An int is the number of retries after the first attempt; None or 0 means none."""
+        if isinstance(retries, RetryPolicy):
+            return retries
+        return cls(max_attempts=1 + max(0, int(retries or 0)))
+
+    def should_retry(self, err: CamserveError) -> bool:
+        if err.code not in self.retry_on:
+            return False
+        if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return not any(m in err.details.lower() for m in _SIZE_MARKERS)
+        return True
+
+    def backoff(self, retry_number: int, rng: random.Random) -> float:
+        cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** retry_number)
+        return rng.uniform(0.0, cap)
+
+
+def _read_pem(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    text = str(value)
+    if text.lstrip().startswith("-----BEGIN"):
+        return text.encode()
+    try:
+        return Path(text).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read TLS file {text}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS settings. Each PEM is a path, PEM text or bytes.
+
+    root_certificates: the CA that signed the server (None = system roots).
+    certificate_chain + private_key: this client's certificate for mutual TLS.
+    server_name: the name to verify in the server certificate when the target is an address.
+    """
+
+    root_certificates: bytes | str | Path | None = None
+    certificate_chain: bytes | str | Path | None = None
+    private_key: bytes | str | Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        chain, key = _read_pem(self.certificate_chain), _read_pem(self.private_key)
+        if (chain is None) != (key is None):
+            raise ValueError("mutual TLS needs both certificate_chain and private_key")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_pem(self.root_certificates), private_key=key, certificate_chain=chain)
+
+
+def _split_host_port(address: str) -> tuple[str, str]:
+    if address.startswith("["):
+        host, _, port = address[1:].partition("]:")
+        return host, port
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"target {address!r} must be host:port")
+    return host, port
+
+
+def resolve_targets(target: str | Sequence[str]) -> tuple[str, bool]:
+    """Return (gRPC target string, use round_robin).
+
+    A list (or a comma-separated string) of host:port becomes one `ipv4:` / `ipv6:` target that
+    gRPC balances over; a `dns:///name` target is balanced over its A/AAAA records.
+    """
+    if isinstance(target, str):
+        if "," not in target or ":///" in target or target.startswith(("ipv4:", "ipv6:")):
+            return target, target.startswith(("dns:", "ipv4:", "ipv6:"))
+        target = [t.strip() for t in target.split(",") if t.strip()]
+    items = list(target)
+    if not items:
+        raise ValueError("no target given")
+    if len(items) == 1:
+        return resolve_targets(items[0])
+    v4: list[str] = []
+    v6: list[str] = []
+    for item in items:
+        host, port = _split_host_port(item)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise ValueError(f"cannot resolve {host!r}: {exc}") from None
+            infos.sort(key=lambda info: info[0] != socket.AF_INET)  # prefer IPv4
+            ip = ipaddress.ip_address(infos[0][4][0])
+        (v4 if ip.version == 4 else v6).append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
+    if v4 and v6:
+        raise ValueError("a target list must be all IPv4 or all IPv6; use a dns:/// name for mixed")
+    return ("ipv4:" + ",".join(v4)) if v4 else ("ipv6:" + ",".join(v6)), True
+
+
+class _ClientBase:
+    """Configuration and request building shared by Client and AsyncClient."""
+
+    def __init__(self, target: str | Sequence[str] = "localhost:50051", *, model: str | None = None,
+                 timeout: float | None = 30.0, retries: int | RetryPolicy | None = 3,
+                 tls: bool | TLSConfig | None = None, token: str | None = None,
+                 max_send_message_mb: float = 64, max_receive_message_mb: float = 64,
+                 load_balancing: str | None = None, options: Sequence[tuple[str, Any]] = (),
+                 metadata: Sequence[tuple[str, str]] = (), interceptors: Sequence[Any] = (),
+                 seed: int | None = None) -> None:
+        self.target, balanced = resolve_targets(target)
+        self.model = model
+        self.timeout = timeout
+        self.retry = RetryPolicy.coerce(retries)
+        self._rng = random.Random(seed)
+        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
+        if token:
+            self._metadata += (("authorization", f"Bearer {token}"),)
+        opts: dict[str, Any] = {
+            "grpc.max_send_message_length": int(max_send_message_mb * MiB),
+            "grpc.max_receive_message_length": int(max_receive_message_mb * MiB),
+            "grpc.primary_user_agent": f"camserve-client/{__version__}",
+            # Reconnect quickly after a server restart; the default caps at 120 s.
+            "grpc.initial_reconnect_backoff_ms": 200,
+            "grpc.min_reconnect_backoff_ms": 200,
+            "grpc.max_reconnect_backoff_ms": 2000,
+        }
+        policy = load_balancing or ("round_robin" if balanced else None)
+        if policy:
+            opts["grpc.lb_policy_name"] = policy
+            opts["grpc.service_config"] = json.dumps({"loadBalancingConfig": [{policy: {}}]})
+        if isinstance(tls, TLSConfig) and tls.server_name:
+            opts["grpc.ssl_target_name_override"] = tls.server_name
+        opts.update(dict(options))
+        self._options = list(opts.items())
+        self._credentials: grpc.ChannelCredentials | None = None
+        if tls:
+            self._credentials = (tls if isinstance(tls, TLSConfig) else TLSConfig()).credentials()
+        self._interceptors = list(interceptors)
+
+    # -- request building ------------------------------------------------------------------
+    def _request(self, image: ImageLike | pb.Image, model: str | None, **kw: Any) -> pb.ExplainRequest:
+        if kw.get("request_id") is None:
+            kw["request_id"] = uuid.uuid4().hex
+        try:
+            return build_request(image, model=model or self.model, **kw)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), attempts=0) from None
+
+    def _batch_request(self, images: Sequence[ImageLike], model: str | None, method: Any,
+                       class_index: Any, top_k: int, target_layer: str | None, output: Any,
+                       request_ids: Sequence[str] | None, model_version: int) -> pb.ExplainBatchRequest:
+        images = list(images)
+        if not images:
+            raise InvalidArgument("explain_batch needs at least one image", attempts=0)
+        classes = per_image(class_index, len(images), "class_index")
+        ids = per_image(list(request_ids) if request_ids is not None else None, len(images), "request_ids")
+        reqs = []
+        for i, (img, cls, rid) in enumerate(zip(images, classes, ids, strict=True)):
+            try:
+                reqs.append(self._request(img, model, method=method, class_index=cls, top_k=top_k,
+                                          target_layer=target_layer, output=output, request_id=rid,
+                                          model_version=model_version))
+            except (InvalidArgument, FileNotFoundError, TypeError) as exc:
+                msg = exc.details if isinstance(exc, CamserveError) else str(exc)
+                raise type(exc)(f"image {i}: {msg}") from None
+        return pb.ExplainBatchRequest(requests=reqs)
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        timeout = self.timeout if timeout is None else timeout
+        return None if timeout is None or timeout <= 0 else time.monotonic() + timeout
+
+    def _next_delay(self, err: CamserveError, attempt: int, deadline: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up and raise `err`."""
+        if attempt >= self.retry.max_attempts or not self.retry.should_retry(err):
+            return None
+        delay = self.retry.backoff(attempt - 1, self._rng)
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            return None
+        return delay
+
+
+class Client(_ClientBase):
+    """Blocking camserve client; thread-safe (one channel, many threads).
+
+    >>> with Client("localhost:50051") as c:
+    ...     r = c.explain("cat.jpg", method="gradcam", output={"overlay": "png"})
+    ...     r.heatmap.shape, r.label, r.timing.batch_size
+    """
+
+    def __init__(self, target: str | Sequence[str] = "localhost:50051", **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        if self._credentials is not None:
+            channel = grpc.secure_channel(self.target, self._credentials, options=self._options)
+        else:
+            channel = grpc.insecure_channel(self.target, options=self._options)
+        if self._interceptors:
+            channel = grpc.intercept_channel(channel, *self._interceptors)
+        self.channel: grpc.Channel = channel
+        self._stub = pb_grpc.ExplainServiceStub(channel)
+        self._health = channel.unary_unary(
+            _health.CHECK_METHOD, request_serializer=_health.encode_request,
+            response_deserializer=_health.decode_response)
+
+    def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        deadline = self._deadline(timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded("deadline passed before the call could be sent", attempts=attempt - 1)
+            try:
+                return fn(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc, attempt)
+                delay = self._next_delay(err, attempt, deadline)
+                if delay is None:
+                    raise err from None
+                time.sleep(delay)
+
+    def explain(self, image: ImageLike, model: str | None = None, method: str = "gradcam",
+                class_index: int | None = None, top_k: int = 1, target_layer: str | None = None,
+                output: OutputLike = None, timeout: float | None = None,
+                request_id: str | None = None, model_version: int = 0) -> ExplainResult:
+        """Explain one image: a path, encoded bytes, a buffer, or an (H,W,C) uint8/float32 array."""
+        req = self._request(image, model, method=method, class_index=class_index, top_k=top_k,
+                            target_layer=target_layer, output=output, request_id=request_id,
+                            model_version=model_version)
+        t0 = time.perf_counter()
+        resp = self._call(self._stub.Explain, req, timeout)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3)
+
+    def explain_batch(self, images: Sequence[ImageLike], model: str | None = None, method: str = "gradcam",
+                      class_index: int | Sequence[int | None] | None = None, top_k: int = 1,
+                      target_layer: str | None = None, output: OutputLike = None,
+                      timeout: float | None = None, request_ids: Sequence[str] | None = None,
+                      model_version: int = 0) -> list[ExplainResult]:
+        """Explain many images in one call; class_index may be one value or one per image."""
+        req = self._batch_request(images, model, method, class_index, top_k, target_layer, output,
+                                  request_ids, model_version)
+        t0 = time.perf_counter()
+        resp = self._call(self._stub.ExplainBatch, req, timeout)
+        ms = (time.perf_counter() - t0) * 1e3
+        return [parse_response(r, ms) for r in resp.responses]
+
+    def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
+        resp = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [parse_model_info(m) for m in resp.models]
+
+    def get_model(self, name: str | None = None, version: int = 0, timeout: float | None = None) -> ModelInfo:
+        req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
+        return parse_model_info(self._call(self._stub.GetModel, req, timeout))
+
+    def health(self, model: str | None = None, timeout: float | None = None) -> str:
+        """'SERVING', 'NOT_SERVING', ... for the whole server (model=None) or one model."""
+        return self._call(self._health, model or "", timeout)
+
+    def wait_ready(self, timeout: float = 60.0, model: str | None = None, poll_s: float = 0.2) -> None:
+        """Block until health is SERVING; raise Unavailable/DeadlineExceeded after `timeout`."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                last = self._health(model or "", timeout=max(0.05, min(2.0, deadline - time.monotonic())),
+                                    metadata=self._metadata)
+                if last == "SERVING":
+                    return
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc)
+                if err.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
+                    raise err from None
+                last = err.code.name
+            time.sleep(poll_s)
+        raise DeadlineExceeded(f"{self.target} not SERVING after {timeout:.0f} s (last: {last})")
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_ClientBase):
+    """asyncio camserve client (grpc.aio); create and use it inside one running event loop."""
+
+    def __init__(self, target: str | Sequence[str] = "localhost:50051", **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        ic = self._interceptors or None
+        if self._credentials is not None:
+            self.channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._options,
+                                                   interceptors=ic)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.target, options=self._options, interceptors=ic)
+        self._stub = pb_grpc.ExplainServiceStub(self.channel)
+        self._health = self.channel.unary_unary(
+            _health.CHECK_METHOD, request_serializer=_health.encode_request,
+            response_deserializer=_health.decode_response)
+
+    async def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        deadline = self._deadline(timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded("deadline passed before the call could be sent", attempts=attempt - 1)
+            try:
+                return await fn(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc, attempt)
+                delay = self._next_delay(err, attempt, deadline)
+                if delay is None:
+                    raise err from None
+                await asyncio.sleep(delay)
+
+    async def explain(self, image: ImageLike, model: str | None = None, method: str = "gradcam",
+                      class_index: int | None = None, top_k: int = 1, target_layer: str | None = None,
+                      output: OutputLike = None, timeout: float | None = None,
+                      request_id: str | None = None, model_version: int = 0) -> ExplainResult:
+        """Explain one image (see Client.explain)."""
+        req = self._request(image, model, method=method, class_index=class_index, top_k=top_k,
+                            target_layer=target_layer, output=output, request_id=request_id,
+                            model_version=model_version)
+        t0 = time.perf_counter()
+        resp = await self._call(self._stub.Explain, req, timeout)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3)
+
+    async def explain_batch(self, images: Sequence[ImageLike], model: str | None = None,
+                            method: str = "gradcam", class_index: int | Sequence[int | None] | None = None,
+                            top_k: int = 1, target_layer: str | None = None,
+                            output: OutputLike = None,
+                            timeout: float | None = None, request_ids: Sequence[str] | None = None,
+                            model_version: int = 0) -> list[ExplainResult]:
+        req = self._batch_request(images, model, method, class_index, top_k, target_layer, output,
+                                  request_ids, model_version)
+        t0 = time.perf_counter()
+        resp = await self._call(self._stub.ExplainBatch, req, timeout)
+        ms = (time.perf_counter() - t0) * 1e3
+        return [parse_response(r, ms) for r in resp.responses]
+
+    async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
+        resp = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [parse_model_info(m) for m in resp.models]
+
+    async def get_model(self, name: str | None = None, version: int = 0,
+                        timeout: float | None = None) -> ModelInfo:
+        req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
+        return parse_model_info(await self._call(self._stub.GetModel, req, timeout))
+
+    async def health(self, model: str | None = None, timeout: float | None = None) -> str:
+        return await self._call(self._health, model or "", timeout)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+__all__ = ["AsyncClient", "Client", "RetryPolicy", "TLSConfig", "error_from_code", "resolve_targets"]

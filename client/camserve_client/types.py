@@ -1,0 +1,322 @@
+"""Plain-Python views of the wire messages: what goes in (images, options) and what comes out.
+
+Kept separate from the channel code so that request building and response parsing are shared by
+the sync and asyncio clients and by the load generator.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camserve_client._proto import explain_pb2 as pb
+
+ImageLike = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
+
+# Engine method names (ARCHITECTURE.md) <-> wire enum.
+METHODS: dict[str, int] = {
+    "cam": pb.CAM,
+    "gradcam": pb.GRAD_CAM,
+    "gradcam++": pb.GRAD_CAM_PLUS_PLUS,
+    "layercam": pb.LAYER_CAM,
+    "hirescam": pb.HIRES_CAM,
+    "xgradcam": pb.XGRAD_CAM,
+    "eigencam": pb.EIGEN_CAM,
+}
+_METHOD_NAMES = {v: k for k, v in METHODS.items()}
+_SIZES = {"grid": pb.CONV_GRID, "input": pb.MODEL_INPUT, "original": pb.ORIGINAL}
+_FORMATS = {None: pb.IMAGE_FORMAT_UNSPECIFIED, "png": pb.PNG, "jpeg": pb.JPEG, "jpg": pb.JPEG}
+_COLORMAPS = {"jet": pb.JET, "turbo": pb.TURBO, "viridis": pb.VIRIDIS, "inferno": pb.INFERNO}
+
+
+def method_enum(method: str | int) -> int:
+    """Accept 'gradcam', 'Grad-CAM', 'GRAD_CAM', 'gradcam_plus_plus', ... or the enum value itself."""
+    if isinstance(method, int):
+        if method not in _METHOD_NAMES:
+            raise ValueError(f"unknown method enum {method}")
+        return method
+    key = str(method).strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    key = key.replace("plusplus", "++").replace("pp", "++") if key.startswith("gradcam") else key
+    if key not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def method_name(value: int) -> str:
+    """The engine name for a wire enum ('gradcam' for unset, the server's default)."""
+    return _METHOD_NAMES.get(value, "gradcam")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What each explanation carries back (OutputOptions on the wire).
+
+    size: "grid" (the conv grid, smallest and exact), "input" (model input size) or "original"
+    (the size of the image as sent). heatmap: include the float32 map. heatmap_png: add an 8-bit
+    PNG of it. overlay: None, "png" or "jpeg" colour overlay on the image, blended with `alpha`.
+    """
+
+    size: str = "grid"
+    heatmap: bool = True
+    heatmap_png: bool = False
+    overlay: str | None = None
+    alpha: float = 0.4
+    colormap: str = "jet"
+    jpeg_quality: int = 90
+
+    @classmethod
+    def coerce(cls, value: OutputLike) -> OutputOptions:
+        """Accept an OutputOptions, a dict of its fields, or None (the defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = set(value) - known
+            if unknown:
+                raise ValueError(f"unknown output option(s) {sorted(unknown)}; valid: {sorted(known)}")
+            return cls(**value)
+        raise TypeError(f"output must be OutputOptions or a dict, not {type(value).__name__}")
+
+    def to_proto(self) -> pb.OutputOptions:
+        """Validate and convert; errors name the valid values."""
+        if self.size not in _SIZES:
+            raise ValueError(f"output size {self.size!r} is not one of {list(_SIZES)}")
+        overlay = self.overlay.lower() if isinstance(self.overlay, str) else self.overlay
+        if overlay not in _FORMATS:
+            raise ValueError(f"overlay {self.overlay!r} is not one of None, 'png', 'jpeg'")
+        if self.colormap.lower() not in _COLORMAPS:
+            raise ValueError(f"colormap {self.colormap!r} is not one of {list(_COLORMAPS)}")
+        if not 0.0 < float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        if not 1 <= int(self.jpeg_quality) <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        return pb.OutputOptions(
+            size=_SIZES[self.size], omit_tensor=not self.heatmap, heatmap_png=bool(self.heatmap_png),
+            overlay=_FORMATS[overlay], overlay_alpha=float(self.alpha),
+            colormap=_COLORMAPS[self.colormap.lower()], jpeg_quality=int(self.jpeg_quality))
+
+
+OutputLike = OutputOptions | Mapping[str, Any] | None
+
+
+def image_to_proto(image: ImageLike) -> pb.Image:
+    """Encode a path, encoded bytes, a buffer, or an (H,W[,C]) uint8/float32 array as a wire Image.
+
+    uint8 arrays travel as raw pixels (no encode/decode on either side); float arrays travel as
+    FLOAT32 and must already be preprocessed at the model's input size.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        try:
+            return pb.Image(encoded=path.read_bytes())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file not found: {path}") from None
+        except IsADirectoryError:
+            raise ValueError(f"image path is a directory, not a file: {path}") from None
+    if isinstance(image, bytes):
+        if not image:
+            raise ValueError("image bytes are empty")
+        return pb.Image(encoded=image)
+    if isinstance(image, (bytearray, memoryview)):
+        view = memoryview(image)
+        if view.ndim <= 1 and view.format in ("B", "b", "c"):
+            if view.nbytes == 0:
+                raise ValueError("image buffer is empty")
+            return pb.Image(encoded=view.tobytes())
+        image = np.asarray(view)
+    if isinstance(image, np.ndarray):
+        return pb.Image(tensor=array_to_tensor(image))
+    raise TypeError(
+        f"cannot send an image of type {type(image).__name__}: pass a file path, encoded bytes, "
+        "or a NumPy array (H, W, C) of uint8 or float32")
+
+
+def array_to_tensor(array: np.ndarray) -> pb.Tensor:
+    """(H,W), (H,W,C) or (1,H,W,C) uint8 / float32 array -> Tensor (little-endian, row-major)."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[0] != 1):
+        raise ValueError(f"image array must be (H, W), (H, W, C) or (1, H, W, C); got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"image array is empty (shape {array.shape})")
+    if array.dtype == np.uint8:
+        dtype, wire = pb.UINT8, np.dtype("u1")
+    elif array.dtype in (np.float32, np.float64, np.float16):
+        dtype, wire = pb.FLOAT32, np.dtype("<f4")
+    else:
+        raise ValueError(
+            f"image array dtype {array.dtype} is not supported: use uint8 pixels in [0, 255] "
+            "(e.g. arr.astype(np.uint8)) or float32 already preprocessed for the model")
+    data = np.ascontiguousarray(array, dtype=wire).tobytes()
+    return pb.Tensor(dtype=dtype, shape=list(array.shape), data=data)
+
+
+def tensor_to_array(tensor: pb.Tensor) -> np.ndarray:
+    """Wire Tensor -> NumPy array (a copy, writable)."""
+    wire = {pb.UINT8: np.dtype("u1"), pb.FLOAT32: np.dtype("<f4")}.get(tensor.dtype)
+    if wire is None:
+        raise ValueError(f"server sent a tensor of unknown dtype {tensor.dtype}")
+    shape = tuple(int(s) for s in tensor.shape)
+    expected = int(np.prod(shape, dtype=np.int64)) * wire.itemsize
+    if expected != len(tensor.data):
+        raise ValueError(f"server tensor has {len(tensor.data)} bytes for shape {shape}, expected {expected}")
+    return np.frombuffer(tensor.data, dtype=wire).reshape(shape).astype(wire.newbyteorder("="), copy=True)
+
+
+def build_request(image: ImageLike | pb.Image, *, model: str | None = None, model_version: int = 0,
+                  method: str | int = "gradcam", class_index: int | None = None, top_k: int = 1,
+                  target_layer: str | None = None, output: OutputLike = None,
+                  request_id: str | None = None) -> pb.ExplainRequest:
+    """One ExplainRequest from Python arguments (validation a client can do without the model)."""
+    if top_k is None or int(top_k) < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if class_index is not None and (isinstance(class_index, bool) or int(class_index) < 0):
+        raise ValueError(f"class_index must be a non-negative int or None, got {class_index!r}")
+    req = pb.ExplainRequest(
+        model=model or "", model_version=int(model_version or 0),
+        image=image if isinstance(image, pb.Image) else image_to_proto(image),
+        method=method_enum(method), top_k=int(top_k), target_layer=target_layer or "",
+        output=OutputOptions.coerce(output).to_proto(), request_id=request_id or "")
+    if class_index is not None:
+        req.class_index = int(class_index)
+    return req
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One explained class. heatmap: (h, w) float32 in [0, 1], or None if omitted."""
+
+    class_index: int
+    label: str
+    probability: float
+    score: float
+    heatmap: np.ndarray | None
+    heatmap_png: bytes | None
+    overlay: bytes | None
+    all_zero: bool
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Server-side timing in milliseconds; latency_ms is the round trip seen by this client."""
+
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+    total_ms: float
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    request_id: str
+    model: str
+    model_version: int
+    method: str
+    target_layer: str
+    explanations: list[Explanation]
+    top_predictions: list[Prediction]
+    timing: Timing
+
+    @property
+    def heatmap(self) -> np.ndarray | None:
+        """The first explained class's heatmap (the usual single-class case)."""
+        return self.explanations[0].heatmap if self.explanations else None
+
+    @property
+    def overlay(self) -> bytes | None:
+        return self.explanations[0].overlay if self.explanations else None
+
+    @property
+    def class_index(self) -> int | None:
+        return self.explanations[0].class_index if self.explanations else None
+
+    @property
+    def label(self) -> str | None:
+        return self.explanations[0].label if self.explanations else None
+
+
+def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0) -> ExplainResult:
+    """Wire ExplainResponse -> ExplainResult with NumPy heatmaps."""
+    exps = [
+        Explanation(
+            class_index=e.class_index, label=e.label, probability=float(e.probability),
+            score=float(e.score),
+            heatmap=tensor_to_array(e.heatmap) if e.HasField("heatmap") and e.heatmap.data else None,
+            heatmap_png=bytes(e.heatmap_png) or None, overlay=bytes(e.overlay) or None,
+            all_zero=bool(e.all_zero))
+        for e in resp.explanations
+    ]
+    preds = [Prediction(p.class_index, p.label, float(p.probability)) for p in resp.top_predictions]
+    t = resp.timing
+    return ExplainResult(
+        request_id=resp.request_id, model=resp.model, model_version=int(resp.model_version),
+        method=method_name(resp.method), target_layer=resp.target_layer, explanations=exps,
+        top_predictions=preds,
+        timing=Timing(queue_ms=t.queue_ms, compute_ms=t.compute_ms, batch_size=t.batch_size,
+                      total_ms=t.total_ms, latency_ms=latency_ms))
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    grid: tuple[int, ...]
+    channels: int
+    cam_supported: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the server reports about a model (GetModel / ListModels)."""
+
+    name: str
+    version: int
+    ready: bool
+    input_shape: tuple[int, ...]
+    preprocessing: str
+    num_classes: int
+    labels: list[str]
+    default_target_layer: str
+    layers: list[LayerInfo]
+    methods: list[str]
+    max_batch_size: int
+    batch_buckets: list[int]
+    max_queue_delay_ms: float
+    backend: str
+    compile_mode: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_model_info(m: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=m.name, version=int(m.version), ready=bool(m.ready),
+        input_shape=tuple(int(s) for s in m.input_shape), preprocessing=m.preprocessing,
+        num_classes=int(m.num_classes), labels=list(m.labels), default_target_layer=m.default_target_layer,
+        layers=[LayerInfo(la.name, tuple(int(g) for g in la.grid), int(la.channels), bool(la.cam_supported))
+                for la in m.layers],
+        methods=[method_name(x) for x in m.methods], max_batch_size=int(m.max_batch_size),
+        batch_buckets=[int(b) for b in m.batch_buckets], max_queue_delay_ms=float(m.max_queue_delay_ms),
+        backend=m.backend, compile_mode=m.compile_mode)
+
+
+def per_image(value: Any, n: int, name: str) -> Sequence[Any]:
+    """Broadcast a scalar option to n images, or check a per-image sequence has length n."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} has {len(value)} entries for {n} images")
+        return value
+    return [value] * n
