@@ -1,0 +1,344 @@
+"""Image decoding and heatmap encoding for the gRPC front (NumPy + OpenCV only, never TensorFlow).
+
+Why this module exists apart from the service: everything here is CPU work on bytes a caller sent,
+so it runs in a thread pool off the event loop (OpenCV releases the GIL), and everything here can be
+attacked. The header of an encoded image is parsed by hand *before* OpenCV sees it, so a 40-byte PNG
+that claims 100 000 x 100 000 pixels (a decompression bomb) is refused without allocating anything.
+Every refusal is an `ImageError` (a `ValueError`) whose message says what was wrong and what is valid.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: Default bound on the decoded pixel count of one image (about 25 megapixels, 75 MB as RGB).
+DEFAULT_MAX_PIXELS = 25_000_000
+#: No side may be longer than this, whatever the pixel budget (keeps cv2 buffers sane).
+MAX_SIDE = 32_768
+
+FORMATS = ("JPEG", "PNG", "WebP", "BMP")
+
+COLORMAPS = {
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "inferno": cv2.COLORMAP_INFERNO,
+}
+
+
+class ImageError(ValueError):
+    """The caller's image (encoded bytes or raw tensor) cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image ready for the model, plus what the reply needs to draw heatmaps at the original size.
+
+    pixels:   (H, W, C) at the model's input size; uint8 RGB, or float32 already preprocessed.
+    original: (h, w, 3) uint8 RGB as sent, for ORIGINAL-size heatmaps and overlays.
+    """
+
+    pixels: np.ndarray
+    original: np.ndarray
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(height, width) of the image as the caller sent it."""
+        return int(self.original.shape[0]), int(self.original.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Header parsing: dimensions without decoding
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """Walk JPEG marker segments up to the first SOFn and read its height/width."""
+    i = 2
+    n = len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            raise ImageError("corrupt JPEG: expected a marker while looking for the frame header")
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            break
+        marker = data[i]
+        i += 1
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        if i + 2 > n:
+            break
+        (length,) = struct.unpack(">H", data[i:i + 2])
+        if length < 2:
+            raise ImageError("corrupt JPEG: a segment has an invalid length")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if i + 7 > n:
+                break
+            height, width = struct.unpack(">HH", data[i + 3:i + 7])
+            return width, height
+        i += length
+    raise ImageError("truncated or corrupt JPEG: no frame header (SOF) found")
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    """Read the canvas size from the first WebP chunk (VP8, VP8L or VP8X)."""
+    if len(data) < 30:
+        raise ImageError("truncated WebP: the header is incomplete")
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise ImageError("corrupt WebP: bad VP8 start code")
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        if data[20] != 0x2F:
+            raise ImageError("corrupt WebP: bad VP8L signature")
+        (bits,) = struct.unpack("<I", data[21:25])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    raise ImageError(f"unsupported WebP chunk {chunk!r}")
+
+
+def image_header(data: bytes) -> tuple[str, int, int]:
+    """Return (format, width, height) from the header alone; refuse anything but JPEG/PNG/WebP/BMP."""
+    if len(data) == 0:
+        raise ImageError("the encoded image is empty; send JPEG, PNG, WebP or BMP bytes")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageError("truncated or corrupt PNG: no IHDR header")
+        width, height = struct.unpack(">II", data[16:24])
+        return "PNG", width, height
+    if data[:3] == b"\xff\xd8\xff":
+        width, height = _jpeg_size(data)
+        return "JPEG", width, height
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        width, height = _webp_size(data)
+        return "WebP", width, height
+    if data[:2] == b"BM":
+        if len(data) < 26:
+            raise ImageError("truncated BMP: the header is incomplete")
+        (dib,) = struct.unpack("<I", data[14:18])
+        if dib == 12:
+            width, height = struct.unpack("<hh", data[18:22])
+        else:
+            width, height = struct.unpack("<ii", data[18:26])
+        return "BMP", abs(width), abs(height)
+    raise ImageError(f"not a supported image: the bytes start with {data[:8]!r}; "
+                     f"send {', '.join(FORMATS)} (or a raw tensor)")
+
+
+def check_size(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+    """Refuse empty, over-long or over-budget images before any buffer is allocated."""
+    if width <= 0 or height <= 0:
+        raise ImageError(f"the {what} has no pixels ({width}x{height})")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise ImageError(f"the {what} is {width}x{height}; each side must be at most {MAX_SIDE} pixels")
+    if width * height > max_pixels:
+        raise ImageError(f"the {what} is {width}x{height} = {width * height} pixels; "
+                         f"at most {max_pixels} are accepted (resize it before sending)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize with INTER_AREA when shrinking (no aliasing) and INTER_LINEAR when enlarging."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image
+    interp = cv2.INTER_AREA if height * width < h * w else cv2.INTER_LINEAR
+    out = cv2.resize(image, (width, height), interpolation=interp)
+    if out.ndim == 2 and image.ndim == 3:  # cv2 drops a trailing channel axis of 1
+        out = out[:, :, None]
+    return out
+
+
+def _to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """(h, w, 3) uint8 RGB -> the model's channel count (1 = luminance, 3 = RGB)."""
+    if channels == 3:
+        return rgb
+    if channels == 1:
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
+    raise ImageError(f"the model takes {channels} channels; only 1 or 3 channel models accept images")
+
+
+def _model_pixels(rgb: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:
+    height, width, channels = input_shape
+    return np.ascontiguousarray(_to_channels(resize(rgb, height, width), channels))
+
+
+def decode_encoded(data: bytes, input_shape: tuple[int, int, int],
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode JPEG/PNG/WebP/BMP bytes to RGB (grayscale and alpha dropped to RGB), resized to the input."""
+    fmt, width, height = image_header(data)
+    check_size(width, height, max_pixels, f"{fmt} image")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    rgb = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)
+    if rgb is None or rgb.size == 0:
+        raise ImageError(f"the {fmt} image could not be decoded (truncated or corrupt data)")
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    return DecodedImage(pixels=_model_pixels(rgb, input_shape), original=rgb)
+
+
+def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
+                  input_shape: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Check and convert a raw tensor: UINT8 (H,W,C)/(1,H,W,C) any size, or FLOAT32 at the input size.
+
+    FLOAT32 is taken as already preprocessed for the model, so it must match the input shape exactly
+    and be finite; UINT8 is RGB (C=3) or gray (C=1) pixels of any size, resized like decoded images.
+    """
+    dims = [int(d) for d in shape]
+    expected_desc = "(H, W, C) or (1, H, W, C) with C = 1 or 3"
+    if len(dims) == 4:
+        if dims[0] != 1:
+            raise ImageError(f"tensor shape {dims}: one image per request, the batch axis must be 1; "
+                             "use ExplainBatch for several images")
+        dims = dims[1:]
+    if len(dims) != 3:
+        raise ImageError(f"tensor shape {list(shape)} is not an image; expected {expected_desc}")
+    h, w, c = dims
+    if c not in (1, 3):
+        raise ImageError(f"tensor shape {list(shape)} has {c} channels; expected {expected_desc}")
+    check_size(w, h, max_pixels, "tensor image")
+    model_h, model_w, model_c = input_shape
+    if dtype == "UINT8":
+        itemsize = 1
+    elif dtype == "FLOAT32":
+        itemsize = 4
+    else:
+        raise ImageError(f"tensor dtype {dtype} is not accepted; send UINT8 pixels or FLOAT32 "
+                         "already preprocessed at the model's input size")
+    need = h * w * c * itemsize
+    if len(data) != need:
+        raise ImageError(f"tensor data has {len(data)} bytes; a {dtype} tensor of shape {list(shape)} "
+                         f"needs exactly {need} (raw little-endian, row-major)")
+    if dtype == "UINT8":
+        img = np.frombuffer(data, dtype=np.uint8).reshape(h, w, c)
+        rgb = np.ascontiguousarray(np.repeat(img, 3, axis=2) if c == 1 else img)
+        return DecodedImage(pixels=_model_pixels(rgb, input_shape), original=rgb)
+    if (h, w, c) != (model_h, model_w, model_c):
+        raise ImageError(f"a FLOAT32 tensor must already be preprocessed at the model's input shape "
+                         f"{[model_h, model_w, model_c]}, got {[h, w, c]}; send UINT8 pixels to have "
+                         "the server resize them")
+    arr = np.frombuffer(data, dtype="<f4").reshape(h, w, c).astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ImageError("the FLOAT32 tensor contains NaN or infinite values")
+    return DecodedImage(pixels=arr, original=_display_from_float(arr))
+
+
+def _display_from_float(arr: np.ndarray) -> np.ndarray:
+    """A viewable uint8 RGB version of a preprocessed float image (min-max), for overlays only."""
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = np.zeros(arr.shape, np.uint8) if hi <= lo else ((arr - lo) * (255.0 / (hi - lo))).round()
+    rgb = scaled.astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def resize_heatmap(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a [0, 1] map, clipped back into [0, 1]; exact when the size is unchanged."""
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.shape == (height, width):
+        return heatmap
+    out = cv2.resize(heatmap, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def heatmap_uint8(heatmap: np.ndarray) -> np.ndarray:
+    """[0, 1] float map -> uint8 in [0, 255] (round to nearest)."""
+    return np.clip(np.rint(np.asarray(heatmap, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def heatmap_png(heatmap: np.ndarray) -> bytes:
+    """The map as an 8-bit grayscale PNG."""
+    ok, buf = cv2.imencode(".png", heatmap_uint8(heatmap))
+    if not ok:  # pragma: no cover - cv2 always encodes a uint8 2-D array
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def overlay(image_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
+            fmt: str = "png", jpeg_quality: int = 90) -> bytes:
+    """Colour the map (cv2 colormap on uint8(255*map)) and blend it over the image, as cam-keras did:
+    addWeighted(heat, alpha, image, 1 - alpha). The map is resized to the image. Returns PNG/JPEG bytes."""
+    if colormap not in COLORMAPS:
+        raise ImageError(f"unknown colormap {colormap!r}; valid: {', '.join(COLORMAPS)}")
+    h, w = image_rgb.shape[:2]
+    heat_bgr = cv2.applyColorMap(heatmap_uint8(resize_heatmap(heatmap, h, w)), COLORMAPS[colormap])
+    image_bgr = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
+    blended = cv2.addWeighted(heat_bgr, float(alpha), image_bgr, 1.0 - float(alpha), 0.0)
+    if fmt == "png":
+        ok, buf = cv2.imencode(".png", blended)
+    elif fmt == "jpeg":
+        ok, buf = cv2.imencode(".jpg", blended, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    else:
+        raise ImageError(f"unknown overlay format {fmt!r}; valid: png, jpeg")
+    if not ok:  # pragma: no cover
+        raise RuntimeError(f"{fmt} encoding failed")
+    return buf.tobytes()
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What one explanation carries back (already validated)."""
+
+    size: str = "grid"              # grid | input | original
+    tensor: bool = True
+    png: bool = False
+    overlay: str | None = None      # None | png | jpeg
+    alpha: float = 0.4
+    colormap: str = "jet"
+    jpeg_quality: int = 90
+
+
+@dataclass(frozen=True)
+class EncodedMap:
+    """One heatmap ready for the wire."""
+
+    shape: tuple[int, int]
+    tensor: bytes
+    png: bytes
+    overlay: bytes
+
+
+def encode_map(heatmap: np.ndarray, spec: OutputSpec, image: DecodedImage) -> EncodedMap:
+    """Resize the map to the requested size and produce the float32 tensor, PNG and overlay asked for.
+
+    Overlays are drawn on the image at the requested size; for the conv grid (a few pixels wide)
+    they are drawn at the model's input size instead, which is what a person can look at.
+    """
+    if spec.size == "grid":
+        target = heatmap.shape
+    elif spec.size == "input":
+        target = image.pixels.shape[:2]
+    elif spec.size == "original":
+        target = image.original_size
+    else:
+        raise ImageError(f"unknown heatmap size {spec.size!r}; valid: grid, input, original")
+    resized = resize_heatmap(heatmap, int(target[0]), int(target[1]))
+    tensor = np.ascontiguousarray(resized, dtype="<f4").tobytes() if spec.tensor else b""
+    png = heatmap_png(resized) if spec.png else b""
+    over = b""
+    if spec.overlay:
+        if spec.size == "original":
+            base = image.original
+        else:
+            h, w = (image.pixels.shape[:2] if spec.size == "grid" else target)
+            base = resize(image.original, int(h), int(w))
+        over = overlay(base, resized, spec.alpha, spec.colormap, spec.overlay, spec.jpeg_quality)
+    return EncodedMap(shape=(int(resized.shape[0]), int(resized.shape[1])), tensor=tensor, png=png,
+                      overlay=over)

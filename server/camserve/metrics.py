@@ -1,0 +1,150 @@
+"""Prometheus metrics of the server, recorded in the parent process only.
+
+Why one class: it is both what the service records into (request/queue/compute durations, status
+codes) and the Dispatcher's `Observer` (`batch_formed`, `queue_depth`, `workers_alive`,
+`worker_restarted`, `request_dropped`, `model_ready`, exactly as ARCHITECTURE.md names them), over
+its own `CollectorRegistry` so tests and several servers in one process never collide. Label
+values stay low-cardinality: a model name a caller made up is recorded as `_unknown`, never as itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Seconds, from a cached small-model reply (~1 ms) to a large model under load (tens of seconds).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+UNKNOWN_MODEL = "_unknown"
+MIXED_MODELS = "_mixed"
+RPC_METHODS = ("Explain", "ExplainBatch", "ListModels", "GetModel")
+
+
+def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """Upper bounds 1, 2, 3, 4, 6, 8, 12, 16, ... up to max_batch_size (always included)."""
+    bounds = {1.0, float(max_batch_size)}
+    b = 2
+    while b < max_batch_size:
+        bounds.add(float(b))
+        if b + b // 2 < max_batch_size:
+            bounds.add(float(b + b // 2))
+        b *= 2
+    return tuple(sorted(bounds))
+
+
+class Metrics:
+    """The metric objects of DESIGN.md plus `camserve_requests_dropped_total{model,reason}`."""
+
+    def __init__(self, models: Iterable[str], max_batch_size: int = 32,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.models = tuple(models)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.request_duration = Histogram(
+            "camserve_request_duration_seconds",
+            "Time from the arrival of an RPC to its reply, decoding and encoding included.",
+            ["model", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_duration = Histogram(
+            "camserve_queue_duration_seconds",
+            "Time an image waited for a batch and a free worker.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.compute_duration = Histogram(
+            "camserve_compute_duration_seconds",
+            "Time of the compiled step for the batch an image ran in, on the worker.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "camserve_batch_size",
+            "Real (unpadded) images per batch sent to a worker.",
+            ["model"], buckets=batch_buckets(max_batch_size), registry=r)
+        self.requests = Counter(
+            "camserve_requests",
+            "RPCs answered, by model, RPC method and gRPC status code.",
+            ["model", "method", "code"], registry=r)
+        self.worker_restarts = Counter(
+            "camserve_worker_restarts", "Worker processes restarted after dying or hanging.", registry=r)
+        self.requests_dropped = Counter(
+            "camserve_requests_dropped",
+            "Queued images dropped before computing (reason: deadline, cancelled, queue_full, ...).",
+            ["model", "reason"], registry=r)
+        self.queue_depth_gauge = Gauge("camserve_queue_depth", "Images waiting in the model's queue.",
+                                       ["model"], registry=r)
+        self.workers_alive_gauge = Gauge("camserve_workers_alive", "Worker processes alive.", registry=r)
+        self.model_ready_gauge = Gauge(
+            "camserve_model_ready", "1 when every batch bucket of the model is compiled on a live worker.",
+            ["model"], registry=r)
+        self.on_change: Callable[[], None] | None = None
+        for model in self.models:  # export every series from the start, so dashboards see zeros
+            for method in ("Explain", "ExplainBatch"):
+                self.request_duration.labels(model, method)
+            self.queue_duration.labels(model)
+            self.compute_duration.labels(model)
+            self.batch_size.labels(model)
+            self.requests.labels(model, "Explain", "OK")
+            self.queue_depth_gauge.labels(model).set(0)
+            self.model_ready_gauge.labels(model).set(0)
+            for reason in ("deadline", "cancelled"):
+                self.requests_dropped.labels(model, reason)
+        self.workers_alive_gauge.set(0)
+
+    # --- label hygiene -------------------------------------------------------------------------
+
+    def model_label(self, model: str | None) -> str:
+        """The model name if served, else `_unknown` (caller-chosen strings never become labels)."""
+        return model if model in self.models else UNKNOWN_MODEL
+
+    # --- what the service records -------------------------------------------------------------
+
+    def record_rpc(self, model: str | None, method: str, code: str, seconds: float) -> None:
+        """One answered RPC: its status code and, for Explain calls, its duration."""
+        label = model if model == MIXED_MODELS else self.model_label(model)
+        method = method if method in RPC_METHODS else "other"
+        self.requests.labels(label, method, code).inc()
+        if method in ("Explain", "ExplainBatch"):
+            self.request_duration.labels(label, method).observe(seconds)
+
+    def record_result(self, model: str, queue_s: float, compute_s: float) -> None:
+        """Server-side split of one computed image."""
+        label = self.model_label(model)
+        self.queue_duration.labels(label).observe(max(0.0, queue_s))
+        self.compute_duration.labels(label).observe(max(0.0, compute_s))
+
+    # --- the Dispatcher's Observer protocol ----------------------------------------------------
+
+    def batch_formed(self, model: str, size: int) -> None:
+        self.batch_size.labels(self.model_label(model)).observe(size)
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        self.queue_depth_gauge.labels(self.model_label(model)).set(depth)
+
+    def workers_alive(self, n: int) -> None:
+        self.workers_alive_gauge.set(n)
+        self._changed()
+
+    def worker_restarted(self) -> None:
+        self.worker_restarts.inc()
+
+    def request_dropped(self, model: str, reason: str) -> None:
+        self.requests_dropped.labels(self.model_label(model), str(reason)[:32]).inc()
+
+    def model_ready(self, model: str, ready: bool) -> None:
+        self.model_ready_gauge.labels(self.model_label(model)).set(1 if ready else 0)
+        self._changed()
+
+    def _changed(self) -> None:
+        """Readiness may have changed: let the server refresh health at once instead of at its next poll."""
+        if self.on_change is not None:
+            self.on_change()
+
+    def render(self) -> bytes:
+        """The exposition text (what /metrics serves)."""
+        return generate_latest(self.registry)
+
+
+def start_metrics_server(metrics: Metrics, port: int, host: str = "0.0.0.0"):
+    """Serve /metrics over HTTP from a daemon thread; returns the HTTP server (call .shutdown())."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return server
