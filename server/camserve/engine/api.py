@@ -1,0 +1,196 @@
+"""The library API of the original cam-keras README, thin over ``Explainer``.
+
+```python
+from camserve import GradCAM
+gradcam = GradCAM(model, target_layer="block5_conv3")     # target_layer optional
+heatmap = gradcam.compute_heatmap(x, class_idx=None)       # (H,W,C) or (1,H,W,C) -> (h,w) in [0,1]
+heatmaps = gradcam.compute_heatmaps(batch, class_idx=[3, None, 7])  # (B,h,w); None = top-1
+results = gradcam.explain(batch, top_k=3)                  # ItemResults: probabilities + maps
+```
+Inputs are already preprocessed float arrays (``preprocessing="none"`` by default; pass another mode
+to give uint8 RGB instead). Batch buckets compile on first use. A Sequential model that was never
+called is built from the first input's shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from camserve.engine.errors import CamNotSupportedError, InvalidInputError
+from camserve.engine.explainer import Explainer
+from camserve.engine.records import ItemResult, ItemSpec
+
+
+def _resize(maps: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Bilinear resize of (..., h, w) maps to size = (height, width), kept in [0, 1]."""
+    if size is None:
+        return maps
+    import cv2
+
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"size must be (height, width), got {size!r}") from exc
+    if height < 1 or width < 1:
+        raise InvalidInputError(f"size must be positive, got {size!r}")
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    out = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in flat])
+    return np.clip(out, 0.0, 1.0).reshape(*maps.shape[:-2], height, width).astype(np.float32)
+
+
+class _BaseCAM:
+    """Shared behaviour of the library classes; subclasses only name their method."""
+
+    method: ClassVar[str] = "gradcam"
+
+    def __init__(
+        self,
+        model: Any,
+        target_layer: str | None = None,
+        *,
+        score: str = "logits",
+        preprocessing: str = "none",
+        compile_mode: str = "auto",
+        max_batch_size: int = 32,
+        input_shape: tuple[int, int, int] | None = None,
+        backend: str = "tensorflow",
+    ) -> None:
+        self.model = model
+        self._kwargs = dict(
+            target_layer=target_layer,
+            preprocessing=preprocessing,
+            compile_mode=compile_mode,
+            max_batch_size=max_batch_size,
+            score=score,
+            backend=backend,
+        )
+        self._explainer: Explainer | None = None
+        if input_shape is not None or self._model_is_built():
+            self._build(input_shape)
+
+    def _model_is_built(self) -> bool:
+        from camserve.engine.keras_graph import functional_of
+
+        return functional_of(self.model) is not None
+
+    def _build(self, input_shape: tuple[int, ...] | None) -> Explainer:
+        explainer = Explainer(self.model, input_shape=input_shape, **self._kwargs)  # type: ignore[arg-type]
+        if self.method == "cam" and not explainer.target.cam_supported:
+            raise CamNotSupportedError(
+                f"CAM is not available for layer {explainer.target.name!r}: {explainer.target.cam_reason}"
+            )
+        self._explainer = explainer
+        return explainer
+
+    @property
+    def explainer(self) -> Explainer:
+        """The underlying batch engine (built on first input for never-called Sequential models)."""
+        if self._explainer is None:
+            raise InvalidInputError("the model is not built yet: call compute_heatmap(s) with an input first")
+        return self._explainer
+
+    @property
+    def target_layer(self) -> str:
+        """The resolved target layer's name ("outer/inner" inside nested models)."""
+        return self.explainer.target.name
+
+    def _batch(self, batch: Any) -> np.ndarray:
+        arr = np.asarray(batch)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4:
+            raise InvalidInputError(
+                f"expected a batch (B, H, W, C) or one image (H, W, C), got shape {arr.shape}"
+            )
+        if self._explainer is None:
+            self._build(tuple(int(d) for d in arr.shape[1:]))
+        return arr
+
+    def _specs(self, n: int, class_idx: Any, top_k: int) -> list[ItemSpec]:
+        if class_idx is None or isinstance(class_idx, (int, np.integer)):
+            per_item: Sequence[Any] = [class_idx] * n
+        else:
+            per_item = list(class_idx)
+            if len(per_item) != n:
+                raise InvalidInputError(f"class_idx has {len(per_item)} entries for a batch of {n} images")
+        specs = []
+        for ci in per_item:
+            if ci is not None and (isinstance(ci, bool) or not isinstance(ci, (int, np.integer))):
+                raise InvalidInputError(f"class_idx entries must be int or None, got {ci!r}")
+            specs.append(ItemSpec(self.method, None if ci is None else int(ci), top_k))
+        return specs
+
+    def explain(self, batch: Any, class_idx: Any = None, top_k: int = 1) -> list[ItemResult]:
+        """Full results per image: probabilities and one ClassMap per class (top_k best if no index)."""
+        arr = self._batch(batch)
+        return self.explainer.explain_batch(arr, self._specs(arr.shape[0], class_idx, top_k))
+
+    def compute_heatmaps(
+        self, batch: Any, class_idx: Any = None, size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """(B, h, w) float32 maps in [0, 1]; class_idx None | int | list (None = that image's top-1)."""
+        results = self.explain(batch, class_idx)
+        maps = np.stack([r.maps[0].heatmap for r in results])
+        return _resize(maps, size)
+
+    def compute_heatmap(
+        self, x: Any, class_idx: int | None = None, size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """(h, w) float32 map in [0, 1] for one image (H, W, C) or (1, H, W, C)."""
+        arr = np.asarray(x)
+        if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[0] == 1)):
+            raise InvalidInputError(
+                f"compute_heatmap takes one image (H, W, C) or (1, H, W, C), got {arr.shape}"
+            )
+        if class_idx is not None and not isinstance(class_idx, (int, np.integer)):
+            raise InvalidInputError(f"class_idx must be an int or None, got {class_idx!r}")
+        return self.compute_heatmaps(arr, class_idx, size)[0]
+
+    def predict(self, batch: Any) -> np.ndarray:
+        """(B, N) class probabilities from the same compiled step."""
+        return np.stack([r.probabilities for r in self.explain(batch)])
+
+
+class CAM(_BaseCAM):
+    """Class Activation Mapping (Zhou et al. 2016): needs target -> GAP -> one Dense."""
+
+    method = "cam"
+
+
+class GradCAM(_BaseCAM):
+    """Grad-CAM (Selvaraju et al. 2017)."""
+
+    method = "gradcam"
+
+
+class GradCAMPlusPlus(_BaseCAM):
+    """Grad-CAM++ (Chattopadhay et al. 2018), closed form as pytorch-grad-cam."""
+
+    method = "gradcam++"
+
+
+class LayerCAM(_BaseCAM):
+    """LayerCAM (Jiang et al. 2021)."""
+
+    method = "layercam"
+
+
+class HiResCAM(_BaseCAM):
+    """HiResCAM (Draelos & Carin 2020)."""
+
+    method = "hirescam"
+
+
+class XGradCAM(_BaseCAM):
+    """XGrad-CAM (Fu et al. 2020)."""
+
+    method = "xgradcam"
+
+
+class EigenCAM(_BaseCAM):
+    """Eigen-CAM (Muhammad & Yeasin 2020): class-independent first principal component."""
+
+    method = "eigencam"

@@ -1,0 +1,279 @@
+"""``Explainer``: one model + one target layer + compiled batch buckets (what the server's worker calls).
+
+All the maps of a batch come from one compiled step: images are padded to the next bucket
+(1, 2, 4, ..., max_batch_size) and the number of classes per image to the next power of two, so after
+``warmup()`` no batch size recompiles (warm-up compiles K = 1 for every bucket; a request for more
+classes per image compiles its K once, on first use). Each item of a batch can ask for a different
+method and classes: the methods are NumPy weightings of the same activations and gradients.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from camserve.engine import methods
+from camserve.engine.errors import (
+    CamNotSupportedError,
+    ClassIndexError,
+    EngineError,
+    InvalidInputError,
+)
+from camserve.engine.preprocess import check_mode
+from camserve.engine.records import (
+    COMPILE_MODES,
+    METHODS,
+    SCORES,
+    ClassMap,
+    ItemResult,
+    ItemSpec,
+    ModelSummary,
+)
+from camserve.engine.targets import ModelGraph
+
+log = logging.getLogger(__name__)
+
+BACKENDS = {"tensorflow": "camserve.engine.backend_tf", "jax": "camserve.engine.backend_jax"}
+#: Largest top_k a single item may ask for (K is padded to a power of two up to this).
+MAX_TOP_K = 32
+
+
+def buckets_for(max_batch_size: int) -> list[int]:
+    """1, 2, 4, ... below max_batch_size, then max_batch_size itself (even if not a power of two)."""
+    out, b = [], 1
+    while b < max_batch_size:
+        out.append(b)
+        b *= 2
+    out.append(max_batch_size)
+    return out
+
+
+def _next_pow2(k: int) -> int:
+    p = 1
+    while p < k:
+        p *= 2
+    return p
+
+
+def load_backend(name: str) -> Any:
+    """Import the backend module by name ("tensorflow" or "jax")."""
+    if name not in BACKENDS:
+        raise InvalidInputError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ModuleNotFoundError as exc:
+        if exc.name == BACKENDS[name]:
+            raise InvalidInputError(f"backend {name!r} is not available in this build") from exc
+        raise
+
+
+class Explainer:
+    """CAM-family explanations for one Keras model and target layer, batched and compiled.
+
+    ``images`` for ``explain_batch`` are uint8 (B, H, W, C) RGB at the model's input size (the step
+    applies ``preprocessing``), or float32 already preprocessed (passed through unchanged).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        target_layer: str | None = None,
+        preprocessing: str = "tf",
+        compile_mode: str = "auto",
+        max_batch_size: int = 32,
+        score: str = "logits",
+        backend: str = "tensorflow",
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        check_mode(preprocessing)
+        if compile_mode not in COMPILE_MODES:
+            raise InvalidInputError(
+                f"unknown compile_mode {compile_mode!r}; valid: {', '.join(COMPILE_MODES)}"
+            )
+        if score not in SCORES:
+            raise InvalidInputError(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise InvalidInputError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        self._backend = load_backend(backend)
+        self.graph = ModelGraph(model, input_shape)
+        self.target = self.graph.resolve(target_layer)
+        if compile_mode == "auto":
+            # Documented rule (ANCHORS.md, measured): XLA convolutions are slower than oneDNN graph
+            # mode on CPUs (0.6-0.9x VGG16, ~10x slower MobileNetV2); XLA is the fast path on GPUs.
+            compile_mode = "xla" if self._backend.has_gpu() else "graph"
+        self.compile_mode = compile_mode
+        self.preprocessing = preprocessing
+        self.score = score
+        self.backend = self._backend.NAME
+        self.max_batch_size = max_batch_size
+        self.buckets = buckets_for(max_batch_size)
+        self.step = self._backend.build_step(
+            self.graph,
+            self.target,
+            preprocessing=preprocessing,
+            score=score,
+            jit_compile=compile_mode == "xla",
+        )
+        self._cam_kernel = self.target.cam_kernel() if self.target.cam_supported else None
+        self._info: ModelSummary | None = None
+
+    # ---- metadata ---------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.graph.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.graph.num_classes
+
+    @property
+    def info(self) -> ModelSummary:
+        """What the worker reports: shapes, classes, target, candidate layers, buckets, modes."""
+        if self._info is None:
+            t = self.target
+            self._info = ModelSummary(
+                input_shape=list(self.input_shape),
+                num_classes=self.num_classes,
+                target_layer=t.name,
+                grid=list(t.grid),
+                channels=t.channels,
+                cam_supported=t.cam_supported,
+                cam_reason=t.cam_reason,
+                layers=self.graph.layer_infos(),
+                buckets=list(self.buckets),
+                compile_mode=self.compile_mode,
+                backend=self.backend,
+                preprocessing=self.preprocessing,
+                score=self.score,
+                methods=list(METHODS),
+            )
+        return self._info
+
+    # ---- compilation ------------------------------------------------------------------------
+    def _raw_dtype(self) -> np.dtype:
+        return np.dtype(np.float32) if self.preprocessing == "none" else np.dtype(np.uint8)
+
+    def warmup(self) -> float:
+        """Compile every batch bucket (K = 1) for the input dtype the server sends; returns seconds."""
+        t0 = time.perf_counter()
+        h, w, c = self.input_shape
+        for b in self.buckets:
+            self.step(np.zeros((b, h, w, c), self._raw_dtype()), np.full((b, 1), -1, np.int32))
+        elapsed = time.perf_counter() - t0
+        log.info(
+            "warm-up of %s (%s, %s) took %.1fs", self.target.name, self.compile_mode, self.buckets, elapsed
+        )
+        return elapsed
+
+    # ---- validation -------------------------------------------------------------------------
+    def check_spec(self, spec: ItemSpec) -> None:
+        """Raise the engine error a request for ``spec`` would cause (before any computation)."""
+        if not isinstance(spec, ItemSpec):
+            raise InvalidInputError(f"expected an ItemSpec, got {type(spec).__name__}")
+        if spec.method not in METHODS:
+            raise InvalidInputError(f"unknown method {spec.method!r}; valid: {', '.join(METHODS)}")
+        if spec.method == "cam" and not self.target.cam_supported:
+            raise CamNotSupportedError(
+                f"CAM is not available for layer {self.target.name!r}: {self.target.cam_reason}"
+            )
+        n = self.num_classes
+        if spec.class_index is not None:
+            ci = spec.class_index
+            if isinstance(ci, bool) or not isinstance(ci, (int, np.integer)) or not 0 <= ci < n:
+                raise ClassIndexError(
+                    f"class index {ci!r} is out of range: the model has {n} classes (0..{n - 1})"
+                )
+        else:
+            k = spec.top_k
+            limit = min(n, MAX_TOP_K)
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= limit:
+                raise ClassIndexError(f"top_k {k!r} is out of range: valid 1..{limit}")
+
+    def _check_images(self, images: Any) -> np.ndarray:
+        arr = np.asarray(images)
+        h, w, c = self.input_shape
+        if arr.ndim != 4 or tuple(arr.shape[1:]) != (h, w, c):
+            raise InvalidInputError(f"images must have shape (batch, {h}, {w}, {c}), got {arr.shape}")
+        if arr.shape[0] == 0:
+            raise InvalidInputError("images must hold at least one image")
+        if arr.dtype == np.uint8:
+            return arr
+        if arr.dtype.kind in "fiu":
+            arr = arr.astype(np.float32, copy=False)
+            if not np.isfinite(arr).all():
+                raise InvalidInputError("float images contain NaN or infinity")
+            return arr
+        raise InvalidInputError(f"images must be uint8 or float32, got {arr.dtype}")
+
+    # ---- the batch API ----------------------------------------------------------------------
+    def explain_batch(
+        self, images: Any, specs: Sequence[ItemSpec], *, return_errors: bool = False
+    ) -> list[Any]:
+        """Explain each image with its spec; one compiled step per chunk of at most max_batch_size.
+
+        With ``return_errors`` an invalid spec gives its ``EngineError`` in place of that item's
+        result (the other items are computed); otherwise the first invalid spec raises.
+        """
+        arr = self._check_images(images)
+        if len(specs) != arr.shape[0]:
+            raise InvalidInputError(f"got {arr.shape[0]} images but {len(specs)} item specs")
+        errors: dict[int, EngineError] = {}
+        for i, spec in enumerate(specs):
+            try:
+                self.check_spec(spec)
+            except EngineError as exc:
+                if not return_errors:
+                    raise
+                errors[i] = exc
+        results: list[Any] = [errors.get(i) for i in range(len(specs))]
+        valid = [i for i in range(len(specs)) if i not in errors]
+        for start in range(0, len(valid), self.max_batch_size):
+            chunk = valid[start : start + self.max_batch_size]
+            for i, res in zip(chunk, self._run_chunk(arr[chunk], [specs[i] for i in chunk]), strict=True):
+                results[i] = res
+        return results
+
+    def _run_chunk(self, images: np.ndarray, specs: list[ItemSpec]) -> list[ItemResult]:
+        b = images.shape[0]
+        bucket = next(x for x in self.buckets if x >= b)
+        wanted = [1 if s.class_index is not None else int(s.top_k) for s in specs]
+        kb = _next_pow2(max(wanted))
+        targets = np.full((bucket, kb), -1, np.int32)
+        for i, s in enumerate(specs):
+            if s.class_index is not None:
+                targets[i, :] = int(s.class_index)
+            else:
+                targets[i, :] = -1 - np.minimum(np.arange(kb), wanted[i] - 1)
+        if bucket > b:
+            pad = np.zeros((bucket - b, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, pad])
+        out = self.step(np.ascontiguousarray(images), targets)
+        acts = out.activations[:b]
+        grads = out.gradients[:b]
+        classes = out.classes[:b]
+        raw_by_method: dict[str, np.ndarray] = {}
+        for name in {s.method for s in specs}:
+            if name == "eigencam":
+                raw_by_method[name] = methods.eigencam(acts, kb)
+            elif name == "cam":
+                raw_by_method[name] = methods.cam(acts, self._cam_kernel, classes)
+            else:
+                raw_by_method[name] = methods.GRADIENT_METHODS[name](acts, grads)
+        results = []
+        for i, s in enumerate(specs):
+            maps, flat = methods.normalise(raw_by_method[s.method][i, : wanted[i]])
+            results.append(
+                ItemResult(
+                    probabilities=out.probabilities[i].astype(np.float32, copy=True),
+                    maps=[
+                        ClassMap(int(classes[i, k]), float(out.scores[i, k]), maps[k], bool(flat[k]))
+                        for k in range(wanted[i])
+                    ],
+                )
+            )
+        return results

@@ -1,0 +1,58 @@
+"""Input preprocessing applied inside the compiled step (backend-neutral, keras.ops).
+
+Images travel as uint8 RGB (4x fewer bytes than float32); the step converts them on the device with the
+same arithmetic as ``keras.applications.imagenet_utils.preprocess_input``:
+- caffe: RGB -> BGR, then subtract the ImageNet BGR means (no scaling);
+- tf: x / 127.5 - 1;
+- torch: x / 255, then subtract the ImageNet RGB means and divide by their std;
+- none: cast only.
+Float inputs are taken as already preprocessed and pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from camserve.engine.errors import InvalidInputError
+from camserve.engine.records import PREPROCESSING
+
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def check_mode(mode: str) -> str:
+    """Validate a preprocessing name."""
+    if mode not in PREPROCESSING:
+        raise InvalidInputError(f"unknown preprocessing {mode!r}; valid: {', '.join(PREPROCESSING)}")
+    return mode
+
+
+def preprocess(images: Any, mode: str, *, raw: bool) -> Any:
+    """float32 model input from ``images`` (B, H, W, C); ``raw`` = uint8 pixels that need ``mode``."""
+    ops = keras.ops
+    x = ops.cast(images, "float32")
+    if not raw or mode == "none":
+        return x
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "torch":
+        return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
+    if mode == "caffe":
+        return ops.flip(x, axis=-1) - _CAFFE_MEAN_BGR
+    raise InvalidInputError(f"unknown preprocessing {mode!r}; valid: {', '.join(PREPROCESSING)}")
+
+
+def preprocess_numpy(images: np.ndarray, mode: str) -> np.ndarray:
+    """NumPy twin of ``preprocess`` for uint8 images (used by tests and by callers that need floats)."""
+    x = np.asarray(images, dtype=np.float32)
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    if mode == "torch":
+        return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
+    if mode == "caffe":
+        return x[..., ::-1] - _CAFFE_MEAN_BGR
+    return x
