@@ -148,7 +148,7 @@ def array_to_tensor(array: np.ndarray) -> pb.Tensor:
         raise ValueError(f"image array is empty (shape {array.shape})")
     if array.dtype == np.uint8:
         dtype, wire = pb.UINT8, np.dtype("u1")
-    elif array.dtype in (np.float32, np.float64, np.float16):
+    elif array.dtype.kind == "f" and array.dtype.itemsize in (2, 4, 8):  # any byte order
         dtype, wire = pb.FLOAT32, np.dtype("<f4")
     else:
         raise ValueError(

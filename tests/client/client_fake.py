@@ -1,0 +1,125 @@
+"""A scripted ExplainService on loopback, for client behaviour that must be counted exactly.
+
+Not a stand-in for camserve (tests against the real server live in test_client_server.py): it
+records every attempt, the metadata and the exact Image it received, and fails on request with
+the codes a test scripts, which the real server cannot be made to do on demand.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from camserve_client._proto import explain_pb2 as pb
+from camserve_client._proto import explain_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+HEATMAP = (np.arange(20, dtype=np.float32).reshape(4, 5) / 19.0).astype(np.float32)
+
+
+@dataclass
+class Script:
+    """Codes to fail with, in order, before answering normally; delay before each answer."""
+
+    failures: list[tuple[grpc.StatusCode, str]] = field(default_factory=list)
+    always: tuple[grpc.StatusCode, str] | None = None
+    delay_s: float = 0.0
+
+
+class FakeExplain(pb_grpc.ExplainServiceServicer):
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.script = Script()
+        self.attempts: dict[str, int] = defaultdict(int)
+        self.requests: list[pb.ExplainRequest] = []
+        self.metadata: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+
+    def _gate(self, method: str, context: grpc.ServicerContext) -> None:
+        with self.lock:
+            self.attempts[method] += 1
+            self.metadata.append(dict(context.invocation_metadata()))
+            failure = self.script.failures.pop(0) if self.script.failures else self.script.always
+        if self.script.delay_s:
+            time.sleep(self.script.delay_s)
+        if failure is not None:
+            context.abort(failure[0], failure[1])
+
+    def _answer(self, req: pb.ExplainRequest) -> pb.ExplainResponse:
+        first = req.class_index if req.HasField("class_index") else 0
+        exps = []
+        for k in range(max(1, req.top_k)):
+            cls = first + k
+            exps.append(pb.ClassExplanation(
+                class_index=cls, label=f"class{cls}", probability=0.5 / (k + 1), score=3.0 - k,
+                heatmap=None if req.output.omit_tensor else pb.Tensor(
+                    dtype=pb.FLOAT32, shape=[4, 5], data=HEATMAP.astype("<f4").tobytes()),
+                heatmap_png=b"PNG" if req.output.heatmap_png else b"",
+                overlay=b"OVERLAY%d" % req.output.overlay if req.output.overlay else b""))
+        return pb.ExplainResponse(
+            request_id=req.request_id or "server-made", model=req.model or self.name, model_version=1,
+            method=req.method or pb.GRAD_CAM, target_layer=req.target_layer or "conv",
+            explanations=exps,
+            top_predictions=[pb.Prediction(class_index=0, label="class0", probability=0.5)],
+            timing=pb.Timing(queue_ms=1.5, compute_ms=2.5, batch_size=3, total_ms=5.0))
+
+    def Explain(self, request, context):
+        self._gate("Explain", context)
+        with self.lock:
+            self.requests.append(request)
+        return self._answer(request)
+
+    def ExplainBatch(self, request, context):
+        self._gate("ExplainBatch", context)
+        with self.lock:
+            self.requests.extend(request.requests)
+        return pb.ExplainBatchResponse(responses=[self._answer(r) for r in request.requests])
+
+    def ListModels(self, request, context):
+        self._gate("ListModels", context)
+        return pb.ListModelsResponse(models=[self._info()])
+
+    def GetModel(self, request, context):
+        self._gate("GetModel", context)
+        if request.model not in ("", self.name):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.model!r}; served: {self.name}")
+        return self._info()
+
+    def _info(self) -> pb.ModelInfo:
+        return pb.ModelInfo(
+            name=self.name, version=1, ready=True, input_shape=[32, 32, 3], preprocessing="tf",
+            num_classes=10,
+            labels=[f"class{i}" for i in range(10)], default_target_layer="conv",
+            layers=[pb.LayerInfo(name="conv", grid=[4, 5], channels=8, cam_supported=True)],
+            methods=[pb.CAM, pb.GRAD_CAM], max_batch_size=8, batch_buckets=[1, 2, 4, 8],
+            max_queue_delay_ms=2.0, backend="tensorflow", compile_mode="graph")
+
+
+class FakeServer:
+    """A threaded grpc server with FakeExplain + the stock health servicer on a free loopback port."""
+
+    def __init__(self, name: str = "fake", port: int = 0) -> None:
+        self.service = FakeExplain(name)
+        self.health = health.HealthServicer()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        pb_grpc.add_ExplainServiceServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.target = f"127.0.0.1:{self.port}"
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(0).wait()
+
+    def __enter__(self) -> FakeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

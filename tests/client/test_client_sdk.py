@@ -1,0 +1,305 @@
+"""Client SDK behaviour that needs exact counts: retries, deadlines, metadata, balancing, encoding.
+
+Runs against a scripted gRPC server (client_fake.py) on loopback; calls to the real camserve
+server are in test_client_server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import camserve_client as cc
+import grpc
+import numpy as np
+import pytest
+from camserve_client import _health
+from camserve_client._proto import explain_pb2 as pb
+from camserve_client.client import RetryPolicy, resolve_targets
+from camserve_client.testimages import encode_png
+from client_fake import HEATMAP, FakeServer
+from grpc_health.v1 import health_pb2
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
+
+
+@pytest.fixture
+def fake():
+    with FakeServer() as server:
+        yield server
+
+
+def test_every_image_kind_reaches_the_server_exactly(fake, tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    png = encode_png(rgb)
+    path = tmp_path / "x.png"
+    path.write_bytes(png)
+    gray = rgb[:, :, 0].copy()
+    f32 = np.random.default_rng(1).standard_normal((6, 7, 3)).astype(np.float32)
+    with cc.Client(fake.target, retries=FAST) as client:
+        for image in (str(path), path, png, bytearray(png), memoryview(png), rgb, gray, rgb[None], f32,
+                      f32.astype(np.float64), f32.astype(">f4"), rgb[:, ::2]):
+            client.explain(image)
+    got = [r.image for r in fake.service.requests]
+    for msg in got[:5]:
+        assert msg.WhichOneof("source") == "encoded" and msg.encoded == png
+    t = got[5].tensor
+    assert t.dtype == pb.UINT8 and list(t.shape) == [6, 7, 3] and t.data == rgb.tobytes()
+    assert list(got[6].tensor.shape) == [6, 7, 1] and got[6].tensor.data == gray.tobytes()
+    assert list(got[7].tensor.shape) == [1, 6, 7, 3]
+    for msg in got[8:11]:  # float32, float64 and big-endian all travel as little-endian float32
+        assert msg.tensor.dtype == pb.FLOAT32
+        assert np.array_equal(np.frombuffer(msg.tensor.data, "<f4").reshape(6, 7, 3), f32)
+    assert got[11].tensor.data == np.ascontiguousarray(rgb[:, ::2]).tobytes()  # strided view
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((4, 4, 3), np.int64), "dtype int64"),
+    (np.zeros((2, 4, 4, 3), np.uint8), "shape"),
+    (np.zeros((0, 4, 3), np.uint8), "empty"),
+    (b"", "empty"),
+    (12, "cannot send an image of type int"),
+])
+def test_bad_images_fail_in_the_client_with_a_message(fake, bad, message) -> None:
+    with cc.Client(fake.target) as client, pytest.raises((cc.InvalidArgument, TypeError), match=message):
+        client.explain(bad)
+    assert fake.service.attempts["Explain"] == 0
+
+
+def test_missing_file_is_a_clear_error(fake, tmp_path: Path) -> None:
+    with cc.Client(fake.target) as client, pytest.raises(FileNotFoundError, match=r"nope\.png"):
+        client.explain(tmp_path / "nope.png")
+
+
+def test_request_fields_and_result_parsing(fake) -> None:
+    with cc.Client(fake.target, model="m1") as client:
+        r = client.explain(np.zeros((8, 8, 3), np.uint8), method="Grad-CAM++", class_index=3, top_k=2,
+                           target_layer="outer/inner", request_id="rid-1",
+                           output={"size": "input", "heatmap_png": True, "overlay": "jpeg", "alpha": 0.7,
+                                   "colormap": "turbo", "jpeg_quality": 80})
+    req = fake.service.requests[0]
+    assert req.model == "m1" and req.method == pb.GRAD_CAM_PLUS_PLUS and req.class_index == 3
+    assert req.top_k == 2 and req.target_layer == "outer/inner" and req.request_id == "rid-1"
+    o = req.output
+    assert (o.size, o.heatmap_png, o.overlay, o.colormap, o.jpeg_quality) == (pb.MODEL_INPUT, True, pb.JPEG,
+                                                                              pb.TURBO, 80)
+    assert o.overlay_alpha == pytest.approx(0.7)
+    assert r.request_id == "rid-1" and r.method == "gradcam++" and r.model == "m1"
+    assert [e.class_index for e in r.explanations] == [3, 4] and r.label == "class3"
+    assert r.heatmap.dtype == np.float32 and np.array_equal(r.heatmap, HEATMAP)
+    assert r.explanations[0].heatmap_png == b"PNG" and r.overlay == b"OVERLAY2"
+    t = r.timing
+    assert (t.queue_ms, t.compute_ms, t.batch_size, t.total_ms) == (1.5, 2.5, 3, 5.0)
+    assert r.timing.latency_ms > 0
+    assert r.top_predictions == [cc.Prediction(0, "class0", 0.5)]
+    r.heatmap[0, 0] = 1.0  # results are writable copies
+
+
+def test_omitted_tensor_gives_none_and_class_index_unset_by_default(fake) -> None:
+    with cc.Client(fake.target) as client:
+        r = client.explain(np.zeros((8, 8, 3), np.uint8), output=cc.OutputOptions(heatmap=False))
+    req = fake.service.requests[0]
+    assert not req.HasField("class_index") and req.output.omit_tensor and req.request_id
+    assert r.heatmap is None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "scorecam"}, "unknown method"),
+    ({"top_k": 0}, "top_k"),
+    ({"class_index": -1}, "class_index"),
+    ({"output": {"size": "huge"}}, "size"),
+    ({"output": {"overlay": "gif"}}, "overlay"),
+    ({"output": {"alpha": 0}}, "alpha"),
+    ({"output": {"colour": "jet"}}, "unknown output option"),
+])
+def test_bad_arguments_raise_invalid_argument_before_sending(fake, kwargs, message) -> None:
+    with cc.Client(fake.target) as client, pytest.raises(cc.InvalidArgument, match=message) as info:
+        client.explain(np.zeros((4, 4, 3), np.uint8), **kwargs)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and info.value.attempts == 0
+    assert fake.service.attempts["Explain"] == 0
+
+
+def test_retries_unavailable_and_queue_full_then_succeeds(fake) -> None:
+    fake.service.script.failures = [(grpc.StatusCode.UNAVAILABLE, "worker lost"),
+                                    (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full (256)")]
+    with cc.Client(fake.target, retries=FAST) as client:
+        r = client.explain(np.zeros((4, 4, 3), np.uint8))
+    assert fake.service.attempts["Explain"] == 3
+    assert r.heatmap is not None
+    ids = {m.request_id for m in fake.service.requests}
+    assert len(ids) == 1  # every attempt carries the same request id
+
+
+@pytest.mark.parametrize("code, cls", [
+    (grpc.StatusCode.INVALID_ARGUMENT, cc.InvalidArgument),
+    (grpc.StatusCode.NOT_FOUND, cc.NotFound),
+    (grpc.StatusCode.FAILED_PRECONDITION, cc.FailedPrecondition),
+    (grpc.StatusCode.UNAUTHENTICATED, cc.Unauthenticated),
+    (grpc.StatusCode.INTERNAL, cc.CamserveError),
+])
+def test_non_retryable_codes_are_sent_once_and_typed(fake, code, cls) -> None:
+    fake.service.script.always = (code, "what was wrong and what is valid")
+    with cc.Client(fake.target, retries=FAST) as client, pytest.raises(cls) as info:
+        client.explain(np.zeros((4, 4, 3), np.uint8))
+    assert fake.service.attempts["Explain"] == 1
+    assert info.value.code == code and info.value.details == "what was wrong and what is valid"
+    assert info.value.attempts == 1
+
+
+def test_message_too_large_is_not_retried(fake) -> None:
+    fake.service.script.always = (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max")
+    with cc.Client(fake.target, retries=FAST) as client, pytest.raises(cc.ResourceExhausted):
+        client.explain(np.zeros((4, 4, 3), np.uint8))
+    assert fake.service.attempts["Explain"] == 1
+
+
+def test_retries_are_bounded(fake) -> None:
+    fake.service.script.always = (grpc.StatusCode.UNAVAILABLE, "draining")
+    with cc.Client(fake.target, retries=FAST) as client, pytest.raises(cc.Unavailable) as info:
+        client.explain(np.zeros((4, 4, 3), np.uint8))
+    assert fake.service.attempts["Explain"] == 4 and info.value.attempts == 4
+    with cc.Client(fake.target, retries=0) as client, pytest.raises(cc.Unavailable):
+        client.list_models()
+    assert fake.service.attempts["ListModels"] == 1
+
+
+def test_retries_never_run_past_the_deadline(fake) -> None:
+    fake.service.script.always = (grpc.StatusCode.UNAVAILABLE, "not ready")
+    slow = RetryPolicy(max_attempts=50, initial_backoff_s=0.2, max_backoff_s=0.2, multiplier=1.0)
+    with cc.Client(fake.target, retries=slow) as client:
+        t0 = time.monotonic()
+        with pytest.raises(cc.Unavailable):
+            client.explain(np.zeros((4, 4, 3), np.uint8), timeout=0.5)
+        elapsed = time.monotonic() - t0
+    assert elapsed < 0.7
+    assert 1 <= fake.service.attempts["Explain"] < 10
+
+
+def test_deadline_exceeded(fake) -> None:
+    fake.service.script.delay_s = 1.0
+    with cc.Client(fake.target, retries=FAST) as client:
+        t0 = time.monotonic()
+        with pytest.raises(cc.DeadlineExceeded):
+            client.explain(np.zeros((4, 4, 3), np.uint8), timeout=0.2)
+        assert time.monotonic() - t0 < 0.8
+    assert fake.service.attempts["Explain"] == 1  # DEADLINE_EXCEEDED is never retried
+
+
+def test_backoff_is_exponential_with_full_jitter() -> None:
+    policy = RetryPolicy(max_attempts=10, initial_backoff_s=0.1, max_backoff_s=1.0, multiplier=2.0)
+    rng = random.Random(0)
+    for n, cap in enumerate([0.1, 0.2, 0.4, 0.8, 1.0, 1.0]):
+        draws = np.array([policy.backoff(n, rng) for _ in range(4000)])
+        assert draws.min() >= 0 and draws.max() <= cap
+        assert draws.mean() == pytest.approx(cap / 2, rel=0.06)  # uniform(0, cap)
+        assert draws.min() < 0.05 * cap  # full jitter reaches (near) zero
+
+
+def test_token_and_metadata_are_sent(fake) -> None:
+    with cc.Client(fake.target, token="s3cret", metadata=[("x-team", "vision")]) as client:
+        client.list_models()
+    md = fake.service.metadata[0]
+    assert md["authorization"] == "Bearer s3cret" and md["x-team"] == "vision"
+    assert md["user-agent"].startswith("camserve-client/")
+
+
+def test_list_get_model_and_batch(fake) -> None:
+    with cc.Client(fake.target) as client:
+        (m,) = client.list_models()
+        assert m == client.get_model("fake")
+        assert m.input_shape == (32, 32, 3) and m.methods == ["cam", "gradcam"]
+        assert m.batch_buckets == [1, 2, 4, 8]
+        assert m.layers == [cc.LayerInfo("conv", (4, 5), 8, True)]
+        with pytest.raises(cc.NotFound, match="unknown model 'nope'"):
+            client.get_model("nope")
+        imgs = [np.full((4, 4, 3), i, np.uint8) for i in range(3)]
+        rs = client.explain_batch(imgs, class_index=[1, None, 7], request_ids=["a", "b", "c"])
+        assert [r.request_id for r in rs] == ["a", "b", "c"]
+        assert [r.class_index for r in rs] == [1, 0, 7]
+        with pytest.raises(cc.InvalidArgument, match="image 1"):
+            client.explain_batch([imgs[0], np.zeros((4, 4), np.int32)])
+        with pytest.raises(ValueError, match="class_index has 2 entries for 3 images"):
+            client.explain_batch(imgs, class_index=[1, 2])
+    assert fake.service.attempts["ExplainBatch"] == 1
+
+
+def test_health_matches_the_stock_health_service(fake) -> None:
+    with cc.Client(fake.target) as client:
+        assert client.health() == "SERVING" and client.health("fake") == "SERVING"
+        fake.health.set("fake", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert client.health("fake") == "NOT_SERVING"
+        with pytest.raises(cc.NotFound):
+            client.health("other")
+        client.wait_ready(timeout=2)
+
+
+def test_health_codec_round_trips_against_protobuf() -> None:
+    for name in ["", "demo", "x" * 300, "ünï"]:
+        ref = health_pb2.HealthCheckRequest(service=name).SerializeToString()
+        assert _health.encode_request(name) == ref
+    for status in (0, 1, 2, 3):
+        wire = health_pb2.HealthCheckResponse(status=status).SerializeToString()
+        assert _health.decode_response(wire) == _health.STATUS_NAMES[status]
+
+
+def test_round_robin_over_a_list_of_targets() -> None:
+    with FakeServer("a") as a, FakeServer("b") as b:
+        target = f"{a.target},localhost:{b.port}"
+        assert resolve_targets(target)[0] == f"ipv4:{a.target},127.0.0.1:{b.port}"
+        with cc.Client(target) as client:
+            for _ in range(20):
+                client.list_models()
+        assert a.service.attempts["ListModels"] >= 5 and b.service.attempts["ListModels"] >= 5
+
+
+def test_unreachable_server_is_unavailable_quickly() -> None:
+    with FakeServer() as dead:
+        target = dead.target
+    with cc.Client(target, retries=FAST) as client:
+        t0 = time.monotonic()
+        with pytest.raises(cc.Unavailable) as info:
+            client.list_models(timeout=5)
+        assert time.monotonic() - t0 < 3 and info.value.attempts == 4
+
+
+def test_target_resolution() -> None:
+    assert resolve_targets("localhost:50051") == ("localhost:50051", False)
+    assert resolve_targets("dns:///camserve.ns.svc:50051") == ("dns:///camserve.ns.svc:50051", True)
+    assert resolve_targets(["[::1]:1", "[::1]:2"]) == ("ipv6:[::1]:1,[::1]:2", True)
+    with pytest.raises(ValueError, match="host:port"):
+        resolve_targets(["a", "b"])
+
+
+def test_async_client_retries_and_explains(fake) -> None:
+    fake.service.script.failures = [(grpc.StatusCode.UNAVAILABLE, "restarting")]
+
+    async def go() -> list[cc.ExplainResult]:
+        async with cc.AsyncClient(fake.target, retries=FAST) as client:
+            assert await client.health() == "SERVING"
+            rs = await asyncio.gather(*(client.explain(np.zeros((4, 4, 3), np.uint8), class_index=i)
+                                        for i in range(8)))
+            assert (await client.get_model()).name == "fake"
+            assert len(await client.explain_batch([b"x", b"y"])) == 2
+            with pytest.raises(cc.InvalidArgument):
+                await client.explain(np.zeros((4, 4, 3), np.complex64))
+            fake.service.script.always = (grpc.StatusCode.INVALID_ARGUMENT, "bad image")
+            with pytest.raises(cc.InvalidArgument, match="bad image"):
+                await client.explain(b"x")
+            return rs
+
+    rs = asyncio.run(go())
+    assert sorted(r.class_index for r in rs) == list(range(8))
+    assert fake.service.attempts["Explain"] == 8 + 1 + 1  # one retry, one non-retried failure
+
+
+def test_method_names() -> None:
+    from camserve_client.types import method_enum, method_name
+
+    for name, value in cc.METHODS.items():
+        assert method_enum(name) == value and method_name(value) == name
+    assert method_enum("GRAD_CAM_PLUS_PLUS") == pb.GRAD_CAM_PLUS_PLUS == method_enum("gradcampp")
+    assert method_enum("Layer-CAM") == pb.LAYER_CAM
