@@ -105,6 +105,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not images:
         raise UsageError("no images given (folders are searched for .jpg .jpeg .png .webp .bmp)")
     many = len(images) > 1
+    from camserve_client.types import method_enum
+
+    try:
+        method_enum(args.method)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.top_k < 1:
+        raise UsageError("--top-k must be >= 1")
     overlay_fmt = None
     if args.overlay:
         overlay_fmt = "jpeg" if Path(args.overlay).suffix.lower() in (".jpg", ".jpeg") else "png"

@@ -29,6 +29,7 @@ class Script:
     failures: list[tuple[grpc.StatusCode, str]] = field(default_factory=list)
     always: tuple[grpc.StatusCode, str] | None = None
     delay_s: float = 0.0
+    only: set[str] | None = None  # the methods the script applies to (None: all)
 
 
 class FakeExplain(pb_grpc.ExplainServiceServicer):
@@ -44,6 +45,8 @@ class FakeExplain(pb_grpc.ExplainServiceServicer):
         with self.lock:
             self.attempts[method] += 1
             self.metadata.append(dict(context.invocation_metadata()))
+            if self.script.only is not None and method not in self.script.only:
+                return
             failure = self.script.failures.pop(0) if self.script.failures else self.script.always
         if self.script.delay_s:
             time.sleep(self.script.delay_s)

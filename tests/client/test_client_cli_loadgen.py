@@ -1,0 +1,161 @@
+"""The `camserve` client commands and the load generator, against the scripted loopback server."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from camserve_client.cli import main
+from camserve_client.loadgen import LoadConfig, format_table, run_load, summarize, write_plot
+from camserve_client.testimages import encode_png
+from client_fake import HEATMAP, FakeServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def fake():
+    with FakeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pngs(tmp_path: Path) -> list[Path]:
+    paths = []
+    for i, name in enumerate(["cat", "dog", "bird"]):
+        p = tmp_path / "in" / f"{name}.png"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(encode_png(np.full((9, 9, 3), 40 * i, np.uint8)))
+        paths.append(p)
+    return paths
+
+
+def test_explain_one_image_writes_overlay_and_heatmap(fake, pngs, tmp_path, capsys) -> None:
+    out = tmp_path / "o.jpg"
+    rc = main(["explain", str(pngs[0]), "--target", fake.target, "--class", "2", "--overlay", str(out),
+               "--heatmap", str(tmp_path / "h.npy"), "--method", "layercam"])
+    assert rc == 0
+    req = fake.service.requests[0]
+    assert req.class_index == 2 and req.image.encoded == pngs[0].read_bytes() and req.method == 4
+    assert req.output.overlay == 2  # JPEG chosen from the .jpg suffix
+    assert out.read_bytes() == b"OVERLAY2"
+    assert np.array_equal(np.load(tmp_path / "h.npy"), HEATMAP)
+    assert "class 2 'class2'" in capsys.readouterr().out
+
+
+def test_explain_many_images_names_outputs_by_stem(fake, pngs, tmp_path, capsys) -> None:
+    rc = main(["explain", *map(str, pngs), "--target", fake.target, "--overlay", str(tmp_path / "ov") + "/",
+               "--heatmap", str(tmp_path / "maps.npy"), "--top-k", "2", "--quiet"])
+    assert rc == 0
+    for stem in ("cat", "dog", "bird"):
+        assert (tmp_path / "ov" / f"{stem}_top1.png").read_bytes() == b"OVERLAY1"
+        assert (tmp_path / "ov" / f"{stem}_top2.png").exists()
+        stacked = np.load(tmp_path / f"maps_{stem}.npy")
+        assert stacked.shape == (2, 4, 5)
+    assert fake.service.attempts["Explain"] == 3
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == [str(p) for p in pngs]  # input order
+
+
+def test_explain_folder_and_json(fake, pngs, capsys) -> None:
+    assert main(["explain", str(pngs[0].parent), "--target", fake.target, "--json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(Path(r["image"]).name for r in rows) == ["bird.png", "cat.png", "dog.png"]
+    assert rows[0]["timing_ms"]["batch_size"] == 3
+
+
+def test_cli_errors_are_one_line_and_non_zero(fake, pngs, tmp_path, capsys) -> None:
+    assert main(["explain", str(tmp_path / "missing.png"), "--target", fake.target]) == 2
+    assert "image not found" in capsys.readouterr().err
+    assert main(["explain", str(pngs[0]), "--target", fake.target, "--method", "nope"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    fake.service.script.always = (grpc.StatusCode.INVALID_ARGUMENT, "image is not decodable")
+    assert main(["explain", *map(str, pngs), "--target", fake.target, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT: image is not decodable" in err and "3 of 3 image(s) failed" in err
+    assert "Traceback" not in err
+    with FakeServer() as dead:
+        target = dead.target
+    assert main(["explain", str(pngs[0]), "--target", target, "--retries", "0"]) == 3
+    assert main(["models", "--target", target, "--retries", "0"]) == 3
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert main([]) == 2
+    assert main(["models", "--target", fake.target, "--token-file", str(tmp_path / "none")]) == 2
+
+
+def test_models_and_health_commands(fake, capsys) -> None:
+    assert main(["models", "--target", fake.target]) == 0
+    out = capsys.readouterr().out
+    assert "fake" in out and "32x32x3" in out
+    assert main(["models", "fake", "--target", fake.target]) == 0
+    assert "conv" in capsys.readouterr().out
+    assert main(["models", "--json", "--target", fake.target]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["num_classes"] == 10
+    assert main(["health", "--target", fake.target]) == 0
+    assert "SERVING" in capsys.readouterr().out
+    assert main(["models", "nope", "--target", fake.target]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_loadgen_closed_and_open_loop(fake, tmp_path) -> None:
+    fake.service.script.delay_s = 0.02
+    fake.service.script.only = {"Explain"}
+    cfg = LoadConfig(target=fake.target, concurrency=[1, 4], rates=[40.0], duration_s=1.0, warmup_s=0.2,
+                     images="noise", image_count=4, quiet=True)
+    t0 = time.monotonic()
+    report = run_load(cfg)
+    assert time.monotonic() - t0 < 8
+    c1, c4, r40 = report["steps"]
+    assert c1["mode"] == "closed" and c1["concurrency"] == 1 and r40["mode"] == "open"
+    # One caller with a 20 ms server: at most 50 calls/s; four callers get ~4x.
+    assert 20 <= c1["requests_ok"] <= 50
+    assert c4["throughput_rps"] > 2.5 * c1["throughput_rps"]
+    assert c1["latency_ms"]["p50"] >= 20 and c1["latency_ms"]["p99"] >= c1["latency_ms"]["p50"]
+    assert c1["server_queue_ms"]["mean"] == 1.5 and c1["server_compute_ms"]["mean"] == 2.5
+    assert c1["batch_size_mean"] == 3 and c1["errors"] == {}
+    assert 15 <= r40["requests_ok"] <= 75  # Poisson(40) in 1 s
+    # Every counted request reached the server (warm-ups and unfinished ones are not counted).
+    assert sum(s["requests_ok"] for s in report["steps"]) <= fake.service.attempts["Explain"]
+    assert report["model"]["name"] == "fake" and "noise" in report["images"]
+    assert "closed" in format_table(report["steps"])
+    assert write_plot({"camserve": report["steps"]}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loadgen_counts_errors_by_code(fake) -> None:
+    fake.service.script.always = (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+    fake.service.script.only = {"ExplainBatch"}
+    report = run_load(LoadConfig(target=fake.target, concurrency=[2], duration_s=0.5, warmup_s=0,
+                                 images="noise", image_count=2, quiet=True, payload="raw", batch_per_call=2))
+    (step,) = report["steps"]
+    assert step["requests_ok"] == 0 and step["errors"]["RESOURCE_EXHAUSTED"] == step["requests_failed"] > 0
+    assert fake.service.attempts["ExplainBatch"] >= step["requests_failed"]  # never retried by the generator
+
+
+def test_summarize_percentiles_match_numpy() -> None:
+    from camserve_client.loadgen import Sample
+
+    lat = np.random.default_rng(0).exponential(10, 1000)
+    samples = [Sample(0.0, float(v), "OK", 1.0, 2.0, 3.0, 4) for v in lat] + [Sample(0, 1, "UNAVAILABLE")] * 3
+    s = summarize(samples, 2.0, 8, "closed", 16)
+    assert s["throughput_rps"] == 500 and s["throughput_img_s"] == 4000
+    for p in (50, 90, 95, 99):
+        assert s["latency_ms"][f"p{p}"] == pytest.approx(np.percentile(lat, p))
+    assert s["errors"] == {"UNAVAILABLE": 3} and s["client_overhead_ms_mean"] == pytest.approx(lat.mean() - 3)
+
+
+def test_bench_command_writes_json_and_plot(fake, tmp_path, capsys) -> None:
+    rc = main(["bench", "--target", fake.target, "--concurrency", "2", "--duration", "0.5", "--warmup", "0",
+               "--images", "noise", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"),
+               "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "img/s" in out and "p99" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["steps"][0]["concurrency"] == 2
+    assert (tmp_path / "r.png").exists()
+    assert main(["bench", "--target", fake.target, "--images", str(tmp_path / "nodir")]) == 2
