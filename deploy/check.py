@@ -218,12 +218,13 @@ def server_settings(container: Doc, docs: list[Doc],
         errors.append(f"args {args} must start with `serve` (the image's ENTRYPOINT is `camserve`)")
     parser = parser or _serve_parser()
     if parser is not None:
-        with _environ(env), contextlib.redirect_stderr(io.StringIO()):
+        err = io.StringIO()
+        with _environ(env), contextlib.redirect_stderr(err):
             try:
                 ns = parser().parse_args(args)
             except SystemExit:
-                errors.append(f"camserve serve rejects the arguments {args} (with env "
-                              f"{ {k: v for k, v in env.items() if k.startswith('CAMSERVE_')} })")
+                why = (err.getvalue().strip().splitlines() or ["rejected"])[-1]
+                errors.append(f"camserve serve {' '.join(args)} with this env: {why}")
                 return dict(FALLBACK_DEFAULTS), errors
         return {**FALLBACK_DEFAULTS, **vars(ns)}, errors
     settings = dict(FALLBACK_DEFAULTS)
@@ -502,7 +503,9 @@ def rule_grace_period(docs: list[Doc], parser: ParserFactory | None = None,
     out = []
     for wl, pod, c in _server_containers(docs):
         where = f"{_name(wl)} container {c.get('name')}"
-        settings, _ = server_settings(c, docs, parser)
+        settings, errors = server_settings(c, docs, parser)
+        if errors:
+            continue  # reported by rule_probe_ports as server-args
         hook = _prestop_seconds(c)
         pre, drain = settings.get("pre_stop_seconds"), settings.get("drain_seconds")
         if hook is None:
@@ -649,7 +652,7 @@ def dockerfile_problems(path: Path, gpu: bool) -> list[Problem]:
     """What hadolint does not check: two stages, a numeric non-root USER in the final stage, exec-form
     ENTRYPOINT, the NVIDIA capabilities on the GPU image."""
     out = []
-    where = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    where = _rel(path)
     lines = [ln.strip() for ln in _dockerfile_lines(path.read_text())]
     froms = [i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")]
     if len(froms) < 2:
@@ -762,6 +765,10 @@ def schema_problems(docs: list[Doc], version: str) -> list[Problem]:
     return out
 
 
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def yamllint_problems(paths: list[Path]) -> list[Problem]:
     """yamllint with the project's config (default rules, 120 columns)."""
     from yamllint import linter
@@ -771,7 +778,7 @@ def yamllint_problems(paths: list[Path]) -> list[Problem]:
     out = []
     for path in paths:
         for p in linter.run(path.read_text(), conf, str(path)):
-            out.append(Problem("yamllint", f"{path.relative_to(ROOT)}:{p.line}:{p.column}",
+            out.append(Problem("yamllint", f"{_rel(path)}:{p.line}:{p.column}",
                                f"{p.desc} ({p.rule})"))
     return out
 
@@ -791,7 +798,7 @@ def hadolint_problems(paths: list[Path]) -> list[Problem]:
         proc = subprocess.run([exe, "--no-color", str(path)], capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             for line in (proc.stdout + proc.stderr).strip().splitlines() or ["failed"]:
-                out.append(Problem("hadolint", str(path.relative_to(ROOT)), line))
+                out.append(Problem("hadolint", _rel(path), line))
     return out
 
 
