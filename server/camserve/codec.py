@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from camserve.engine import overlay as render  # NumPy + cv2 only, no TensorFlow
+
 #: Default bound on the decoded pixel count of one image (about 25 megapixels, 75 MB as RGB).
 DEFAULT_MAX_PIXELS = 25_000_000
 #: No side may be longer than this, whatever the pixel budget (keeps cv2 buffers sane).
@@ -264,32 +266,19 @@ def heatmap_uint8(heatmap: np.ndarray) -> np.ndarray:
 
 
 def heatmap_png(heatmap: np.ndarray) -> bytes:
-    """The map as an 8-bit grayscale PNG."""
-    ok, buf = cv2.imencode(".png", heatmap_uint8(heatmap))
-    if not ok:  # pragma: no cover - cv2 always encodes a uint8 2-D array
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
+    """The map as an 8-bit grayscale PNG (value = round(255 * map))."""
+    return render.heatmap_png(heatmap)
 
 
 def overlay(image_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
             fmt: str = "png", jpeg_quality: int = 90) -> bytes:
-    """Colour the map (cv2 colormap on uint8(255*map)) and blend it over the image, as cam-keras did:
-    addWeighted(heat, alpha, image, 1 - alpha). The map is resized to the image. Returns PNG/JPEG bytes."""
+    """The engine's recipe (camserve.engine.overlay, as cam-keras did): the map resized to the image,
+    cv2 colormap on uint8(255*map), addWeighted(image, 1 - alpha, heat, alpha). PNG or JPEG bytes."""
     if colormap not in COLORMAPS:
         raise ImageError(f"unknown colormap {colormap!r}; valid: {', '.join(COLORMAPS)}")
-    h, w = image_rgb.shape[:2]
-    heat_bgr = cv2.applyColorMap(heatmap_uint8(resize_heatmap(heatmap, h, w)), COLORMAPS[colormap])
-    image_bgr = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
-    blended = cv2.addWeighted(heat_bgr, float(alpha), image_bgr, 1.0 - float(alpha), 0.0)
-    if fmt == "png":
-        ok, buf = cv2.imencode(".png", blended)
-    elif fmt == "jpeg":
-        ok, buf = cv2.imencode(".jpg", blended, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-    else:
+    if fmt not in ("png", "jpeg"):
         raise ImageError(f"unknown overlay format {fmt!r}; valid: png, jpeg")
-    if not ok:  # pragma: no cover
-        raise RuntimeError(f"{fmt} encoding failed")
-    return buf.tobytes()
+    return render.overlay_bytes(image_rgb, heatmap, float(alpha), colormap, fmt, int(jpeg_quality))
 
 
 @dataclass(frozen=True)

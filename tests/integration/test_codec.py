@@ -186,7 +186,7 @@ def test_encode_map_sizes_and_overlay(chelsea: np.ndarray) -> None:
     ref = cv2.resize(heat, (451, 300), interpolation=cv2.INTER_LINEAR)
     assert np.allclose(full, np.clip(ref, 0, 1), atol=1e-6) and full.min() >= 0.0 and full.max() <= 1.0
     over = cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR_RGB)
-    heat_rgb = cv2.cvtColor(cv2.applyColorMap(np.rint(full * 255).astype(np.uint8), cv2.COLORMAP_JET),
+    heat_rgb = cv2.cvtColor(cv2.applyColorMap((full * 255).astype(np.uint8), cv2.COLORMAP_JET),
                             cv2.COLOR_BGR2RGB)
     ref_over = (0.5 * heat_rgb.astype(float) + 0.5 * chelsea.astype(float))
     assert np.abs(over.astype(float) - ref_over).max() <= 1.0

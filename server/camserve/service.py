@@ -1,0 +1,487 @@
+"""The `camserve.v1.ExplainService` servicer (grpc.aio): validate, decode, queue, encode, map errors.
+
+Why validation lives here and not in the worker: a bad request must fail before it takes a queue
+slot or a batch position, with a message that says what was wrong and what is valid. The checks
+use the metadata the worker reported at start-up (`dispatcher.model_summary`: classes, layers, CAM
+support), so they agree with what the engine would say. Decoding and encoding run in a thread pool
+(OpenCV releases the GIL), never on the event loop. This is the only module that knows gRPC status
+codes; every error a caller can cause maps to a precise code, and INTERNAL is reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from camserve_client._proto import explain_pb2 as pb
+from camserve_client._proto import explain_pb2_grpc as pb_grpc
+
+from camserve import codec
+from camserve.batcher import (
+    BatchFailedError,
+    DeadlineExceededError,
+    ExplainError,
+    ItemRequest,
+    NotReadyError,
+    QueueFullError,
+    UnknownModelError,
+    WorkerLostError,
+    WorkItem,
+    WorkResult,
+)
+from camserve.codec import DecodedImage, ImageError, OutputSpec
+from camserve.metrics import MIXED_MODELS, Metrics
+from camserve.repository import ModelConfig
+
+log = logging.getLogger("camserve.service")
+
+SERVICE_NAME = "camserve.v1.ExplainService"
+
+#: Wire enum -> engine method name (METHOD_UNSPECIFIED means the default, Grad-CAM).
+METHODS: dict[int, str] = {
+    pb.CAM: "cam", pb.GRAD_CAM: "gradcam", pb.GRAD_CAM_PLUS_PLUS: "gradcam++", pb.LAYER_CAM: "layercam",
+    pb.HIRES_CAM: "hirescam", pb.XGRAD_CAM: "xgradcam", pb.EIGEN_CAM: "eigencam",
+}
+METHOD_ENUMS: dict[str, int] = {name: value for value, name in METHODS.items()}
+SIZES = {pb.HEATMAP_SIZE_UNSPECIFIED: "grid", pb.CONV_GRID: "grid", pb.MODEL_INPUT: "input",
+         pb.ORIGINAL: "original"}
+OVERLAYS = {pb.IMAGE_FORMAT_UNSPECIFIED: None, pb.PNG: "png", pb.JPEG: "jpeg"}
+COLORMAPS = {pb.COLORMAP_UNSPECIFIED: "jet", pb.JET: "jet", pb.TURBO: "turbo", pb.VIRIDIS: "viridis",
+             pb.INFERNO: "inferno"}
+DTYPES = {pb.UINT8: "UINT8", pb.FLOAT32: "FLOAT32"}
+
+MAX_TOP_K = 16
+MAX_REQUEST_ID = 256
+MAX_BATCH_ITEMS = 1024
+TOP_PREDICTIONS = 5
+
+
+class RequestError(Exception):
+    """An RPC must end with `code` and `message` (raised inside handlers, turned into an abort)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return str(value)
+
+
+def _names(values: list[str], limit: int = 12) -> str:
+    shown = ", ".join(values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated Explain request, ready to decode and queue."""
+
+    config: ModelConfig
+    summary: Mapping[str, Any]
+    spec: ItemRequest
+    output: OutputSpec
+    method_enum: int
+    target_layer: str
+    request_id: str
+    image: pb.Image
+
+
+def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status for an exception raised below the service (dispatcher, engine, codec)."""
+    if isinstance(exc, RequestError):
+        return exc.code, exc.message
+    if isinstance(exc, ImageError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, QueueFullError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, DeadlineExceededError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+    if isinstance(exc, WorkerLostError):
+        return grpc.StatusCode.UNAVAILABLE, f"the worker computing this request was lost; retry ({exc})"
+    if isinstance(exc, NotReadyError):
+        return grpc.StatusCode.UNAVAILABLE, str(exc) or "the model is not ready; retry later"
+    if isinstance(exc, UnknownModelError):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, ExplainError):
+        if exc.kind == "cam_not_supported":
+            return grpc.StatusCode.FAILED_PRECONDITION, exc.message
+        return grpc.StatusCode.INVALID_ARGUMENT, exc.message
+    if isinstance(exc, BatchFailedError):
+        return grpc.StatusCode.INTERNAL, f"the worker failed on this batch (a server bug, see its log): {exc}"
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log"
+
+
+class ExplainServicer(pb_grpc.ExplainServiceServicer):
+    """Explain, ExplainBatch, ListModels and GetModel over a Dispatcher (see ARCHITECTURE.md)."""
+
+    def __init__(self, dispatcher: Any, repository: Mapping[str, ModelConfig], metrics: Metrics,
+                 executor: Executor, *, max_image_pixels: int = codec.DEFAULT_MAX_PIXELS,
+                 max_send_bytes: int = 16 << 20, backend: str = "tensorflow",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not repository:
+            raise ValueError("the service needs at least one model")
+        self.dispatcher = dispatcher
+        self.repository = dict(repository)
+        self.default_model = next(iter(self.repository))
+        self.metrics = metrics
+        self.executor = executor
+        self.max_image_pixels = max_image_pixels
+        self.max_send_bytes = max_send_bytes
+        self.backend = backend
+        self.clock = clock
+
+    # ------------------------------------------------------------------------ validation
+
+    def _model(self, name: str, version: int) -> ModelConfig:
+        model = name or self.default_model
+        cfg = self.repository.get(model)
+        if cfg is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"model {name!r} is not served; served models: "
+                               f"{_names(list(self.repository))}")
+        if version not in (0, cfg.version):
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"model {model!r} has no version {version}; served version: {cfg.version} "
+                               "(0 = the newest)")
+        return cfg
+
+    def _summary(self, cfg: ModelConfig) -> Mapping[str, Any]:
+        summary = self.dispatcher.model_summary(cfg.name)
+        if summary is None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               f"model {cfg.name!r} is still loading or no worker serves it; retry later")
+        return summary
+
+    def prepare(self, request: pb.ExplainRequest) -> Prepared:
+        """Every check that needs no pixels; raises RequestError with the code and a clear message."""
+        cfg = self._model(request.model, request.model_version)
+        summary = self._summary(cfg)
+        num_classes = int(summary["num_classes"])
+        if request.method not in (pb.METHOD_UNSPECIFIED, *METHODS):
+            raise invalid(f"unknown method {request.method}; valid: "
+                          f"{', '.join(pb.Method.Name(m) for m in METHODS)}")
+        method_enum = request.method or pb.GRAD_CAM
+        method = METHODS[method_enum]
+        class_index: int | None = None
+        top_k = request.top_k or 1
+        if request.HasField("class_index"):
+            class_index = request.class_index
+            if not 0 <= class_index < num_classes:
+                raise invalid(f"class_index {class_index} is out of range: model {cfg.name!r} has "
+                              f"{num_classes} classes (0..{num_classes - 1})")
+            if request.top_k not in (0, 1):
+                raise invalid("set class_index to explain one class, or top_k to explain the k best; "
+                              "not both")
+        elif not 1 <= top_k <= min(num_classes, MAX_TOP_K):
+            raise invalid(f"top_k {request.top_k} is out of range: 1..{min(num_classes, MAX_TOP_K)} "
+                          f"for model {cfg.name!r} (0 means 1)")
+        layer_name, layer = self._layer(cfg, summary, request.target_layer)
+        if method == "cam" and not layer.get("cam_supported", False):
+            reason = summary.get("cam_reason") if layer_name == summary.get("target_layer") else ""
+            able = [str(x["name"]) for x in summary.get("layers", []) if x.get("cam_supported")]
+            where = (f"layers where CAM works: {_names(able)}" if able
+                     else "no layer of this model feeds global average pooling then one Dense layer")
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"CAM is not available on layer {layer_name!r} of model {cfg.name!r}: "
+                               f"{reason or 'CAM needs the layer to feed global average pooling then one Dense'}"
+                               f"; {where}; GRAD_CAM works on any layer")
+        output = self._output(request.output)
+        rid = request.request_id
+        if len(rid) > MAX_REQUEST_ID:
+            raise invalid(f"request_id is {len(rid)} characters; at most {MAX_REQUEST_ID}")
+        which = request.image.WhichOneof("source")
+        if which is None:
+            raise invalid("the request has no image: set image.encoded (JPEG/PNG/WebP/BMP bytes) "
+                          "or image.tensor")
+        target = None if layer_name == summary.get("target_layer") else layer_name
+        spec = ItemRequest(method=method, class_index=class_index,
+                           top_k=1 if class_index is not None else top_k, target_layer=target)
+        return Prepared(config=cfg, summary=summary, spec=spec, output=output, method_enum=method_enum,
+                        target_layer=layer_name, request_id=rid or uuid.uuid4().hex, image=request.image)
+
+    @staticmethod
+    def _layer(cfg: ModelConfig, summary: Mapping[str, Any], name: str) -> tuple[str, Mapping[str, Any]]:
+        layers = list(summary.get("layers", []))
+        default = str(summary.get("target_layer", ""))
+        wanted = name or default
+        by_name = {str(x["name"]): x for x in layers}
+        if wanted in by_name:
+            return wanted, by_name[wanted]
+        nested = [n for n in by_name if n.endswith("/" + wanted)]
+        if len(nested) == 1:
+            return nested[0], by_name[nested[0]]
+        if not name:  # the default layer is not among the candidates: trust the engine's report
+            return default, {"name": default, "cam_supported": bool(summary.get("cam_supported"))}
+        if len(nested) > 1:
+            raise invalid(f"target_layer {name!r} is ambiguous in model {cfg.name!r}: {_names(nested)}; "
+                          "use the full 'outer/inner' path")
+        raise invalid(f"model {cfg.name!r} has no target layer {name!r} (a layer with a 4-D output); "
+                      f"valid: {_names(list(reversed(list(by_name))))}")
+
+    @staticmethod
+    def _output(opt: pb.OutputOptions) -> OutputSpec:
+        if opt.size not in SIZES:
+            raise invalid(f"unknown output.size {opt.size}; valid: CONV_GRID, MODEL_INPUT, ORIGINAL")
+        if opt.overlay not in OVERLAYS:
+            raise invalid(f"unknown output.overlay {opt.overlay}; valid: PNG, JPEG (or unset for none)")
+        if opt.colormap not in COLORMAPS:
+            raise invalid(f"unknown output.colormap {opt.colormap}; valid: JET, TURBO, VIRIDIS, INFERNO")
+        alpha = float(opt.overlay_alpha)
+        if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+            raise invalid(f"output.overlay_alpha {alpha} must be in (0, 1] (0 means 0.4)")
+        if not 0 <= opt.jpeg_quality <= 100:
+            raise invalid(f"output.jpeg_quality {opt.jpeg_quality} must be in 1..100 (0 means 90)")
+        return OutputSpec(size=SIZES[opt.size], tensor=not opt.omit_tensor, png=opt.heatmap_png,
+                          overlay=OVERLAYS[opt.overlay], alpha=alpha or 0.4, colormap=COLORMAPS[opt.colormap],
+                          jpeg_quality=opt.jpeg_quality or 90)
+
+    def decode(self, prep: Prepared) -> DecodedImage:
+        """Decode the image for the model (runs in the thread pool); ImageError on bad input."""
+        shape = tuple(int(d) for d in prep.summary.get("input_shape") or prep.config.input_shape)
+        image = prep.image
+        if image.WhichOneof("source") == "encoded":
+            decoded = codec.decode_encoded(image.encoded, shape, self.max_image_pixels)  # type: ignore[arg-type]
+        else:
+            t = image.tensor
+            dtype = DTYPES.get(t.dtype, _enum_name(pb.DType, t.dtype))
+            decoded = codec.decode_tensor(dtype, list(t.shape), t.data, shape,  # type: ignore[arg-type]
+                                          self.max_image_pixels)
+        self._check_reply_size(prep, decoded)
+        return decoded
+
+    def _check_reply_size(self, prep: Prepared, image: DecodedImage) -> None:
+        """Refuse before computing when the float32 maps asked for cannot fit in one reply."""
+        if not prep.output.tensor:
+            return
+        k = 1 if prep.spec.class_index is not None else prep.spec.top_k
+        if prep.output.size == "original":
+            h, w = image.original_size
+        elif prep.output.size == "input":
+            h, w = image.pixels.shape[:2]
+        else:
+            return
+        need = 4 * h * w * k
+        if need > self.max_send_bytes:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the reply would carry {need} bytes of float32 heatmaps ({k} x {h}x{w}), "
+                               f"over the server's {self.max_send_bytes}-byte message limit; ask for "
+                               "CONV_GRID or MODEL_INPUT size, omit_tensor with a PNG, or fewer classes")
+
+    # ------------------------------------------------------------------------ replies
+
+    def build_response(self, prep: Prepared, image: DecodedImage, result: WorkResult,
+                       started: float) -> pb.ExplainResponse:
+        """The reply for one computed image (encoding runs in the thread pool when it is real work)."""
+        cfg = prep.config
+        labels = cfg.labels
+        probs = np.asarray(result.probabilities, dtype=np.float32).reshape(-1)
+
+        def label(i: int) -> str:
+            return labels[i] if 0 <= i < len(labels) else str(i)
+
+        resp = pb.ExplainResponse(request_id=prep.request_id, model=cfg.name, model_version=cfg.version,
+                                  method=prep.method_enum, target_layer=prep.target_layer)  # type: ignore[arg-type]
+        for m in result.maps:
+            class_index, score, heatmap, all_zero = (m.class_index, m.score, m.heatmap, m.all_zero) \
+                if hasattr(m, "class_index") else m
+            enc = codec.encode_map(np.asarray(heatmap, dtype=np.float32), prep.output, image)
+            ci = int(class_index)
+            ex = resp.explanations.add(class_index=ci, label=label(ci),
+                                       probability=float(probs[ci]) if 0 <= ci < probs.size else 0.0,
+                                       score=float(score), all_zero=bool(all_zero))
+            if prep.output.tensor:
+                ex.heatmap.dtype = pb.FLOAT32
+                ex.heatmap.shape.extend(enc.shape)
+                ex.heatmap.data = enc.tensor
+            if enc.png:
+                ex.heatmap_png = enc.png
+            if enc.overlay:
+                ex.overlay = enc.overlay
+        for i in np.argsort(-probs, kind="stable")[:TOP_PREDICTIONS]:
+            resp.top_predictions.add(class_index=int(i), label=label(int(i)), probability=float(probs[i]))
+        resp.timing.queue_ms = result.queue_s * 1e3
+        resp.timing.compute_ms = result.compute_s * 1e3
+        resp.timing.batch_size = int(result.batch_size)
+        resp.timing.total_ms = (self.clock() - started) * 1e3
+        return resp
+
+    def _needs_pool(self, prep: Prepared) -> bool:
+        """Grid-size float maps are a memcpy; anything resized or encoded is real CPU work."""
+        o = prep.output
+        return o.size != "grid" or o.png or o.overlay is not None
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float | None:
+        remaining = context.time_remaining()
+        return None if remaining is None else self.clock() + remaining
+
+    async def _explain_one(self, request: pb.ExplainRequest, deadline: float | None,
+                           started: float) -> pb.ExplainResponse:
+        prep = self.prepare(request)
+        image = await self._run(self.decode, prep)
+        item = WorkItem(model=prep.config.name, pixels=image.pixels, spec=prep.spec, deadline=deadline)
+        result = await self.dispatcher.submit(item)
+        self.metrics.record_result(prep.config.name, result.queue_s, result.compute_s)
+        if self._needs_pool(prep):
+            return await self._run(self.build_response, prep, image, result, started)
+        return self.build_response(prep, image, result, started)
+
+    def _check_send_size(self, resp: Any) -> None:
+        size = resp.ByteSize()
+        if size > self.max_send_bytes:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the reply would be {size} bytes, over the server's "
+                               f"{self.max_send_bytes}-byte message limit; ask for smaller heatmaps, "
+                               "omit_tensor, JPEG overlays or fewer images per call")
+
+    async def _finish(self, context: grpc.aio.ServicerContext, method: str, model: str | None,
+                      started: float, exc: BaseException | None) -> None:
+        """Record the RPC and, on error, abort it with the mapped code (never a traceback to the caller)."""
+        if exc is None:
+            self.metrics.record_rpc(model, method, "OK", self.clock() - started)
+            return
+        code, message = map_error(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s failed: %s", method, message, exc_info=exc)
+        self.metrics.record_rpc(model, method, code.name, self.clock() - started)
+        await context.abort(code, message)
+
+    # ------------------------------------------------------------------------ RPCs
+
+    async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
+                      ) -> pb.ExplainResponse:
+        started = self.clock()
+        model = request.model or self.default_model
+        try:
+            resp = await self._explain_one(request, self._deadline(context), started)
+            self._check_send_size(resp)
+        except asyncio.CancelledError:
+            self.metrics.record_rpc(model, "Explain", "CANCELLED", self.clock() - started)
+            raise
+        except Exception as exc:  # every path ends in a status, see map_error
+            await self._finish(context, "Explain", model, started, exc)
+            raise AssertionError("unreachable: abort raises") from exc
+        await self._finish(context, "Explain", model, started, None)
+        return resp
+
+    async def ExplainBatch(self, request: pb.ExplainBatchRequest, context: grpc.aio.ServicerContext
+                           ) -> pb.ExplainBatchResponse:
+        started = self.clock()
+        models = {r.model or self.default_model for r in request.requests}
+        model = next(iter(models)) if len(models) == 1 else (MIXED_MODELS if models else None)
+        try:
+            resp = await self._explain_batch(request, self._deadline(context), started)
+            self._check_send_size(resp)
+        except asyncio.CancelledError:
+            self.metrics.record_rpc(model, "ExplainBatch", "CANCELLED", self.clock() - started)
+            raise
+        except Exception as exc:
+            await self._finish(context, "ExplainBatch", model, started, exc)
+            raise AssertionError("unreachable: abort raises") from exc
+        await self._finish(context, "ExplainBatch", model, started, None)
+        return resp
+
+    async def _explain_batch(self, request: pb.ExplainBatchRequest, deadline: float | None,
+                             started: float) -> pb.ExplainBatchResponse:
+        n = len(request.requests)
+        if n > MAX_BATCH_ITEMS:
+            raise invalid(f"ExplainBatch carries {n} requests; at most {MAX_BATCH_ITEMS} per call")
+        preps: list[Prepared] = []
+        for i, r in enumerate(request.requests):
+            try:
+                preps.append(self.prepare(r))
+            except RequestError as exc:
+                raise RequestError(exc.code, f"requests[{i}]: {exc.message}") from None
+        images = await asyncio.gather(*(self._run(self._decode_at, i, p) for i, p in enumerate(preps)))
+        tasks = [asyncio.ensure_future(self.dispatcher.submit(
+            WorkItem(model=p.config.name, pixels=img.pixels, spec=p.spec, deadline=deadline)))
+            for p, img in zip(preps, images, strict=True)]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        for p, r in zip(preps, results, strict=True):
+            self.metrics.record_result(p.config.name, r.queue_s, r.compute_s)
+
+        def build() -> pb.ExplainBatchResponse:
+            out = pb.ExplainBatchResponse()
+            for p, img, r in zip(preps, images, results, strict=True):
+                out.responses.append(self.build_response(p, img, r, started))
+            return out
+
+        if any(self._needs_pool(p) for p in preps):
+            return await self._run(build)
+        return build()
+
+    def _decode_at(self, index: int, prep: Prepared) -> DecodedImage:
+        try:
+            return self.decode(prep)
+        except (ImageError, RequestError) as exc:
+            code, message = map_error(exc)
+            raise RequestError(code, f"requests[{index}]: {message}") from None
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ListModelsResponse:
+        started = self.clock()
+        resp = pb.ListModelsResponse(models=[self.model_info(cfg) for cfg in self.repository.values()])
+        self.metrics.record_rpc(None, "ListModels", "OK", self.clock() - started)
+        return resp
+
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        started = self.clock()
+        try:
+            cfg = self._model(request.model, request.model_version)
+        except RequestError as exc:
+            await self._finish(context, "GetModel", request.model, started, exc)
+            raise AssertionError("unreachable: abort raises") from exc
+        await self._finish(context, "GetModel", cfg.name, started, None)
+        return self.model_info(cfg)
+
+    def model_info(self, cfg: ModelConfig) -> pb.ModelInfo:
+        """ModelInfo from the config, completed by the worker's report once the model is loaded."""
+        b = cfg.batching
+        info = pb.ModelInfo(name=cfg.name, version=cfg.version, ready=bool(self.dispatcher.ready(cfg.name)),
+                            input_shape=list(cfg.input_shape), preprocessing=cfg.preprocessing,
+                            labels=list(cfg.labels), max_batch_size=b.max_batch_size,
+                            max_queue_delay_ms=b.max_queue_delay_ms, backend=self.backend,
+                            default_target_layer=cfg.target_layer or "")
+        s = self.dispatcher.model_summary(cfg.name)
+        if s is None:
+            return info
+        info.num_classes = int(s.get("num_classes", 0))
+        info.default_target_layer = str(s.get("target_layer") or info.default_target_layer)
+        info.compile_mode = str(s.get("compile_mode", ""))
+        info.backend = str(s.get("backend") or self.backend)
+        info.batch_buckets.extend(int(x) for x in s.get("buckets", []))
+        for layer in s.get("layers", []):
+            info.layers.add(name=str(layer["name"]), grid=[int(g) for g in layer.get("grid", [])],
+                            channels=int(layer.get("channels", 0)),
+                            cam_supported=bool(layer.get("cam_supported", False)))
+        methods = [m for m in s.get("methods", METHOD_ENUMS) if m in METHOD_ENUMS]
+        if not s.get("cam_supported", False):
+            methods = [m for m in methods if m != "cam"]
+        info.methods.extend(METHOD_ENUMS[m] for m in methods)  # type: ignore[misc]
+        return info

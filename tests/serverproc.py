@@ -1,0 +1,255 @@
+"""Run the real camserve server as a subprocess for tests (any room may use this helper).
+
+Why a subprocess and not an in-process server: the acceptance tests need what users get, including
+signals (SIGTERM drain, exit code), worker processes that can be killed, and a parent process that
+never imports TensorFlow. Usage::
+
+    from serverproc import start_server, server_fixture
+
+    server = server_fixture("--max-batch-size", "8")          # a module-scoped pytest fixture
+
+    def test_x(server):
+        channel = grpc.insecure_channel(server.target)
+        ...
+
+    with start_server("--max-queue-size", "2") as srv:       # or by hand
+        ...
+        assert srv.stop() == 0                                 # SIGTERM, wait, exit code
+
+The server logs to a file (`srv.log_path`, read with `srv.log()`), so a chatty server never blocks
+on a full pipe; the log tail is included in every startup error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_START_TIMEOUT = 240.0
+
+
+def free_port() -> int:
+    """A port that was free on loopback a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A started `python -m camserve.cli serve` subprocess and how to reach it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], grpc_port: int, metrics_port: int, log_path: Path,
+                 host: str = "127.0.0.1", credentials: grpc.ChannelCredentials | None = None,
+                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
+        self.proc = proc
+        self.grpc_port = grpc_port
+        self.metrics_port = metrics_port
+        self.log_path = log_path
+        self.host = host
+        self.credentials = credentials
+        self.channel_options = list(channel_options)
+        self.exit_code: int | None = None
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def target(self) -> str:
+        """gRPC target, e.g. '127.0.0.1:50123'."""
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A new sync channel to the server (TLS when the helper was given credentials)."""
+        opts = [*self.channel_options, *options]
+        if self.credentials is not None:
+            return grpc.secure_channel(self.target, self.credentials, options=opts)
+        return grpc.insecure_channel(self.target, options=opts)
+
+    # -- observation ----------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        """Everything the server wrote to stdout/stderr so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def health(self, service: str = "", timeout: float = 2.0) -> str | None:
+        """'SERVING' / 'NOT_SERVING' / ... for `service` ('' = overall), or None when unreachable."""
+        with self.channel() as ch:
+            try:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            except grpc.RpcError:
+                return None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_health(self, status: str = "SERVING", service: str = "", timeout: float = DEFAULT_START_TIMEOUT,
+                    poll: float = 0.1) -> float:
+        """Block until health of `service` is `status`; returns seconds waited. Raises with the log tail."""
+        t0 = time.monotonic()
+        while True:
+            if not self.alive():
+                raise RuntimeError(f"server exited with {self.proc.returncode} before {status}:\n"
+                                   f"{self.log_tail()}")
+            if self.health(service, timeout=min(2.0, max(poll, 0.5))) == status:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"server not {status} within {timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(poll)
+
+    def wait_serving(self, timeout: float = DEFAULT_START_TIMEOUT) -> float:
+        return self.wait_health("SERVING", "", timeout)
+
+    def metrics_text(self, timeout: float = 5.0) -> str:
+        return urllib.request.urlopen(self.metrics_url, timeout=timeout).read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples called `name` whose labels include `labels` (0.0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for fam in text_string_to_metric_families(self.metrics_text()):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the worker processes (children started by multiprocessing spawn; Linux /proc only)."""
+        pids: list[int] = []
+        task_dir = Path(f"/proc/{self.pid}/task")
+        children: set[int] = set()
+        for task in task_dir.glob("*"):
+            with contextlib.suppress(OSError):
+                children.update(int(p) for p in (task / "children").read_text().split())
+        for pid in sorted(children):
+            with contextlib.suppress(OSError):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+                    pids.append(pid)
+        return pids
+
+    def mapped_files(self) -> str:
+        """The parent's /proc/PID/maps (to prove which shared libraries it loaded)."""
+        return Path(f"/proc/{self.pid}/maps").read_text()
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 120.0) -> int:
+        self.exit_code = self.proc.wait(timeout=timeout)
+        return self.exit_code
+
+    def stop(self, timeout: float = 120.0, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM (drain) and wait; kills after `timeout`. Returns the exit code (negative = killed)."""
+        if self.exit_code is not None:
+            return self.exit_code
+        self.signal(sig)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.wait(30)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (test clean-up after a failure)."""
+        for pid in self.worker_pids() if self.alive() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.alive():
+            self.proc.kill()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(*args: str, repository: str | os.PathLike[str] | None = None, workers: str = "cpu:1",
+                 pre_stop_seconds: float = 0.0, env: dict[str, str] | None = None,
+                 wait: bool = True, timeout: float = DEFAULT_START_TIMEOUT, host: str = "127.0.0.1",
+                 credentials: grpc.ChannelCredentials | None = None,
+                 channel_options: Sequence[tuple[str, Any]] = (),
+                 grpc_port: int | None = None, metrics_port: int | None = None) -> ServerProcess:
+    """Start `python -m camserve.cli serve` on free loopback ports; by default wait for SERVING.
+
+    `args` are extra CLI flags (e.g. "--max-queue-size", "2"); `repository` None serves the bundled
+    demo model. `credentials` (and `host`, e.g. "localhost" to match a test certificate) are used by
+    the helper's own health checks and `channel()`; pass the matching --tls-* flags in `args`.
+    """
+    grpc_port = free_port() if grpc_port is None else grpc_port
+    metrics_port = free_port() if metrics_port is None else metrics_port
+    cmd = [sys.executable, "-m", "camserve.cli", "serve", "--host", "127.0.0.1",
+           "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--workers", workers,
+           "--pre-stop-seconds", str(pre_stop_seconds)]
+    if repository is not None:
+        cmd += ["--model-repository", str(repository)]
+    cmd += list(args)
+    child_env = dict(os.environ)
+    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    child_env["PYTHONUNBUFFERED"] = "1"
+    child_env.update(env or {})
+    fd, name = tempfile.mkstemp(prefix="camserve-server-", suffix=".log")
+    log_path = Path(name)
+    with os.fdopen(fd, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=ROOT)
+    server = ServerProcess(proc, grpc_port, metrics_port, log_path, host=host, credentials=credentials,
+                           channel_options=channel_options)
+    if wait:
+        try:
+            server.wait_serving(timeout)
+        except BaseException:
+            server.kill()
+            with contextlib.suppress(Exception):
+                server.wait(30)
+            raise
+    return server
+
+
+def server_fixture(*args: str, scope: str = "module", **kwargs: Any) -> Any:
+    """A pytest fixture (module-scoped by default) yielding a SERVING `ServerProcess`, stopped after."""
+
+    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
+    def _server() -> Iterator[ServerProcess]:
+        srv = start_server(*args, **kwargs)
+        try:
+            yield srv
+        finally:
+            srv.stop()
+            with contextlib.suppress(OSError):
+                srv.log_path.unlink()
+
+    return _server
