@@ -92,7 +92,7 @@ class Target:
         """The (C, N) Dense kernel used by CAM, as float32 NumPy."""
         if self.cam_dense is None:
             raise RuntimeError("no CAM head")
-        return np.asarray(keras.ops.convert_to_numpy(self.cam_dense.kernel), dtype=np.float32)
+        return np.asarray(self.cam_dense.get_weights()[0], dtype=np.float32)
 
 
 @dataclass(frozen=True)

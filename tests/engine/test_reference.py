@@ -1,0 +1,180 @@
+"""Exact values: every method against a float64 NumPy implementation of its published formula.
+
+The networks are tiny with fixed weights, and the reference computes the activations and the
+gradients analytically in float64 (no TensorFlow), so engine and reference cannot agree by accident.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from camserve.engine import Explainer, ItemSpec
+from camserve.engine.explainer import buckets_for
+
+H = W = 5
+CIN, C, D, N = 2, 3, 4, 3
+RNG = np.random.default_rng(7)
+K1 = RNG.normal(size=(3, 3, CIN, C))
+B1 = RNG.normal(scale=0.1, size=C)
+V = RNG.normal(size=(C, D))
+BV = RNG.normal(scale=0.1, size=D)
+WD = RNG.normal(size=(D, N))
+BD = RNG.normal(scale=0.1, size=N)
+WC = RNG.normal(size=(C, N))  # the CAM net's Dense
+X = RNG.normal(size=(3, H, W, CIN))
+
+
+def _conv_net(head: str) -> keras.Model:
+    inp = keras.Input((H, W, CIN))
+    a = keras.layers.Conv2D(C, 3, padding="same", activation="relu", name="target")(inp)
+    if head == "mix":
+        a = keras.layers.Conv2D(D, 1, activation="relu", name="mix")(a)
+        g = keras.layers.GlobalAveragePooling2D()(a)
+        out = keras.layers.Dense(N, activation="softmax", name="out")(g)
+    else:
+        g = keras.layers.GlobalAveragePooling2D()(a)
+        out = keras.layers.Dense(N, activation="softmax", name="out")(g)
+    model = keras.Model(inp, out)
+    model.get_layer("target").set_weights([K1, B1])
+    if head == "mix":
+        model.get_layer("mix").set_weights([V[None, None], BV])
+        model.get_layer("out").set_weights([WD, BD])
+    else:
+        model.get_layer("out").set_weights([WC, BD])
+    return model
+
+
+def ref_forward(x: np.ndarray, head: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 activations A (B,h,w,C), logits (B,N) and d logits / d A (B,N,h,w,C)."""
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    pre = np.zeros((x.shape[0], H, W, C))
+    for i in range(H):
+        for j in range(W):
+            pre[:, i, j, :] = np.einsum("bxyc,xycd->bd", xp[:, i : i + 3, j : j + 3, :], K1) + B1
+    a = np.maximum(pre, 0.0)
+    if head == "mix":
+        zpre = a @ V + BV
+        z = np.maximum(zpre, 0.0)
+        logits = z.mean(axis=(1, 2)) @ WD + BD
+        # d logit_k / d A[i,j,c] = sum_d WD[d,k] 1[zpre>0] V[c,d] / (h w)
+        grad = np.einsum("dk,bijd,cd->bkijc", WD, (zpre > 0).astype(float), V) / (H * W)
+    else:
+        logits = a.mean(axis=(1, 2)) @ WC + BD
+        grad = np.broadcast_to(WC.T[None, :, None, None, :], (x.shape[0], N, H, W, C)) / (H * W)
+    return a, logits, np.array(grad)
+
+
+def ref_normalise(s: np.ndarray) -> np.ndarray:
+    s = np.maximum(s, 0.0)
+    return (s - s.min()) / (s.max() - s.min())
+
+
+def ref_map(method: str, a: np.ndarray, g: np.ndarray, kernel_col: np.ndarray | None = None) -> np.ndarray:
+    """One image's normalised map from the published formula, written out channel by channel."""
+    maps = np.zeros((H, W))
+    if method == "eigencam":
+        m = a.reshape(-1, C)
+        centred = m - m.mean(axis=0)
+        v = np.linalg.svd(centred)[2][0]
+        v = v if m.mean(axis=0) @ v >= 0 else -v
+        return ref_normalise((centred @ v).reshape(H, W))
+    for c in range(C):
+        ac = a[..., c]
+        gc = g[..., c] if g is not None else None
+        if method == "gradcam":
+            maps += gc.mean() * ac
+        elif method == "hirescam":
+            maps += gc * ac
+        elif method == "layercam":
+            maps += np.maximum(gc, 0) * ac
+        elif method == "xgradcam":
+            maps += (gc * ac).sum() / (ac.sum() + 1e-7) * ac
+        elif method == "gradcam++":
+            alpha = gc**2 / (2 * gc**2 + ac.sum() * gc**3 + 1e-6)
+            alpha = np.where(gc != 0, alpha, 0.0)
+            maps += (alpha * np.maximum(gc, 0)).sum() * ac
+        elif method == "cam":
+            maps += kernel_col[c] * ac
+    return ref_normalise(maps)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def mix_explainer() -> Explainer:
+    return Explainer(_conv_net("mix"), "target", preprocessing="none", max_batch_size=4)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam"])
+def test_gradient_methods_match_float64_formula(mix_explainer: Explainer, method: str) -> None:
+    a, logits, grad = ref_forward(X, "mix")
+    classes = [2, None, 0]
+    res = mix_explainer.explain_batch(X.astype(np.float32), [ItemSpec(method, c) for c in classes])
+    for b, (r, c) in enumerate(zip(res, classes, strict=True)):
+        k = int(np.argmax(logits[b])) if c is None else c
+        assert r.maps[0].class_index == k
+        np.testing.assert_allclose(r.probabilities, softmax(logits[b]), atol=1e-6)
+        np.testing.assert_allclose(r.maps[0].score, logits[b, k], atol=1e-5)
+        np.testing.assert_allclose(r.maps[0].heatmap, ref_map(method, a[b], grad[b, k]), atol=2e-5)
+        assert r.maps[0].heatmap.dtype == np.float32 and not r.maps[0].all_zero
+
+
+def test_raw_step_matches_analytic_gradients(mix_explainer: Explainer) -> None:
+    a, logits, grad = ref_forward(X, "mix")
+    out = mix_explainer.step(X.astype(np.float32), np.array([[0, 1], [2, 0], [-1, -2]], np.int32))
+    np.testing.assert_allclose(out.activations, a, rtol=1e-5, atol=1e-5)
+    order = np.argsort(-logits[2])
+    np.testing.assert_array_equal(out.classes, [[0, 1], [2, 0], order[:2]])
+    for b in range(3):
+        for k in range(2):
+            np.testing.assert_allclose(out.gradients[b, k], grad[b, out.classes[b, k]], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(out.scores[b, k], logits[b, out.classes[b, k]], rtol=1e-5)
+
+
+def test_probability_score_gradient() -> None:
+    """score="probability": d p_k / d A = p_k (d z_k - sum_j p_j d z_j) (softmax chain rule)."""
+    e = Explainer(_conv_net("mix"), "target", preprocessing="none", max_batch_size=4, score="probability")
+    _, logits, grad = ref_forward(X, "mix")
+    p = softmax(logits)
+    out = e.step(X.astype(np.float32), np.array([[1], [1], [1]], np.int32))
+    for b in range(3):
+        ref = p[b, 1] * (grad[b, 1] - np.einsum("n,nijc->ijc", p[b], grad[b]))
+        np.testing.assert_allclose(out.gradients[b, 0], ref, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(out.scores[b, 0], p[b, 1], rtol=1e-5)
+
+
+def test_cam_matches_formula_and_equals_gradcam() -> None:
+    """CAM from the Dense kernel; on GAP -> Dense with logits Grad-CAM = CAM / (h w) after normalising."""
+    e = Explainer(_conv_net("cam"), preprocessing="none", max_batch_size=4)
+    assert e.info.cam_supported and e.info.target_layer == "target"
+    a, logits, _ = ref_forward(X, "cam")
+    classes = [0, 1, None]
+    xs = X.astype(np.float32)
+    cam = e.explain_batch(xs, [ItemSpec("cam", c) for c in classes])
+    grad = e.explain_batch(xs, [ItemSpec("gradcam", c) for c in classes])
+    for b, c in enumerate(classes):
+        k = int(np.argmax(logits[b])) if c is None else c
+        ref = ref_map("cam", a[b], None, WC[:, k])
+        np.testing.assert_allclose(cam[b].maps[0].heatmap, ref, atol=2e-5)
+        np.testing.assert_allclose(cam[b].maps[0].heatmap, grad[b].maps[0].heatmap, atol=1e-5)
+
+
+def test_normalise_all_zero_flag_never_nan() -> None:
+    """A net whose target output is zero everywhere gives zero maps flagged all_zero, not NaN."""
+    model = _conv_net("cam")
+    model.get_layer("target").set_weights([np.zeros_like(K1), -np.ones_like(B1)])  # ReLU(-1) = 0
+    e = Explainer(model, preprocessing="none", max_batch_size=2)
+    for method in ("cam", "gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam"):
+        r = e.explain_batch(X[:1].astype(np.float32), [ItemSpec(method)])[0]
+        assert r.maps[0].all_zero, method
+        assert np.array_equal(r.maps[0].heatmap, np.zeros((H, W), np.float32)), method
+
+
+def test_buckets() -> None:
+    assert buckets_for(1) == [1]
+    assert buckets_for(32) == [1, 2, 4, 8, 16, 32]
+    assert buckets_for(24) == [1, 2, 4, 8, 16, 24]
