@@ -10,6 +10,9 @@ Three independent switches, all off by default (plaintext, no auth), as the CLI 
   ``authorization: Bearer <token>``; otherwise it ends UNAUTHENTICATED with a message saying what to send.
   Kubernetes probes and grpcurl therefore keep working without the secret.
 
+Always on: a request body that is not a valid protobuf message is answered INVALID_ARGUMENT with a
+message (grpc's aio server would answer UNKNOWN), see ``MalformedRequestInterceptor``.
+
 Secrets never reach logs: ``SecurityConfig``'s repr and ``describe()`` show only counts and paths, and
 the interceptor never logs a presented token. Tokens are compared in constant time over SHA-256 digests
 (equal length whatever was sent), against every configured token, so timing reveals neither a prefix nor
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -32,6 +36,7 @@ import grpc
 
 __all__ = [
     "AUTH_EXEMPT_PREFIXES",
+    "MalformedRequestInterceptor",
     "SecurityConfig",
     "SecurityConfigError",
     "TokenAuthInterceptor",
@@ -277,9 +282,89 @@ def _deny_handler(handler: grpc.RpcMethodHandler | None, reason: str) -> grpc.Rp
     return grpc.unary_stream_rpc_method_handler(deny)
 
 
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Answer INVALID_ARGUMENT, with a message, to a request body that is not a valid protobuf message.
+
+    Left alone, grpc's aio server answers UNKNOWN ("Unexpected DecodeError") to undecodable bytes, a
+    code that tells a caller nothing and that DESIGN.md reserves for nobody. This interceptor swaps the
+    handler's deserialiser for the identity and parses inside the handler, where the failure can be
+    mapped. Unary-request handlers only: every camserve RPC is unary, and streaming-request services
+    (reflection) keep grpc's own handling. Wrapped handlers are cached per method.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """Return the method's handler with parsing moved inside it (unary-request methods only)."""
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        method = handler_call_details.method or ""
+        cached = self._cache.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _parse_inside(handler, method)
+        self._cache[method] = (handler, wrapped)
+        return wrapped
+
+
+def _parse_inside(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` with an identity deserialiser and a behaviour that parses first, mapping failures."""
+    parse = handler.request_deserializer
+    what = method.lstrip("/") or "this method"
+
+    async def parsed(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return parse(raw)
+        except Exception as e:  # DecodeError, or whatever a custom deserialiser raises
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request body is not a valid protobuf message for {what} ({type(e).__name__}: {e}); "
+                "send a message serialised from the camserve.v1 .proto",
+            )
+
+    if not handler.response_streaming:
+        inner = handler.unary_unary
+        if not inspect.iscoroutinefunction(inner):  # sync handlers run in grpc's pool: leave them be
+            return handler
+
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            result = inner(await parsed(raw, context), context)
+            return await result if inspect.isawaitable(result) else result
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=None, response_serializer=handler.response_serializer)
+
+    stream_inner = handler.unary_stream
+    if inspect.isasyncgenfunction(stream_inner):
+
+        async def stream_gen(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            async for item in stream_inner(await parsed(raw, context), context):
+                yield item
+
+        behavior: Any = stream_gen
+    elif inspect.iscoroutinefunction(stream_inner):
+
+        async def stream_coro(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            return await stream_inner(await parsed(raw, context), context)
+
+        behavior = stream_coro
+    else:  # a sync generator run by grpc's thread pool: leave it exactly as registered
+        return handler
+    return grpc.unary_stream_rpc_method_handler(
+        behavior, request_deserializer=None, response_serializer=handler.response_serializer)
+
+
 def server_interceptors(cfg: SecurityConfig) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors the aio server needs for ``cfg``: the bearer-token check when tokens are set."""
-    return [TokenAuthInterceptor(cfg.auth_tokens)] if cfg.auth else []
+    """The interceptors the aio server needs, in order: bearer-token check (when tokens are set), then
+    the malformed-request mapping (always), so an unauthenticated body is never even parsed."""
+    auth: list[grpc.aio.ServerInterceptor] = [TokenAuthInterceptor(cfg.auth_tokens)] if cfg.auth else []
+    return [*auth, MalformedRequestInterceptor()]
 
 
 def server_credentials(cfg: SecurityConfig) -> grpc.ServerCredentials | None:

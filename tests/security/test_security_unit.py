@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from camserve.security import (
+    MalformedRequestInterceptor,
     SecurityConfig,
     SecurityConfigError,
     TokenAuthInterceptor,
@@ -181,8 +182,11 @@ def test_health_exempt(token_server: TinyServer) -> None:
         assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_no_tokens_no_interceptor() -> None:
-    assert server_interceptors(SecurityConfig()) == []
+def test_no_tokens_no_auth_interceptor() -> None:
+    kinds = [type(i) for i in server_interceptors(SecurityConfig())]
+    assert kinds == [MalformedRequestInterceptor]
+    kinds = [type(i) for i in server_interceptors(SecurityConfig(auth_tokens=TOKENS))]
+    assert kinds == [TokenAuthInterceptor, MalformedRequestInterceptor]
     with pytest.raises(SecurityConfigError):
         TokenAuthInterceptor([])
 
@@ -323,3 +327,29 @@ def test_check_is_exact() -> None:
     assert icpt.check([("Authorization", f"BEARER  {TOKENS[1]} ")]) is None
     for bad in (TOKENS[0].upper(), TOKENS[0] + TOKENS[1], "", " ", TOKENS[1][1:]):
         assert icpt.check([("authorization", f"Bearer {bad}")]) is not None
+
+
+# ---------------------------------------------------------------- malformed protobuf bodies
+
+@pytest.mark.parametrize("body", [b"\xff\xff\xff", b"\x0a\xff", b"\x0a\x05ab", bytes(range(256))])
+def test_corrupt_body_is_invalid_argument(token_server: TinyServer, body: bytes) -> None:
+    """grpc alone answers UNKNOWN to undecodable bytes; the interceptor makes it INVALID_ARGUMENT."""
+    with grpc.insecure_channel(token_server.target) as ch:
+        check = ch.unary_unary("/grpc.health.v1.Health/Check", _identity, _identity)
+        with pytest.raises(grpc.RpcError) as ei:
+            check(body, timeout=10)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid protobuf message" in ei.value.details()
+        watch = ch.unary_stream("/grpc.health.v1.Health/Watch", _identity, _identity)
+        with pytest.raises(grpc.RpcError) as ei:
+            list(watch(body, timeout=10))
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # a valid body still works through the same wrapped handler, streaming included
+        ok = health_pb2.HealthCheckRequest(service="").SerializeToString()
+        assert health_pb2.HealthCheckResponse.FromString(check(ok, timeout=10)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        stream = watch(ok, timeout=10)
+        first = next(stream)
+        stream.cancel()
+        assert health_pb2.HealthCheckResponse.FromString(first).status == \
+            health_pb2.HealthCheckResponse.SERVING
