@@ -164,7 +164,7 @@ class ServerProcess:
 
     # -- stopping -------------------------------------------------------------------------------
 
-    def signal(self, sig: int = signal.SIGTERM) -> None:
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
         if self.alive():
             self.proc.send_signal(sig)
 
@@ -176,7 +176,7 @@ class ServerProcess:
         """SIGTERM (drain) and wait; kills after `timeout`. Returns the exit code (negative = killed)."""
         if self.exit_code is not None:
             return self.exit_code
-        self.signal(sig)
+        self.send_signal(sig)
         try:
             return self.wait(timeout)
         except subprocess.TimeoutExpired:
