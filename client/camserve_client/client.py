@@ -270,7 +270,8 @@ class Client(_ClientBase):
             _health.CHECK_METHOD, request_serializer=_health.encode_request,
             response_deserializer=_health.decode_response)
 
-    def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+    def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> tuple[Any, int]:
+        """(response, attempts) after retrying what the policy allows within the deadline."""
         deadline = self._deadline(timeout)
         attempt = 0
         while True:
@@ -279,7 +280,7 @@ class Client(_ClientBase):
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("deadline passed before the call could be sent", attempts=attempt - 1)
             try:
-                return fn(request, timeout=remaining, metadata=self._metadata)
+                return fn(request, timeout=remaining, metadata=self._metadata), attempt
             except grpc.RpcError as exc:
                 err = error_from_rpc(exc, attempt)
                 delay = self._next_delay(err, attempt, deadline)
@@ -296,8 +297,8 @@ class Client(_ClientBase):
                             target_layer=target_layer, output=output, request_id=request_id,
                             model_version=model_version)
         t0 = time.perf_counter()
-        resp = self._call(self._stub.Explain, req, timeout)
-        return parse_response(resp, (time.perf_counter() - t0) * 1e3)
+        resp, attempts = self._call(self._stub.Explain, req, timeout)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3, attempts)
 
     def explain_batch(self, images: Sequence[ImageLike], model: str | None = None, method: str = "gradcam",
                       class_index: int | Sequence[int | None] | None = None, top_k: int = 1,
@@ -308,21 +309,21 @@ class Client(_ClientBase):
         req = self._batch_request(images, model, method, class_index, top_k, target_layer, output,
                                   request_ids, model_version)
         t0 = time.perf_counter()
-        resp = self._call(self._stub.ExplainBatch, req, timeout)
+        resp, attempts = self._call(self._stub.ExplainBatch, req, timeout)
         ms = (time.perf_counter() - t0) * 1e3
-        return [parse_response(r, ms) for r in resp.responses]
+        return [parse_response(r, ms, attempts) for r in resp.responses]
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
-        resp = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        resp, _ = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [parse_model_info(m) for m in resp.models]
 
     def get_model(self, name: str | None = None, version: int = 0, timeout: float | None = None) -> ModelInfo:
         req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
-        return parse_model_info(self._call(self._stub.GetModel, req, timeout))
+        return parse_model_info(self._call(self._stub.GetModel, req, timeout)[0])
 
     def health(self, model: str | None = None, timeout: float | None = None) -> str:
         """'SERVING', 'NOT_SERVING', ... for the whole server (model=None) or one model."""
-        return self._call(self._health, model or "", timeout)
+        return self._call(self._health, model or "", timeout)[0]
 
     def wait_ready(self, timeout: float = 60.0, model: str | None = None, poll_s: float = 0.2) -> None:
         """Block until health is SERVING; raise Unavailable/DeadlineExceeded after `timeout`."""
@@ -368,7 +369,7 @@ class AsyncClient(_ClientBase):
             _health.CHECK_METHOD, request_serializer=_health.encode_request,
             response_deserializer=_health.decode_response)
 
-    async def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+    async def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> tuple[Any, int]:
         deadline = self._deadline(timeout)
         attempt = 0
         while True:
@@ -377,7 +378,7 @@ class AsyncClient(_ClientBase):
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded("deadline passed before the call could be sent", attempts=attempt - 1)
             try:
-                return await fn(request, timeout=remaining, metadata=self._metadata)
+                return await fn(request, timeout=remaining, metadata=self._metadata), attempt
             except grpc.RpcError as exc:
                 err = error_from_rpc(exc, attempt)
                 delay = self._next_delay(err, attempt, deadline)
@@ -394,8 +395,8 @@ class AsyncClient(_ClientBase):
                             target_layer=target_layer, output=output, request_id=request_id,
                             model_version=model_version)
         t0 = time.perf_counter()
-        resp = await self._call(self._stub.Explain, req, timeout)
-        return parse_response(resp, (time.perf_counter() - t0) * 1e3)
+        resp, attempts = await self._call(self._stub.Explain, req, timeout)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3, attempts)
 
     async def explain_batch(self, images: Sequence[ImageLike], model: str | None = None,
                             method: str = "gradcam", class_index: int | Sequence[int | None] | None = None,
@@ -406,21 +407,21 @@ class AsyncClient(_ClientBase):
         req = self._batch_request(images, model, method, class_index, top_k, target_layer, output,
                                   request_ids, model_version)
         t0 = time.perf_counter()
-        resp = await self._call(self._stub.ExplainBatch, req, timeout)
+        resp, attempts = await self._call(self._stub.ExplainBatch, req, timeout)
         ms = (time.perf_counter() - t0) * 1e3
-        return [parse_response(r, ms) for r in resp.responses]
+        return [parse_response(r, ms, attempts) for r in resp.responses]
 
     async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
-        resp = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        resp, _ = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [parse_model_info(m) for m in resp.models]
 
     async def get_model(self, name: str | None = None, version: int = 0,
                         timeout: float | None = None) -> ModelInfo:
         req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
-        return parse_model_info(await self._call(self._stub.GetModel, req, timeout))
+        return parse_model_info((await self._call(self._stub.GetModel, req, timeout))[0])
 
     async def health(self, model: str | None = None, timeout: float | None = None) -> str:
-        return await self._call(self._health, model or "", timeout)
+        return (await self._call(self._health, model or "", timeout))[0]
 
     async def close(self) -> None:
         await self.channel.close()

@@ -309,7 +309,7 @@ def format_table(steps: Sequence[dict[str, Any]], title: str = "camserve") -> st
     """A perf_analyzer-like table: throughput, latency percentiles and the server-side split."""
     head = (f"{'':9s}{'mode':7s}{'level':>7s}{'img/s':>9s}{'p50':>8s}{'p90':>8s}{'p95':>8s}{'p99':>8s}"
             f"{'queue':>8s}{'compute':>9s}{'batch':>7s}  errors")
-    lines = [head, f"{'':9s}{'':7s}{'':7s}{'':9s}{'(latency ms)':>32s}{'(server ms, mean)':>17s}"]
+    lines = [head, f"{'':32s}{'---- latency (ms) ----':^32s}{'server (mean)':^24s}"]
     for s in steps:
         level = s.get("concurrency", s.get("rate"))
         errs = ", ".join(f"{k}={v}" for k, v in s.get("errors", {}).items()) or "0"

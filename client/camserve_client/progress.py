@@ -51,6 +51,11 @@ class Progress:
         rate = self.count / elapsed if elapsed > 0 else 0.0
         head = f"{self.desc}: " if self.desc else ""
         tail = f" {self.postfix}" if self.postfix else ""
+        if self.total and self.unit == "s":  # a time-based bar: position is seconds
+            frac = min(1.0, self.count / self.total)
+            filled = round(frac * self.width)
+            bar = "#" * filled + "-" * (self.width - filled)
+            return f"{head}[{bar}] {self.count:4.1f}/{self.total:g} s{tail}"
         if self.total:
             frac = min(1.0, self.count / self.total)
             filled = round(frac * self.width)

@@ -128,7 +128,7 @@ def test_retries_unavailable_and_queue_full_then_succeeds(fake) -> None:
                                     (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full (256)")]
     with cc.Client(fake.target, retries=FAST) as client:
         r = client.explain(np.zeros((4, 4, 3), np.uint8))
-    assert fake.service.attempts["Explain"] == 3
+    assert fake.service.attempts["Explain"] == 3 == r.attempts
     assert r.heatmap is not None
     ids = {m.request_id for m in fake.service.requests}
     assert len(ids) == 1  # every attempt carries the same request id

@@ -1,0 +1,216 @@
+"""The client SDK against the real camserve server (subprocess on loopback, tiny models).
+
+One server serves the module; the restart test comes last and restarts it on the same port. The
+server's own Prometheus counter of answered RPCs is the independent count of attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import camserve_client as cc
+import numpy as np
+import pytest
+from camserve_client.client import RetryPolicy
+from camserve_client.testimages import encode_png, generated
+from client_repo import LABELS, make_repository
+from serverproc import ServerProcess, start_server
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Holder:
+    """The module's server; the restart test swaps in a new process on the same port."""
+
+    srv: ServerProcess
+    repo: Path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    h = Holder()
+    h.repo = make_repository(tmp_path_factory.mktemp("repo"))
+    h.srv = start_server(repository=h.repo)
+    yield h
+    h.srv.stop()
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    return generated(6, 32, "digits", seed=3)[0]
+
+
+def _count(srv: ServerProcess, code: str, method: str = "Explain") -> float:
+    return srv.metric("camserve_requests_total", code=code, method=method)
+
+
+def test_list_get_model_and_health(server) -> None:
+    with cc.Client(server.srv.target) as client:
+        models = {m.name: m for m in client.list_models()}
+        assert set(models) == {"tiny", "flat"} and all(m.ready for m in models.values())
+        tiny = client.get_model("tiny")
+        assert tiny.input_shape == (32, 32, 3) and tiny.labels == LABELS and tiny.num_classes == 5
+        assert tiny.default_target_layer == "conv2" and "cam" in tiny.methods
+        assert {la.name: la.cam_supported for la in tiny.layers}["conv2"] is True
+        assert client.health() == "SERVING" and client.health("tiny") == "SERVING"
+        with pytest.raises(cc.NotFound):
+            client.get_model("nope")
+        with pytest.raises(cc.NotFound):
+            client.health("nope")
+
+
+def test_every_input_kind_gives_the_same_map(server, images, tmp_path: Path) -> None:
+    img = images[0]
+    png = encode_png(img)
+    path = tmp_path / "x.png"
+    path.write_bytes(png)
+    preprocessed = img.astype(np.float32) / 127.5 - 1.0  # the model's "tf" preprocessing
+    with cc.Client(server.srv.target, model="tiny") as client:
+        ref = client.explain(img, class_index=1)
+        assert ref.heatmap.shape == (7, 7) and ref.heatmap.dtype == np.float32
+        assert ref.heatmap.min() >= 0.0 and ref.heatmap.max() <= 1.0
+        for kind in (path, str(path), png, bytearray(png), memoryview(png), img[None]):
+            r = client.explain(kind, class_index=1)
+            np.testing.assert_allclose(r.heatmap, ref.heatmap, atol=1e-5, err_msg=type(kind).__name__)
+        r = client.explain(preprocessed, class_index=1)
+        np.testing.assert_allclose(r.heatmap, ref.heatmap, atol=1e-4)
+        gray = client.explain(img[:, :, 0], class_index=1)  # (H, W) travels as (H, W, 1)
+        np.testing.assert_allclose(gray.heatmap, ref.heatmap, atol=1e-5)  # the digits are gray
+        big = client.explain(np.kron(img, np.ones((2, 2, 1), np.uint8)), class_index=1,
+                             output={"size": "original"})
+        assert big.heatmap.shape == (64, 64)
+
+
+def test_explain_options_and_top_k(server, images) -> None:
+    with cc.Client(server.srv.target, model="tiny") as client:
+        r = client.explain(images[1], top_k=3, method="gradcam++", request_id="abc",
+                           output={"size": "input", "heatmap_png": True, "overlay": "jpeg", "alpha": 0.5})
+        assert r.request_id == "abc" and r.model == "tiny" and r.method == "gradcam++"
+        assert r.target_layer == "conv2"
+        top = [p.class_index for p in r.top_predictions]
+        assert [e.class_index for e in r.explanations] == top[:3]
+        assert [e.label for e in r.explanations] == [LABELS[i] for i in top[:3]]
+        probs = [e.probability for e in r.explanations]
+        assert probs == sorted(probs, reverse=True)
+        assert sum(p.probability for p in r.top_predictions) <= 1.0001
+        for e in r.explanations:
+            assert e.heatmap.shape == (32, 32)
+            assert e.heatmap_png[:8] == b"\x89PNG\r\n\x1a\n" and e.overlay[:2] == b"\xff\xd8"
+        t = r.timing
+        assert t.batch_size >= 1 and t.compute_ms > 0 and t.latency_ms >= t.total_ms
+        png = client.explain(images[1], output={"overlay": "png", "heatmap": False})
+        assert png.heatmap is None and png.overlay[:4] == b"\x89PNG"
+        cam = client.explain(images[1], method="cam", class_index=2, target_layer="conv2")
+        assert cam.class_index == 2 and cam.method == "cam"
+
+
+def test_explain_batch_equals_single_calls(server, images) -> None:
+    classes = [0, None, 4, None, 2, 1]
+    with cc.Client(server.srv.target, model="tiny") as client:
+        batch = client.explain_batch(images, class_index=classes)
+        singles = [client.explain(img, class_index=c) for img, c in zip(images, classes, strict=True)]
+    assert len(batch) == len(images)
+    for b, s in zip(batch, singles, strict=True):
+        assert b.class_index == s.class_index
+        np.testing.assert_allclose(b.heatmap, s.heatmap, atol=1e-5)
+
+
+def test_caller_errors_are_typed_and_never_retried(server, images) -> None:
+    srv = server.srv
+    before = {c: _count(srv, c) for c in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND")}
+    policy = RetryPolicy(max_attempts=5, initial_backoff_s=0.01)
+    with cc.Client(srv.target, model="tiny", retries=policy) as client:
+        bad = [
+            (cc.InvalidArgument, dict(image=b"definitely not an image"), "INVALID_ARGUMENT"),
+            (cc.InvalidArgument, dict(image=images[0], class_index=99), "INVALID_ARGUMENT"),
+            (cc.InvalidArgument, dict(image=images[0], target_layer="no_such_layer"), "INVALID_ARGUMENT"),
+            (cc.InvalidArgument, dict(image=np.zeros((8, 8, 3), np.float32)), "INVALID_ARGUMENT"),
+            (cc.FailedPrecondition, dict(image=images[0], model="flat", method="cam"), "FAILED_PRECONDITION"),
+            (cc.NotFound, dict(image=images[0], model="nope"), "NOT_FOUND"),
+        ]
+        for cls, kwargs, _ in bad:
+            with pytest.raises(cls) as info:
+                client.explain(**kwargs)
+            assert info.value.attempts == 1 and info.value.details, kwargs
+        assert client.explain(images[0]).heatmap is not None  # still serving
+    for code in before:
+        sent = sum(1 for *_, c in bad if c == code)
+        assert _count(srv, code) - before[code] == sent, code  # the server saw each call exactly once
+
+
+def test_deadline_exceeded(server, images) -> None:
+    with cc.Client(server.srv.target, model="tiny") as client, pytest.raises(cc.DeadlineExceeded):
+        client.explain(images[0], timeout=0.0005)
+
+
+def test_async_client_concurrent_calls_batch(server, images) -> None:
+    async def go() -> list[cc.ExplainResult]:
+        async with cc.AsyncClient(server.srv.target, model="tiny") as client:
+            assert await client.health("tiny") == "SERVING"
+            assert (await client.get_model()).name in ("tiny", "flat")
+            return await asyncio.gather(*(client.explain(images[i % len(images)]) for i in range(48)))
+
+    results = asyncio.run(go())
+    assert len(results) == 48 and all(r.heatmap.shape == (7, 7) for r in results)
+    assert max(r.timing.batch_size for r in results) > 1
+
+
+def test_cli_against_the_server(server, images, tmp_path: Path, capsys) -> None:
+    from camserve_client.cli import main
+
+    for i, img in enumerate(images[:3]):
+        (tmp_path / f"d{i}.png").write_bytes(encode_png(img))
+    rc = main(["explain", *(str(tmp_path / f"d{i}.png") for i in range(3)), "--target", server.srv.target,
+               "--model", "tiny", "--overlay", str(tmp_path / "out") + "/", "--heatmap",
+               str(tmp_path / "h.npy"), "--quiet"])
+    assert rc == 0
+    for i in range(3):
+        assert (tmp_path / "out" / f"d{i}.png").read_bytes()[:4] == b"\x89PNG"
+        assert np.load(tmp_path / f"h_d{i}.npy").shape == (32, 32)  # CLI default: the image's size
+    assert main(["health", "--target", server.srv.target, "--model", "tiny"]) == 0
+    assert main(["explain", str(tmp_path / "d0.png"), "--target", server.srv.target, "--model", "flat",
+                 "--method", "cam"]) == 1
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+
+
+def test_calls_survive_a_server_restart_on_the_same_port(server, images) -> None:
+    """Runs last: SIGTERM the server, start it again on the same port; no call is lost."""
+    srv = server.srv
+    policy = RetryPolicy(max_attempts=200, initial_backoff_s=0.05, max_backoff_s=0.5)
+    results: list[cc.ExplainResult] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        with cc.Client(srv.target, model="tiny", retries=policy, timeout=120) as client:
+            while not stop.is_set():
+                try:
+                    results.append(client.explain(images[len(results) % len(images)]))
+                except BaseException as exc:
+                    errors.append(exc)
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    assert srv.stop() == 0
+    down_at = len(results)
+    new = start_server(repository=server.repo, grpc_port=srv.grpc_port, wait=False)
+    server.srv = new
+    new.wait_serving()
+    deadline = time.monotonic() + 60
+    while len(results) < down_at + 10 and time.monotonic() < deadline and not errors:
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join(timeout=130)
+    assert not errors, errors[:3]
+    assert len(results) >= down_at + 10
+    assert max(r.attempts for r in results) > 1  # some calls were retried across the restart
+    print(f"calls: {len(results)}, max attempts {max(r.attempts for r in results)}", file=sys.stderr)
