@@ -301,6 +301,17 @@ def run_load(config: LoadConfig) -> dict[str, Any]:
     return LoadGenerator(config).run()
 
 
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN or infinity: write null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def _f(x: float, nd: int = 1) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
@@ -441,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(report["steps"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(json.dumps(json_safe(report), indent=2))
         print(f"wrote {args.json}")
     if args.plot and write_plot({"camserve": report["steps"]}, args.plot,
                                 f"camserve {report['model'].get('name')} {cfg.method}"):
