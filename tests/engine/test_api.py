@@ -1,0 +1,77 @@
+"""The library API of the original README, and the import-time promise (no TensorFlow on import)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from camserve.engine import CamNotSupportedError, ClassIndexError, Explainer, InvalidInputError, ItemSpec
+
+
+def test_import_camserve_does_not_load_tensorflow() -> None:
+    code = (
+        "import sys, camserve, camserve.engine, camserve.engine.overlay, camserve.engine.errors\n"
+        "from camserve.engine import ItemSpec, ModelSummary\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'heavy import'\n"
+        "from camserve import GradCAM, CAM, EigenCAM\n"
+        "assert GradCAM.method == 'gradcam'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_readme_api(trained: dict, digits: tuple) -> None:
+    from camserve import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+
+    model = trained["plain_gap"]
+    x = digits[0][:3]
+    gradcam = GradCAM(model, target_layer="target")
+    one = gradcam.compute_heatmap(x[0])
+    assert one.shape == (12, 12) and one.dtype == np.float32 and one.min() >= 0.0 and one.max() == 1.0
+    np.testing.assert_array_equal(gradcam.compute_heatmap(x[:1]), one)
+    many = gradcam.compute_heatmaps(x, class_idx=[3, None, 7])
+    assert many.shape == (3, 12, 12)
+    e = Explainer(model, preprocessing="none", max_batch_size=4)
+    ref = e.explain_batch(x, [ItemSpec("gradcam", c) for c in (3, None, 7)])
+    np.testing.assert_allclose(many, np.stack([r.maps[0].heatmap for r in ref]), atol=1e-6)
+    np.testing.assert_allclose(
+        gradcam.compute_heatmaps(x, class_idx=2)[1], gradcam.compute_heatmap(x[1], 2), atol=1e-6
+    )
+    big = gradcam.compute_heatmap(x[0], size=(24, 24))
+    assert big.shape == (24, 24) and big.min() >= 0 and big.max() <= 1
+    res = gradcam.explain(x, top_k=2)
+    assert [len(r.maps) for r in res] == [2, 2, 2]
+    np.testing.assert_allclose(gradcam.predict(x), model.predict(x, verbose=0), atol=1e-5)
+    for cls in (CAM, GradCAMPlusPlus, LayerCAM, HiResCAM, XGradCAM, EigenCAM):
+        assert cls(model).compute_heatmaps(x).shape == (3, 12, 12)
+    with pytest.raises(ClassIndexError):
+        gradcam.compute_heatmap(x[0], class_idx=10)
+    with pytest.raises(InvalidInputError, match="3 images"):
+        gradcam.compute_heatmaps(x, class_idx=[1, 2])
+    with pytest.raises(InvalidInputError, match="one image"):
+        gradcam.compute_heatmap(x)
+
+
+def test_cam_class_refuses_flatten_fc(trained: dict) -> None:
+    from camserve import CAM
+
+    with pytest.raises(CamNotSupportedError, match="Flatten"):
+        CAM(trained["flatten_fc"])
+
+
+def test_never_called_sequential_built_from_first_input() -> None:
+    from camserve import GradCAM
+
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ]
+    )
+    g = GradCAM(model)
+    heat = g.compute_heatmap(np.random.default_rng(0).normal(size=(10, 10, 3)).astype(np.float32))
+    assert heat.shape == (8, 8) and g.target_layer == "conv"

@@ -1,0 +1,258 @@
+"""The batch engine: buckets, consistency across batching and compile modes, models, inputs, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import keras
+import numpy as np
+import pytest
+from camserve.engine import (
+    CamNotSupportedError,
+    ClassIndexError,
+    Explainer,
+    InvalidInputError,
+    ItemSpec,
+    UnknownLayerError,
+)
+from camserve.engine.preprocess import preprocess_numpy
+
+GRADIENT_METHODS = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam"]
+ALL_METHODS = ["cam", *GRADIENT_METHODS, "eigencam"]
+
+
+def _maps(results: list) -> np.ndarray:
+    return np.stack([m.heatmap for r in results for m in r.maps])
+
+
+def test_batch_equals_one_by_one(trained: dict, digits: tuple) -> None:
+    model = trained["residual_bn"]
+    x = digits[0][:5]  # padded to bucket 8
+    e = Explainer(model, preprocessing="none", max_batch_size=8)  # auto: the final ReLU (CAM head)
+    for method in ALL_METHODS:
+        specs = [ItemSpec(method, c) for c in (None, 3, None, 7, 0)]
+        batch = e.explain_batch(x, specs)
+        single = [e.explain_batch(x[i : i + 1], [specs[i]])[0] for i in range(len(x))]
+        np.testing.assert_allclose(_maps(batch), _maps(single), atol=1e-5, err_msg=method)
+        np.testing.assert_allclose(
+            np.stack([r.probabilities for r in batch]), np.stack([r.probabilities for r in single]), atol=1e-6
+        )
+
+
+def test_chunks_larger_than_max_batch(trained: dict, digits: tuple) -> None:
+    e = Explainer(trained["plain_gap"], preprocessing="none", max_batch_size=3)
+    x = digits[0][:7]
+    big = e.explain_batch(x, [ItemSpec()] * 7)
+    single = [e.explain_batch(x[i : i + 1], [ItemSpec()])[0] for i in range(7)]
+    np.testing.assert_allclose(_maps(big), _maps(single), atol=1e-5)
+    assert e.buckets == [1, 2, 3]
+
+
+def test_xla_equals_graph(trained: dict, digits: tuple) -> None:
+    model = trained["plain_gap"]
+    x = digits[0][:4]
+    xla = Explainer(model, preprocessing="none", compile_mode="xla", max_batch_size=4)
+    graph = Explainer(model, preprocessing="none", compile_mode="graph", max_batch_size=4)
+    assert xla.info.compile_mode == "xla" and graph.info.compile_mode == "graph"
+    for method in ALL_METHODS:
+        specs = [ItemSpec(method, top_k=2)] * 4
+        a, b = xla.explain_batch(x, specs), graph.explain_batch(x, specs)
+        np.testing.assert_allclose(_maps(a), _maps(b), atol=1e-5, err_msg=method)
+        assert [m.class_index for r in a for m in r.maps] == [m.class_index for r in b for m in r.maps]
+
+
+def test_auto_mode_is_graph_on_cpu(trained: dict) -> None:
+    assert Explainer(trained["plain_gap"], preprocessing="none").info.compile_mode == "graph"
+
+
+def test_warmup_compiles_every_bucket_and_nothing_recompiles(trained: dict, digits: tuple) -> None:
+    e = Explainer(trained["plain_gap"], preprocessing="tf", max_batch_size=6)
+    e.warmup()
+    count = e.step.trace_count()
+    assert count == len(e.buckets) == 4  # 1, 2, 4, 6
+    pixels = np.uint8((digits[0][:6] + 1) * 127.5)
+    for b in range(1, 7):
+        e.explain_batch(pixels[:b], [ItemSpec("gradcam")] * b)
+        e.explain_batch(pixels[:b], [ItemSpec("cam", class_index=b)] * b)
+    assert e.step.trace_count() == count
+
+
+def test_top_k_and_class_index(trained: dict, digits: tuple) -> None:
+    e = Explainer(trained["plain_gap"], preprocessing="none", max_batch_size=4)
+    x = digits[0][:3]
+    res = e.explain_batch(
+        x, [ItemSpec("gradcam", top_k=3), ItemSpec("gradcam", class_index=4), ItemSpec("cam")]
+    )
+    order = np.argsort(-res[0].probabilities)
+    assert [m.class_index for m in res[0].maps] == list(order[:3])
+    assert [m.class_index for m in res[1].maps] == [4]
+    assert [m.class_index for m in res[2].maps] == [int(np.argmax(res[2].probabilities))]
+    # Each of the top-k maps equals the map asked for that class directly.
+    for m in res[0].maps:
+        direct = e.explain_batch(x[:1], [ItemSpec("gradcam", class_index=m.class_index)])[0].maps[0]
+        np.testing.assert_allclose(m.heatmap, direct.heatmap, atol=1e-5)
+        assert m.score == pytest.approx(direct.score, abs=1e-5)
+    for r in res:
+        assert r.probabilities.shape == (10,) and abs(float(r.probabilities.sum()) - 1) < 1e-5
+
+
+def test_preprocessing_inside_the_step(trained: dict, digits: tuple) -> None:
+    """uint8 pixels + in-step preprocessing == keras' own preprocess_input applied outside."""
+    from keras.applications import imagenet_utils
+
+    model = trained["plain_gap"]
+    pixels = np.random.default_rng(3).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    for mode in ("tf", "torch", "caffe"):
+        outside = imagenet_utils.preprocess_input(pixels.astype(np.float32), mode=mode)
+        np.testing.assert_allclose(preprocess_numpy(pixels, mode), outside, atol=1e-4)
+        inside = Explainer(model, preprocessing=mode, max_batch_size=4)
+        ref = Explainer(model, preprocessing="none", max_batch_size=4)
+        a = inside.explain_batch(pixels, [ItemSpec("gradcam")] * 3)
+        b = ref.explain_batch(outside, [ItemSpec("gradcam")] * 3)
+        np.testing.assert_allclose(_maps(a), _maps(b), atol=1e-5, err_msg=mode)
+        # float input to an Explainer with preprocessing is taken as already preprocessed
+        c = inside.explain_batch(outside, [ItemSpec("gradcam")] * 3)
+        np.testing.assert_allclose(_maps(c), _maps(b), atol=1e-5, err_msg=mode)
+
+
+def _flat_and_nested(called: bool) -> tuple[keras.Model, keras.Model]:
+    """A flat Functional model and the same weights as Sequential([base, GAP, Dense])."""
+    keras.utils.set_random_seed(5)
+    conv1 = keras.layers.Conv2D(6, 3, activation="relu", name="c1")
+    conv2 = keras.layers.Conv2D(8, 3, activation="relu", name="c2")
+    gap = keras.layers.GlobalAveragePooling2D()
+    dense = keras.layers.Dense(5, activation="softmax", name="head")
+    if called:
+        inp = keras.Input((12, 12, 3))
+        base = keras.Model(inp, conv2(conv1(inp)), name="base")
+    else:
+        base = keras.Sequential([conv1, conv2], name="base")
+    nested = keras.Sequential([base, gap, dense], name="outer")
+    if called:
+        nested.build((None, 12, 12, 3))
+    else:
+        assert not nested.built
+    # The flat twin gets copies of the weights (built after, so nested weights exist first).
+    flat_in = keras.Input((12, 12, 3))
+    f1 = keras.layers.Conv2D(6, 3, activation="relu", name="c1")
+    f2 = keras.layers.Conv2D(8, 3, activation="relu", name="c2")
+    fd = keras.layers.Dense(5, activation="softmax", name="head")
+    flat = keras.Model(flat_in, fd(keras.layers.GlobalAveragePooling2D()(f2(f1(flat_in)))))
+    if not called:
+        nested.build((None, 12, 12, 3))
+    for src, dst in ((conv1, f1), (conv2, f2), (dense, fd)):
+        dst.set_weights(src.get_weights())
+    return flat, nested
+
+
+@pytest.mark.parametrize("called", [True, False])
+def test_nested_submodel_targets(called: bool) -> None:
+    flat, nested = _flat_and_nested(called)
+    if not called:  # never called: rebuild a fresh never-called twin to exercise input_shape
+        nested = keras.Sequential([nested.layers[0], nested.layers[1], nested.layers[2]])
+    x = np.random.default_rng(1).normal(size=(3, 12, 12, 3)).astype(np.float32)
+    ref = Explainer(flat, "c1", preprocessing="none", max_batch_size=4)
+    ref2 = Explainer(flat, "c2", preprocessing="none", max_batch_size=4)
+    kwargs = {} if called else {"input_shape": (12, 12, 3)}
+    for name in ("c1", "base/c1"):
+        e = Explainer(nested, name, preprocessing="none", max_batch_size=4, **kwargs)
+        assert e.info.target_layer == "base/c1"
+        for method in GRADIENT_METHODS:
+            np.testing.assert_allclose(
+                _maps(e.explain_batch(x, [ItemSpec(method)] * 3)),
+                _maps(ref.explain_batch(x, [ItemSpec(method)] * 3)),
+                atol=1e-5,
+            )
+    auto = Explainer(nested, preprocessing="none", max_batch_size=4, **kwargs)
+    assert auto.info.target_layer == "base/c2" and auto.info.cam_supported
+    cam = auto.explain_batch(x, [ItemSpec("cam")] * 3)
+    np.testing.assert_allclose(_maps(cam), _maps(ref2.explain_batch(x, [ItemSpec("cam")] * 3)), atol=1e-5)
+    names = [layer.name for layer in auto.info.layers]
+    assert names == ["base/c1", "base/c2"]
+
+
+def test_never_called_sequential_needs_input_shape() -> None:
+    model = keras.Sequential(
+        [keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)]
+    )
+    with pytest.raises(InvalidInputError, match="never called"):
+        Explainer(model)
+    e = Explainer(model, input_shape=(8, 8, 3), preprocessing="none", max_batch_size=2)
+    assert e.info.grid == [6, 6]
+
+
+def test_float16_model(trained: dict, digits: tuple) -> None:
+    """mixed_float16 copy of a trained model: float32 outputs, no NaN, maps close to the float32 ones."""
+    ref_model = trained["plain_gap"]
+    inp = keras.Input((24, 24, 3))
+    x = inp
+    for layer in ref_model.layers[1:]:
+        cfg = layer.get_config()
+        cfg["dtype"] = "mixed_float16"
+        x = type(layer).from_config(cfg)(x)
+    half = keras.Model(inp, x)
+    for src, dst in zip(ref_model.layers[1:], half.layers[1:], strict=True):
+        dst.set_weights(src.get_weights())
+    assert half.get_layer("target").compute_dtype == "float16"
+    xs = digits[0][:4]
+    a = Explainer(half, preprocessing="none", max_batch_size=4)
+    b = Explainer(ref_model, preprocessing="none", max_batch_size=4)
+    for method in ALL_METHODS:
+        ra = a.explain_batch(xs, [ItemSpec(method)] * 4)
+        rb = b.explain_batch(xs, [ItemSpec(method)] * 4)
+        ma = _maps(ra)
+        assert ma.dtype == np.float32 and np.isfinite(ma).all()
+        np.testing.assert_allclose(ma, _maps(rb), atol=0.03, err_msg=method)
+        assert ra[0].probabilities.dtype == np.float32
+        np.testing.assert_allclose(ra[0].probabilities, rb[0].probabilities, atol=5e-3)
+
+
+def test_caller_errors(trained: dict, digits: tuple) -> None:
+    e = Explainer(trained["plain_gap"], preprocessing="none", max_batch_size=2)
+    x = digits[0][:1]
+    with pytest.raises(ClassIndexError, match=r"out of range.*10 classes \(0\.\.9\)"):
+        e.explain_batch(x, [ItemSpec("gradcam", class_index=10)])
+    with pytest.raises(ValueError, match="out of range"):
+        e.explain_batch(x, [ItemSpec("gradcam", class_index=-1)])
+    with pytest.raises(ClassIndexError, match="top_k"):
+        e.explain_batch(x, [ItemSpec("gradcam", top_k=11)])
+    with pytest.raises(InvalidInputError, match=r"unknown method 'gradcam\+'.*valid"):
+        e.explain_batch(x, [ItemSpec("gradcam+")])
+    with pytest.raises(InvalidInputError, match=r"shape \(batch, 24, 24, 3\)"):
+        e.explain_batch(x[:, :20], [ItemSpec()])
+    with pytest.raises(InvalidInputError, match="2 item specs"):
+        e.explain_batch(x, [ItemSpec(), ItemSpec()])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        e.explain_batch(np.full_like(x, np.nan), [ItemSpec()])
+    with pytest.raises(UnknownLayerError, match=r"no layer named 'nope'.*target"):
+        Explainer(trained["plain_gap"], "nope")
+    with pytest.raises(UnknownLayerError, match="not \\(batch, h, w, channels\\)"):
+        Explainer(trained["plain_gap"], trained["plain_gap"].layers[-1].name)
+    with pytest.raises(InvalidInputError, match="unknown preprocessing"):
+        Explainer(trained["plain_gap"], preprocessing="imagenet")
+    mixed = e.explain_batch(
+        np.concatenate([x, x]), [ItemSpec(class_index=99), ItemSpec()], return_errors=True
+    )
+    assert isinstance(mixed[0], ClassIndexError) and mixed[1].maps[0].class_index >= 0
+
+
+def test_cam_refused_on_flatten_fc(trained: dict, digits: tuple) -> None:
+    e = Explainer(trained["flatten_fc"], preprocessing="none", max_batch_size=2)
+    assert e.info.target_layer == "target"  # auto: last 4-D layer that is not pooling
+    assert not e.info.cam_supported and "Flatten" in e.info.cam_reason
+    with pytest.raises(CamNotSupportedError, match=r"GlobalAveragePooling2D.*MaxPooling2D.*Flatten.*Dense"):
+        e.explain_batch(digits[0][:1], [ItemSpec("cam")])
+    assert e.explain_batch(digits[0][:1], [ItemSpec("gradcam")])[0].maps[0].heatmap.shape == (12, 12)
+
+
+def test_info_is_plain_data(trained: dict) -> None:
+    e = Explainer(trained["residual_bn"], preprocessing="tf", max_batch_size=4)
+    d = dataclasses.asdict(e.info)
+    assert pickle.loads(pickle.dumps(d)) == d
+    assert d["input_shape"] == [24, 24, 3] and d["num_classes"] == 10
+    assert d["grid"] == [12, 12] and d["channels"] == 12
+    assert d["buckets"] == [1, 2, 4] and d["backend"] == "tensorflow" and d["preprocessing"] == "tf"
+    names = [layer["name"] for layer in d["layers"]]
+    assert "target" in names and all(layer["grid"] and layer["channels"] > 0 for layer in d["layers"])
+    assert [layer["cam_supported"] for layer in d["layers"]].count(True) == 1
