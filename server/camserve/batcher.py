@@ -1,0 +1,406 @@
+"""Dynamic batcher: per-model bounded queues and the batch-formation rule (no TF, no gRPC).
+
+Also home of the plain types and errors that flow through the scheduler (``WorkItem``,
+``WorkResult``, ``QueueFullError``...), because the batcher is the lowest layer that sees them;
+``camserve.dispatcher`` re-exports them for the gRPC front.
+
+The rule, exactly (see :class:`Batcher`):
+
+* ``put`` refuses at once with :class:`QueueFullError` when a model already holds
+  ``max_queue_size`` live (not expired, not cancelled) requests.
+* A free worker calls ``next_batch``. Before anything is chosen, every queue is swept: requests
+  whose deadline has passed are dropped (the caller gets :class:`DeadlineExceededError`,
+  ``observer.request_dropped(model, "deadline")``) and requests whose caller left are dropped
+  silently (``request_dropped(model, "cancelled")``; their future is never touched again).
+* A queue is *ready* when it holds ``max_batch_size`` live requests, or when its oldest live
+  request has waited ``max_queue_delay`` (the clock starts at that request's arrival, not at the
+  previous batch). Among the ready queues the worker takes the one whose oldest request is oldest,
+  and removes its ``min(live, max_batch_size)`` oldest requests in arrival order. When no queue is
+  ready, the worker sleeps until the earliest moment one becomes ready or something arrives.
+* Requests of one model share a batch whatever their method, class, top-k or target layer.
+* One worker forms a batch at a time; the others wait their turn, so two workers never split
+  a batch that one of them could have taken whole.
+
+Deadlines also arm a timer, so a request that expires while it waits is answered
+``DeadlineExceededError`` at its deadline, not only when the next batch forms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+__all__ = [
+    "EXPLAIN_ERROR_KINDS",
+    "Batch",
+    "BatchFailedError",
+    "Batcher",
+    "DeadlineExceededError",
+    "ExplainError",
+    "ItemRequest",
+    "MapResult",
+    "NotReadyError",
+    "Observer",
+    "Pending",
+    "QueueFullError",
+    "SchedulingError",
+    "UnknownModelError",
+    "WorkItem",
+    "WorkResult",
+    "WorkerLostError",
+]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SchedulingError(Exception):
+    """Base of every error the dispatcher raises to the service layer."""
+
+
+class QueueFullError(SchedulingError):
+    """The model's queue holds ``max_queue_size`` requests (gRPC RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceededError(SchedulingError):
+    """The caller's deadline passed before the request reached a worker (DEADLINE_EXCEEDED)."""
+
+
+class WorkerLostError(SchedulingError):
+    """The worker running (or due to run) the request died; retrying is safe (UNAVAILABLE)."""
+
+
+class NotReadyError(SchedulingError):
+    """No live, warmed-up worker serves the model, or the server is draining (UNAVAILABLE)."""
+
+
+class UnknownModelError(SchedulingError):
+    """The model name is not in the repository (NOT_FOUND)."""
+
+
+EXPLAIN_ERROR_KINDS = ("unknown_layer", "class_index", "cam_not_supported", "invalid_input")
+
+
+class ExplainError(SchedulingError):
+    """The engine refused this request; ``kind`` is one of :data:`EXPLAIN_ERROR_KINDS`."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class BatchFailedError(SchedulingError):
+    """The worker hit an unexpected error (a bug, not the caller's fault: gRPC INTERNAL)."""
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class ItemRequest:
+    """What to explain for one image; ``method`` uses the engine's names (``gradcam``...)."""
+
+    method: str = "gradcam"
+    class_index: int | None = None
+    top_k: int = 1
+    target_layer: str | None = None
+
+
+@dataclass
+class WorkItem:
+    """One image for one model; ``pixels`` is (H, W, C) uint8 (or float32 preprocessed).
+
+    ``deadline`` is on the ``time.monotonic()`` clock, or None for no deadline.
+    """
+
+    model: str
+    pixels: np.ndarray
+    spec: ItemRequest = field(default_factory=ItemRequest)
+    deadline: float | None = None
+
+
+class MapResult(NamedTuple):
+    """One explained class: a tuple ``(class_index, score, heatmap, all_zero)``."""
+
+    class_index: int
+    score: float
+    heatmap: np.ndarray
+    all_zero: bool
+
+
+@dataclass
+class WorkResult:
+    """Answer for one item; times in seconds, ``batch_size`` = real items in its batch."""
+
+    probabilities: np.ndarray
+    maps: list[MapResult]
+    queue_s: float
+    compute_s: float
+    batch_size: int
+
+
+class Observer(Protocol):
+    """Metrics hooks, called on the event loop (implemented by ``camserve.metrics``)."""
+
+    def batch_formed(self, model: str, size: int) -> None: ...
+    def queue_depth(self, model: str, depth: int) -> None: ...
+    def workers_alive(self, n: int) -> None: ...
+    def worker_restarted(self) -> None: ...
+    def request_dropped(self, model: str, reason: str) -> None: ...
+    def model_ready(self, model: str, ready: bool) -> None: ...
+
+
+class NullObserver:
+    """Observer that records nothing (the default)."""
+
+    def batch_formed(self, model: str, size: int) -> None:
+        pass
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        pass
+
+    def workers_alive(self, n: int) -> None:
+        pass
+
+    def worker_restarted(self) -> None:
+        pass
+
+    def request_dropped(self, model: str, reason: str) -> None:
+        pass
+
+    def model_ready(self, model: str, ready: bool) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- queue entries
+
+_QUEUED, _TAKEN, _DROPPED = 0, 1, 2
+
+
+@dataclass(eq=False)
+class Pending:
+    """A queued item, its caller's future and arrival time (monotonic)."""
+
+    item: WorkItem
+    future: asyncio.Future[Any]
+    arrived: float
+    state: int = _QUEUED
+    timer: asyncio.TimerHandle | None = None
+    taken_at: float = 0.0
+
+
+@dataclass
+class Batch:
+    """Requests of one model handed to one worker, oldest first."""
+
+    model: str
+    items: list[Pending]
+    formed_at: float
+
+
+@dataclass
+class _ModelQueue:
+    name: str
+    max_batch_size: int
+    max_queue_delay_s: float
+    max_queue_size: int
+    entries: deque[Pending] = field(default_factory=deque)
+    live: int = 0
+
+    def head(self) -> Pending | None:
+        """Oldest live entry (skips entries dropped lazily)."""
+        while self.entries and self.entries[0].state != _QUEUED:
+            self.entries.popleft()
+        return self.entries[0] if self.entries else None
+
+
+class Batcher:
+    """Per-model bounded queues; ``next_batch`` implements the rule in the module docstring."""
+
+    def __init__(
+        self,
+        models: dict[str, tuple[int, float, int]],
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``models`` maps name -> (max_batch_size, max_queue_delay_s, max_queue_size).
+
+        ``clock`` must be the event loop's clock (asyncio uses ``time.monotonic``).
+        """
+        self._queues = {
+            name: _ModelQueue(name, int(mbs), float(delay), int(size))
+            for name, (mbs, delay, size) in models.items()
+        }
+        self._observer: Observer = observer or NullObserver()
+        self._clock = clock
+        self._changed = asyncio.Event()
+        self._former = asyncio.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ producers
+
+    def depth(self, model: str) -> int:
+        """Live queued requests of ``model``."""
+        return self._queues[model].live
+
+    def total_depth(self) -> int:
+        """Live queued requests of all models."""
+        return sum(q.live for q in self._queues.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, item: WorkItem) -> Pending:
+        """Queue ``item``; raise at once when full, closed, unknown or already expired."""
+        q = self._queues.get(item.model)
+        if q is None:
+            raise UnknownModelError(
+                f"model {item.model!r} is not served (known: {', '.join(sorted(self._queues))})"
+            )
+        if self._closed:
+            raise NotReadyError("the server is draining and accepts no new requests")
+        now = self._clock()
+        if item.deadline is not None and item.deadline <= now:
+            self._observer.request_dropped(q.name, "deadline")
+            raise DeadlineExceededError(f"deadline already passed before model {q.name!r} queued the request")
+        if q.live >= q.max_queue_size:
+            raise QueueFullError(
+                f"queue of model {q.name!r} is full ({q.max_queue_size} requests waiting); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        pending = Pending(item=item, future=loop.create_future(), arrived=now)
+        if item.deadline is not None:
+            pending.timer = loop.call_at(item.deadline, self._expire, q, pending)
+        q.entries.append(pending)
+        q.live += 1
+        self._observer.queue_depth(q.name, q.live)
+        self._changed.set()
+        return pending
+
+    def withdraw(self, pending: Pending) -> bool:
+        """The caller left: drop its entry if still queued. True when it was dropped here."""
+        if pending.state != _QUEUED:
+            return False
+        q = self._queues[pending.item.model]
+        self._drop(q, pending, "cancelled", None)
+        return True
+
+    def fail_queued(
+        self, error_factory: Callable[[], Exception], model: str | None = None, reason: str | None = None
+    ) -> int:
+        """Answer every queued request (of ``model`` or all) with an error; returns how many.
+
+        ``reason``, when given, is reported through ``observer.request_dropped``.
+        """
+        n = 0
+        for q in self._queues.values():
+            if model is not None and q.name != model:
+                continue
+            for p in list(q.entries):
+                if p.state == _QUEUED:
+                    self._drop(q, p, reason, error_factory())
+                    n += 1
+            q.entries.clear()
+        self._changed.set()
+        return n
+
+    def close(self) -> None:
+        """Refuse new requests; ``next_batch`` keeps handing out what is queued, then None."""
+        self._closed = True
+        self._changed.set()
+
+    # ------------------------------------------------------------------ consumers
+
+    async def next_batch(self) -> Batch | None:
+        """Wait for the next batch by the module's rule; None once closed and empty."""
+        async with self._former:
+            while True:
+                now = self._clock()
+                self._sweep(now)
+                best: _ModelQueue | None = None
+                wake_at: float | None = None
+                for q in self._queues.values():
+                    head = q.head()
+                    if head is None:
+                        continue
+                    full = q.live >= q.max_batch_size or self._closed  # draining: nothing more will come
+                    ready_at = now if full else head.arrived + q.max_queue_delay_s
+                    if ready_at <= now:
+                        if best is None or head.arrived < best.head().arrived:  # type: ignore[union-attr]
+                            best = q
+                    elif wake_at is None or ready_at < wake_at:
+                        wake_at = ready_at
+                if best is not None:
+                    return self._take(best, now)
+                if self._closed and wake_at is None:
+                    return None
+                self._changed.clear()
+                timeout = None if wake_at is None else max(0.0, wake_at - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout)
+
+    # ------------------------------------------------------------------ internals
+
+    def _take(self, q: _ModelQueue, now: float) -> Batch:
+        items: list[Pending] = []
+        while q.entries and len(items) < q.max_batch_size:
+            p = q.entries.popleft()
+            if p.state != _QUEUED:
+                continue
+            p.state = _TAKEN
+            p.taken_at = now
+            if p.timer is not None:
+                p.timer.cancel()
+                p.timer = None
+            items.append(p)
+        q.live -= len(items)
+        self._observer.queue_depth(q.name, q.live)
+        self._observer.batch_formed(q.name, len(items))
+        return Batch(model=q.name, items=items, formed_at=now)
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired and cancelled entries of every queue (before any batch forms)."""
+        for q in self._queues.values():
+            if q.live == 0:
+                continue
+            for p in q.entries:
+                if p.state != _QUEUED:
+                    continue
+                if p.future.done():
+                    self._drop(q, p, "cancelled", None)
+                elif p.item.deadline is not None and p.item.deadline <= now:
+                    self._drop(q, p, "deadline", self._expired_error(q, p, now))
+
+    def _expire(self, q: _ModelQueue, p: Pending) -> None:
+        """Deadline timer: answer the caller now rather than when the next batch forms."""
+        p.timer = None
+        if p.state == _QUEUED:
+            self._drop(q, p, "deadline", self._expired_error(q, p, self._clock()))
+            self._changed.set()
+
+    @staticmethod
+    def _expired_error(q: _ModelQueue, p: Pending, now: float) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"deadline passed after {now - p.arrived:.3f} s in the queue of model {q.name!r}; not computed"
+        )
+
+    def _drop(self, q: _ModelQueue, p: Pending, reason: str | None, error: Exception | None) -> None:
+        p.state = _DROPPED
+        if p.timer is not None:
+            p.timer.cancel()
+            p.timer = None
+        q.live -= 1
+        if error is not None and not p.future.done():
+            p.future.set_exception(error)
+        if reason is not None:
+            self._observer.request_dropped(q.name, reason)
+        self._observer.queue_depth(q.name, q.live)

@@ -1,0 +1,333 @@
+"""Dispatcher: the batcher and the worker pool behind one facade (no TF, no gRPC).
+
+This is the only scheduling object the gRPC front uses (ARCHITECTURE.md, "Dispatcher")::
+
+    dispatcher = Dispatcher(repository, WorkerPlan.parse("cpu:1"), compile_mode="auto",
+                            backend="tensorflow", observer=metrics)
+    await dispatcher.start()              # spawns the workers, returns at once
+    dispatcher.ready()                    # True once every model is warm on >= 1 live worker
+    result = await dispatcher.submit(WorkItem("demo", pixels, ItemRequest("gradcam")))
+    await dispatcher.stop(grace_s=10)     # finish queued + in-flight, stop workers, unlink shm
+
+Each ready worker runs one serve loop: take the next batch from the batcher, send it, wait for
+its answer (or the worker's death), repeat. A worker therefore holds at most one batch, so the
+pixel slab is never overwritten while a worker reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from camserve.batcher import (
+    EXPLAIN_ERROR_KINDS,
+    Batcher,
+    BatchFailedError,
+    DeadlineExceededError,
+    ExplainError,
+    ItemRequest,
+    MapResult,
+    NotReadyError,
+    NullObserver,
+    Observer,
+    QueueFullError,
+    SchedulingError,
+    UnknownModelError,
+    WorkerLostError,
+    WorkItem,
+    WorkResult,
+)
+from camserve.pool import (
+    DEFAULT_BATCH_TIMEOUT_S,
+    DEFAULT_STARTUP_TIMEOUT_S,
+    WorkerHandle,
+    WorkerPlan,
+    WorkerPool,
+    WorkerState,
+    discover_gpus,
+)
+from camserve.repository import ModelConfig
+from camserve.shm import slab_bytes_for
+
+__all__ = [
+    "EXPLAIN_ERROR_KINDS",
+    "BatchFailedError",
+    "DeadlineExceededError",
+    "Dispatcher",
+    "ExplainError",
+    "ItemRequest",
+    "MapResult",
+    "NotReadyError",
+    "Observer",
+    "QueueFullError",
+    "SchedulingError",
+    "UnknownModelError",
+    "WorkItem",
+    "WorkResult",
+    "WorkerLostError",
+    "WorkerPlan",
+]
+
+log = logging.getLogger("camserve.dispatcher")
+
+COMPILE_MODES = ("auto", "xla", "graph")
+BACKENDS = ("tensorflow", "jax")
+
+
+class Dispatcher:
+    """Batcher + worker pool; see the module docstring and ARCHITECTURE.md."""
+
+    def __init__(
+        self,
+        repository: dict[str, ModelConfig],
+        workers: WorkerPlan | str = "auto",
+        compile_mode: str = "auto",
+        backend: str = "tensorflow",
+        observer: Observer | None = None,
+        *,
+        discover: Callable[[], Sequence[str]] = discover_gpus,
+        batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S,
+        startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+        runner: str | None = None,
+        cpu_count: int | None = None,
+    ) -> None:
+        """Validate settings and plan the workers (raises ValueError on bad settings).
+
+        ``batch_timeout_s`` is the per-batch watchdog: a worker that holds one batch longer is
+        killed and restarted. ``runner`` ("module:attr") swaps the worker's compute (tests only).
+        """
+        if not repository:
+            raise ValueError("the model repository is empty")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if batch_timeout_s <= 0:
+            raise ValueError(f"batch timeout must be > 0 s, got {batch_timeout_s}")
+        self._repo = dict(repository)
+        self._plan = WorkerPlan.parse(workers) if isinstance(workers, str) else workers
+        self.slots = self._plan.slots(discover, cpu_count)
+        self._observer: Observer = observer or NullObserver()
+        self._batcher = Batcher(
+            {
+                name: (
+                    cfg.batching.max_batch_size,
+                    cfg.batching.max_queue_delay_ms / 1000.0,
+                    cfg.batching.max_queue_size,
+                )
+                for name, cfg in self._repo.items()
+            },
+            observer=self._observer,
+        )
+        slab = max(slab_bytes_for(c.batching.max_batch_size, c.input_shape) for c in self._repo.values())
+        self._pool = WorkerPool(
+            self.slots,
+            worker_spec={
+                "repository": self._repo,
+                "compile_mode": compile_mode,
+                "backend": backend,
+                "runner": runner,
+            },
+            slab_bytes=slab,
+            on_ready=self._worker_ready,
+            on_lost=self._worker_lost,
+            observer=self._observer,
+            batch_timeout_s=batch_timeout_s,
+            startup_timeout_s=startup_timeout_s,
+        )
+        self._serve_tasks: dict[WorkerHandle, asyncio.Task[None]] = {}
+        self._idle: set[WorkerHandle] = set()
+        self._ready: dict[str, bool] = dict.fromkeys(self._repo, False)
+        self._summaries: dict[str, dict[str, Any]] = {}
+        self._alive = -1
+        self._started = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------ facade
+
+    @property
+    def plan(self) -> WorkerPlan:
+        return self._plan
+
+    @property
+    def pool(self) -> WorkerPool:
+        """The worker pool (for diagnostics and fault tests: pids, restarts)."""
+        return self._pool
+
+    def worker_pids(self) -> list[int | None]:
+        """Process id of each worker slot (None while it is not running)."""
+        return [
+            w.pid if w.state in (WorkerState.STARTING, WorkerState.READY) else None
+            for w in self._pool.workers
+        ]
+
+    def queue_depth(self, model: str | None = None) -> int:
+        """Queued requests of ``model`` (or of all models)."""
+        return self._batcher.total_depth() if model is None else self._batcher.depth(model)
+
+    async def start(self) -> None:
+        """Spawn the workers; returns at once (``ready()`` turns true after their warm-up)."""
+        if self._started:
+            raise RuntimeError("Dispatcher.start() was already called")
+        self._started = True
+        self._observer.workers_alive(0)
+        for name in self._repo:
+            self._observer.model_ready(name, False)
+        self._alive = 0
+        log.info(
+            "dispatcher: %d worker(s) [%s] for model(s) %s",
+            len(self.slots),
+            ", ".join(s.device for s in self.slots),
+            ", ".join(self._repo),
+        )
+        await self._pool.start()
+
+    def ready(self, model: str | None = None) -> bool:
+        """True when the model (or every model) is warm on at least one live worker."""
+        if self._stopping:
+            return False
+        if model is None:
+            return all(self._ready.values())
+        return self._ready.get(model, False)
+
+    def model_summary(self, name: str) -> dict[str, Any] | None:
+        """The worker-reported ``ModelSummary`` as a dict (kept while workers restart)."""
+        return self._summaries.get(name)
+
+    async def submit(self, item: WorkItem) -> WorkResult:
+        """Queue ``item`` and wait for its result; cancelling the caller withdraws it."""
+        cfg = self._repo.get(item.model)
+        if cfg is None:
+            raise UnknownModelError(
+                f"model {item.model!r} is not served (available: {', '.join(sorted(self._repo))})"
+            )
+        if self._stopping:
+            raise NotReadyError("the server is draining and accepts no new requests")
+        if not self._ready[item.model]:
+            raise NotReadyError(self._not_ready_reason(item.model))
+        _check_pixels(item, cfg)
+        pending = self._batcher.put(item)
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self._batcher.withdraw(pending)
+            raise
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Refuse new work, finish queued and in-flight work within ``grace_s``, stop the workers."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._batcher.close()
+        if self._serve_tasks:
+            tasks = list(self._serve_tasks.values())
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, grace_s))
+            for t in pending:
+                t.cancel()
+        left = self._batcher.fail_queued(lambda: NotReadyError("the server stopped before this request ran"))
+        if left:
+            log.warning("dispatcher: %d queued request(s) answered UNAVAILABLE at stop", left)
+        await self._pool.stop(timeout_s=10.0)
+        for name in self._repo:
+            self._set_ready(name, False)
+        self._set_alive(0)
+
+    # ------------------------------------------------------------------ worker events
+
+    def _worker_ready(self, w: WorkerHandle) -> None:
+        for name, summary in w.summaries.items():
+            self._summaries[name] = summary
+        for name, why in w.failures.items():
+            log.error("model %r failed to load on worker %d: %s", name, w.index, why)
+        self._refresh()
+        self._check_labels(w)
+        if not self._stopping:
+            task = asyncio.ensure_future(self._serve(w))
+            self._serve_tasks[w] = task
+
+    def _worker_lost(self, w: WorkerHandle, reason: str) -> None:
+        task = self._serve_tasks.pop(w, None)
+        if task is not None and w in self._idle:
+            task.cancel()  # waiting for a batch: nothing was taken, stop waiting
+        self._refresh()
+        if self._stopping:
+            return
+        for name, ok in self._ready.items():
+            if not ok:  # nobody can run what is queued for this model now: let callers retry elsewhere
+                n = self._batcher.fail_queued(
+                    lambda n=name: WorkerLostError(f"no live worker for model {n!r} ({reason}); retry"),
+                    model=name,
+                    reason="worker_lost",
+                )
+                if n:
+                    log.warning("dispatcher: %d queued request(s) of %r answered UNAVAILABLE", n, name)
+
+    async def _serve(self, w: WorkerHandle) -> None:
+        """One batch at a time for worker ``w`` until it dies or the batcher closes."""
+        while w.state is WorkerState.READY:
+            self._idle.add(w)
+            try:
+                batch = await self._batcher.next_batch()
+            finally:
+                self._idle.discard(w)
+            if batch is None:
+                return
+            await self._pool.run_batch(w, batch)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _refresh(self) -> None:
+        live = self._pool.ready_workers()
+        self._set_alive(len(live))
+        for name in self._repo:
+            self._set_ready(name, any(name in w.summaries for w in live))
+
+    def _set_alive(self, n: int) -> None:
+        if n != self._alive:
+            self._alive = n
+            self._observer.workers_alive(n)
+
+    def _set_ready(self, name: str, ok: bool) -> None:
+        if self._ready[name] != ok:
+            self._ready[name] = ok
+            self._observer.model_ready(name, ok)
+            log.info("model %r %s", name, "ready" if ok else "NOT ready")
+
+    def _not_ready_reason(self, model: str) -> str:
+        errors = [w.failures[model] for w in self._pool.workers if model in w.failures]
+        if errors:
+            return f"model {model!r} failed to load: {errors[-1]}"
+        states = [w.state for w in self._pool.workers]
+        if any(s is WorkerState.STARTING for s in states):
+            return f"model {model!r} is not ready yet (a worker is loading and compiling it)"
+        last = next((w.last_error for w in self._pool.workers if w.last_error), None)
+        return f"no live worker serves model {model!r}" + (f" ({last})" if last else "") + "; retry shortly"
+
+    def _check_labels(self, w: WorkerHandle) -> None:
+        for name, summary in w.summaries.items():
+            labels = self._repo[name].labels
+            n = summary.get("num_classes")
+            if labels and isinstance(n, int) and len(labels) != n:
+                log.warning(
+                    "model %r: labels file has %d labels but the model has %d classes", name, len(labels), n
+                )
+
+
+def _check_pixels(item: WorkItem, cfg: ModelConfig) -> None:
+    """Refuse pixels that would not fit the model (the front validates too; this guards the slab)."""
+    px = item.pixels
+    if not isinstance(px, np.ndarray):
+        raise ExplainError("invalid_input", f"pixels must be a NumPy array, got {type(px).__name__}")
+    if px.dtype not in (np.uint8, np.float32):
+        raise ExplainError("invalid_input", f"pixels must be uint8 or float32, got {px.dtype}")
+    if tuple(px.shape) != tuple(cfg.input_shape):
+        raise ExplainError(
+            "invalid_input",
+            f"pixels have shape {tuple(px.shape)}, model {cfg.name!r} takes {tuple(cfg.input_shape)}",
+        )
+    if px.dtype == np.float32 and not np.isfinite(px).all():
+        raise ExplainError("invalid_input", "float32 pixels contain NaN or Inf")

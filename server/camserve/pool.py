@@ -1,0 +1,566 @@
+"""Worker pool: one process per GPU or N CPU processes, shared-memory pixels, restarts (no TF, no gRPC).
+
+* Placement: :class:`WorkerPlan` (``auto`` | ``cpu:N`` | ``gpu`` | ``gpu:0,1``) turns into
+  :class:`WorkerSlot` s using an injectable GPU discovery, so the per-GPU logic is tested on
+  machines without a GPU. Each GPU worker sees exactly one device (``CUDA_VISIBLE_DEVICES`` pinned);
+  CPU workers see none (``CUDA_VISIBLE_DEVICES=""``) and split the cores between them.
+* Transport: processes are started with ``spawn``. Each worker owns a shared-memory slab sized for
+  its largest batch; the parent writes the pixels there and the pipe carries only small specs and
+  the results (heatmaps at the conv grid). One reader thread per worker blocks on the pipe and
+  hands messages to the event loop with ``call_soon_threadsafe``.
+* Failure: EOF on the pipe means the worker is gone. Its in-flight batch fails at once with
+  :class:`WorkerLostError` and it is restarted after a back-off (0.5 s doubling up to 10 s, back
+  to 0.5 s once a worker has stayed healthy for a minute). A batch that runs longer than
+  ``batch_timeout_s`` (a hung or SIGSTOPped worker) gets the worker killed, which takes the same path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import numpy as np
+
+from camserve.batcher import (
+    Batch,
+    BatchFailedError,
+    ExplainError,
+    MapResult,
+    NullObserver,
+    Observer,
+    WorkerLostError,
+    WorkResult,
+)
+from camserve.shm import Slab, write_arrays
+
+__all__ = [
+    "WorkerHandle",
+    "WorkerPlan",
+    "WorkerPool",
+    "WorkerSlot",
+    "WorkerState",
+    "discover_gpus",
+]
+
+log = logging.getLogger("camserve.pool")
+
+DEFAULT_BATCH_TIMEOUT_S = 120.0
+DEFAULT_STARTUP_TIMEOUT_S = 900.0
+MAX_CPU_WORKERS = 64
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def discover_gpus(
+    env: Mapping[str, str] | None = None,
+    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+    which: Callable[[str], str | None] = shutil.which,
+) -> list[str]:
+    """Device ids this process may use, as ``CUDA_VISIBLE_DEVICES`` entries.
+
+    ``CUDA_VISIBLE_DEVICES``, when set, is honoured as CUDA does (entries up to the first
+    invalid one such as ``-1``; empty = no GPU). Otherwise ``nvidia-smi -L`` is asked; no
+    ``nvidia-smi`` or an error means no GPU.
+    """
+    env = os.environ if env is None else env
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids: list[str] = []
+        for entry in (e.strip() for e in visible.split(",")):
+            if not entry or entry.startswith("-"):
+                break
+            ids.append(entry)
+        return ids
+    exe = which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        proc = run([exe, "-L"], capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if proc.returncode != 0:
+        return []
+    return re.findall(r"^GPU (\d+):", proc.stdout or "", flags=re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """Where one worker runs: its index, device label, environment and CPU thread budget."""
+
+    index: int
+    device: str
+    env: dict[str, str]
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many workers and where: parsed from ``auto`` | ``cpu:N`` | ``gpu`` | ``gpu:0,1``.
+
+    ``auto`` = one worker per visible GPU, or one CPU worker using every core when there is no
+    GPU (one TF process with all cores beats several sharing them for a compiled batch).
+    ``gpu:0,1`` picks ordinals among the discovered devices (with ``CUDA_VISIBLE_DEVICES=2,3``,
+    ``gpu:1`` is device ``3``).
+    """
+
+    kind: str = "auto"
+    count: int = 1
+    devices: tuple[int, ...] | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> WorkerPlan:
+        """Parse the ``--workers`` value; ValueError with the accepted forms otherwise."""
+        forms = "expected 'auto', 'cpu:N', 'gpu' or 'gpu:0,1'"
+        t = (text or "").strip().lower()
+        if t == "auto":
+            return cls("auto")
+        if t == "gpu":
+            return cls("gpu")
+        if t.startswith("cpu:"):
+            n = t[4:]
+            if not n.isdigit() or not 1 <= int(n) <= MAX_CPU_WORKERS:
+                raise ValueError(f"--workers {text!r}: N in cpu:N must be an integer 1..{MAX_CPU_WORKERS}")
+            return cls("cpu", count=int(n))
+        if t == "cpu":
+            return cls("cpu", count=1)
+        if t.startswith("gpu:"):
+            parts = [p.strip() for p in t[4:].split(",")]
+            if not parts or not all(p.isdigit() for p in parts):
+                raise ValueError(f"--workers {text!r}: gpu:LIST takes GPU ordinals like gpu:0,1")
+            devices = tuple(int(p) for p in parts)
+            if len(set(devices)) != len(devices):
+                raise ValueError(f"--workers {text!r}: a GPU is listed twice")
+            return cls("gpu", count=len(devices), devices=devices)
+        raise ValueError(f"--workers {text!r}: {forms}")
+
+    def __str__(self) -> str:
+        if self.kind == "cpu":
+            return f"cpu:{self.count}"
+        if self.kind == "gpu" and self.devices is not None:
+            return "gpu:" + ",".join(map(str, self.devices))
+        return self.kind
+
+    def slots(
+        self, discover: Callable[[], Sequence[str]] = discover_gpus, cpu_count: int | None = None
+    ) -> list[WorkerSlot]:
+        """Resolve the plan against the machine (GPU ids from ``discover``, cores from ``cpu_count``)."""
+        cores = cpu_count or _available_cores()
+        if self.kind == "cpu":
+            return self._cpu_slots(self.count, cores)
+        gpus = list(discover())
+        if self.kind == "auto" and not gpus:
+            return self._cpu_slots(1, cores)
+        if not gpus:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+            raise ValueError(
+                f"--workers {self}: no GPU found (CUDA_VISIBLE_DEVICES={visible!r}, nvidia-smi lists none); "
+                "use --workers cpu:N"
+            )
+        chosen = list(range(len(gpus))) if self.devices is None else list(self.devices)
+        for ordinal in chosen:
+            if ordinal >= len(gpus):
+                raise ValueError(
+                    f"--workers {self}: GPU ordinal {ordinal} does not exist "
+                    f"({len(gpus)} visible: {', '.join(gpus)})"
+                )
+        return [
+            WorkerSlot(index=i, device=f"gpu:{gpus[o]}", env={"CUDA_VISIBLE_DEVICES": gpus[o]}, threads=None)
+            for i, o in enumerate(chosen)
+        ]
+
+    @staticmethod
+    def _cpu_slots(n: int, cores: int) -> list[WorkerSlot]:
+        threads = max(1, cores // n)
+        return [
+            WorkerSlot(index=i, device="cpu", env={"CUDA_VISIBLE_DEVICES": ""}, threads=threads)
+            for i in range(n)
+        ]
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- pool
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DEAD = "dead"
+    STOPPED = "stopped"
+
+
+@dataclass(eq=False)
+class _Inflight:
+    batch_id: int
+    batch: Batch
+    done: asyncio.Future[None]
+    sent_at: float
+    watchdog: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """Parent-side state of one worker slot (it survives restarts; ``generation`` counts them)."""
+
+    slot: WorkerSlot
+    slab: Slab
+    state: WorkerState = WorkerState.STARTING
+    generation: int = 0
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    ready_since: float | None = None
+    started_at: float = 0.0
+    inflight: _Inflight | None = None
+    restarts: int = 0
+    backoff_s: float = 0.0
+    kill_reason: str | None = None
+    last_error: str | None = None
+    startup_timer: asyncio.TimerHandle | None = None
+    restart_timer: asyncio.TimerHandle | None = None
+    reader: threading.Thread | None = None
+
+    @property
+    def index(self) -> int:
+        return self.slot.index
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+class WorkerPool:
+    """Starts, feeds, watches and restarts the worker processes (see the module docstring)."""
+
+    def __init__(
+        self,
+        slots: Sequence[WorkerSlot],
+        *,
+        worker_spec: dict[str, Any],
+        slab_bytes: int,
+        on_ready: Callable[[WorkerHandle], None],
+        on_lost: Callable[[WorkerHandle, str], None],
+        observer: Observer | None = None,
+        batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S,
+        startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 10.0,
+        healthy_reset_s: float = 60.0,
+        target: Callable[..., None] | None = None,
+    ) -> None:
+        self._slots = list(slots)
+        self._spec = dict(worker_spec)
+        self._slab_bytes = int(slab_bytes)
+        self._on_ready = on_ready
+        self._on_lost = on_lost
+        self._observer: Observer = observer or NullObserver()
+        self.batch_timeout_s = float(batch_timeout_s)
+        self.startup_timeout_s = float(startup_timeout_s)
+        self._backoff_initial = float(backoff_initial_s)
+        self._backoff_max = float(backoff_max_s)
+        self._healthy_reset = float(healthy_reset_s)
+        self._target = target
+        self._ctx = multiprocessing.get_context("spawn")
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.workers: list[WorkerHandle] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Create the slabs and spawn every worker; returns before they are ready."""
+        self._loop = asyncio.get_running_loop()
+        for slot in self._slots:
+            w = WorkerHandle(slot=slot, slab=Slab(self._slab_bytes), backoff_s=self._backoff_initial)
+            self.workers.append(w)
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask every worker to exit, kill what is left after ``timeout_s``, unlink the slabs."""
+        self._stopping = True
+        for w in self.workers:
+            if w.restart_timer is not None:
+                w.restart_timer.cancel()
+                w.restart_timer = None
+            if w.conn is not None and w.state in (WorkerState.STARTING, WorkerState.READY):
+                with contextlib.suppress(OSError):
+                    w.conn.send(("stop",))
+        await asyncio.to_thread(self._join_all, timeout_s)
+        for w in self.workers:
+            self._mark_gone(w, WorkerState.STOPPED, "the server is stopping")
+            if w.conn is not None:
+                w.conn.close()
+                w.conn = None
+            w.slab.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _join_all(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers:
+            p = w.process
+            if p is None:
+                continue
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                log.warning("worker %d did not exit in %.1f s; killing it", w.index, timeout_s)
+                p.kill()
+                p.join(5)
+        for w in self.workers:
+            if w.reader is not None:
+                w.reader.join(5)
+
+    async def _spawn(self, w: WorkerHandle) -> None:
+        if self._stopping:
+            return
+        assert self._loop is not None
+        w.generation += 1
+        gen = w.generation
+        w.state = WorkerState.STARTING
+        w.summaries, w.failures, w.kill_reason, w.ready_since = {}, {}, None, None
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        spec = dict(self._spec)
+        spec.update(
+            index=w.index, env=w.slot.env, device=w.slot.device, threads=w.slot.threads, slab_name=w.slab.name
+        )
+        if self._target is None:
+            from camserve.worker import main as target
+        else:
+            target = self._target
+        proc = self._ctx.Process(
+            target=target, args=(child_conn, spec), name=f"camserve-worker-{w.index}", daemon=True
+        )
+        try:
+            await asyncio.to_thread(proc.start)
+        except Exception as exc:  # e.g. out of memory or pids: treat as a crash, back off
+            child_conn.close()
+            parent_conn.close()
+            w.last_error = f"could not start: {exc}"
+            log.error("worker %d could not start: %s", w.index, exc)
+            w.state = WorkerState.DEAD
+            self._schedule_restart(w)
+            return
+        child_conn.close()  # the child has its copy; ours must go or EOF never arrives
+        w.process, w.conn, w.started_at = proc, parent_conn, time.monotonic()
+        if self._stopping:  # stop() ran while we were starting it
+            proc.kill()
+            return
+        w.reader = threading.Thread(
+            target=self._read,
+            args=(w, gen, parent_conn, proc, self._loop),
+            name=f"camserve-reader-{w.index}",
+            daemon=True,
+        )
+        w.reader.start()
+        w.startup_timer = self._loop.call_later(self.startup_timeout_s, self._startup_expired, w, gen)
+        log.info("worker %d started (pid %s, %s)", w.index, proc.pid, w.slot.device)
+
+    def _read(
+        self, w: WorkerHandle, gen: int, conn: Connection, proc: BaseProcess, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Reader thread: forward messages to the loop; on EOF reap the process and report."""
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # a message cut short by a crash
+                log.error("worker %d: unreadable message (%s)", w.index, exc)
+                break
+            try:
+                loop.call_soon_threadsafe(self._on_message, w, gen, msg)
+            except RuntimeError:  # loop closed
+                return
+        proc.join(2)
+        if proc.is_alive():  # closed its pipe yet still running: make it certain
+            proc.kill()
+            proc.join(5)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._on_exit, w, gen, proc.exitcode)
+
+    # ------------------------------------------------------------------ events (event loop thread)
+
+    def _on_message(self, w: WorkerHandle, gen: int, msg: tuple[Any, ...]) -> None:
+        if gen != w.generation:
+            return
+        kind = msg[0]
+        if kind == "ready":
+            _, summaries, failures, load_s = msg
+            if w.startup_timer is not None:
+                w.startup_timer.cancel()
+                w.startup_timer = None
+            w.summaries, w.failures = dict(summaries), dict(failures)
+            w.state = WorkerState.READY
+            w.ready_since = time.monotonic()
+            w.last_error = None
+            log.info("worker %d ready in %.1f s (pid %s)", w.index, load_s, w.pid)
+            self._on_ready(w)
+        elif kind == "result":
+            _, batch_id, outcomes, compute_s = msg
+            inf = w.inflight
+            if inf is None or inf.batch_id != batch_id:
+                log.warning("worker %d: result for unknown batch %s ignored", w.index, batch_id)
+                return
+            if inf.watchdog is not None:
+                inf.watchdog.cancel()
+            w.inflight = None
+            _deliver(inf, outcomes, float(compute_s))
+            if not inf.done.done():
+                inf.done.set_result(None)
+        elif kind == "fatal":
+            w.last_error = str(msg[1])
+            log.error("worker %d failed to start: %s", w.index, msg[1])
+
+    def _on_exit(self, w: WorkerHandle, gen: int, exitcode: int | None) -> None:
+        if gen != w.generation or w.state in (WorkerState.DEAD, WorkerState.STOPPED):
+            return
+        if self._stopping:
+            self._mark_gone(w, WorkerState.STOPPED, "the server is stopping")
+            return
+        how = (
+            f"killed by signal {-exitcode}"
+            if exitcode is not None and exitcode < 0
+            else f"exit code {exitcode}"
+        )
+        reason = w.kill_reason or w.last_error or how
+        w.last_error = (
+            f"worker {w.index} died ({how}): {reason}" if reason != how else f"worker {w.index} died ({how})"
+        )
+        log.error("%s", w.last_error)
+        healthy = w.ready_since is not None and time.monotonic() - w.ready_since >= self._healthy_reset
+        if healthy:
+            w.backoff_s = self._backoff_initial
+        self._mark_gone(w, WorkerState.DEAD, w.last_error)
+        self._schedule_restart(w)
+
+    def _mark_gone(self, w: WorkerHandle, state: WorkerState, reason: str) -> None:
+        """Fail the in-flight batch at once and tell the dispatcher."""
+        was = w.state
+        w.state = state
+        for timer in (w.startup_timer,):
+            if timer is not None:
+                timer.cancel()
+        w.startup_timer = None
+        inf, w.inflight = w.inflight, None
+        if inf is not None:
+            if inf.watchdog is not None:
+                inf.watchdog.cancel()
+            err = f"{reason}; the request was running on it, retry"
+            for p in inf.batch.items:
+                if not p.future.done():
+                    p.future.set_exception(WorkerLostError(err))
+            if not inf.done.done():
+                inf.done.set_result(None)
+        if was in (WorkerState.STARTING, WorkerState.READY):
+            self._on_lost(w, reason)
+
+    def _schedule_restart(self, w: WorkerHandle) -> None:
+        if self._stopping or self._loop is None:
+            return
+        delay = w.backoff_s
+        w.backoff_s = min(self._backoff_max, max(self._backoff_initial, delay * 2))
+        log.info("worker %d restarts in %.1f s", w.index, delay)
+
+        def fire() -> None:
+            w.restart_timer = None
+            w.restarts += 1
+            self._observer.worker_restarted()
+            task = asyncio.ensure_future(self._spawn(w))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        w.restart_timer = self._loop.call_later(delay, fire)
+
+    def _startup_expired(self, w: WorkerHandle, gen: int) -> None:
+        if gen == w.generation and w.state is WorkerState.STARTING:
+            self.kill(w, f"not ready within {self.startup_timeout_s:.0f} s of start")
+
+    def _batch_expired(self, w: WorkerHandle, batch_id: int) -> None:
+        if w.inflight is not None and w.inflight.batch_id == batch_id:
+            self.kill(w, f"batch ran longer than the {self.batch_timeout_s:.0f} s watchdog (hung worker)")
+
+    # ------------------------------------------------------------------ public
+
+    def kill(self, w: WorkerHandle, reason: str) -> None:
+        """SIGKILL a worker; the reader thread sees EOF and the normal death path runs."""
+        w.kill_reason = reason
+        log.error("killing worker %d: %s", w.index, reason)
+        if w.process is not None and w.process.is_alive():
+            w.process.kill()
+
+    def ready_workers(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.state is WorkerState.READY]
+
+    def run_batch(self, w: WorkerHandle, batch: Batch) -> asyncio.Future[None]:
+        """Send ``batch`` to idle worker ``w``; the future resolves when every item is answered."""
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        if w.state is not WorkerState.READY or w.conn is None or w.inflight is not None:
+            for p in batch.items:
+                if not p.future.done():
+                    p.future.set_exception(WorkerLostError(f"worker {w.index} is not available; retry"))
+            done.set_result(None)
+            return done
+        refs = write_arrays(w.slab.buf, [p.item.pixels for p in batch.items])
+        batch_id = next(self._ids)
+        inf = _Inflight(batch_id=batch_id, batch=batch, done=done, sent_at=time.monotonic())
+        w.inflight = inf
+        try:
+            w.conn.send(
+                ("batch", batch_id, batch.model, [tuple(r) for r in refs], [p.item.spec for p in batch.items])
+            )
+        except (OSError, ValueError) as exc:  # pipe broken: the worker is dying; EOF will follow
+            self.kill(w, f"pipe to the worker broke ({exc})")
+            return done
+        inf.watchdog = self._loop.call_later(self.batch_timeout_s, self._batch_expired, w, batch_id)
+        return done
+
+
+def _deliver(inf: _Inflight, outcomes: Sequence[tuple[Any, ...]], compute_s: float) -> None:
+    """Turn worker outcomes into WorkResults / exceptions on the callers' futures."""
+    size = len(inf.batch.items)
+    for p, out in zip(inf.batch.items, outcomes, strict=False):
+        if p.future.done():  # the caller left while we computed
+            continue
+        if out[0] == "ok":
+            _, probs, maps = out
+            p.future.set_result(
+                WorkResult(
+                    probabilities=np.asarray(probs),
+                    maps=[MapResult(int(c), float(s), h, bool(z)) for c, s, h, z in maps],
+                    queue_s=max(0.0, inf.sent_at - p.arrived),
+                    compute_s=compute_s,
+                    batch_size=size,
+                )
+            )
+        elif out[1] == "internal":
+            p.future.set_exception(BatchFailedError(f"worker error: {out[2]}"))
+        else:
+            p.future.set_exception(ExplainError(str(out[1]), str(out[2])))
+    for p in inf.batch.items[len(outcomes) :]:
+        if not p.future.done():
+            p.future.set_exception(BatchFailedError("worker returned fewer results than items"))

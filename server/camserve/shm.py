@@ -1,0 +1,81 @@
+"""Pixel slab: a shared-memory buffer the parent fills and one worker reads (NumPy only).
+
+Why: pickling a batch of 32 images at 224x224x3 through a pipe copies ~4.8 MB twice and holds
+the GIL while it does; writing them once into shared memory and sending ``(offset, dtype,
+shape)`` triples keeps the pipe traffic to a few hundred bytes per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from multiprocessing import shared_memory
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["ALIGN", "ArrayRef", "Slab", "read_arrays", "slab_bytes_for", "write_arrays"]
+
+ALIGN = 64  # cache-line alignment of every array in the slab
+
+
+class ArrayRef(NamedTuple):
+    """Where one array lies in the slab (what the pipe carries instead of the pixels)."""
+
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def slab_bytes_for(max_batch_size: int, shape: Sequence[int], itemsize: int = 4) -> int:
+    """Bytes needed for ``max_batch_size`` arrays of ``shape`` (float32 worst case by default)."""
+    one = int(np.prod(shape)) * itemsize
+    return max_batch_size * (one + ALIGN)
+
+
+def write_arrays(buf: memoryview, arrays: Sequence[np.ndarray]) -> list[ArrayRef]:
+    """Copy ``arrays`` into ``buf`` one after the other (aligned); raise if they do not fit."""
+    refs: list[ArrayRef] = []
+    offset = 0
+    for arr in arrays:
+        a = np.ascontiguousarray(arr)
+        end = offset + a.nbytes
+        if end > len(buf):
+            raise ValueError(
+                f"batch needs more than the {len(buf)}-byte pixel slab (array of {a.nbytes} bytes)"
+            )
+        np.ndarray(a.shape, dtype=a.dtype, buffer=buf, offset=offset)[...] = a
+        refs.append(ArrayRef(offset, a.dtype.str, tuple(a.shape)))
+        offset = (end + ALIGN - 1) // ALIGN * ALIGN
+    return refs
+
+
+def read_arrays(buf: memoryview, refs: Sequence[ArrayRef]) -> list[np.ndarray]:
+    """Views (no copy) of the arrays that :func:`write_arrays` placed in ``buf``."""
+    return [np.ndarray(tuple(r.shape), dtype=np.dtype(r.dtype), buffer=buf, offset=r.offset) for r in refs]
+
+
+class Slab:
+    """Owner side of one worker's slab: create, expose, unlink exactly once."""
+
+    def __init__(self, size: int) -> None:
+        self._shm = shared_memory.SharedMemory(create=True, size=max(1, size))
+        self.name = self._shm.name
+        self.size = self._shm.size
+        self._closed = False
+
+    @property
+    def buf(self) -> memoryview:
+        assert self._shm.buf is not None
+        return self._shm.buf
+
+    def close(self) -> None:
+        """Release and unlink (idempotent), so /dev/shm holds nothing after the server stops."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._shm.close()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self._shm.unlink()

@@ -1,0 +1,116 @@
+"""A NumPy stand-in for the engine, run inside REAL worker processes by the pool tests.
+
+It replaces only the compute (camserve.worker's Runner seam); the pipe protocol, shared-memory
+pixels, error mapping, restarts and watchdog under test are the real ones. Its answers are
+simple functions of the pixels, so tests check them against an independent NumPy reference:
+
+* heatmap = mean over channels / 255 at the input size ("toy" layer) or 2x2-pooled ("half");
+* probabilities = softmax of the per-channel means / 255 plus a fourth logit of 0;
+* method "sleep" sleeps ``top_k`` seconds (lets a test kill the worker mid-batch),
+  "crash" exits the process, "bug" raises RuntimeError, class_index >= 4 raises ClassIndexError.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+NUM_CLASSES = 4
+
+
+class ClassIndexError(ValueError):
+    kind = "class_index"
+
+
+class UnknownLayerError(ValueError):
+    kind = "unknown_layer"
+
+
+def reference(pixels: np.ndarray, layer: str = "toy") -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference of what the toy worker must answer: (probabilities, heatmap)."""
+    x = pixels.astype(np.float64)
+    means = x.reshape(-1, x.shape[-1]).mean(0) / 255.0
+    logits = np.concatenate([means[:3], np.zeros(NUM_CLASSES - min(3, len(means)))])[:NUM_CLASSES]
+    e = np.exp(logits - logits.max())
+    heat = x.mean(-1) / 255.0
+    if layer == "half":
+        h, w = heat.shape
+        heat = heat[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    return (e / e.sum()).astype(np.float32), heat.astype(np.float32)
+
+
+class _Map:
+    def __init__(self, class_index: int, score: float, heatmap: np.ndarray) -> None:
+        self.class_index, self.score, self.heatmap, self.all_zero = (
+            class_index,
+            score,
+            heatmap,
+            not heatmap.any(),
+        )
+
+
+class _Result:
+    def __init__(self, probabilities: np.ndarray, maps: list[_Map]) -> None:
+        self.probabilities, self.maps = probabilities, maps
+
+
+class ToyExplainer:
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+
+    def explain_batch(self, images: np.ndarray, specs: list[Any]) -> list[_Result]:
+        assert images.ndim == 4, images.shape
+        for s in specs:
+            if s.method == "crash":
+                os._exit(17)
+            if s.method == "bug":
+                raise RuntimeError("toy bug")
+            if s.method == "sleep":
+                time.sleep(float(s.top_k))
+            if s.class_index is not None and not 0 <= s.class_index < NUM_CLASSES:
+                raise ClassIndexError(f"class index {s.class_index} out of range [0, {NUM_CLASSES})")
+        out = []
+        for img, s in zip(images, specs, strict=True):
+            probs, heat = reference(img, self.layer)
+            cls = s.class_index if s.class_index is not None else int(np.argmax(probs))
+            out.append(_Result(probs, [_Map(cls, float(probs[cls]), heat)]))
+        return out
+
+
+class ToyRunner:
+    """Runner seam implementation: 'loads' instantly (or after CAMSERVE_TOY_LOAD_S seconds)."""
+
+    def __init__(
+        self, repository: dict[str, Any], *, compile_mode: str, backend: str, threads: int | None, index: int
+    ) -> None:
+        self.repository, self.threads, self.index = repository, threads, index
+
+    def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        time.sleep(float(os.environ.get("CAMSERVE_TOY_LOAD_S", "0")))
+        summaries, failures = {}, {}
+        for name, cfg in self.repository.items():
+            if cfg.target_layer == "broken":
+                failures[name] = "ValueError: toy model marked broken"
+                continue
+            summaries[name] = {
+                "input_shape": list(cfg.input_shape),
+                "num_classes": NUM_CLASSES,
+                "target_layer": "toy",
+                "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "threads": self.threads,
+                "worker": self.index,
+            }
+        return summaries, failures
+
+    def explainer(self, model: str, target_layer: str | None, float_input: bool) -> ToyExplainer:
+        layer = target_layer or "toy"
+        if layer not in ("toy", "half"):
+            raise UnknownLayerError(f"no layer {layer!r}; candidates: toy, half")
+        return ToyExplainer(layer)
+
+    def item_spec(self, spec: Any) -> Any:
+        return spec
