@@ -137,6 +137,16 @@ class Metrics:
         if self.on_change is not None:
             self.on_change()
 
+    def rpc_totals(self) -> dict[str, int]:
+        """Answered RPCs so far as {"Method/CODE": count} (logged at SIGTERM and at stop)."""
+        totals: dict[str, int] = {}
+        for metric in self.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.value:
+                    key = f"{sample.labels['method']}/{sample.labels['code']}"
+                    totals[key] = totals.get(key, 0) + int(sample.value)
+        return dict(sorted(totals.items()))
+
     def render(self) -> bytes:
         """The exposition text (what /metrics serves)."""
         return generate_latest(self.registry)

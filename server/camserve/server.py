@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -175,6 +176,7 @@ class CamServer:
         self.draining = True
         self._health_wake.set()
         await self.health.enter_graceful_shutdown()
+        log.info("answered RPCs at drain start: %s", json.dumps(self.metrics.rpc_totals()))
         log.info("draining: health NOT_SERVING; serving for %.1f s more (pre-stop)", self.opts.pre_stop_s)
         if self.opts.pre_stop_s > 0:
             with contextlib.suppress(TimeoutError):
@@ -192,6 +194,7 @@ class CamServer:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("answered RPCs at stop: %s", json.dumps(self.metrics.rpc_totals()))
         log.info("stopped")
         self._stopped.set()
         return 0
