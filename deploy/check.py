@@ -8,6 +8,7 @@ when it is installed, and then runs the project rules that schemas cannot see (`
 
     python -m deploy.check                 # everything; exit 1 and a list of problems if any
     python -m deploy.check --render gpu    # print the rendered overlay (pipe to kubectl apply -f -)
+    python -m deploy.check --prometheus-rule   # the alert rules as a PrometheusRule object
 """
 
 from __future__ import annotations
@@ -866,12 +867,25 @@ def run_all(versions: tuple[str, ...] = (OLDEST_K8S, NEWEST_K8S), log: Callable[
     return total
 
 
+def prometheus_rule() -> Doc:
+    """alerts.yaml wrapped as a prometheus-operator PrometheusRule (one source for both setups)."""
+    alerts = yaml.safe_load(ALERTS.read_text())
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "camserve", "labels": {"app.kubernetes.io/name": "camserve"}},
+            "spec": {"groups": alerts["groups"]}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deploy.check", description=__doc__.splitlines()[0])
     ap.add_argument("--render", choices=sorted(OVERLAYS), help="print one rendered overlay as YAML and exit")
     ap.add_argument("--kubernetes-version", action="append", dest="versions",
                     help=f"validate against this version (repeatable; default {OLDEST_K8S} and {NEWEST_K8S})")
+    ap.add_argument("--prometheus-rule", action="store_true",
+                    help="print prometheus/alerts.yaml as a PrometheusRule object and exit")
     args = ap.parse_args(argv)
+    if args.prometheus_rule:
+        sys.stdout.write(yaml.safe_dump(prometheus_rule(), sort_keys=False))
+        return 0
     if args.render:
         try:
             docs = render(OVERLAYS[args.render])

@@ -67,6 +67,15 @@ def test_render_command_round_trips(gpu_docs: list[Doc]) -> None:
     assert list(yaml.safe_load_all(proc.stdout)) == gpu_docs
 
 
+def test_prometheus_rule_wraps_the_alerts() -> None:
+    proc = subprocess.run([sys.executable, "-m", "deploy.check", "--prometheus-rule"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rule = yaml.safe_load(proc.stdout)
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == yaml.safe_load(check.ALERTS.read_text())["groups"]
+
+
 def test_overlays_render_what_kustomize_would(gpu_docs: list[Doc], cpu_docs: list[Doc]) -> None:
     """Independent expectations for the strategic merges the overlays rely on."""
     c = container(gpu_docs)

@@ -235,7 +235,7 @@ def test_prometheus_scrapes_and_every_query_evaluates(
     adapter = yaml.safe_load(check.ADAPTER_VALUES.read_text())["rules"]["custom"][0]
     q = (adapter["metricsQuery"].replace("<<.LabelMatchers>>", 'job="camserve"')
          .replace("<<.GroupBy>>", "instance"))
-    per_pod = prometheus.wait_vector(q)
+    per_pod = prometheus.wait_vector(q, min_series=2)
     assert {r["metric"]["instance"] for r in per_pod} == {f"127.0.0.1:{s.metrics_port}" for s in (a, b)}
     assert all(float(r["value"][1]) >= 0 for r in per_pod)
 
@@ -267,7 +267,7 @@ def test_scale_in_moves_traffic_without_errors(two_servers: Pair) -> None:
         for i in range(8):
             stub.Explain(_request(i), timeout=30, wait_for_ready=True)
         assert min(_ok(a) - before[0], _ok(b) - before[1]) >= 2  # both healthy: both used
-        b.signal(signal.SIGTERM)
+        b.send_signal(signal.SIGTERM)
         b.wait_health("NOT_SERVING", timeout=10, poll=0.05)
         time.sleep(0.3)  # the client's health watch sees the change
         before_a = _ok(a)
