@@ -1,0 +1,420 @@
+"""The batch-formation rule of camserve.batcher, with no model and no process at all."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from camserve.batcher import (
+    Batch,
+    Batcher,
+    DeadlineExceededError,
+    ItemRequest,
+    NotReadyError,
+    QueueFullError,
+    UnknownModelError,
+    WorkItem,
+)
+
+PX = np.zeros((2, 2, 3), np.uint8)
+T = TypeVar("T")
+
+
+class Recorder:
+    """Observer that keeps every call (a collaborator of the batcher, not the part under test)."""
+
+    def __init__(self) -> None:
+        self.dropped: list[tuple[str, str]] = []
+        self.batches: list[tuple[str, int]] = []
+        self.depths: list[tuple[str, int]] = []
+
+    def batch_formed(self, model: str, size: int) -> None:
+        self.batches.append((model, size))
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        self.depths.append((model, depth))
+
+    def workers_alive(self, n: int) -> None:
+        pass
+
+    def worker_restarted(self) -> None:
+        pass
+
+    def request_dropped(self, model: str, reason: str) -> None:
+        self.dropped.append((model, reason))
+
+    def model_ready(self, model: str, ready: bool) -> None:
+        pass
+
+
+def tags(batch: Batch | None) -> list[int]:
+    assert batch is not None
+    return [int(p.item.pixels[0, 0, 0]) for p in batch.items]
+
+
+def tagged(n: int, model: str = "m", deadline: float | None = None) -> WorkItem:
+    """An item whose pixels carry ``n`` so batches can be read back in order."""
+    return WorkItem(model, np.full((2, 2, 3), n, np.uint8), ItemRequest(), deadline)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def test_takes_at_most_max_batch_size_in_arrival_order() -> None:
+    async def main() -> list[list[int]]:
+        b = Batcher({"m": (4, 0.0, 100)})
+        for i in range(10):
+            b.put(tagged(i))
+        return [tags(await b.next_batch()) for _ in range(3)]
+
+    assert run(main()) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_full_batch_does_not_wait_for_the_delay() -> None:
+    async def main() -> float:
+        b = Batcher({"m": (4, 10.0, 100)})
+        for i in range(4):
+            b.put(tagged(i))
+        t0 = time.monotonic()
+        assert tags(await b.next_batch()) == [0, 1, 2, 3]
+        return time.monotonic() - t0
+
+    assert run(main()) < 0.5
+
+
+def test_partial_batch_waits_max_delay_from_the_oldest_request() -> None:
+    """A at t0, B at t0+100 ms, delay 150 ms: one batch [A, B] at ~t0+150 ms, not t0+250 ms."""
+
+    async def main() -> tuple[list[int], float]:
+        b = Batcher({"m": (8, 0.150, 100)})
+        t0 = time.monotonic()
+        b.put(tagged(1))
+        consumer = asyncio.ensure_future(b.next_batch())
+        await asyncio.sleep(0.100)
+        assert not consumer.done()
+        b.put(tagged(2))
+        batch = await consumer
+        return tags(batch), time.monotonic() - t0
+
+    got, elapsed = run(main())
+    assert got == [1, 2]
+    assert 0.14 <= elapsed < 0.24, elapsed
+
+
+def test_zero_delay_takes_what_is_there() -> None:
+    async def main() -> list[int]:
+        b = Batcher({"m": (8, 0.0, 100)})
+        b.put(tagged(1))
+        b.put(tagged(2))
+        return tags(await b.next_batch())
+
+    assert run(main()) == [1, 2]
+
+
+def test_arrival_wakes_a_waiting_worker_and_filling_the_batch_releases_it() -> None:
+    async def main() -> tuple[list[int], float]:
+        b = Batcher({"m": (3, 5.0, 100)})
+        consumer = asyncio.ensure_future(b.next_batch())
+        await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        for i in range(3):
+            b.put(tagged(i))
+            await asyncio.sleep(0.01)
+        batch = await consumer
+        return tags(batch), time.monotonic() - t0
+
+    got, elapsed = run(main())
+    assert got == [0, 1, 2]
+    assert elapsed < 1.0
+
+
+def test_bounded_queue_refuses_at_once_and_frees_space_when_taken() -> None:
+    async def main() -> None:
+        obs = Recorder()
+        b = Batcher({"m": (2, 0.0, 3)}, observer=obs)
+        for i in range(3):
+            b.put(tagged(i))
+        t0 = time.monotonic()
+        with pytest.raises(QueueFullError, match="full"):
+            b.put(tagged(9))
+        assert time.monotonic() - t0 < 0.05
+        assert b.depth("m") == 3
+        assert tags(await b.next_batch()) == [0, 1]
+        b.put(tagged(3))  # room again
+        assert b.depth("m") == 2
+        assert obs.depths[-1] == ("m", 2)
+
+    run(main())
+
+
+def test_cancelled_requests_free_their_queue_slot() -> None:
+    async def main() -> None:
+        b = Batcher({"m": (8, 0.0, 2)})
+        p1 = b.put(tagged(1))
+        b.put(tagged(2))
+        assert b.withdraw(p1)
+        b.put(tagged(3))  # the withdrawn slot is free
+        assert tags(await b.next_batch()) == [2, 3]
+
+    run(main())
+
+
+def test_expired_request_is_answered_at_its_deadline_and_never_batched() -> None:
+    async def main() -> None:
+        obs = Recorder()
+        b = Batcher({"m": (8, 0.300, 100)}, observer=obs)
+        t0 = time.monotonic()
+        doomed = b.put(tagged(1, deadline=t0 + 0.05))
+        b.put(tagged(2))
+        with pytest.raises(DeadlineExceededError, match="deadline"):
+            await doomed.future
+        assert time.monotonic() - t0 < 0.25  # answered at its deadline, not at batch time
+        assert obs.dropped == [("m", "deadline")]
+        assert tags(await b.next_batch()) == [2]
+        assert b.depth("m") == 0
+
+    run(main())
+
+
+def test_expired_request_dropped_when_batch_forms_even_without_its_timer() -> None:
+    """The sweep before forming a batch is the rule; the timer only answers earlier."""
+
+    async def main() -> None:
+        obs = Recorder()
+        b = Batcher({"m": (8, 0.0, 100)}, observer=obs)
+        t0 = time.monotonic()
+        p = b.put(tagged(1, deadline=t0 + 0.03))
+        assert p.timer is not None
+        p.timer.cancel()  # simulate a timer that did not fire yet
+        p.timer = None
+        b.put(tagged(2))
+        time.sleep(0.05)  # block the loop past the deadline
+        assert tags(await b.next_batch()) == [2]
+        with pytest.raises(DeadlineExceededError):
+            await p.future
+        assert obs.dropped == [("m", "deadline")]
+
+    run(main())
+
+
+def test_already_expired_request_is_refused_at_put() -> None:
+    async def main() -> None:
+        obs = Recorder()
+        b = Batcher({"m": (8, 0.0, 100)}, observer=obs)
+        with pytest.raises(DeadlineExceededError):
+            b.put(tagged(1, deadline=time.monotonic() - 1))
+        assert obs.dropped == [("m", "deadline")]
+        assert b.depth("m") == 0
+
+    run(main())
+
+
+def test_cancelled_caller_is_dropped_and_its_future_never_set() -> None:
+    """Ray Serve's old bug: completing a cancelled caller's future broke the loop for good."""
+
+    async def main() -> None:
+        obs = Recorder()
+        b = Batcher({"m": (8, 0.100, 100)}, observer=obs)
+        p1 = b.put(tagged(1))
+        p2 = b.put(tagged(2))
+
+        async def caller() -> object:
+            return await p1.future
+
+        task = asyncio.ensure_future(caller())
+        await asyncio.sleep(0.01)
+        task.cancel()  # the caller leaves; nobody calls withdraw: the sweep must notice
+        await asyncio.sleep(0)
+        assert p1.future.cancelled()
+        batch = await b.next_batch()
+        assert tags(batch) == [2]
+        assert obs.dropped == [("m", "cancelled")]
+        assert batch is not None
+        batch.items[0].future.set_result("ok")
+        assert await p2.future == "ok"
+        # the loop keeps working after the cancellation
+        b.put(tagged(3))
+        assert tags(await b.next_batch()) == [3]
+
+    run(main())
+
+
+def test_requests_with_different_specs_share_a_batch() -> None:
+    async def main() -> list[ItemRequest]:
+        b = Batcher({"m": (8, 0.0, 100)})
+        specs = [
+            ItemRequest("gradcam"),
+            ItemRequest("cam", class_index=3),
+            ItemRequest("layercam", top_k=3),
+            ItemRequest("gradcam", target_layer="block1"),
+        ]
+        for s in specs:
+            b.put(WorkItem("m", PX, s))
+        batch = await b.next_batch()
+        assert batch is not None
+        return [p.item.spec for p in batch.items]
+
+    assert run(main()) == [
+        ItemRequest("gradcam"),
+        ItemRequest("cam", class_index=3),
+        ItemRequest("layercam", top_k=3),
+        ItemRequest("gradcam", target_layer="block1"),
+    ]
+
+
+def test_free_worker_serves_the_queue_whose_oldest_request_is_oldest() -> None:
+    async def main() -> list[str]:
+        b = Batcher({"a": (8, 0.0, 100), "b": (8, 0.0, 100), "c": (8, 0.0, 100)})
+        b.put(tagged(1, model="b"))
+        await asyncio.sleep(0.002)
+        b.put(tagged(2, model="c"))
+        await asyncio.sleep(0.002)
+        b.put(tagged(3, model="a"))
+        b.put(tagged(4, model="b"))
+        order = []
+        for _ in range(3):
+            batch = await b.next_batch()
+            assert batch is not None
+            order.append(batch.model)
+        return order
+
+    assert run(main()) == ["b", "c", "a"]
+
+
+def test_a_full_queue_is_not_held_behind_one_still_waiting_for_its_delay() -> None:
+    async def main() -> tuple[str, float]:
+        b = Batcher({"slow": (8, 5.0, 100), "busy": (2, 5.0, 100)})
+        b.put(tagged(1, model="slow"))  # oldest, but its delay runs 5 s
+        await asyncio.sleep(0.01)
+        b.put(tagged(2, model="busy"))
+        b.put(tagged(3, model="busy"))  # full
+        t0 = time.monotonic()
+        batch = await b.next_batch()
+        assert batch is not None
+        return batch.model, time.monotonic() - t0
+
+    model, elapsed = run(main())
+    assert model == "busy" and elapsed < 0.5
+
+
+def test_unknown_model_and_closed_batcher() -> None:
+    async def main() -> None:
+        b = Batcher({"m": (8, 5.0, 100)})
+        with pytest.raises(UnknownModelError, match="'x'"):
+            b.put(tagged(1, model="x"))
+        b.put(tagged(1))
+        b.put(tagged(2))
+        b.close()
+        with pytest.raises(NotReadyError, match="draining"):
+            b.put(tagged(3))
+        t0 = time.monotonic()
+        assert tags(await b.next_batch()) == [1, 2]  # draining: no 5 s wait
+        assert time.monotonic() - t0 < 0.5
+        assert await b.next_batch() is None
+
+    run(main())
+
+
+def test_close_wakes_idle_workers() -> None:
+    async def main() -> None:
+        b = Batcher({"m": (8, 0.0, 100)})
+        waiters = [asyncio.ensure_future(b.next_batch()) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        b.close()
+        assert await asyncio.gather(*waiters) == [None, None, None]
+
+    run(main())
+
+
+def test_random_traffic_every_request_answered_exactly_once() -> None:
+    """Producers with random deadlines and cancellations against 3 consumers (several seeds).
+
+    Invariants: no batch exceeds max size or mixes models; each model's batches keep arrival
+    order; every request is batched once, or expired, or withdrawn - never two of these; the
+    queue counters return to zero.
+    """
+
+    async def scenario(seed: int) -> None:
+        rng = random.Random(seed)
+        obs = Recorder()
+        limits = {"a": (4, 0.004, 50), "b": (3, 0.0, 50)}
+        b = Batcher(limits, observer=obs)
+        batched: Counter[int] = Counter()
+        last_seen: dict[str, int] = {}
+        outcomes: dict[int, str] = {}
+
+        async def consumer() -> None:
+            while True:
+                batch = await b.next_batch()
+                if batch is None:
+                    return
+                assert 1 <= len(batch.items) <= limits[batch.model][0]
+                for p in batch.items:
+                    assert p.item.model == batch.model
+                    n = int(p.item.pixels.reshape(-1)[:4].view(np.int32)[0])
+                    assert n > last_seen.get(batch.model, -1)
+                    last_seen[batch.model] = n
+                    batched[n] += 1
+                    if not p.future.done():
+                        p.future.set_result(n)
+                await asyncio.sleep(rng.random() * 0.003)
+
+        async def caller(n: int) -> None:
+            model = rng.choice("ab")
+            px = np.zeros((2, 2, 3), np.uint8)
+            px.reshape(-1)[:4].view(np.int32)[0] = n
+            deadline = time.monotonic() + rng.random() * 0.02 if rng.random() < 0.3 else None
+            try:
+                p = b.put(WorkItem(model, px, ItemRequest(), deadline))
+            except QueueFullError:
+                outcomes[n] = "full"
+                return
+            except DeadlineExceededError:
+                outcomes[n] = "expired"
+                return
+            try:
+                if rng.random() < 0.2:
+                    await asyncio.sleep(rng.random() * 0.005)
+                    if b.withdraw(p):
+                        outcomes[n] = "withdrawn"
+                        return
+                assert await p.future == n
+                outcomes[n] = "ok"
+            except DeadlineExceededError:
+                outcomes[n] = "expired"
+
+        consumers = [asyncio.ensure_future(consumer()) for _ in range(3)]
+        callers = []
+        for n in range(300):
+            callers.append(asyncio.ensure_future(caller(n)))
+            if rng.random() < 0.3:
+                await asyncio.sleep(rng.random() * 0.002)
+        await asyncio.gather(*callers)
+        b.close()
+        await asyncio.gather(*consumers)
+
+        assert len(outcomes) == 300
+        assert all(v == 1 for v in batched.values())
+        for n, how in outcomes.items():
+            if how == "ok":
+                assert batched[n] == 1
+            elif how in ("expired", "withdrawn", "full"):
+                assert batched[n] == 0, (n, how)
+        assert b.depth("a") == b.depth("b") == 0
+        drops = Counter(r for _, r in obs.dropped)
+        assert drops["cancelled"] == sum(1 for v in outcomes.values() if v == "withdrawn")
+        assert drops["deadline"] == sum(1 for v in outcomes.values() if v == "expired")
+        assert sum(s for _, s in obs.batches) == sum(batched.values())
+
+    async def main() -> None:
+        for seed in range(5):
+            await scenario(seed)
+
+    run(main())
