@@ -1,0 +1,334 @@
+"""Served throughput at saturation (gRPC, JPEG images) vs the in-process engine, side by side in one run.
+
+For each model, at the same max batch size and compile mode:
+
+1. ``engine``: ``Explainer.explain_batch`` on full batches of uint8 images already at the input size,
+   in this process, back to back for a fixed time (what a library user gets with perfect batching);
+2. ``served``: a real ``camserve serve`` subprocess (one worker), driven over gRPC by a closed loop of
+   ``--concurrency`` callers (enough to keep a full batch queued while one computes) sending JPEG
+   bytes, for the same time after a warm-up. The client pre-serializes every request and sends raw
+   bytes, so its CPU goes to gRPC, not protobuf; it shares the machine's cores with the server.
+
+The ratio served / engine is the price of the network front (decode, gRPC, queueing, the process
+hop). Target: >= 0.85. The engine runs first, then the server starts: they never compete for cores.
+
+    python -m bench.serve --quick        # demo model, short steps (a check that it works)
+    python -m bench.serve                # demo + MobileNetV2 224 (weights=None), 20 s steps
+
+Prints a table and writes JSON to bench/results/serve[_quick].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"
+#: name -> (keras.applications name, preprocessing, input side); "demo" is the bundled model.
+APPLICATIONS = {"mobilenetv2": ("MobileNetV2", "tf", 224), "resnet50": ("ResNet50", "caffe", 224)}
+
+
+# ----------------------------------------------------------------------------------------- setup
+
+
+def prepare_repository(name: str, root: Path, max_batch: int, repository: Path | None = None) -> Path:
+    """A repository folder serving `name`: the given one, the bundled demo, or a keras.applications model."""
+    from camserve.repository import bundled_repository_path
+
+    if repository is not None:
+        return repository
+    if name == "demo":
+        demo = bundled_repository_path() / "demo"
+        if not (demo / "config.json").is_file():
+            raise SystemExit(f"no demo model at {demo}: run `python -m camserve.demo.train` first")
+        return demo.parent
+    app, prep, side = APPLICATIONS[name]
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "name": name, "version": 1, "application": app, "weights": None, "input_shape": [side, side, 3],
+        "preprocessing": prep, "target_layer": None, "score": "logits",
+        "batching": {"max_batch_size": max_batch, "max_queue_delay_ms": 2.0, "max_queue_size": 1024}}))
+    return root
+
+
+def photos(n: int, side: int) -> list[np.ndarray]:
+    """n RGB uint8 crops of real photographs (scikit-image) or cluttered digits for small inputs."""
+    if side <= 96:
+        from camserve.demo.digits import generate
+
+        imgs = generate(n, "heldout", 3).images
+        return [cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA) for im in imgs]
+    from skimage import data
+
+    sources = [data.chelsea(), data.coffee(), data.astronaut()]
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        h, w = src.shape[:2]
+        s = int(min(h, w) * rng.uniform(0.6, 1.0))
+        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        out.append(cv2.resize(src[y:y + s, x:x + s], (side, side), interpolation=cv2.INTER_AREA))
+    return out
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+# ----------------------------------------------------------------------------------------- engine
+
+
+def engine_throughput(repo: Path, name: str, images: list[np.ndarray], max_batch: int, compile_mode: str,
+                      duration: float) -> dict[str, Any]:
+    """Full batches through Explainer.explain_batch in this process (images decoded as the server does)."""
+    import keras
+    from camserve.engine import Explainer, ItemSpec
+    from camserve.repository import load_repository
+
+    cfg = load_repository(repo)[name]
+    if cfg.model_file:
+        model = keras.saving.load_model(cfg.model_path, compile=False)
+    else:
+        model = getattr(keras.applications, cfg.application)(weights=None, input_shape=cfg.input_shape)
+    explainer = Explainer(model, target_layer=cfg.target_layer, preprocessing=cfg.preprocessing,
+                          compile_mode=compile_mode, max_batch_size=max_batch, score=cfg.score)
+    explainer.warmup()
+    h, w, _ = cfg.input_shape
+    pixels = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
+    batch = np.stack([pixels[i % len(pixels)] for i in range(max_batch)])
+    specs = [ItemSpec(method="gradcam")] * max_batch
+    explainer.explain_batch(batch, specs)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < duration:
+        explainer.explain_batch(batch, specs)
+        n += max_batch
+    elapsed = time.perf_counter() - t0
+    return {"images": n, "seconds": elapsed, "images_per_s": n / elapsed,
+            "compile_mode": explainer.info.compile_mode}
+
+
+# ----------------------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A `camserve serve` subprocess on loopback, waited for SERVING; stop() drains with SIGTERM."""
+
+    def __init__(self, repo: Path, args: list[str], timeout: float = 900) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self.port, self.metrics_port = free_port(), free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        fd, log = tempfile.mkstemp(prefix="camserve-bench-serve-", suffix=".log")
+        self.log = Path(log)
+        cmd = [sys.executable, "-m", "camserve.cli", "serve", "--host", "127.0.0.1", "--grpc-port",
+               str(self.port), "--metrics-port", str(self.metrics_port), "--model-repository", str(repo),
+               "--pre-stop-seconds", "0", *args]
+        with os.fdopen(fd, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        t0 = time.monotonic()
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while True:
+                if self.proc.poll() is not None:
+                    tail = self.log.read_text()[-3000:]
+                    raise SystemExit(f"server exited ({self.proc.returncode}); log:\n{tail}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() - t0 > timeout:
+                    self.stop()
+                    raise SystemExit(f"server not SERVING after {timeout} s; log in {self.log}")
+                time.sleep(0.2)
+        self.startup_s = time.monotonic() - t0
+
+    def metric(self, name: str, **labels: str) -> float:
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read()
+        return sum(s.value for fam in text_string_to_metric_families(text.decode()) for s in fam.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(30)
+
+
+async def closed_loop(target: str, payloads: list[bytes], concurrency: int, warmup: float,
+                      duration: float) -> dict[str, Any]:
+    """`concurrency` callers, each sending its next request when the previous answer arrives."""
+    import grpc
+    from camserve_client._proto import explain_pb2 as pb
+
+    identity = lambda b: b  # noqa: E731 - pre-serialized requests go out as they are
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(target, options=options) as ch:
+        call = ch.unary_unary("/camserve.v1.ExplainService/Explain", request_serializer=identity,
+                              response_deserializer=pb.ExplainResponse.FromString)
+        t_start = time.perf_counter()
+        t_measure, t_end = t_start + warmup, t_start + warmup + duration
+        latencies: list[float] = []
+        batch_sizes: list[int] = []
+        queue_ms: list[float] = []
+        compute_ms: list[float] = []
+        errors: dict[str, int] = {}
+
+        async def caller(i: int) -> None:
+            k = i
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= t_end:
+                    return
+                try:
+                    resp = await call(payloads[k % len(payloads)], timeout=60)
+                    ok = True
+                except grpc.aio.AioRpcError as e:
+                    ok = False
+                    if t0 >= t_measure:
+                        errors[e.code().name] = errors.get(e.code().name, 0) + 1
+                t1 = time.perf_counter()
+                if ok and t_measure <= t0 and t1 <= t_end:
+                    latencies.append(t1 - t0)
+                    batch_sizes.append(resp.timing.batch_size)
+                    queue_ms.append(resp.timing.queue_ms)
+                    compute_ms.append(resp.timing.compute_ms)
+                k += concurrency
+
+        await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    lat = np.array(latencies) * 1e3 if latencies else np.zeros(1)
+    return {"images": len(latencies), "seconds": duration, "images_per_s": len(latencies) / duration,
+            "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
+            "p99_ms": float(np.percentile(lat, 99)), "mean_batch": float(np.mean(batch_sizes or [0])),
+            "queue_ms_mean": float(np.mean(queue_ms or [0])),
+            "compute_ms_mean": float(np.mean(compute_ms or [0])),
+            "errors": errors}
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    repo = prepare_repository(name, tmp / "repo", args.max_batch_size, args.repository)
+    from camserve.repository import load_repository
+
+    cfg = load_repository(repo)[name]
+    side = args.image_size or cfg.input_shape[0]
+    images = photos(args.images, side)
+    payloads_jpeg = [jpeg_bytes(im) for im in images]
+    print(f"[{name}] in-process engine: batch {args.max_batch_size}, {args.duration:.0f} s ...", flush=True)
+    engine = engine_throughput(repo, name, images, args.max_batch_size, args.compile, args.duration)
+    print(f"[{name}]   {engine['images_per_s']:.1f} img/s", flush=True)
+    from camserve_client._proto import explain_pb2 as pb
+
+    payloads = [pb.ExplainRequest(model=name, image=pb.Image(encoded=b)).SerializeToString()
+                for b in payloads_jpeg]
+    print(f"[{name}] starting camserve serve ({args.workers}) ...", flush=True)
+    server = Server(repo, ["--workers", args.workers, "--max-batch-size", str(args.max_batch_size),
+                           "--compile", args.compile, "--max-queue-size", "4096"])
+    try:
+        print(f"[{name}]   SERVING after {server.startup_s:.1f} s; closed loop, concurrency "
+              f"{args.concurrency}, "
+              f"{args.warmup:.0f} s warm-up + {args.duration:.0f} s ...", flush=True)
+        served = asyncio.run(closed_loop(server.target, payloads, args.concurrency, args.warmup,
+                                         args.duration))
+        served["server_mean_batch"] = (server.metric("camserve_batch_size_sum", model=name)
+                                       / max(1.0, server.metric("camserve_batch_size_count", model=name)))
+    finally:
+        exit_code = server.stop()
+    ratio = served["images_per_s"] / engine["images_per_s"]
+    print(f"[{name}]   {served['images_per_s']:.1f} img/s served, ratio {ratio:.3f}", flush=True)
+    return {"model": name, "input_shape": list(cfg.input_shape), "image_side_sent": side,
+            "jpeg_bytes_mean": float(np.mean([len(p) for p in payloads_jpeg])),
+            "max_batch_size": args.max_batch_size, "compile": engine["compile_mode"], "engine": engine,
+            "served": served, "ratio": ratio, "server_exit_code": exit_code, "workers": args.workers,
+            "concurrency": args.concurrency}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="demo model only, 2 s warm-up, 4 s steps")
+    p.add_argument("--models", default=None, help="comma list of demo, mobilenetv2, resnet50 "
+                   "(default: demo,mobilenetv2; --quick: demo)")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--concurrency", type=int, default=None, help="callers in flight (default 3 x max batch)")
+    p.add_argument("--duration", type=float, default=None, help="seconds measured per side (default 20)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds of served load not counted (default 5)")
+    p.add_argument("--workers", default="cpu:1", help="the server's --workers")
+    p.add_argument("--compile", default="auto", choices=("auto", "graph", "xla"))
+    p.add_argument("--images", type=int, default=48, help="distinct images cycled through")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side of the JPEGs sent (default: the model's input size)")
+    p.add_argument("--repository", type=Path, default=None,
+                   help="serve --models from this model repository instead (e.g. your own model)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    models = (args.models or ("demo" if args.quick else "demo,mobilenetv2")).split(",")
+    args.duration = args.duration or (4.0 if args.quick else 20.0)
+    args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 5.0)
+    args.concurrency = args.concurrency or 3 * args.max_batch_size
+    out = args.out or RESULTS / ("serve_quick.json" if args.quick else "serve.json")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="camserve-bench-serve-") as tmp:
+        for name in models:
+            if name != "demo" and name not in APPLICATIONS and args.repository is None:
+                raise SystemExit(f"unknown model {name!r}; choose from demo, {', '.join(APPLICATIONS)}")
+            results.append(run_model(name, args, Path(tmp)))
+    print()
+    print(f"{'model':<12} {'batch':>5} {'engine img/s':>13} {'served img/s':>13} {'ratio':>6} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'mean batch':>10} {'queue ms':>9} {'compute ms':>10}")
+    for r in results:
+        s = r["served"]
+        print(f"{r['model']:<12} {r['max_batch_size']:>5} {r['engine']['images_per_s']:>13.1f} "
+              f"{s['images_per_s']:>13.1f} {r['ratio']:>6.3f} {s['p50_ms']:>7.1f} {s['p99_ms']:>7.1f} "
+              f"{s['mean_batch']:>10.1f} {s['queue_ms_mean']:>9.1f} {s['compute_ms_mean']:>10.1f}")
+    doc = {"benchmark": "served throughput (gRPC, JPEG) / in-process engine throughput",
+           "command": "python -m bench.serve " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "target_ratio": 0.85, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+           "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "results": results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
