@@ -1,0 +1,183 @@
+"""JAX backend: the same explanation step as ``backend_tf``, compiled by ``jax.jit`` (= XLA).
+
+Keras 3 runs the same ``.keras`` models on JAX when ``KERAS_BACKEND=jax`` is set before Keras is
+imported (a process cannot switch backends afterwards). The step is one pure function of the model's
+variable values, the images and the targets:
+
+- preprocessing (caffe/tf/torch/none) runs inside the step, so uint8 pixels travel to the device;
+- the model's graph runs once in inference mode through the same per-node hook runner as the TF
+  backend (``ModelGraph.run``), with a zero "probe" added to the target layer's output and the
+  pre-softmax logits taken at the head;
+- ``jax.vjp`` with respect to the probe alone gives d score / d activations; one cotangent per
+  requested class (``jax.vmap`` over K) reuses the same forward pass and nothing before the target
+  layer is differentiated with respect to weights;
+- the variables enter as jit arguments through ``keras.StatelessScope`` (a public API), so the
+  weights are not baked into the compiled program as constants and compile stays fast.
+
+``targets[b, k] >= 0`` is a class index; ``-1 - r`` is the r-th best class of image b, resolved in
+the step. Outputs are float32 NumPy (``StepOutput``), whatever the model's dtype policy (bf16/fp16).
+JAX has a single compiled mode: ``jit_compile`` is recorded but the step is always jitted (a
+non-jitted JAX step would dispatch op by op and be far slower than either TF mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from camserve.engine.keras_graph import call_inference
+from camserve.engine.preprocess import preprocess
+from camserve.engine.records import StepOutput
+from camserve.engine.targets import ModelGraph, Target
+
+NAME = "jax"
+
+
+def _check_keras_backend() -> None:
+    """Refuse clearly when Keras itself runs on another backend (the step would not trace)."""
+    active = keras.backend.backend()
+    if active != "jax":
+        from camserve.engine.errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"the JAX engine backend needs Keras on JAX, but Keras runs on {active!r}: set "
+            "KERAS_BACKEND=jax before keras is first imported (camserve serve --backend jax does this "
+            "for its workers)"
+        )
+
+
+def has_gpu() -> bool:
+    """Whether JAX's default device is a GPU (decides compile_mode "auto" and the benchmarks)."""
+    try:
+        return jax.default_backend() in ("gpu", "cuda", "rocm")
+    except RuntimeError:
+        return False
+
+
+def device_name() -> str:
+    """Human-readable name of JAX's default device (for benchmark reports)."""
+    dev = jax.devices()[0]
+    return str(getattr(dev, "device_kind", dev.platform))
+
+
+def class_scores(logits: Any, kind: str, score: str) -> tuple[Any, Any]:
+    """(probabilities, score vector) from float32 logits, for a softmax or sigmoid head."""
+    probs = jax.nn.softmax(logits, axis=-1) if kind == "softmax" else jax.nn.sigmoid(logits)
+    return probs, (logits if score == "logits" else probs)
+
+
+def resolve_targets(targets: Any, probs: Any) -> Any:
+    """Class indices (B, K) from targets: ``t >= 0`` as is, ``-1 - r`` = r-th best class by probability.
+
+    A stable descending sort (ties keep the lower index first), the same rule as the TF backend.
+    """
+    order = jnp.argsort(-probs, axis=-1, stable=True)
+    n = probs.shape[-1]
+    rank = jnp.clip(-1 - targets, 0, n - 1)
+    ranked = jnp.take_along_axis(order, rank, axis=1)
+    return jnp.where(targets >= 0, targets, ranked).astype(jnp.int32)
+
+
+class _Compiled:
+    """The model's variables and a jitted function of their values (shared by step and forward)."""
+
+    def __init__(self, model: Any, fn: Callable[..., Any]) -> None:
+        self.variables = list(model.variables)
+        self.traces = 0
+        variables = self.variables
+
+        def pure(values: list[Any], *args: Any) -> Any:
+            self.traces += 1  # runs at trace time only: counts compilations
+            with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+                return fn(*args)
+
+        self._jitted = jax.jit(pure)
+
+    def values(self) -> list[Any]:
+        """Current variable values (re-read on every call, so set_weights after build is honoured)."""
+        return [v.value for v in self.variables]
+
+    def __call__(self, *args: Any) -> Any:
+        return self._jitted(self.values(), *args)
+
+
+class Step:
+    """A compiled explanation step for one (model, target layer); one trace per (B, K, dtype)."""
+
+    def __init__(self, compiled: _Compiled, jit_compile: bool) -> None:
+        self._compiled = compiled
+        self.jit_compile = jit_compile
+        self.traced: set[tuple[int, int, str]] = set()
+
+    def __call__(self, images: np.ndarray, targets: np.ndarray) -> StepOutput:
+        self.traced.add((int(images.shape[0]), int(targets.shape[1]), str(images.dtype)))
+        out = self._compiled(jnp.asarray(images), jnp.asarray(np.asarray(targets, dtype=np.int32)))
+        probs, scores, acts, grads, classes = jax.device_get(out)
+        return StepOutput(
+            probabilities=np.asarray(probs),
+            scores=np.asarray(scores),
+            activations=np.asarray(acts),
+            gradients=np.asarray(grads),
+            classes=np.asarray(classes),
+        )
+
+    def trace_count(self) -> int:
+        """How many times the step was traced (to check that nothing recompiles after warm-up)."""
+        return self._compiled.traces
+
+
+def build_step(
+    graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool
+) -> Step:
+    """Compile the step for ``target`` of ``graph``'s model (see the module docstring)."""
+    _check_keras_backend()
+    head_kind = graph.head.kind
+    base_hooks = graph.logits_hooks()
+    target_ids = target.op.ids
+    probe_shape = tuple(int(d) for d in target.op.shape[1:])
+
+    def step(images: Any, targets: Any) -> tuple[Any, ...]:
+        x = preprocess(images, preprocessing, raw=images.dtype == jnp.uint8)
+        probe0 = jnp.zeros((images.shape[0], *probe_shape), jnp.float32)
+
+        def forward(probe: Any) -> tuple[Any, tuple[Any, Any]]:
+            captured: dict[str, Any] = {}
+
+            def probe_hook(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                out = call_inference(layer, args, kwargs)
+                out = out + probe.astype(out.dtype)
+                captured["act"] = out
+                return out
+
+            logits = jnp.asarray(graph.run(x, {**base_hooks, target_ids: probe_hook}), jnp.float32)
+            probs, vector = class_scores(logits, head_kind, score)
+            return vector, (probs, captured["act"].astype(jnp.float32))
+
+        vector, pullback, (probs, acts) = jax.vjp(forward, probe0, has_aux=True)
+        classes = resolve_targets(targets, probs)
+        scores = jnp.take_along_axis(vector, classes, axis=1)  # (B, K)
+        # One cotangent per requested class: one-hot rows select score[b, k] for every image b.
+        cotangents = jax.nn.one_hot(classes.T, vector.shape[-1], dtype=vector.dtype)  # (K, B, N)
+        (grads,) = jax.vmap(pullback)(cotangents)  # (K, B, h, w, C)
+        gradients = jnp.moveaxis(grads, 0, 1).astype(jnp.float32)
+        return probs, scores, acts, gradients, classes
+
+    return Step(_Compiled(graph.model, step), jit_compile)
+
+
+def build_forward(graph: ModelGraph, *, preprocessing: str, jit_compile: bool) -> Callable[[np.ndarray], Any]:
+    """Plain jitted forward ``model(x, training=False)`` with the same preprocessing (benchmarks)."""
+    _check_keras_backend()
+    model = graph.model
+
+    def forward(images: Any) -> Any:
+        x = preprocess(images, preprocessing, raw=images.dtype == jnp.uint8)
+        return jnp.asarray(model(x, training=False), jnp.float32)
+
+    compiled = _Compiled(model, forward)
+    return lambda images: np.asarray(jax.device_get(compiled(jnp.asarray(images))))
