@@ -60,10 +60,23 @@ def _next_pow2(k: int) -> int:
     return p
 
 
-def load_backend(name: str) -> Any:
-    """Import the backend module by name ("tensorflow" or "jax")."""
+def load_backend(name: str | None) -> Any:
+    """Import the backend module by name ("tensorflow" or "jax"; None = the one Keras runs on).
+
+    A process runs Keras on one backend (KERAS_BACKEND, read at first import): asking for the other
+    is a clear error instead of a failure deep inside tracing.
+    """
+    import keras
+
+    active = keras.backend.backend()
+    name = active if name is None else name
     if name not in BACKENDS:
         raise InvalidInputError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+    if name != active:
+        raise InvalidInputError(
+            f"backend {name!r} needs Keras on {name!r}, but Keras runs on {active!r} in this process: "
+            f"set KERAS_BACKEND={name} before keras is first imported"
+        )
     try:
         return importlib.import_module(BACKENDS[name])
     except ModuleNotFoundError as exc:
@@ -87,7 +100,7 @@ class Explainer:
         compile_mode: str = "auto",
         max_batch_size: int = 32,
         score: str = "logits",
-        backend: str = "tensorflow",
+        backend: str | None = "tensorflow",
         input_shape: tuple[int, int, int] | None = None,
     ) -> None:
         check_mode(preprocessing)
@@ -105,7 +118,9 @@ class Explainer:
         if compile_mode == "auto":
             # Documented rule (ANCHORS.md, measured): XLA convolutions are slower than oneDNN graph
             # mode on CPUs (0.6-0.9x VGG16, ~10x slower MobileNetV2); XLA is the fast path on GPUs.
-            compile_mode = "xla" if self._backend.has_gpu() else "graph"
+            # JAX has no graph mode: its only compiled step is jax.jit (XLA), on every device.
+            jax_only = self._backend.NAME == "jax"
+            compile_mode = "xla" if jax_only or self._backend.has_gpu() else "graph"
         self.compile_mode = compile_mode
         self.preprocessing = preprocessing
         self.score = score
