@@ -3,8 +3,9 @@
 Each gradient method only decides how the target activations ``A`` (B, h, w, C) are weighted, given
 the gradients ``G`` (B, K, h, w, C) of each explained class's score with respect to ``A``; the raw maps
 (B, K, h, w) then share one normalisation (``normalise``): ReLU, then per-map min-max to [0, 1], with
-maps that carry no contrast returned as zeros and flagged instead of NaN. Everything is computed in
-float64 from the step's float32 output (mixed-precision models included).
+maps that carry no contrast returned as zeros and flagged instead of NaN. The weighting runs in
+float32 (the step's precision; mixed-precision outputs are cast up in the step), Eigen-CAM's SVD and
+the normalisation in float64.
 
 Equations (S = the map, c = channel, ij = position, Z = h*w):
 - Grad-CAM (Selvaraju et al. 2017, eq. 1-2): w_c = 1/Z sum_ij G_cij ; S = sum_c w_c A_c
@@ -40,39 +41,43 @@ def _as64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
 def _weighted_sum(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """sum_c w[b,k,c] * A[b,:,:,c] -> (B, K, h, w)."""
-    return np.einsum("bijc,bkc->bkij", _as64(activations), weights)
+    return np.einsum("bijc,bkc->bkij", _f32(activations), _f32(weights))
 
 
 def gradcam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     """Grad-CAM: channel weights are the spatially averaged gradients."""
-    weights = _as64(gradients).mean(axis=(2, 3))  # (B, K, C)
+    weights = _f32(gradients).mean(axis=(2, 3))  # (B, K, C)
     return _weighted_sum(activations, weights)
 
 
 def hirescam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     """HiResCAM: element-wise gradient x activation, summed over channels (no averaging)."""
-    return np.einsum("bkijc,bijc->bkij", _as64(gradients), _as64(activations))
+    return np.einsum("bkijc,bijc->bkij", _f32(gradients), _f32(activations))
 
 
 def xgradcam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     """XGrad-CAM: weights are gradient x activation normalised by the channel's total activation."""
-    a = _as64(activations)
-    num = np.einsum("bkijc,bijc->bkc", _as64(gradients), a)
+    a = _f32(activations)
+    num = np.einsum("bkijc,bijc->bkc", _f32(gradients), a)
     den = a.sum(axis=(1, 2))[:, None, :] + EPS_XGRAD
     return _weighted_sum(a, num / den)
 
 
 def layercam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     """LayerCAM: positive gradients weight each activation element-wise."""
-    return np.einsum("bkijc,bijc->bkij", np.maximum(_as64(gradients), 0.0), _as64(activations))
+    return np.einsum("bkijc,bijc->bkij", np.maximum(_f32(gradients), 0.0), _f32(activations))
 
 
 def gradcam_plus_plus(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
     """Grad-CAM++ closed form (the paper's eq. 19, as pytorch-grad-cam computes it)."""
-    a = _as64(activations)
-    g = _as64(gradients)
+    a = _f32(activations)
+    g = _f32(gradients)
     g2 = g * g
     g3 = g2 * g
     sum_a = a.sum(axis=(1, 2))[:, None, None, None, :]  # (B, 1, 1, 1, C)

@@ -1,0 +1,1 @@
+"""camserve benchmarks (``python -m bench.<name>``); figures quoted in the README come from here."""
