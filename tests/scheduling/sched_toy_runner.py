@@ -7,7 +7,8 @@ simple functions of the pixels, so tests check them against an independent NumPy
 * heatmap = mean over channels / 255 at the input size ("toy" layer) or 2x2-pooled ("half");
 * probabilities = softmax of the per-channel means / 255 plus a fourth logit of 0;
 * method "sleep" sleeps ``top_k`` seconds (lets a test kill the worker mid-batch),
-  "crash" exits the process, "bug" raises RuntimeError, class_index >= 4 raises ClassIndexError.
+  "crash" exits the process, "bug" raises RuntimeError, class_index >= 4 raises ClassIndexError;
+* the worker dies while loading as long as the file named by CAMSERVE_TOY_CRASH_FILE exists.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class ToyRunner:
 
     def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         time.sleep(float(os.environ.get("CAMSERVE_TOY_LOAD_S", "0")))
+        crash_flag = os.environ.get("CAMSERVE_TOY_CRASH_FILE")
+        if crash_flag and os.path.exists(crash_flag):  # crash-loop tests: die while starting
+            os._exit(5)
         summaries, failures = {}, {}
         for name, cfg in self.repository.items():
             if cfg.target_layer == "broken":
