@@ -72,12 +72,12 @@ def _positive_int(text: str) -> int:
 
 
 def _workers(text: str) -> str:
-    t = text.strip().lower()
-    ok = t in ("auto", "gpu") or (t.startswith("cpu:") and t[4:].isdigit() and int(t[4:]) >= 1) or (
-        t.startswith("gpu:") and all(p.strip().isdigit() for p in t[4:].split(",")) and t[4:] != "")
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu:N (N >= 1), gpu, or gpu:0,1")
-    return t
+    from camserve.pool import WorkerPlan  # no TensorFlow: the pool only spawns processes
+
+    try:
+        return str(WorkerPlan.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,12 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     parser = build_parser()
     args = parser.parse_args(argv)
+    for dest, choices in (("compile_mode", ("auto", "xla", "graph")), ("backend", ("tensorflow", "jax"))):
+        value = getattr(args, dest)
+        if value not in choices:  # argparse does not check defaults read from the environment
+            parser.error(f"{dest.replace('_', ' ')} {value!r} (from the environment) is not one of "
+                         f"{', '.join(choices)}")
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from camserve.repository import RepositoryError, load_repository, with_batching
     from camserve.security import SecurityConfig, SecurityConfigError, security_config_from_args
-    from camserve.server import MiB, ServerOptions, serve
+    from camserve.server import ConfigError, MiB, ServerOptions, serve
 
     try:
         repo_path = Path(args.model_repository) if args.model_repository else None
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         security=security)
     try:
         return asyncio.run(serve(repository, opts))
-    except OSError as exc:  # e.g. the port is taken
+    except (OSError, ConfigError, SecurityConfigError) as exc:  # a busy port, no GPU, bad certificates
         print(f"camserve serve: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a signal before the handlers were installed

@@ -71,14 +71,20 @@ def grpc_options(opts: ServerOptions) -> list[tuple[str, Any]]:
     return out
 
 
+class ConfigError(ValueError):
+    """A setting the operator chose cannot work on this machine (e.g. --workers gpu without a GPU)."""
+
+
 def make_dispatcher(repository: dict[str, ModelConfig], opts: ServerOptions, observer: Any) -> Any:
-    """The real Dispatcher (batcher + worker pool); imported here so tests can inject another."""
+    """The real Dispatcher (batcher + worker pool); ConfigError with its message on bad settings."""
     from camserve.dispatcher import Dispatcher
     from camserve.pool import WorkerPlan
 
-    plan = WorkerPlan.parse(opts.workers) if hasattr(WorkerPlan, "parse") else WorkerPlan(opts.workers)
-    return Dispatcher(repository, plan, compile_mode=opts.compile_mode, backend=opts.backend,
-                      observer=observer)
+    try:
+        return Dispatcher(repository, WorkerPlan.parse(opts.workers), compile_mode=opts.compile_mode,
+                          backend=opts.backend, observer=observer)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class CamServer:
@@ -111,13 +117,13 @@ class CamServer:
     # ------------------------------------------------------------------------ start
 
     async def start(self) -> None:
-        """Start workers (returns before they are ready), the gRPC port and the metrics endpoint."""
+        """Bind the ports first (a busy port fails before any worker starts), then start the workers
+        (returns before they are ready: health says NOT_SERVING until they are) and the gRPC server."""
         opts = self.opts
         loop = asyncio.get_running_loop()
         self.metrics.on_change = lambda: loop.call_soon_threadsafe(self._health_wake.set)
         for name in self.health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.dispatcher.start()
         server = grpc.aio.server(
             interceptors=server_interceptors(opts.security),
             options=grpc_options(opts),
@@ -133,12 +139,17 @@ class CamServer:
         reflection.enable_server_reflection(names, server)
         host = f"[{opts.host}]" if ":" in opts.host and not opts.host.startswith("[") else opts.host
         self.grpc_port = add_listening_port(server, f"{host}:{opts.grpc_port}", opts.security)
-        await server.start()
         self._server = server
         if opts.metrics_port >= 0:
-            self._metrics_http = start_metrics_server(self.metrics, opts.metrics_port, opts.host)
+            try:
+                self._metrics_http = start_metrics_server(self.metrics, opts.metrics_port, opts.host)
+            except OSError as exc:
+                raise OSError(f"cannot serve metrics on {opts.host}:{opts.metrics_port}: "
+                              f"{exc.strerror or exc}") from None
             self.metrics_port = int(self._metrics_http.server_port)
             log.info("metrics on http://%s:%d/metrics", opts.host, self.metrics_port)
+        await self.dispatcher.start()
+        await server.start()
         self._health_task = asyncio.create_task(self._health_loop(), name="camserve-health")
 
     async def _health_loop(self) -> None:
@@ -199,6 +210,17 @@ class CamServer:
         self._stopped.set()
         return 0
 
+    async def abort(self) -> None:
+        """Undo a failed start: stop whatever was started, without the drain sequence."""
+        if self._server is not None:
+            await self._server.stop(0)
+        with contextlib.suppress(Exception):
+            await self.dispatcher.stop(0)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
     async def wait(self) -> int:
         """Run until SIGTERM/SIGINT has been handled (installs the handlers); returns the exit code."""
         loop = asyncio.get_running_loop()
@@ -220,9 +242,7 @@ async def serve(repository: dict[str, ModelConfig], opts: ServerOptions) -> int:
     try:
         await server.start()
     except BaseException:
-        with contextlib.suppress(Exception):
-            await server.dispatcher.stop(0)
-        server.executor.shutdown(wait=False, cancel_futures=True)
+        await server.abort()
         raise
     log.info("serving %s on %s:%d (health NOT_SERVING until every model is warm)",
              ", ".join(repository), opts.host, server.grpc_port)

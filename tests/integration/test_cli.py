@@ -1,0 +1,92 @@
+"""`camserve serve` as an operator meets it: --help, environment variables, clear start-up errors.
+
+No model is loaded here: every case ends before (or instead of) starting a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FLAGS = ("--model-repository", "--workers", "--compile", "--backend", "--max-batch-size",
+         "--max-queue-delay-ms", "--max-queue-size", "--host", "--grpc-port", "--metrics-port",
+         "--max-message-mb", "--max-connection-age-s", "--pre-stop-seconds", "--drain-seconds", "--tls-cert",
+         "--auth-token-file")
+FLAT_REPO = Path(__file__).resolve().parent / "data" / "repository"
+
+
+def serve(*args: str, env: dict[str, str] | None = None, timeout: float = 60
+          ) -> subprocess.CompletedProcess[str]:
+    """Run `python -m camserve.cli serve ARGS` to completion."""
+    return subprocess.run([sys.executable, "-m", "camserve.cli", "serve", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_help_explains_every_flag_and_its_env_var() -> None:
+    proc = serve("--help")
+    assert proc.returncode == 0
+    for flag in FLAGS:
+        assert flag in proc.stdout, flag
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    assert text.count("[env CAMSERVE_") >= 21  # every flag but --help
+
+
+def test_client_entry_point_dispatches_serve() -> None:
+    proc = subprocess.run([sys.executable, "-m", "camserve_client.cli", "serve", "--help"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0 and "--grpc-port" in proc.stdout
+
+
+def one_clear_line(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+
+
+def test_missing_repository(tmp_path: Path) -> None:
+    one_clear_line(serve("--model-repository", str(tmp_path / "nope")), "does not exist")
+
+
+def test_bad_config(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"name": "m", "input_shape": [1, 2]}')
+    one_clear_line(serve("--model-repository", str(tmp_path)), "config.json", "field")
+
+
+def test_environment_defaults_are_checked() -> None:
+    one_clear_line(serve(env={"CAMSERVE_COMPILE": "fast"}), "compile mode 'fast'")
+    one_clear_line(serve(env={"CAMSERVE_WORKERS": "cpu:zero"}), "cpu:N")
+    one_clear_line(serve(env={"CAMSERVE_GRPC_PORT": "70000"}), "outside")
+    one_clear_line(serve("--model-repository", str(FLAT_REPO), env={"CAMSERVE_MAX_BATCH_SIZE": "0"}), ">= 1")
+
+
+def test_missing_tls_file(tmp_path: Path) -> None:
+    one_clear_line(serve("--model-repository", str(FLAT_REPO), "--tls-cert", str(tmp_path / "c.pem"),
+                         "--tls-key", str(tmp_path / "k.pem")), "--tls-cert")
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None or os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    reason="this machine may have a GPU")
+def test_gpu_workers_without_gpu() -> None:
+    one_clear_line(serve("--model-repository", str(FLAT_REPO), "--workers", "gpu"), "no GPU")
+
+
+@pytest.mark.parametrize("which", ["--grpc-port", "--metrics-port"])
+def test_busy_port_fails_before_any_worker_starts(which: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        other = "--metrics-port" if which == "--grpc-port" else "--grpc-port"
+        proc = serve("--model-repository", str(FLAT_REPO), "--host", "127.0.0.1", which, str(port),
+                     other, "0", "--workers", "cpu:1", timeout=60)
+    one_clear_line(proc, str(port))
+    assert "worker 0 started" not in proc.stderr
