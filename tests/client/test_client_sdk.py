@@ -303,3 +303,11 @@ def test_method_names() -> None:
         assert method_enum(name) == value and method_name(value) == name
     assert method_enum("GRAD_CAM_PLUS_PLUS") == pb.GRAD_CAM_PLUS_PLUS == method_enum("gradcampp")
     assert method_enum("Layer-CAM") == pb.LAYER_CAM
+
+
+def test_dns_target_with_round_robin(fake) -> None:
+    # localhost resolves to 127.0.0.1 (served) and maybe ::1 (not): round_robin uses the live one.
+    with cc.Client(f"dns:///localhost:{fake.port}", retries=FAST) as client:
+        assert dict(client._options)["grpc.lb_policy_name"] == "round_robin"
+        for _ in range(5):
+            assert client.list_models()[0].name == "fake"
