@@ -18,6 +18,7 @@ The rule, exactly (see :class:`Batcher`):
   and removes its ``min(live, max_batch_size)`` oldest requests in arrival order. When no queue is
   ready, the worker sleeps until the earliest moment one becomes ready or something arrives.
 * Requests of one model share a batch whatever their method, class, top-k or target layer.
+* After ``close()`` (drain) nothing new arrives, so every non-empty queue counts as ready.
 * One worker forms a batch at a time; the others wait their turn, so two workers never split
   a batch that one of them could have taken whole.
 

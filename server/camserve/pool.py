@@ -368,6 +368,8 @@ class WorkerPool:
         w.process, w.conn, w.started_at = proc, parent_conn, time.monotonic()
         if self._stopping:  # stop() ran while we were starting it
             proc.kill()
+            await asyncio.to_thread(proc.join, 5)
+            parent_conn.close()
             return
         w.reader = threading.Thread(
             target=self._read,

@@ -6,6 +6,7 @@ simple functions of the pixels, so tests check them against an independent NumPy
 
 * heatmap = mean over channels / 255 at the input size ("toy" layer) or 2x2-pooled ("half");
 * probabilities = softmax of the per-channel means / 255 plus a fourth logit of 0;
+* method "noop" answers at once with no map (transport probe);
 * method "sleep" sleeps ``top_k`` seconds (lets a test kill the worker mid-batch),
   "crash" exits the process, "bug" raises RuntimeError, class_index >= 4 raises ClassIndexError;
 * the worker dies while loading as long as the file named by CAMSERVE_TOY_CRASH_FILE exists.
@@ -64,6 +65,8 @@ class ToyExplainer:
 
     def explain_batch(self, images: np.ndarray, specs: list[Any]) -> list[_Result]:
         assert images.ndim == 4, images.shape
+        if all(s.method == "noop" for s in specs):  # transport probe: no compute at all
+            return [_Result(np.zeros(NUM_CLASSES, np.float32), []) for _ in specs]
         for s in specs:
             if s.method == "crash":
                 os._exit(17)
