@@ -1,0 +1,94 @@
+"""`camserve serve --backend jax`: the real server with Keras-on-JAX workers, over real gRPC.
+
+Serves the bundled demo model (or, until it ships, the committed Flatten-head test model), passes
+the shared wire-contract check, reports backend "jax", keeps TensorFlow out of the worker process
+(the GPU machines have none), and returns the maps the TensorFlow engine computes in-process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from camserve.repository import bundled_repository_path, load_repository
+from camserve_client._proto import explain_pb2 as pb
+from camserve_client._proto import explain_pb2_grpc as pb_grpc
+from serverproc import ServerProcess, start_server
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CONTRACT_CHECK = Path("/work/shared/tools/contract_check.py")
+FALLBACK_REPOSITORY = ROOT / "tests" / "integration" / "data" / "repository"
+
+
+def _repository() -> Path | None:
+    """None (the bundled demo) when it ships, else the committed test repository."""
+    if (bundled_repository_path() / "demo" / "config.json").is_file():
+        return None
+    return FALLBACK_REPOSITORY
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    srv = start_server("--backend", "jax", repository=_repository(), workers="cpu:1",
+                       env={"JAX_PLATFORMS": "cpu"})
+    try:
+        yield srv
+    finally:
+        code = srv.stop()
+        assert code == 0, srv.log_tail()
+
+
+@pytest.fixture(scope="module")
+def stub(server: ServerProcess) -> Iterator[pb_grpc.ExplainServiceStub]:
+    channel = server.channel()
+    yield pb_grpc.ExplainServiceStub(channel)
+    channel.close()
+
+
+def test_workers_run_keras_on_jax_without_tensorflow(server: ServerProcess,
+                                                     stub: pb_grpc.ExplainServiceStub) -> None:
+    models = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    assert models and all(m.backend == "jax" and m.compile_mode == "xla" for m in models), models
+    pids = server.worker_pids()
+    assert pids, "no worker process found"
+    for pid in pids:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "libjax" in maps or "xla_extension" in maps or "jaxlib" in maps, "worker did not load JAX"
+        assert "libtensorflow" not in maps, "a JAX worker loaded TensorFlow"
+
+
+def test_served_maps_equal_tensorflow_engine(stub: pb_grpc.ExplainServiceStub) -> None:
+    """Same .keras file: JAX-served heatmaps == the TF engine's in-process maps (1e-4)."""
+    import keras
+    from camserve.engine import Explainer, ItemSpec
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the reference side needs Keras on TensorFlow in this process")
+    cfg = next(iter(load_repository(_repository()).values()))
+    model = keras.saving.load_model(cfg.model_path, compile=False)
+    ref = Explainer(model, cfg.target_layer, preprocessing=cfg.preprocessing, max_batch_size=4)
+    pixels = np.random.default_rng(4).integers(0, 256, (3, *cfg.input_shape), dtype=np.uint8)
+    for method, name in ((pb.GRAD_CAM, "gradcam"), (pb.LAYER_CAM, "layercam"), (pb.EIGEN_CAM, "eigencam")):
+        want = ref.explain_batch(pixels, [ItemSpec(name, top_k=2)] * len(pixels))
+        for img, expected in zip(pixels, want, strict=True):
+            tensor = pb.Tensor(dtype=pb.UINT8, shape=list(img.shape), data=img.tobytes())
+            reply = stub.Explain(pb.ExplainRequest(
+                model=cfg.name, image=pb.Image(tensor=tensor), method=method, top_k=2,
+                output=pb.OutputOptions(size=pb.CONV_GRID)), timeout=60)
+            assert [e.class_index for e in reply.explanations] == [m.class_index for m in expected.maps]
+            for ex, m in zip(reply.explanations, expected.maps, strict=True):
+                got = np.frombuffer(ex.heatmap.data, "<f4").reshape(tuple(ex.heatmap.shape))
+                np.testing.assert_allclose(got, m.heatmap, atol=1e-4, err_msg=name)
+
+
+def test_contract_check_passes(server: ServerProcess) -> None:
+    if not CONTRACT_CHECK.is_file():
+        pytest.skip(f"{CONTRACT_CHECK} not on this machine")
+    proc = subprocess.run([sys.executable, str(CONTRACT_CHECK), server.target, server.metrics_url],
+                          capture_output=True, text=True, timeout=300)
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
