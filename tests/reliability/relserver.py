@@ -1,0 +1,49 @@
+"""Start the real server for reliability tests: tests/serverproc.py serving this folder's repository."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from relkit import cmdline, descendants
+from serverproc import ServerProcess
+from serverproc import start_server as _start_server
+
+REPOSITORY = Path(__file__).resolve().parent / "data" / "repository"
+MODEL = "rel"
+RunningServer = ServerProcess
+
+# Flags of the session-wide shared server (tests/reliability/conftest.py).
+SHARED_MAX_MESSAGE_MB = 4
+SHARED_MAX_CONCURRENT_RPCS = 12
+SHARED_ARGS = ["--max-message-mb", str(SHARED_MAX_MESSAGE_MB),
+               "--max-concurrent-rpcs", str(SHARED_MAX_CONCURRENT_RPCS)]
+
+
+@contextlib.contextmanager
+def start_server(name: str, extra_args: list[str] | tuple[str, ...] = (), workers: str = "cpu:1",
+                 **kwargs: Any) -> Iterator[ServerProcess]:
+    """A SERVING server on free loopback ports; always stopped and reaped after, workers included.
+
+    ``name`` only labels failures: on any failure inside the block the server's log tail is attached.
+    """
+    srv = _start_server(*extra_args, repository=REPOSITORY, workers=workers, **kwargs)
+    try:
+        yield srv
+    except BaseException as e:
+        e.add_note(f"--- {name} server log tail ---\n{srv.log_tail(80)}")
+        raise
+    finally:
+        kids = descendants(srv.pid) if srv.alive() else []
+        if srv.alive():
+            srv.stop(timeout=60)
+        for pid in kids:  # a server killed mid-test must not leave workers behind
+            if "spawn_main" in cmdline(pid) or "resource_tracker" in cmdline(pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            srv.log_path.unlink()
