@@ -186,6 +186,7 @@ class LoadResult:
     records: list[CallRecord] = field(default_factory=list)
     duration_s: float = 0.0
     offered_rps: float = 0.0
+    t0: float = 0.0  # time.perf_counter() when the phase started (CallRecord.sent_s is relative to it)
 
     def codes(self) -> Counter[str]:
         return Counter(r.code for r in self.records)
@@ -257,7 +258,7 @@ async def open_loop(target: str, make_request: RequestFactory, rate_rps: float, 
     finally:
         for c in chans:
             await c.close()
-    return LoadResult(list(records), time.perf_counter() - t0, rate_rps)
+    return LoadResult(list(records), time.perf_counter() - t0, rate_rps, t0)
 
 
 async def closed_loop(target: str, make_request: RequestFactory, concurrency: int, duration_s: float,
@@ -279,7 +280,7 @@ async def closed_loop(target: str, make_request: RequestFactory, concurrency: in
         await asyncio.gather(*(caller(k) for k in range(concurrency)))
     finally:
         await chan.close()
-    return LoadResult(records, time.perf_counter() - t0, math.nan)
+    return LoadResult(records, time.perf_counter() - t0, math.nan, t0)
 
 
 # ------------------------------------------------------------------------------------- figures
