@@ -1,0 +1,1 @@
+"""GPU proof through Keras-on-JAX: engine and served benchmarks for a lent GPU machine (``run.sh``)."""
