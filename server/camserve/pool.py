@@ -345,7 +345,12 @@ class WorkerPool:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         spec = dict(self._spec)
         spec.update(
-            index=w.index, env=w.slot.env, device=w.slot.device, threads=w.slot.threads, slab_name=w.slab.name
+            index=w.index,
+            env=w.slot.env,
+            device=w.slot.device,
+            threads=w.slot.threads,
+            slab_name=w.slab.name,
+            parent_pid=os.getpid(),
         )
         if self._target is None:
             from camserve.worker import main as target

@@ -12,7 +12,8 @@ Protocol with the parent (``camserve.pool``), one pickled tuple per message on a
 * worker -> parent ``("result", batch_id, outcomes, compute_s)``: one outcome per item, either
   ``("ok", probabilities, [(class_index, score, heatmap, all_zero), ...])`` or
   ``("err", kind, message)``. A caller's mistake never kills the worker.
-* parent -> worker ``("stop",)``: exit cleanly. EOF on the pipe (parent gone) does the same.
+* parent -> worker ``("stop",)``: exit cleanly. EOF on the pipe (parent gone) does the same, and
+  a watcher thread exits the process if the parent dies while it is still loading.
 
 The compute itself sits behind a small :class:`Runner` seam: :class:`KerasRunner` (the real one,
 camserve.engine) or, in the scheduling tests, a NumPy runner named by ``"module:attr"`` so pool
@@ -27,6 +28,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -271,11 +273,32 @@ def _make_runner(spec: dict[str, Any]) -> Runner:
     return factory(spec["repository"], **kwargs)
 
 
+def _exit_with_parent(index: int, parent: int, interval_s: float = 1.0) -> None:
+    """Leave when the server process dies (even by SIGKILL), so no orphan holds a GPU or cores.
+
+    ``parent`` is the pid the server recorded before spawning us: if it died while we were still
+    starting, ``os.getppid()`` already names our new parent.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                _log(index, "the server process is gone; exiting")
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(conn: Connection, spec: dict[str, Any]) -> None:
     """Process entry point (``spawn``): pin the device, load, report ready, serve batches."""
     os.environ.update(spec.get("env", {}))
     index = int(spec["index"])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    # Ctrl-C or a SIGTERM sent to the whole process group is the parent's to handle: it drains,
+    # then sends "stop". The worker leaves on "stop", on EOF, or when the parent is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _exit_with_parent(index, int(spec.get("parent_pid") or os.getppid()))
     slab = SharedMemory(name=spec["slab_name"])
     code = 0
     try:

@@ -411,3 +411,52 @@ def test_stop_with_a_short_grace_answers_everything(tmp_path: Path) -> None:
         assert sum(isinstance(o, NotReadyError) for o in outs) == 2  # never started: told to retry
 
     run(main())
+
+
+PARENT = """
+import asyncio, sys
+sys.path.insert(0, {here!r})
+from camserve.dispatcher import Dispatcher
+from camserve.repository import load_repository
+
+async def main():
+    d = Dispatcher(load_repository({repo!r}), "cpu:1", runner={runner!r})
+    await d.start()
+    print(d.worker_pids()[0], flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_workers_exit_when_the_server_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the server (no clean-up runs) must not leave an orphan worker behind."""
+    import subprocess
+    import sys
+
+    make_repo(tmp_path / "repo")
+    code = PARENT.format(here=str(Path(__file__).parent), repo=str(tmp_path / "repo"), runner=RUNNER)
+    env = {**os.environ, "CAMSERVE_TOY_LOAD_S": "60"}  # the worker is still "loading"
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert parent.stdout is not None
+        worker_pid = int(parent.stdout.readline())
+        time.sleep(0.5)
+        assert not gone(worker_pid)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 5
+        while not exited(worker_pid):
+            assert time.monotonic() < deadline, "orphan worker still running 5 s after the server died"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+
+
+def exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for its new parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
