@@ -172,6 +172,23 @@ class Server:
                 time.sleep(0.2)
         self.startup_s = time.monotonic() - t0
 
+    def cpu_seconds(self) -> tuple[float, float] | None:
+        """(server parent, its worker processes) CPU seconds so far, from /proc (None elsewhere)."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pid: int) -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+
+        try:
+            children: set[int] = set()
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                children.update(int(c) for c in (task / "children").read_text().split())
+            workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            return cpu(self.proc.pid), sum(cpu(w) for w in workers)
+        except OSError:
+            return None
+
     def metric(self, name: str, **labels: str) -> float:
         import urllib.request
 
@@ -266,14 +283,22 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         print(f"[{name}]   SERVING after {server.startup_s:.1f} s; closed loop, concurrency "
               f"{args.concurrency}, "
               f"{args.warmup:.0f} s warm-up + {args.duration:.0f} s ...", flush=True)
+        cpu0, count0 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
         served = asyncio.run(closed_loop(server.target, payloads, args.concurrency, args.warmup,
                                          args.duration))
+        cpu1, count1 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
+        if cpu0 and cpu1 and count1 > count0:
+            per = 1e3 / (count1 - count0)
+            served["parent_cpu_ms_per_image"] = (cpu1[0] - cpu0[0]) * per
+            served["worker_cpu_ms_per_image"] = (cpu1[1] - cpu0[1]) * per
         served["server_mean_batch"] = (server.metric("camserve_batch_size_sum", model=name)
                                        / max(1.0, server.metric("camserve_batch_size_count", model=name)))
     finally:
         exit_code = server.stop()
     ratio = served["images_per_s"] / engine["images_per_s"]
-    print(f"[{name}]   {served['images_per_s']:.1f} img/s served, ratio {ratio:.3f}", flush=True)
+    print(f"[{name}]   {served['images_per_s']:.1f} img/s served, ratio {ratio:.3f}; CPU per image: server "
+          f"parent {served.get('parent_cpu_ms_per_image', float('nan')):.2f} ms, worker "
+          f"{served.get('worker_cpu_ms_per_image', float('nan')):.2f} ms", flush=True)
     return {"model": name, "input_shape": list(cfg.input_shape), "image_side_sent": side,
             "jpeg_bytes_mean": float(np.mean([len(p) for p in payloads_jpeg])),
             "max_batch_size": args.max_batch_size, "compile": engine["compile_mode"], "engine": engine,
