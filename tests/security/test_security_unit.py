@@ -309,9 +309,13 @@ def test_non_pem_material_is_a_clear_error(tmp_path: Path, pki: Pki) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_bytes(b"not a certificate")
     cfg = SecurityConfig(tls_cert=junk, tls_key=pki.server_key)
-    server = grpc.aio.server()
-    with pytest.raises(SecurityConfigError, match="not a PEM file"):
-        add_listening_port(server, "127.0.0.1:0", cfg)
+
+    async def bind() -> None:  # grpc.aio.server() needs a running event loop
+        server = grpc.aio.server()
+        with pytest.raises(SecurityConfigError, match="not a PEM file"):
+            add_listening_port(server, "127.0.0.1:0", cfg)
+
+    asyncio.run(bind())
 
 
 def test_load_tokens_roundtrip(tmp_path: Path) -> None:
