@@ -21,6 +21,9 @@ export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 # The engine part and the server's worker are separate processes on one GPU: grow memory on demand
 # instead of each pre-allocating 75% of it.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+# One compilation cache for the engine part and the server's worker: the worker's warm-up compiles
+# the same ResNet50 step shapes the engine part compiled (weights are jit arguments, not constants).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/camserve-jax-cache}
 if [[ " $* " == *" --cpu "* ]]; then export JAX_PLATFORMS=cpu; fi
 { command -v nvidia-smi >/dev/null && nvidia-smi -L; "$PY" -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } 2>&1 | tee "$OUT/env.txt"
 rc=0
