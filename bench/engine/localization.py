@@ -73,7 +73,7 @@ def run(model_dir: Path, samples: int, seed: int, compile_mode: str, batch_size:
     prior = score_maps([centre_prior(grid)] * samples, data.boxes, (CANVAS, CANVAS))  # type: ignore[arg-type]
     rows["centre prior (baseline)"] = {**prior.as_dict(), "ms_per_image": 0.0}
     return {
-        "command": "python -m bench.engine.localization " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m bench.engine.localization", *sys.argv[1:]]),
         "model": str(model_dir),
         "target_layer": explainer.info.target_layer,
         "grid": list(grid),
