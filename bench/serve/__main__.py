@@ -209,16 +209,22 @@ class Server:
 
 
 async def closed_loop(target: str, payloads: list[bytes], concurrency: int, warmup: float,
-                      duration: float) -> dict[str, Any]:
-    """`concurrency` callers, each sending its next request when the previous answer arrives."""
+                      duration: float, per_call: int = 1) -> dict[str, Any]:
+    """`concurrency` callers, each sending its next request when the previous answer arrives.
+
+    With `per_call` > 1 the payloads are ExplainBatchRequests of that many images each."""
     import grpc
     from camserve_client._proto import explain_pb2 as pb
 
     identity = lambda b: b  # noqa: E731 - pre-serialized requests go out as they are
     options = [("grpc.max_receive_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(target, options=options) as ch:
-        call = ch.unary_unary("/camserve.v1.ExplainService/Explain", request_serializer=identity,
-                              response_deserializer=pb.ExplainResponse.FromString)
+        if per_call > 1:
+            call = ch.unary_unary("/camserve.v1.ExplainService/ExplainBatch", request_serializer=identity,
+                                  response_deserializer=pb.ExplainBatchResponse.FromString)
+        else:
+            call = ch.unary_unary("/camserve.v1.ExplainService/Explain", request_serializer=identity,
+                                  response_deserializer=pb.ExplainResponse.FromString)
         t_start = time.perf_counter()
         t_measure, t_end = t_start + warmup, t_start + warmup + duration
         latencies: list[float] = []
@@ -243,14 +249,17 @@ async def closed_loop(target: str, payloads: list[bytes], concurrency: int, warm
                 t1 = time.perf_counter()
                 if ok and t_measure <= t0 and t1 <= t_end:
                     latencies.append(t1 - t0)
-                    batch_sizes.append(resp.timing.batch_size)
-                    queue_ms.append(resp.timing.queue_ms)
-                    compute_ms.append(resp.timing.compute_ms)
+                    for r in (resp.responses if per_call > 1 else (resp,)):
+                        batch_sizes.append(r.timing.batch_size)
+                        queue_ms.append(r.timing.queue_ms)
+                        compute_ms.append(r.timing.compute_ms)
                 k += concurrency
 
         await asyncio.gather(*(caller(i) for i in range(concurrency)))
     lat = np.array(latencies) * 1e3 if latencies else np.zeros(1)
-    return {"images": len(latencies), "seconds": duration, "images_per_s": len(latencies) / duration,
+    images = len(latencies) * per_call
+    return {"images": images, "calls": len(latencies), "images_per_call": per_call, "seconds": duration,
+            "images_per_s": images / duration,
             "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
             "p99_ms": float(np.percentile(lat, 99)), "mean_batch": float(np.mean(batch_sizes or [0])),
             "queue_ms_mean": float(np.mean(queue_ms or [0])),
@@ -274,8 +283,13 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     print(f"[{name}]   {engine['images_per_s']:.1f} img/s", flush=True)
     from camserve_client._proto import explain_pb2 as pb
 
-    payloads = [pb.ExplainRequest(model=name, image=pb.Image(encoded=b)).SerializeToString()
-                for b in payloads_jpeg]
+    reqs = [pb.ExplainRequest(model=name, image=pb.Image(encoded=b)) for b in payloads_jpeg]
+    k = args.batch_per_call
+    if k > 1:
+        payloads = [pb.ExplainBatchRequest(requests=[reqs[(i + j) % len(reqs)] for j in range(k)])
+                    .SerializeToString() for i in range(len(reqs))]
+    else:
+        payloads = [r.SerializeToString() for r in reqs]
     print(f"[{name}] starting camserve serve ({args.workers}) ...", flush=True)
     server = Server(repo, ["--workers", args.workers, "--max-batch-size", str(args.max_batch_size),
                            "--compile", args.compile, "--max-queue-size", "4096"])
@@ -285,7 +299,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
               f"{args.warmup:.0f} s warm-up + {args.duration:.0f} s ...", flush=True)
         cpu0, count0 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
         served = asyncio.run(closed_loop(server.target, payloads, args.concurrency, args.warmup,
-                                         args.duration))
+                                         args.duration, k))
         cpu1, count1 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
         if cpu0 and cpu1 and count1 > count0:
             per = 1e3 / (count1 - count0)
@@ -303,7 +317,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "jpeg_bytes_mean": float(np.mean([len(p) for p in payloads_jpeg])),
             "max_batch_size": args.max_batch_size, "compile": engine["compile_mode"], "engine": engine,
             "served": served, "ratio": ratio, "server_exit_code": exit_code, "workers": args.workers,
-            "concurrency": args.concurrency}
+            "concurrency": args.concurrency, "images_per_call": k}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=None,
                    help="seconds of served load not counted (default 5)")
     p.add_argument("--workers", default="cpu:1", help="the server's --workers")
+    p.add_argument("--batch-per-call", type=int, default=1,
+                   help="images per call: 1 = Explain (the headline), k > 1 = ExplainBatch of k images")
     p.add_argument("--compile", default="auto", choices=("auto", "graph", "xla"))
     p.add_argument("--images", type=int, default=48, help="distinct images cycled through")
     p.add_argument("--image-size", type=int, default=None,
@@ -328,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     models = (args.models or ("demo" if args.quick else "demo,mobilenetv2")).split(",")
     args.duration = args.duration or (4.0 if args.quick else 20.0)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if args.quick else 5.0)
-    args.concurrency = args.concurrency or 3 * args.max_batch_size
+    args.concurrency = args.concurrency or max(2, 3 * args.max_batch_size // max(1, args.batch_per_call))
     out = args.out or RESULTS / ("serve_quick.json" if args.quick else "serve.json")
     results = []
     with tempfile.TemporaryDirectory(prefix="camserve-bench-serve-") as tmp:

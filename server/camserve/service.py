@@ -106,6 +106,20 @@ class Prepared:
     image: pb.Image
 
 
+_LAYER_CACHE: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def _layers_by_name(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """{layer name: layer info} of a model summary, built once per summary object (per request is waste)."""
+    cached = _LAYER_CACHE.get(id(summary))
+    if cached is None or cached[0] is not summary:
+        if len(_LAYER_CACHE) > 64:  # summaries are replaced when workers restart: stay bounded
+            _LAYER_CACHE.clear()
+        cached = (summary, {str(x["name"]): x for x in summary.get("layers", [])})
+        _LAYER_CACHE[id(summary)] = cached
+    return cached[1]
+
+
 def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status for an exception raised below the service (dispatcher, engine, codec)."""
     if isinstance(exc, RequestError):
@@ -221,10 +235,9 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
 
     @staticmethod
     def _layer(cfg: ModelConfig, summary: Mapping[str, Any], name: str) -> tuple[str, Mapping[str, Any]]:
-        layers = list(summary.get("layers", []))
         default = str(summary.get("target_layer", ""))
         wanted = name or default
-        by_name = {str(x["name"]): x for x in layers}
+        by_name = _layers_by_name(summary)
         if wanted in by_name:
             return wanted, by_name[wanted]
         nested = [n for n in by_name if n.endswith("/" + wanted)]
