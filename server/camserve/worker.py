@@ -294,10 +294,9 @@ def main(conn: Connection, spec: dict[str, Any]) -> None:
     """Process entry point (``spawn``): pin the device, load, report ready, serve batches."""
     os.environ.update(spec.get("env", {}))
     index = int(spec["index"])
-    # Ctrl-C or a SIGTERM sent to the whole process group is the parent's to handle: it drains,
-    # then sends "stop". The worker leaves on "stop", on EOF, or when the parent is gone.
+    # Ctrl-C reaches the whole process group; it is the parent's to handle (it drains, then sends
+    # "stop"). SIGTERM keeps its default: multiprocessing's exit handler relies on it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _exit_with_parent(index, int(spec.get("parent_pid") or os.getppid()))
     slab = SharedMemory(name=spec["slab_name"])
     code = 0

@@ -127,7 +127,8 @@ def test_results_errors_and_batches_through_real_workers(tmp_path: Path) -> None
         obs = Recorder()
         d = Dispatcher(repo, "cpu:2", observer=obs, runner=RUNNER)
         await d.start()
-        await until(lambda: d.ready("toy"), what="ready")
+        await until(lambda: all(w.summaries for w in d.pool.workers), what="both workers ready")
+        assert d.ready("toy")
         pids = d.worker_pids()
         assert not d.ready() and not d.ready("broken")  # strict: every model must be ready
         with pytest.raises(NotReadyError, match="failed to load: ValueError: toy model marked broken"):
