@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from camserve.engine import (  # noqa: E402
     CamNotSupportedError,
     Explainer,
+    GradCAM,
     InvalidInputError,
     ItemSpec,
 )
@@ -258,6 +259,14 @@ def clear_errors(_: argparse.Namespace) -> None:
         raise AssertionError("backend='tensorflow' on Keras-on-JAX was accepted")
     e = Explainer(model, backend=None, preprocessing="none", max_batch_size=2)
     assert e.info.backend == "jax"
+    assert e.info.compile_mode == "xla", e.info.compile_mode
+    assert GradCAM(model).compute_heatmap(np.zeros((16, 16, 3), np.float32)).dtype == np.float32
+    try:
+        Explainer(model, preprocessing="none", max_batch_size=1, compile_mode="graph")
+    except InvalidInputError as exc:
+        assert "jax.jit" in str(exc), exc
+    else:
+        raise AssertionError("compile_mode='graph' on JAX was accepted")
     flat = keras.Sequential(
         [keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(3)]
     )

@@ -56,7 +56,7 @@ class _BaseCAM:
         compile_mode: str = "auto",
         max_batch_size: int = 32,
         input_shape: tuple[int, int, int] | None = None,
-        backend: str = "tensorflow",
+        backend: str | None = None,
     ) -> None:
         self.model = model
         self._kwargs = dict(

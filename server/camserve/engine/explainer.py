@@ -100,7 +100,7 @@ class Explainer:
         compile_mode: str = "auto",
         max_batch_size: int = 32,
         score: str = "logits",
-        backend: str | None = "tensorflow",
+        backend: str | None = None,
         input_shape: tuple[int, int, int] | None = None,
     ) -> None:
         check_mode(preprocessing)
@@ -113,6 +113,11 @@ class Explainer:
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise InvalidInputError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
         self._backend = load_backend(backend)
+        if self._backend.NAME == "jax" and compile_mode == "graph":
+            raise InvalidInputError(
+                "compile_mode 'graph' does not exist on JAX: its only compiled step is jax.jit (XLA); "
+                "use 'xla' or 'auto'"
+            )
         self.graph = ModelGraph(model, input_shape)
         self.target = self.graph.resolve(target_layer)
         if compile_mode == "auto":
