@@ -21,6 +21,12 @@ The rule, exactly (see :class:`Batcher`):
 * After ``close()`` (drain) nothing new arrives, so every non-empty queue counts as ready.
 * One worker forms a batch at a time; the others wait their turn, so two workers never split
   a batch that one of them could have taken whole.
+* Pipelining (``take_full``): a worker that is still computing one batch may take a *second*
+  one, but only a full one (a queue holding ``max_batch_size`` live requests; while draining,
+  any non-empty queue) and only when no idle worker is waiting in ``next_batch`` (an idle
+  worker always goes first). Below saturation nothing is taken early, so batch sizes and
+  latency at light load are exactly those of the rule above; at saturation the worker never
+  idles while the parent answers one batch and sends the next.
 
 Deadlines also arm a timer, so a request that expires while it waits is answered
 ``DeadlineExceededError`` at its deadline, not only when the next batch forms.
@@ -245,6 +251,8 @@ class Batcher:
         self._changed = asyncio.Event()
         self._former = asyncio.Lock()
         self._closed = False
+        self._waiting = 0  # workers inside next_batch (idle ones): they take precedence over take_full
+        self._full: asyncio.Future[None] | None = None  # resolved when a queue may hold a full batch
 
     # ------------------------------------------------------------------ producers
 
@@ -259,6 +267,15 @@ class Batcher:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def has_room(self, model: str, n: int = 1) -> bool:
+        """Cheap, non-blocking: would ``put`` accept ``n`` more requests of ``model`` now?
+
+        For shedding before expensive work (decoding); ``put`` still decides atomically. Unknown
+        models answer True so that ``put`` raises its own clear error.
+        """
+        q = self._queues.get(model)
+        return q is None or (not self._closed and q.live + n <= q.max_queue_size)
 
     def put(self, item: WorkItem) -> Pending:
         """Queue ``item``; raise at once when full, closed, unknown or already expired."""
@@ -285,6 +302,8 @@ class Batcher:
         q.live += 1
         self._observer.queue_depth(q.name, q.live)
         self._changed.set()
+        if q.live >= q.max_batch_size:
+            self._signal_full()
         return pending
 
     def withdraw(self, pending: Pending) -> bool:
@@ -318,11 +337,48 @@ class Batcher:
         """Refuse new requests; ``next_batch`` keeps handing out what is queued, then None."""
         self._closed = True
         self._changed.set()
+        self._signal_full()
 
     # ------------------------------------------------------------------ consumers
 
     async def next_batch(self) -> Batch | None:
         """Wait for the next batch by the module's rule; None once closed and empty."""
+        self._waiting += 1
+        try:
+            return await self._next_batch()
+        finally:
+            self._waiting -= 1
+
+    def take_full(self) -> Batch | None:
+        """Non-blocking pipelining take: a full batch now, or None (see the module's rule).
+
+        None when an idle worker is waiting in ``next_batch`` (it goes first) or no queue holds a
+        full batch (while draining: no queue holds anything).
+        """
+        if self._waiting:
+            return None
+        now = self._clock()
+        self._sweep(now)
+        best: _ModelQueue | None = None
+        for q in self._queues.values():
+            if q.live >= q.max_batch_size or (self._closed and q.live > 0):
+                head = q.head()
+                if head is not None and (best is None or head.arrived < best.head().arrived):  # type: ignore[union-attr]
+                    best = q
+        return None if best is None else self._take(best, now)
+
+    def full_signal(self) -> asyncio.Future[None]:
+        """A future resolved the next time a queue reaches a full batch, or on ``close()``.
+
+        Already resolved once closed. Shared by all waiters; never cancel it.
+        """
+        if self._full is None or self._full.done():
+            self._full = asyncio.get_running_loop().create_future()
+            if self._closed:
+                self._full.set_result(None)
+        return self._full
+
+    async def _next_batch(self) -> Batch | None:
         async with self._former:
             while True:
                 now = self._clock()
@@ -366,7 +422,13 @@ class Batcher:
         q.live -= len(items)
         self._observer.queue_depth(q.name, q.live)
         self._observer.batch_formed(q.name, len(items))
+        if q.live >= q.max_batch_size:  # another full batch is still waiting: tell pipelining workers
+            self._signal_full()
         return Batch(model=q.name, items=items, formed_at=now)
+
+    def _signal_full(self) -> None:
+        if self._full is not None and not self._full.done():
+            self._full.set_result(None)
 
     def _sweep(self, now: float) -> None:
         """Drop expired and cancelled entries of every queue (before any batch forms)."""

@@ -9,9 +9,12 @@ This is the only scheduling object the gRPC front uses (ARCHITECTURE.md, "Dispat
     result = await dispatcher.submit(WorkItem("demo", pixels, ItemRequest("gradcam")))
     await dispatcher.stop(grace_s=10)     # finish queued + in-flight, stop workers, unlink shm
 
-Each ready worker runs one serve loop: take the next batch from the batcher, send it, wait for
-its answer (or the worker's death), repeat. A worker therefore holds at most one batch, so the
-pixel slab is never overwritten while a worker reads it.
+Each ready worker runs one serve loop. Idle, it waits for the next batch by the batcher's rule and
+sends it. Holding one batch, it may take a second, full one (``Batcher.take_full``: only when a
+full batch is waiting and no idle worker wants it) and send it at once, so the worker starts it
+the moment the first is answered instead of idling while the parent replies and forms the next
+(double buffering; the pool writes the second batch into the other half of the worker's slab, so
+pixels a worker reads are never overwritten). It never holds more than two.
 """
 
 from __future__ import annotations
@@ -169,6 +172,13 @@ class Dispatcher:
         """Queued requests of ``model`` (or of all models)."""
         return self._batcher.total_depth() if model is None else self._batcher.depth(model)
 
+    def has_room(self, model: str, n: int = 1) -> bool:
+        """Cheap check that ``model``'s queue would take ``n`` more requests now (shed before decoding).
+
+        Advisory: ``submit`` still refuses atomically with QueueFullError.
+        """
+        return self._batcher.has_room(model, n)
+
     async def start(self) -> None:
         """Spawn the workers; returns at once (``ready()`` turns true after their warm-up)."""
         if self._started:
@@ -267,16 +277,32 @@ class Dispatcher:
                     log.warning("dispatcher: %d queued request(s) of %r answered UNAVAILABLE", n, name)
 
     async def _serve(self, w: WorkerHandle) -> None:
-        """One batch at a time for worker ``w`` until it dies or the batcher closes."""
+        """Feed worker ``w`` (up to two batches, see the module docstring) until it dies or the batcher
+        closes and empties; returns once everything it was sent is answered."""
+        held: set[asyncio.Future[None]] = set()
         while w.state is WorkerState.READY:
-            self._idle.add(w)
-            try:
-                batch = await self._batcher.next_batch()
-            finally:
-                self._idle.discard(w)
-            if batch is None:
-                return
-            await self._pool.run_batch(w, batch)
+            if not held:
+                self._idle.add(w)
+                try:
+                    batch = await self._batcher.next_batch()
+                finally:
+                    self._idle.discard(w)
+                if batch is None:
+                    break
+                held.add(self._pool.run_batch(w, batch))
+                continue
+            wait: set[asyncio.Future[None]] = set(held)
+            if self._pool.can_take(w):
+                batch = self._batcher.take_full()
+                if batch is not None:
+                    held.add(self._pool.run_batch(w, batch))
+                    continue
+                if not self._batcher.closed:
+                    wait.add(self._batcher.full_signal())
+            await asyncio.wait(wait, return_when=asyncio.FIRST_COMPLETED)
+            held = {f for f in held if not f.done()}
+        if held:  # draining (or the worker died: then these are already answered)
+            await asyncio.wait(held)
 
     # ------------------------------------------------------------------ helpers
 

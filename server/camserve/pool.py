@@ -4,14 +4,19 @@
   :class:`WorkerSlot` s using an injectable GPU discovery, so the per-GPU logic is tested on
   machines without a GPU. Each GPU worker sees exactly one device (``CUDA_VISIBLE_DEVICES`` pinned);
   CPU workers see none (``CUDA_VISIBLE_DEVICES=""``) and split the cores between them.
-* Transport: processes are started with ``spawn``. Each worker owns a shared-memory slab sized for
-  its largest batch; the parent writes the pixels there and the pipe carries only small specs and
-  the results (heatmaps at the conv grid). One reader thread per worker blocks on the pipe and
-  hands messages to the event loop with ``call_soon_threadsafe``.
-* Failure: EOF on the pipe means the worker is gone. Its in-flight batch fails at once with
+* Transport: processes are started with ``spawn``. Each worker owns a shared-memory slab with
+  :data:`PIPELINE_DEPTH` (2) halves, each sized for its largest batch; the parent writes a batch's
+  pixels into a free half and the pipe carries only small specs and the results (heatmaps at the
+  conv grid). A worker may therefore hold two batches: it computes one while the parent has
+  already sent the next (double buffering), and runs them in the order sent. A half is reused
+  only after the worker answered the batch in it. One reader thread per worker blocks on the pipe
+  and hands messages to the event loop with ``call_soon_threadsafe``.
+* Failure: EOF on the pipe means the worker is gone. Every batch it holds fails at once with
   :class:`WorkerLostError` and it is restarted after a back-off (0.5 s doubling up to 10 s, back
   to 0.5 s once a worker has stayed healthy for a minute). A batch that runs longer than
-  ``batch_timeout_s`` (a hung or SIGSTOPped worker) gets the worker killed, which takes the same path.
+  ``batch_timeout_s`` (a hung or SIGSTOPped worker) gets the worker killed, which takes the same
+  path; the watchdog times each batch from the moment the worker starts it (a second batch's
+  clock starts when the first is answered), so waiting behind a batch never counts.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from camserve.batcher import (
     BatchFailedError,
     ExplainError,
     MapResult,
+    NotReadyError,
     NullObserver,
     Observer,
     WorkerLostError,
@@ -61,6 +67,7 @@ log = logging.getLogger("camserve.pool")
 
 DEFAULT_BATCH_TIMEOUT_S = 120.0
 DEFAULT_STARTUP_TIMEOUT_S = 900.0
+PIPELINE_DEPTH = 2  # batches one worker may hold (slab halves)
 MAX_CPU_WORKERS = 64
 
 
@@ -216,6 +223,8 @@ class _Inflight:
     batch: Batch
     done: asyncio.Future[None]
     sent_at: float
+    half: int
+    started_at: float = 0.0  # when the worker began it (sent_at, or when the batch before it ended)
     watchdog: asyncio.TimerHandle | None = None
 
 
@@ -233,7 +242,7 @@ class WorkerHandle:
     failures: dict[str, str] = field(default_factory=dict)
     ready_since: float | None = None
     started_at: float = 0.0
-    inflight: _Inflight | None = None
+    batches: dict[int, _Inflight] = field(default_factory=dict)  # held by the worker, in run order
     restarts: int = 0
     backoff_s: float = 0.0
     kill_reason: str | None = None
@@ -249,6 +258,11 @@ class WorkerHandle:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def inflight(self) -> _Inflight | None:
+        """The batch the worker is computing now (the oldest it holds), or None when idle."""
+        return next(iter(self.batches.values()), None)
 
 
 class WorkerPool:
@@ -295,7 +309,8 @@ class WorkerPool:
         """Create the slabs and spawn every worker; returns before they are ready."""
         self._loop = asyncio.get_running_loop()
         for slot in self._slots:
-            w = WorkerHandle(slot=slot, slab=Slab(self._slab_bytes), backoff_s=self._backoff_initial)
+            w = WorkerHandle(slot=slot, slab=Slab(self._slab_bytes * PIPELINE_DEPTH),
+                             backoff_s=self._backoff_initial)
             self.workers.append(w)
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
 
@@ -306,6 +321,13 @@ class WorkerPool:
             if w.restart_timer is not None:
                 w.restart_timer.cancel()
                 w.restart_timer = None
+            for inf in list(w.batches.values())[1:]:  # sent behind the running batch: never started
+                del w.batches[inf.batch_id]
+                for p in inf.batch.items:
+                    if not p.future.done():
+                        p.future.set_exception(NotReadyError("the server stopped before this request ran"))
+                if not inf.done.done():
+                    inf.done.set_result(None)
             if w.conn is not None and w.state in (WorkerState.STARTING, WorkerState.READY):
                 with contextlib.suppress(OSError):
                     w.conn.send(("stop",))
@@ -428,13 +450,16 @@ class WorkerPool:
             self._on_ready(w)
         elif kind == "result":
             _, batch_id, outcomes, compute_s = msg
-            inf = w.inflight
-            if inf is None or inf.batch_id != batch_id:
-                log.warning("worker %d: result for unknown batch %s ignored", w.index, batch_id)
+            inf = w.batches.pop(batch_id, None)
+            if inf is None:  # normal only at stop (a batch withdrawn just as the worker began it)
+                (log.debug if self._stopping else log.warning)(
+                    "worker %d: result for unknown batch %s ignored", w.index, batch_id)
                 return
             if inf.watchdog is not None:
                 inf.watchdog.cancel()
-            w.inflight = None
+            nxt = w.inflight
+            if nxt is not None and nxt.watchdog is None:  # the worker starts the next batch now
+                self._arm(w, nxt)
             _deliver(inf, outcomes, float(compute_s))
             if not inf.done.done():
                 inf.done.set_result(None)
@@ -472,8 +497,8 @@ class WorkerPool:
             if timer is not None:
                 timer.cancel()
         w.startup_timer = None
-        inf, w.inflight = w.inflight, None
-        if inf is not None:
+        held, w.batches = list(w.batches.values()), {}
+        for inf in held:  # the batch it computed and the one sent behind it
             if inf.watchdog is not None:
                 inf.watchdog.cancel()
             err = f"{reason}; the request was running on it, retry"
@@ -507,8 +532,14 @@ class WorkerPool:
             self.kill(w, f"not ready within {self.startup_timeout_s:.0f} s of start")
 
     def _batch_expired(self, w: WorkerHandle, batch_id: int) -> None:
-        if w.inflight is not None and w.inflight.batch_id == batch_id:
-            self.kill(w, f"batch ran longer than the {self.batch_timeout_s:.0f} s watchdog (hung worker)")
+        if batch_id in w.batches:
+            self.kill(w, f"batch ran longer than the {self.batch_timeout_s:g} s watchdog (hung worker)")
+
+    def _arm(self, w: WorkerHandle, inf: _Inflight) -> None:
+        """Start ``inf``'s watchdog: the worker begins computing it now."""
+        assert self._loop is not None
+        inf.started_at = time.monotonic()
+        inf.watchdog = self._loop.call_later(self.batch_timeout_s, self._batch_expired, w, inf.batch_id)
 
     # ------------------------------------------------------------------ public
 
@@ -522,28 +553,39 @@ class WorkerPool:
     def ready_workers(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.state is WorkerState.READY]
 
+    @staticmethod
+    def can_take(w: WorkerHandle) -> bool:
+        """True when ``w`` is ready and holds fewer than :data:`PIPELINE_DEPTH` batches."""
+        return w.state is WorkerState.READY and len(w.batches) < PIPELINE_DEPTH
+
     def run_batch(self, w: WorkerHandle, batch: Batch) -> asyncio.Future[None]:
-        """Send ``batch`` to idle worker ``w``; the future resolves when every item is answered."""
+        """Send ``batch`` to worker ``w`` (idle, or holding one batch: it runs this one next).
+
+        The future resolves when every item is answered (or failed).
+        """
         assert self._loop is not None
         done: asyncio.Future[None] = self._loop.create_future()
-        if w.state is not WorkerState.READY or w.conn is None or w.inflight is not None:
+        if w.conn is None or not self.can_take(w):
             for p in batch.items:
                 if not p.future.done():
                     p.future.set_exception(WorkerLostError(f"worker {w.index} is not available; retry"))
             done.set_result(None)
             return done
-        refs = write_arrays(w.slab.buf, [p.item.pixels for p in batch.items])
+        used = {inf.half for inf in w.batches.values()}
+        half = next(h for h in range(PIPELINE_DEPTH) if h not in used)
+        start = half * self._slab_bytes
+        refs = write_arrays(w.slab.buf, [p.item.pixels for p in batch.items], start, start + self._slab_bytes)
         batch_id = next(self._ids)
-        inf = _Inflight(batch_id=batch_id, batch=batch, done=done, sent_at=time.monotonic())
-        w.inflight = inf
+        inf = _Inflight(batch_id=batch_id, batch=batch, done=done, sent_at=time.monotonic(), half=half)
+        w.batches[batch_id] = inf
+        if len(w.batches) == 1:
+            self._arm(w, inf)
         try:
             w.conn.send(
                 ("batch", batch_id, batch.model, [tuple(r) for r in refs], [p.item.spec for p in batch.items])
             )
         except (OSError, ValueError) as exc:  # pipe broken: the worker is dying; EOF will follow
             self.kill(w, f"pipe to the worker broke ({exc})")
-            return done
-        inf.watchdog = self._loop.call_later(self.batch_timeout_s, self._batch_expired, w, batch_id)
         return done
 
 
@@ -559,7 +601,7 @@ def _deliver(inf: _Inflight, outcomes: Sequence[tuple[Any, ...]], compute_s: flo
                 WorkResult(
                     probabilities=np.asarray(probs),
                     maps=[MapResult(int(c), float(s), h, bool(z)) for c, s, h, z in maps],
-                    queue_s=max(0.0, inf.sent_at - p.arrived),
+                    queue_s=max(0.0, inf.started_at - p.arrived),
                     compute_s=compute_s,
                     batch_size=size,
                 )

@@ -33,16 +33,23 @@ def slab_bytes_for(max_batch_size: int, shape: Sequence[int], itemsize: int = 4)
     return max_batch_size * (one + ALIGN)
 
 
-def write_arrays(buf: memoryview, arrays: Sequence[np.ndarray]) -> list[ArrayRef]:
-    """Copy ``arrays`` into ``buf`` one after the other (aligned); raise if they do not fit."""
+def write_arrays(
+    buf: memoryview, arrays: Sequence[np.ndarray], start: int = 0, stop: int | None = None
+) -> list[ArrayRef]:
+    """Copy ``arrays`` into ``buf[start:stop]`` one after the other (aligned); raise if they do not fit.
+
+    Offsets in the returned refs are from the start of ``buf`` (what the reader maps), so a slab can
+    hold several independent regions (the pool's double buffer).
+    """
+    limit = len(buf) if stop is None else min(stop, len(buf))
     refs: list[ArrayRef] = []
-    offset = 0
+    offset = (start + ALIGN - 1) // ALIGN * ALIGN
     for arr in arrays:
         a = np.ascontiguousarray(arr)
         end = offset + a.nbytes
-        if end > len(buf):
+        if end > limit:
             raise ValueError(
-                f"batch needs more than the {len(buf)}-byte pixel slab (array of {a.nbytes} bytes)"
+                f"batch needs more than the {limit - start}-byte pixel slab (array of {a.nbytes} bytes)"
             )
         np.ndarray(a.shape, dtype=a.dtype, buffer=buf, offset=offset)[...] = a
         refs.append(ArrayRef(offset, a.dtype.str, tuple(a.shape)))

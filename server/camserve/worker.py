@@ -13,7 +13,10 @@ Protocol with the parent (``camserve.pool``), one pickled tuple per message on a
   ``("ok", probabilities, [(class_index, score, heatmap, all_zero), ...])`` or
   ``("err", kind, message)``. A caller's mistake never kills the worker.
 * parent -> worker ``("stop",)``: exit cleanly. EOF on the pipe (parent gone) does the same, and
-  a watcher thread exits the process if the parent dies while it is still loading.
+  a watcher thread exits the process if the parent dies while it is still loading. The parent may
+  have sent a second batch before ``stop`` (it double-buffers); the worker reads everything that
+  has arrived before starting its next batch, so a ``stop`` behind a not-yet-started batch wins
+  (the parent already answered that batch's callers).
 
 The compute itself sits behind a small :class:`Runner` seam: :class:`KerasRunner` (the real one,
 camserve.engine) or, in the scheduling tests, a NumPy runner named by ``"module:attr"`` so pool
@@ -31,7 +34,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -320,13 +323,16 @@ def main(conn: Connection, spec: dict[str, Any]) -> None:
         _log(index, f"ready in {load_s:.1f} s ({len(summaries)} model(s), {len(failures)} failed)")
         buf = slab.buf
         assert buf is not None
+        backlog: deque[tuple[Any, ...]] = deque()
         while True:
             try:
-                msg = conn.recv()
+                msg = backlog.popleft() if backlog else conn.recv()
+                while conn.poll():  # a stop sent behind a queued batch overtakes it
+                    backlog.append(conn.recv())
             except (EOFError, OSError):
                 _log(index, "parent closed the pipe; exiting")
                 break
-            if msg[0] == "stop":
+            if msg[0] == "stop" or any(m[0] == "stop" for m in backlog):
                 break
             if msg[0] != "batch":
                 _log(index, f"ignoring unknown message {msg[0]!r}")

@@ -1,0 +1,191 @@
+"""Pipelining: a worker holds up to two batches (double-buffered slab), only at saturation.
+
+The batcher part needs no process; the pool part runs REAL worker processes with the NumPy toy
+runner (answers checked against its independent reference), as in test_sched_pool.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from camserve.batcher import Batcher, ItemRequest, WorkItem
+from camserve.dispatcher import Dispatcher, WorkerLostError
+from camserve.pool import PIPELINE_DEPTH
+from camserve.shm import ALIGN, read_arrays, write_arrays
+from test_sched_pool import RUNNER, check, make_repo, pixels, run, until
+
+
+def item(n: int) -> WorkItem:
+    return WorkItem("m", np.full((2, 2, 3), n, np.uint8), ItemRequest())
+
+
+# --------------------------------------------------------------------------- batcher (no process)
+
+
+def test_take_full_only_takes_a_full_batch_and_yields_to_idle_workers() -> None:
+    async def main() -> None:
+        b = Batcher({"m": (3, 10.0, 100)})
+        b.put(item(0))
+        b.put(item(1))
+        assert b.take_full() is None  # 2 of 3 queued: light load, nothing is taken early
+        signal_ = b.full_signal()
+        assert not signal_.done()
+        b.put(item(2))
+        assert signal_.done()  # the queue reached a full batch
+        # An idle worker waiting in next_batch goes first.
+        idle = asyncio.ensure_future(b.next_batch())
+        await asyncio.sleep(0)
+        b.put(item(3))
+        b.put(item(4))
+        b.put(item(5))
+        first = await idle
+        assert [int(p.item.pixels[0, 0, 0]) for p in first.items] == [0, 1, 2]  # type: ignore[union-attr]
+        waiter = asyncio.ensure_future(b.next_batch())
+        await asyncio.sleep(0)
+        assert b.take_full() is None  # someone idle is waiting: the pipelining worker must not take
+        second = await waiter
+        assert [int(p.item.pixels[0, 0, 0]) for p in second.items] == [3, 4, 5]  # type: ignore[union-attr]
+        for n in range(6, 10):
+            b.put(item(n))
+        took = b.take_full()
+        assert took is not None and [int(p.item.pixels[0, 0, 0]) for p in took.items] == [6, 7, 8]
+        assert b.take_full() is None and b.depth("m") == 1
+        # Draining: whatever is left counts as full, and the signal fires (and stays fired).
+        later = b.full_signal()
+        b.close()
+        assert later.done() and b.full_signal().done()
+        rest = b.take_full()
+        assert rest is not None and [int(p.item.pixels[0, 0, 0]) for p in rest.items] == [9]
+
+    run(main())
+
+
+def test_has_room_matches_put() -> None:
+    async def main() -> None:
+        b = Batcher({"m": (4, 1.0, 2)})
+        assert b.has_room("m")
+        b.put(item(0))
+        assert b.has_room("m")
+        b.put(item(1))
+        assert not b.has_room("m")
+        assert b.has_room("unknown")  # put raises its own NOT_FOUND-style error
+        b.close()
+        b2 = Batcher({"m": (4, 1.0, 2)})
+        b2.close()
+        assert not b2.has_room("m")
+
+    run(main())
+
+
+def test_write_arrays_region_offsets_are_absolute_and_bounded() -> None:
+    buf = memoryview(bytearray(4096))
+    a = [np.arange(12, dtype=np.uint8).reshape(2, 2, 3), np.ones((3, 3), np.float32)]
+    refs = write_arrays(buf, a, 1000, 2048)
+    assert refs[0].offset == 1024 and all(r.offset % ALIGN == 0 for r in refs)
+    for got, want in zip(read_arrays(buf, refs), a, strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="slab"):
+        write_arrays(buf, [np.zeros(1100, np.uint8)], 1000, 2048)
+
+
+# --------------------------------------------------------------------------- real worker processes
+
+
+def test_worker_holds_a_second_full_batch_and_answers_both(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}}})
+
+    async def main() -> None:
+        d = Dispatcher(repo, "cpu:1", runner=RUNNER)
+        await d.start()
+        await until(d.ready, what="ready")
+        (w,) = d.pool.workers
+        seen: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                seen.append(len(w.batches))
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.ensure_future(watch())
+        specs = [ItemRequest("sleep", top_k=0.1)] * 6
+        res = await asyncio.gather(*(d.submit(WorkItem("toy", pixels(i), s)) for i, s in enumerate(specs)))
+        watcher.cancel()
+        for i, r in enumerate(res):
+            assert r.batch_size == 2
+            probs, _ = __import__("sched_toy_runner").reference(pixels(i))
+            np.testing.assert_allclose(r.probabilities, probs, rtol=1e-6)
+        assert max(seen) == PIPELINE_DEPTH  # the second batch was sent before the first was answered
+        # The queue time of the batch sent early counts its wait behind the first (started_at).
+        assert max(r.queue_s for r in res) >= 0.15
+        # Light load: one request at a time never makes the worker hold two.
+        seen.clear()
+        watcher = asyncio.ensure_future(watch())
+        check(await d.submit(WorkItem("toy", pixels(9))), pixels(9))
+        watcher.cancel()
+        assert max(seen) <= 1
+        await d.stop(5)
+
+    run(main())
+
+
+def test_kill_9_fails_both_held_batches_at_once(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}}})
+
+    async def main() -> None:
+        d = Dispatcher(repo, "cpu:1", runner=RUNNER)
+        await d.start()
+        await until(d.ready, what="ready")
+        (w,) = d.pool.workers
+        subs = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=5))))
+                for i in range(4)]
+        await until(lambda: len(w.batches) == 2, what="two batches held")
+        assert w.pid is not None
+        t0 = time.monotonic()
+        os.kill(w.pid, signal.SIGKILL)
+        outs = await asyncio.gather(*subs, return_exceptions=True)
+        assert time.monotonic() - t0 < 1.0
+        assert all(isinstance(o, WorkerLostError) and "signal 9" in str(o) for o in outs), outs
+        await until(d.ready, timeout=30, what="restart")
+        check(await d.submit(WorkItem("toy", pixels(7))), pixels(7))
+        await d.stop(5)
+
+    run(main())
+
+
+def test_watchdog_times_each_batch_from_its_start(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}}})
+
+    async def main() -> None:
+        d = Dispatcher(repo, "cpu:1", runner=RUNNER, batch_timeout_s=1.0)
+        await d.start()
+        await until(d.ready, what="ready")
+        (w,) = d.pool.workers
+        pid = w.pid
+        # Two batches of 2 x 0.35 s: 1.4 s together, each under the 1 s watchdog -> nobody is killed.
+        ok = await asyncio.gather(*(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=0.35)))
+                                    for i in range(4)))
+        assert [r.batch_size for r in ok] == [2] * 4 and w.pid == pid
+        # The second batch hangs (2 x 3 s): it is killed about 1 s after IT started, the first is answered.
+        first = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=0.2))))
+                 for i in range(2)]
+        await until(lambda: len(w.batches) == 1, what="first batch sent")
+        second = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=3))))
+                  for i in range(2)]
+        t0 = time.monotonic()
+        for f in first:
+            check(await f, pixels(first.index(f)))
+        outs = await asyncio.gather(*second, return_exceptions=True)
+        took = time.monotonic() - t0
+        assert all(isinstance(o, WorkerLostError) and "watchdog" in str(o) for o in outs), outs
+        assert 0.9 <= took < 3.0, took
+        await until(d.ready, timeout=30, what="restart")
+        assert w.pid != pid
+        await d.stop(5)
+
+    run(main())
