@@ -71,6 +71,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+    return value
+
+
 def _workers(text: str) -> str:
     from camserve.pool import WorkerPlan  # no TensorFlow: the pool only spawns processes
 
@@ -101,7 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compiled step: xla (jit_compile), graph (tf.function), or auto (graph on CPU, "
                         "xla on GPU) [env CAMSERVE_COMPILE]")
     g.add_argument("--backend", choices=("tensorflow", "jax"), default=_env("BACKEND", "tensorflow"),
-                   help="Keras backend of the workers [env CAMSERVE_BACKEND]")
+                   help="Keras backend of the workers; with jax the only compiled mode is xla (jax.jit), "
+                        "so --compile graph is refused [env CAMSERVE_BACKEND]")
+    g.add_argument("--batch-timeout-s", type=_seconds, default=_env("BATCH_TIMEOUT_S", 120.0),
+                   help="per-batch watchdog: a worker that computes one batch longer than this is "
+                        "considered hung, killed (its callers get UNAVAILABLE) and restarted "
+                        "[env CAMSERVE_BATCH_TIMEOUT_S]")
+    g.add_argument("--startup-timeout-s", type=_seconds, default=_env("STARTUP_TIMEOUT_S", 900.0),
+                   help="a worker not ready (models loaded, every bucket compiled) this long after it "
+                        "started is killed and restarted [env CAMSERVE_STARTUP_TIMEOUT_S]")
     b = p.add_argument_group("batching (override every model's config.json)")
     b.add_argument("--max-batch-size", type=_positive_int, default=_env("MAX_BATCH_SIZE", None),
                    help="most images per batch, also the largest compiled bucket "
@@ -129,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-concurrent-rpcs", type=int, default=_env("MAX_CONCURRENT_RPCS", 0),
                    help="RPCs handled at once, beyond which gRPC answers RESOURCE_EXHAUSTED (0 = no limit; "
                         "the per-model queue bound applies either way) [env CAMSERVE_MAX_CONCURRENT_RPCS]")
+    n.add_argument("--max-inflight", type=_nonnegative_int, default=_env("MAX_INFLIGHT", 0),
+                   help="images being handled at once in camserve.v1.ExplainService calls (Explain counts "
+                        "1, ExplainBatch its number of images); beyond it a call is refused at once with "
+                        "RESOURCE_EXHAUSTED. Health and reflection are never limited, unlike "
+                        "--max-concurrent-rpcs (0 = no limit) [env CAMSERVE_MAX_INFLIGHT]")
     n.add_argument("--max-image-pixels", type=_positive_int,
                    default=_env("MAX_IMAGE_PIXELS", codec.DEFAULT_MAX_PIXELS),
                    help="largest decoded image (width x height) accepted; checked from the header before "
@@ -159,8 +192,9 @@ def _config_lines(args: argparse.Namespace, repository: dict, security: object) 
     """The effective configuration, one `key: value` per line (no secrets)."""
     lines = ["effective configuration:"]
     for key in ("model_repository", "workers", "compile_mode", "backend", "host", "grpc_port", "metrics_port",
-                "max_message_mb", "max_connection_age_s", "max_concurrent_rpcs", "max_image_pixels",
-                "codec_threads", "pre_stop_seconds", "drain_seconds"):
+                "max_message_mb", "max_connection_age_s", "max_concurrent_rpcs", "max_inflight",
+                "max_image_pixels", "codec_threads", "batch_timeout_s", "startup_timeout_s",
+                "pre_stop_seconds", "drain_seconds"):
         value = getattr(args, key)
         if key == "model_repository" and value is None:
             value = "(bundled demo repository)"
@@ -188,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         if value not in choices:  # argparse does not check defaults read from the environment
             parser.error(f"{dest.replace('_', ' ')} {value!r} (from the environment) is not one of "
                          f"{', '.join(choices)}")
+    if args.backend == "jax" and args.compile_mode == "graph":
+        parser.error("--compile graph is a TensorFlow mode (tf.function); the jax backend compiles only "
+                     "with jax.jit: use --compile xla or auto")
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -212,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         drain_s=args.drain_seconds, max_message_bytes=int(args.max_message_mb * MiB),
         max_connection_age_s=args.max_connection_age_s, max_image_pixels=args.max_image_pixels,
         max_concurrent_rpcs=max(0, args.max_concurrent_rpcs), codec_threads=args.codec_threads,
+        max_inflight=args.max_inflight, batch_timeout_s=args.batch_timeout_s,
+        startup_timeout_s=args.startup_timeout_s,
         security=security)
     try:
         return asyncio.run(serve(repository, opts))

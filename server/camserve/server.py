@@ -53,6 +53,9 @@ class ServerOptions:
     max_connection_age_s: float = 0.0  # 0 = connections live forever
     max_image_pixels: int = codec.DEFAULT_MAX_PIXELS
     max_concurrent_rpcs: int = 0       # 0 = unlimited; beyond it gRPC answers RESOURCE_EXHAUSTED
+    max_inflight: int = 0              # images in Explain/ExplainBatch calls at once; 0 = unlimited
+    batch_timeout_s: float = 120.0     # per-batch watchdog: a worker holding a batch longer is killed
+    startup_timeout_s: float = 900.0   # a worker not ready this long after its start is killed
     codec_threads: int = 4
     health_poll_s: float = 0.1
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -82,7 +85,8 @@ def make_dispatcher(repository: dict[str, ModelConfig], opts: ServerOptions, obs
 
     try:
         return Dispatcher(repository, WorkerPlan.parse(opts.workers), compile_mode=opts.compile_mode,
-                          backend=opts.backend, observer=observer)
+                          backend=opts.backend, observer=observer, batch_timeout_s=opts.batch_timeout_s,
+                          startup_timeout_s=opts.startup_timeout_s)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -131,7 +135,8 @@ class CamServer:
         )
         self.servicer = ExplainServicer(self.dispatcher, self.repository, self.metrics, self.executor,
                                         max_image_pixels=opts.max_image_pixels,
-                                        max_send_bytes=opts.max_message_bytes, backend=opts.backend)
+                                        max_send_bytes=opts.max_message_bytes, backend=opts.backend,
+                                        max_inflight=opts.max_inflight)
         pb_grpc.add_ExplainServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (pb.DESCRIPTOR.services_by_name["ExplainService"].full_name,

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -150,7 +151,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
 
     def __init__(self, dispatcher: Any, repository: Mapping[str, ModelConfig], metrics: Metrics,
                  executor: Executor, *, max_image_pixels: int = codec.DEFAULT_MAX_PIXELS,
-                 max_send_bytes: int = 16 << 20, backend: str = "tensorflow",
+                 max_send_bytes: int = 16 << 20, backend: str = "tensorflow", max_inflight: int = 0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not repository:
             raise ValueError("the service needs at least one model")
@@ -163,6 +164,8 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         self.max_send_bytes = max_send_bytes
         self.backend = backend
         self.clock = clock
+        self.max_inflight = max(0, int(max_inflight))
+        self.inflight = 0  # images inside Explain/ExplainBatch calls now (see _admit)
 
     # ------------------------------------------------------------------------ validation
 
@@ -362,9 +365,31 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         remaining = context.time_remaining()
         return None if remaining is None else self.clock() + remaining
 
+    def _admit(self, n: int) -> None:
+        """The in-flight limit (``--max-inflight``): refuse at once when ``n`` more images would pass it.
+
+        Counts images, not calls (Explain 1, ExplainBatch its number of images), because images are
+        what costs memory and compute. A call larger than the whole limit is admitted only when
+        nothing else is in flight, so it can still run. Health and reflection never pass here.
+        """
+        limit = self.max_inflight
+        if limit and self.inflight and self.inflight + n > limit:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the server is at its in-flight limit ({self.inflight} of {limit} images "
+                               "being handled); retry later with back-off")
+        self.inflight += n
+
+    def _shed_if_full(self, model: str, n: int = 1) -> None:
+        """Refuse before decoding when the model's queue is already full (microseconds, not a decode);
+        the queue still refuses atomically at submit."""
+        has_room = getattr(self.dispatcher, "has_room", None)
+        if has_room is not None and not has_room(model, n):
+            raise QueueFullError(f"queue of model {model!r} is full; retry later")
+
     async def _explain_one(self, request: pb.ExplainRequest, deadline: float | None,
                            started: float) -> pb.ExplainResponse:
         prep = self.prepare(request)
+        self._shed_if_full(prep.config.name)
         image = self.decode(prep) if self._tiny(prep) else await self._run(self.decode, prep)
         item = WorkItem(model=prep.config.name, pixels=image.pixels, spec=prep.spec, deadline=deadline)
         result = await self.dispatcher.submit(item)
@@ -390,6 +415,11 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         code, message = map_error(exc)
         if code == grpc.StatusCode.INTERNAL:
             log.error("%s failed: %s", method, message, exc_info=exc)
+        if context.done():  # the RPC already ended (its deadline passed, or the caller cancelled):
+            # aborting a finished call makes grpc log "ExecuteBatchError raised in core" at ERROR.
+            ended = "CANCELLED" if context.cancelled() else "DEADLINE_EXCEEDED"
+            self.metrics.record_rpc(model, method, ended, self.clock() - started)
+            raise asyncio.CancelledError
         self.metrics.record_rpc(model, method, code.name, self.clock() - started)
         await context.abort(code, message)
 
@@ -399,7 +429,10 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
                       ) -> pb.ExplainResponse:
         started = self.clock()
         model = request.model or self.default_model
+        admitted = 0
         try:
+            self._admit(1)
+            admitted = 1
             resp = await self._explain_one(request, self._deadline(context), started)
             self._check_send_size(resp)
         except asyncio.CancelledError:
@@ -408,6 +441,8 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         except Exception as exc:  # every path ends in a status, see map_error
             await self._finish(context, "Explain", model, started, exc)
             raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            self.inflight -= admitted
         await self._finish(context, "Explain", model, started, None)
         return resp
 
@@ -416,7 +451,11 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         started = self.clock()
         models = {r.model or self.default_model for r in request.requests}
         model = next(iter(models)) if len(models) == 1 else (MIXED_MODELS if models else None)
+        admitted = 0
         try:
+            n = len(request.requests)
+            self._admit(n)
+            admitted = n
             resp = await self._explain_batch(request, self._deadline(context), started)
             self._check_send_size(resp)
         except asyncio.CancelledError:
@@ -425,6 +464,8 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         except Exception as exc:
             await self._finish(context, "ExplainBatch", model, started, exc)
             raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            self.inflight -= admitted
         await self._finish(context, "ExplainBatch", model, started, None)
         return resp
 
@@ -439,6 +480,8 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
                 preps.append(self.prepare(r))
             except RequestError as exc:
                 raise RequestError(exc.code, f"requests[{i}]: {exc.message}") from None
+        for name, count in Counter(p.config.name for p in preps).items():
+            self._shed_if_full(name, count)
         images = await asyncio.gather(*(self._run(self._decode_at, i, p) for i, p in enumerate(preps)))
         tasks = [asyncio.ensure_future(self.dispatcher.submit(
             WorkItem(model=p.config.name, pixels=img.pixels, spec=p.spec, deadline=deadline)))

@@ -79,6 +79,41 @@ def _log(index: int, message: str) -> None:
     print(f"[worker {index}] {message}", file=sys.stderr, flush=True)
 
 
+def xla_cpu_thread_flags(existing: str, threads: int) -> str:
+    """``XLA_FLAGS`` for a JAX CPU worker kept to ``threads`` threads (CPU workers share the cores).
+
+    The recipe JAX users are given: ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N``
+    (the value must start with ``--`` or XLA reads it as a file name). Flags the operator already set
+    win. XLA also sizes its CPU pools from the schedulable cores, so :func:`pin_cpu_worker` restricts
+    those as well.
+    """
+    flags = existing.split()
+    names = {f.lstrip("-").split("=", 1)[0] for f in flags}
+    if "xla_cpu_multi_thread_eigen" not in names:
+        flags.insert(0, "--xla_cpu_multi_thread_eigen=false")
+    if "intra_op_parallelism_threads" not in names:
+        flags.append(f"intra_op_parallelism_threads={int(threads)}")
+    return " ".join(flags)
+
+
+def pin_cpu_worker(index: int, threads: int) -> list[int] | None:
+    """Restrict this process to ``threads`` of the cores it may use (worker ``index``'s share).
+
+    Used for JAX CPU workers, whose XLA thread pools follow the schedulable cores; returns the cores,
+    or None when nothing was changed (enough cores for everyone, or not Linux).
+    """
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+    if threads >= len(cores):
+        return None
+    start = (index * threads) % len(cores)
+    mine = [cores[(start + i) % len(cores)] for i in range(threads)]
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
 def _error_outcome(exc: BaseException) -> Outcome:
     """ValueErrors are the caller's fault (engine errors carry ``kind``); anything else is a bug."""
     if isinstance(exc, ValueError):
@@ -172,6 +207,12 @@ class KerasRunner:
             os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(self.threads))
             os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(min(2, self.threads)))
             os.environ.setdefault("OMP_NUM_THREADS", str(self.threads))
+            if self.backend == "jax":
+                os.environ["XLA_FLAGS"] = xla_cpu_thread_flags(os.environ.get("XLA_FLAGS", ""), self.threads)
+                pinned = pin_cpu_worker(self.index, self.threads)
+                if pinned is not None:
+                    flags = os.environ["XLA_FLAGS"]
+                    _log(self.index, f"JAX CPU worker pinned to cores {pinned}; XLA_FLAGS={flags}")
         if self.backend != "jax":
             import tensorflow as tf
 

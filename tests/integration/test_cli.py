@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ("--model-repository", "--workers", "--compile", "--backend", "--max-batch-size",
          "--max-queue-delay-ms", "--max-queue-size", "--host", "--grpc-port", "--metrics-port",
          "--max-message-mb", "--max-connection-age-s", "--pre-stop-seconds", "--drain-seconds", "--tls-cert",
-         "--auth-token-file")
+         "--auth-token-file", "--max-inflight", "--batch-timeout-s", "--startup-timeout-s")
 FLAT_REPO = Path(__file__).resolve().parent / "data" / "repository"
 
 
@@ -35,7 +35,8 @@ def test_help_explains_every_flag_and_its_env_var() -> None:
     for flag in FLAGS:
         assert flag in proc.stdout, flag
     text = " ".join(proc.stdout.split())  # argparse wraps lines
-    assert text.count("[env CAMSERVE_") >= 21  # every flag but --help
+    assert text.count("[env CAMSERVE_") >= 24  # every flag but --help
+    assert "CAMSERVE_BATCH_TIMEOUT_S" in text and "CAMSERVE_MAX_INFLIGHT" in text
 
 
 def test_client_entry_point_dispatches_serve() -> None:
@@ -59,6 +60,14 @@ def test_bad_config(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text('{"name": "m", "input_shape": [1, 2]}')
     one_clear_line(serve("--model-repository", str(tmp_path)), "config.json", "field")
+
+
+def test_jax_backend_refuses_graph_compile_and_bad_timeouts_are_clear() -> None:
+    one_clear_line(serve("--backend", "jax", "--compile", "graph"), "jax.jit")
+    one_clear_line(serve(env={"CAMSERVE_BACKEND": "jax", "CAMSERVE_COMPILE": "graph"}), "--compile xla")
+    one_clear_line(serve("--batch-timeout-s", "0"), "> 0")
+    one_clear_line(serve(env={"CAMSERVE_BATCH_TIMEOUT_S": "soon"}), "seconds")
+    one_clear_line(serve("--max-inflight", "-1"), ">= 0")
 
 
 def test_environment_defaults_are_checked() -> None:
