@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from serverproc import ServerProcess, start_server
 
-CONTRACT_CHECK = Path("/work/shared/tools/contract_check.py")
+CONTRACT_CHECK = Path(__file__).resolve().parents[3] / "shared" / "tools" / "contract_check.py"  # ../shared
 ALL_METHODS = (pb.CAM, pb.GRAD_CAM, pb.GRAD_CAM_PLUS_PLUS, pb.LAYER_CAM, pb.HIRES_CAM, pb.XGRAD_CAM,
                pb.EIGEN_CAM)
 ENGINE_NAMES = {pb.CAM: "cam", pb.GRAD_CAM: "gradcam", pb.GRAD_CAM_PLUS_PLUS: "gradcam++",

@@ -20,7 +20,7 @@ from camserve_client._proto import explain_pb2_grpc as pb_grpc
 from serverproc import ServerProcess, start_server
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-CONTRACT_CHECK = Path("/work/shared/tools/contract_check.py")
+CONTRACT_CHECK = Path(__file__).resolve().parents[3] / "shared" / "tools" / "contract_check.py"  # ../shared
 FALLBACK_REPOSITORY = ROOT / "tests" / "integration" / "data" / "repository"
 
 
