@@ -247,7 +247,10 @@ async def closed_loop(target: str, payloads: list[bytes], concurrency: int, warm
                     if t0 >= t_measure:
                         errors[e.code().name] = errors.get(e.code().name, 0) + 1
                 t1 = time.perf_counter()
-                if ok and t_measure <= t0 and t1 <= t_end:
+                # Count by completion time, as perf_analyzer does: a call in flight when the window
+                # opens or closes still delivers its images inside the window if it completes there
+                # (counting only calls that both start and end inside it undercounts by ~latency/duration).
+                if ok and t_measure <= t1 <= t_end:
                     latencies.append(t1 - t0)
                     for r in (resp.responses if per_call > 1 else (resp,)):
                         batch_sizes.append(r.timing.batch_size)
