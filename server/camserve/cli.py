@@ -92,7 +92,7 @@ def _seconds(text: str) -> float:
 
 
 def _workers(text: str) -> str:
-    from camserve.pool import WorkerPlan  # no TensorFlow: the pool only spawns processes
+    from camserve.placement import WorkerPlan  # no TensorFlow: placement only parses and discovers
 
     try:
         return str(WorkerPlan.parse(text))

@@ -44,14 +44,13 @@ from camserve.batcher import (
     WorkItem,
     WorkResult,
 )
+from camserve.placement import WorkerPlan, discover_gpus
 from camserve.pool import (
     DEFAULT_BATCH_TIMEOUT_S,
     DEFAULT_STARTUP_TIMEOUT_S,
     WorkerHandle,
-    WorkerPlan,
     WorkerPool,
     WorkerState,
-    discover_gpus,
 )
 from camserve.repository import ModelConfig
 from camserve.shm import slab_bytes_for

@@ -81,7 +81,7 @@ class ConfigError(ValueError):
 def make_dispatcher(repository: dict[str, ModelConfig], opts: ServerOptions, observer: Any) -> Any:
     """The real Dispatcher (batcher + worker pool); ConfigError with its message on bad settings."""
     from camserve.dispatcher import Dispatcher
-    from camserve.pool import WorkerPlan
+    from camserve.placement import WorkerPlan
 
     try:
         return Dispatcher(repository, WorkerPlan.parse(opts.workers), compile_mode=opts.compile_mode,

@@ -31,7 +31,8 @@ from camserve.dispatcher import (
     WorkItem,
     WorkResult,
 )
-from camserve.pool import WorkerHandle, WorkerPool, WorkerSlot
+from camserve.placement import WorkerSlot
+from camserve.pool import WorkerHandle, WorkerPool
 from camserve.repository import load_repository
 
 RUNNER = f"{toy.__name__}:ToyRunner"
