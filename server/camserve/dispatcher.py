@@ -26,9 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from camserve.batcher import (
+from camserve.batcher import Batcher
+from camserve.placement import WorkerPlan, discover_gpus
+from camserve.pool import (
+    DEFAULT_BATCH_TIMEOUT_S,
+    DEFAULT_STARTUP_TIMEOUT_S,
+    WorkerHandle,
+    WorkerPool,
+    WorkerState,
+)
+from camserve.repository import ModelConfig
+from camserve.shm import slab_bytes_for
+from camserve.work import (
     EXPLAIN_ERROR_KINDS,
-    Batcher,
     BatchFailedError,
     DeadlineExceededError,
     ExplainError,
@@ -44,16 +54,6 @@ from camserve.batcher import (
     WorkItem,
     WorkResult,
 )
-from camserve.placement import WorkerPlan, discover_gpus
-from camserve.pool import (
-    DEFAULT_BATCH_TIMEOUT_S,
-    DEFAULT_STARTUP_TIMEOUT_S,
-    WorkerHandle,
-    WorkerPool,
-    WorkerState,
-)
-from camserve.repository import ModelConfig
-from camserve.shm import slab_bytes_for
 
 __all__ = [
     "EXPLAIN_ERROR_KINDS",

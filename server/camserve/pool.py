@@ -36,8 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from camserve.batcher import (
-    Batch,
+from camserve.batcher import Batch
+from camserve.placement import WorkerSlot
+from camserve.shm import Slab, write_arrays
+from camserve.work import (
     BatchFailedError,
     ExplainError,
     MapResult,
@@ -47,8 +49,6 @@ from camserve.batcher import (
     WorkerLostError,
     WorkResult,
 )
-from camserve.placement import WorkerSlot
-from camserve.shm import Slab, write_arrays
 
 __all__ = [
     "WorkerHandle",

@@ -27,7 +27,10 @@ from camserve_client._proto import explain_pb2 as pb
 from camserve_client._proto import explain_pb2_grpc as pb_grpc
 
 from camserve import codec
-from camserve.batcher import (
+from camserve.codec import DecodedImage, ImageError, OutputSpec
+from camserve.metrics import MIXED_MODELS, Metrics
+from camserve.repository import ModelConfig
+from camserve.work import (
     BatchFailedError,
     DeadlineExceededError,
     ExplainError,
@@ -39,9 +42,6 @@ from camserve.batcher import (
     WorkItem,
     WorkResult,
 )
-from camserve.codec import DecodedImage, ImageError, OutputSpec
-from camserve.metrics import MIXED_MODELS, Metrics
-from camserve.repository import ModelConfig
 
 log = logging.getLogger("camserve.service")
 

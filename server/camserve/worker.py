@@ -8,7 +8,7 @@ Protocol with the parent (``camserve.pool``), one pickled tuple per message on a
 * worker -> parent ``("fatal", message)``: start-up failed; the process then exits with code 3.
 * parent -> worker ``("batch", batch_id, model, refs, specs)``: ``refs`` are
   :class:`camserve.shm.ArrayRef` of the pixels the parent wrote into this worker's slab,
-  ``specs`` the matching :class:`camserve.batcher.ItemRequest`.
+  ``specs`` the matching :class:`camserve.work.ItemRequest`.
 * worker -> parent ``("result", batch_id, outcomes, compute_s)``: one outcome per item, either
   ``("ok", probabilities, [(class_index, score, heatmap, all_zero), ...])`` or
   ``("err", kind, message)``. A caller's mistake never kills the worker.
@@ -42,9 +42,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from camserve.batcher import ItemRequest
 from camserve.repository import ModelConfig
 from camserve.shm import ArrayRef, read_arrays
+from camserve.work import ItemRequest
 
 __all__ = ["ExplainerLike", "KerasRunner", "Runner", "explain_items", "main"]
 

@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from camserve.batcher import (
-    Batch,
-    Batcher,
+from camserve.batcher import Batch, Batcher
+from camserve.work import (
     DeadlineExceededError,
     ItemRequest,
     NotReadyError,

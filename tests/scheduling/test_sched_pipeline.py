@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from camserve.batcher import Batcher, ItemRequest, WorkItem
+from camserve.batcher import Batcher
 from camserve.dispatcher import Dispatcher, WorkerLostError
 from camserve.pool import PIPELINE_DEPTH
 from camserve.shm import ALIGN, read_arrays, write_arrays
+from camserve.work import ItemRequest, WorkItem
 from test_sched_pool import RUNNER, check, make_repo, pixels, run, until
 
 
