@@ -103,7 +103,8 @@ def test_busy_port_fails_before_any_worker_starts(which: str) -> None:
 
 def test_server_modules_do_not_import_tensorflow() -> None:
     code = ("import sys, camserve.cli, camserve.server, camserve.service, camserve.codec, camserve.metrics, "
-            "camserve.dispatcher; bad = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; "
+            "camserve.validation, camserve.dispatcher; "
+            "bad = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
