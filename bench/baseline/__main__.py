@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from camserve_client.loadgen import format_table
+from camserve_client.loadreport import format_table
 from camserve_client.testimages import generated
 
 from bench.baseline.tfkv import TfKerasVisBaseline

@@ -260,7 +260,8 @@ def served(repository: Path, workers: str, log_path: Path, ready_s: float = 420.
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from camserve_client.loadgen import LoadConfig, json_safe, run_load
+    from camserve_client.loadgen import LoadConfig, run_load
+    from camserve_client.loadreport import json_safe
 
     s = _settings(args)
     out_dir = Path(args.out)

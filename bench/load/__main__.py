@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from camserve_client.loadgen import LoadConfig, format_table, json_safe, run_load, write_plot
+from camserve_client.loadgen import LoadConfig, run_load
+from camserve_client.loadreport import format_table, json_safe, write_plot
 from camserve_client.testimages import generated
 
 APPLICATIONS = {

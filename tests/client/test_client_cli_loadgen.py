@@ -10,7 +10,8 @@ import grpc
 import numpy as np
 import pytest
 from camserve_client.cli import main
-from camserve_client.loadgen import LoadConfig, format_table, run_load, summarize, write_plot
+from camserve_client.loadgen import LoadConfig, run_load
+from camserve_client.loadreport import format_table, summarize, write_plot
 from camserve_client.testimages import encode_png
 from client_fake import HEATMAP, FakeServer
 
@@ -137,7 +138,7 @@ def test_loadgen_counts_errors_by_code(fake) -> None:
 
 
 def test_summarize_percentiles_match_numpy() -> None:
-    from camserve_client.loadgen import Sample
+    from camserve_client.loadreport import Sample
 
     lat = np.random.default_rng(0).exponential(10, 1000)
     samples = [Sample(0.0, float(v), "OK", 1.0, 2.0, 3.0, 4) for v in lat] + [Sample(0, 1, "UNAVAILABLE")] * 3
