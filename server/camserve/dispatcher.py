@@ -28,13 +28,7 @@ import numpy as np
 
 from camserve.batcher import Batcher
 from camserve.placement import WorkerPlan, discover_gpus
-from camserve.pool import (
-    DEFAULT_BATCH_TIMEOUT_S,
-    DEFAULT_STARTUP_TIMEOUT_S,
-    WorkerHandle,
-    WorkerPool,
-    WorkerState,
-)
+from camserve.pool import DEFAULT_BATCH_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S, WorkerPool
 from camserve.repository import ModelConfig
 from camserve.shm import slab_bytes_for
 from camserve.work import (
@@ -54,6 +48,7 @@ from camserve.work import (
     WorkItem,
     WorkResult,
 )
+from camserve.workerhandle import WorkerHandle, WorkerState
 
 __all__ = [
     "EXPLAIN_ERROR_KINDS",

@@ -32,8 +32,9 @@ from camserve.dispatcher import (
     WorkResult,
 )
 from camserve.placement import WorkerSlot
-from camserve.pool import WorkerHandle, WorkerPool
+from camserve.pool import WorkerPool
 from camserve.repository import load_repository
+from camserve.workerhandle import WorkerHandle
 
 RUNNER = f"{toy.__name__}:ToyRunner"
 SHAPE = (8, 8, 3)

@@ -156,7 +156,7 @@ def test_bundled_demo_repository() -> None:
 def test_scheduling_modules_import_neither_tensorflow_nor_grpc() -> None:
     code = (
         "import sys, camserve.repository, camserve.work, camserve.batcher, camserve.placement, "
-        "camserve.pool, camserve.dispatcher, camserve.worker, camserve.shm; "
+        "camserve.workerhandle, camserve.pool, camserve.dispatcher, camserve.worker, camserve.shm; "
         "bad = [m for m in ('tensorflow', 'keras', 'jax', 'grpc') if m in sys.modules]; "
         "assert not bad, bad"
     )
