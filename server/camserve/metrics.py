@@ -106,12 +106,13 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def record_rpc(self, model: str | None, method: str, code: str, seconds: float) -> None:
-        """One answered RPC: its status code and, for Explain calls, its duration."""
+    def record_rpc(self, model: str | None, method: str, code: str, seconds: float | None) -> None:
+        """One answered RPC: its status code and, for Explain calls that reached the servicer, its
+        duration (None for calls refused before it, e.g. by the token check)."""
         label = model if model == MIXED_MODELS else self.model_label(model)
         method = method if method in RPC_METHODS else "other"
         self._child(self.requests, label, method, code).inc()
-        if method in ("Explain", "ExplainBatch"):
+        if seconds is not None and method in ("Explain", "ExplainBatch"):
             self._child(self.request_duration, label, method).observe(seconds)
 
     def record_result(self, model: str, queue_s: float, compute_s: float) -> None:

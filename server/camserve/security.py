@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+RejectHook = Callable[[str, str], None]  # (full method name, status code name)
 
 #: RPC method prefixes that never need a token: probes and tooling must work without secrets.
 AUTH_EXEMPT_PREFIXES: tuple[str, ...] = (
@@ -225,11 +226,13 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     without deserialising the request, so unauthenticated bytes never reach a parser or the service.
     """
 
-    def __init__(self, tokens: Iterable[str], exempt_prefixes: Sequence[str] = AUTH_EXEMPT_PREFIXES) -> None:
+    def __init__(self, tokens: Iterable[str], exempt_prefixes: Sequence[str] = AUTH_EXEMPT_PREFIXES,
+                 on_reject: RejectHook | None = None) -> None:
         self._digests = tuple(_digest(t.encode("utf-8")) for t in tokens)
         if not self._digests:
             raise SecurityConfigError("TokenAuthInterceptor needs at least one token")
         self._exempt = tuple(exempt_prefixes)
+        self._on_reject = on_reject
 
     def check(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
         """Return None when the metadata carries an accepted token, else the reason (safe to send and log)."""
@@ -263,6 +266,8 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         if reason is None:
             return await continuation(handler_call_details)
         log.debug("unauthenticated call to %s: %s", method, reason)
+        if self._on_reject is not None:
+            self._on_reject(method, "UNAUTHENTICATED")
         handler = await continuation(handler_call_details)
         return _deny_handler(handler, reason)
 
@@ -292,8 +297,9 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     (reflection) keep grpc's own handling. Wrapped handlers are cached per method.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_reject: RejectHook | None = None) -> None:
         self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._on_reject = on_reject
 
     async def intercept_service(
         self,
@@ -308,12 +314,13 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _parse_inside(handler, method)
+        wrapped = _parse_inside(handler, method, self._on_reject)
         self._cache[method] = (handler, wrapped)
         return wrapped
 
 
-def _parse_inside(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _parse_inside(handler: grpc.RpcMethodHandler, method: str,
+                  on_reject: RejectHook | None = None) -> grpc.RpcMethodHandler:
     """``handler`` with an identity deserialiser and a behaviour that parses first, mapping failures."""
     parse = handler.request_deserializer
     what = method.lstrip("/") or "this method"
@@ -322,6 +329,8 @@ def _parse_inside(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
         try:
             return parse(raw)
         except Exception as e:  # DecodeError, or whatever a custom deserialiser raises
+            if on_reject is not None:
+                on_reject(method, "INVALID_ARGUMENT")
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request body is not a valid protobuf message for {what} ({type(e).__name__}: {e}); "
@@ -360,11 +369,16 @@ def _parse_inside(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
         behavior, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
-def server_interceptors(cfg: SecurityConfig) -> list[grpc.aio.ServerInterceptor]:
+def server_interceptors(cfg: SecurityConfig,
+                        on_reject: RejectHook | None = None) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors the aio server needs, in order: bearer-token check (when tokens are set), then
-    the malformed-request mapping (always), so an unauthenticated body is never even parsed."""
-    auth: list[grpc.aio.ServerInterceptor] = [TokenAuthInterceptor(cfg.auth_tokens)] if cfg.auth else []
-    return [*auth, MalformedRequestInterceptor()]
+    the malformed-request mapping (always), so an unauthenticated body is never even parsed.
+
+    ``on_reject(method, code)`` is told of every call these refuse, so the request counter sees calls
+    that never reach the servicer."""
+    auth: list[grpc.aio.ServerInterceptor] = (
+        [TokenAuthInterceptor(cfg.auth_tokens, on_reject=on_reject)] if cfg.auth else [])
+    return [*auth, MalformedRequestInterceptor(on_reject)]
 
 
 def server_credentials(cfg: SecurityConfig) -> grpc.ServerCredentials | None:

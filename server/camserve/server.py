@@ -118,6 +118,10 @@ class CamServer:
         self._shutdown_task: asyncio.Task[int] | None = None
         self._hurry = asyncio.Event()
 
+    def _count_rejected(self, method: str, code: str) -> None:
+        """Count a call the interceptors refused before the servicer (bad token, unparsable body)."""
+        self.metrics.record_rpc(None, method.rsplit("/", 1)[-1], code, None)
+
     # ------------------------------------------------------------------------ start
 
     async def start(self) -> None:
@@ -129,7 +133,7 @@ class CamServer:
         for name in self.health_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         server = grpc.aio.server(
-            interceptors=server_interceptors(opts.security),
+            interceptors=server_interceptors(opts.security, on_reject=self._count_rejected),
             options=grpc_options(opts),
             maximum_concurrent_rpcs=opts.max_concurrent_rpcs or None,
         )

@@ -289,7 +289,12 @@ class ExplainServicer(RequestValidator, pb_grpc.ExplainServiceServicer):
                 preps.append(self.prepare(r))
             except RequestError as exc:
                 raise RequestError(exc.code, f"requests[{i}]: {exc.message}") from None
+        configs = {p.config.name: p.config for p in preps}
         for name, count in Counter(p.config.name for p in preps).items():
+            limit = configs[name].batching.max_queue_size
+            if count > limit:  # could never fit, so not RESOURCE_EXHAUSTED (which clients retry)
+                raise invalid(f"ExplainBatch carries {count} images for model {name!r}, more than its "
+                              f"queue holds ({limit}); split the call")
             self._shed_if_full(name, count)
         images = await asyncio.gather(*(self._run(self._decode_at, i, p) for i, p in enumerate(preps)))
         tasks = [asyncio.ensure_future(self.dispatcher.submit(

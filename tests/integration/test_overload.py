@@ -50,11 +50,14 @@ def stub(server: ServerProcess) -> pb_grpc.ExplainServiceStub:
 def test_auth_required_but_not_for_health_and_reflection(server: ServerProcess,
                                                          stub: pb_grpc.ExplainServiceStub) -> None:
     req = request(png(digit_images(1)[0]))
+    denied0 = server.metric("camserve_requests_total", method="Explain", code="UNAUTHENTICATED")
     for metadata, words in (((), "missing credentials"), ((("authorization", "Bearer nope"),), "invalid"),
                             ((("authorization", TOKEN),), "Bearer")):
         with pytest.raises(grpc.RpcError) as err:
             stub.Explain(req, metadata=metadata, timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and words in err.value.details()
+    # Refused in the interceptor, before the servicer: still counted by code.
+    assert server.metric("camserve_requests_total", method="Explain", code="UNAUTHENTICATED") == denied0 + 3
     assert stub.Explain(req, metadata=AUTH, timeout=30).explanations
     with server.channel() as ch:
         health = health_pb2_grpc.HealthStub(ch)
@@ -91,3 +94,21 @@ def test_full_queue_is_refused_at_once(server: ServerProcess, stub: pb_grpc.Expl
         server.metric("camserve_batch_size_count", model="demo")  # never more than the max batch
     assert stub.Explain(request(payloads[0]), metadata=AUTH, timeout=30).explanations  # recovers
     print(f"\nqueue {QUEUE}: {ok} OK, {len(full)} RESOURCE_EXHAUSTED of 120 concurrent calls")
+
+
+def test_explain_before_warm_up_is_unavailable_and_says_so() -> None:
+    """DESIGN's "UNAVAILABLE ... not ready" row: the port answers (health NOT_SERVING) while the
+    worker still loads and compiles; an Explain then gets UNAVAILABLE (retryable) and a message."""
+    srv = start_server(wait=False)
+    try:
+        t0 = time.monotonic()
+        while srv.health() != "NOT_SERVING":
+            assert srv.health() != "SERVING", "the server became ready before the test could look"
+            assert time.monotonic() - t0 < 60, srv.log_tail()
+            time.sleep(0.02)
+        with srv.channel() as ch, pytest.raises(grpc.RpcError) as err:
+            pb_grpc.ExplainServiceStub(ch).Explain(request(png(digit_images(1)[0])), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert "still loading" in err.value.details()
+    finally:
+        assert srv.stop() == 0

@@ -210,6 +210,23 @@ def test_explain_batch_matches_single_calls(stub: pb_grpc.ExplainServiceStub, im
     code, details = code_of(stub.ExplainBatch, pb.ExplainBatchRequest(requests=bad))
     assert code == "INVALID_ARGUMENT" and details.startswith("requests[2]:")
     assert stub.ExplainBatch(pb.ExplainBatchRequest(), timeout=10).responses == []
+    # More images for one model than its queue can ever hold: INVALID_ARGUMENT (never retried), not
+    # RESOURCE_EXHAUSTED (which clients retry in vain).
+    too_many = pb.ExplainBatchRequest(requests=[request(png(images[0]))] * 257)  # the demo queue holds 256
+    code, details = code_of(stub.ExplainBatch, too_many)
+    assert code == "INVALID_ARGUMENT" and "split the call" in details, (code, details)
+
+
+def test_unparsable_body_is_invalid_argument_and_counted(server: ServerProcess) -> None:
+    """A body that is not a protobuf message is refused before the servicer, and still counted."""
+    before = server.metric("camserve_requests_total", method="Explain", code="INVALID_ARGUMENT")
+    with server.channel() as ch:
+        raw = ch.unary_unary("/camserve.v1.ExplainService/Explain")  # bytes in, bytes out
+        with pytest.raises(grpc.RpcError) as err:
+            raw(b"\xff\xff\xff\xff not a protobuf message", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf" in err.value.details()
+    assert server.metric("camserve_requests_total", method="Explain", code="INVALID_ARGUMENT") == before + 1
 
 
 # ------------------------------------------------------------------------------------- status codes
