@@ -31,14 +31,15 @@ system-deps:
 	      --no-install-recommends prometheus >/dev/null 2>&1; }; }; } || \
 	  echo "note: prometheus could not be installed; the Prometheus scrape test will skip"
 
-protos: venv  ## regenerate client/camserve_client/_proto from protos/
+protos: venv  ## regenerate client/camserve_proto from protos/
 	$(BIN)/python protos/generate.py
 
 protos-check: venv
 	$(BIN)/python protos/generate.py --check
 
-lint: venv
+lint: venv  ## ruff, and the import-layer contract in pyproject.toml (lint-imports)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: bench-engine bench-serve bench-load  ## every benchmark the README quotes
 

@@ -63,7 +63,7 @@ METRICS = {
     "camserve_model_ready": "gauge",
 }
 
-#: `camserve serve` defaults where camserve.cli cannot be imported (the client-only install).
+#: `camserve serve` defaults where camserve.front.cli cannot be imported (the client-only install).
 FALLBACK_DEFAULTS: dict[str, Any] = {"grpc_port": 50051, "metrics_port": 9464, "host": None,
                                      "pre_stop_seconds": None, "drain_seconds": None,
                                      "model_repository": None, "workers": "auto"}
@@ -148,11 +148,11 @@ ParserFactory = Callable[[], argparse.ArgumentParser]
 
 
 def _serve_parser() -> ParserFactory | None:
-    """camserve serve's own parser factory (`camserve.cli.build_parser`, which reads CAMSERVE_*
+    """camserve serve's own parser factory (`camserve.front.cli.build_parser`, which reads CAMSERVE_*
     defaults when called), or None where the server package is not importable; then
     FALLBACK_DEFAULTS and a small flag table stand in."""
     try:
-        from camserve.cli import build_parser
+        from camserve.front.cli import build_parser
     except Exception:
         return None
     return build_parser

@@ -1,7 +1,8 @@
-"""Regenerate the Python code for protos/camserve/v1/*.proto into client/camserve_client/_proto.
+"""Regenerate the Python code for protos/camserve/v1/*.proto into client/camserve_proto.
 
 Why a script and not a bare protoc line: protoc writes imports as `from camserve.v1 import ...`,
-which would collide with the server package `camserve`; we rewrite them to the client package.
+which would collide with the server package `camserve`; we rewrite them to `camserve_proto`, the
+package both the server and the client import.
 `--check` regenerates into a temporary folder and fails when the committed code has drifted.
 """
 
@@ -15,9 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-TARGET = ROOT / "client" / "camserve_client" / "_proto"
+TARGET = ROOT / "client" / "camserve_proto"
 IMPORT_FROM = "from camserve.v1 import"
-IMPORT_TO = "from camserve_client._proto import"
+IMPORT_TO = "from camserve_proto import"
 
 
 def generate(out_dir: Path) -> list[Path]:

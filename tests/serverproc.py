@@ -1,8 +1,10 @@
-"""Run the real camserve server as a subprocess for tests (any room may use this helper).
+"""Run the real camserve server as a subprocess: the one helper tests and benchmarks start servers with.
 
 Why a subprocess and not an in-process server: the acceptance tests need what users get, including
 signals (SIGTERM drain, exit code), worker processes that can be killed, and a parent process that
-never imports TensorFlow. Usage::
+never imports TensorFlow; the benchmarks measure what users run. Benchmarks import it as
+``tests.serverproc`` (run from the repository root); it needs grpcio and grpcio-health-checking, and
+pytest only for :func:`server_fixture`. Usage::
 
     from serverproc import start_server, server_fixture
 
@@ -36,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A started `python -m camserve.cli serve` subprocess and how to reach it."""
+    """A started `python -m camserve.front.cli serve` subprocess and how to reach it."""
 
     def __init__(self, proc: subprocess.Popen[bytes], grpc_port: int, metrics_port: int, log_path: Path,
                  host: str = "127.0.0.1", credentials: grpc.ChannelCredentials | None = None,
@@ -64,6 +65,7 @@ class ServerProcess:
         self.credentials = credentials
         self.channel_options = list(channel_options)
         self.exit_code: int | None = None
+        self.startup_s = 0.0  # seconds from start to SERVING (set by start_server when it waits)
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -158,6 +160,21 @@ class ServerProcess:
                     pids.append(pid)
         return pids
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds (user + system) used so far by (the server's parent, its worker processes), from
+        /proc (Linux); a worker that already exited is not counted."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pid: int) -> float:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+
+        workers = 0.0
+        for pid in self.worker_pids():
+            with contextlib.suppress(OSError):
+                workers += cpu(pid)
+        return cpu(self.pid), workers
+
     def mapped_files(self) -> str:
         """The parent's /proc/PID/maps (to prove which shared libraries it loaded)."""
         return Path(f"/proc/{self.pid}/maps").read_text()
@@ -203,16 +220,18 @@ def start_server(*args: str, repository: str | os.PathLike[str] | None = None, w
                  wait: bool = True, timeout: float = DEFAULT_START_TIMEOUT, host: str = "127.0.0.1",
                  credentials: grpc.ChannelCredentials | None = None,
                  channel_options: Sequence[tuple[str, Any]] = (),
-                 grpc_port: int | None = None, metrics_port: int | None = None) -> ServerProcess:
-    """Start `python -m camserve.cli serve` on free loopback ports; by default wait for SERVING.
+                 grpc_port: int | None = None, metrics_port: int | None = None,
+                 log_path: Path | None = None) -> ServerProcess:
+    """Start `python -m camserve.front.cli serve` on free loopback ports; by default wait for SERVING.
 
     `args` are extra CLI flags (e.g. "--max-queue-size", "2"); `repository` None serves the bundled
     demo model. `credentials` (and `host`, e.g. "localhost" to match a test certificate) are used by
     the helper's own health checks and `channel()`; pass the matching --tls-* flags in `args`.
+    `metrics_port` -1 serves no metrics; `log_path` None logs to a new temporary file.
     """
     grpc_port = free_port() if grpc_port is None else grpc_port
     metrics_port = free_port() if metrics_port is None else metrics_port
-    cmd = [sys.executable, "-m", "camserve.cli", "serve", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "camserve.front.cli", "serve", "--host", "127.0.0.1",
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--workers", workers,
            "--pre-stop-seconds", str(pre_stop_seconds)]
     if repository is not None:
@@ -222,15 +241,17 @@ def start_server(*args: str, repository: str | os.PathLike[str] | None = None, w
     child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     child_env["PYTHONUNBUFFERED"] = "1"
     child_env.update(env or {})
-    fd, name = tempfile.mkstemp(prefix="camserve-server-", suffix=".log")
-    log_path = Path(name)
-    with os.fdopen(fd, "wb") as log_file:
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="camserve-server-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    with log_path.open("wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=ROOT)
     server = ServerProcess(proc, grpc_port, metrics_port, log_path, host=host, credentials=credentials,
                            channel_options=channel_options)
     if wait:
         try:
-            server.wait_serving(timeout)
+            server.startup_s = server.wait_serving(timeout)
         except BaseException:
             server.kill()
             with contextlib.suppress(Exception):
@@ -241,6 +262,7 @@ def start_server(*args: str, repository: str | os.PathLike[str] | None = None, w
 
 def server_fixture(*args: str, scope: str = "module", **kwargs: Any) -> Any:
     """A pytest fixture (module-scoped by default) yielding a SERVING `ServerProcess`, stopped after."""
+    import pytest
 
     @pytest.fixture(scope=scope)  # type: ignore[call-overload]
     def _server() -> Iterator[ServerProcess]:

@@ -72,8 +72,9 @@ def bench_cell(
     min_iters: int,
 ) -> dict[str, Any]:
     """Compile forward and Grad-CAM for one (model, mode, batch) and time them interleaved."""
-    from camserve.engine import Explainer, ItemSpec
+    from camserve.engine import Explainer
     from camserve.engine.backend_tf import build_forward
+    from camserve.records import ItemSpec
 
     explainer = Explainer(model, target, preprocessing=prep, compile_mode=mode, max_batch_size=batch)
     forward = build_forward(explainer.graph, preprocessing=prep, jit_compile=mode == "xla")

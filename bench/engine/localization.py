@@ -41,7 +41,8 @@ def centre_prior(grid: tuple[int, int]) -> np.ndarray:
 def run(model_dir: Path, samples: int, seed: int, compile_mode: str, batch_size: int) -> dict[str, Any]:
     """Score every method on ``samples`` held-out images; returns the JSON-ready report."""
     import keras
-    from camserve.engine import Explainer, ItemSpec
+    from camserve.engine import Explainer
+    from camserve.records import ItemSpec
 
     config_path = model_dir / "config.json"
     if not config_path.is_file():

@@ -25,15 +25,12 @@ import argparse
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +115,7 @@ def bench_cell(explainer: Any, forward: Callable[[Any], Any], batch: int, size: 
                min_iters: int) -> dict[str, Any]:
     """Compile forward and Grad-CAM at one batch size and time them interleaved (median per call)."""
     import numpy as np
-    from camserve.engine import ItemSpec
+    from camserve.records import ItemSpec
 
     images = np.random.default_rng(batch).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     specs = [ItemSpec("gradcam")] * batch
@@ -220,61 +217,25 @@ def make_repository(root: Path, model: str, size: int, max_batch: int) -> Path:
     return root
 
 
-@contextmanager
-def served(repository: Path, workers: str, log_path: Path, ready_s: float = 420.0) -> Iterator[str]:
-    """``camserve serve --backend jax`` in a subprocess; yields its target once SERVING, then SIGTERM."""
-    from camserve_client import Client
-
-    port = _free_port()
-    cmd = [sys.executable, "-m", "camserve.cli", "serve", "--backend", "jax", "--compile", "xla",
-           "--workers", workers, "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1",
-           "--model-repository", str(repository), "--pre-stop-seconds", "0", "--drain-seconds", "10"]
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONUNBUFFERED="1")
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    target = f"127.0.0.1:{port}"
-    try:
-        t0 = time.monotonic()
-        with Client(target, retries=0) as client:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"camserve serve exited with {proc.returncode}; see {log_path}")
-                try:
-                    if client.health(timeout=2) == "SERVING":
-                        break
-                except Exception:  # not listening yet
-                    pass
-                if time.monotonic() - t0 > ready_s:
-                    raise RuntimeError(f"camserve serve not SERVING after {ready_s:.0f} s; see {log_path}")
-                time.sleep(0.5)
-        print(f"server SERVING after {time.monotonic() - t0:.1f} s", flush=True)
-        yield target
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from camserve_client.loadgen import LoadConfig, run_load
     from camserve_client.loadreport import json_safe
+
+    from tests.serverproc import start_server
 
     s = _settings(args)
     out_dir = Path(args.out)
     report: dict[str, Any] = {"part": "serve", "cpu_mode": args.cpu, "machine": machine(), "settings": s}
     with tempfile.TemporaryDirectory(prefix="camserve-gpu-bench-") as tmp:
         repo = make_repository(Path(tmp) / "repo", s["serve_model"], s["serve_size"], s["serve_batch"])
-        log_path = out_dir / "server.log"
-        t0 = time.monotonic()
-        with served(repo, s["workers"], log_path) as target:
-            report["startup_s"] = round(time.monotonic() - t0, 1)
-            cfg = LoadConfig(target=target, method="gradcam", size="grid", concurrency=s["concurrency"],
-                             duration_s=s["duration_s"], warmup_s=s["warmup_s"], images="auto",
-                             image_count=64, payload="jpeg", quiet=True)
+        with start_server("--backend", "jax", "--compile", "xla", "--drain-seconds", "10", repository=repo,
+                          workers=s["workers"], metrics_port=-1, env={"KERAS_BACKEND": "jax"}, timeout=420,
+                          log_path=out_dir / "server.log") as server:
+            report["startup_s"] = round(server.startup_s, 1)
+            print(f"server SERVING after {server.startup_s:.1f} s", flush=True)
+            cfg = LoadConfig(target=server.target, method="gradcam", size="grid",
+                             concurrency=s["concurrency"], duration_s=s["duration_s"], warmup_s=s["warmup_s"],
+                             images="auto", image_count=64, payload="jpeg", quiet=True)
             load = run_load(cfg)
     report["load"] = json_safe(load)
     for step in load["steps"]:

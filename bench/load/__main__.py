@@ -92,7 +92,7 @@ def format_comparison(model: str, rows: list[dict[str, Any]], best: float) -> st
 
 def run_model(name: str, args: argparse.Namespace, levels: list[int],
               base_levels: list[int]) -> dict[str, Any]:
-    from bench.load.serverctl import BenchServer
+    from tests.serverproc import start_server
 
     with tempfile.TemporaryDirectory(prefix="camserve-bench-repo-") as tmp:
         folder = model_folder(name, Path(tmp), args.max_batch_size)
@@ -105,9 +105,10 @@ def run_model(name: str, args: argparse.Namespace, levels: list[int],
             report = run_load(cfg)
             startup = None
         else:
-            extra = ["--workers", args.workers] + (["--compile", args.compile] if args.compile else [])
+            extra = ["--compile", args.compile] if args.compile else []
             print(f"[{name}] starting camserve (compiling every bucket) ...", file=sys.stderr)
-            server = BenchServer(Path(tmp), extra)
+            server = start_server(*extra, repository=Path(tmp), workers=args.workers, metrics_port=-1,
+                                  timeout=900)
             startup = server.startup_s
             try:
                 cfg.target = server.target

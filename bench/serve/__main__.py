@@ -25,9 +25,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2
 import numpy as np
+
+from tests.serverproc import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -103,7 +102,8 @@ def engine_throughput(repo: Path, name: str, images: list[np.ndarray], max_batch
                       duration: float) -> dict[str, Any]:
     """Full batches through Explainer.explain_batch in this process (images decoded as the server does)."""
     import keras
-    from camserve.engine import Explainer, ItemSpec
+    from camserve.engine import Explainer
+    from camserve.records import ItemSpec
     from camserve.repository import load_repository
 
     cfg = load_repository(repo)[name]
@@ -128,93 +128,13 @@ def engine_throughput(repo: Path, name: str, images: list[np.ndarray], max_batch
             "compile_mode": explainer.info.compile_mode}
 
 
-# ----------------------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A `camserve serve` subprocess on loopback, waited for SERVING; stop() drains with SIGTERM."""
-
-    def __init__(self, repo: Path, args: list[str], timeout: float = 900) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        self.port, self.metrics_port = free_port(), free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        fd, log = tempfile.mkstemp(prefix="camserve-bench-serve-", suffix=".log")
-        self.log = Path(log)
-        cmd = [sys.executable, "-m", "camserve.cli", "serve", "--host", "127.0.0.1", "--grpc-port",
-               str(self.port), "--metrics-port", str(self.metrics_port), "--model-repository", str(repo),
-               "--pre-stop-seconds", "0", *args]
-        with os.fdopen(fd, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        t0 = time.monotonic()
-        with grpc.insecure_channel(self.target) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while True:
-                if self.proc.poll() is not None:
-                    tail = self.log.read_text()[-3000:]
-                    raise SystemExit(f"server exited ({self.proc.returncode}); log:\n{tail}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() - t0 > timeout:
-                    self.stop()
-                    raise SystemExit(f"server not SERVING after {timeout} s; log in {self.log}")
-                time.sleep(0.2)
-        self.startup_s = time.monotonic() - t0
-
-    def cpu_seconds(self) -> tuple[float, float] | None:
-        """(server parent, its worker processes) CPU seconds so far, from /proc (None elsewhere)."""
-        tick = os.sysconf("SC_CLK_TCK")
-
-        def cpu(pid: int) -> float:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / tick
-
-        try:
-            children: set[int] = set()
-            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-                children.update(int(c) for c in (task / "children").read_text().split())
-            workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-            return cpu(self.proc.pid), sum(cpu(w) for w in workers)
-        except OSError:
-            return None
-
-    def metric(self, name: str, **labels: str) -> float:
-        import urllib.request
-
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read()
-        return sum(s.value for fam in text_string_to_metric_families(text.decode()) for s in fam.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait(30)
-
-
 async def closed_loop(target: str, payloads: list[bytes], concurrency: int, warmup: float,
                       duration: float, per_call: int = 1) -> dict[str, Any]:
     """`concurrency` callers, each sending its next request when the previous answer arrives.
 
     With `per_call` > 1 the payloads are ExplainBatchRequests of that many images each."""
     import grpc
-    from camserve_client._proto import explain_pb2 as pb
+    from camserve_proto import explain_pb2 as pb
 
     identity = lambda b: b  # noqa: E731 - pre-serialized requests go out as they are
     options = [("grpc.max_receive_message_length", 64 << 20)]
@@ -284,7 +204,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     print(f"[{name}] in-process engine: batch {args.max_batch_size}, {args.duration:.0f} s ...", flush=True)
     engine = engine_throughput(repo, name, images, args.max_batch_size, args.compile, args.duration)
     print(f"[{name}]   {engine['images_per_s']:.1f} img/s", flush=True)
-    from camserve_client._proto import explain_pb2 as pb
+    from camserve_proto import explain_pb2 as pb
 
     reqs = [pb.ExplainRequest(model=name, image=pb.Image(encoded=b)) for b in payloads_jpeg]
     k = args.batch_per_call
@@ -294,8 +214,8 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     else:
         payloads = [r.SerializeToString() for r in reqs]
     print(f"[{name}] starting camserve serve ({args.workers}) ...", flush=True)
-    server = Server(repo, ["--workers", args.workers, "--max-batch-size", str(args.max_batch_size),
-                           "--compile", args.compile, "--max-queue-size", "4096"])
+    server = start_server("--max-batch-size", str(args.max_batch_size), "--compile", args.compile,
+                          "--max-queue-size", "4096", repository=repo, workers=args.workers, timeout=900)
     try:
         print(f"[{name}]   SERVING after {server.startup_s:.1f} s; closed loop, concurrency "
               f"{args.concurrency}, "
@@ -304,7 +224,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         served = asyncio.run(closed_loop(server.target, payloads, args.concurrency, args.warmup,
                                          args.duration, k))
         cpu1, count1 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
-        if cpu0 and cpu1 and count1 > count0:
+        if count1 > count0:
             per = 1e3 / (count1 - count0)
             served["parent_cpu_ms_per_image"] = (cpu1[0] - cpu0[0]) * per
             served["worker_cpu_ms_per_image"] = (cpu1[1] - cpu0[1]) * per

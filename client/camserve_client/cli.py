@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
         try:
-            from camserve.cli import main as serve_main
+            from camserve.front.cli import main as serve_main
         except ImportError as exc:  # the light install has no TensorFlow
             print(f"camserve serve needs the server extra: pip install 'camserve[server]' ({exc})",
                   file=sys.stderr)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from camserve_proto import explain_pb2 as pb
+from camserve_proto import explain_pb2_grpc as pb_grpc
 
 from camserve_client import __version__, _health
-from camserve_client._proto import explain_pb2 as pb
-from camserve_client._proto import explain_pb2_grpc as pb_grpc
 from camserve_client.errors import (
     CamserveError,
     DeadlineExceeded,

@@ -27,9 +27,9 @@ from typing import Any
 
 import grpc
 import numpy as np
+from camserve_proto import explain_pb2 as pb
 
 from camserve_client import __version__
-from camserve_client._proto import explain_pb2 as pb
 from camserve_client.client import AsyncClient
 from camserve_client.loadreport import Sample, format_table, json_safe, summarize, write_plot
 from camserve_client.progress import Progress

@@ -13,25 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from camserve_client._proto import explain_pb2 as pb
+from camserve_proto import explain_pb2 as pb
+from camserve_proto import vocabulary as wire
 
 ImageLike = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
-# Engine method names (ARCHITECTURE.md) <-> wire enum.
-METHODS: dict[str, int] = {
-    "cam": pb.CAM,
-    "gradcam": pb.GRAD_CAM,
-    "gradcam++": pb.GRAD_CAM_PLUS_PLUS,
-    "layercam": pb.LAYER_CAM,
-    "hirescam": pb.HIRES_CAM,
-    "xgradcam": pb.XGRAD_CAM,
-    "eigencam": pb.EIGEN_CAM,
-}
+#: Method name -> wire enum value (names derived from the .proto: camserve_proto.vocabulary).
+METHODS: dict[str, int] = dict(wire.METHODS)
 _METHOD_NAMES = {v: k for k, v in METHODS.items()}
-_SIZES = {"grid": pb.CONV_GRID, "input": pb.MODEL_INPUT, "original": pb.ORIGINAL}
-_FORMATS = {None: pb.IMAGE_FORMAT_UNSPECIFIED, "png": pb.PNG, "jpeg": pb.JPEG, "jpg": pb.JPEG}
-_COLORMAPS = {"jet": pb.JET, "turbo": pb.TURBO, "viridis": pb.VIRIDIS, "inferno": pb.INFERNO}
+_SIZES = wire.HEATMAP_SIZES
+_FORMATS: dict[str | None, int] = {None: pb.IMAGE_FORMAT_UNSPECIFIED, **wire.IMAGE_FORMATS, "jpg": pb.JPEG}
+_COLORMAPS = wire.COLORMAPS
 
 
 def method_enum(method: str | int) -> int:
@@ -48,8 +40,8 @@ def method_enum(method: str | int) -> int:
 
 
 def method_name(value: int) -> str:
-    """The engine name for a wire enum ('gradcam' for unset, the server's default)."""
-    return _METHOD_NAMES.get(value, "gradcam")
+    """The method name for a wire enum (the server's default, 'gradcam', for unset)."""
+    return _METHOD_NAMES.get(value, wire.DEFAULTS["method"])
 
 
 @dataclass(frozen=True)

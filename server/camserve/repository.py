@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from camserve.vocabulary import PREPROCESSING, SCORES
+
 __all__ = [
-    "PREPROCESSING",
-    "SCORES",
     "BatchingConfig",
     "ModelConfig",
     "RepositoryError",
@@ -33,24 +33,11 @@ __all__ = [
     "with_batching",
 ]
 
-PREPROCESSING = ("caffe", "tf", "torch", "none")
-SCORES = ("logits", "probability")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _APP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TOP_KEYS = {
-    "name",
-    "version",
-    "model_file",
-    "application",
-    "weights",
-    "input_shape",
-    "preprocessing",
-    "target_layer",
-    "labels_file",
-    "score",
-    "batching",
-    "description",
-}
+#: The fields a config.json may hold (ARCHITECTURE.md, "Model repository").
+_TOP_KEYS = frozenset(["name", "version", "model_file", "application", "weights", "input_shape",
+                       "preprocessing", "target_layer", "labels_file", "score", "batching", "description"])
 _BATCH_KEYS = {"max_batch_size", "max_queue_delay_ms", "max_queue_size"}
 MAX_BATCH_LIMIT = 1024
 MAX_QUEUE_DELAY_MS_LIMIT = 60_000.0

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from camserve_client._proto import explain_pb2 as pb
-from camserve_client._proto import explain_pb2_grpc as pb_grpc
+from camserve_proto import explain_pb2 as pb
+from camserve_proto import explain_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 HEATMAP = (np.arange(20, dtype=np.float32).reshape(4, 5) / 19.0).astype(np.float32)

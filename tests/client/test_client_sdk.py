@@ -16,9 +16,9 @@ import grpc
 import numpy as np
 import pytest
 from camserve_client import _health
-from camserve_client._proto import explain_pb2 as pb
 from camserve_client.client import RetryPolicy, resolve_targets
 from camserve_client.testimages import encode_png
+from camserve_proto import explain_pb2 as pb
 from client_fake import HEATMAP, FakeServer
 from grpc_health.v1 import health_pb2
 

@@ -97,7 +97,8 @@ def test_light_install_has_no_tensorflow_and_talks_to_a_server(tmp_path: Path) -
             names = z.namelist()
         base = sorted(re.split(r"[=<> ;\[]", r)[0].lower() for r in requires if "extra ==" not in r)
         assert base == sorted(BASE_DEPS), requires
-        assert "camserve_client/_proto/explain_pb2.py" in names and "camserve_client/cli.py" in names
+        assert "camserve_proto/explain_pb2.py" in names and "camserve_proto/vocabulary.py" in names
+        assert "camserve_client/cli.py" in names
 
         venv = tmp_path / "fresh"
         proc = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])

@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from camserve_client._proto import explain_pb2, explain_pb2_grpc
+from camserve_proto import explain_pb2, explain_pb2_grpc
 from serverproc import ServerProcess
 
 from deploy import check

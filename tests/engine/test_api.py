@@ -8,13 +8,14 @@ import sys
 import keras
 import numpy as np
 import pytest
-from camserve.engine import CamNotSupportedError, ClassIndexError, Explainer, InvalidInputError, ItemSpec
+from camserve.engine import CamNotSupportedError, ClassIndexError, Explainer, InvalidInputError
+from camserve.records import ItemSpec
 
 
 def test_import_camserve_does_not_load_tensorflow() -> None:
     code = (
         "import sys, camserve, camserve.engine, camserve.engine.overlay, camserve.engine.errors\n"
-        "from camserve.engine import ItemSpec, ModelSummary\n"
+        "from camserve.records import ItemSpec, ModelSummary\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'heavy import'\n"
         "from camserve import GradCAM, CAM, EigenCAM\n"
         "assert GradCAM.method == 'gradcam'\n"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from camserve.engine import Explainer, ItemSpec
+from camserve.engine import Explainer
 from camserve.engine.explainer import buckets_for
+from camserve.records import ItemSpec
 
 H = W = 5
 CIN, C, D, N = 2, 3, 4, 3

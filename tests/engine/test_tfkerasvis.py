@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from camserve.engine import Explainer, ItemSpec
+from camserve.engine import Explainer
+from camserve.records import ItemSpec
 
 pytest.importorskip("tf_keras_vis")
 

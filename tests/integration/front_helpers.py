@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from camserve.repository import bundled_repository_path
-from camserve_client._proto import explain_pb2 as pb
+from camserve_proto import explain_pb2 as pb
 
 HERE = Path(__file__).resolve().parent
 FLAT_DIR = HERE / "data" / "repository" / "flat"

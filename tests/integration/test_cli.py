@@ -24,8 +24,8 @@ FLAT_REPO = Path(__file__).resolve().parent / "data" / "repository"
 
 def serve(*args: str, env: dict[str, str] | None = None, timeout: float = 60
           ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m camserve.cli serve ARGS` to completion."""
-    return subprocess.run([sys.executable, "-m", "camserve.cli", "serve", *args], capture_output=True,
+    """Run `python -m camserve.front.cli serve ARGS` to completion."""
+    return subprocess.run([sys.executable, "-m", "camserve.front.cli", "serve", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
@@ -102,8 +102,9 @@ def test_busy_port_fails_before_any_worker_starts(which: str) -> None:
 
 
 def test_server_modules_do_not_import_tensorflow() -> None:
-    code = ("import sys, camserve.cli, camserve.server, camserve.service, camserve.codec, camserve.metrics, "
-            "camserve.validation, camserve.dispatcher; "
+    code = ("import sys, camserve.front.cli, camserve.front.server, camserve.front.service, "
+            "camserve.front.codec, camserve.front.metrics, camserve.front.requests, camserve.front.replies, "
+            "camserve.front.interceptors, camserve.scheduling.dispatcher; "
             "bad = [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)

@@ -1,4 +1,4 @@
-"""codec.py against OpenCV/NumPy references on real photographs (no server needed, a few seconds)."""
+"""camserve.front.codec against OpenCV/NumPy references on real photographs (no server, a few seconds)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from camserve import codec
-from camserve.codec import ImageError, OutputSpec
+from camserve.front import codec
+from camserve.front.codec import ImageError, OutputSpec
 from skimage import data as skdata
 
 INPUT = (64, 64, 3)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from camserve_client._proto import explain_pb2_grpc as pb_grpc
+from camserve_proto import explain_pb2_grpc as pb_grpc
 from front_helpers import digit_images, make_repository, png, request
 from serverproc import ServerProcess, start_server
 

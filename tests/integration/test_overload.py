@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from camserve_client._proto import explain_pb2 as pb
-from camserve_client._proto import explain_pb2_grpc as pb_grpc
+from camserve_proto import explain_pb2 as pb
+from camserve_proto import explain_pb2_grpc as pb_grpc
 from front_helpers import digit_images, make_repository, png, request
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase

@@ -18,8 +18,8 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from camserve_client._proto import explain_pb2 as pb
-from camserve_client._proto import explain_pb2_grpc as pb_grpc
+from camserve_proto import explain_pb2 as pb
+from camserve_proto import explain_pb2_grpc as pb_grpc
 from front_helpers import digit_images, heatmap, jpeg, make_repository, png, request
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -141,7 +141,8 @@ def test_64_concurrent_calls_are_batched(server: ServerProcess, stub: pb_grpc.Ex
 def test_heatmaps_equal_the_in_process_engine(stub: pb_grpc.ExplainServiceStub, images: np.ndarray) -> None:
     """Every method, top-2, over gRPC (lossless PNG at the input size) vs Explainer in this process."""
     import keras
-    from camserve.engine import Explainer, ItemSpec
+    from camserve.engine import Explainer
+    from camserve.records import ItemSpec
     from front_helpers import demo_dir
 
     model = keras.saving.load_model(demo_dir() / "model.keras", compile=False)

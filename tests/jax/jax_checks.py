@@ -37,9 +37,9 @@ from camserve.engine import (  # noqa: E402
     Explainer,
     GradCAM,
     InvalidInputError,
-    ItemSpec,
 )
 from camserve.engine.preprocess import preprocess_numpy  # noqa: E402
+from camserve.records import ItemSpec  # noqa: E402
 from engine import test_reference as ref  # noqa: E402
 from jax_models import flat_and_nested, policy_copy, small_bn_model, small_gap_model  # noqa: E402
 

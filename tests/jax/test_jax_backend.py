@@ -76,7 +76,8 @@ def _cases(keras: Any) -> list[dict[str, Any]]:
 def cross(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
     """Saved .keras files + inputs for the JAX side, and the TensorFlow backend's maps."""
     keras = _tf_keras()
-    from camserve.engine import Explainer, ItemSpec
+    from camserve.engine import Explainer
+    from camserve.records import ItemSpec
 
     root = tmp_path_factory.mktemp("cross")
     manifest, tf_maps = [], {}

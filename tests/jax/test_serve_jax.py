@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from camserve.repository import bundled_repository_path, load_repository
-from camserve_client._proto import explain_pb2 as pb
-from camserve_client._proto import explain_pb2_grpc as pb_grpc
+from camserve_proto import explain_pb2 as pb
+from camserve_proto import explain_pb2_grpc as pb_grpc
 from serverproc import ServerProcess, start_server
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -64,7 +64,8 @@ def test_workers_run_keras_on_jax_without_tensorflow(server: ServerProcess,
 def test_served_maps_equal_tensorflow_engine(stub: pb_grpc.ExplainServiceStub) -> None:
     """Same .keras file: JAX-served heatmaps == the TF engine's in-process maps (1e-4)."""
     import keras
-    from camserve.engine import Explainer, ItemSpec
+    from camserve.engine import Explainer
+    from camserve.records import ItemSpec
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the reference side needs Keras on TensorFlow in this process")

@@ -12,7 +12,7 @@ import zlib
 from functools import cache
 
 import numpy as np
-from camserve_client._proto import explain_pb2
+from camserve_proto import explain_pb2
 from hypothesis import strategies as st
 from relkit import encode, photo
 

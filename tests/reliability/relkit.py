@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import grpc
 import numpy as np
-from camserve_client._proto import explain_pb2, explain_pb2_grpc
+from camserve_proto import explain_pb2, explain_pb2_grpc
 
 SOAK = os.environ.get("CAMSERVE_SOAK", "") not in ("", "0")
 RESULTS_DIR = Path(os.environ.get("CAMSERVE_RELIABILITY_RESULTS",

@@ -38,7 +38,7 @@ WATCHDOG_S = 3.0
 
 def _watchdog_flag() -> str | None:
     """The CLI flag setting the per-batch watchdog, if this build has one."""
-    out = subprocess.run([sys.executable, "-m", "camserve.cli", "serve", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "camserve.front.cli", "serve", "--help"], capture_output=True,
                          text=True, timeout=60).stdout
     for flag in ("--batch-timeout-s", "--batch-timeout", "--worker-batch-timeout-s", "--watchdog-s"):
         if flag in out:

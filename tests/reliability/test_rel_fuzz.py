@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from camserve_client._proto import explain_pb2, explain_pb2_grpc
+from camserve_proto import explain_pb2, explain_pb2_grpc
 from fuzzgen import (
     crafted_png,
     float_pixels,

@@ -22,8 +22,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sched_toy_runner as toy
-from camserve.dispatcher import Dispatcher, ItemRequest, WorkItem
+from camserve.records import ItemSpec
 from camserve.repository import load_repository
+from camserve.scheduling.batcher import WorkItem
+from camserve.scheduling.dispatcher import Dispatcher
 
 
 async def measure(size: int, batch: int, n: int, workers: str) -> dict[str, float]:
@@ -42,7 +44,7 @@ async def measure(size: int, batch: int, n: int, workers: str) -> dict[str, floa
         while not disp.ready():
             await asyncio.sleep(0.02)
         px = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-        spec = ItemRequest("noop")
+        spec = ItemSpec("noop")
         await asyncio.gather(*(disp.submit(WorkItem("probe", px, spec)) for _ in range(batch * 2)))
         t0 = time.perf_counter()
         results = await asyncio.gather(*(disp.submit(WorkItem("probe", px, spec)) for _ in range(n)))

@@ -1,4 +1,4 @@
-"""The batch-formation rule of camserve.batcher, with no model and no process at all."""
+"""The batch-formation rule of camserve.scheduling.batcher, with no model and no process at all."""
 
 from __future__ import annotations
 
@@ -10,16 +10,9 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import numpy as np
-import pytest
-from camserve.batcher import Batch, Batcher
-from camserve.work import (
-    DeadlineExceededError,
-    ItemRequest,
-    NotReadyError,
-    QueueFullError,
-    UnknownModelError,
-    WorkItem,
-)
+from camserve.records import ErrorKind, Failure, ItemSpec
+from camserve.scheduling.batcher import Batch, Batcher, WorkItem
+from kinds import raises_kind
 
 PX = np.zeros((2, 2, 3), np.uint8)
 T = TypeVar("T")
@@ -59,7 +52,7 @@ def tags(batch: Batch | None) -> list[int]:
 
 def tagged(n: int, model: str = "m", deadline: float | None = None) -> WorkItem:
     """An item whose pixels carry ``n`` so batches can be read back in order."""
-    return WorkItem(model, np.full((2, 2, 3), n, np.uint8), ItemRequest(), deadline)
+    return WorkItem(model, np.full((2, 2, 3), n, np.uint8), ItemSpec(), deadline)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -141,7 +134,7 @@ def test_bounded_queue_refuses_at_once_and_frees_space_when_taken() -> None:
         for i in range(3):
             b.put(tagged(i))
         t0 = time.monotonic()
-        with pytest.raises(QueueFullError, match="full"):
+        with raises_kind(ErrorKind.QUEUE_FULL, match="full"):
             b.put(tagged(9))
         assert time.monotonic() - t0 < 0.05
         assert b.depth("m") == 3
@@ -172,7 +165,7 @@ def test_expired_request_is_answered_at_its_deadline_and_never_batched() -> None
         t0 = time.monotonic()
         doomed = b.put(tagged(1, deadline=t0 + 0.05))
         b.put(tagged(2))
-        with pytest.raises(DeadlineExceededError, match="deadline"):
+        with raises_kind(ErrorKind.DEADLINE, match="deadline"):
             await doomed.future
         assert time.monotonic() - t0 < 0.25  # answered at its deadline, not at batch time
         assert obs.dropped == [("m", "deadline")]
@@ -196,7 +189,7 @@ def test_expired_request_dropped_when_batch_forms_even_without_its_timer() -> No
         b.put(tagged(2))
         time.sleep(0.05)  # block the loop past the deadline
         assert tags(await b.next_batch()) == [2]
-        with pytest.raises(DeadlineExceededError):
+        with raises_kind(ErrorKind.DEADLINE):
             await p.future
         assert obs.dropped == [("m", "deadline")]
 
@@ -207,7 +200,7 @@ def test_already_expired_request_is_refused_at_put() -> None:
     async def main() -> None:
         obs = Recorder()
         b = Batcher({"m": (8, 0.0, 100)}, observer=obs)
-        with pytest.raises(DeadlineExceededError):
+        with raises_kind(ErrorKind.DEADLINE):
             b.put(tagged(1, deadline=time.monotonic() - 1))
         assert obs.dropped == [("m", "deadline")]
         assert b.depth("m") == 0
@@ -246,13 +239,13 @@ def test_cancelled_caller_is_dropped_and_its_future_never_set() -> None:
 
 
 def test_requests_with_different_specs_share_a_batch() -> None:
-    async def main() -> list[ItemRequest]:
+    async def main() -> list[ItemSpec]:
         b = Batcher({"m": (8, 0.0, 100)})
         specs = [
-            ItemRequest("gradcam"),
-            ItemRequest("cam", class_index=3),
-            ItemRequest("layercam", top_k=3),
-            ItemRequest("gradcam", target_layer="block1"),
+            ItemSpec("gradcam"),
+            ItemSpec("cam", class_index=3),
+            ItemSpec("layercam", top_k=3),
+            ItemSpec("gradcam", target_layer="block1"),
         ]
         for s in specs:
             b.put(WorkItem("m", PX, s))
@@ -261,10 +254,10 @@ def test_requests_with_different_specs_share_a_batch() -> None:
         return [p.item.spec for p in batch.items]
 
     assert run(main()) == [
-        ItemRequest("gradcam"),
-        ItemRequest("cam", class_index=3),
-        ItemRequest("layercam", top_k=3),
-        ItemRequest("gradcam", target_layer="block1"),
+        ItemSpec("gradcam"),
+        ItemSpec("cam", class_index=3),
+        ItemSpec("layercam", top_k=3),
+        ItemSpec("gradcam", target_layer="block1"),
     ]
 
 
@@ -306,12 +299,12 @@ def test_a_full_queue_is_not_held_behind_one_still_waiting_for_its_delay() -> No
 def test_unknown_model_and_closed_batcher() -> None:
     async def main() -> None:
         b = Batcher({"m": (8, 5.0, 100)})
-        with pytest.raises(UnknownModelError, match="'x'"):
+        with raises_kind(ErrorKind.UNKNOWN_MODEL, match="'x'"):
             b.put(tagged(1, model="x"))
         b.put(tagged(1))
         b.put(tagged(2))
         b.close()
-        with pytest.raises(NotReadyError, match="draining"):
+        with raises_kind(ErrorKind.NOT_READY, match="draining"):
             b.put(tagged(3))
         t0 = time.monotonic()
         assert tags(await b.next_batch()) == [1, 2]  # draining: no 5 s wait
@@ -371,12 +364,9 @@ def test_random_traffic_every_request_answered_exactly_once() -> None:
             px.reshape(-1)[:4].view(np.int32)[0] = n
             deadline = time.monotonic() + rng.random() * 0.02 if rng.random() < 0.3 else None
             try:
-                p = b.put(WorkItem(model, px, ItemRequest(), deadline))
-            except QueueFullError:
-                outcomes[n] = "full"
-                return
-            except DeadlineExceededError:
-                outcomes[n] = "expired"
+                p = b.put(WorkItem(model, px, ItemSpec(), deadline))
+            except Failure as exc:
+                outcomes[n] = {ErrorKind.QUEUE_FULL: "full", ErrorKind.DEADLINE: "expired"}[exc.kind]
                 return
             try:
                 if rng.random() < 0.2:
@@ -386,7 +376,8 @@ def test_random_traffic_every_request_answered_exactly_once() -> None:
                         return
                 assert await p.future == n
                 outcomes[n] = "ok"
-            except DeadlineExceededError:
+            except Failure as exc:
+                assert exc.kind is ErrorKind.DEADLINE, exc
                 outcomes[n] = "expired"
 
         consumers = [asyncio.ensure_future(consumer()) for _ in range(3)]

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from camserve.dispatcher import Dispatcher, ExplainError, ItemRequest, WorkItem, WorkResult
+from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec, ModelSummary
 from camserve.repository import ModelConfig, load_repository
+from camserve.scheduling.batcher import WorkItem
+from camserve.scheduling.dispatcher import Dispatcher
 
 pytestmark = pytest.mark.timeout(300)
 SHAPE = (16, 16, 3)
@@ -47,9 +49,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelConfig]:
     return load_repository(root)
 
 
-def reference(cfg: ModelConfig, images: list[np.ndarray], specs: list[ItemRequest]) -> list[Any]:
+def reference(cfg: ModelConfig, images: list[np.ndarray], specs: list[ItemSpec]) -> list[Any]:
     import keras
-    from camserve.engine import Explainer, ItemSpec
+    from camserve.engine import Explainer
 
     assert cfg.model_path is not None
     model = keras.saving.load_model(cfg.model_path, compile=False)
@@ -71,22 +73,22 @@ def test_real_worker_matches_the_in_process_engine(repo: dict[str, ModelConfig])
     images: list[np.ndarray] = [rng.integers(0, 256, SHAPE, dtype=np.uint8) for _ in range(8)]
     images[7] = (images[7].astype(np.float32) / 127.5 - 1.0).astype(np.float32)  # already preprocessed
     specs = [
-        ItemRequest("gradcam"),
-        ItemRequest("cam", class_index=2),
-        ItemRequest("layercam", top_k=2),
-        ItemRequest("gradcam++"),
-        ItemRequest("eigencam"),
-        ItemRequest("hirescam", class_index=4),
-        ItemRequest("gradcam", target_layer="c1"),
-        ItemRequest("xgradcam"),
+        ItemSpec("gradcam"),
+        ItemSpec("cam", class_index=2),
+        ItemSpec("layercam", top_k=2),
+        ItemSpec("gradcam++"),
+        ItemSpec("eigencam"),
+        ItemSpec("hirescam", class_index=4),
+        ItemSpec("gradcam", target_layer="c1"),
+        ItemSpec("xgradcam"),
     ]
     bad = [
-        ItemRequest("gradcam", class_index=9),
-        ItemRequest("gradcam", target_layer="nope"),
-        ItemRequest("cam", target_layer="c1"),
+        ItemSpec("gradcam", class_index=9),
+        ItemSpec("gradcam", target_layer="nope"),
+        ItemSpec("cam", target_layer="c1"),
     ]
 
-    async def main() -> tuple[list[WorkResult], list[BaseException | WorkResult], dict[str, Any]]:
+    async def main() -> tuple[list[ItemResult], list[BaseException | ItemResult], ModelSummary]:
         d = Dispatcher(repo, "cpu:1", compile_mode="graph")
         await d.start()
         try:
@@ -110,10 +112,10 @@ def test_real_worker_matches_the_in_process_engine(repo: dict[str, ModelConfig])
             await d.stop(10)
 
     good, errs, summary = asyncio.run(main())
-    assert summary["buckets"] == [1, 2, 4]
-    assert summary["target_layer"] == "features" and summary["num_classes"] == 5
-    assert summary["compile_mode"] == "graph" and summary["cam_supported"] is True
-    assert {layer["name"] for layer in summary["layers"]} >= {"c1", "features"}
+    assert summary.buckets == (1, 2, 4)
+    assert summary.target_layer == "features" and summary.num_classes == 5
+    assert summary.compile_mode == "graph" and summary.cam_supported is True
+    assert {layer.name for layer in summary.layers} >= {"c1", "features"}
 
     assert max(r.batch_size for r in good) > 1
     for got, want, spec in zip(good, reference(repo["tiny"], images, specs), specs, strict=True):
@@ -124,6 +126,6 @@ def test_real_worker_matches_the_in_process_engine(repo: dict[str, ModelConfig])
             assert gm.all_zero == wm.all_zero
             assert gm.score == pytest.approx(wm.score, abs=1e-5)
 
-    kinds = [e.kind if isinstance(e, ExplainError) else repr(e) for e in errs]
-    assert kinds == ["class_index", "unknown_layer", "cam_not_supported"]
+    kinds = [e.kind if isinstance(e, Failure) else repr(e) for e in errs]
+    assert kinds == [ErrorKind.CLASS_INDEX, ErrorKind.UNKNOWN_LAYER, ErrorKind.CAM_NOT_SUPPORTED]
     assert "0..4" in str(errs[0]) and "'nope'" in str(errs[1]) and "c1" in str(errs[2])

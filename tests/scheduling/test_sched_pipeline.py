@@ -14,16 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from camserve.batcher import Batcher
-from camserve.dispatcher import Dispatcher, WorkerLostError
-from camserve.pool import PIPELINE_DEPTH
-from camserve.shm import ALIGN, read_arrays, write_arrays
-from camserve.work import ItemRequest, WorkItem
+from camserve.records import ErrorKind, Failure, ItemSpec
+from camserve.scheduling.batcher import Batcher, WorkItem
+from camserve.scheduling.dispatcher import Dispatcher
+from camserve.scheduling.pool import PIPELINE_DEPTH
+from camserve.worker.slab import ALIGN, read_arrays, write_arrays
 from test_sched_pool import RUNNER, check, make_repo, pixels, run, until
 
 
+def lost(outcome: object) -> bool:
+    return isinstance(outcome, Failure) and outcome.kind is ErrorKind.WORKER_LOST
+
+
 def item(n: int) -> WorkItem:
-    return WorkItem("m", np.full((2, 2, 3), n, np.uint8), ItemRequest())
+    return WorkItem("m", np.full((2, 2, 3), n, np.uint8), ItemSpec())
 
 
 # --------------------------------------------------------------------------- batcher (no process)
@@ -114,7 +118,7 @@ def test_worker_holds_a_second_full_batch_and_answers_both(tmp_path: Path) -> No
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.ensure_future(watch())
-        specs = [ItemRequest("sleep", top_k=0.1)] * 6
+        specs = [ItemSpec("sleep", top_k=0.1)] * 6
         res = await asyncio.gather(*(d.submit(WorkItem("toy", pixels(i), s)) for i, s in enumerate(specs)))
         watcher.cancel()
         for i, r in enumerate(res):
@@ -143,7 +147,7 @@ def test_kill_9_fails_both_held_batches_at_once(tmp_path: Path) -> None:
         await d.start()
         await until(d.ready, what="ready")
         (w,) = d.pool.workers
-        subs = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=5))))
+        subs = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=5))))
                 for i in range(4)]
         await until(lambda: len(w.batches) == 2, what="two batches held")
         assert w.pid is not None
@@ -151,7 +155,7 @@ def test_kill_9_fails_both_held_batches_at_once(tmp_path: Path) -> None:
         os.kill(w.pid, signal.SIGKILL)
         outs = await asyncio.gather(*subs, return_exceptions=True)
         assert time.monotonic() - t0 < 1.0
-        assert all(isinstance(o, WorkerLostError) and "signal 9" in str(o) for o in outs), outs
+        assert all(lost(o) and "signal 9" in str(o) for o in outs), outs
         await until(d.ready, timeout=30, what="restart")
         check(await d.submit(WorkItem("toy", pixels(7))), pixels(7))
         await d.stop(5)
@@ -169,21 +173,21 @@ def test_watchdog_times_each_batch_from_its_start(tmp_path: Path) -> None:
         (w,) = d.pool.workers
         pid = w.pid
         # Two batches of 2 x 0.35 s: 1.4 s together, each under the 1 s watchdog -> nobody is killed.
-        ok = await asyncio.gather(*(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=0.35)))
+        ok = await asyncio.gather(*(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.35)))
                                     for i in range(4)))
         assert [r.batch_size for r in ok] == [2] * 4 and w.pid == pid
         # The second batch hangs (2 x 3 s): it is killed about 1 s after IT started, the first is answered.
-        first = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=0.2))))
+        first = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.2))))
                  for i in range(2)]
         await until(lambda: len(w.batches) == 1, what="first batch sent")
-        second = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=3))))
+        second = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=3))))
                   for i in range(2)]
         t0 = time.monotonic()
         for f in first:
             check(await f, pixels(first.index(f)))
         outs = await asyncio.gather(*second, return_exceptions=True)
         took = time.monotonic() - t0
-        assert all(isinstance(o, WorkerLostError) and "watchdog" in str(o) for o in outs), outs
+        assert all(lost(o) and "watchdog" in str(o) for o in outs), outs
         assert 0.9 <= took < 3.0, took
         await until(d.ready, timeout=30, what="restart")
         assert w.pid != pid

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from camserve.placement import WorkerPlan, WorkerSlot, discover_gpus
+from camserve.scheduling.placement import WorkerPlan, WorkerSlot, discover_gpus
 
 
 @pytest.mark.parametrize(

@@ -18,23 +18,14 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 import sched_toy_runner as toy
-from camserve.dispatcher import (
-    BatchFailedError,
-    DeadlineExceededError,
-    Dispatcher,
-    ExplainError,
-    ItemRequest,
-    NotReadyError,
-    QueueFullError,
-    UnknownModelError,
-    WorkerLostError,
-    WorkItem,
-    WorkResult,
-)
-from camserve.placement import WorkerSlot
-from camserve.pool import WorkerPool
+from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec
 from camserve.repository import load_repository
-from camserve.workerhandle import WorkerHandle
+from camserve.scheduling.batcher import WorkItem
+from camserve.scheduling.dispatcher import Dispatcher
+from camserve.scheduling.handles import WorkerHandle
+from camserve.scheduling.placement import WorkerSlot
+from camserve.scheduling.pool import WorkerPool
+from kinds import raises_kind
 
 RUNNER = f"{toy.__name__}:ToyRunner"
 SHAPE = (8, 8, 3)
@@ -104,7 +95,7 @@ def pixels(seed: int, dtype: Any = np.uint8) -> np.ndarray:
     return (rng.random(SHAPE) * 255).astype(np.float32)
 
 
-def check(result: WorkResult, px: np.ndarray, layer: str = "toy", class_index: int | None = None) -> None:
+def check(result: ItemResult, px: np.ndarray, layer: str = "toy", class_index: int | None = None) -> None:
     probs, heat = toy.reference(px, layer)
     np.testing.assert_allclose(result.probabilities, probs, rtol=1e-6)
     (m,) = result.maps
@@ -133,17 +124,16 @@ def test_results_errors_and_batches_through_real_workers(tmp_path: Path) -> None
         assert d.ready("toy")
         pids = d.worker_pids()
         assert not d.ready() and not d.ready("broken")  # strict: every model must be ready
-        with pytest.raises(NotReadyError, match="failed to load: ValueError: toy model marked broken"):
+        with raises_kind(ErrorKind.NOT_READY, match="failed to load: ValueError: toy model marked broken"):
             await d.submit(WorkItem("broken", pixels(0)))
-        with pytest.raises(UnknownModelError, match=r"'nope'.*available: broken, toy"):
+        with raises_kind(ErrorKind.UNKNOWN_MODEL, match=r"'nope'.*available: broken, toy"):
             await d.submit(WorkItem("nope", pixels(0)))
-        with pytest.raises(ExplainError, match=r"shape \(4, 4, 3\)") as info:
+        with raises_kind(ErrorKind.INVALID_INPUT, match=r"shape \(4, 4, 3\)"):
             await d.submit(WorkItem("toy", np.zeros((4, 4, 3), np.uint8)))
-        assert info.value.kind == "invalid_input"
         summaries = [w.summaries["toy"] for w in d.pool.workers]
-        assert sorted(s["worker"] for s in summaries) == [0, 1]
-        assert all(s["cuda_visible_devices"] == "" and s["threads"] >= 1 for s in summaries)
-        assert d.model_summary("toy")["num_classes"] == toy.NUM_CLASSES
+        assert sorted(s.worker for s in summaries) == [0, 1]
+        assert all(s.cuda_visible_devices == "" and s.threads >= 1 for s in summaries)
+        assert d.model_summary("toy").num_classes == toy.NUM_CLASSES
         assert d.model_summary("broken") is None
 
         # 48 requests at once: mixed layers, dtypes and classes share batches; results match.
@@ -152,7 +142,7 @@ def test_results_errors_and_batches_through_real_workers(tmp_path: Path) -> None
             layer = ("toy", "half", None)[i % 3]
             dtype = np.float32 if i % 4 == 0 else np.uint8
             ci = (None, 2)[i % 2]
-            cases.append((pixels(i, dtype), ItemRequest("gradcam", class_index=ci, target_layer=layer)))
+            cases.append((pixels(i, dtype), ItemSpec("gradcam", class_index=ci, target_layer=layer)))
         results = await asyncio.gather(*(d.submit(WorkItem("toy", px, spec)) for px, spec in cases))
         for (px, spec), res in zip(cases, results, strict=True):
             check(res, px, spec.target_layer or "toy", spec.class_index)
@@ -161,29 +151,28 @@ def test_results_errors_and_batches_through_real_workers(tmp_path: Path) -> None
 
         # Caller errors come back per item; the rest of the batch is answered normally.
         specs = [
-            ItemRequest("gradcam", class_index=7),
-            ItemRequest("gradcam", target_layer="nope"),
-            ItemRequest("gradcam"),
-            ItemRequest("gradcam", target_layer="half"),
+            ItemSpec("gradcam", class_index=7),
+            ItemSpec("gradcam", target_layer="nope"),
+            ItemSpec("gradcam"),
+            ItemSpec("gradcam", target_layer="half"),
         ]
         outs = await asyncio.gather(
             *(d.submit(WorkItem("toy", pixels(100 + i), s)) for i, s in enumerate(specs)),
             return_exceptions=True,
         )
         assert (
-            isinstance(outs[0], ExplainError)
-            and outs[0].kind == "class_index"
+            isinstance(outs[0], Failure)
+            and outs[0].kind is ErrorKind.CLASS_INDEX
             and "out of range" in str(outs[0])
         )
-        assert (
-            isinstance(outs[1], ExplainError) and outs[1].kind == "unknown_layer" and "'nope'" in str(outs[1])
-        )
+        assert isinstance(outs[1], Failure) and outs[1].kind is ErrorKind.UNKNOWN_LAYER
+        assert "'nope'" in str(outs[1])
         check(outs[2], pixels(102))
         check(outs[3], pixels(103), "half")
 
         # A bug in the worker is not the caller's fault and does not kill the worker.
-        with pytest.raises(BatchFailedError, match="toy bug"):
-            await d.submit(WorkItem("toy", pixels(0), ItemRequest("bug")))
+        with raises_kind(ErrorKind.INTERNAL, match="toy bug"):
+            await d.submit(WorkItem("toy", pixels(0), ItemSpec("bug")))
         check(await d.submit(WorkItem("toy", pixels(1))), pixels(1))
         assert d.worker_pids() == pids
 
@@ -194,7 +183,7 @@ def test_results_errors_and_batches_through_real_workers(tmp_path: Path) -> None
         assert all(gone(pid) for pid in pids if pid)
         assert not any(os.path.exists(f"/dev/shm/{n}") for n in slabs)
         assert not d.ready("toy")
-        with pytest.raises(NotReadyError, match="draining"):
+        with raises_kind(ErrorKind.NOT_READY, match="draining"):
             await d.submit(WorkItem("toy", pixels(0)))
 
     run(main())
@@ -208,7 +197,7 @@ def test_each_gpu_worker_sees_exactly_its_gpu(tmp_path: Path) -> None:
         await d.start()
         try:
             await until(lambda: all(w.summaries for w in d.pool.workers), what="both workers ready")
-            return [w.summaries["toy"]["cuda_visible_devices"] for w in d.pool.workers]
+            return [w.summaries["toy"].cuda_visible_devices for w in d.pool.workers]
         finally:
             await d.stop(5)
 
@@ -226,20 +215,20 @@ def test_kill_9_mid_batch_fails_in_flight_at_once_then_worker_comes_back(tmp_pat
         (w,) = d.pool.workers
         old_pid = w.pid
         assert old_pid is not None
-        running = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemRequest("sleep", top_k=30))))
+        running = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemSpec("sleep", top_k=30))))
         await until(lambda: w.inflight is not None, what="batch in flight")
         queued = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(1))))
         await asyncio.sleep(0.05)
         t0 = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)
-        with pytest.raises(WorkerLostError, match=r"died.*signal 9"):
+        with raises_kind(ErrorKind.WORKER_LOST, match=r"died.*signal 9"):
             await running
         lost_after = time.monotonic() - t0
         assert lost_after < 1.0, lost_after
-        with pytest.raises(WorkerLostError, match="no live worker"):
+        with raises_kind(ErrorKind.WORKER_LOST, match="no live worker"):
             await queued  # nothing can run it now: answered at once too, so the client may retry
         assert not d.ready()
-        with pytest.raises(NotReadyError):
+        with raises_kind(ErrorKind.NOT_READY):
             await d.submit(WorkItem("toy", pixels(2)))
         assert obs.of("alive")[-1] == (0,) and ("toy", False) in obs.of("ready")
         await until(d.ready, timeout=30, what="restart")
@@ -265,7 +254,7 @@ def test_hung_worker_is_killed_by_the_batch_watchdog(tmp_path: Path) -> None:
         assert old_pid is not None
         os.kill(old_pid, signal.SIGSTOP)  # hung: alive but never answers
         t0 = time.monotonic()
-        with pytest.raises(WorkerLostError, match="watchdog"):
+        with raises_kind(ErrorKind.WORKER_LOST, match="watchdog"):
             await d.submit(WorkItem("toy", pixels(0)))
         assert 0.9 <= time.monotonic() - t0 < 3.0
         await until(d.ready, timeout=30, what="restart")
@@ -335,7 +324,7 @@ def test_queued_work_cancel_and_deadline_never_reach_a_worker(tmp_path: Path) ->
         d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER)
         await d.start()
         await until(d.ready, what="ready")
-        busy = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemRequest("sleep", top_k=0.6))))
+        busy = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemSpec("sleep", top_k=0.6))))
         (w,) = d.pool.workers
         await until(lambda: w.inflight is not None, what="busy worker")
         cancelled = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(1))))
@@ -345,13 +334,13 @@ def test_queued_work_cancel_and_deadline_never_reach_a_worker(tmp_path: Path) ->
         kept = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(3))))
         await asyncio.sleep(0.05)
         assert d.queue_depth("toy") == 3
-        with pytest.raises(QueueFullError, match="full"):
+        with raises_kind(ErrorKind.QUEUE_FULL, match="full"):
             await d.submit(WorkItem("toy", pixels(4)))
         cancelled.cancel()
         await asyncio.sleep(0.01)
         assert d.queue_depth("toy") == 2
         t0 = time.monotonic()
-        with pytest.raises(DeadlineExceededError):
+        with raises_kind(ErrorKind.DEADLINE):
             await expiring
         assert time.monotonic() - t0 < 0.4  # answered at its deadline while the worker is still busy
         await busy
@@ -361,7 +350,7 @@ def test_queued_work_cancel_and_deadline_never_reach_a_worker(tmp_path: Path) ->
         assert [s for _, s in obs.of("batch")] == [1, 1]
         assert sorted(r for _, r in obs.of("dropped")) == ["cancelled", "deadline"]
         # A caller that leaves while its batch computes: the result is discarded, nothing breaks.
-        leaving = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(5), ItemRequest("sleep", top_k=0.3))))
+        leaving = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(5), ItemSpec("sleep", top_k=0.3))))
         await until(lambda: w.inflight is not None, what="in flight")
         leaving.cancel()
         check(await d.submit(WorkItem("toy", pixels(6))), pixels(6))
@@ -378,7 +367,7 @@ def test_stop_finishes_queued_and_in_flight_work(tmp_path: Path) -> None:
         await d.start()
         await until(d.ready, what="ready")
         subs = [
-            asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=0.1))))
+            asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.1))))
             for i in range(6)
         ]
         await asyncio.sleep(0.02)
@@ -402,7 +391,7 @@ def test_stop_with_a_short_grace_answers_everything(tmp_path: Path) -> None:
         await d.start()
         await until(d.ready, what="ready")
         subs = [
-            asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemRequest("sleep", top_k=2))))
+            asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=2))))
             for i in range(3)
         ]
         await asyncio.sleep(0.05)
@@ -410,8 +399,9 @@ def test_stop_with_a_short_grace_answers_everything(tmp_path: Path) -> None:
         await d.stop(grace_s=0.2)
         assert time.monotonic() - t0 < 8
         outs = await asyncio.gather(*subs, return_exceptions=True)
-        assert all(isinstance(o, WorkResult | NotReadyError | WorkerLostError) for o in outs), outs
-        assert sum(isinstance(o, NotReadyError) for o in outs) == 2  # never started: told to retry
+        kinds = [o.kind if isinstance(o, Failure) else type(o) for o in outs]
+        assert all(k in (ItemResult, ErrorKind.NOT_READY, ErrorKind.WORKER_LOST) for k in kinds), outs
+        assert kinds.count(ErrorKind.NOT_READY) == 2  # never started: told to retry
 
     run(main())
 
@@ -419,7 +409,7 @@ def test_stop_with_a_short_grace_answers_everything(tmp_path: Path) -> None:
 PARENT = """
 import asyncio, sys
 sys.path.insert(0, {here!r})
-from camserve.dispatcher import Dispatcher
+from camserve.scheduling.dispatcher import Dispatcher
 from camserve.repository import load_repository
 
 async def main():

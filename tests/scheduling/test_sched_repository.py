@@ -155,8 +155,10 @@ def test_bundled_demo_repository() -> None:
 
 def test_scheduling_modules_import_neither_tensorflow_nor_grpc() -> None:
     code = (
-        "import sys, camserve.repository, camserve.work, camserve.batcher, camserve.placement, "
-        "camserve.workerhandle, camserve.pool, camserve.dispatcher, camserve.worker, camserve.shm; "
+        "import sys, camserve.repository, camserve.records, camserve.vocabulary, "
+        "camserve.scheduling.batcher, camserve.scheduling.placement, camserve.scheduling.handles, "
+        "camserve.scheduling.pool, camserve.scheduling.dispatcher, "
+        "camserve.worker.main, camserve.worker.runner, camserve.worker.slab; "
         "bad = [m for m in ('tensorflow', 'keras', 'jax', 'grpc') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -15,8 +15,8 @@ import grpc
 import numpy as np
 import pytest
 from camserve_client import Client, TLSConfig
-from camserve_client._proto import explain_pb2, explain_pb2_grpc
 from camserve_client.errors import Unauthenticated
+from camserve_proto import explain_pb2, explain_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pki import Pki, make_pki

@@ -16,16 +16,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from camserve.security import (
-    MalformedRequestInterceptor,
+from camserve.front.cli import add_security_arguments
+from camserve.front.interceptors import MalformedRequestInterceptor, TokenAuthInterceptor, server_interceptors
+from camserve.front.security import (
     SecurityConfig,
     SecurityConfigError,
-    TokenAuthInterceptor,
     add_listening_port,
-    add_security_arguments,
     load_tokens,
     security_config_from_args,
-    server_interceptors,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pki import Pki, make_pki

@@ -1,7 +1,9 @@
 """camserve's explanation engine: the CAM family over one compiled step per (model, layer, bucket).
 
-Light names (errors, records, overlay) import without TensorFlow; ``Explainer`` and the library
-classes load the backend on first access, so the server's parent process can use this package too.
+Light names (errors, overlay) import without TensorFlow; ``Explainer`` and the library classes load
+the backend on first access, so the server's parent process can use this package too. The records
+it takes and returns (``ItemSpec``, ``ItemResult``, ``ClassMap``, ``ModelSummary``) are
+:mod:`camserve.records`, shared with every layer of the server.
 """
 
 from __future__ import annotations
@@ -14,15 +16,6 @@ from camserve.engine.errors import (
     EngineError,
     InvalidInputError,
     UnknownLayerError,
-)
-from camserve.engine.records import (
-    METHODS,
-    ClassMap,
-    ItemResult,
-    ItemSpec,
-    LayerInfo,
-    ModelSummary,
-    StepOutput,
 )
 
 _LAZY = {
@@ -39,10 +32,8 @@ _LAZY = {
 
 __all__ = [
     "CAM",
-    "METHODS",
     "CamNotSupportedError",
     "ClassIndexError",
-    "ClassMap",
     "EigenCAM",
     "EngineError",
     "Explainer",
@@ -50,12 +41,7 @@ __all__ = [
     "GradCAMPlusPlus",
     "HiResCAM",
     "InvalidInputError",
-    "ItemResult",
-    "ItemSpec",
     "LayerCAM",
-    "LayerInfo",
-    "ModelSummary",
-    "StepOutput",
     "UnknownLayerError",
     "XGradCAM",
     "buckets_for",

@@ -21,7 +21,8 @@ import numpy as np
 
 from camserve.engine.errors import CamNotSupportedError, InvalidInputError
 from camserve.engine.explainer import Explainer
-from camserve.engine.records import ItemResult, ItemSpec
+from camserve.records import ItemResult, ItemSpec
+from camserve.vocabulary import METHODS
 
 
 def _resize(maps: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -42,9 +43,16 @@ def _resize(maps: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 
 
 class _BaseCAM:
-    """Shared behaviour of the library classes; subclasses only name their method."""
+    """Shared behaviour of the library classes; subclasses only name their method (``method=`` in the
+    class statement, one of :data:`camserve.vocabulary.METHODS`)."""
 
     method: ClassVar[str] = "gradcam"
+
+    def __init_subclass__(cls, method: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if method not in METHODS:
+            raise TypeError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+        cls.method = method
 
     def __init__(
         self,
@@ -154,43 +162,29 @@ class _BaseCAM:
         return np.stack([r.probabilities for r in self.explain(batch)])
 
 
-class CAM(_BaseCAM):
+class CAM(_BaseCAM, method="cam"):
     """Class Activation Mapping (Zhou et al. 2016): needs target -> GAP -> one Dense."""
 
-    method = "cam"
 
-
-class GradCAM(_BaseCAM):
+class GradCAM(_BaseCAM, method="gradcam"):
     """Grad-CAM (Selvaraju et al. 2017)."""
 
-    method = "gradcam"
 
-
-class GradCAMPlusPlus(_BaseCAM):
+class GradCAMPlusPlus(_BaseCAM, method="gradcam++"):
     """Grad-CAM++ (Chattopadhay et al. 2018), closed form as pytorch-grad-cam."""
 
-    method = "gradcam++"
 
-
-class LayerCAM(_BaseCAM):
+class LayerCAM(_BaseCAM, method="layercam"):
     """LayerCAM (Jiang et al. 2021)."""
 
-    method = "layercam"
 
-
-class HiResCAM(_BaseCAM):
+class HiResCAM(_BaseCAM, method="hirescam"):
     """HiResCAM (Draelos & Carin 2020)."""
 
-    method = "hirescam"
 
-
-class XGradCAM(_BaseCAM):
+class XGradCAM(_BaseCAM, method="xgradcam"):
     """XGrad-CAM (Fu et al. 2020)."""
 
-    method = "xgradcam"
 
-
-class EigenCAM(_BaseCAM):
+class EigenCAM(_BaseCAM, method="eigencam"):
     """Eigen-CAM (Muhammad & Yeasin 2020): class-independent first principal component."""
-
-    method = "eigencam"

@@ -23,22 +23,17 @@ from camserve.engine.errors import (
     ClassIndexError,
     EngineError,
     InvalidInputError,
+    UnknownLayerError,
 )
 from camserve.engine.preprocess import check_mode
-from camserve.engine.records import (
-    COMPILE_MODES,
-    METHODS,
-    SCORES,
-    ClassMap,
-    ItemResult,
-    ItemSpec,
-    ModelSummary,
-)
 from camserve.engine.targets import ModelGraph
+from camserve.records import ClassMap, ItemResult, ItemSpec, ModelSummary
+from camserve.vocabulary import BACKENDS, COMPILE_MODES, METHODS, SCORES
 
 log = logging.getLogger(__name__)
 
-BACKENDS = {"tensorflow": "camserve.engine.backend_tf", "jax": "camserve.engine.backend_jax"}
+BACKEND_MODULES = {"tensorflow": "camserve.engine.backend_tf", "jax": "camserve.engine.backend_jax"}
+assert tuple(BACKEND_MODULES) == BACKENDS
 #: Largest top_k a single item may ask for (K is padded to a power of two up to this).
 MAX_TOP_K = 32
 
@@ -70,7 +65,7 @@ def load_backend(name: str | None) -> Any:
 
     active = keras.backend.backend()
     name = active if name is None else name
-    if name not in BACKENDS:
+    if name not in BACKEND_MODULES:
         raise InvalidInputError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
     if name != active:
         raise InvalidInputError(
@@ -78,9 +73,9 @@ def load_backend(name: str | None) -> Any:
             f"set KERAS_BACKEND={name} before keras is first imported"
         )
     try:
-        return importlib.import_module(BACKENDS[name])
+        return importlib.import_module(BACKEND_MODULES[name])
     except ModuleNotFoundError as exc:
-        if exc.name == BACKENDS[name]:
+        if exc.name == BACKEND_MODULES[name]:
             raise InvalidInputError(f"backend {name!r} is not available in this build") from exc
         raise
 
@@ -156,21 +151,23 @@ class Explainer:
         """What the worker reports: shapes, classes, target, candidate layers, buckets, modes."""
         if self._info is None:
             t = self.target
+            h, w, c = self.input_shape
             self._info = ModelSummary(
-                input_shape=list(self.input_shape),
+                input_shape=(int(h), int(w), int(c)),
                 num_classes=self.num_classes,
                 target_layer=t.name,
-                grid=list(t.grid),
+                grid=(int(t.grid[0]), int(t.grid[1])),
                 channels=t.channels,
                 cam_supported=t.cam_supported,
                 cam_reason=t.cam_reason,
-                layers=self.graph.layer_infos(),
-                buckets=list(self.buckets),
+                layers=tuple(self.graph.layer_infos()),
+                buckets=tuple(self.buckets),
                 compile_mode=self.compile_mode,
                 backend=self.backend,
                 preprocessing=self.preprocessing,
                 score=self.score,
-                methods=list(METHODS),
+                methods=tuple(m for m in METHODS if m != "cam" or t.cam_supported),
+                max_top_k=min(self.num_classes, MAX_TOP_K),
             )
         return self._info
 
@@ -197,6 +194,11 @@ class Explainer:
             raise InvalidInputError(f"expected an ItemSpec, got {type(spec).__name__}")
         if spec.method not in METHODS:
             raise InvalidInputError(f"unknown method {spec.method!r}; valid: {', '.join(METHODS)}")
+        if spec.target_layer not in (None, self.target.name):
+            raise UnknownLayerError(
+                f"this explainer's target layer is {self.target.name!r}, not {spec.target_layer!r}; "
+                "build an Explainer for that layer"
+            )
         if spec.method == "cam" and not self.target.cam_supported:
             raise CamNotSupportedError(
                 f"CAM is not available for layer {self.target.name!r}: {self.target.cam_reason}"
@@ -233,23 +235,26 @@ class Explainer:
     # ---- the batch API ----------------------------------------------------------------------
     def explain_batch(
         self, images: Any, specs: Sequence[ItemSpec], *, return_errors: bool = False
-    ) -> list[Any]:
+    ) -> list[ItemResult]:
         """Explain each image with its spec; one compiled step per chunk of at most max_batch_size.
 
-        With ``return_errors`` an invalid spec gives its ``EngineError`` in place of that item's
-        result (the other items are computed); otherwise the first invalid spec raises.
+        ``images``: (B, H, W, C) uint8 at the model's input size, or float already preprocessed.
+        Returns one :class:`ItemResult` per image, in order. With ``return_errors`` an invalid spec
+        gives that item an ``ItemResult`` whose ``error``/``message`` say why (the other items are
+        computed); otherwise the first invalid spec raises its :class:`EngineError`.
+        Raises :class:`InvalidInputError` for images of the wrong shape or dtype.
         """
         arr = self._check_images(images)
         if len(specs) != arr.shape[0]:
             raise InvalidInputError(f"got {arr.shape[0]} images but {len(specs)} item specs")
-        errors: dict[int, EngineError] = {}
+        errors: dict[int, ItemResult] = {}
         for i, spec in enumerate(specs):
             try:
                 self.check_spec(spec)
             except EngineError as exc:
                 if not return_errors:
                     raise
-                errors[i] = exc
+                errors[i] = ItemResult.failed(exc.kind, exc.message)
         results: list[Any] = [errors.get(i) for i in range(len(specs))]
         valid = [i for i in range(len(specs)) if i not in errors]
         for start in range(0, len(valid), self.max_batch_size):

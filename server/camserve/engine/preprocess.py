@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from camserve.engine.errors import InvalidInputError
-from camserve.engine.records import PREPROCESSING
+from camserve.vocabulary import PREPROCESSING
 
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

@@ -1,82 +1,14 @@
-"""Plain data passed between the engine's parts and across the worker's pipe (no TF, no Keras).
+"""The engine's internal record: what one compiled step returns (the backend seam's contract).
 
-Every record here is a dataclass of builtins and NumPy arrays, so ``dataclasses.asdict`` and pickle work
-on it; the server's parent process imports these names without importing TensorFlow.
+The records that leave the engine (``ItemSpec``, ``ItemResult``, ``ClassMap``, ``ModelSummary``,
+``LayerInfo``) are shared by every layer of the server and live in :mod:`camserve.records`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-
-#: Method names accepted by the engine, in the order the docs list them.
-METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam")
-#: Preprocessing modes applied inside the compiled step to uint8 RGB images.
-PREPROCESSING: tuple[str, ...] = ("caffe", "tf", "torch", "none")
-COMPILE_MODES: tuple[str, ...] = ("auto", "xla", "graph")
-SCORES: tuple[str, ...] = ("logits", "probability")
-
-
-@dataclass(frozen=True)
-class ItemSpec:
-    """What to explain for one image of a batch.
-
-    ``class_index`` set: one map for that class (``top_k`` is then ignored). Unset: maps for the
-    ``top_k`` best classes of the image, best first.
-    """
-
-    method: str = "gradcam"
-    class_index: int | None = None
-    top_k: int = 1
-
-
-@dataclass
-class ClassMap:
-    """One explained class: its index, its score (logit or probability) and its normalised heatmap."""
-
-    class_index: int
-    score: float
-    heatmap: np.ndarray  # (h, w) float32 in [0, 1]
-    all_zero: bool  # the raw map had no positive contrast: heatmap is all zeros, not NaN
-
-
-@dataclass
-class ItemResult:
-    """Result for one image: the model's class probabilities and one ClassMap per explained class."""
-
-    probabilities: np.ndarray  # (N,) float32
-    maps: list[ClassMap] = field(default_factory=list)
-
-
-@dataclass
-class LayerInfo:
-    """A candidate target layer: path name ("outer/inner" inside nested models), grid and channels."""
-
-    name: str
-    grid: list[int]  # [h, w]
-    channels: int
-    cam_supported: bool
-
-
-@dataclass
-class ModelSummary:
-    """What a worker reports about a loaded model; ``dataclasses.asdict`` gives a picklable dict."""
-
-    input_shape: list[int]  # [H, W, C]
-    num_classes: int
-    target_layer: str
-    grid: list[int]  # [h, w] of the target layer
-    channels: int
-    cam_supported: bool
-    cam_reason: str  # why CAM is refused ("" when supported)
-    layers: list[LayerInfo]
-    buckets: list[int]
-    compile_mode: str  # the resolved mode: "xla" or "graph"
-    backend: str
-    preprocessing: str
-    score: str
-    methods: list[str]
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 
 from camserve.engine.errors import InvalidInputError, UnknownLayerError
 from camserve.engine.keras_graph import call_inference, functional_of, graph_nodes, run_functional
-from camserve.engine.records import LayerInfo
+from camserve.records import LayerInfo
 
 Key = tuple[int, int]  # (id of the Functional graph, id of the KerasTensor) after aliasing
 PathIds = tuple[int, ...]  # ids of the layers from the top-level model down to one layer
@@ -202,7 +202,7 @@ class ModelGraph:
         infos = []
         for op in self.candidates():
             t = self.target_for(op)
-            infos.append(LayerInfo(op.name, [t.grid[0], t.grid[1]], t.channels, t.cam_supported))
+            infos.append(LayerInfo(op.name, (int(t.grid[0]), int(t.grid[1])), t.channels, t.cam_supported))
         return infos
 
     def resolve(self, target_layer: str | None) -> Target:

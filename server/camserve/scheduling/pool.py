@@ -1,7 +1,8 @@
 """Worker pool: one process per GPU or N CPU processes, shared-memory pixels, restarts (no TF, no gRPC).
 
-* Placement: one process per :class:`~camserve.placement.WorkerSlot` (``camserve.placement`` turns
-  ``--workers`` into slots: device, ``CUDA_VISIBLE_DEVICES``, CPU thread budget).
+* Placement: one process per :class:`~camserve.scheduling.placement.WorkerSlot`
+  (``camserve.scheduling.placement`` turns ``--workers`` into slots: device,
+  ``CUDA_VISIBLE_DEVICES``, CPU thread budget). Each runs ``camserve.worker.main.main``.
 * Transport: processes are started with ``spawn``. Each worker owns a shared-memory slab with
   :data:`PIPELINE_DEPTH` (2) halves, each sized for its largest batch; the parent writes a batch's
   pixels into a free half and the pipe carries only small specs and the results (heatmaps at the
@@ -9,8 +10,8 @@
   already sent the next (double buffering), and runs them in the order sent. A half is reused
   only after the worker answered the batch in it. One reader thread per worker blocks on the pipe
   and hands messages to the event loop with ``call_soon_threadsafe``.
-* Failure: EOF on the pipe means the worker is gone. Every batch it holds fails at once with
-  :class:`WorkerLostError` and it is restarted after a back-off (0.5 s doubling up to 10 s, back
+* Failure: EOF on the pipe means the worker is gone. Every batch it holds fails at once
+  (``WORKER_LOST``, retryable) and it is restarted after a back-off (0.5 s doubling up to 10 s, back
   to 0.5 s once a worker has stayed healthy for a minute). A batch that runs longer than
   ``batch_timeout_s`` (a hung or SIGSTOPped worker) gets the worker killed, which takes the same
   path; the watchdog times each batch from the moment the worker starts it (a second batch's
@@ -32,16 +33,12 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from camserve.batcher import Batch
-from camserve.placement import WorkerSlot
-from camserve.shm import Slab, write_arrays
-from camserve.work import (
-    NotReadyError,
-    NullObserver,
-    Observer,
-    WorkerLostError,
-)
-from camserve.workerhandle import WorkerHandle, WorkerState, _deliver, _Inflight
+from camserve.records import ErrorKind, Failure
+from camserve.scheduling.batcher import Batch
+from camserve.scheduling.handles import Inflight, WorkerHandle, WorkerState, deliver
+from camserve.scheduling.observer import NullObserver, Observer
+from camserve.scheduling.placement import WorkerSlot
+from camserve.worker.slab import Slab, write_arrays
 
 __all__ = ["WorkerPool"]
 
@@ -115,7 +112,8 @@ class WorkerPool:
                 del w.batches[inf.batch_id]
                 for p in inf.batch.items:
                     if not p.future.done():
-                        p.future.set_exception(NotReadyError("the server stopped before this request ran"))
+                        p.future.set_exception(
+                            Failure("the server stopped before this request ran", ErrorKind.NOT_READY))
                 if not inf.done.done():
                     inf.done.set_result(None)
             if w.conn is not None and w.state in (WorkerState.STARTING, WorkerState.READY):
@@ -165,7 +163,7 @@ class WorkerPool:
             parent_pid=os.getpid(),
         )
         if self._target is None:
-            from camserve.worker import main as target
+            from camserve.worker.main import main as target
         else:
             target = self._target
         proc = self._ctx.Process(
@@ -239,7 +237,7 @@ class WorkerPool:
             log.info("worker %d ready in %.1f s (pid %s)", w.index, load_s, w.pid)
             self._on_ready(w)
         elif kind == "result":
-            _, batch_id, outcomes, compute_s = msg
+            _, batch_id, results, compute_s = msg
             inf = w.batches.pop(batch_id, None)
             if inf is None:  # normal only at stop (a batch withdrawn just as the worker began it)
                 (log.debug if self._stopping else log.warning)(
@@ -250,7 +248,7 @@ class WorkerPool:
             nxt = w.inflight
             if nxt is not None and nxt.watchdog is None:  # the worker starts the next batch now
                 self._arm(w, nxt)
-            _deliver(inf, outcomes, float(compute_s))
+            deliver(inf, results, float(compute_s))
             if not inf.done.done():
                 inf.done.set_result(None)
         elif kind == "fatal":
@@ -294,7 +292,7 @@ class WorkerPool:
             err = f"{reason}; the request was running on it, retry"
             for p in inf.batch.items:
                 if not p.future.done():
-                    p.future.set_exception(WorkerLostError(err))
+                    p.future.set_exception(Failure(err, ErrorKind.WORKER_LOST))
             if not inf.done.done():
                 inf.done.set_result(None)
         if was in (WorkerState.STARTING, WorkerState.READY):
@@ -325,7 +323,7 @@ class WorkerPool:
         if batch_id in w.batches:
             self.kill(w, f"batch ran longer than the {self.batch_timeout_s:g} s watchdog (hung worker)")
 
-    def _arm(self, w: WorkerHandle, inf: _Inflight) -> None:
+    def _arm(self, w: WorkerHandle, inf: Inflight) -> None:
         """Start ``inf``'s watchdog: the worker begins computing it now."""
         assert self._loop is not None
         inf.started_at = time.monotonic()
@@ -358,7 +356,8 @@ class WorkerPool:
         if w.conn is None or not self.can_take(w):
             for p in batch.items:
                 if not p.future.done():
-                    p.future.set_exception(WorkerLostError(f"worker {w.index} is not available; retry"))
+                    p.future.set_exception(
+                        Failure(f"worker {w.index} is not available; retry", ErrorKind.WORKER_LOST))
             done.set_result(None)
             return done
         used = {inf.half for inf in w.batches.values()}
@@ -366,7 +365,7 @@ class WorkerPool:
         start = half * self._slab_bytes
         refs = write_arrays(w.slab.buf, [p.item.pixels for p in batch.items], start, start + self._slab_bytes)
         batch_id = next(self._ids)
-        inf = _Inflight(batch_id=batch_id, batch=batch, done=done, sent_at=time.monotonic(), half=half)
+        inf = Inflight(batch_id=batch_id, batch=batch, done=done, sent_at=time.monotonic(), half=half)
         w.batches[batch_id] = inf
         if len(w.batches) == 1:
             self._arm(w, inf)

@@ -1,14 +1,14 @@
 """Dynamic batcher: per-model bounded queues and the batch-formation rule (no TF, no gRPC).
 
-The plain types and errors it queues and raises (``WorkItem``, ``QueueFullError``...) live in
-``camserve.work``; ``camserve.dispatcher`` re-exports them for the gRPC front.
+It queues :class:`WorkItem` s (one image, its :class:`~camserve.records.ItemSpec`, its caller's
+deadline) and refuses with :class:`~camserve.records.Failure` s whose ``kind`` says why.
 
 The rule, exactly (see :class:`Batcher`):
 
-* ``put`` refuses at once with :class:`QueueFullError` when a model already holds
-  ``max_queue_size`` live (not expired, not cancelled) requests.
+* ``put`` refuses at once (``QUEUE_FULL``) when a model already holds ``max_queue_size`` live (not
+  expired, not cancelled) requests.
 * A free worker calls ``next_batch``. Before anything is chosen, every queue is swept: requests
-  whose deadline has passed are dropped (the caller gets :class:`DeadlineExceededError`,
+  whose deadline has passed are dropped (the caller gets a ``DEADLINE`` failure,
   ``observer.request_dropped(model, "deadline")``) and requests whose caller left are dropped
   silently (``request_dropped(model, "cancelled")``; their future is never touched again).
 * A queue is *ready* when it holds ``max_batch_size`` live requests, or when its oldest live
@@ -27,8 +27,8 @@ The rule, exactly (see :class:`Batcher`):
   latency at light load are exactly those of the rule above; at saturation the worker never
   idles while the parent answers one batch and sends the next.
 
-Deadlines also arm a timer, so a request that expires while it waits is answered
-``DeadlineExceededError`` at its deadline, not only when the next batch forms.
+Deadlines also arm a timer, so a request that expires while it waits is answered (``DEADLINE``) at
+its deadline, not only when the next batch forms.
 """
 
 from __future__ import annotations
@@ -41,21 +41,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from camserve.work import (
-    DeadlineExceededError,
-    NotReadyError,
-    NullObserver,
-    Observer,
-    QueueFullError,
-    UnknownModelError,
-    WorkItem,
-)
+import numpy as np
 
-__all__ = [
-    "Batch",
-    "Batcher",
-    "Pending",
-]
+from camserve.records import ErrorKind, Failure, ItemSpec
+from camserve.scheduling.observer import NullObserver, Observer
+
+__all__ = ["Batch", "Batcher", "Pending", "WorkItem"]
+
+
+@dataclass
+class WorkItem:
+    """One image for one model: what the front queues.
+
+    ``pixels``: (H, W, C) uint8 at the model's input size (or float32 already preprocessed).
+    ``deadline``: on the ``time.monotonic()`` clock, or None for no deadline.
+    """
+
+    model: str
+    pixels: np.ndarray
+    spec: ItemSpec = field(default_factory=ItemSpec)
+    deadline: float | None = None
 
 
 # --------------------------------------------------------------------------- queue entries
@@ -149,21 +154,26 @@ class Batcher:
         return q is None or (not self._closed and q.live + n <= q.max_queue_size)
 
     def put(self, item: WorkItem) -> Pending:
-        """Queue ``item``; raise at once when full, closed, unknown or already expired."""
+        """Queue ``item``; raise :class:`Failure` at once when full (``QUEUE_FULL``), closed
+        (``NOT_READY``), unknown (``UNKNOWN_MODEL``) or already expired (``DEADLINE``)."""
         q = self._queues.get(item.model)
         if q is None:
-            raise UnknownModelError(
-                f"model {item.model!r} is not served (known: {', '.join(sorted(self._queues))})"
+            raise Failure(
+                f"model {item.model!r} is not served (known: {', '.join(sorted(self._queues))})",
+                ErrorKind.UNKNOWN_MODEL,
             )
         if self._closed:
-            raise NotReadyError("the server is draining and accepts no new requests")
+            raise Failure("the server is draining and accepts no new requests", ErrorKind.NOT_READY)
         now = self._clock()
         if item.deadline is not None and item.deadline <= now:
             self._observer.request_dropped(q.name, "deadline")
-            raise DeadlineExceededError(f"deadline already passed before model {q.name!r} queued the request")
+            raise Failure(
+                f"deadline already passed before model {q.name!r} queued the request", ErrorKind.DEADLINE
+            )
         if q.live >= q.max_queue_size:
-            raise QueueFullError(
-                f"queue of model {q.name!r} is full ({q.max_queue_size} requests waiting); retry later"
+            raise Failure(
+                f"queue of model {q.name!r} is full ({q.max_queue_size} requests waiting); retry later",
+                ErrorKind.QUEUE_FULL,
             )
         loop = asyncio.get_running_loop()
         pending = Pending(item=item, future=loop.create_future(), arrived=now)
@@ -322,9 +332,10 @@ class Batcher:
             self._changed.set()
 
     @staticmethod
-    def _expired_error(q: _ModelQueue, p: Pending, now: float) -> DeadlineExceededError:
-        return DeadlineExceededError(
-            f"deadline passed after {now - p.arrived:.3f} s in the queue of model {q.name!r}; not computed"
+    def _expired_error(q: _ModelQueue, p: Pending, now: float) -> Failure:
+        return Failure(
+            f"deadline passed after {now - p.arrived:.3f} s in the queue of model {q.name!r}; not computed",
+            ErrorKind.DEADLINE,
         )
 
     def _drop(self, q: _ModelQueue, p: Pending, reason: str | None, error: Exception | None) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-#: Seconds, from a cached small-model reply (~1 ms) to a large model under load (tens of seconds).
+#: Seconds, from a small model answering one caller (~1 ms) to a large model under load (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

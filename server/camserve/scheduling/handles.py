@@ -1,9 +1,11 @@
 """Parent-side state of each worker slot, and the delivery of a worker's answers (no TF, no gRPC).
 
 A :class:`WorkerHandle` survives restarts of its worker process (``generation`` counts them) and
-holds the batches that worker was sent, oldest first (``_Inflight``, at most ``PIPELINE_DEPTH``);
-``_deliver`` turns the outcomes the worker returns for one batch into ``WorkResult`` s or
-exceptions on the callers' futures. ``camserve.pool`` drives all of it on the event loop.
+holds the batches that worker was sent, oldest first (:class:`Inflight`, at most
+``PIPELINE_DEPTH``); :func:`deliver` hands the :class:`~camserve.records.ItemResult` s the worker
+returns for one batch to the callers' futures, with the scheduler's timing filled in (an item that
+failed on the worker raises its :class:`~camserve.records.Failure`, same kind and message).
+``camserve.scheduling.pool`` drives all of it on the event loop.
 """
 
 from __future__ import annotations
@@ -15,16 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
-import numpy as np
+from camserve.records import ErrorKind, Failure, ItemResult, ModelSummary
+from camserve.scheduling.batcher import Batch
+from camserve.scheduling.placement import WorkerSlot
+from camserve.worker.slab import Slab
 
-from camserve.batcher import Batch
-from camserve.placement import WorkerSlot
-from camserve.shm import Slab
-from camserve.work import BatchFailedError, ExplainError, MapResult, WorkResult
-
-__all__ = ["WorkerHandle", "WorkerState"]
+__all__ = ["Inflight", "WorkerHandle", "WorkerState", "deliver"]
 
 
 class WorkerState(enum.Enum):
@@ -35,7 +34,7 @@ class WorkerState(enum.Enum):
 
 
 @dataclass(eq=False)
-class _Inflight:
+class Inflight:
     batch_id: int
     batch: Batch
     done: asyncio.Future[None]
@@ -55,11 +54,11 @@ class WorkerHandle:
     generation: int = 0
     process: BaseProcess | None = None
     conn: Connection | None = None
-    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summaries: dict[str, ModelSummary] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     ready_since: float | None = None
     started_at: float = 0.0
-    batches: dict[int, _Inflight] = field(default_factory=dict)  # held by the worker, in run order
+    batches: dict[int, Inflight] = field(default_factory=dict)  # held by the worker, in run order
     restarts: int = 0
     backoff_s: float = 0.0
     kill_reason: str | None = None
@@ -77,32 +76,25 @@ class WorkerHandle:
         return self.process.pid if self.process is not None else None
 
     @property
-    def inflight(self) -> _Inflight | None:
+    def inflight(self) -> Inflight | None:
         """The batch the worker is computing now (the oldest it holds), or None when idle."""
         return next(iter(self.batches.values()), None)
 
 
-def _deliver(inf: _Inflight, outcomes: Sequence[tuple[Any, ...]], compute_s: float) -> None:
-    """Turn worker outcomes into WorkResults / exceptions on the callers' futures."""
+def deliver(inf: Inflight, results: Sequence[ItemResult], compute_s: float) -> None:
+    """Hand the worker's results for batch ``inf`` to its callers' futures (timing filled in)."""
     size = len(inf.batch.items)
-    for p, out in zip(inf.batch.items, outcomes, strict=False):
+    for p, res in zip(inf.batch.items, results, strict=False):
         if p.future.done():  # the caller left while we computed
             continue
-        if out[0] == "ok":
-            _, probs, maps = out
-            p.future.set_result(
-                WorkResult(
-                    probabilities=np.asarray(probs),
-                    maps=[MapResult(int(c), float(s), h, bool(z)) for c, s, h, z in maps],
-                    queue_s=max(0.0, inf.started_at - p.arrived),
-                    compute_s=compute_s,
-                    batch_size=size,
-                )
-            )
-        elif out[1] == "internal":
-            p.future.set_exception(BatchFailedError(f"worker error: {out[2]}"))
-        else:
-            p.future.set_exception(ExplainError(str(out[1]), str(out[2])))
-    for p in inf.batch.items[len(outcomes) :]:
+        if res.error is not None:
+            p.future.set_exception(Failure(res.message, res.error))
+            continue
+        res.queue_s = max(0.0, inf.started_at - p.arrived)
+        res.compute_s = compute_s
+        res.batch_size = size
+        p.future.set_result(res)
+    for p in inf.batch.items[len(results) :]:
         if not p.future.done():
-            p.future.set_exception(BatchFailedError("worker returned fewer results than items"))
+            p.future.set_exception(Failure("the worker returned fewer results than items",
+                                           ErrorKind.INTERNAL))

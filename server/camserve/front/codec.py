@@ -1,10 +1,12 @@
-"""Image decoding and heatmap encoding for the gRPC front (NumPy + OpenCV only, never TensorFlow).
+"""Image decoding and heatmap encoding for the front (NumPy + OpenCV only, never TensorFlow).
 
 Why this module exists apart from the service: everything here is CPU work on bytes a caller sent,
-so it runs in a thread pool off the event loop (OpenCV releases the GIL), and everything here can be
-attacked. The header of an encoded image is parsed by hand *before* OpenCV sees it, so a 40-byte PNG
-that claims 100 000 x 100 000 pixels (a decompression bomb) is refused without allocating anything.
-Every refusal is an `ImageError` (a `ValueError`) whose message says what was wrong and what is valid.
+so large images are decoded in a thread pool (OpenCV releases the GIL; tiny ones inline, see
+``camserve.front.service``), and everything here can be attacked. The header of an encoded image is
+parsed by hand *before* OpenCV sees it, so a 40-byte PNG that claims 100 000 x 100 000 pixels (a
+decompression bomb) is refused without allocating anything. Every refusal is an :class:`ImageError`
+(an ``INVALID_INPUT`` :class:`~camserve.records.Failure`, also a ``ValueError``) whose message says
+what was wrong and what is valid. Heatmaps are drawn by the engine's ``overlay`` module.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import cv2
 import numpy as np
 
 from camserve.engine import overlay as render  # NumPy + cv2 only, no TensorFlow
+from camserve.records import ErrorKind, Failure
 
 #: Default bound on the decoded pixel count of one image (about 25 megapixels, 75 MB as RGB).
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -24,16 +27,17 @@ MAX_SIDE = 32_768
 
 FORMATS = ("JPEG", "PNG", "WebP", "BMP")
 
-COLORMAPS = {
-    "jet": cv2.COLORMAP_JET,
-    "turbo": cv2.COLORMAP_TURBO,
-    "viridis": cv2.COLORMAP_VIRIDIS,
-    "inferno": cv2.COLORMAP_INFERNO,
-}
 
-
-class ImageError(ValueError):
+class ImageError(Failure, ValueError):
     """The caller's image (encoded bytes or raw tensor) cannot be used; the message says why."""
+
+    kind = ErrorKind.INVALID_INPUT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ImageError, (self.message,))
 
 
 @dataclass(frozen=True)
@@ -251,44 +255,19 @@ def _display_from_float(arr: np.ndarray) -> np.ndarray:
 # Encoding
 
 
-def resize_heatmap(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a [0, 1] map, clipped back into [0, 1]; exact when the size is unchanged."""
-    heatmap = np.asarray(heatmap, dtype=np.float32)
-    if heatmap.shape == (height, width):
-        return heatmap
-    out = cv2.resize(heatmap, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def heatmap_uint8(heatmap: np.ndarray) -> np.ndarray:
-    """[0, 1] float map -> uint8 in [0, 255] (round to nearest)."""
-    return np.clip(np.rint(np.asarray(heatmap, np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
-def heatmap_png(heatmap: np.ndarray) -> bytes:
-    """The map as an 8-bit grayscale PNG (value = round(255 * map))."""
-    return render.heatmap_png(heatmap)
-
-
-def overlay(image_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
-            fmt: str = "png", jpeg_quality: int = 90) -> bytes:
-    """The engine's recipe (camserve.engine.overlay, as cam-keras did): the map resized to the image,
-    cv2 colormap on uint8(255*map), addWeighted(image, 1 - alpha, heat, alpha). PNG or JPEG bytes."""
-    if colormap not in COLORMAPS:
-        raise ImageError(f"unknown colormap {colormap!r}; valid: {', '.join(COLORMAPS)}")
-    if fmt not in ("png", "jpeg"):
-        raise ImageError(f"unknown overlay format {fmt!r}; valid: png, jpeg")
-    return render.overlay_bytes(image_rgb, heatmap, float(alpha), colormap, fmt, int(jpeg_quality))
-
-
 @dataclass(frozen=True)
 class OutputSpec:
-    """What one explanation carries back (already validated)."""
+    """What one explanation carries back (already validated; names from ``camserve_proto.vocabulary``).
 
-    size: str = "grid"              # grid | input | original
+    size: ``grid`` (the target layer's grid), ``input`` (the model's input size) or ``original``
+    (the image as sent). tensor: the float32 map; png: an 8-bit PNG of it; overlay: None, ``png``
+    or ``jpeg``, drawn with ``colormap`` at weight ``alpha``.
+    """
+
+    size: str = "grid"
     tensor: bool = True
     png: bool = False
-    overlay: str | None = None      # None | png | jpeg
+    overlay: str | None = None
     alpha: float = 0.4
     colormap: str = "jet"
     jpeg_quality: int = 90
@@ -296,7 +275,7 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class EncodedMap:
-    """One heatmap ready for the wire."""
+    """One heatmap ready for the wire: (h, w) and the bytes asked for (empty when not)."""
 
     shape: tuple[int, int]
     tensor: bytes
@@ -304,30 +283,33 @@ class EncodedMap:
     overlay: bytes
 
 
+def map_size(spec: OutputSpec, grid: tuple[int, int], image: DecodedImage) -> tuple[int, int]:
+    """(h, w) a map of ``grid`` comes back at for ``spec.size``."""
+    if spec.size == "grid":
+        return int(grid[0]), int(grid[1])
+    if spec.size == "input":
+        return int(image.pixels.shape[0]), int(image.pixels.shape[1])
+    return image.original_size
+
+
 def encode_map(heatmap: np.ndarray, spec: OutputSpec, image: DecodedImage) -> EncodedMap:
     """Resize the map to the requested size and produce the float32 tensor, PNG and overlay asked for.
 
-    Overlays are drawn on the image at the requested size; for the conv grid (a few pixels wide)
-    they are drawn at the model's input size instead, which is what a person can look at.
+    ``heatmap``: (h, w) float32 in [0, 1] at the target layer's grid. The float32 tensor is
+    little-endian, row-major. Overlays are drawn on the image at the requested size; for the conv grid
+    (a few pixels wide) they are drawn at the model's input size instead, which is what a person can
+    look at.
     """
-    if spec.size == "grid":
-        target = heatmap.shape
-    elif spec.size == "input":
-        target = image.pixels.shape[:2]
-    elif spec.size == "original":
-        target = image.original_size
-    else:
-        raise ImageError(f"unknown heatmap size {spec.size!r}; valid: grid, input, original")
-    resized = resize_heatmap(heatmap, int(target[0]), int(target[1]))
+    h, w = map_size(spec, heatmap.shape, image)
+    resized = render.resize_heatmap(heatmap, h, w)
     tensor = np.ascontiguousarray(resized, dtype="<f4").tobytes() if spec.tensor else b""
-    png = heatmap_png(resized) if spec.png else b""
+    png = render.heatmap_png(resized) if spec.png else b""
     over = b""
     if spec.overlay:
         if spec.size == "original":
             base = image.original
         else:
-            h, w = (image.pixels.shape[:2] if spec.size == "grid" else target)
-            base = resize(image.original, int(h), int(w))
-        over = overlay(base, resized, spec.alpha, spec.colormap, spec.overlay, spec.jpeg_quality)
-    return EncodedMap(shape=(int(resized.shape[0]), int(resized.shape[1])), tensor=tensor, png=png,
-                      overlay=over)
+            bh, bw = image.pixels.shape[:2] if spec.size == "grid" else (h, w)
+            base = resize(image.original, int(bh), int(bw))
+        over = render.overlay_bytes(base, resized, spec.alpha, spec.colormap, spec.overlay, spec.jpeg_quality)
+    return EncodedMap(shape=(h, w), tensor=tensor, png=png, overlay=over)

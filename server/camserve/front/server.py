@@ -21,18 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from camserve_client._proto import explain_pb2 as pb
-from camserve_client._proto import explain_pb2_grpc as pb_grpc
+from camserve_proto import explain_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from camserve import codec
-from camserve.metrics import Metrics, start_metrics_server
+from camserve.front import codec
+from camserve.front.interceptors import server_interceptors
+from camserve.front.metrics import Metrics, start_metrics_server
+from camserve.front.requests import RequestParser
+from camserve.front.security import SecurityConfig, add_listening_port
+from camserve.front.service import SERVICE_NAME, ExplainServicer
 from camserve.repository import ModelConfig
-from camserve.security import SecurityConfig, add_listening_port, server_interceptors
-from camserve.service import SERVICE_NAME, ExplainServicer
+from camserve.scheduling.pool import DEFAULT_BATCH_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S
 
-log = logging.getLogger("camserve.server")
+log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 
@@ -54,8 +56,9 @@ class ServerOptions:
     max_image_pixels: int = codec.DEFAULT_MAX_PIXELS
     max_concurrent_rpcs: int = 0       # 0 = unlimited; beyond it gRPC answers RESOURCE_EXHAUSTED
     max_inflight: int = 0              # images in Explain/ExplainBatch calls at once; 0 = unlimited
-    batch_timeout_s: float = 120.0     # per-batch watchdog: a worker holding a batch longer is killed
-    startup_timeout_s: float = 900.0   # a worker not ready this long after its start is killed
+    batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S      # per-batch watchdog: a worker holding a
+                                                          # batch longer is killed
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S  # a worker not ready this long is killed
     codec_threads: int = 4
     health_poll_s: float = 0.1
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -80,8 +83,8 @@ class ConfigError(ValueError):
 
 def make_dispatcher(repository: dict[str, ModelConfig], opts: ServerOptions, observer: Any) -> Any:
     """The real Dispatcher (batcher + worker pool); ConfigError with its message on bad settings."""
-    from camserve.dispatcher import Dispatcher
-    from camserve.placement import WorkerPlan
+    from camserve.scheduling.dispatcher import Dispatcher
+    from camserve.scheduling.placement import WorkerPlan
 
     try:
         return Dispatcher(repository, WorkerPlan.parse(opts.workers), compile_mode=opts.compile_mode,
@@ -137,14 +140,15 @@ class CamServer:
             options=grpc_options(opts),
             maximum_concurrent_rpcs=opts.max_concurrent_rpcs or None,
         )
-        self.servicer = ExplainServicer(self.dispatcher, self.repository, self.metrics, self.executor,
+        parser = RequestParser(self.repository, self.dispatcher.model_summary)
+        self.servicer = ExplainServicer(self.dispatcher, parser, self.metrics, self.executor,
                                         max_image_pixels=opts.max_image_pixels,
                                         max_send_bytes=opts.max_message_bytes, backend=opts.backend,
                                         max_inflight=opts.max_inflight)
         pb_grpc.add_ExplainServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = (pb.DESCRIPTOR.services_by_name["ExplainService"].full_name,
-                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         host = f"[{opts.host}]" if ":" in opts.host and not opts.host.startswith("[") else opts.host
         self.grpc_port = add_listening_port(server, f"{host}:{opts.grpc_port}", opts.security)

@@ -1,13 +1,17 @@
 """Dispatcher: the batcher and the worker pool behind one facade (no TF, no gRPC).
 
-This is the only scheduling object the gRPC front uses (ARCHITECTURE.md, "Dispatcher")::
+This is the only scheduling object the front uses (ARCHITECTURE.md, "Dispatcher")::
 
     dispatcher = Dispatcher(repository, WorkerPlan.parse("cpu:1"), compile_mode="auto",
                             backend="tensorflow", observer=metrics)
     await dispatcher.start()              # spawns the workers, returns at once
     dispatcher.ready()                    # True once every model is warm on >= 1 live worker
-    result = await dispatcher.submit(WorkItem("demo", pixels, ItemRequest("gradcam")))
+    result = await dispatcher.submit(WorkItem("demo", pixels, ItemSpec("gradcam")))  # ItemResult
     await dispatcher.stop(grace_s=10)     # finish queued + in-flight, stop workers, unlink shm
+
+``submit`` returns the item's :class:`~camserve.records.ItemResult` or raises a
+:class:`~camserve.records.Failure` whose ``kind`` says why (unknown model, not ready, queue full,
+deadline, worker lost, or what the engine refused).
 
 Each ready worker runs one serve loop. Idle, it waits for the next batch by the batcher's rule and
 sends it. Holding one batch, it may take a second, full one (``Batcher.take_full``: only when a
@@ -22,57 +26,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
-from camserve.batcher import Batcher
-from camserve.placement import WorkerPlan, discover_gpus
-from camserve.pool import DEFAULT_BATCH_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S, WorkerPool
+from camserve.records import ErrorKind, Failure, ItemResult, ModelSummary
 from camserve.repository import ModelConfig
-from camserve.shm import slab_bytes_for
-from camserve.work import (
-    EXPLAIN_ERROR_KINDS,
-    BatchFailedError,
-    DeadlineExceededError,
-    ExplainError,
-    ItemRequest,
-    MapResult,
-    NotReadyError,
-    NullObserver,
-    Observer,
-    QueueFullError,
-    SchedulingError,
-    UnknownModelError,
-    WorkerLostError,
-    WorkItem,
-    WorkResult,
-)
-from camserve.workerhandle import WorkerHandle, WorkerState
+from camserve.scheduling.batcher import Batcher, WorkItem
+from camserve.scheduling.handles import WorkerHandle, WorkerState
+from camserve.scheduling.observer import NullObserver, Observer
+from camserve.scheduling.placement import WorkerPlan, discover_gpus
+from camserve.scheduling.pool import DEFAULT_BATCH_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S, WorkerPool
+from camserve.vocabulary import BACKENDS, COMPILE_MODES
+from camserve.worker.slab import slab_bytes_for
 
-__all__ = [
-    "EXPLAIN_ERROR_KINDS",
-    "BatchFailedError",
-    "DeadlineExceededError",
-    "Dispatcher",
-    "ExplainError",
-    "ItemRequest",
-    "MapResult",
-    "NotReadyError",
-    "Observer",
-    "QueueFullError",
-    "SchedulingError",
-    "UnknownModelError",
-    "WorkItem",
-    "WorkResult",
-    "WorkerLostError",
-    "WorkerPlan",
-]
+__all__ = ["Dispatcher"]
 
 log = logging.getLogger("camserve.dispatcher")
-
-COMPILE_MODES = ("auto", "xla", "graph")
-BACKENDS = ("tensorflow", "jax")
 
 
 class Dispatcher:
@@ -139,7 +108,7 @@ class Dispatcher:
         self._serve_tasks: dict[WorkerHandle, asyncio.Task[None]] = {}
         self._idle: set[WorkerHandle] = set()
         self._ready: dict[str, bool] = dict.fromkeys(self._repo, False)
-        self._summaries: dict[str, dict[str, Any]] = {}
+        self._summaries: dict[str, ModelSummary] = {}
         self._alive = -1
         self._started = False
         self._stopping = False
@@ -169,7 +138,7 @@ class Dispatcher:
     def has_room(self, model: str, n: int = 1) -> bool:
         """Cheap check that ``model``'s queue would take ``n`` more requests now (shed before decoding).
 
-        Advisory: ``submit`` still refuses atomically with QueueFullError.
+        Advisory: ``submit`` still refuses atomically (``QUEUE_FULL``).
         """
         return self._batcher.has_room(model, n)
 
@@ -198,21 +167,24 @@ class Dispatcher:
             return all(self._ready.values())
         return self._ready.get(model, False)
 
-    def model_summary(self, name: str) -> dict[str, Any] | None:
-        """The worker-reported ``ModelSummary`` as a dict (kept while workers restart)."""
+    def model_summary(self, name: str) -> ModelSummary | None:
+        """The worker-reported summary of model ``name`` (kept while workers restart); None before."""
         return self._summaries.get(name)
 
-    async def submit(self, item: WorkItem) -> WorkResult:
-        """Queue ``item`` and wait for its result; cancelling the caller withdraws it."""
+    async def submit(self, item: WorkItem) -> ItemResult:
+        """Queue ``item`` and wait for its result; cancelling the caller withdraws it.
+
+        Raises :class:`Failure` (``UNKNOWN_MODEL``, ``NOT_READY``, ``INVALID_INPUT``, ``QUEUE_FULL``,
+        ``DEADLINE``, ``WORKER_LOST``, an engine refusal's kind, or ``INTERNAL``).
+        """
         cfg = self._repo.get(item.model)
         if cfg is None:
-            raise UnknownModelError(
-                f"model {item.model!r} is not served (available: {', '.join(sorted(self._repo))})"
-            )
+            raise Failure(f"model {item.model!r} is not served (available: {', '.join(sorted(self._repo))})",
+                          ErrorKind.UNKNOWN_MODEL)
         if self._stopping:
-            raise NotReadyError("the server is draining and accepts no new requests")
+            raise Failure("the server is draining and accepts no new requests", ErrorKind.NOT_READY)
         if not self._ready[item.model]:
-            raise NotReadyError(self._not_ready_reason(item.model))
+            raise Failure(self._not_ready_reason(item.model), ErrorKind.NOT_READY)
         _check_pixels(item, cfg)
         pending = self._batcher.put(item)
         try:
@@ -232,7 +204,8 @@ class Dispatcher:
             _, pending = await asyncio.wait(tasks, timeout=max(0.0, grace_s))
             for t in pending:
                 t.cancel()
-        left = self._batcher.fail_queued(lambda: NotReadyError("the server stopped before this request ran"))
+        left = self._batcher.fail_queued(
+            lambda: Failure("the server stopped before this request ran", ErrorKind.NOT_READY))
         if left:
             log.warning("dispatcher: %d queued request(s) answered UNAVAILABLE at stop", left)
         await self._pool.stop(timeout_s=10.0)
@@ -263,7 +236,8 @@ class Dispatcher:
         for name, ok in self._ready.items():
             if not ok:  # nobody can run what is queued for this model now: let callers retry elsewhere
                 n = self._batcher.fail_queued(
-                    lambda n=name: WorkerLostError(f"no live worker for model {n!r} ({reason}); retry"),
+                    lambda n=name: Failure(f"no live worker for model {n!r} ({reason}); retry",
+                                           ErrorKind.WORKER_LOST),
                     model=name,
                     reason="worker_lost",
                 )
@@ -330,8 +304,8 @@ class Dispatcher:
     def _check_labels(self, w: WorkerHandle) -> None:
         for name, summary in w.summaries.items():
             labels = self._repo[name].labels
-            n = summary.get("num_classes")
-            if labels and isinstance(n, int) and len(labels) != n:
+            n = summary.num_classes
+            if labels and len(labels) != n:
                 log.warning(
                     "model %r: labels file has %d labels but the model has %d classes", name, len(labels), n
                 )
@@ -340,14 +314,13 @@ class Dispatcher:
 def _check_pixels(item: WorkItem, cfg: ModelConfig) -> None:
     """Refuse pixels that would not fit the model (the front validates too; this guards the slab)."""
     px = item.pixels
+    bad = ErrorKind.INVALID_INPUT
     if not isinstance(px, np.ndarray):
-        raise ExplainError("invalid_input", f"pixels must be a NumPy array, got {type(px).__name__}")
+        raise Failure(f"pixels must be a NumPy array, got {type(px).__name__}", bad)
     if px.dtype not in (np.uint8, np.float32):
-        raise ExplainError("invalid_input", f"pixels must be uint8 or float32, got {px.dtype}")
+        raise Failure(f"pixels must be uint8 or float32, got {px.dtype}", bad)
     if tuple(px.shape) != tuple(cfg.input_shape):
-        raise ExplainError(
-            "invalid_input",
-            f"pixels have shape {tuple(px.shape)}, model {cfg.name!r} takes {tuple(cfg.input_shape)}",
-        )
+        raise Failure(f"pixels have shape {tuple(px.shape)}, model {cfg.name!r} takes "
+                      f"{tuple(cfg.input_shape)}", bad)
     if px.dtype == np.float32 and not np.isfinite(px).all():
-        raise ExplainError("invalid_input", "float32 pixels contain NaN or Inf")
+        raise Failure("float32 pixels contain NaN or Inf", bad)

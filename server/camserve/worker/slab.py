@@ -1,4 +1,4 @@
-"""Pixel slab: a shared-memory buffer the parent fills and one worker reads (NumPy only).
+"""Pixel slab: a shared-memory buffer the parent (pool) fills and one worker reads (NumPy only).
 
 Why: pickling a batch of 32 images at 224x224x3 through a pipe copies ~4.8 MB twice and holds
 the GIL while it does; writing them once into shared memory and sending ``(offset, dtype,

@@ -1,0 +1,99 @@
+"""camserve.v1 replies: an ExplainResponse from an :class:`~camserve.records.ItemResult`, a ModelInfo
+from a config and its :class:`~camserve.records.ModelSummary`, and the reply-size checks.
+
+Why the size checks live here: the float32 maps a caller asks for at the original image size can
+exceed the message limit (4 bytes a pixel per class), so the front refuses such a request *before*
+computing it (:func:`check_map_bytes`) and checks the finished reply once more (:func:`check_reply`);
+both refusals are ``TOO_LARGE``, which clients must not retry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from camserve_proto import explain_pb2 as pb
+from camserve_proto import vocabulary as wire
+
+from camserve.front.codec import DecodedImage, encode_map, map_size
+from camserve.front.requests import Prepared
+from camserve.records import ErrorKind, Failure, ItemResult, ModelSummary
+from camserve.repository import ModelConfig
+
+__all__ = ["build_response", "check_map_bytes", "check_reply", "model_info"]
+
+
+def check_map_bytes(prep: Prepared, image: DecodedImage, limit: int) -> None:
+    """Refuse (``TOO_LARGE``) before computing when the float32 maps asked for cannot fit one reply."""
+    if not prep.output.tensor or prep.output.size == "grid":
+        return
+    h, w = map_size(prep.output, prep.summary.grid, image)
+    k = prep.spec.top_k
+    need = 4 * h * w * k
+    if need > limit:
+        raise Failure(f"the reply would carry {need} bytes of float32 heatmaps ({k} x {h}x{w}), over the "
+                      f"server's {limit}-byte message limit; ask for CONV_GRID or MODEL_INPUT size, "
+                      "omit_tensor with a PNG, or fewer classes", ErrorKind.TOO_LARGE)
+
+
+def check_reply(reply: pb.ExplainResponse | pb.ExplainBatchResponse, limit: int) -> None:
+    """Refuse (``TOO_LARGE``) a finished reply over the message limit."""
+    size = reply.ByteSize()
+    if size > limit:
+        raise Failure(f"the reply would be {size} bytes, over the server's {limit}-byte message limit; ask "
+                      "for smaller heatmaps, omit_tensor, JPEG overlays or fewer images per call",
+                      ErrorKind.TOO_LARGE)
+
+
+def build_response(prep: Prepared, image: DecodedImage, result: ItemResult,
+                   total_s: float) -> pb.ExplainResponse:
+    """The ExplainResponse for one computed image; ``total_s`` is the time since the call arrived."""
+    cfg = prep.config
+    labels = cfg.labels
+    probs = np.asarray(result.probabilities, dtype=np.float32).reshape(-1)
+
+    def label(i: int) -> str:
+        return labels[i] if 0 <= i < len(labels) else str(i)
+
+    resp = pb.ExplainResponse(request_id=prep.request_id, model=cfg.name, model_version=cfg.version,
+                              method=prep.method_enum, target_layer=prep.target_layer)  # type: ignore[arg-type]
+    for m in result.maps:
+        enc = encode_map(m.heatmap, prep.output, image)
+        ci = int(m.class_index)
+        ex = resp.explanations.add(class_index=ci, label=label(ci),
+                                   probability=float(probs[ci]) if 0 <= ci < probs.size else 0.0,
+                                   score=float(m.score), all_zero=bool(m.all_zero))
+        if prep.output.tensor:
+            ex.heatmap.dtype = pb.FLOAT32
+            ex.heatmap.shape.extend(enc.shape)
+            ex.heatmap.data = enc.tensor
+        if enc.png:
+            ex.heatmap_png = enc.png
+        if enc.overlay:
+            ex.overlay = enc.overlay
+    for i in np.argsort(-probs, kind="stable")[: wire.TOP_PREDICTIONS]:
+        resp.top_predictions.add(class_index=int(i), label=label(int(i)), probability=float(probs[i]))
+    resp.timing.queue_ms = result.queue_s * 1e3
+    resp.timing.compute_ms = result.compute_s * 1e3
+    resp.timing.batch_size = int(result.batch_size)
+    resp.timing.total_ms = total_s * 1e3
+    return resp
+
+
+def model_info(cfg: ModelConfig, summary: ModelSummary | None, ready: bool, backend: str) -> pb.ModelInfo:
+    """ModelInfo from the config, completed by the worker's report once the model is loaded."""
+    b = cfg.batching
+    info = pb.ModelInfo(name=cfg.name, version=cfg.version, ready=ready, input_shape=list(cfg.input_shape),
+                        preprocessing=cfg.preprocessing, labels=list(cfg.labels),
+                        max_batch_size=b.max_batch_size, max_queue_delay_ms=b.max_queue_delay_ms,
+                        backend=backend, default_target_layer=cfg.target_layer or "")
+    if summary is None:
+        return info
+    info.num_classes = summary.num_classes
+    info.default_target_layer = summary.target_layer
+    info.compile_mode = summary.compile_mode
+    info.backend = summary.backend
+    info.batch_buckets.extend(summary.buckets)
+    for layer in summary.layers:
+        info.layers.add(name=layer.name, grid=list(layer.grid), channels=layer.channels,
+                        cam_supported=layer.cam_supported)
+    info.methods.extend(wire.METHODS[m] for m in summary.methods if m in wire.METHODS)  # type: ignore[misc]
+    return info

@@ -1,0 +1,180 @@
+"""Request validation: one camserve.v1 ExplainRequest into a checked :class:`Prepared` (no pixels yet).
+
+Why at the edge, against the worker's report: a bad request must fail before it takes a queue slot or
+a batch position, with a message that says what was wrong and what is valid. The checks read the
+:class:`~camserve.records.ModelSummary` the worker reported at start-up (classes, candidate layers,
+CAM support, the top-k limit), so they agree with what the engine would say; the wire's words come
+from ``camserve_proto.vocabulary``. Every refusal is a :class:`~camserve.records.Failure`.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from camserve_proto import explain_pb2 as pb
+from camserve_proto import vocabulary as wire
+
+from camserve.front.codec import OutputSpec
+from camserve.records import ErrorKind, Failure, ItemSpec, LayerInfo, ModelSummary
+from camserve.repository import ModelConfig
+
+__all__ = ["Prepared", "RequestParser", "invalid"]
+
+_METHOD = {v: k for k, v in wire.METHODS.items()}
+_SIZE = {v: k for k, v in wire.HEATMAP_SIZES.items()}
+_FORMAT = {v: k for k, v in wire.IMAGE_FORMATS.items()}
+_COLORMAP = {v: k for k, v in wire.COLORMAPS.items()}
+
+
+def invalid(message: str) -> Failure:
+    return Failure(message, ErrorKind.INVALID_INPUT)
+
+
+def _names(values: list[str], limit: int = 12) -> str:
+    shown = ", ".join(values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def _enum_names(enum: type, values: Mapping[int, str]) -> str:
+    return ", ".join(enum.Name(v) for v in values)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated Explain request, ready to decode and queue."""
+
+    config: ModelConfig
+    summary: ModelSummary
+    spec: ItemSpec
+    output: OutputSpec
+    method_enum: int
+    target_layer: str  # the full path of the layer explained (the default one included)
+    request_id: str
+    image: pb.Image
+
+
+class RequestParser:
+    """Validates requests against the served models' configs and the workers' summaries.
+
+    ``summaries`` is called with a model name and returns its :class:`ModelSummary`, or None while
+    no worker has reported it (the request is then refused ``NOT_READY``).
+    """
+
+    def __init__(self, repository: Mapping[str, ModelConfig], summaries: object) -> None:
+        if not repository:
+            raise ValueError("the front needs at least one model")
+        self.repository = dict(repository)
+        self.default_model = next(iter(self.repository))
+        self._summary = summaries
+
+    def model(self, name: str, version: int = 0) -> ModelConfig:
+        """The served model ``name`` ('' = the default model) at ``version`` (0 = newest)."""
+        model = name or self.default_model
+        cfg = self.repository.get(model)
+        if cfg is None:
+            raise Failure(f"model {name!r} is not served; served models: {_names(list(self.repository))}",
+                          ErrorKind.UNKNOWN_MODEL)
+        if version not in (0, cfg.version):
+            raise Failure(f"model {model!r} has no version {version}; served version: {cfg.version} "
+                          "(0 = the newest)", ErrorKind.UNKNOWN_MODEL)
+        return cfg
+
+    def summary(self, cfg: ModelConfig) -> ModelSummary:
+        summary = self._summary(cfg.name)  # type: ignore[operator]
+        if summary is None:
+            raise Failure(f"model {cfg.name!r} is still loading or no worker serves it; retry later",
+                          ErrorKind.NOT_READY)
+        return summary
+
+    def prepare(self, request: pb.ExplainRequest) -> Prepared:
+        """Every check that needs no pixels; raises :class:`Failure` with a clear message."""
+        cfg = self.model(request.model, request.model_version)
+        summary = self.summary(cfg)
+        if request.method != pb.METHOD_UNSPECIFIED and request.method not in _METHOD:
+            raise invalid(f"unknown method {request.method}; valid: {_enum_names(pb.Method, _METHOD)}")
+        method = _METHOD.get(request.method, wire.DEFAULTS["method"])
+        class_index: int | None = None
+        top_k = request.top_k or wire.DEFAULTS["top_k"]
+        if request.HasField("class_index"):
+            class_index = request.class_index
+            n = summary.num_classes
+            if not 0 <= class_index < n:
+                raise Failure(f"class_index {class_index} is out of range: model {cfg.name!r} has "
+                              f"{n} classes (0..{n - 1})", ErrorKind.CLASS_INDEX)
+            if request.top_k not in (0, 1):
+                raise invalid("set class_index to explain one class, or top_k to explain the k best; "
+                              "not both")
+            top_k = 1
+        elif not 1 <= top_k <= summary.max_top_k:
+            raise Failure(f"top_k {request.top_k} is out of range: 1..{summary.max_top_k} for model "
+                          f"{cfg.name!r} (0 means 1)", ErrorKind.CLASS_INDEX)
+        layer = self._layer(cfg, summary, request.target_layer)
+        if method == "cam" and not layer.cam_supported:
+            reason = summary.cam_reason if layer.name == summary.target_layer else ""
+            able = [x.name for x in summary.layers if x.cam_supported]
+            where = (f"layers where CAM works: {_names(able)}" if able
+                     else "no layer of this model feeds global average pooling then one Dense layer")
+            raise Failure(f"CAM is not available on layer {layer.name!r} of model {cfg.name!r}: "
+                          f"{reason or 'it does not feed global average pooling then one Dense'}; {where}; "
+                          "GRAD_CAM works on any layer", ErrorKind.CAM_NOT_SUPPORTED)
+        output = self._output(request.output)
+        rid = request.request_id
+        if len(rid) > wire.MAX_REQUEST_ID_CHARS:
+            raise invalid(f"request_id is {len(rid)} characters; at most {wire.MAX_REQUEST_ID_CHARS}")
+        if request.image.WhichOneof("source") is None:
+            raise invalid("the request has no image: set image.encoded (JPEG/PNG/WebP/BMP bytes) "
+                          "or image.tensor")
+        target = None if layer.name == summary.target_layer else layer.name
+        spec = ItemSpec(method=method, class_index=class_index, top_k=top_k, target_layer=target)
+        return Prepared(config=cfg, summary=summary, spec=spec, output=output,
+                        method_enum=wire.METHODS[method], target_layer=layer.name,
+                        request_id=rid or uuid.uuid4().hex, image=request.image)
+
+    @staticmethod
+    def _layer(cfg: ModelConfig, summary: ModelSummary, name: str) -> LayerInfo:
+        """The candidate layer ``name`` (a full path, or the unique path ending in ``/name``)."""
+        if not name or name == summary.target_layer:
+            found = summary.layer(summary.target_layer)
+            # The default target may be no candidate (e.g. a configured layer the listing leaves
+            # out): trust the engine's report about it.
+            return found or LayerInfo(summary.target_layer, summary.grid, summary.channels,
+                                      summary.cam_supported)
+        found = summary.layer(name)
+        if found is not None:
+            return found
+        nested = [x for x in summary.layers if x.name.endswith("/" + name)]
+        if len(nested) == 1:
+            return nested[0]
+        if len(nested) > 1:
+            raise Failure(f"target_layer {name!r} is ambiguous in model {cfg.name!r}: "
+                          f"{_names([x.name for x in nested])}; use the full 'outer/inner' path",
+                          ErrorKind.UNKNOWN_LAYER)
+        raise Failure(f"model {cfg.name!r} has no target layer {name!r} (a layer with a spatial grid); "
+                      f"valid: {_names([x.name for x in reversed(summary.layers)])}",
+                      ErrorKind.UNKNOWN_LAYER)
+
+    @staticmethod
+    def _output(opt: pb.OutputOptions) -> OutputSpec:
+        size = _SIZE.get(opt.size, wire.DEFAULTS["heatmap_size"] if opt.size == 0 else None)
+        if size is None:
+            raise invalid(f"unknown output.size {opt.size}; valid: {_enum_names(pb.HeatmapSize, _SIZE)}")
+        if opt.overlay != 0 and opt.overlay not in _FORMAT:
+            raise invalid(f"unknown output.overlay {opt.overlay}; valid: "
+                          f"{_enum_names(pb.ImageFormat, _FORMAT)} (or unset for none)")
+        colormap = _COLORMAP.get(opt.colormap, wire.DEFAULTS["colormap"] if opt.colormap == 0 else None)
+        if colormap is None:
+            raise invalid(f"unknown output.colormap {opt.colormap}; valid: "
+                          f"{_enum_names(pb.Colormap, _COLORMAP)}")
+        alpha = float(opt.overlay_alpha)
+        if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+            raise invalid(f"output.overlay_alpha {alpha} must be in (0, 1] "
+                          f"(0 means {wire.DEFAULTS['overlay_alpha']})")
+        if not 0 <= opt.jpeg_quality <= 100:
+            raise invalid(f"output.jpeg_quality {opt.jpeg_quality} must be in 1..100 "
+                          f"(0 means {wire.DEFAULTS['jpeg_quality']})")
+        return OutputSpec(size=size, tensor=not opt.omit_tensor, png=opt.heatmap_png,
+                          overlay=_FORMAT.get(opt.overlay), alpha=alpha or wire.DEFAULTS["overlay_alpha"],
+                          colormap=colormap, jpeg_quality=opt.jpeg_quality or wire.DEFAULTS["jpeg_quality"])

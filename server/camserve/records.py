@@ -1,0 +1,155 @@
+"""The records every layer of the server passes on as they are, and the one vocabulary of failures.
+
+One image's request is an :class:`ItemSpec`; its answer an :class:`ItemResult` holding one
+:class:`ClassMap` per explained class (or an error); what a worker reports about a loaded model is a
+:class:`ModelSummary`. The front builds specs, the scheduler queues them, the worker hands them to the
+engine, and the results travel back the same way, across the worker's pipe included (pickled as
+they are), without being repacked under new names. Plain dataclasses of builtins and NumPy arrays:
+importing this module loads neither TensorFlow nor gRPC.
+
+Failures carry an :class:`ErrorKind`: raised as :class:`Failure` inside a process, carried in
+``ItemResult.error`` across the worker's pipe. ``camserve.front.status`` holds the one table from
+kind to gRPC status code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ErrorKind(enum.Enum):
+    """Why a request failed; the front maps each kind to one gRPC status code."""
+
+    INVALID_INPUT = "invalid_input"          # the image, tensor or options a caller sent
+    UNKNOWN_LAYER = "unknown_layer"          # no such target layer, or it has no spatial grid
+    CLASS_INDEX = "class_index"              # class index or top_k outside the model's classes
+    CAM_NOT_SUPPORTED = "cam_not_supported"  # CAM where the layer does not feed GAP -> one Dense
+    UNKNOWN_MODEL = "unknown_model"          # no such model (or version) in the repository
+    QUEUE_FULL = "queue_full"                # the model's queue is full: retry later
+    BUSY = "busy"                            # the server's in-flight limit is reached: retry later
+    TOO_LARGE = "too_large"                  # a reply or request over a size limit: never retried
+    DEADLINE = "deadline"                    # the caller's deadline passed before the answer
+    NOT_READY = "not_ready"                  # loading, draining, or no live worker: retry
+    WORKER_LOST = "worker_lost"              # the worker computing it died: retry
+    UNAUTHENTICATED = "unauthenticated"      # missing or wrong bearer token
+    INTERNAL = "internal"                    # a bug on the server, never the caller's fault
+
+
+class Failure(Exception):
+    """An error a layer below the front reports, with its :class:`ErrorKind` and a message for the caller.
+
+    The message says what was wrong and what would have been valid; it is sent to the caller as
+    the status details, so it never holds secrets or tracebacks.
+    """
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str, kind: ErrorKind | None = None) -> None:
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Failure, (self.message, self.kind))
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """What to explain for one image.
+
+    ``method``: one of :data:`camserve.vocabulary.METHODS`. ``class_index`` set: one map for that
+    class (``top_k`` is then 1). Unset: maps for the ``top_k`` best classes of the image, best first.
+    ``target_layer``: a layer name or ``outer/inner`` path; None = the model's default target.
+    """
+
+    method: str = "gradcam"
+    class_index: int | None = None
+    top_k: int = 1
+    target_layer: str | None = None
+
+
+@dataclass
+class ClassMap:
+    """One explained class: its index, its score (logit or probability) and its normalised heatmap."""
+
+    class_index: int
+    score: float
+    heatmap: np.ndarray  # (h, w) float32 in [0, 1]
+    all_zero: bool  # the raw map had no positive contrast: heatmap is all zeros, not NaN
+
+
+@dataclass
+class ItemResult:
+    """The answer for one image: probabilities and maps, or an error; times in seconds.
+
+    ``probabilities``: (N,) float32, the model's own output probabilities. ``error`` set means the
+    item failed (``message`` says why) and ``maps`` is empty. ``queue_s`` (waiting for a batch and a
+    worker), ``compute_s`` (the batch's step on the worker) and ``batch_size`` (real images in that
+    batch) are filled in by the scheduler.
+    """
+
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    maps: list[ClassMap] = field(default_factory=list)
+    error: ErrorKind | None = None
+    message: str = ""
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    batch_size: int = 0
+
+    @classmethod
+    def failed(cls, kind: ErrorKind, message: str) -> ItemResult:
+        return cls(error=kind, message=message)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A candidate target layer: path name ("outer/inner" inside nested models), grid and channels."""
+
+    name: str
+    grid: tuple[int, int]  # (h, w)
+    channels: int
+    cam_supported: bool
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What a worker reports about a loaded model; the front validates requests against it.
+
+    ``max_top_k`` is the most classes one item may ask for (the engine's limit, capped by the
+    number of classes); ``methods`` the methods usable with the default target layer.
+    """
+
+    input_shape: tuple[int, int, int]  # (H, W, C)
+    num_classes: int
+    target_layer: str
+    grid: tuple[int, int]  # (h, w) of the target layer
+    channels: int
+    cam_supported: bool
+    cam_reason: str  # why CAM is refused ("" when supported)
+    layers: tuple[LayerInfo, ...]
+    buckets: tuple[int, ...]
+    compile_mode: str  # the resolved mode: "xla" or "graph"
+    backend: str
+    preprocessing: str
+    score: str
+    methods: tuple[str, ...]
+    max_top_k: int
+
+    def layer(self, name: str) -> LayerInfo | None:
+        """The candidate layer called ``name`` (a full path), or None."""
+        return self._by_name().get(name)
+
+    def _by_name(self) -> dict[str, LayerInfo]:
+        # Built once per summary (a request looks its layer up here; summaries are immutable).
+        cached = self.__dict__.get("_layers_by_name")
+        if cached is None:
+            cached = {x.name: x for x in self.layers}
+            object.__setattr__(self, "_layers_by_name", cached)
+        return cached
