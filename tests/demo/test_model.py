@@ -10,6 +10,7 @@ from camserve.demo import MODEL_DIR, REPOSITORY_DIR
 from camserve.demo.digits import CANVAS, generate, preprocess
 from camserve.demo.localization import score_maps
 from camserve.demo.train import HELDOUT_SAMPLES, HELDOUT_SEED, TARGET_LAYER, build_model, config_dict
+from camserve.records import ItemSpec
 
 AGREED_FIELDS = {
     "name",
@@ -78,7 +79,7 @@ def test_gradcam_points_at_the_digit_through_the_engine(model, heldout) -> None:
     engine = pytest.importorskip("camserve.engine")
     explainer = engine.Explainer(model, target_layer=TARGET_LAYER, preprocessing="tf", max_batch_size=32)
     images, boxes = heldout.images[:128], heldout.boxes[:128]
-    results = explainer.explain_batch(images, [engine.ItemSpec(method="gradcam")] * len(images))
+    results = explainer.explain_batch(images, [ItemSpec(method="gradcam")] * len(images))
     score = score_maps([r.maps[0].heatmap for r in results], boxes, (CANVAS, CANVAS))
     assert score.pointing_game >= 0.9, score
     # The engine's predictions agree with the model run on the same pixels preprocessed here.
