@@ -80,7 +80,8 @@ def server_settings(c: Doc, docs: list[Doc]) -> tuple[argparse.Namespace | None,
         try:
             return _server().build_parser().parse_args(args[1:]), errors
         except SystemExit:
-            return None, [*errors, f"camserve {' '.join(args)} with this env: {err.getvalue().strip()}"]
+            why = err.getvalue().strip().splitlines()[-1]  # argparse's "error:" line, after the usage
+            return None, [*errors, f"camserve {' '.join(args)} with this env: {why}"]
 
 
 def _bytes(quantity: Any) -> float:
