@@ -70,6 +70,9 @@ def server_settings(c: Doc, docs: list[Doc]) -> tuple[argparse.Namespace | None,
     env.update({e["name"]: str(e.get("value", "")) for e in c.get("env") or []})
     errors = [f"env {e['name']} comes from valueFrom: it cannot be checked" for e in c.get("env") or []
               if "valueFrom" in e and e["name"].startswith("CAMSERVE_")]
+    errors += [f"envFrom {s} is not a ConfigMap of these manifests (the pod would not start)"
+               for s in c.get("envFrom") or [] if not (s.get("configMapRef") or {}).get("optional")
+               and (s.get("configMapRef") or {}).get("name") not in configmaps]
     command = [str(a) for a in c.get("command") or ["camserve"]]
     args = command[1:] + [str(a) for a in c.get("args") or ["serve"]]
     if Path(command[0]).name != "camserve" or args[:1] != ["serve"]:
@@ -188,7 +191,10 @@ def _shutdown(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Ite
     SIGKILLs in-flight calls), and liveness tolerates NOT_SERVING that long (or kills a draining pod)."""
     hook = (c.get("lifecycle") or {}).get("preStop") or {}
     cmd = (hook.get("exec") or {}).get("command") or []
-    sleep = float((hook.get("sleep") or {}).get("seconds", cmd[-1] if cmd[:1] == ["sleep"] else 0))
+    if set(hook) - {"sleep"} and not (len(cmd) == 2 and cmd[0] == "sleep"):
+        yield Problem("shutdown", where, f"preStop {hook}: use `sleep N` or the sleep action (known length)")
+        return
+    sleep = float((hook.get("sleep") or {}).get("seconds", cmd[-1] if cmd else 0))
     window = s.pre_stop_seconds + s.drain_seconds
     if (grace := tpl["spec"].get("terminationGracePeriodSeconds", 30)) <= sleep + window:
         yield Problem("shutdown", where, f"terminationGracePeriodSeconds {grace} <= preStop {sleep:g} + "

@@ -198,6 +198,8 @@ BROKEN: dict[str, tuple[Edit, str]] = {
     "drain longer": (put(config, "CAMSERVE_DRAIN_SECONDS", "50"), "shutdown"),
     "liveness kills a draining pod": (put(part("livenessProbe"), "failureThreshold", 3), "shutdown"),
     "long preStop": (put(part("lifecycle", "preStop", "exec"), "command", ["sleep", "30"]), "shutdown"),
+    "preStop of unknown length": (put(part("lifecycle", "preStop", "exec"), "command", ["sh", "-c", "sleep"]),
+                                  "shutdown"),
     "no /dev/shm": (without(part(), "volumeMounts", "dshm"), "shm"),
     "/dev/shm on disk": (put(shm, "medium"), "shm"),
     "/dev/shm too small for the slabs": (put(shm, "sizeLimit", "256Mi"), "shm"),
@@ -205,6 +207,8 @@ BROKEN: dict[str, tuple[Edit, str]] = {
     "unknown flag": (put(part(), ARGS, ["serve", "--grpc-port=50051", "--prestop=10"]), "server-args"),
     "bad env value": (put(config, "CAMSERVE_WORKERS", "gpus"), "server-args"),
     "not camserve serve": (put(part(), "command", ["sh", "-c", "camserve serve"]), "server-args"),
+    "configmap not in the manifests": (put(part("envFrom", 0, "configMapRef"), "name", "x"),
+                                       "server-args"),
     "repository not mounted": (put(config, "CAMSERVE_MODEL_REPOSITORY", "/srv/models"), "volumes"),
     "no writable /tmp": (without(part(), "volumeMounts", "/tmp"), "volumes"),
     # checkov: the project's policies (deploy/policies/)
