@@ -35,11 +35,13 @@ class Problem(NamedTuple):
 
 def _server() -> Any:
     """The server's code the rules reason with (the one place to follow when its modules move)."""
-    from camserve import cli, metrics, placement, pool, shm
+    from camserve.front import cli, metrics
+    from camserve.scheduling import placement, pool
+    from camserve.worker import slab
 
     return argparse.Namespace(build_parser=cli.build_parser, Metrics=metrics.Metrics,
                               WorkerPlan=placement.WorkerPlan, PIPELINE_DEPTH=pool.PIPELINE_DEPTH,
-                              slab_bytes_for=shm.slab_bytes_for)
+                              slab_bytes_for=slab.slab_bytes_for)
 
 
 def name(d: Doc) -> str:
