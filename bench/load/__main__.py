@@ -15,7 +15,10 @@ bench/results/. With --target, measures an already running server instead (e.g. 
 --protocols camserve,oip drives the same server through camserve.v1 Explain and through the Open
 Inference Protocol's ModelInfer (the same images, IMAGE rows), alternating protocols for --rounds
 rounds so that a noisy machine hurts both alike, and prints each protocol's median throughput per
-concurrency and the ratio oip / camserve (the tf-keras-vis baseline uses the first protocol's run).
+concurrency and the ratio oip / camserve (the tf-keras-vis baseline uses the first protocol's run),
+and, for a server it started, the CPU per answered call of each protocol (server parent, workers,
+this client): throughput swings with whatever else runs on a shared machine, CPU time per call hardly
+does.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +101,30 @@ def format_comparison(model: str, rows: list[dict[str, Any]], best: float) -> st
     return "\n".join(lines)
 
 
+#: The RPC each protocol's load calls (what camserve_requests_total counts it under).
+RPC_OF = {"camserve": "Explain", "oip": "ModelInfer"}
+
+
+def server_usage(server: Any, protocol: str) -> tuple[float, float, float, float] | None:
+    """(parent CPU s, workers' CPU s, OK calls of the protocol's RPC so far, this client's CPU s) of a
+    server we started."""
+    if server is None:
+        return None
+    parent, workers = server.cpu_seconds()
+    calls = server.metric("camserve_requests_total", method=RPC_OF[protocol], code="OK")
+    return parent, workers, calls, time.process_time()
+
+
+def cpu_per_call(before: Any, after: Any) -> dict[str, float] | None:
+    """Server CPU per answered call between two usages, warm-up included: unlike throughput on a shared
+    machine, CPU time hardly depends on what else runs, so it compares protocols robustly."""
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    calls = after[2] - before[2]
+    return {"parent": 1e3 * (after[0] - before[0]) / calls, "workers": 1e3 * (after[1] - before[1]) / calls,
+            "client": 1e3 * (after[3] - before[3]) / calls, "calls": calls}
+
+
 def protocol_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per concurrency: each protocol's median throughput and p50/p99 over its rounds, and the ratio of
     each protocol to the first one."""
@@ -115,6 +143,11 @@ def protocol_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]
             base = row[first]["img_s"]
             row[proto]["ratio"] = row[proto]["img_s"] / base if base else math.nan
         rows.append(row)
+    for proto, reports in runs.items():  # the server's CPU per call, whole runs (every level)
+        cpu = [r["server_cpu_ms_per_call"] for r in reports if r.get("server_cpu_ms_per_call")]
+        for row in rows:
+            for part in ("parent", "workers", "client"):
+                row[proto][f"{part}_cpu_ms"] = statistics.median(c[part] for c in cpu) if cpu else math.nan
     return rows
 
 
@@ -127,6 +160,10 @@ def format_protocols(model: str, rows: list[dict[str, Any]]) -> str:
         cells = "".join(f"{r[p]['img_s']:16.1f}{r[p]['p50_ms']:9.1f}{r[p]['p99_ms']:9.1f}" for p in protos)
         rounds = "  ".join(f"{p} {r[p]['rounds_img_s']}" for p in protos)
         lines.append(f"{model:14s}{r['concurrency']:5g}{cells}{r[protos[-1]]['ratio']:8.3f}  {rounds}")
+    if rows:
+        for part in ("parent", "workers", "client"):
+            cpu = ", ".join(f"{p} {rows[0][p][f'{part}_cpu_ms']:.3f}" for p in protos)
+            lines.append(f"{model:14s} {part} CPU ms per call (median of rounds, all levels): {cpu}")
     return "\n".join(lines)
 
 
@@ -142,12 +179,15 @@ def run_model(name: str, args: argparse.Namespace, levels: list[int],
                          method=args.method, quiet=args.quiet)
         protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
 
-        def sweep() -> dict[str, list[dict[str, Any]]]:
+        def sweep(server: Any = None) -> dict[str, list[dict[str, Any]]]:
             runs: dict[str, list[dict[str, Any]]] = {p: [] for p in protocols}
             for _ in range(max(1, args.rounds)):
                 for proto in protocols:
                     cfg.protocol = proto
-                    runs[proto].append(run_load(cfg))
+                    before = server_usage(server, proto)
+                    report = run_load(cfg)
+                    report["server_cpu_ms_per_call"] = cpu_per_call(before, server_usage(server, proto))
+                    runs[proto].append(report)
             return runs
 
         if args.target:
@@ -157,12 +197,12 @@ def run_model(name: str, args: argparse.Namespace, levels: list[int],
         else:
             extra = ["--compile", args.compile] if args.compile else []
             print(f"[{name}] starting camserve (compiling every bucket) ...", file=sys.stderr)
-            server = start_server(*extra, repository=Path(tmp), workers=args.workers, metrics_port=-1,
+            server = start_server(*extra, repository=Path(tmp), workers=args.workers,
                                   timeout=900)
             startup = server.startup_s
             try:
                 cfg.target = server.target
-                runs = sweep()
+                runs = sweep(server)
             finally:
                 server.stop()
         report = runs[protocols[0]][0]
@@ -175,6 +215,8 @@ def run_model(name: str, args: argparse.Namespace, levels: list[int],
             print(f"\n[{name}] protocols, median of {max(1, args.rounds)} alternating round(s):")
             print(format_protocols(name, rows))
             result.update(protocols={p: [r["steps"] for r in reports] for p, reports in runs.items()},
+                          cpu_ms_per_call={p: [r["server_cpu_ms_per_call"] for r in reports]
+                                           for p, reports in runs.items()},
                           protocol_comparison=rows)
         if args.no_baseline:
             return result
