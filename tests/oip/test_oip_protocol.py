@@ -13,6 +13,8 @@ from camserve.records import ErrorKind, Failure, LayerInfo, ModelSummary
 from camserve.repository import load_repository
 from camserve_proto import grpc_service_pb2 as pb
 from camserve_proto import oip
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from oip_descriptors import describe
 from oipkit import triton_descriptors
 
@@ -199,3 +201,51 @@ def test_unready_model_is_unavailable_not_an_error_of_the_caller(parser: Request
     with pytest.raises(Failure) as err:
         parse_infer(strict, _infer())
     assert err.value.kind is ErrorKind.NOT_READY
+
+
+# ------------------------------------------------------------------------------ hostile requests
+
+_NAMES = st.sampled_from(["IMAGE", "PIXELS", "INPUT__0", "", "image"])
+_TYPES = st.sampled_from(["BYTES", "UINT8", "FP32", "FP16", "INT64", "BOOL", "COMPLEX", ""])
+_DIMS = st.lists(st.integers(min_value=-3, max_value=70) | st.sampled_from([1 << 40, 64]), max_size=5)
+_PARAM = st.one_of(st.builds(lambda v: pb.InferParameter(string_param=v), st.text(max_size=12)),
+                   st.builds(lambda v: pb.InferParameter(int64_param=v),
+                             st.integers(-(1 << 63), (1 << 63) - 1)),
+                   st.builds(lambda v: pb.InferParameter(uint64_param=v), st.integers(0, (1 << 64) - 1)),
+                   st.builds(lambda v: pb.InferParameter(double_param=v), st.floats(allow_nan=True)),
+                   st.builds(lambda v: pb.InferParameter(bool_param=v), st.booleans()),
+                   st.just(pb.InferParameter()))
+
+
+@st.composite
+def _hostile(draw: st.DrawFn) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=draw(st.sampled_from(["demo", "", "nope"])),
+                                   model_version=draw(st.sampled_from(["", "1", "2", "x", "-1"])))
+    for _ in range(draw(st.integers(0, 2))):
+        t = request.inputs.add(name=draw(_NAMES), datatype=draw(_TYPES), shape=draw(_DIMS))
+        if draw(st.booleans()):
+            t.contents.uint_contents.extend(draw(st.lists(st.integers(0, (1 << 32) - 1), max_size=8)))
+        if draw(st.booleans()):
+            t.contents.bytes_contents.extend(draw(st.lists(st.binary(max_size=16), max_size=3)))
+    for _ in range(draw(st.integers(0, 2))):
+        request.raw_input_contents.append(draw(st.binary(max_size=64) | st.builds(
+            lambda n: oip.pack_bytes([b"x"] * n), st.integers(0, 3))))
+    for name in draw(st.lists(st.sampled_from([*oip.PARAMETERS, "sequence_id", ""]), max_size=5)):
+        request.parameters[name].CopyFrom(draw(_PARAM))
+    for name in draw(st.lists(st.sampled_from([*oip.OUTPUTS, "LOGITS"]), max_size=3)):
+        request.outputs.add(name=name)
+    return request
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(request=_hostile())
+def test_hostile_requests_are_refused_by_kind_never_by_a_bug(parser: RequestParser,
+                                                             request: pb.ModelInferRequest) -> None:
+    """Whatever a caller sends, parsing either succeeds or raises a Failure of a caller's kind (never
+    INTERNAL, never another exception, never an allocation sized by the caller's numbers)."""
+    try:
+        call = parse_infer(parser, request)
+    except Failure as exc:
+        assert exc.kind is not ErrorKind.INTERNAL and exc.message
+        return
+    assert 1 <= len(call) <= parser.repository["demo"].batching.max_queue_size
