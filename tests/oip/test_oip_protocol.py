@@ -237,7 +237,7 @@ def _hostile(draw: st.DrawFn) -> pb.ModelInferRequest:
     return request
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(request=_hostile())
 def test_hostile_requests_are_refused_by_kind_never_by_a_bug(parser: RequestParser,
                                                              request: pb.ModelInferRequest) -> None:
