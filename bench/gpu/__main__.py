@@ -223,7 +223,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from camserve_client.loadgen import LoadConfig, run_load
     from camserve_client.loadreport import json_safe
 
-    from tests.serverproc import start_server
+    from bench import start_server
 
     s = _settings(args)
     out_dir = Path(args.out)
