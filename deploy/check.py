@@ -152,20 +152,29 @@ def camserve_problems(docs: dict[str, list[Doc]]) -> list[Problem]:
             + [p for kind, f in DOCKERFILES.items() for p in dockerfile_problems(f, gpu=kind == "gpu")])
 
 
+def kserve_problems() -> list[Problem]:
+    """deploy/kserve's ServingRuntime and InferenceService, by deploy.kserve.validate."""
+    from deploy.kserve import validate
+
+    return [Problem("kserve", "deploy/kserve", message) for message in validate.problems(validate.load())]
+
+
 def run_all(tmp: Path, log: Callable[[str], None] = print) -> int:
-    """Render, run camserve's rules (they swap os.environ for the server's parser, so before any
-    thread starts), then the tools in parallel (each waits on a process); log; count the problems."""
+    """Render, run camserve's rules and the KServe example's (they swap os.environ for the server's
+    parser, so before any thread starts), then the tools in parallel (each waits on a process); log;
+    count the problems."""
     docs = {overlay: render(overlay) for overlay in OVERLAYS}
     for overlay, objs in docs.items():
         (tmp / f"{overlay}.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
         log(f"ok   kubectl kustomize {overlay}: {len(objs)} objects")
-    dockerfiles, camserve = list(DOCKERFILES.values()), camserve_problems(docs)
+    dockerfiles, camserve, kserve = list(DOCKERFILES.values()), camserve_problems(docs), kserve_problems()
     steps: dict[str, Callable[[], list[Problem]]] = {
         f"kubernetes-validate --strict {' '.join(VERSIONS)}, custom resources":
             lambda: schema_problems({**docs, "alerts": [prometheus_rule()]}),
         # What is deployed: the overlays (the base's image is a placeholder they replace).
         "checkov": lambda: checkov_problems([tmp / "gpu.yaml", tmp / "cpu.yaml", *dockerfiles]),
         "camserve rules": lambda: camserve,
+        "KServe example (deploy/kserve: KServe CRD schemas, its pod, camserve rules)": lambda: kserve,
         "yamllint, hadolint, promtool": lambda: (yamllint_problems([DEPLOY]) + hadolint_problems(dockerfiles)
                                                  + promtool_problems()),
     }

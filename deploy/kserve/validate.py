@@ -20,8 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,19 +83,12 @@ def pod_problems(runtime: Doc, isvc: Doc | None) -> list[str]:
 
 
 def _serve_args(container: Doc) -> tuple[argparse.Namespace | None, str]:
-    """The container's arguments through camserve serve's parser: (namespace, '') or (None, error)."""
-    from camserve.front.cli import build_parser
+    """The container's arguments through camserve serve's parser (deploy.rules.server_settings):
+    (namespace, '') or (None, why)."""
+    from deploy.rules import server_settings
 
-    args = list(container.get("args", []))
-    if args[:1] == ["serve"]:
-        args = args[1:]
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        try:
-            return build_parser().parse_args(args), ""
-        except SystemExit:
-            lines = stderr.getvalue().strip().splitlines()
-            return None, lines[-1] if lines else "rejected"
+    settings, errors = server_settings(container, [])
+    return settings, "" if settings is not None else "; ".join(errors)
 
 
 def _gpu_image() -> str:
