@@ -62,20 +62,22 @@ def score_set(explainer, data: DigitsSet) -> dict[str, Any]:
     from camserve.engine import ItemSpec
 
     rows: dict[str, dict[str, float | int]] = {}
-    accuracy = None
+    accuracy, per_class = None, []
     for method in METHODS:
         start = time.perf_counter()
         results = explainer.explain_batch(data.images, [ItemSpec(method=method)] * len(data))
         seconds = time.perf_counter() - start
         if accuracy is None:
             predicted = np.array([r.maps[0].class_index for r in results])
-            accuracy = float(np.mean(predicted == data.labels))
+            correct = predicted == data.labels
+            accuracy = float(np.mean(correct))
+            per_class = [round(float(np.mean(correct[data.labels == c])), 4) for c in range(10)]
         score = score_maps([r.maps[0].heatmap for r in results], data.boxes, (CANVAS, CANVAS))
         rows[method] = {**score.as_dict(), "ms_per_image": 1000 * seconds / len(data)}
     grid = tuple(explainer.info.grid)
     prior = score_maps([centre_prior(grid)] * len(data), data.boxes, (CANVAS, CANVAS))  # type: ignore[arg-type]
     rows[PRIOR] = {**prior.as_dict(), "ms_per_image": 0.0}
-    return {"images": len(data), "accuracy": accuracy, "methods": rows}
+    return {"images": len(data), "accuracy": accuracy, "per_class_accuracy": per_class, "methods": rows}
 
 
 def run(
@@ -154,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.samples} images per set, seed {args.seed}, target {report['target_layer']} "
         f"{report['grid']}, {report['compile_mode']} mode"
     )
+    for name, result in report["sets"].items():
+        print(
+            f"{name}: accuracy per class 0..9: "
+            + " ".join(f"{100 * a:.0f}%" for a in result["per_class_accuracy"])
+        )
     print(table(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

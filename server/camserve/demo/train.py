@@ -1,4 +1,4 @@
-"""Train the bundled demo model: ``python -m camserve.demo.train`` (deterministic, ~20 min on 2 busy cores).
+"""Train the bundled demo model: ``python -m camserve.demo.train`` (deterministic; 18 to 45 min on 2 cores).
 
 Determinism: seeds fixed (Python, NumPy, TensorFlow via ``keras.utils.set_random_seed``), TensorFlow's
 deterministic ops on, and every epoch's images a pure function of (seed, epoch). Two runs on the same
