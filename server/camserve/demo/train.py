@@ -56,7 +56,7 @@ def build_model():  # -> keras.Model (keras imported lazily so --help stays fast
         return layers.ReLU(name=f"{name}_relu")(x)
 
     inputs = keras.Input((CANVAS, CANVAS, 3), name="image")
-    x = block(inputs, 16, "stem", strides=2)  # 32x32
+    x = block(inputs, 16, "block1", strides=2)  # the stem, 32x32
     x = block(x, 32, "block2")
     x = layers.MaxPooling2D(2, name="block2_pool")(x)  # 16x16
     x = block(x, 48, "block3a")
