@@ -9,10 +9,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from camserve_client.cli import main
-from camserve_client.loadgen import LoadConfig, run_load
-from camserve_client.loadreport import format_table, summarize, write_plot
-from camserve_client.testimages import encode_png
+from camserve_client.tools.cli import main
+from camserve_client.tools.loadgen import LoadConfig, run_load
+from camserve_client.tools.loadreport import format_table, summarize, write_plot
+from camserve_client.tools.testimages import encode_png
 from client_fake import HEATMAP, FakeServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -138,7 +138,7 @@ def test_loadgen_counts_errors_by_code(fake) -> None:
 
 
 def test_summarize_percentiles_match_numpy() -> None:
-    from camserve_client.loadreport import Sample
+    from camserve_client.tools.loadreport import Sample
 
     lat = np.random.default_rng(0).exponential(10, 1000)
     samples = [Sample(0.0, float(v), "OK", 1.0, 2.0, 3.0, 4) for v in lat] + [Sample(0, 1, "UNAVAILABLE")] * 3
@@ -160,3 +160,32 @@ def test_bench_command_writes_json_and_plot(fake, tmp_path, capsys) -> None:
     assert report["steps"][0]["concurrency"] == 2
     assert (tmp_path / "r.png").exists()
     assert main(["bench", "--target", fake.target, "--images", str(tmp_path / "nodir")]) == 2
+
+
+def test_progress_bar_is_tqdm_on_a_terminal_and_optional(monkeypatch, capsys) -> None:
+    import io
+    import sys
+
+    from camserve_client.tools import progress
+    from tqdm import tqdm
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    with progress.bar(3, "explain", unit="img") as b:
+        assert isinstance(b, tqdm)
+        for _ in range(3):
+            b.update()
+    assert "explain" in term.getvalue() and "3/3" in term.getvalue()
+    assert isinstance(progress.bar(3, "explain", enabled=False), progress.NoBar)  # --quiet
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # the light install: no tqdm
+    monkeypatch.setattr(progress, "_hinted", False)
+    for _ in range(2):
+        b = progress.bar(5.0, "closed c=1", unit="s")
+        assert isinstance(b, progress.NoBar)
+        b.update(2.5)
+        b.close()
+    assert term.getvalue().count(progress.INSTALL_HINT) == 1  # said once

@@ -17,7 +17,7 @@ import camserve_client as cc
 import numpy as np
 import pytest
 from camserve_client.client import RetryPolicy
-from camserve_client.testimages import encode_png, generated
+from camserve_client.tools.testimages import encode_png, generated
 from client_repo import LABELS, make_repository
 from serverproc import ServerProcess, start_server
 
@@ -161,7 +161,7 @@ def test_async_client_concurrent_calls_batch(server, images) -> None:
 
 
 def test_cli_against_the_server(server, images, tmp_path: Path, capsys) -> None:
-    from camserve_client.cli import main
+    from camserve_client.tools.cli import main
 
     for i, img in enumerate(images[:3]):
         (tmp_path / f"d{i}.png").write_bytes(encode_png(img))

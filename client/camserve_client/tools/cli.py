@@ -90,7 +90,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from camserve_client import CamserveError, Client
-    from camserve_client.progress import Progress
+    from camserve_client.tools.progress import bar as progress_bar
 
     images: list[str] = []
     for item in args.images:
@@ -175,7 +175,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   f"compute={r.timing.compute_ms:.1f}ms batch={r.timing.batch_size} "
                   f"latency={r.timing.latency_ms:.1f}ms")
 
-    bar = Progress(len(images), "explain", unit="img", enabled=many and not args.quiet)
+    bar = progress_bar(len(images), "explain", unit="img", enabled=many and not args.quiet)
     with client, bar, ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool:
         for _ in pool.map(one, plan):
             bar.update()
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return serve_main(argv[1:])
     if argv and argv[0] == "bench":
-        from camserve_client.loadgen import main as bench_main
+        from camserve_client.tools.loadgen import main as bench_main
 
         return bench_main(argv[1:])
     parser = build_parser()
