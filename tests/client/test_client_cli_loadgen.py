@@ -69,6 +69,38 @@ def test_explain_folder_and_json(fake, pngs, capsys) -> None:
     assert rows[0]["timing_ms"]["batch_size"] == 3
 
 
+def test_explain_asks_only_for_what_it_writes(fake, pngs, tmp_path) -> None:
+    target = ["--target", fake.target]
+    assert main(["explain", str(pngs[0]), *target]) == 0
+    assert main(["explain", str(pngs[0]), *target, "--overlay", str(tmp_path / "o.png")]) == 0
+    assert main(["explain", str(pngs[0]), *target, "--heatmap", str(tmp_path / "h.npy")]) == 0
+    assert main(["explain", str(pngs[0]), *target, "--heatmap", str(tmp_path / "h.npy"),
+                 "--size", "input"]) == 0
+    bare, overlay, tensor, at_input = (r.output for r in fake.service.requests)
+    assert bare.omit_tensor and not bare.overlay and not bare.heatmap_png
+    assert overlay.omit_tensor and overlay.overlay == 1 and overlay.size == 3  # PNG at ORIGINAL only
+    # The float32 map at the original size travels at the conv grid (resized by the SDK).
+    assert not tensor.omit_tensor and tensor.size == 3 and tensor.tensor_size == 1 and not tensor.overlay
+    assert at_input.size == 2 and at_input.tensor_size == 0
+
+
+def test_a_reply_over_the_message_limit_names_the_options_that_fit(fake, pngs, tmp_path, capsys) -> None:
+    fake.service.script.always = (grpc.StatusCode.RESOURCE_EXHAUSTED,  # the server's words (replies.py)
+                                  "the reply would be 40000000 bytes, over the server's 16777216-byte "
+                                  "message limit; ask for smaller heatmaps, omit_tensor, JPEG overlays")
+    rc = main(["explain", str(pngs[0]), "--target", fake.target, "--retries", "0", "--top-k", "3",
+               "--overlay", str(tmp_path / "o.png"), "--heatmap-png", str(tmp_path / "h.png")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    for option in ("--overlay NAME.jpg", "--size input", "--top-k 1", "no --heatmap-png"):
+        assert option in err, err
+    assert "omit_tensor" not in err  # the CLI's words, not the wire's
+    fake.service.script.always = (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue of model 'fake' is full")
+    assert main(["explain", str(pngs[0]), "--target", fake.target, "--retries", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "queue of model 'fake' is full" in err and "message limit" not in err
+
+
 def test_cli_errors_are_one_line_and_non_zero(fake, pngs, tmp_path, capsys) -> None:
     assert main(["explain", str(tmp_path / "missing.png"), "--target", fake.target]) == 2
     assert "image not found" in capsys.readouterr().err

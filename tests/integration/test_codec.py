@@ -170,7 +170,7 @@ def test_encode_map_grid_tensor_is_exact(chelsea: np.ndarray) -> None:
     img = codec.decode_encoded(encode(chelsea, ".png"), INPUT)
     heat = np.random.default_rng(0).random((8, 8), dtype=np.float32)
     out = codec.encode_map(heat, OutputSpec(png=True), img)
-    assert out.shape == (8, 8) and out.overlay == b""
+    assert out.tensor_shape == (8, 8) and out.overlay == b""
     assert np.array_equal(np.frombuffer(out.tensor, "<f4").reshape(8, 8), heat)
     png = cv2.imdecode(np.frombuffer(out.png, np.uint8), cv2.IMREAD_UNCHANGED)
     assert png.dtype == np.uint8 and np.array_equal(png, np.rint(heat * 255).astype(np.uint8))
@@ -181,7 +181,7 @@ def test_encode_map_sizes_and_overlay(chelsea: np.ndarray) -> None:
     heat = np.zeros((8, 8), np.float32)
     heat[2:4, 5:7] = 1.0
     out = codec.encode_map(heat, OutputSpec(size="original", overlay="png", alpha=0.5), img)
-    assert out.shape == (300, 451)
+    assert out.tensor_shape == (300, 451)
     full = np.frombuffer(out.tensor, "<f4").reshape(300, 451)
     ref = cv2.resize(heat, (451, 300), interpolation=cv2.INTER_LINEAR)
     assert np.allclose(full, np.clip(ref, 0, 1), atol=1e-6) and full.min() >= 0.0 and full.max() <= 1.0
@@ -192,7 +192,13 @@ def test_encode_map_sizes_and_overlay(chelsea: np.ndarray) -> None:
     assert np.abs(over.astype(float) - ref_over).max() <= 1.0
     spec = OutputSpec(size="input", tensor=False, overlay="jpeg", colormap="viridis")
     out = codec.encode_map(heat, spec, img)
-    assert out.shape == (64, 64) and out.tensor == b""
+    assert out.tensor_shape == (64, 64) and out.tensor == b""
     assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
     out = codec.encode_map(heat, OutputSpec(size="grid", overlay="png"), img)
     assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
+    # The tensor at its own size (the grid: exact, a few bytes) beside an overlay at the original size.
+    spec = OutputSpec(size="original", overlay="png", alpha=0.5, tensor_size="grid")
+    out = codec.encode_map(heat, spec, img)
+    assert out.tensor_shape == (8, 8)
+    assert np.array_equal(np.frombuffer(out.tensor, "<f4").reshape(8, 8), heat)
+    assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR_RGB).shape == (300, 451, 3)

@@ -260,7 +260,8 @@ class OutputSpec:
     """What one explanation carries back (already validated; names from ``camserve_proto.vocabulary``).
 
     size: ``grid`` (the target layer's grid), ``input`` (the model's input size) or ``original``
-    (the image as sent). tensor: the float32 map; png: an 8-bit PNG of it; overlay: None, ``png``
+    (the image as sent), for every output; tensor_size: the float32 map's own size when it differs
+    (None = ``size``). tensor: the float32 map; png: an 8-bit PNG of it; overlay: None, ``png``
     or ``jpeg``, drawn with ``colormap`` at weight ``alpha``.
     """
 
@@ -271,45 +272,57 @@ class OutputSpec:
     alpha: float = 0.4
     colormap: str = "jet"
     jpeg_quality: int = 90
+    tensor_size: str | None = None
+
+    @property
+    def tensor_at(self) -> str:
+        """The size the float32 map comes back at."""
+        return self.tensor_size or self.size
 
 
 @dataclass(frozen=True)
 class EncodedMap:
-    """One heatmap ready for the wire: (h, w) and the bytes asked for (empty when not)."""
+    """One heatmap ready for the wire: the float32 tensor's (h, w), and the bytes asked for (empty if not)."""
 
-    shape: tuple[int, int]
+    tensor_shape: tuple[int, int]
     tensor: bytes
     png: bytes
     overlay: bytes
 
 
-def map_size(spec: OutputSpec, grid: tuple[int, int], image: DecodedImage) -> tuple[int, int]:
-    """(h, w) a map of ``grid`` comes back at for ``spec.size``."""
-    if spec.size == "grid":
+def map_size(size: str, grid: tuple[int, int], image: DecodedImage) -> tuple[int, int]:
+    """(h, w) a map of ``grid`` comes back at for ``size`` (grid, input or original)."""
+    if size == "grid":
         return int(grid[0]), int(grid[1])
-    if spec.size == "input":
+    if size == "input":
         return int(image.pixels.shape[0]), int(image.pixels.shape[1])
     return image.original_size
 
 
 def encode_map(heatmap: np.ndarray, spec: OutputSpec, image: DecodedImage) -> EncodedMap:
-    """Resize the map to the requested size and produce the float32 tensor, PNG and overlay asked for.
+    """Resize the map to the requested sizes and produce the float32 tensor, PNG and overlay asked for.
 
     ``heatmap``: (h, w) float32 in [0, 1] at the target layer's grid. The float32 tensor is
     little-endian, row-major. Overlays are drawn on the image at the requested size; for the conv grid
     (a few pixels wide) they are drawn at the model's input size instead, which is what a person can
-    look at.
+    look at. Nothing is resized that no output needs (a 12-megapixel resize costs tens of ms).
     """
-    h, w = map_size(spec, heatmap.shape, image)
-    resized = render.resize_heatmap(heatmap, h, w)
-    tensor = np.ascontiguousarray(resized, dtype="<f4").tobytes() if spec.tensor else b""
-    png = render.heatmap_png(resized) if spec.png else b""
+    resized: dict[str, np.ndarray] = {}
+
+    def at(size: str) -> np.ndarray:
+        if size not in resized:
+            resized[size] = render.resize_heatmap(heatmap, *map_size(size, heatmap.shape, image))
+        return resized[size]
+
+    tensor, shape = b"", map_size(spec.tensor_at, heatmap.shape, image)
+    if spec.tensor:
+        tensor = np.ascontiguousarray(at(spec.tensor_at), dtype="<f4").tobytes()
+    png = render.heatmap_png(at(spec.size)) if spec.png else b""
     over = b""
     if spec.overlay:
-        if spec.size == "original":
-            base = image.original
-        else:
-            bh, bw = image.pixels.shape[:2] if spec.size == "grid" else (h, w)
-            base = resize(image.original, int(bh), int(bw))
-        over = render.overlay_bytes(base, resized, spec.alpha, spec.colormap, spec.overlay, spec.jpeg_quality)
-    return EncodedMap(shape=(h, w), tensor=tensor, png=png, overlay=over)
+        drawn_at = "input" if spec.size == "grid" else spec.size
+        base = image.original if drawn_at == "original" else resize(
+            image.original, *map_size(drawn_at, heatmap.shape, image))
+        over = render.overlay_bytes(base, at(spec.size), spec.alpha, spec.colormap, spec.overlay,
+                                    spec.jpeg_quality)
+    return EncodedMap(tensor_shape=shape, tensor=tensor, png=png, overlay=over)

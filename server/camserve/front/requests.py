@@ -168,6 +168,10 @@ class RequestParser:
         if colormap is None:
             raise invalid(f"unknown output.colormap {opt.colormap}; valid: "
                           f"{_enum_names(pb.Colormap, _COLORMAP)}")
+        tensor_size = _SIZE.get(opt.tensor_size) if opt.tensor_size else None
+        if opt.tensor_size and tensor_size is None:
+            raise invalid(f"unknown output.tensor_size {opt.tensor_size}; valid: "
+                          f"{_enum_names(pb.HeatmapSize, _SIZE)} (or unset for output.size)")
         alpha = float(opt.overlay_alpha)
         if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
             raise invalid(f"output.overlay_alpha {alpha} must be in (0, 1] "
@@ -177,4 +181,5 @@ class RequestParser:
                           f"(0 means {wire.DEFAULTS['jpeg_quality']})")
         return OutputSpec(size=size, tensor=not opt.omit_tensor, png=opt.heatmap_png,
                           overlay=_FORMAT.get(opt.overlay), alpha=alpha or wire.DEFAULTS["overlay_alpha"],
-                          colormap=colormap, jpeg_quality=opt.jpeg_quality or wire.DEFAULTS["jpeg_quality"])
+                          colormap=colormap, jpeg_quality=opt.jpeg_quality or wire.DEFAULTS["jpeg_quality"],
+                          tensor_size=tensor_size)

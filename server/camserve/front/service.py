@@ -88,7 +88,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
     def _needs_pool(prep: Prepared) -> bool:
         """Grid-size float maps are a memcpy; anything resized or encoded is real CPU work."""
         o = prep.output
-        return o.size != "grid" or o.png or o.overlay is not None
+        return (o.tensor and o.tensor_at != "grid") or o.png or o.overlay is not None
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
