@@ -29,7 +29,7 @@ from camserve.front.replies import build_response, check_map_bytes, check_reply,
 from camserve.front.requests import Prepared, RequestParser, invalid
 from camserve.front.status import failure_of, status_of, trailers_of
 from camserve.records import ErrorKind, Failure, ItemResult
-from camserve.scheduling.batcher import WorkItem
+from camserve.scheduling.batcher import WorkItem, past_deadline
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,14 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
 
     # ------------------------------------------------------------------------ ending a call
 
+    def _ended(self, deadline: float | None, started: float) -> str:
+        """The code of a call the caller left: DEADLINE_EXCEEDED at its deadline, else CANCELLED.
+        gRPC ends a call at its deadline by cancelling the handler, so the time itself tells the two
+        apart (``scheduling.batcher.past_deadline``: the queue's rule for drops too)."""
+        return "DEADLINE_EXCEEDED" if past_deadline(deadline, self.clock(), started) else "CANCELLED"
+
     async def _finish(self, context: grpc.aio.ServicerContext, method: str, model: str | None,
-                      started: float, exc: BaseException | None) -> None:
+                      started: float, exc: BaseException | None, deadline: float | None = None) -> None:
         """Record the RPC and, on error, abort it with the mapped code (never a traceback to the caller)."""
         if exc is None:
             self.metrics.record_rpc(model, method, "OK", self.clock() - started)
@@ -177,10 +183,11 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         failure = failure_of(exc)
         if failure.kind is ErrorKind.INTERNAL:
             log.error("%s failed: %s", method, failure.message, exc_info=exc)
-        if context.done():  # the RPC already ended (its deadline passed, or the caller cancelled):
-            # aborting a finished call makes grpc log "ExecuteBatchError raised in core" at ERROR.
-            ended = "CANCELLED" if context.cancelled() else "DEADLINE_EXCEEDED"
-            self.metrics.record_rpc(model, method, ended, self.clock() - started)
+        if context.done() or failure.kind is ErrorKind.DEADLINE:
+            # The caller left, or the queue's timer found the deadline passed: gRPC ends (or has ended)
+            # the RPC itself, DEADLINE_EXCEEDED at its deadline (the two timers fire microseconds
+            # apart); aborting an ended RPC makes grpc log "ExecuteBatchError raised in core" at ERROR.
+            self.metrics.record_rpc(model, method, self._ended(deadline, started), self.clock() - started)
             raise asyncio.CancelledError
         code = status_of(failure.kind)
         self.metrics.record_rpc(model, method, code.name, self.clock() - started)
@@ -190,17 +197,18 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
                     work: Callable[[float | None, float], Any]) -> Any:
         """Run one Explain/ExplainBatch call: admission, work, reply-size check, status and metrics."""
         started = self.clock()
+        deadline = self._deadline(context)
         admitted = 0
         try:
             self._admit(images)
             admitted = images
-            reply = await work(self._deadline(context), started)
+            reply = await work(deadline, started)
             check_reply(reply, self.max_send_bytes)
-        except asyncio.CancelledError:
-            self.metrics.record_rpc(model, method, "CANCELLED", self.clock() - started)
+        except asyncio.CancelledError:  # the caller left: cancelled, or gRPC ended it at its deadline
+            self.metrics.record_rpc(model, method, self._ended(deadline, started), self.clock() - started)
             raise
         except Exception as exc:  # every path ends in a status, see camserve.front.status
-            await self._finish(context, method, model, started, exc)
+            await self._finish(context, method, model, started, exc, deadline)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
             self.inflight -= admitted
