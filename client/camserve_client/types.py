@@ -118,8 +118,9 @@ OutputLike = OutputOptions | Mapping[str, Any] | None
 def image_to_proto(image: ImageLike) -> pb.Image:
     """Encode a path, encoded bytes, a buffer, or an (H,W[,C]) uint8/float32 array as a wire Image.
 
-    uint8 arrays travel as raw pixels (no encode/decode on either side); float arrays travel as
-    FLOAT32 and must already be preprocessed at the model's input size.
+    uint8 arrays travel as raw pixels (no encode/decode on either side): C = 1 gray, 2 gray + alpha,
+    3 RGB or 4 RGBA (the server drops alpha, as it does for encoded images with alpha). float arrays
+    travel as FLOAT32 and must already be preprocessed at the model's input size.
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)

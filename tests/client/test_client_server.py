@@ -74,7 +74,9 @@ def test_every_input_kind_gives_the_same_map(server, images, tmp_path: Path) -> 
         ref = client.explain(img, class_index=1)
         assert ref.heatmap.shape == (7, 7) and ref.heatmap.dtype == np.float32
         assert ref.heatmap.min() >= 0.0 and ref.heatmap.max() <= 1.0
-        for kind in (path, str(path), png, bytearray(png), memoryview(png), img[None]):
+        rgba = np.concatenate([img, np.full((*img.shape[:2], 1), 128, np.uint8)], axis=2)  # alpha dropped
+        kinds = (path, str(path), png, bytearray(png), memoryview(png), img[None], rgba, encode_png(rgba))
+        for kind in kinds:
             r = client.explain(kind, class_index=1)
             np.testing.assert_allclose(r.heatmap, ref.heatmap, atol=1e-5, err_msg=type(kind).__name__)
         r = client.explain(preprocessed, class_index=1)

@@ -151,10 +151,30 @@ def test_float_tensor_must_be_at_input_size_and_finite() -> None:
         codec.decode_tensor("FLOAT32", [64, 64, 3], bad.tobytes(), INPUT)
 
 
+@pytest.mark.parametrize("channels", [2, 4])
+def test_alpha_is_dropped_alike_for_arrays_and_encoded_images(chelsea: np.ndarray, channels: int) -> None:
+    """One rule for alpha: an RGBA (or gray + alpha) array decodes exactly as the same picture sent
+    as PNG bytes; the alpha channel is dropped, not composited (fully transparent pixels keep their
+    colour)."""
+    from camserve_client.tools.testimages import encode_png
+
+    color = chelsea[:120, :160] if channels == 4 else chelsea[:120, :160, :1]
+    alpha = np.zeros((120, 160, 1), np.uint8)
+    alpha[:60] = 255  # top half opaque, bottom half fully transparent
+    pixels = np.concatenate([color, alpha], axis=2)
+    as_array = codec.decode_tensor("UINT8", list(pixels.shape), pixels.tobytes(), INPUT)
+    as_png = codec.decode_encoded(encode_png(pixels), INPUT)
+    expected = np.repeat(color, 3, axis=2) if channels == 2 else color
+    assert np.array_equal(as_array.original, expected) and np.array_equal(as_png.original, expected)
+    assert np.array_equal(as_array.pixels, as_png.pixels)
+    batch_axis = codec.decode_tensor("UINT8", [1, *pixels.shape], pixels.tobytes(), INPUT)
+    assert np.array_equal(batch_axis.pixels, as_array.pixels)
+
+
 @pytest.mark.parametrize("dtype,shape,nbytes,words", [
     ("UINT8", [64, 64, 3], 64 * 64 * 3 - 1, "needs exactly 12288"),
     ("UINT8", [2, 64, 64, 3], 2 * 64 * 64 * 3, "batch axis"),
-    ("UINT8", [64, 64, 4], 64 * 64 * 4, "4 channels"),
+    ("UINT8", [64, 64, 5], 64 * 64 * 5, "5 channels"),
     ("UINT8", [64, 64], 64 * 64, "not an image"),
     ("UINT8", [0, 64, 3], 0, "no pixels"),
     ("UINT8", [-5, 64, 3], 0, "no pixels"),

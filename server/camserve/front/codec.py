@@ -185,7 +185,8 @@ def _model_pixels(rgb: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndar
 
 def decode_encoded(data: bytes, input_shape: tuple[int, int, int],
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode JPEG/PNG/WebP/BMP bytes to RGB (grayscale and alpha dropped to RGB), resized to the input."""
+    """Decode JPEG/PNG/WebP/BMP bytes to RGB, resized to the input. Gray becomes RGB; an alpha channel
+    is dropped (never composited), the one rule for alpha that :func:`decode_tensor` follows too."""
     fmt, width, height = image_header(data)
     check_size(width, height, max_pixels, f"{fmt} image")
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -202,10 +203,13 @@ def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
     """Check and convert a raw tensor: UINT8 (H,W,C)/(1,H,W,C) any size, or FLOAT32 at the input size.
 
     FLOAT32 is taken as already preprocessed for the model, so it must match the input shape exactly
-    and be finite; UINT8 is RGB (C=3) or gray (C=1) pixels of any size, resized like decoded images.
+    and be finite; UINT8 is gray (C=1), gray + alpha (2), RGB (3) or RGBA (4) pixels of any size,
+    resized like decoded images. Alpha is dropped, never composited: the rule for encoded images with
+    alpha (OpenCV's decoder drops it), and what Keras' ``load_img`` and PIL's ``convert("RGB")`` do
+    to the images a model is trained on.
     """
     dims = [int(d) for d in shape]
-    expected_desc = "(H, W, C) or (1, H, W, C) with C = 1 or 3"
+    expected_desc = "(H, W, C) or (1, H, W, C) with C = 1 (gray), 2 (gray, alpha), 3 (RGB) or 4 (RGBA)"
     if len(dims) == 4:
         if dims[0] != 1:
             raise ImageError(f"tensor shape {dims}: one image per request, the batch axis must be 1; "
@@ -214,7 +218,7 @@ def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
     if len(dims) != 3:
         raise ImageError(f"tensor shape {list(shape)} is not an image; expected {expected_desc}")
     h, w, c = dims
-    if c not in (1, 3):
+    if c not in (1, 2, 3, 4):
         raise ImageError(f"tensor shape {list(shape)} has {c} channels; expected {expected_desc}")
     check_size(w, h, max_pixels, "tensor image")
     model_h, model_w, model_c = input_shape
@@ -231,7 +235,7 @@ def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
                          f"needs exactly {need} (raw little-endian, row-major)")
     if dtype == "UINT8":
         img = np.frombuffer(data, dtype=np.uint8).reshape(h, w, c)
-        rgb = np.ascontiguousarray(np.repeat(img, 3, axis=2) if c == 1 else img)
+        rgb = np.ascontiguousarray(np.repeat(img[:, :, :1], 3, axis=2) if c <= 2 else img[:, :, :3])
         return DecodedImage(pixels=_model_pixels(rgb, input_shape), original=rgb)
     if (h, w, c) != (model_h, model_w, model_c):
         raise ImageError(f"a FLOAT32 tensor must already be preprocessed at the model's input shape "
