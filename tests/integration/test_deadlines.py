@@ -82,13 +82,20 @@ def worker_stopped(server: ServerProcess) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
-def test_a_timed_out_call_is_deadline_exceeded(server: ServerProcess, stub, image: bytes) -> None:
-    """One call on a worker that does not answer in time: DEADLINE_EXCEEDED on both sides."""
+def test_a_timed_out_call_is_deadline_exceeded_and_its_batch_never_computed(
+        server: ServerProcess, stub, image: bytes) -> None:
+    """One call sent to a worker that does not start it in time: DEADLINE_EXCEEDED on both sides, and
+    since its only caller left before the worker started it, the batch is skipped (dropped "deadline")."""
     counts = Counts(server)
     with worker_stopped(server):
         assert code_name(stub.Explain.future(request(image), timeout=SHORT)) == "DEADLINE_EXCEEDED"
         d = counts.wait(lambda d: d["DEADLINE_EXCEEDED"] + d["CANCELLED"] >= 1, "counted")
-    assert d["DEADLINE_EXCEEDED"] == 1 and d["CANCELLED"] == 0, d
+        assert d["DEADLINE_EXCEEDED"] == 1 and d["CANCELLED"] == 0, d
+        assert d["batches"] == 1, d  # it had been sent to the worker
+        # A round trip through the server's event loop: the worker has been told by now.
+        stub.ListModels(pb.ListModelsRequest(), timeout=30)
+    d = counts.wait(lambda d: d["dropped deadline"] + d["dropped cancelled"] >= 1, "dropped")
+    assert d["dropped deadline"] == 1 and d["dropped cancelled"] == 0, d  # skipped, not computed
     assert code_name(stub.Explain.future(request(image), timeout=60)) == "OK"  # the worker serves again
 
 

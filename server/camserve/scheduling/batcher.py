@@ -49,7 +49,7 @@ import numpy as np
 from camserve.records import ErrorKind, Failure, ItemSpec
 from camserve.scheduling.observer import NullObserver, Observer
 
-__all__ = ["DEADLINE_SLACK_S", "Batch", "Batcher", "Pending", "WorkItem", "past_deadline"]
+__all__ = ["DEADLINE_SLACK_S", "Batch", "Batcher", "Pending", "WorkItem", "left_because", "past_deadline"]
 
 #: How close to its deadline a caller that leaves counts as timed out rather than cancelled (at most
 #: half its time, for calls shorter than twice this). gRPC ends a call at its deadline by cancelling
@@ -69,6 +69,12 @@ def past_deadline(deadline: float | None, now: float, since: float) -> bool:
     if deadline is None:
         return False
     return now >= deadline - min(DEADLINE_SLACK_S, 0.5 * (deadline - since))
+
+
+def left_because(pending: Pending, now: float) -> str:
+    """Why the caller of ``pending`` left at ``now``: ``"deadline"`` (:func:`past_deadline`) or
+    ``"cancelled"``, the ``reason`` its drop is counted under."""
+    return "deadline" if past_deadline(pending.item.deadline, now, pending.arrived) else "cancelled"
 
 
 @dataclass
@@ -215,13 +221,8 @@ class Batcher:
         if pending.state != _QUEUED:
             return False
         q = self._queues[pending.item.model]
-        self._drop(q, pending, self.left_because(pending), None)
+        self._drop(q, pending, left_because(pending, self._clock()), None)
         return True
-
-    def left_because(self, pending: Pending) -> str:
-        """Why the caller of ``pending`` left, now: ``"deadline"`` or ``"cancelled"``."""
-        late = past_deadline(pending.item.deadline, self._clock(), pending.arrived)
-        return "deadline" if late else "cancelled"
 
     def fail_queued(
         self, error_factory: Callable[[], Exception], model: str | None = None, reason: str | None = None
@@ -348,7 +349,7 @@ class Batcher:
                 if p.state != _QUEUED:
                     continue
                 if p.future.done():
-                    self._drop(q, p, self.left_because(p), None)
+                    self._drop(q, p, left_because(p, now), None)
                 elif p.item.deadline is not None and p.item.deadline <= now:
                     self._drop(q, p, "deadline", self._expired_error(q, p, now))
 
