@@ -149,6 +149,10 @@ print("ok", cc.__file__)
                     "--heatmap", str(tmp_path / "h.npy")])
         assert run.returncode == 0, run.stdout + run.stderr
         assert np.load(tmp_path / "h.npy").shape == (32, 32)
+        assert _run([str(py), "-c", "import tqdm"]).returncode != 0  # tqdm is the tools extra's
+        run = _run([str(cli), "explain", str(tmp_path / "x.png"), str(tmp_path / "x.png"), "--target",
+                    srv.target, "--model", "tiny"])  # several images want a progress bar: runs without
+        assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout + run.stderr
         run = _run([str(cli), "bench", "--target", srv.target, "--model", "tiny", "--concurrency", "2",
                     "--duration", "1", "--warmup", "0.5", "--images", "noise", "--quiet",
                     "--json", str(tmp_path / "b.json")])
