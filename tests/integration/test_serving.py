@@ -260,7 +260,7 @@ def status_cases(images: np.ndarray) -> list[tuple[str, pb.ExplainRequest, str, 
         ("tensor bad dtype", pb.ExplainRequest(image=pb.Image(tensor=pb.Tensor(
             dtype=pb.DTYPE_UNSPECIFIED, shape=[64, 64, 3], data=t.tobytes()))), "INVALID_ARGUMENT", "dtype"),
         ("tensor bad shape", pb.ExplainRequest(image=pb.Image(tensor=pb.Tensor(
-            dtype=u8, shape=[64, 64, 4], data=b"\x00" * (64 * 64 * 4)))), "INVALID_ARGUMENT", "4 channels"),
+            dtype=u8, shape=[64, 64, 5], data=b"\x00" * (64 * 64 * 5)))), "INVALID_ARGUMENT", "5 channels"),
         ("tensor short data", pb.ExplainRequest(image=pb.Image(tensor=pb.Tensor(
             dtype=u8, shape=[64, 64, 3], data=t.tobytes()[:-1]))), "INVALID_ARGUMENT", "needs exactly 12288"),
         ("float tensor wrong size", pb.ExplainRequest(image=pb.Image(tensor=pb.Tensor(
