@@ -298,7 +298,7 @@ class Client(_ClientBase):
                             model_version=model_version)
         t0 = time.perf_counter()
         resp, attempts = self._call(self._stub.Explain, req, timeout)
-        return parse_response(resp, (time.perf_counter() - t0) * 1e3, attempts)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3, attempts, output)
 
     def explain_batch(self, images: Sequence[ImageLike], model: str | None = None, method: str = "gradcam",
                       class_index: int | Sequence[int | None] | None = None, top_k: int = 1,
@@ -311,7 +311,7 @@ class Client(_ClientBase):
         t0 = time.perf_counter()
         resp, attempts = self._call(self._stub.ExplainBatch, req, timeout)
         ms = (time.perf_counter() - t0) * 1e3
-        return [parse_response(r, ms, attempts) for r in resp.responses]
+        return [parse_response(r, ms, attempts, output) for r in resp.responses]
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
         resp, _ = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
@@ -396,7 +396,7 @@ class AsyncClient(_ClientBase):
                             model_version=model_version)
         t0 = time.perf_counter()
         resp, attempts = await self._call(self._stub.Explain, req, timeout)
-        return parse_response(resp, (time.perf_counter() - t0) * 1e3, attempts)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3, attempts, output)
 
     async def explain_batch(self, images: Sequence[ImageLike], model: str | None = None,
                             method: str = "gradcam", class_index: int | Sequence[int | None] | None = None,
@@ -409,7 +409,7 @@ class AsyncClient(_ClientBase):
         t0 = time.perf_counter()
         resp, attempts = await self._call(self._stub.ExplainBatch, req, timeout)
         ms = (time.perf_counter() - t0) * 1e3
-        return [parse_response(r, ms, attempts) for r in resp.responses]
+        return [parse_response(r, ms, attempts, output) for r in resp.responses]
 
     async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
         resp, _ = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)

@@ -151,10 +151,30 @@ def test_float_tensor_must_be_at_input_size_and_finite() -> None:
         codec.decode_tensor("FLOAT32", [64, 64, 3], bad.tobytes(), INPUT)
 
 
+@pytest.mark.parametrize("channels", [2, 4])
+def test_alpha_is_dropped_alike_for_arrays_and_encoded_images(chelsea: np.ndarray, channels: int) -> None:
+    """One rule for alpha: an RGBA (or gray + alpha) array decodes exactly as the same picture sent
+    as PNG bytes; the alpha channel is dropped, not composited (fully transparent pixels keep their
+    colour)."""
+    from camserve_client.tools.testimages import encode_png
+
+    color = chelsea[:120, :160] if channels == 4 else chelsea[:120, :160, :1]
+    alpha = np.zeros((120, 160, 1), np.uint8)
+    alpha[:60] = 255  # top half opaque, bottom half fully transparent
+    pixels = np.concatenate([color, alpha], axis=2)
+    as_array = codec.decode_tensor("UINT8", list(pixels.shape), pixels.tobytes(), INPUT)
+    as_png = codec.decode_encoded(encode_png(pixels), INPUT)
+    expected = np.repeat(color, 3, axis=2) if channels == 2 else color
+    assert np.array_equal(as_array.original, expected) and np.array_equal(as_png.original, expected)
+    assert np.array_equal(as_array.pixels, as_png.pixels)
+    batch_axis = codec.decode_tensor("UINT8", [1, *pixels.shape], pixels.tobytes(), INPUT)
+    assert np.array_equal(batch_axis.pixels, as_array.pixels)
+
+
 @pytest.mark.parametrize("dtype,shape,nbytes,words", [
     ("UINT8", [64, 64, 3], 64 * 64 * 3 - 1, "needs exactly 12288"),
     ("UINT8", [2, 64, 64, 3], 2 * 64 * 64 * 3, "batch axis"),
-    ("UINT8", [64, 64, 4], 64 * 64 * 4, "4 channels"),
+    ("UINT8", [64, 64, 5], 64 * 64 * 5, "5 channels"),
     ("UINT8", [64, 64], 64 * 64, "not an image"),
     ("UINT8", [0, 64, 3], 0, "no pixels"),
     ("UINT8", [-5, 64, 3], 0, "no pixels"),
@@ -170,7 +190,7 @@ def test_encode_map_grid_tensor_is_exact(chelsea: np.ndarray) -> None:
     img = codec.decode_encoded(encode(chelsea, ".png"), INPUT)
     heat = np.random.default_rng(0).random((8, 8), dtype=np.float32)
     out = codec.encode_map(heat, OutputSpec(png=True), img)
-    assert out.shape == (8, 8) and out.overlay == b""
+    assert out.tensor_shape == (8, 8) and out.overlay == b""
     assert np.array_equal(np.frombuffer(out.tensor, "<f4").reshape(8, 8), heat)
     png = cv2.imdecode(np.frombuffer(out.png, np.uint8), cv2.IMREAD_UNCHANGED)
     assert png.dtype == np.uint8 and np.array_equal(png, np.rint(heat * 255).astype(np.uint8))
@@ -181,7 +201,7 @@ def test_encode_map_sizes_and_overlay(chelsea: np.ndarray) -> None:
     heat = np.zeros((8, 8), np.float32)
     heat[2:4, 5:7] = 1.0
     out = codec.encode_map(heat, OutputSpec(size="original", overlay="png", alpha=0.5), img)
-    assert out.shape == (300, 451)
+    assert out.tensor_shape == (300, 451)
     full = np.frombuffer(out.tensor, "<f4").reshape(300, 451)
     ref = cv2.resize(heat, (451, 300), interpolation=cv2.INTER_LINEAR)
     assert np.allclose(full, np.clip(ref, 0, 1), atol=1e-6) and full.min() >= 0.0 and full.max() <= 1.0
@@ -192,7 +212,13 @@ def test_encode_map_sizes_and_overlay(chelsea: np.ndarray) -> None:
     assert np.abs(over.astype(float) - ref_over).max() <= 1.0
     spec = OutputSpec(size="input", tensor=False, overlay="jpeg", colormap="viridis")
     out = codec.encode_map(heat, spec, img)
-    assert out.shape == (64, 64) and out.tensor == b""
+    assert out.tensor_shape == (64, 64) and out.tensor == b""
     assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
     out = codec.encode_map(heat, OutputSpec(size="grid", overlay="png"), img)
     assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
+    # The tensor at its own size (the grid: exact, a few bytes) beside an overlay at the original size.
+    spec = OutputSpec(size="original", overlay="png", alpha=0.5, tensor_size="grid")
+    out = codec.encode_map(heat, spec, img)
+    assert out.tensor_shape == (8, 8)
+    assert np.array_equal(np.frombuffer(out.tensor, "<f4").reshape(8, 8), heat)
+    assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR_RGB).shape == (300, 451, 3)

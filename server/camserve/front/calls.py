@@ -26,7 +26,7 @@ from camserve.front.metrics import Metrics
 from camserve.front.requests import RequestParser
 from camserve.front.status import failure_of, status_of, trailers_of
 from camserve.records import ErrorKind, Failure, ItemResult
-from camserve.scheduling.batcher import WorkItem
+from camserve.scheduling.batcher import WorkItem, past_deadline
 
 __all__ = ["CallRunner", "FrontServicer", "compute", "shed_if_full"]
 
@@ -74,25 +74,34 @@ class CallRunner:
         """Run ``work`` for one call of ``method`` carrying ``images`` images (0: nothing to admit) and
         return its reply; on any failure the call ends with its mapped status instead."""
         started = self.clock()
+        deadline = self.deadline(context)
         admitted = 0
         try:
             if images:
                 self.admit(images)
                 admitted = images
-            reply = await work(self.deadline(context), started)
-        except asyncio.CancelledError:
-            self.metrics.record_rpc(model, method, "CANCELLED", self.clock() - started, images)
+            reply = await work(deadline, started)
+        except asyncio.CancelledError:  # the caller left: cancelled, or gRPC ended it at its deadline
+            self.metrics.record_rpc(model, method, self.ended(deadline, started), self.clock() - started,
+                                    images)
             raise
         except Exception as exc:  # every path ends in a status, see camserve.front.status
-            await self.finish(context, method, model, started, exc, images)
+            await self.finish(context, method, model, started, exc, images, deadline)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
             self.inflight -= admitted
         await self.finish(context, method, model, started, None, images)
         return reply
 
+    def ended(self, deadline: float | None, started: float) -> str:
+        """The code of a call the caller left: DEADLINE_EXCEEDED at its deadline, else CANCELLED.
+        gRPC ends a call at its deadline by cancelling the handler, so the time itself tells the two
+        apart (``scheduling.batcher.past_deadline``: the queue's rule for drops too)."""
+        return "DEADLINE_EXCEEDED" if past_deadline(deadline, self.clock(), started) else "CANCELLED"
+
     async def finish(self, context: grpc.aio.ServicerContext, method: str, model: str | None,
-                     started: float, exc: BaseException | None, images: int = 0) -> None:
+                     started: float, exc: BaseException | None, images: int = 0,
+                     deadline: float | None = None) -> None:
         """Record the RPC and, on error, abort it with the mapped code (never a traceback to the caller)."""
         if exc is None:
             self.metrics.record_rpc(model, method, "OK", self.clock() - started, images)
@@ -100,10 +109,15 @@ class CallRunner:
         failure = failure_of(exc)
         if failure.kind is ErrorKind.INTERNAL:
             log.error("%s failed: %s", method, failure.message, exc_info=exc)
-        if context.done():  # the RPC already ended (its deadline passed, or the caller cancelled):
-            # aborting a finished call makes grpc log "ExecuteBatchError raised in core" at ERROR.
-            ended = "CANCELLED" if context.cancelled() else "DEADLINE_EXCEEDED"
-            self.metrics.record_rpc(model, method, ended, self.clock() - started, images)
+        if context.done() or (failure.kind is ErrorKind.DEADLINE
+                              and past_deadline(deadline, self.clock(), started)):
+            # The caller left, or the queue's timer found the RPC's own deadline passed: gRPC ends (or
+            # has ended) the RPC itself, DEADLINE_EXCEEDED at its deadline (the two timers fire
+            # microseconds apart); aborting an ended RPC makes grpc log "ExecuteBatchError raised in
+            # core" at ERROR. A shorter deadline of the protocol's own (Triton's ``timeout``
+            # parameter) is not the RPC's: that call is aborted DEADLINE_EXCEEDED below.
+            self.metrics.record_rpc(model, method, self.ended(deadline, started), self.clock() - started,
+                                    images)
             raise asyncio.CancelledError
         code = status_of(failure.kind)
         self.metrics.record_rpc(model, method, code.name, self.clock() - started, images)

@@ -10,6 +10,9 @@
   already sent the next (double buffering), and runs them in the order sent. A half is reused
   only after the worker answered the batch in it. One reader thread per worker blocks on the pipe
   and hands messages to the event loop with ``call_soon_threadsafe``.
+* Callers that leave: a batch whose callers have all left is cancelled on the worker (a
+  ``("cancel", id)`` message); a worker that had not started it answers ``("skipped", id)``
+  instead of computing it, and its callers are counted dropped (``deadline`` or ``cancelled``).
 * Failure: EOF on the pipe means the worker is gone. Every batch it holds fails at once
   (``WORKER_LOST``, retryable) and it is restarted after a back-off (0.5 s doubling up to 10 s, back
   to 0.5 s once a worker has stayed healthy for a minute). A batch that runs longer than
@@ -35,7 +38,7 @@ from typing import Any
 
 from camserve.records import ErrorKind, Failure
 from camserve.scheduling.batcher import Batch
-from camserve.scheduling.handles import Inflight, WorkerHandle, WorkerState, deliver
+from camserve.scheduling.handles import Inflight, WorkerHandle, WorkerState, deliver, watch_callers
 from camserve.scheduling.observer import NullObserver, Observer
 from camserve.scheduling.placement import WorkerSlot
 from camserve.worker.slab import Slab, write_arrays
@@ -236,8 +239,8 @@ class WorkerPool:
             w.last_error = None
             log.info("worker %d ready in %.1f s (pid %s)", w.index, load_s, w.pid)
             self._on_ready(w)
-        elif kind == "result":
-            _, batch_id, results, compute_s = msg
+        elif kind in ("result", "skipped"):
+            batch_id = msg[1]
             inf = w.batches.pop(batch_id, None)
             if inf is None:  # normal only at stop (a batch withdrawn just as the worker began it)
                 (log.debug if self._stopping else log.warning)(
@@ -248,7 +251,10 @@ class WorkerPool:
             nxt = w.inflight
             if nxt is not None and nxt.watchdog is None:  # the worker starts the next batch now
                 self._arm(w, nxt)
-            deliver(inf, results, float(compute_s))
+            if kind == "result":
+                deliver(inf, msg[2], float(msg[3]))
+            for reason in inf.left if kind == "skipped" else ():  # not computed: every caller had left
+                self._observer.request_dropped(inf.batch.model, reason)
             if not inf.done.done():
                 inf.done.set_result(None)
         elif kind == "fatal":
@@ -338,6 +344,13 @@ class WorkerPool:
         if w.process is not None and w.process.is_alive():
             w.process.kill()
 
+    @staticmethod
+    def _cancel(w: WorkerHandle, inf: Inflight) -> None:
+        """Every caller of ``inf`` left: ask the worker not to start it (it may have already)."""
+        if w.batches.get(inf.batch_id) is inf and w.conn is not None:
+            with contextlib.suppress(OSError, ValueError):  # a dying worker: EOF follows
+                w.conn.send(("cancel", inf.batch_id))
+
     def ready_workers(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.state is WorkerState.READY]
 
@@ -367,6 +380,7 @@ class WorkerPool:
         batch_id = next(self._ids)
         inf = Inflight(batch_id=batch_id, batch=batch, done=done, sent_at=time.monotonic(), half=half)
         w.batches[batch_id] = inf
+        watch_callers(inf, lambda inf: self._cancel(w, inf))
         if len(w.batches) == 1:
             self._arm(w, inf)
         try:
