@@ -1,18 +1,54 @@
-"""Prometheus metrics of the server, recorded in the parent process only.
+"""Prometheus metrics of the server: recorded by every server process, exported once.
 
 Why one class: it is both what the service records into (request/queue/compute durations, status
 codes) and the Dispatcher's `Observer` (`batch_formed`, `queue_depth`, `workers_alive`,
 `worker_restarted`, `request_dropped`, `model_ready`, exactly as ARCHITECTURE.md names them), over
 its own `CollectorRegistry` so tests and several servers in one process never collide. Label
 values stay low-cardinality: a model name a caller made up is recorded as `_unknown`, never as itself.
+
+Several processes record (each front end its calls, the supervisor the scheduler's events), so the
+server runs prometheus-client's multiprocess mode (:func:`enable_multiprocess`): each process writes
+its values to its own memory-mapped file in one folder, and the supervisor's /metrics endpoint sums
+them (:meth:`Metrics.exposition_registry`). A front end that dies keeps its counts (its file stays);
+gauges are only ever set by the supervisor and count live processes only (``livesum``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable_multiprocess(directory: Path) -> None:
+    """Record into ``directory`` (multiprocess mode) from now on, in this process and the processes
+    it spawns (they inherit the variable). Call before any :class:`Metrics` is made."""
+    os.environ[MULTIPROC_ENV] = str(directory)
+    values.ValueClass = values.MultiProcessValue()
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead process's live gauges (its counters and histograms stay counted)."""
+    directory = multiprocess_dir()
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)
 
 #: Seconds, from a small model answering one caller (~1 ms) to a large model under load (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
@@ -69,12 +105,14 @@ class Metrics:
             "camserve_requests_dropped",
             "Queued images dropped before computing (reason: deadline, cancelled, queue_full, ...).",
             ["model", "reason"], registry=r)
+        live = "livesum"  # set by the supervisor only; front ends' zeros add nothing
         self.queue_depth_gauge = Gauge("camserve_queue_depth", "Images waiting in the model's queue.",
-                                       ["model"], registry=r)
-        self.workers_alive_gauge = Gauge("camserve_workers_alive", "Worker processes alive.", registry=r)
+                                       ["model"], registry=r, multiprocess_mode=live)
+        self.workers_alive_gauge = Gauge("camserve_workers_alive", "Worker processes alive.", registry=r,
+                                         multiprocess_mode=live)
         self.model_ready_gauge = Gauge(
             "camserve_model_ready", "1 when every batch bucket of the model is compiled on a live worker.",
-            ["model"], registry=r)
+            ["model"], registry=r, multiprocess_mode=live)
         self.on_change: Callable[[], None] | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         for model in self.models:  # export every series from the start, so dashboards see zeros
@@ -148,10 +186,22 @@ class Metrics:
         if self.on_change is not None:
             self.on_change()
 
+    def exposition_registry(self) -> CollectorRegistry:
+        """What /metrics exports: this object's registry, or in multiprocess mode every process's
+        values summed."""
+        directory = multiprocess_dir()
+        if not directory:
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, directory)
+        return registry
+
     def rpc_totals(self) -> dict[str, int]:
-        """Answered RPCs so far as {"Method/CODE": count} (logged at SIGTERM and at stop)."""
+        """Answered RPCs so far, by every process, as {"Method/CODE": count} (logged at SIGTERM and stop)."""
         totals: dict[str, int] = {}
-        for metric in self.requests.collect():
+        for metric in self.exposition_registry().collect():
+            if metric.name != "camserve_requests":
+                continue
             for sample in metric.samples:
                 if sample.name.endswith("_total") and sample.value:
                     key = f"{sample.labels['method']}/{sample.labels['code']}"
@@ -160,12 +210,12 @@ class Metrics:
 
     def render(self) -> bytes:
         """The exposition text (what /metrics serves)."""
-        return generate_latest(self.registry)
+        return generate_latest(self.exposition_registry())
 
 
 def start_metrics_server(metrics: Metrics, port: int, host: str = "0.0.0.0"):
     """Serve /metrics over HTTP from a daemon thread; returns the HTTP server (call .shutdown())."""
     from prometheus_client import start_http_server
 
-    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    server, _thread = start_http_server(port, addr=host, registry=metrics.exposition_registry())
     return server

@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExplainService"].full_name
 
-TINY_BYTES = 16 << 10     # encoded images at most this large and ...
-TINY_PIXELS = 128 * 128   # ... this many pixels are decoded inline (see ExplainServicer._tiny)
+INLINE_PIXELS = 512 * 512  # images up to this many pixels are decoded inline (see ExplainServicer._inline)
 
 
 class ExplainServicer(pb_grpc.ExplainServiceServicer):
@@ -55,7 +54,6 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         self.backend = backend
         self.clock = clock
         self.max_inflight = max(0, int(max_inflight))
-        self.inflight = 0  # images inside Explain/ExplainBatch calls now (see _admit)
 
     # ------------------------------------------------------------------------ per image
 
@@ -72,17 +70,20 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         check_map_bytes(prep, decoded, self.max_send_bytes)
         return decoded
 
-    def _tiny(self, prep: Prepared) -> bool:
-        """Decode on the event loop when it costs less than the thread hop would (measured: a 64x64
-        JPEG decodes in ~50 us, a hop to the pool costs 40-140 us more); anything larger goes to the pool."""
+    def _inline(self, prep: Prepared) -> bool:
+        """Decode on the event loop unless the image is large. Measured: the hop to the codec pool and
+        back costs ~150 us of CPU, more than half of what a 224x224 JPEG takes to decode (~250 us);
+        front ends scale across processes (``--frontends``), not codec threads. Large images (a few
+        ms each) still go to the pool so one of them does not stall every other call of this process."""
         image = prep.image
-        if image.WhichOneof("source") != "encoded" or len(image.encoded) > TINY_BYTES:
-            return False
+        if image.WhichOneof("source") != "encoded":  # a raw tensor: a copy, or a resize
+            dims = list(image.tensor.shape)
+            return len(dims) < 3 or dims[-3] * dims[-2] <= INLINE_PIXELS
         try:
             _, width, height = codec.image_header(image.encoded)
         except codec.ImageError:
             return True  # refused at once, inline
-        return 0 < width * height <= TINY_PIXELS
+        return width * height <= INLINE_PIXELS
 
     @staticmethod
     def _needs_pool(prep: Prepared) -> bool:
@@ -99,17 +100,16 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
 
     def _admit(self, n: int) -> None:
         """The in-flight limit (``--max-inflight``): refuse at once (BUSY) when ``n`` more images would
-        pass it.
+        pass it, counting the calls of every front-end process of the server (the board's counters).
 
         Counts images, not calls (Explain 1, ExplainBatch its number of images), because images are
         what costs memory and compute. A call larger than the whole limit is admitted only when
         nothing else is in flight, so it can still run. Health and reflection never pass here.
         """
-        limit = self.max_inflight
-        if limit and self.inflight and self.inflight + n > limit:
-            raise Failure(f"the server is at its in-flight limit ({self.inflight} of {limit} images being "
-                          "handled); retry later with back-off", ErrorKind.BUSY)
-        self.inflight += n
+        busy = self.dispatcher.admit(n, self.max_inflight)
+        if busy is not None:
+            raise Failure(f"the server is at its in-flight limit ({busy} of {self.max_inflight} images "
+                          "being handled); retry later with back-off", ErrorKind.BUSY)
 
     def _shed_if_full(self, model: str, n: int = 1) -> None:
         """Refuse before decoding when the model's queue is already full (microseconds, not a decode);
@@ -127,11 +127,16 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
                            started: float) -> pb.ExplainResponse:
         prep = self.parser.prepare(request)
         self._shed_if_full(prep.config.name)
-        image = self.decode(prep) if self._tiny(prep) else await self._run(self.decode, prep)
+        image = self.decode(prep) if self._inline(prep) else await self._run(self.decode, prep)
         result = await self._compute(prep, image, deadline)
         if self._needs_pool(prep):
             return await self._run(lambda: build_response(prep, image, result, self.clock() - started))
         return build_response(prep, image, result, self.clock() - started)
+
+    async def _decode_at(self, index: int, prep: Prepared) -> DecodedImage:
+        if self._inline(prep):
+            return _at(index, self.decode, prep)
+        return await self._run(_at, index, self.decode, prep)
 
     async def _explain_batch(self, request: pb.ExplainBatchRequest, deadline: float | None,
                              started: float) -> pb.ExplainBatchResponse:
@@ -146,7 +151,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
                 raise invalid(f"ExplainBatch carries {count} images for model {name!r}, more than its "
                               f"queue holds ({limit}); split the call")
             self._shed_if_full(name, count)
-        images = await asyncio.gather(*(self._run(_at, i, self.decode, p) for i, p in enumerate(preps)))
+        images = await asyncio.gather(*(self._decode_at(i, p) for i, p in enumerate(preps)))
         tasks = [asyncio.ensure_future(self._compute(p, img, deadline))
                  for p, img in zip(preps, images, strict=True)]
         try:
@@ -203,7 +208,8 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             await self._finish(context, method, model, started, exc)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
-            self.inflight -= admitted
+            if admitted:
+                self.dispatcher.release(admitted)
         await self._finish(context, method, model, started, None)
         return reply
 
