@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
           "RESOURCE_EXHAUSTED", D.max_message_bytes / MiB, type=_nonneg_float)
     _flag(n, "--max-connection-age-s", "close client connections after this many seconds so clients "
           "re-resolve and spread onto new pods (0 = never)", D.max_connection_age_s, type=_nonneg_float)
-    _flag(n, "--max-concurrent-rpcs", "RPCs handled at once, beyond which gRPC answers RESOURCE_EXHAUSTED "
-          "(0 = no limit; the per-model queue bound applies either way)", D.max_concurrent_rpcs,
+    _flag(n, "--max-concurrent-rpcs", "RPCs handled at once by each front end (gRPC's own limit, per "
+          "process), beyond which gRPC answers RESOURCE_EXHAUSTED (0 = no limit; the per-model queue bound "
+          "and --max-inflight apply server-wide either way)", D.max_concurrent_rpcs,
           type=_nonneg_int)
     _flag(n, "--max-inflight", "images being handled at once in camserve.v1.ExplainService calls, over all "
           "front ends (Explain "

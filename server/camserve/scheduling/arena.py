@@ -17,6 +17,7 @@ inline in the message instead, so the arena is a fast path, never a limit.
 from __future__ import annotations
 
 import contextlib
+import math
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -67,7 +68,7 @@ class PixelArena:
 
     def view(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
         """The uint8 image of ``shape`` in ``slot`` (a view: no copy). Raises ValueError on a bad slot."""
-        if not 0 <= slot < self.slots or int(np.prod(shape)) > self.slot_bytes:
+        if not 0 <= slot < self.slots or math.prod(shape) > self.slot_bytes:
             raise ValueError(f"slot {slot} / shape {shape} outside the arena")
         assert self._shm.buf is not None
         return np.ndarray(shape, np.uint8, self._shm.buf, slot * self.slot_bytes)
