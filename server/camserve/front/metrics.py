@@ -6,11 +6,13 @@ codes) and the Dispatcher's `Observer` (`batch_formed`, `queue_depth`, `workers_
 its own `CollectorRegistry` so tests and several servers in one process never collide. Label
 values stay low-cardinality: a model name a caller made up is recorded as `_unknown`, never as itself.
 
-Several processes record (each front end its calls, the supervisor the scheduler's events), so the
-server runs prometheus-client's multiprocess mode (:func:`enable_multiprocess`): each process writes
-its values to its own memory-mapped file in one folder, and the supervisor's /metrics endpoint sums
-them (:meth:`Metrics.exposition_registry`). A front end that dies keeps its counts (its file stays);
-gauges are only ever set by the supervisor and count live processes only (``livesum``).
+Several processes record: each front end its calls (`record_rpc`), the supervisor everything the
+scheduler knows (queue and compute times, batch sizes, drops, gauges). Front ends run
+prometheus-client's multiprocess mode (the supervisor starts them with :data:`MULTIPROC_ENV` set):
+each writes its values to its own memory-mapped file. The supervisor keeps its own values in memory
+(the scheduler records several per image; an in-memory increment costs a fraction of a file write)
+and its /metrics merges the two, summing the same series (:meth:`Metrics.exposition_registry`). A
+front end that dies keeps its counts (its file stays).
 """
 
 from __future__ import annotations
@@ -20,35 +22,47 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-    values,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics_core import Metric
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def enable_multiprocess(directory: Path) -> None:
-    """Record into ``directory`` (multiprocess mode) from now on, in this process and the processes
-    it spawns (they inherit the variable). Call before any :class:`Metrics` is made."""
-    os.environ[MULTIPROC_ENV] = str(directory)
-    values.ValueClass = values.MultiProcessValue()
+def mark_process_dead(pid: int, directory: Path) -> None:
+    """Drop a dead front end's live gauges (its counters and histograms stay counted)."""
+    multiprocess.mark_process_dead(pid, str(directory))
 
 
-def multiprocess_dir() -> str | None:
-    return os.environ.get(MULTIPROC_ENV) or None
+class _Merged:
+    """A collector: this process's metrics plus the front ends' files, the same series summed."""
 
+    def __init__(self, local: CollectorRegistry, directory: Path) -> None:
+        self.local = local
+        self.directory = str(directory)
 
-def mark_process_dead(pid: int) -> None:
-    """Drop a dead process's live gauges (its counters and histograms stay counted)."""
-    directory = multiprocess_dir()
-    if directory:
-        multiprocess.mark_process_dead(pid, directory)
+    def collect(self) -> list[Metric]:
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        sources = [self.local.collect()]
+        if os.path.isdir(self.directory):
+            sources.append(multiprocess.MultiProcessCollector(None, self.directory).collect())
+        for source in sources:
+            for fam in source:
+                families.setdefault(fam.name, fam)
+                summed = values.setdefault(fam.name, {})
+                for sample in fam.samples:
+                    if sample.name.endswith("_created"):  # per-process creation times do not add up
+                        continue
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    summed[key] = summed.get(key, 0.0) + sample.value
+        out = []
+        for name, fam in families.items():
+            merged = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            for (sample_name, labels), value in values[name].items():
+                merged.add_sample(sample_name, dict(labels), value)
+            out.append(merged)
+        return out
+
 
 #: Seconds, from a small model answering one caller (~1 ms) to a large model under load (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
@@ -75,8 +89,11 @@ class Metrics:
     """The metric objects of DESIGN.md plus `camserve_requests_dropped_total{model,reason}`."""
 
     def __init__(self, models: Iterable[str], max_batch_size: int = 32,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, front_ends_dir: Path | None = None) -> None:
+        """``front_ends_dir``: the folder of the front ends' multiprocess files (the supervisor's
+        Metrics exports them with its own)."""
         self.models = tuple(models)
+        self.front_ends_dir = front_ends_dir
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.request_duration = Histogram(
@@ -187,13 +204,12 @@ class Metrics:
             self.on_change()
 
     def exposition_registry(self) -> CollectorRegistry:
-        """What /metrics exports: this object's registry, or in multiprocess mode every process's
-        values summed."""
-        directory = multiprocess_dir()
-        if not directory:
+        """What /metrics exports: this object's registry, merged with the front ends' files when the
+        server has front-end processes."""
+        if self.front_ends_dir is None:
             return self.registry
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, directory)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Merged(self.registry, self.front_ends_dir))  # type: ignore[arg-type]
         return registry
 
     def rpc_totals(self) -> dict[str, int]:

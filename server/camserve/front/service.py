@@ -118,9 +118,9 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             raise Failure(f"queue of model {model!r} is full; retry later", ErrorKind.QUEUE_FULL)
 
     async def _compute(self, prep: Prepared, image: DecodedImage, deadline: float | None) -> ItemResult:
+        # Queue and compute times are recorded by the scheduler's process, which measured them.
         result: ItemResult = await self.dispatcher.submit(
             WorkItem(model=prep.config.name, pixels=image.pixels, spec=prep.spec, deadline=deadline))
-        self.metrics.record_result(prep.config.name, result.queue_s, result.compute_s)
         return result
 
     async def _explain_one(self, request: pb.ExplainRequest, deadline: float | None,

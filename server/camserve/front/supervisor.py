@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import pickle
 import shutil
 import signal
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from camserve.front.metrics import Metrics, enable_multiprocess, mark_process_dead, start_metrics_server
+from camserve.front.metrics import MULTIPROC_ENV, Metrics, mark_process_dead, start_metrics_server
 from camserve.front.security import server_credentials
 from camserve.front.server import ServerOptions, default_frontends, make_dispatcher
 from camserve.repository import ModelConfig
@@ -126,10 +127,11 @@ class Supervisor:
         self.opts = opts
         self.run_dir = Path(tempfile.mkdtemp(prefix="camserve-"))
         try:
-            (self.run_dir / "metrics").mkdir()
-            enable_multiprocess(self.run_dir / "metrics")
+            self.metrics_dir = self.run_dir / "metrics"
+            self.metrics_dir.mkdir()
             max_batch = max(c.batching.max_batch_size for c in repository.values())
-            self.metrics = Metrics(list(repository), max_batch_size=max_batch)
+            self.metrics = Metrics(list(repository), max_batch_size=max_batch,
+                                   front_ends_dir=self.metrics_dir)
             self.observer = _Observer(self.metrics)
             self.dispatcher = make_dispatcher(repository, opts, self.observer)
             on_gpu = any(slot.device != "cpu" for slot in self.dispatcher.slots)
@@ -141,7 +143,8 @@ class Supervisor:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
         self.observer.board = self.board
-        self.hub = Hub(self.dispatcher, self.run_dir / "hub.sock", self.frontends, self.arenas)
+        self.hub = Hub(self.dispatcher, self.run_dir / "hub.sock", self.frontends, self.arenas,
+                       on_result=self.metrics.record_result)
         self.observer.hub = self.hub
         self.grpc_port = 0
         self.metrics_port = 0
@@ -184,8 +187,9 @@ class Supervisor:
         if self._stopping:
             return
         self.board.reset_frontend(front.index)
+        env = {**os.environ, MULTIPROC_ENV: str(self.metrics_dir)}  # front ends record into files
         proc = subprocess.Popen([sys.executable, "-m", "camserve.front.frontend", str(self._spec_path),
-                                 str(front.index)], stdin=subprocess.DEVNULL)
+                                 str(front.index)], stdin=subprocess.DEVNULL, env=env)
         front.process = proc
         front.started_at = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -207,7 +211,7 @@ class Supervisor:
         self._spec_path.chmod(0o600)
 
     def _front_exited(self, front: _FrontProcess, proc: subprocess.Popen[bytes], code: int) -> None:
-        mark_process_dead(proc.pid)
+        mark_process_dead(proc.pid, self.metrics_dir)
         self.board.reset_frontend(front.index)
         if self._stopping or front.process is not proc:
             return

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,11 @@ class Hub:
     """Serves ``frontends`` front-end processes on a Unix socket at ``path`` over ``dispatcher``."""
 
     def __init__(self, dispatcher: Dispatcher, path: Path, frontends: int,
-                 arenas: list[PixelArena] | None = None) -> None:
+                 arenas: list[PixelArena] | None = None,
+                 on_result: Callable[[str, float, float], None] | None = None) -> None:
+        """``on_result(model, queue_s, compute_s)`` is told of every image computed for a caller."""
         self.dispatcher = dispatcher
+        self.on_result = on_result
         self.arenas = arenas or []
         self.path = Path(path)
         self.frontends = int(frontends)
@@ -137,15 +141,17 @@ class Hub:
             link.channel.send(("done", item_id, None, exc))
             return
         link.pending[item_id] = pending
-        pending.future.add_done_callback(lambda fut: self._answer(link, item_id, fut))
+        pending.future.add_done_callback(lambda fut: self._answer(link, item_id, item.model, fut))
 
-    @staticmethod
-    def _answer(link: _Link, item_id: int, fut: asyncio.Future[ItemResult]) -> None:
+    def _answer(self, link: _Link, item_id: int, model: str, fut: asyncio.Future[ItemResult]) -> None:
         if link.pending.pop(item_id, None) is None or fut.cancelled():
             return  # withdrawn: the caller left
         exc = fut.exception()
         if exc is None:
-            link.channel.send(("done", item_id, fut.result(), None))
+            result = fut.result()
+            if self.on_result is not None:
+                self.on_result(model, result.queue_s, result.compute_s)
+            link.channel.send(("done", item_id, result, None))
         else:
             failure = exc if isinstance(exc, Failure) else Failure(f"{type(exc).__name__}: {exc}")
             link.channel.send(("done", item_id, None, failure))
