@@ -86,6 +86,8 @@ class _Link:
             self.index, self.pid = int(msg[1]), int(msg[2])
             self.hub.links[self.index] = self
             self.channel.send(("state", self.hub.state))
+            if self.hub.draining:  # started while the server drains: it must not wait for a drain
+                self.channel.send(("drain", True))
         else:
             log.warning("hub: unknown message %r from front end %d", kind, self.index)
 
