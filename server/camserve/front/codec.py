@@ -51,10 +51,13 @@ class DecodedImage:
 
     pixels: np.ndarray
     original: np.ndarray
+    sent_size: tuple[int, int] | None = None  # when ``original`` was decoded at reduced scale
 
     @property
     def original_size(self) -> tuple[int, int]:
         """(height, width) of the image as the caller sent it."""
+        if self.sent_size is not None:
+            return self.sent_size
         return int(self.original.shape[0]), int(self.original.shape[1])
 
 
@@ -184,29 +187,46 @@ def _model_pixels(rgb: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndar
     return np.ascontiguousarray(_to_channels(resize(rgb, height, width), channels))
 
 
-def _decode_jpeg(data: bytes, input_shape: tuple[int, int, int]) -> np.ndarray | None:
+def _decode_jpeg(data: bytes, at_least: tuple[int, int] | None = None) -> np.ndarray | None:
     """JPEG through libjpeg-turbo's own API (simplejpeg): measured ~250 us for a 224x224 q90 image
-    against ~330 us for cv2.imdecode, same pixels. None when simplejpeg cannot read it (e.g. CMYK or
-    corrupt data): OpenCV tries then, and refuses what neither can read."""
+    against ~330 us for cv2.imdecode, same pixels; ``at_least`` (h, w) decodes at the smallest DCT
+    scale still covering it. None when simplejpeg cannot read it (e.g. CMYK or corrupt data): OpenCV
+    tries then, and refuses what neither can read."""
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        if at_least is None:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=at_least[0], min_width=at_least[1])
     except (ValueError, RuntimeError):
         return None
 
 
 def decode_encoded(data: bytes, input_shape: tuple[int, int, int],
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode JPEG/PNG/WebP/BMP bytes to RGB (grayscale and alpha dropped to RGB), resized to the input."""
+                   max_pixels: int = DEFAULT_MAX_PIXELS, *, full_size: bool = True) -> DecodedImage:
+    """Decode JPEG/PNG/WebP/BMP bytes to RGB (grayscale and alpha dropped to RGB), resized to the input.
+
+    ``full_size=False`` (nothing will be drawn at the size the image was sent) lets a JPEG at least
+    twice the input's size on both sides decode at reduced scale (libjpeg's DCT scaling: 1/2, 1/4 or
+    1/8, never below the input size) before the usual INTER_AREA resize: measured 3.5x less CPU for
+    a 640x480 photo going to 224x224. ``original`` is then that reduced image; ``original_size``
+    stays the size sent.
+    """
     fmt, width, height = image_header(data)
     check_size(width, height, max_pixels, f"{fmt} image")
-    rgb = _decode_jpeg(data, input_shape) if fmt == "JPEG" else None
+    rgb = None
+    reduce = False
+    # A JPEG with an Exif segment may carry an orientation, which OpenCV applies and simplejpeg does not.
+    if fmt == "JPEG" and data.find(b"Exif\x00\x00", 0, 1 << 16) < 0:
+        h, w = input_shape[0], input_shape[1]
+        reduce = not full_size and height >= 2 * h and width >= 2 * w
+        rgb = _decode_jpeg(data, (h, w) if reduce else None)
     if rgb is None:
         rgb = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
     if rgb is None or rgb.size == 0:
         raise ImageError(f"the {fmt} image could not be decoded (truncated or corrupt data)")
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[:, :, None], 3, axis=2)
-    return DecodedImage(pixels=_model_pixels(rgb, input_shape), original=rgb)
+    return DecodedImage(pixels=_model_pixels(rgb, input_shape), original=rgb,
+                        sent_size=(height, width) if reduce else None)
 
 
 def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,

@@ -62,7 +62,8 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
         image = prep.image
         shape = prep.summary.input_shape
         if image.WhichOneof("source") == "encoded":
-            decoded = codec.decode_encoded(image.encoded, shape, self.max_image_pixels)
+            decoded = codec.decode_encoded(image.encoded, shape, self.max_image_pixels,
+                                           full_size=prep.output.size == "original")
         else:
             t = image.tensor
             dtype = wire.name_of(wire.DTYPES, t.dtype) or str(t.dtype)
