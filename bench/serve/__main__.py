@@ -36,9 +36,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2
 import numpy as np
 
-from tests.serverproc import start_server
-
 ROOT = Path(__file__).resolve().parents[2]
+# By path, not as `tests.serverproc`: a regular package named `tests` in site-packages (some
+# dependencies ship one) would shadow the repository's folder.
+sys.path.insert(0, str(ROOT / "tests"))
+from serverproc import start_server  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 #: name -> (keras.applications name, preprocessing, input side); "demo" is the bundled model.
 APPLICATIONS = {"mobilenetv2": ("MobileNetV2", "tf", 224), "resnet50": ("ResNet50", "caffe", 224)}
