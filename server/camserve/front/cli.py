@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
           "before decoding, against decompression bombs", D.max_image_pixels, type=_positive_int)
     _flag(n, "--frontends", "front-end processes sharing the gRPC port (each terminates gRPC, validates "
           "and decodes; batches still fill across all of them). 0 = auto: one per two cores, at most 8, "
-          "when workers run on GPUs (the front end sets the pace there); 1 with CPU workers",
+          "when workers run on GPUs (the front end sets the pace there; cores = CPU affinity capped by a "
+          "cgroup CPU limit); 1 with CPU workers",
           D.frontends, type=_nonneg_int)
     _flag(n, "--codec-threads", "threads per front end decoding large images (over 512x512) and encoding "
           "resized or drawn heatmaps off the event loop", D.codec_threads, type=_positive_int)

@@ -95,14 +95,26 @@ def make_dispatcher(repository: dict[str, ModelConfig], opts: ServerOptions, obs
         raise ConfigError(str(exc)) from None
 
 
+def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a Kubernetes CPU
+    limit) when one is set."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open(cpu_max) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def default_frontends(workers_on_gpu: bool, cores: int | None = None) -> int:
-    """``--frontends`` auto: one per two cores (at most 8) when workers run on GPUs, where the front
-    end sets the pace (~0.5 CPU-ms an image); one with CPU workers, whose compute needs the cores."""
+    """``--frontends`` auto: one per two usable cores (at most 8) when workers run on GPUs, where the
+    front end sets the pace; one with CPU workers, whose compute needs the cores."""
     if not workers_on_gpu:
         return 1
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores // 2))
+    return max(1, min(8, (usable_cores() if cores is None else cores) // 2))
 
 
 #: Servicers every front-end process adds to its server besides camserve.v1, health and reflection:
