@@ -188,8 +188,14 @@ class Supervisor:
             return
         self.board.reset_frontend(front.index)
         env = {**os.environ, MULTIPROC_ENV: str(self.metrics_dir)}  # front ends record into files
-        proc = subprocess.Popen([sys.executable, "-m", "camserve.front.frontend", str(self._spec_path),
-                                 str(front.index)], stdin=subprocess.DEVNULL, env=env)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "camserve.front.frontend", str(self._spec_path),
+                                     str(front.index)], stdin=subprocess.DEVNULL, env=env)
+        except OSError as exc:  # out of memory or pids: like a crash, try again after the back-off
+            log.error("front end %d could not start: %s", front.index, exc)
+            asyncio.get_running_loop().call_later(front.backoff_s, self._spawn, front)
+            front.backoff_s = min(BACKOFF_MAX_S, front.backoff_s * 2)
+            return
         front.process = proc
         front.started_at = time.monotonic()
         loop = asyncio.get_running_loop()
