@@ -160,20 +160,35 @@ class ServerProcess:
                     pids.append(pid)
         return pids
 
+    def frontend_pids(self) -> list[int]:
+        """PIDs of the front-end processes (``python -m camserve.front.frontend`` children; Linux /proc)."""
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                for pid in (task / "children").read_text().split():
+                    with contextlib.suppress(OSError):
+                        if b"camserve.front.frontend" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            pids.append(int(pid))
+        return sorted(pids)
+
     def cpu_seconds(self) -> tuple[float, float]:
-        """CPU seconds (user + system) used so far by (the server's parent, its worker processes), from
-        /proc (Linux); a worker that already exited is not counted."""
+        """CPU seconds (user + system) used so far by (the server's own processes: the supervisor and its
+        front ends, its worker processes), from /proc (Linux); a process that already exited is not
+        counted."""
         tick = os.sysconf("SC_CLK_TCK")
 
         def cpu(pid: int) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / tick
 
-        workers = 0.0
+        workers = front = 0.0
         for pid in self.worker_pids():
             with contextlib.suppress(OSError):
                 workers += cpu(pid)
-        return cpu(self.pid), workers
+        for pid in self.frontend_pids():
+            with contextlib.suppress(OSError):
+                front += cpu(pid)
+        return cpu(self.pid) + front, workers
 
     def mapped_files(self) -> str:
         """The parent's /proc/PID/maps (to prove which shared libraries it loaded)."""

@@ -222,3 +222,31 @@ def test_encode_map_sizes_and_overlay(chelsea: np.ndarray) -> None:
     assert out.tensor_shape == (8, 8)
     assert np.array_equal(np.frombuffer(out.tensor, "<f4").reshape(8, 8), heat)
     assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR_RGB).shape == (300, 451, 3)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(chelsea: np.ndarray) -> None:
+    """A JPEG >= 2x the input on both sides may decode at 1/2, 1/4 or 1/8 scale (never below the input)
+    when nothing is drawn at its original size; the model's pixels stay close to a full decode."""
+    big = cv2.resize(chelsea, (1804, 1200), interpolation=cv2.INTER_CUBIC)
+    data = encode(big, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+    full = codec.decode_encoded(data, INPUT)
+    fast = codec.decode_encoded(data, INPUT, full_size=False)
+    assert full.original.shape[:2] == (1200, 1804) and full.original_size == (1200, 1804)
+    assert fast.original_size == (1200, 1804)  # the size sent, whatever was decoded
+    assert 64 <= fast.original.shape[0] < 1200 / 2 and fast.original.shape[1] >= 64  # reduced, >= input
+    assert fast.pixels.shape == full.pixels.shape == INPUT
+    assert np.abs(fast.pixels.astype(int) - full.pixels.astype(int)).mean() < 3.0
+    small = codec.decode_encoded(encode(chelsea[:100, :100], ".jpg"), INPUT, full_size=False)
+    assert small.original.shape[:2] == (100, 100)  # under 2x the input: decoded whole
+
+
+def test_jpeg_with_exif_orientation_is_rotated(chelsea: np.ndarray) -> None:
+    """Exif orientation 6 (rotate 90 cw) is applied, as OpenCV does: width and height swap."""
+    data = encode(chelsea, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+    # An APP1 Exif segment (big-endian TIFF, one IFD entry: Orientation = 6) right after SOI.
+    entry = b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"  # tag 0x0112, SHORT, 1 value: 6
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + entry + b"\x00\x00\x00\x00"
+    app1 = b"Exif\x00\x00" + tiff
+    data = data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+    img = codec.decode_encoded(data, INPUT)
+    assert img.original.shape[:2] == (451, 300)

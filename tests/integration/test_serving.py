@@ -89,6 +89,10 @@ def test_health_and_reflection_with_stock_clients(server: ServerProcess) -> None
 def test_parent_process_never_loads_tensorflow(server: ServerProcess) -> None:
     maps = server.mapped_files()
     assert "tensorflow" not in maps.lower(), "the server's parent process mapped a TensorFlow library"
+    fronts = server.frontend_pids()
+    assert fronts, "no front-end process found"
+    for pid in fronts:
+        assert "tensorflow" not in Path(f"/proc/{pid}/maps").read_text().lower(), "a front end mapped TF"
     workers = server.worker_pids()
     assert len(workers) == 1
     assert "tensorflow" in Path(f"/proc/{workers[0]}/maps").read_text().lower()

@@ -117,22 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
           "RESOURCE_EXHAUSTED", D.max_message_bytes / MiB, type=_nonneg_float)
     _flag(n, "--max-connection-age-s", "close client connections after this many seconds so clients "
           "re-resolve and spread onto new pods (0 = never)", D.max_connection_age_s, type=_nonneg_float)
-    _flag(n, "--max-concurrent-rpcs", "RPCs handled at once, beyond which gRPC answers RESOURCE_EXHAUSTED "
-          "(0 = no limit; the per-model queue bound applies either way)", D.max_concurrent_rpcs,
+    _flag(n, "--max-concurrent-rpcs", "RPCs handled at once by each front end (gRPC's own limit, per "
+          "process), beyond which gRPC answers RESOURCE_EXHAUSTED (0 = no limit; the per-model queue bound "
+          "and --max-inflight apply server-wide either way)", D.max_concurrent_rpcs,
           type=_nonneg_int)
-    _flag(n, "--max-inflight", "images being handled at once in calls of either protocol (Explain "
-          "counts 1, ExplainBatch its number of images, ModelInfer its rows); beyond it a call is refused "
-          "at once with RESOURCE_EXHAUSTED. Health, metadata and reflection are never limited, unlike "
-          "--max-concurrent-rpcs (0 = no limit)", D.max_inflight, type=_nonneg_int)
+    _flag(n, "--max-inflight", "images being handled at once in calls of either protocol, over all front "
+          "ends (Explain counts 1, ExplainBatch its number of images, ModelInfer its rows); beyond it a call "
+          "is refused at once with RESOURCE_EXHAUSTED. Health, metadata and reflection are never limited, "
+          "unlike --max-concurrent-rpcs (0 = no limit)", D.max_inflight, type=_nonneg_int)
     _flag(n, "--max-image-pixels", "largest decoded image (width x height) accepted; checked from the header "
           "before decoding, against decompression bombs", D.max_image_pixels, type=_positive_int)
-    _flag(n, "--codec-threads", "threads decoding images and encoding heatmaps off the event loop",
-          D.codec_threads, type=_positive_int)
+    _flag(n, "--frontends", "front-end processes sharing the gRPC port (each terminates gRPC, validates "
+          "and decodes; batches still fill across all of them). 0 = auto: one per two cores, at most 8, "
+          "when workers run on GPUs (the front end sets the pace there; cores = CPU affinity capped by a "
+          "cgroup CPU limit); 1 with CPU workers",
+          D.frontends, type=_nonneg_int)
+    _flag(n, "--codec-threads", "threads per front end decoding large images (over 512x512) and encoding "
+          "resized or drawn heatmaps off the event loop", D.codec_threads, type=_positive_int)
     s = p.add_argument_group("shutdown (SIGTERM: NOT_SERVING, pre-stop window, drain, exit 0)")
     _flag(s, "--pre-stop-seconds", "after SIGTERM keep serving this long while health says NOT_SERVING, so "
           "load balancers stop routing first (SIGINT skips it)", D.pre_stop_s, type=_nonneg_float)
     _flag(s, "--drain-seconds", "then wait at most this long for in-flight RPCs before stopping the workers",
           D.drain_s, type=_nonneg_float)
+    # The benchmark's stand-in for the model step (bench/frontend); never documented for users.
+    p.add_argument("--runner", default=None, help=argparse.SUPPRESS)
     _flag(p, "--log-level", "log verbosity", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
           type=str.upper)
     add_security_arguments(p)
@@ -161,7 +169,8 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         drain_s=args.drain_seconds, max_message_bytes=int(args.max_message_mb * MiB),
         max_connection_age_s=args.max_connection_age_s, max_image_pixels=args.max_image_pixels,
         max_concurrent_rpcs=args.max_concurrent_rpcs, codec_threads=args.codec_threads,
-        max_inflight=args.max_inflight, batch_timeout_s=args.batch_timeout_s,
+        max_inflight=args.max_inflight, frontends=args.frontends, runner=args.runner,
+        batch_timeout_s=args.batch_timeout_s,
         startup_timeout_s=args.startup_timeout_s, security=security_config_from_args(args))
 
 
@@ -199,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from camserve.front.server import ConfigError, serve
+    from camserve.front.server import ConfigError
+    from camserve.front.supervisor import serve
     from camserve.repository import RepositoryError, load_repository, with_batching
 
     try:

@@ -200,7 +200,7 @@ def decode_rows(call: InferCall, max_pixels: int) -> list[DecodedImage]:
     out = []
     for i, data in enumerate(call.rows):
         try:
-            out.append(codec.decode_encoded(data, shape, max_pixels))
+            out.append(codec.decode_encoded(data, shape, max_pixels, full_size=call.output.draws_original))
         except Failure as exc:
             raise Failure(f"input 'IMAGE' row {i}: {exc.message}", exc.kind) from None
     return out

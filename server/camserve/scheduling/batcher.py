@@ -90,6 +90,10 @@ class WorkItem:
     spec: ItemSpec = field(default_factory=ItemSpec)
     deadline: float | None = None
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Sent by every front-end process per image: a tuple pickles several times faster.
+        return (WorkItem, (self.model, self.pixels, self.spec, self.deadline))
+
 
 # --------------------------------------------------------------------------- queue entries
 
@@ -210,7 +214,11 @@ class Batcher:
         q.entries.append(pending)
         q.live += 1
         self._observer.queue_depth(q.name, q.live)
-        self._changed.set()
+        # Wake the batch former only when this can change its decision: a queue that was empty has a
+        # new oldest request (a new ready time), and a full one is ready now. Any other arrival leaves
+        # the earliest ready time as it was (measured: a wake per image cost ~30 us of scheduler CPU).
+        if q.live == 1 or q.live >= q.max_batch_size:
+            self._changed.set()
         if q.live >= q.max_batch_size:
             self._signal_full()
         return pending
