@@ -51,12 +51,19 @@ class ItemResult:
 
 @dataclass
 class LayerInfo:
-    """A candidate target layer: path name ("outer/inner" inside nested models), grid and channels."""
+    """A candidate target layer: path name ("outer/inner/sub"; "name@k" = the k-th call of a layer
+    called several times), its grid and channels, and whether CAM applies there.
+
+    ``kind`` "conv": the output is (B, h, w, C). "tokens": it is (B, N, C) with N = prefix_tokens +
+    h * w; maps are on the patch grid (h, w) after dropping the ``prefix_tokens`` leading tokens.
+    """
 
     name: str
     grid: list[int]  # [h, w]
     channels: int
     cam_supported: bool
+    kind: str = "conv"
+    prefix_tokens: int = 0
 
 
 @dataclass
@@ -75,8 +82,13 @@ class ModelSummary:
     compile_mode: str  # the resolved mode: "xla" or "graph"
     backend: str
     preprocessing: str
-    score: str
+    score: str  # what ClassMap.score holds: "logits" or "probability" (forced when head_kind says so)
     methods: list[str]
+    target_reason: str = ""  # why this target: "requested", or how the automatic rule chose it
+    target_kind: str = "conv"  # "conv" or "tokens" (see LayerInfo)
+    prefix_tokens: int = 0
+    head: str = ""  # how the output head was read (where the logits are taken), in words
+    head_kind: str = "softmax"  # "softmax" | "sigmoid" (multi-label) | "binary" (one unit) | "probability"
 
 
 @dataclass

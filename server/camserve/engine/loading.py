@@ -1,0 +1,138 @@
+"""Opening the models users have: ``.keras``, legacy ``.h5``, ``keras.applications`` names.
+
+``load_model`` is what the server's worker calls for each model of the repository, and what a library
+user can call too. Formats:
+
+- ``.keras`` (Keras 3 native): ``keras.saving.load_model``. Custom classes (subclassed models,
+  custom layers) must be importable: Keras imports the module recorded in the file, or they are
+  passed as ``custom_objects``.
+- ``.h5`` / ``.hdf5`` (tf.keras 2 / Keras 2 "legacy" HDF5 with the architecture): Keras 3's own
+  loader reads them (``keras.saving.load_model`` dispatches on the suffix).
+- A TensorFlow **SavedModel** directory is refused with the conversion to run: Keras 3 can open one
+  only as an inference-only ``keras.layers.TFSMLayer``, which has no layers to put a target on.
+- ``application``: a ``keras.applications`` constructor name with a weights file (or None for random
+  weights: benchmarks) at the configured input shape.
+
+The model is returned with the options that describe how to explain it (input shape, token layout)
+remembered beside it (``hints_for``), so an ``Explainer`` built on it later uses them without the
+caller passing them again. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from camserve.engine.errors import InvalidInputError
+from camserve.engine.tokens import TokenLayout
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class ModelHints:
+    """How to explain a loaded model when the caller does not say: input shape and token layout."""
+
+    input_shape: tuple[int, int, int] | None = None
+    token_layout: TokenLayout = TokenLayout()
+
+
+_HINTS: weakref.WeakKeyDictionary[Any, ModelHints] = weakref.WeakKeyDictionary()
+
+
+def hints_for(model: Any) -> ModelHints:
+    """The hints ``load_model`` recorded for this model object (empty ones if none)."""
+    try:
+        return _HINTS.get(model, ModelHints())
+    except TypeError:  # an object that cannot be weakly referenced: never loaded here
+        return ModelHints()
+
+
+def saved_model_refusal(path: Path) -> str:
+    """The message for a TensorFlow SavedModel directory: why not, and the conversion that works."""
+    return (
+        f"{path} is a TensorFlow SavedModel directory; Keras 3 cannot re-open a SavedModel as a model "
+        "with layers (only as an inference-only TFSMLayer, which has nothing to put a target on). "
+        "Convert it once where it was made (TensorFlow 2.x with tf.keras 2, e.g. tf_keras): "
+        "`m = tf.keras.models.load_model(DIR); m.save('model.h5')` (or `m.save('model.keras')` with Keras 3), "
+        "then point model_file at that file"
+    )
+
+
+def is_saved_model_dir(path: Path) -> bool:
+    """A directory holding saved_model.pb or saved_model.pbtxt."""
+    return path.is_dir() and any((path / n).is_file() for n in ("saved_model.pb", "saved_model.pbtxt"))
+
+
+def load_model(
+    source: Any,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    weights: str | Path | None = None,
+    token_grid: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
+    custom_objects: dict[str, Any] | None = None,
+) -> Any:
+    """Open a model for explanation; returns a ``keras.Model``.
+
+    ``source``: a path (``.keras``, ``.h5``/``.hdf5``; a SavedModel directory is refused), a
+    ``keras.applications`` name (``"ResNet50"``, with ``weights`` a file or None = random, and
+    ``input_shape`` required), or a repository ``ModelConfig`` (anything with ``model_path``,
+    ``application``, ``weights_path``, ``input_shape`` and optionally ``token_grid``/``prefix_tokens``:
+    its fields fill the keyword arguments). ``input_shape``, ``token_grid`` and ``prefix_tokens`` are
+    remembered as the model's hints (``hints_for``).
+
+    Raises ``InvalidInputError`` naming the file and the problem (missing file, unknown suffix,
+    SavedModel directory, unknown application name); Keras' own errors for a corrupt file pass through.
+    """
+    if hasattr(source, "application") and hasattr(source, "model_path"):
+        cfg = source
+        source = cfg.model_path if cfg.model_path is not None else cfg.application
+        input_shape = input_shape or tuple(cfg.input_shape)
+        weights = weights if weights is not None else cfg.weights_path
+        token_grid = token_grid if token_grid is not None else getattr(cfg, "token_grid", None)
+        prefix_tokens = prefix_tokens if prefix_tokens is not None else getattr(cfg, "prefix_tokens", None)
+    layout = TokenLayout.of(token_grid, prefix_tokens)
+    import keras
+
+    if isinstance(source, (str, Path)) and (isinstance(source, Path) or "/" in source or "." in str(source)):
+        model = _load_file(Path(source), custom_objects)
+    elif isinstance(source, str):
+        model = _application(source, weights, input_shape)
+    else:
+        raise InvalidInputError(f"load_model takes a path, an application name or a ModelConfig, got {source!r}")
+    if not isinstance(model, keras.Model):
+        raise InvalidInputError(f"{source} holds a {type(model).__name__}, not a keras.Model")
+    _HINTS[model] = ModelHints(tuple(int(d) for d in input_shape) if input_shape else None, layout)  # type: ignore[arg-type]
+    return model
+
+
+def _load_file(path: Path, custom_objects: dict[str, Any] | None) -> Any:
+    import keras
+
+    path = path.expanduser()
+    if is_saved_model_dir(path):
+        raise InvalidInputError(saved_model_refusal(path))
+    if not path.exists():
+        raise InvalidInputError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a directory, not a model file ({', '.join(MODEL_SUFFIXES)})")
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise InvalidInputError(
+            f"{path}: unknown model file type {path.suffix!r}; use a Keras 3 '.keras' file or a legacy "
+            "'.h5' file (tf.keras 2)"
+        )
+    return keras.saving.load_model(path, custom_objects=custom_objects, compile=False)
+
+
+def _application(name: str, weights: str | Path | None, input_shape: tuple[int, ...] | None) -> Any:
+    import keras
+
+    factory = getattr(keras.applications, name, None)
+    if not name[:1].isupper() or factory is None or not callable(factory):
+        raise InvalidInputError(f"keras.applications has no model named {name!r}")
+    if input_shape is None:
+        raise InvalidInputError(f"keras.applications.{name} needs input_shape=(H, W, C)")
+    return factory(weights=str(weights) if weights is not None else None, input_shape=tuple(input_shape))
