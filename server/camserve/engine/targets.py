@@ -193,7 +193,9 @@ class ModelGraph:
         return self.input_shape[0], self.input_shape[1]
 
     def _grid_of(self, c: LayerCall) -> Grid | None:
-        if not c.is_layer or c.shape is None or len(c.outputs) != 1:
+        # Layers, and the keras.ops nodes of Functional graphs (a residual ``x + y`` is often the last
+        # grid before the pooling: ConvNeXt's blocks end that way).
+        if c.shape is None or len(c.outputs) != 1:
             return None
         return conv_grid(c.shape) or token_grid(c.shape, self.image_hw, self.layout)
 
@@ -225,7 +227,7 @@ class ModelGraph:
         if not isinstance(target_layer, str) or not target_layer.strip("/"):
             raise UnknownLayerError(f"target layer must be a non-empty name, got {target_layer!r}")
         wanted = target_layer.strip("/")
-        layer_calls = [c for c in self.rec.calls if c.is_layer]
+        layer_calls = self.rec.calls
         matches = [c for c in layer_calls if c.name == wanted]
         if not matches and "/" not in wanted:
             matches = [c for c in layer_calls if c.name.rsplit("/", 1)[-1] == wanted]
@@ -276,6 +278,7 @@ class ModelGraph:
     def _default(self) -> Target:
         order = list(reversed(self.candidates()))
         skipped: list[str] = []
+        unreached: LayerCall | None = None  # the first grid the score does not depend on
         for i, c in enumerate(order):
             grid = self._grids[c.key]
             why = None
@@ -287,19 +290,36 @@ class ModelGraph:
                 chunk = [d for d in order[i:] if self._grids[d.key].size > 1][:PROBE_CHUNK]
                 self._ensure_grads(chunk + self._cam_shaped())
                 why = self._no_reach(c, grid)
+                unreached = unreached or c
             if why is None:
-                kind = f"{grid.h}x{grid.w} patch-token grid ({grid.prefix} prefix token(s) dropped)" if grid.tokens else f"{grid.h}x{grid.w} grid"
-                reason = f"the last layer on the way to the output with a {kind} the score depends on"
-                if skipped:
-                    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-                    reason += "; after it: " + ", ".join(skipped[:3]) + more
-                return self._with_reason(self.target_for(c), reason)
+                return self._with_reason(self.target_for(c), self._reason(grid, "", skipped))
             skipped.append(f"{c.name} ({why})")
+        if unreached is not None:  # the score depends on no grid at all (a constant output)
+            grid = self._grids[unreached.key]
+            return self._with_reason(
+                self.target_for(unreached),
+                self._reason(grid, "; the score depends on no layer's positions (a constant output?)", []),
+            )
         raise UnknownLayerError(
-            f"model {self.model.name!r} has no layer whose output has a spatial grid larger than 1x1 that "
-            "the output depends on (a conv map (batch, h, w, channels) or tokens (batch, tokens, channels) "
-            f"with a patch grid); layers with a grid: {self._some_names()}"
+            f"model {self.model.name!r} has no layer whose output has a spatial grid larger than 1x1 (a conv "
+            "map (batch, h, w, channels) or tokens (batch, tokens, channels) with a patch grid); layers "
+            f"with a grid: {self._some_names()}"
         )
+
+    @staticmethod
+    def _reason(grid: Grid, extra: str, skipped: list[str]) -> str:
+        if grid.tokens:
+            kind = f"{grid.h}x{grid.w} patch-token grid ({grid.prefix} prefix token(s) dropped)"
+        else:
+            kind = f"{grid.h}x{grid.w} grid"
+        if extra:
+            reason = f"the last layer with a {kind}{extra}"
+        else:
+            reason = f"the last layer on the way to the output with a {kind} the score depends on"
+        if skipped:
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            reason += "; after it: " + ", ".join(skipped[:3]) + more
+        return reason
 
     def _no_reach(self, c: LayerCall, grid: Grid) -> str | None:
         """None if the score depends on at least two grid positions of this output, else why not."""
