@@ -9,7 +9,8 @@
 - a keras-hub ``ViTImageClassifier`` built from its classes (no preset, nothing downloaded).
 
 The classes are registered serializable so that a server worker can re-open saved ``.keras`` files
-when this folder is on its PYTHONPATH (Keras imports the module recorded in the file).
+when this folder is on its PYTHONPATH (Keras imports the module recorded in the file). TensorFlow is
+imported only by the references, so the JAX checks can build these models too.
 
 References (``*_reference``) never use the engine: Functional models are re-built by Keras' public
 ``clone_model(call_function=...)`` with a zero weight added after the target and differentiated
@@ -25,7 +26,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 # ---- keras.applications: one member per family ----------------------------------------------------
@@ -70,6 +70,45 @@ def _resnet(preact: bool) -> Callable[[int], keras.Model]:
     return build
 
 
+def _inception_resnet_v2(size: int) -> keras.Model:
+    """``InceptionResNetV2`` as Keras writes it, with one block where it repeats 10/20/10 (stem,
+    reductions, head and layer names unchanged; built from the module's own ``conv2d_bn`` and
+    ``inception_resnet_block``): the full member takes ~35 s of CPU to build and trace on 2 cores."""
+    from keras.src.applications.inception_resnet_v2 import conv2d_bn, inception_resnet_block
+
+    layers = keras.layers
+    inp = layers.Input((size, size, 3))
+    x = conv2d_bn(inp, 32, 3, strides=2, padding="valid")
+    x = conv2d_bn(x, 32, 3, padding="valid")
+    x = conv2d_bn(x, 64, 3)
+    x = layers.MaxPooling2D(3, strides=2)(x)
+    x = conv2d_bn(x, 80, 1, padding="valid")
+    x = conv2d_bn(x, 192, 3, padding="valid")
+    x = layers.MaxPooling2D(3, strides=2)(x)
+    b0 = conv2d_bn(x, 96, 1)
+    b1 = conv2d_bn(conv2d_bn(x, 48, 1), 64, 5)
+    b2 = conv2d_bn(conv2d_bn(conv2d_bn(x, 64, 1), 96, 3), 96, 3)
+    bp = conv2d_bn(layers.AveragePooling2D(3, strides=1, padding="same")(x), 64, 1)
+    x = layers.Concatenate(axis=3, name="mixed_5b")([b0, b1, b2, bp])
+    x = inception_resnet_block(x, scale=0.17, block_type="block35", block_idx=1)
+    b0 = conv2d_bn(x, 384, 3, strides=2, padding="valid")
+    b1 = conv2d_bn(conv2d_bn(conv2d_bn(x, 256, 1), 256, 3), 384, 3, strides=2, padding="valid")
+    bp = layers.MaxPooling2D(3, strides=2, padding="valid")(x)
+    x = layers.Concatenate(axis=3, name="mixed_6a")([b0, b1, bp])
+    x = inception_resnet_block(x, scale=0.1, block_type="block17", block_idx=1)
+    b0 = conv2d_bn(conv2d_bn(x, 256, 1), 384, 3, strides=2, padding="valid")
+    b1 = conv2d_bn(conv2d_bn(x, 256, 1), 288, 3, strides=2, padding="valid")
+    b2 = conv2d_bn(conv2d_bn(conv2d_bn(x, 256, 1), 288, 3), 320, 3, strides=2, padding="valid")
+    bp = layers.MaxPooling2D(3, strides=2, padding="valid")(x)
+    x = layers.Concatenate(axis=3, name="mixed_7a")([b0, b1, b2, bp])
+    x = inception_resnet_block(x, scale=0.2, block_type="block8", block_idx=1)
+    x = inception_resnet_block(x, scale=1.0, activation=None, block_type="block8", block_idx=10)
+    x = conv2d_bn(x, 1536, 1, name="conv_7b")
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dense(3, activation="softmax", name="predictions")(x)
+    return keras.Model(inp, x, name="inception_resnet_v2_zoo")
+
+
 #: family (keras.applications module) -> (builder(size), input size, preprocessing)
 APPLICATIONS: dict[str, tuple[Callable[[int], keras.Model], int, str]] = {
     "convnext": (_small("convnext", "ConvNeXt", depths=[1, 1, 1, 1], projection_dims=[16, 32, 64, 128],
@@ -79,7 +118,7 @@ APPLICATIONS: dict[str, tuple[Callable[[int], keras.Model], int, str]] = {
                             default_size=64, name="efficientnet_zoo"), 64, "none"),
     "efficientnet_v2": (_small("efficientnet_v2", "EfficientNetV2", width_coefficient=0.25,
                                depth_coefficient=0.2, default_size=64, name="efficientnetv2-b0"), 64, "none"),
-    "inception_resnet_v2": (_public("InceptionResNetV2"), 139, "tf"),  # 3x3 at the end
+    "inception_resnet_v2": (_inception_resnet_v2, 139, "tf"),  # 3x3 at the end
     "inception_v3": (_public("InceptionV3"), 75, "tf"),
     "mobilenet": (_public("MobileNet", alpha=0.25), 64, "tf"),
     "mobilenet_v2": (_public("MobileNetV2", alpha=0.35), 64, "tf"),
@@ -121,6 +160,8 @@ def subclassed(size: int = 32) -> keras.Model:
 
 
 def subclassed_reference(model: keras.Model, x: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow as tf
+
     assert target == "conv2", target
     with tf.GradientTape(persistent=True) as tape:
         a = model.conv2(model.conv1(tf.constant(x)))
@@ -175,29 +216,6 @@ def vit_like(size: int = 32, patch: int = 8, dim: int = 16, classes: int = 3) ->
     return keras.Model(inp, out, name="vit_like")
 
 
-def vit_like_reference(model: keras.Model, x: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """The ViT-like model run by hand, the tape watching ``target`` (a block's norm1 output)."""
-    get = model.get_layer
-    with tf.GradientTape(persistent=True) as tape:
-        t = get("pos")(get("cls")(get("tokens")(get("patchify")(tf.constant(x)))))
-        a = None
-        for i in range(VIT_BLOCKS):
-            y = get(f"b{i}_norm1")(t)
-            if target == f"b{i}_norm1":
-                a = y
-                tape.watch(a)
-            y = get(f"b{i}_attn")(y, y)
-            t = get(f"b{i}_add1")([t, y])
-            y = get(f"b{i}_mlp1")(get(f"b{i}_norm2")(t))
-            t = get(f"b{i}_add2")([t, get(f"b{i}_mlp2")(y)])
-        assert a is not None, target
-        feats = get("final_norm")(t)[:, 0]
-        head = get("head")
-        logits = feats @ head.kernel + head.bias  # before the softmax
-        per = [tf.reduce_sum(logits[:, k]) for k in range(logits.shape[1])]
-    return a.numpy(), np.stack([tape.gradient(s, a).numpy() for s in per], axis=1)
-
-
 # ---- keras-hub ViT --------------------------------------------------------------------------------
 def keras_hub_vit(size: int = 32) -> keras.Model:
     import keras_hub
@@ -213,6 +231,8 @@ def keras_hub_vit(size: int = 32) -> keras.Model:
 def keras_hub_vit_reference(model: keras.Model, x: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
     """keras-hub's ViT run by hand (ViTEncoder.call / ViTEncoderBlock.call spelled out), watching
     ``target`` = ``<backbone>/vit_encoder/transformer_block_<n>/<its layer_norm_1's name>``."""
+    import tensorflow as tf
+
     backbone = model.backbone
     encoder = backbone.get_layer("vit_encoder")
     parts = target.split("/")
@@ -254,6 +274,8 @@ def functional_reference(model: keras.Model, x: np.ndarray, target: str) -> tupl
     re-built with Keras' public ``clone_model(call_function=...)``, reusing the same layers, with a
     zero ``_Probe`` weight after the target and the last Dense/Activation replaced by its logits;
     a plain ``tf.GradientTape`` then gives d logit_k / d output per image."""
+    import tensorflow as tf
+
     fast = _split_reference(model, x, target)
     if fast is not None:
         return fast
@@ -291,6 +313,8 @@ def functional_reference(model: keras.Model, x: np.ndarray, target: str) -> tupl
 
 def _split_reference(model: keras.Model, x: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray] | None:
     """When nothing after ``target`` reads tensors from before it: two public sub-models, cut there."""
+    import tensorflow as tf
+
     layer = next(op for op in model.operations if op.name == target)
     last = model.layers[-1]
     logits_t = last.input

@@ -358,8 +358,9 @@ class ModelGraph:
                 if not self._cam_gradient_matches(c, kernel):
                     ok, kernel = False, None
                     reason = (
-                        f"{self._cam_need()}; {c.name!r} feeds it, but the score's gradient is not that of "
-                        "GlobalAveragePooling2D -> Dense (code outside the layers also uses this output)"
+                        f"{self._cam_need()}; {c.name!r} seems to feed it, but the score's gradient is not "
+                        "that of GlobalAveragePooling2D -> Dense (a layer between them, or code outside the "
+                        "layers, changes it)"
                     )
         t = Target(c, grid, ok, "" if ok else reason, kernel)
         if verify_cam:
