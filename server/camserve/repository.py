@@ -37,6 +37,7 @@ PREPROCESSING = ("caffe", "tf", "torch", "none")
 SCORES = ("logits", "probability")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _APP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _TOP_KEYS = {
     "name",
     "version",
@@ -52,6 +53,7 @@ _TOP_KEYS = {
     "description",
     "token_grid",
     "prefix_tokens",
+    "imports",
 }
 _BATCH_KEYS = {"max_batch_size", "max_queue_delay_ms", "max_queue_size"}
 MAX_BATCH_LIMIT = 1024
@@ -95,6 +97,7 @@ class ModelConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     token_grid: tuple[int, int] | None = None  # (h, w) patch grid of (B, N, C) token outputs; None = found
     prefix_tokens: int | None = None  # leading non-patch tokens (class/register); None = found
+    imports: tuple[str, ...] = ()  # modules the worker imports before loading (custom classes)
 
     @property
     def model_path(self) -> Path | None:
@@ -265,7 +268,8 @@ def _parse(raw: Any, folder: Path, where: Path) -> ModelConfig:
             raise _fail(where, "model_file", saved_model_refusal(folder / model_file))
         if not model_file.lower().endswith(MODEL_SUFFIXES):
             raise _fail(
-                where, "model_file",
+                where,
+                "model_file",
                 f"{model_file!r} must be a Keras 3 '.keras' file or a legacy '.h5' file (tf.keras 2)",
             )
         _inside(folder, model_file, where, "model_file")
@@ -303,6 +307,9 @@ def _parse(raw: Any, folder: Path, where: Path) -> ModelConfig:
     prefix_tokens = raw.get("prefix_tokens")
     if prefix_tokens is not None:
         prefix_tokens = _int_in(prefix_tokens, 0, 1024, where, "prefix_tokens")
+    imports = raw.get("imports", [])
+    if not isinstance(imports, list) or not all(isinstance(m, str) and _MODULE_RE.match(m) for m in imports):
+        raise _fail(where, "imports", f"expected a list of Python module names (a.b.c), got {imports!r}")
 
     labels: list[str] = []
     labels_file = _opt_str(raw, "labels_file", where)
@@ -363,4 +370,5 @@ def _parse(raw: Any, folder: Path, where: Path) -> ModelConfig:
         batching=batching,
         token_grid=token_grid,
         prefix_tokens=prefix_tokens,
+        imports=tuple(imports),
     )

@@ -75,7 +75,9 @@ def _squared_prob(z):
     return p * p, p * p, 2 * p[:, None] * dp
 
 
-def _base(units: int, activation=None, dtype=None) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.layers.Dense]:
+def _base(
+    units: int, activation=None, dtype=None
+) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.layers.Dense]:
     inp = keras.Input((4, 4, 1))
     conv = keras.layers.Conv2D(3, 2, name="conv")
     x = keras.layers.GlobalAveragePooling2D(name="gap")(conv(inp))
@@ -128,47 +130,153 @@ def _mixed() -> keras.Model:
 CASES = {
     # name: (model factory, units, head_kind, effective score, expectation, score option)
     "dense_softmax_string": (lambda: _model(3, "softmax"), 3, "softmax", "logits", _softmax_logits, "logits"),
-    "dense_keras_activations": (lambda: _model(3, keras.activations.softmax), 3, "softmax", "logits",
-                                _softmax_logits, "logits"),
-    "dense_keras_ops": (lambda: _model(3, keras.ops.softmax), 3, "softmax", "logits", _softmax_logits, "logits"),
+    "dense_keras_activations": (
+        lambda: _model(3, keras.activations.softmax),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
+    "dense_keras_ops": (
+        lambda: _model(3, keras.ops.softmax),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
     "dense_tf_nn": (lambda: _model(2, tf.nn.softmax), 2, "softmax", "logits", _softmax_logits, "logits"),
     "dense_tf_math": (lambda: _model(2, tf.math.softmax), 2, "softmax", "logits", _softmax_logits, "logits"),
-    "dense_tf_log_softmax": (lambda: _model(3, tf.nn.log_softmax), 3, "softmax", "logits", _softmax_logits,
-                             "logits"),
-    "activation_string": (lambda: _model(3, tail=[keras.layers.Activation("softmax")]), 3, "softmax", "logits",
-                          _softmax_logits, "logits"),
-    "activation_tf_nn": (lambda: _model(2, tail=[keras.layers.Activation(tf.nn.softmax)]), 2, "softmax",
-                         "logits", _softmax_logits, "logits"),
-    "softmax_layer": (lambda: _model(3, tail=[keras.layers.Softmax()]), 3, "softmax", "logits",
-                      _softmax_logits, "logits"),
-    "ops_node": (lambda: _model(3, tail=[keras.ops.softmax]), 3, "softmax", "logits", _softmax_logits, "logits"),
-    "lambda_tf_nn": (lambda: _model(3, tail=[keras.layers.Lambda(tf.nn.softmax)]), 3, "softmax", "logits",
-                     _softmax_logits, "logits"),
-    "custom_function": (lambda: _model(3, tail=[keras.layers.Activation(my_softmax)]), 3, "softmax", "logits",
-                        _softmax_logits, "logits"),
+    "dense_tf_log_softmax": (
+        lambda: _model(3, tf.nn.log_softmax),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
+    "activation_string": (
+        lambda: _model(3, tail=[keras.layers.Activation("softmax")]),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
+    "activation_tf_nn": (
+        lambda: _model(2, tail=[keras.layers.Activation(tf.nn.softmax)]),
+        2,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
+    "softmax_layer": (
+        lambda: _model(3, tail=[keras.layers.Softmax()]),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
+    "ops_node": (
+        lambda: _model(3, tail=[keras.ops.softmax]),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
+    "lambda_tf_nn": (
+        lambda: _model(3, tail=[keras.layers.Lambda(tf.nn.softmax)]),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
+    "custom_function": (
+        lambda: _model(3, tail=[keras.layers.Activation(my_softmax)]),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
     "pass_throughs_after": (
-        lambda: _model(3, "softmax", tail=[keras.layers.Dropout(0.5), keras.layers.Reshape((3,)),
-                                           lambda t: keras.ops.cast(t, "float32"),
-                                           keras.layers.Activation("linear", dtype="float32")]),
-        3, "softmax", "logits", _softmax_logits, "logits"),
+        lambda: _model(
+            3,
+            "softmax",
+            tail=[
+                keras.layers.Dropout(0.5),
+                keras.layers.Reshape((3,)),
+                lambda t: keras.ops.cast(t, "float32"),
+                keras.layers.Activation("linear", dtype="float32"),
+            ],
+        ),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
     "softmax_on_singleton_axis": (
-        lambda: _model(3, tail=[keras.layers.Reshape((1, 3)), keras.layers.Softmax(), keras.layers.Flatten()]),
-        3, "softmax", "logits", _softmax_logits, "logits"),
+        lambda: _model(
+            3, tail=[keras.layers.Reshape((1, 3)), keras.layers.Softmax(), keras.layers.Flatten()]
+        ),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
     "subclassed_tf_nn_outside_layers": (_subclassed, 2, "softmax", "logits", _softmax_logits, "logits"),
     "mixed_precision_float32_softmax": (_mixed, 3, "softmax", "logits", _softmax_logits, "logits"),
-    "probability_score_option": (lambda: _model(2, tf.nn.softmax), 2, "softmax", "probability", _softmax_prob,
-                                 "probability"),
+    "probability_score_option": (
+        lambda: _model(2, tf.nn.softmax),
+        2,
+        "softmax",
+        "probability",
+        _softmax_prob,
+        "probability",
+    ),
     "no_activation_is_logits": (lambda: _model(3), 3, "softmax", "logits", _softmax_logits, "logits"),
     "sigmoid_multilabel": (lambda: _model(3, "sigmoid"), 3, "sigmoid", "logits", _multilabel, "logits"),
-    "sigmoid_tf_nn_layer": (lambda: _model(3, tail=[keras.layers.Activation(tf.nn.sigmoid)]), 3, "sigmoid",
-                            "logits", _multilabel, "logits"),
-    "sigmoid_keras_ops": (lambda: _model(3, keras.ops.sigmoid), 3, "sigmoid", "logits", _multilabel, "logits"),
+    "sigmoid_tf_nn_layer": (
+        lambda: _model(3, tail=[keras.layers.Activation(tf.nn.sigmoid)]),
+        3,
+        "sigmoid",
+        "logits",
+        _multilabel,
+        "logits",
+    ),
+    "sigmoid_keras_ops": (
+        lambda: _model(3, keras.ops.sigmoid),
+        3,
+        "sigmoid",
+        "logits",
+        _multilabel,
+        "logits",
+    ),
     "binary_sigmoid": (lambda: _model(1, "sigmoid"), 1, "binary", "logits", _binary, "logits"),
     "binary_logit": (lambda: _model(1), 1, "binary", "logits", _binary, "logits"),
-    "binary_tf_nn_then_reshape": (lambda: _model(1, tf.nn.sigmoid, tail=[keras.layers.Reshape((1,))]), 1,
-                                  "binary", "logits", _binary, "logits"),
-    "not_invertible": (lambda: _model(3, "softmax", tail=[keras.layers.Lambda(lambda p: p * p)]), 3,
-                       "probability", "probability", _squared_prob, "logits"),
+    "binary_tf_nn_then_reshape": (
+        lambda: _model(1, tf.nn.sigmoid, tail=[keras.layers.Reshape((1,))]),
+        1,
+        "binary",
+        "logits",
+        _binary,
+        "logits",
+    ),
+    "not_invertible": (
+        lambda: _model(3, "softmax", tail=[keras.layers.Lambda(lambda p: p * p)]),
+        3,
+        "probability",
+        "probability",
+        _squared_prob,
+        "logits",
+    ),
 }
 
 
@@ -191,16 +299,22 @@ def test_head_spelling(name: str) -> None:
         for i in range(2):
             probs, scores, jac = expect(z[i])
             np.testing.assert_allclose(res[i].probabilities, probs, rtol=1e-2 if loose else 1e-5, atol=1e-6)
-            np.testing.assert_allclose(res[i].maps[0].score, scores[k], rtol=1e-2 if loose else 1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                res[i].maps[0].score, scores[k], rtol=1e-2 if loose else 1e-5, atol=1e-6
+            )
             grad_c = jac[k] @ w.T / 9.0  # (C,) the same at every position: GAP then Dense
             want = _norm(np.einsum("ijc,c->ij", a[i], grad_c))
-            np.testing.assert_allclose(res[i].maps[0].heatmap, want, atol=2e-2 if loose else 1e-4, err_msg=name)
+            np.testing.assert_allclose(
+                res[i].maps[0].heatmap, want, atol=2e-2 if loose else 1e-4, err_msg=name
+            )
     if kind != "probability":
         assert e.info.cam_supported, e.info.cam_reason
         cam = e.explain_batch(X, [ItemSpec("cam", class_index=classes - 1)] * 2)
         gc = e.explain_batch(X, [ItemSpec("gradcam", class_index=classes - 1)] * 2)
         if effective == "logits":  # on logits, CAM == Grad-CAM after normalisation
-            np.testing.assert_allclose(cam[0].maps[0].heatmap, gc[0].maps[0].heatmap, atol=2e-2 if loose else 1e-5)
+            np.testing.assert_allclose(
+                cam[0].maps[0].heatmap, gc[0].maps[0].heatmap, atol=2e-2 if loose else 1e-5
+            )
     else:
         assert not e.info.cam_supported and "cannot be turned back into logits" in e.info.cam_reason
         assert "cannot be turned back into logits" in e.info.head

@@ -109,8 +109,14 @@ def test_intercept_functional_nodes_and_nested() -> None:
 
 def test_ops_node_kind() -> None:
     inp = keras.Input((4,))
-    ops = [keras.ops.softmax, keras.ops.log_softmax, keras.ops.sigmoid, lambda t: keras.ops.cast(t, "float16"),
-           lambda t: keras.ops.reshape(t, (-1, 2, 2)), lambda t: keras.ops.exp(t)]
+    ops = [
+        keras.ops.softmax,
+        keras.ops.log_softmax,
+        keras.ops.sigmoid,
+        lambda t: keras.ops.cast(t, "float16"),
+        lambda t: keras.ops.reshape(t, (-1, 2, 2)),
+        lambda t: keras.ops.exp(t),
+    ]
     kinds = []
     for fn in ops:
         m = keras.Model(inp, fn(inp))

@@ -24,8 +24,9 @@ class Stage(keras.layers.Layer):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.blocks = [keras.layers.Conv2D(4, 3, padding="same", activation="relu", name=f"conv{i}")
-                       for i in range(2)]
+        self.blocks = [
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu", name=f"conv{i}") for i in range(2)
+        ]
 
     def call(self, x):
         y = x
@@ -162,7 +163,9 @@ def test_token_grid_found_and_overridden() -> None:
     assert a[0].maps[0].heatmap.shape == (4, 4)
     # a layout that does not fit the token count: no token grid, so the layer cannot be a target
     with pytest.raises(UnknownLayerError, match=r"b1_norm1.*\(batch, 17, 16\).*token_grid/prefix_tokens"):
-        Explainer(model, "b1_norm1", preprocessing="none", max_batch_size=2, token_grid=(3, 3), prefix_tokens=1)
+        Explainer(
+            model, "b1_norm1", preprocessing="none", max_batch_size=2, token_grid=(3, 3), prefix_tokens=1
+        )
     with pytest.raises(InvalidInputError, match="prefix_tokens must be an integer >= 0"):
         Explainer(model, preprocessing="none", prefix_tokens=-1)
 

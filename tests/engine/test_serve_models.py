@@ -29,9 +29,16 @@ TESTS = Path(__file__).resolve().parent.parent
 def _one_by_one() -> keras.Model:
     """Issue reproduction 1: the 1x1 classifier convolution after pooling."""
     keras.utils.set_random_seed(1)
-    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3),
-                             keras.layers.GlobalAveragePooling2D(keepdims=True), keras.layers.Conv2D(2, 1),
-                             keras.layers.Flatten(), keras.layers.Softmax()])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.GlobalAveragePooling2D(keepdims=True),
+            keras.layers.Conv2D(2, 1),
+            keras.layers.Flatten(),
+            keras.layers.Softmax(),
+        ]
+    )
 
 
 def _tf_softmax() -> keras.Model:
@@ -66,16 +73,21 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         model = factory()
         model(np.zeros((1, *shape), np.float32))  # built (the subclassed one was never called)
         model.save(folder / file)
-        (folder / "config.json").write_text(json.dumps({
-            "model_file": file, "input_shape": list(shape), "preprocessing": "none",
-            "batching": {"max_batch_size": 1}}))
-        images[name] = image if image is not None else (
-            np.random.default_rng(len(name)).normal(size=shape).astype(np.float32))
-    # the worker re-opens the custom classes of zoo_models by the module name recorded in the files
+        # custom classes are registered by importing the module that defines them
+        imports = ["engine.zoo_models"] if name in ("subclassed", "vit_like") else []
+        config = {"model_file": file, "input_shape": list(shape), "preprocessing": "none", "imports": imports,
+                  "batching": {"max_batch_size": 1}}
+        (folder / "config.json").write_text(json.dumps(config))
+        images[name] = (
+            image
+            if image is not None
+            else (np.random.default_rng(len(name)).normal(size=shape).astype(np.float32))
+        )
+    # the worker imports engine.zoo_models (config "imports") from the tests folder
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    with start_server(repository=root, env=env, timeout=600) as srv:
-        with Client(srv.target, timeout=120) as client:
-            yield root, images, client
+    server = start_server(repository=root, env=env, timeout=600)
+    with server as srv, Client(srv.target, timeout=120) as client:
+        yield root, images, client
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -64,8 +64,15 @@ def _resnet(preact: bool) -> Callable[[int], keras.Model]:
                 return stack(x, 512, n, stride1=1, name="conv5")
             return stack(x, 512, n, name="conv5")
 
-        return resnet.ResNet(stack_fn, preact, not preact, weights=None, input_shape=(size, size, 3),
-                             classes=3, name="resnet_v2" if preact else "resnet")
+        return resnet.ResNet(
+            stack_fn,
+            preact,
+            not preact,
+            weights=None,
+            input_shape=(size, size, 3),
+            classes=3,
+            name="resnet_v2" if preact else "resnet",
+        )
 
     return build
 
@@ -111,21 +118,61 @@ def _inception_resnet_v2(size: int) -> keras.Model:
 
 #: family (keras.applications module) -> (builder(size), input size, preprocessing)
 APPLICATIONS: dict[str, tuple[Callable[[int], keras.Model], int, str]] = {
-    "convnext": (_small("convnext", "ConvNeXt", depths=[1, 1, 1, 1], projection_dims=[16, 32, 64, 128],
-                        name="convnext_small_zoo"), 64, "none"),
+    "convnext": (
+        _small(
+            "convnext",
+            "ConvNeXt",
+            depths=[1, 1, 1, 1],
+            projection_dims=[16, 32, 64, 128],
+            name="convnext_small_zoo",
+        ),
+        64,
+        "none",
+    ),
     "densenet": (_small("densenet", "DenseNet", blocks=[1, 1, 1, 1], name="densenet_zoo"), 64, "torch"),
-    "efficientnet": (_small("efficientnet", "EfficientNet", width_coefficient=0.25, depth_coefficient=0.2,
-                            default_size=64, name="efficientnet_zoo"), 64, "none"),
-    "efficientnet_v2": (_small("efficientnet_v2", "EfficientNetV2", width_coefficient=0.25,
-                               depth_coefficient=0.2, default_size=64, name="efficientnetv2-b0"), 64, "none"),
+    "efficientnet": (
+        _small(
+            "efficientnet",
+            "EfficientNet",
+            width_coefficient=0.25,
+            depth_coefficient=0.2,
+            default_size=64,
+            name="efficientnet_zoo",
+        ),
+        64,
+        "none",
+    ),
+    "efficientnet_v2": (
+        _small(
+            "efficientnet_v2",
+            "EfficientNetV2",
+            width_coefficient=0.25,
+            depth_coefficient=0.2,
+            default_size=64,
+            name="efficientnetv2-b0",
+        ),
+        64,
+        "none",
+    ),
     "inception_resnet_v2": (_inception_resnet_v2, 139, "tf"),  # 3x3 at the end
     "inception_v3": (_public("InceptionV3"), 75, "tf"),
     "mobilenet": (_public("MobileNet", alpha=0.25), 64, "tf"),
     "mobilenet_v2": (_public("MobileNetV2", alpha=0.35), 64, "tf"),
     # classifier: GAP(keepdims) -> Conv2D 1x1 -> Flatten -> softmax: the default must not be that 1x1 conv
     "mobilenet_v3": (_public("MobileNetV3Small", alpha=0.75, minimalistic=True), 64, "none"),
-    "nasnet": (_small("nasnet", "NASNet", penultimate_filters=96, num_blocks=1, stem_block_filters=8,
-                      skip_reduction=False, name="nasnet_zoo"), 64, "tf"),
+    "nasnet": (
+        _small(
+            "nasnet",
+            "NASNet",
+            penultimate_filters=96,
+            num_blocks=1,
+            stem_block_filters=8,
+            skip_reduction=False,
+            name="nasnet_zoo",
+        ),
+        64,
+        "tf",
+    ),
     "resnet": (_resnet(preact=False), 64, "caffe"),
     "resnet_v2": (_resnet(preact=True), 64, "tf"),
     "vgg16": (_public("VGG16"), 64, "caffe"),
@@ -224,8 +271,9 @@ def keras_hub_vit(size: int = 32) -> keras.Model:
     backbone = keras_hub.models.ViTBackbone(
         image_shape=(size, size, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
     )
-    return keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=3, activation="softmax",
-                                               preprocessor=None)
+    return keras_hub.models.ViTImageClassifier(
+        backbone=backbone, num_classes=3, activation="softmax", preprocessor=None
+    )
 
 
 def keras_hub_vit_reference(model: keras.Model, x: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
@@ -340,7 +388,7 @@ def reference_gradcam(a: np.ndarray, g: np.ndarray, prefix: int = 0) -> np.ndarr
     g = g.astype(np.float64)
     if a.ndim == 3:
         n = a.shape[1] - prefix
-        side = int(round(np.sqrt(n)))
+        side = round(float(np.sqrt(n)))
         a = a[:, prefix:].reshape(a.shape[0], side, side, -1)
         g = g[:, :, prefix:].reshape(g.shape[0], g.shape[1], side, side, -1)
     weights = g.mean(axis=(2, 3))  # (B, K, C)

@@ -298,7 +298,8 @@ def head_spellings_on_jax(_: argparse.Namespace) -> None:
         return m
 
     x = np.ones((1, 3, 3, 1), np.float32)
-    e = Explainer(model(2, jax.nn.softmax, [[1.0, -0.75]], [0.0, 0.0]), preprocessing="none", max_batch_size=1)
+    e = Explainer(model(2, jax.nn.softmax, [[1.0, -0.75]], [0.0, 0.0]), preprocessing="none",
+                  max_batch_size=1)
     r = e.explain_batch(x, [ItemSpec("gradcam", class_index=0)])[0]
     assert e.info.head_kind == "softmax" and e.info.score == "logits", e.info.head
     np.testing.assert_allclose(r.probabilities, [0.8519528, 0.1480472], atol=1e-6)

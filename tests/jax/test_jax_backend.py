@@ -77,8 +77,9 @@ def _cases(keras: Any) -> list[dict[str, Any]]:
             size=(3, 32, 32, 3)).astype(np.float32), target=None, preprocessing="none",
              methods=["cam", *GRADIENT_METHODS], classes=[None, 1, 2]),
         # a ViT-like token model: automatic target on the patch grid (class token dropped)
-        dict(name="vit_like", model=zoo_models.vit_like(), x=rng.normal(size=(3, 32, 32, 3)).astype(np.float32),
-             target=None, preprocessing="none", methods=[*GRADIENT_METHODS, "eigencam"], classes=[None, 0, 2]),
+        dict(name="vit_like", model=zoo_models.vit_like(),
+             x=rng.normal(size=(3, 32, 32, 3)).astype(np.float32), target=None, preprocessing="none",
+             methods=[*GRADIENT_METHODS, "eigencam"], classes=[None, 0, 2]),
         # one sigmoid unit: a binary logit, two classes
         dict(name="binary", model=binary_model(), x=pixels[:3], target=None, preprocessing="tf",
              methods=["cam", *GRADIENT_METHODS], classes=[0, 1, None]),

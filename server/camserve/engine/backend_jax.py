@@ -15,7 +15,8 @@ variable values, the images and the targets:
   weights are not baked into the compiled program as constants and compile stays fast.
 
 ``targets[b, k] >= 0`` is a class index; ``-1 - r`` is the r-th best class of image b, resolved in
-the step. ``gradients`` is the eager twin ``ModelGraph`` uses to inspect a model. Outputs are float32 NumPy (``StepOutput``), whatever the model's dtype policy (bf16/fp16).
+the step. ``gradients`` is the eager twin ``ModelGraph`` uses to inspect a model. Outputs are float32
+NumPy (``StepOutput``), whatever the model's dtype policy (bf16/fp16).
 JAX has a single compiled mode: ``jit_compile`` is recorded but the step is always jitted (a
 non-jitted JAX step would dispatch op by op and be far slower than either TF mode).
 """
@@ -147,7 +148,9 @@ def _probe_tap(probe: Any, into: dict[str, Any], name: str) -> Tap:
     return tap
 
 
-def gradients(graph: ModelGraph, targets: list[LayerCall], cotangent: np.ndarray) -> dict[CallKey, np.ndarray]:
+def gradients(
+    graph: ModelGraph, targets: list[LayerCall], cotangent: np.ndarray
+) -> dict[CallKey, np.ndarray]:
     """d (cotangent . score vector) / d output of each call, on ``graph.probe_input`` (see backend_tf)."""
     _check_keras_backend()
     x = jnp.asarray(graph.probe_input)

@@ -68,7 +68,9 @@ def _probe_tap(tape: tf.GradientTape, into: dict[str, Any], name: str) -> Tap:
     return tap
 
 
-def gradients(graph: ModelGraph, targets: list[LayerCall], cotangent: np.ndarray) -> dict[CallKey, np.ndarray]:
+def gradients(
+    graph: ModelGraph, targets: list[LayerCall], cotangent: np.ndarray
+) -> dict[CallKey, np.ndarray]:
     """d (cotangent . score vector) / d output of each call, on ``graph.probe_input``, eagerly.
 
     What ``ModelGraph`` uses to choose the default target and check CAM (see ``targets``); one
@@ -85,12 +87,16 @@ def gradients(graph: ModelGraph, targets: list[LayerCall], cotangent: np.ndarray
         _, vector = graph.head.outputs(notes, y, "logits")
         total = tf.reduce_sum(vector * tf.constant(cotangent))
     names = [f"p{i}" for i in range(len(targets)) if f"p{i}" in probes]
-    grads = tape.gradient(total, [probes[n] for n in names], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = tape.gradient(
+        total, [probes[n] for n in names], unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
     by_name = dict(zip(names, grads, strict=True))
     out = {}
     for i, c in enumerate(targets):
         g = by_name.get(f"p{i}")
-        out[c.key] = np.zeros((x.shape[0], *c.shape), np.float32) if g is None else g.numpy().astype(np.float32)
+        out[c.key] = (
+            np.zeros((x.shape[0], *c.shape), np.float32) if g is None else g.numpy().astype(np.float32)
+        )
     return out
 
 

@@ -28,7 +28,9 @@ import numpy as np
 
 from camserve.engine.keras_private import CallFn, call_inference, intercept, walk
 
-CallKey = tuple[tuple[int, ...], int]  # (ids of the layers from the model's child down to this one, k-th call)
+CallKey = tuple[
+    tuple[int, ...], int
+]  # (ids of the layers from the model's child down to this one, k-th call)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,9 @@ class _Run:
 
         return call
 
-    def _record(self, op: Any, frame: _Frame, occurrence: int, ins: tuple[int, ...], out: Any, site: Site) -> None:
+    def _record(
+        self, op: Any, frame: _Frame, occurrence: int, ins: tuple[int, ...], out: Any, site: Site
+    ) -> None:
         flat = keras.tree.flatten(out)
         outs = tuple(self.serial(t) for t in flat if _is_tensor(t))
         shape = dtype = None
@@ -241,7 +245,9 @@ class Recording:
             for c in sorted(self.calls, key=lambda c: c.end):  # innermost first: it ends first
                 for s in c.outputs:
                     producers.setdefault(self.canon(s), c)
-                if c.leaf and not set(c.outputs) <= set(c.inputs):  # identity returns (inference Dropout) skipped
+                if c.leaf and not set(c.outputs) <= set(
+                    c.inputs
+                ):  # identity returns (inference Dropout) skipped
                     for s in dict.fromkeys(self.canon(s) for s in c.inputs):
                         consumers.setdefault(s, []).append(c)
             self._producers, self._consumers = producers, consumers
@@ -268,9 +274,7 @@ def record(model: Any, x: Any, by_op: dict[int, Tap] | None = None) -> tuple[Any
     counts: dict[tuple[int, ...], int] = {}
     for c in state.calls:
         counts[c.key[0]] = counts.get(c.key[0], 0) + 1
-    calls = sorted(
-        (replace(c, shared=counts[c.key[0]] > 1) for c in state.calls), key=lambda c: c.start
-    )
+    calls = sorted((replace(c, shared=counts[c.key[0]] > 1) for c in state.calls), key=lambda c: c.start)
     rec = Recording(calls, x_serial, out_serial, state.values, {})
     _resolve_conversions(rec, state.unknown)
     return y, rec

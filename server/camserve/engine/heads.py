@@ -12,8 +12,8 @@ turns logits into the model's output, however it is written:
 - in code outside any layer (a subclassed model's ``return tf.nn.softmax(self.head(x))``): found by
   comparing, on the recorded values, the output with softmax/sigmoid of the last layer's output.
 
-Known functions are matched by identity across ``keras.activations``, ``keras.ops``, ``tf.nn``/
-``tf.math`` and ``jax.nn``; any other single-input layer at the head is tested numerically. Every
+Known functions are matched by identity (``activations``); any other single-input layer at the
+head is tested numerically. Every
 choice is then checked on the recorded values (the output must equal f(logits)); what fails the
 check, or a softmax followed by anything that is not a pass-through, "cannot be inverted": the model
 is then explained on its output, taken as probabilities, and ``Head.description`` says so.
@@ -27,122 +27,22 @@ negative of class 1's before the ReLU (the evidence against class 1).
 
 from __future__ import annotations
 
-import functools
-import inspect
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
+from camserve.engine.activations import (
+    applied_activation,
+    attribute_activation,
+    is_pass_through,
+    pre_activation_tap,
+)
 from camserve.engine.calls import CallKey, LayerCall, Recording, Site, Tap
-from camserve.engine.keras_private import CallFn, ops_node_kind
+from camserve.engine.keras_private import CallFn
 
 KINDS = ("softmax", "sigmoid", "binary", "probability")
-_PASS_LAYERS = (
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.AlphaDropout,
-    keras.layers.Identity,
-    keras.layers.Reshape,
-    keras.layers.Flatten,
-    keras.layers.ActivityRegularization,
-)
-
-
-@functools.cache
-def _known_table() -> dict[int, str]:
-    table: dict[int, str] = {}
-
-    def add(kind: str, *fns: Any) -> None:
-        for fn in fns:
-            if fn is not None:
-                table[id(fn)] = kind
-                table[id(inspect.unwrap(fn))] = kind
-
-    k = keras
-    add("softmax", k.activations.softmax, k.ops.softmax, k.ops.nn.softmax)
-    add("log_softmax", k.activations.log_softmax, k.ops.log_softmax, k.ops.nn.log_softmax)
-    add("sigmoid", k.activations.sigmoid, k.ops.sigmoid, k.ops.nn.sigmoid)
-    add("linear", k.activations.linear)
-    tf = sys.modules.get("tensorflow")  # only if already imported: the JAX backend never imports it
-    if tf is not None:
-        add("softmax", tf.nn.softmax, tf.math.softmax)
-        add("log_softmax", tf.nn.log_softmax, tf.math.log_softmax)
-        add("sigmoid", tf.nn.sigmoid, tf.math.sigmoid, tf.sigmoid)
-    jax = sys.modules.get("jax")
-    if jax is not None:
-        import jax.nn
-
-        add("softmax", jax.nn.softmax)
-        add("log_softmax", jax.nn.log_softmax)
-        add("sigmoid", jax.nn.sigmoid)
-    return table
-
-
-def function_kind(fn: Any) -> tuple[str, int] | None:
-    """("softmax" | "log_softmax" | "sigmoid" | "linear", axis) for a known function, else None."""
-    if fn is None:
-        return "linear", -1
-    axis = -1
-    if isinstance(fn, functools.partial):
-        axis = int(fn.keywords.get("axis", -1))
-        fn = fn.func
-    kind = _known_table().get(id(fn)) or _known_table().get(id(inspect.unwrap(fn)))
-    return (kind, axis) if kind else None
-
-
-def applied_activation(op: Any) -> tuple[str, int] | None:
-    """The known function an operation applies to its input as a whole (its input is the logits)."""
-    if isinstance(op, keras.layers.Softmax):
-        axis = op.axis if isinstance(op.axis, int) else -1
-        return "softmax", int(axis)
-    if isinstance(op, keras.layers.Activation):
-        return function_kind(op.activation)
-    if isinstance(op, keras.layers.Lambda):
-        return function_kind(op.function)
-    node = ops_node_kind(op)
-    return node if node is not None and node[0] != "pass" else None
-
-
-def attribute_activation(op: Any) -> tuple[str, int] | None:
-    """A softmax/sigmoid a layer applies at the end of its own call (``Dense(.., activation=..)``)."""
-    if isinstance(op, (keras.layers.Activation, keras.layers.Softmax)) or not hasattr(op, "activation"):
-        return None
-    found = function_kind(op.activation)
-    return found if found is not None and found[0] != "linear" else None
-
-
-def is_pass_through(op: Any) -> bool:
-    """Layers that do not change a class vector's values at inference (dtype, shape, noise, identity)."""
-    if isinstance(op, _PASS_LAYERS):
-        return True
-    found = applied_activation(op)
-    if found is not None and found[0] == "linear":
-        return True
-    node = ops_node_kind(op)
-    return node is not None and node[0] == "pass"
-
-
-def pre_activation_tap(call: CallFn, args: tuple[Any, ...], kwargs: dict[str, Any], site: Site) -> Any:
-    """Run a layer with its activation set to linear, note that value, then apply the activation.
-
-    The output is unchanged (act(z) is what the layer's call computes last); the note is the logits.
-    """
-    op = site.op
-    act = op.activation
-    object.__setattr__(op, "activation", keras.activations.linear)
-    try:
-        z = call(*args, **kwargs)
-    finally:
-        object.__setattr__(op, "activation", act)
-    site.notes["pre_activation"] = z
-    return act(z)
 
 
 def _input_tap(call: CallFn, args: tuple[Any, ...], kwargs: dict[str, Any], site: Site) -> Any:
@@ -211,15 +111,6 @@ class Head:
             logits = probs
         return probs, (logits if score == "logits" and self.invertible else probs)
 
-    def outputs_numpy(self, logits: np.ndarray) -> np.ndarray:
-        """The score vector (logits) as NumPy from the captured value, for checks on recorded values."""
-        t = np.asarray(logits, np.float64).reshape(-1, self.units)
-        if self.kind == "binary":
-            return np.concatenate([-t, t], axis=-1)
-        if self.kind == "probability" and self.units == 1:
-            return np.concatenate([1.0 - t, t], axis=-1)
-        return t
-
 
 # --------------------------------------------------------------------------- analysis of a recording
 
@@ -280,7 +171,10 @@ def analyse(rec: Recording, units: int) -> Head:
         head_kind = "binary" if units == 1 else _fn_kind_name(kind)
         logits_call = p if capture == "pre_activation" else _through_passes(rec, z)
         return Head(
-            head_kind, capture, p, units,
+            head_kind,
+            capture,
+            p,
+            units,
             f"{_fn_kind_name(kind)} applied by {_name(p)}{after}: scores are the logits before "
             f"{how if capture == 'pre_activation' else 'it (' + how + ')'}" + _binary_note(units),
             logits_call,
@@ -291,7 +185,10 @@ def analyse(rec: Recording, units: int) -> Head:
             units, f"the output is computed from {upstream} by {_name(p)}{after}, which is not a pass-through"
         )
     return Head(
-        "binary" if units == 1 else "softmax", "model", None, units,
+        "binary" if units == 1 else "softmax",
+        "model",
+        None,
+        units,
         f"no softmax or sigmoid at the output ({_name(p)}{after}): the output is taken as logits"
         + _binary_note(units),
         p,
@@ -353,7 +250,10 @@ def _softmax_upstream(rec: Recording, p: LayerCall, loose: bool) -> str | None:
 
 def _probability(units: int, why: str) -> Head:
     return Head(
-        "probability", "model", None, units,
+        "probability",
+        "model",
+        None,
+        units,
         f"{why}; it cannot be turned back into logits, so the model is explained on its output, "
         "taken as probabilities",
     )
@@ -362,8 +262,12 @@ def _probability(units: int, why: str) -> Head:
 def _opaque(rec: Recording, units: int, y: np.ndarray, loose: bool, container: LayerCall | None) -> Head:
     """The output comes from code outside any layer: compare it with f(last layer outputs)."""
     inside = [
-        c for c in rec.calls
-        if c.leaf and c.is_layer and c.outputs and (container is None or c.path[: len(container.path)] == container.path)
+        c
+        for c in rec.calls
+        if c.leaf
+        and c.is_layer
+        and c.outputs
+        and (container is None or c.path[: len(container.path)] == container.path)
     ]
     inside.sort(key=lambda c: c.end)
     tried = 0
@@ -374,12 +278,23 @@ def _opaque(rec: Recording, units: int, y: np.ndarray, loose: bool, container: L
         for kind in ("linear", "softmax", "sigmoid", "log_softmax"):
             if _matches(kind, z, y, loose):
                 if kind == "linear":
-                    return Head("binary" if units == 1 else "softmax", "model", None, units,
-                                f"the output equals {_name(c)}'s output: taken as logits" + _binary_note(units), c)
+                    return Head(
+                        "binary" if units == 1 else "softmax",
+                        "model",
+                        None,
+                        units,
+                        f"the output equals {_name(c)}'s output: taken as logits" + _binary_note(units),
+                        c,
+                    )
                 if kind in ("softmax", "log_softmax") and units == 1:
-                    return _probability(units, "a softmax over a single unit (always 1) follows the last layer")
+                    return _probability(
+                        units, "a softmax over a single unit (always 1) follows the last layer"
+                    )
                 return Head(
-                    "binary" if units == 1 else _fn_kind_name(kind), "output", c, units,
+                    "binary" if units == 1 else _fn_kind_name(kind),
+                    "output",
+                    c,
+                    units,
                     f"{_fn_kind_name(kind)} computed outside any layer after {_name(c)} (found by comparing "
                     f"values): scores are {_name(c)}'s outputs (logits)" + _binary_note(units),
                     c,
@@ -390,11 +305,11 @@ def _opaque(rec: Recording, units: int, y: np.ndarray, loose: bool, container: L
     rows = y.reshape(y.shape[0], -1).astype(np.float64)
     if units > 1 and (rows >= 0).all() and np.allclose(rows.sum(axis=-1), 1.0, atol=1e-3):
         return _probability(units, "the output is a probability distribution computed outside any layer")
-    return Head("binary" if units == 1 else "softmax", "model", None, units,
-                "the output comes from code outside any layer and matches no softmax/sigmoid of a layer's "
-                "output: taken as logits" + _binary_note(units))
-
-
-def record_taps(ops: list[Any]) -> dict[int, Tap]:
-    """Taps (by operation id) that record the pre-activation of every layer with a softmax/sigmoid one."""
-    return {id(op): pre_activation_tap for op in ops if attribute_activation(op) is not None}
+    return Head(
+        "binary" if units == 1 else "softmax",
+        "model",
+        None,
+        units,
+        "the output comes from code outside any layer and matches no softmax/sigmoid of a layer's "
+        "output: taken as logits" + _binary_note(units),
+    )

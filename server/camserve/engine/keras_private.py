@@ -30,6 +30,11 @@ import keras
 CallFn = Callable[..., Any]
 
 
+def is_functional(op: Any) -> bool:
+    """A Functional graph model (its ``inputs``/``operations`` are defined), not Sequential/subclassed."""
+    return isinstance(op, keras.Model) and hasattr(op, "operations") and hasattr(op, "_nodes_by_depth")
+
+
 def children(op: Any) -> list[Any]:
     """The operations directly inside ``op`` whose calls can run when ``op`` is called.
 
@@ -40,7 +45,7 @@ def children(op: Any) -> list[Any]:
     """
     if isinstance(op, keras.Sequential):
         found = list(op.layers)
-    elif isinstance(op, keras.Model) and hasattr(op, "operations") and hasattr(op, "_nodes_by_depth"):
+    elif is_functional(op):
         found = list(op.operations)
     elif isinstance(op, keras.layers.Layer):
         found = list(op._flatten_layers(include_self=False, recursive=False))

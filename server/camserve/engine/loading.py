@@ -4,8 +4,10 @@
 user can call too. Formats:
 
 - ``.keras`` (Keras 3 native): ``keras.saving.load_model``. Custom classes (subclassed models,
-  custom layers) must be importable: Keras imports the module recorded in the file, or they are
-  passed as ``custom_objects``.
+  custom layers) must be registered before loading: ``imports`` names the modules whose
+  ``@keras.saving.register_keras_serializable`` decorators do it (config.json ``imports``), or they
+  are passed as ``custom_objects``. Activations Keras 3 saves under TensorFlow's internal names
+  (``tf.nn.softmax`` is written as ``softmax_v2``, which Keras alone cannot re-open) are supplied.
 - ``.h5`` / ``.hdf5`` (tf.keras 2 / Keras 2 "legacy" HDF5 with the architecture): Keras 3's own
   loader reads them (``keras.saving.load_model`` dispatches on the suffix).
 - A TensorFlow **SavedModel** directory is refused with the conversion to run: Keras 3 can open one
@@ -20,8 +22,10 @@ caller passing them again. Nothing is downloaded.
 
 from __future__ import annotations
 
+import importlib
+import sys
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,7 @@ class ModelHints:
     """How to explain a loaded model when the caller does not say: input shape and token layout."""
 
     input_shape: tuple[int, int, int] | None = None
-    token_layout: TokenLayout = TokenLayout()
+    token_layout: TokenLayout = field(default_factory=TokenLayout)
 
 
 _HINTS: weakref.WeakKeyDictionary[Any, ModelHints] = weakref.WeakKeyDictionary()
@@ -56,7 +60,8 @@ def saved_model_refusal(path: Path) -> str:
         f"{path} is a TensorFlow SavedModel directory; Keras 3 cannot re-open a SavedModel as a model "
         "with layers (only as an inference-only TFSMLayer, which has nothing to put a target on). "
         "Convert it once where it was made (TensorFlow 2.x with tf.keras 2, e.g. tf_keras): "
-        "`m = tf.keras.models.load_model(DIR); m.save('model.h5')` (or `m.save('model.keras')` with Keras 3), "
+        "`m = tf.keras.models.load_model(DIR); m.save('model.h5')` "
+        "(or `m.save('model.keras')` with Keras 3), "
         "then point model_file at that file"
     )
 
@@ -74,6 +79,7 @@ def load_model(
     token_grid: tuple[int, int] | None = None,
     prefix_tokens: int | None = None,
     custom_objects: dict[str, Any] | None = None,
+    imports: tuple[str, ...] | list[str] = (),
 ) -> Any:
     """Open a model for explanation; returns a ``keras.Model``.
 
@@ -82,7 +88,8 @@ def load_model(
     ``input_shape`` required), or a repository ``ModelConfig`` (anything with ``model_path``,
     ``application``, ``weights_path``, ``input_shape`` and optionally ``token_grid``/``prefix_tokens``:
     its fields fill the keyword arguments). ``input_shape``, ``token_grid`` and ``prefix_tokens`` are
-    remembered as the model's hints (``hints_for``).
+    remembered as the model's hints (``hints_for``). ``imports``: modules imported first (they
+    register custom classes).
 
     Raises ``InvalidInputError`` naming the file and the problem (missing file, unknown suffix,
     SavedModel directory, unknown application name); Keras' own errors for a corrupt file pass through.
@@ -94,7 +101,16 @@ def load_model(
         weights = weights if weights is not None else cfg.weights_path
         token_grid = token_grid if token_grid is not None else getattr(cfg, "token_grid", None)
         prefix_tokens = prefix_tokens if prefix_tokens is not None else getattr(cfg, "prefix_tokens", None)
+        imports = tuple(imports) or tuple(getattr(cfg, "imports", ()))
     layout = TokenLayout.of(token_grid, prefix_tokens)
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise InvalidInputError(
+                f"cannot import module {module!r} (listed in imports, to register custom classes): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
     import keras
 
     if isinstance(source, (str, Path)) and (isinstance(source, Path) or "/" in source or "." in str(source)):
@@ -102,7 +118,9 @@ def load_model(
     elif isinstance(source, str):
         model = _application(source, weights, input_shape)
     else:
-        raise InvalidInputError(f"load_model takes a path, an application name or a ModelConfig, got {source!r}")
+        raise InvalidInputError(
+            f"load_model takes a path, an application name or a ModelConfig, got {source!r}"
+        )
     if not isinstance(model, keras.Model):
         raise InvalidInputError(f"{source} holds a {type(model).__name__}, not a keras.Model")
     _HINTS[model] = ModelHints(tuple(int(d) for d in input_shape) if input_shape else None, layout)  # type: ignore[arg-type]
@@ -124,7 +142,22 @@ def _load_file(path: Path, custom_objects: dict[str, Any] | None) -> Any:
             f"{path}: unknown model file type {path.suffix!r}; use a Keras 3 '.keras' file or a legacy "
             "'.h5' file (tf.keras 2)"
         )
-    return keras.saving.load_model(path, custom_objects=custom_objects, compile=False)
+    objects = {**_saved_function_names(), **(custom_objects or {})}
+    return keras.saving.load_model(path, custom_objects=objects, compile=False)
+
+
+def _saved_function_names() -> dict[str, Any]:
+    """Activations Keras 3 writes under TensorFlow's internal function names, which it cannot re-open.
+
+    ``Dense(.., activation=tf.nn.softmax)`` is saved as ``softmax_v2``: the same function on
+    TensorFlow, the same math (``keras.activations``) on any other backend.
+    """
+    import keras
+
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and keras.backend.backend() == "tensorflow":
+        return {"softmax_v2": tf.nn.softmax, "log_softmax_v2": tf.nn.log_softmax}
+    return {"softmax_v2": keras.activations.softmax, "log_softmax_v2": keras.activations.log_softmax}
 
 
 def _application(name: str, weights: str | Path | None, input_shape: tuple[int, ...] | None) -> Any:

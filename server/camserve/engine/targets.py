@@ -8,16 +8,14 @@ called), nested, subclassed, custom layers that own sublayers. From the recordin
   tokens with a patch grid (``tokens``); they are listed by path (``outer/inner/sub``, ``@k`` for the
   k-th call of a layer called more than once);
 - the **default target** is the last candidate on the way to the output whose grid is larger than
-  1x1, is not a pooling, padding or cropping layer, and whose positions the score actually depends on. That last part is
-  measured, not guessed: one backward pass from a random combination of the class scores to zero
-  probes at the late candidates (``gradients``, given by the backend) shows which grids the output
-  depends on position by position. It is what makes a ViT that classifies from its class token get
-  the last block's first LayerNorm (before the attention mixes the patches into that token), not the
-  final LayerNorm, whose patch tokens the output never reads;
-- **CAM** needs target -> GlobalAveragePooling2D -> [Dropout / linear Activation] -> one Dense that
-  gives the logits. Found in the data flow, then checked on the same gradients (they must equal the
-  Dense kernel's column / (h*w) everywhere: code outside layers that also reads the target would break
-  it), so CAM never gives a silently wrong map.
+  1x1, is not a pooling, padding or cropping layer, and whose positions the score actually depends
+  on. That last part is measured, not guessed: one backward pass from a random combination of the
+  class scores to zero probes at the late candidates (``gradients``, given by the backend) shows
+  which grids the output depends on position by position. It is what makes a ViT that classifies
+  from its class token get the last block's first LayerNorm (before the attention mixes the patches
+  into that token), not the final LayerNorm, whose patch tokens the output never reads;
+- **CAM** support is checked on the data flow and on the same gradients (``cam_check``), so CAM
+  never gives a silently wrong map.
 
 Backend-neutral: Keras and NumPy only (the gradients come from the backend module).
 """
@@ -31,10 +29,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from camserve.engine import calls, heads
+from camserve.engine import activations, calls, cam_check, heads
 from camserve.engine.calls import CallKey, LayerCall
 from camserve.engine.errors import EngineError, InvalidInputError, UnknownLayerError
-from camserve.engine.keras_private import call_inference, walk
+from camserve.engine.keras_private import call_inference, is_functional, walk
 from camserve.engine.records import LayerInfo
 from camserve.engine.tokens import Grid, TokenLayout, conv_grid, image_like, to_grid_numpy, token_grid
 
@@ -50,7 +48,8 @@ each call, (B, *call.shape) float32, computed by the backend on ``graph.probe_in
 #: before them holds the same features, unpadded and at full resolution).
 _MOVERS = {
     word: tuple(
-        getattr(keras.layers, n) for n in dir(keras.layers)
+        getattr(keras.layers, n)
+        for n in dir(keras.layers)
         if word.lower() in n.lower() and isinstance(getattr(keras.layers, n), type)
     )
     for word in ("Pooling", "Padding", "Cropping")
@@ -103,7 +102,7 @@ def _input_shape(model: Any, given: tuple[int, ...] | None) -> tuple[int, int, i
             raise InvalidInputError(f"input_shape must be three positive integers (H, W, C), got {given!r}")
         return shape  # type: ignore[return-value]
     inputs = None
-    if isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth"):
+    if isinstance(model, keras.Sequential) or is_functional(model):
         try:
             inputs = list(model.inputs)
         except (AttributeError, ValueError):
@@ -125,7 +124,8 @@ def _input_shape(model: Any, given: tuple[int, ...] | None) -> tuple[int, int, i
         )
     if len(shape) != 4 or any(d is None for d in shape[1:]):
         raise InvalidInputError(
-            f"model input shape {shape} is not (batch, H, W, C) with known H, W, C; pass input_shape=(H, W, C)"
+            f"model input shape {shape} is not (batch, H, W, C) with known H, W, C; "
+            "pass input_shape=(H, W, C)"
         )
     return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
 
@@ -153,7 +153,7 @@ class ModelGraph:
         self._gradients = gradients
         rng = np.random.default_rng(1234)
         dtype = "float32"
-        if getattr(model, "_nodes_by_depth", None) is not None and model.inputs:
+        if is_functional(model) and model.inputs:
             dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
         self.probe_input = rng.normal(size=(PROBE_BATCH, *self.input_shape)).astype(dtype)
         try:
@@ -161,7 +161,7 @@ class ModelGraph:
             if not all(getattr(op, "built", True) for op in [model, *walk(model)]):
                 # Building runs call() symbolically once more; do it before recording, not during.
                 call_inference(model, (x,), {})
-            y, self.rec = calls.record(model, x, heads.record_taps(walk(model)))
+            y, self.rec = calls.record(model, x, activations.record_taps(walk(model)))
         except EngineError:
             raise
         except Exception as exc:
@@ -204,7 +204,8 @@ class ModelGraph:
         they finish; a container that only passes on its last sublayer's output is left out (the
         sublayer is listed), though it can still be named as a target."""
         out = [
-            c for c in self.rec.calls
+            c
+            for c in self.rec.calls
             if c.key in self._grids and image_like(self._grids[c.key], self.image_hw) and self._own_output(c)
         ]
         return sorted(out, key=lambda c: c.end)
@@ -215,13 +216,19 @@ class ModelGraph:
         for c in self.candidates():
             t = self.target_for(c, verify_cam=False)
             infos.append(
-                LayerInfo(c.name, [t.grid.h, t.grid.w], t.channels, t.cam_supported, t.grid.kind, t.grid.prefix)
+                LayerInfo(
+                    c.name, [t.grid.h, t.grid.w], t.channels, t.cam_supported, t.grid.kind, t.grid.prefix
+                )
             )
         return infos
 
     # ---- resolution -------------------------------------------------------------------------
     def resolve(self, target_layer: str | None) -> Target:
-        """The target: None = automatic (module docstring); else a name, ``outer/inner`` path or ``name@k``."""
+        """The target: None = automatic (module docstring); else a name, ``outer/inner`` path, ``name@k``.
+
+        Raises ``UnknownLayerError`` (not found, ambiguous, a layer called several times without
+        ``@k``, an output without a grid, no automatic target).
+        """
         if target_layer is None:
             return self._default()
         if not isinstance(target_layer, str) or not target_layer.strip("/"):
@@ -258,7 +265,9 @@ class ModelGraph:
         return self._with_reason(self.target_for(c), "requested")
 
     def _shape_text(self, c: LayerCall) -> str:
-        return "(batch, " + ", ".join(str(d) for d in c.shape) + ")" if c.shape is not None else "not one tensor"
+        return (
+            "(batch, " + ", ".join(str(d) for d in c.shape) + ")" if c.shape is not None else "not one tensor"
+        )
 
     def _some_names(self, limit: int = 12) -> str:
         names = [c.name for c in self.candidates()]
@@ -341,90 +350,27 @@ class ModelGraph:
 
     # ---- CAM --------------------------------------------------------------------------------
     def _cam_shaped(self) -> list[LayerCall]:
-        return [c for c in self.candidates() if self._cam_structure(c)[0]]
+        return [
+            c for c in self.candidates() if cam_check.structure(self.rec, self.head, c, self._grids[c.key])[0]
+        ]
 
     def target_for(self, c: LayerCall, verify_cam: bool = True) -> Target:
         """The Target for a candidate call, CAM support checked (numerically unless verify_cam=False)."""
         if verify_cam and c.key in self._targets:
             return self._targets[c.key]
         grid = self._grids[c.key]
-        ok, reason, dense = self._cam_structure(c)
-        kernel = None
-        if ok:
-            w = np.asarray(dense.get_weights()[0], dtype=np.float32)
-            kernel = np.concatenate([-w, w], axis=1) if self.head.units == 1 else w
-            if verify_cam:
-                self._ensure_grads([c, *self._cam_shaped()])
-                if not self._cam_gradient_matches(c, kernel):
-                    ok, kernel = False, None
-                    reason = (
-                        f"{self._cam_need()}; {c.name!r} seems to feed it, but the score's gradient is not "
-                        "that of GlobalAveragePooling2D -> Dense (a layer between them, or code outside the "
-                        "layers, changes it)"
-                    )
-        t = Target(c, grid, ok, "" if ok else reason, kernel)
+        ok, reason, dense = cam_check.structure(self.rec, self.head, c, grid)
+        weights = cam_check.kernel(dense, self.head.units) if ok else None
+        if ok and verify_cam:
+            self._ensure_grads([c, *self._cam_shaped()])
+            if not cam_check.gradient_matches(self._grads[c.key], self._cotangent, weights, c.dtype):
+                ok, weights = False, None
+                reason = (
+                    f"{cam_check.NEED}; {c.name!r} seems to feed it, but the score's gradient is not that of "
+                    "GlobalAveragePooling2D -> Dense (a layer between them, or code outside the layers, "
+                    "changes it)"
+                )
+        t = Target(c, grid, ok, "" if ok else reason, weights)
         if verify_cam:
             self._targets[c.key] = t
         return t
-
-    def _cam_gradient_matches(self, c: LayerCall, kernel: np.ndarray) -> bool:
-        g = self._grads[c.key].astype(np.float64)  # (B, h, w, C)
-        h, w = g.shape[1], g.shape[2]
-        want = (self._cotangent.astype(np.float64) @ kernel.T.astype(np.float64)) / (h * w)  # (B, C)
-        want = np.broadcast_to(want[:, None, None, :], g.shape)
-        tol = 2e-2 if c.dtype not in ("float32", "float64") else 1e-3
-        scale = max(float(np.abs(want).max()), 1e-12)
-        return bool(np.abs(g - want).max() <= tol * scale)
-
-    @staticmethod
-    def _cam_need() -> str:
-        return (
-            "CAM needs the target layer to feed GlobalAveragePooling2D then one Dense output layer "
-            "(optionally through Dropout / linear Activation)"
-        )
-
-    def _describe_chain(self, serial: int, steps: int = 4) -> str:
-        parts = []
-        for _ in range(steps):
-            cons = self.rec.consumers(serial)
-            if len(cons) != 1:
-                if len(cons) > 1:
-                    parts.append(f"[{len(cons)} branches]")
-                break
-            parts.append(f"{type(cons[0].op).__name__}({cons[0].op.name})")
-            if not cons[0].outputs:
-                break
-            serial = cons[0].outputs[0]
-        return " -> ".join(parts) if parts else "(no layer reads it)"
-
-    def _cam_structure(self, c: LayerCall) -> tuple[bool, str, Any | None]:
-        """target -> GlobalAveragePooling2D -> [Dropout / Identity / linear Activation]* -> Dense = logits."""
-        need = self._cam_need()
-        grid = self._grids[c.key]
-        if grid.tokens:
-            return False, f"{need}; {c.name!r} outputs tokens, not a (batch, h, w, channels) map", None
-        if not self.head.invertible:
-            return False, f"{need}; the model's output cannot be turned back into logits", None
-        here = f"here {c.op.name} -> {self._describe_chain(c.outputs[0])}"
-        cons = self.rec.consumers(c.outputs[0])
-        if len(cons) != 1 or not isinstance(cons[0].op, keras.layers.GlobalAveragePooling2D):
-            return False, f"{need}; {here}", None
-        if getattr(cons[0].op, "keepdims", False):
-            return False, f"{need}; {here} (the pooling keeps dims)", None
-        serial = cons[0].outputs[0]
-        while True:
-            cons = self.rec.consumers(serial)
-            if len(cons) != 1:
-                return False, f"{need}; {here}", None
-            op = cons[0].op
-            if isinstance(op, keras.layers.Dense):
-                dense = cons[0]
-                break
-            linear = heads.applied_activation(op)
-            if not (isinstance(op, (keras.layers.Dropout, keras.layers.Identity)) or (linear and linear[0] == "linear")):
-                return False, f"{need}; {here}", None
-            serial = cons[0].outputs[0]
-        logits = self.head.logits_call
-        if logits is None or logits.key != dense.key:
-            return False, f"{need}; {here} (that Dense does not give the model's logits)", None
-        return True, "", dense.op
