@@ -151,3 +151,35 @@ def test_load_model_from_a_repository_config(tmp_path: Path) -> None:
     hints = hints_for(model)
     assert hints.input_shape == (32, 32, 3) and hints.token_layout.grid == (4, 4)
     assert hints.token_layout.prefix == 1
+
+
+def test_tf_nn_activations_reopen(tmp_path: Path) -> None:
+    """Keras 3 saves tf.nn.softmax as 'softmax_v2', which keras.saving.load_model alone cannot re-open."""
+    import tensorflow as tf
+
+    inp = keras.Input((3, 3, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 1)(inp))
+    model = keras.Model(inp, keras.layers.Dense(2, activation=tf.nn.softmax)(x))
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(TypeError, match="softmax_v2"):
+        keras.saving.load_model(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert loaded.layers[-1].activation is tf.nn.softmax
+    assert Explainer(loaded, preprocessing="none", max_batch_size=1).info.head_kind == "softmax"
+
+
+def test_imports_register_custom_classes(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(
+        {"model_file": "model.keras", "input_shape": [32, 32, 3], "imports": ["engine.zoo_models", "json"]}))
+    zoo.vit_like().save(folder / "model.keras")
+    cfg = load_model_config(folder)
+    assert cfg.imports == ("engine.zoo_models", "json")
+    assert load_model(cfg).get_layer("cls").__class__ is zoo.ClassToken
+    with pytest.raises(InvalidInputError, match=r"cannot import module 'no_such_module_xyz'"):
+        load_model(folder / "model.keras", imports=["no_such_module_xyz"])
+    (folder / "config.json").write_text(json.dumps(
+        {"model_file": "model.keras", "input_shape": [32, 32, 3], "imports": ["bad name"]}))
+    with pytest.raises(RepositoryError, match="field 'imports'"):
+        load_model_config(folder)

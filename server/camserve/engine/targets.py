@@ -211,10 +211,14 @@ class ModelGraph:
         return sorted(out, key=lambda c: c.end)
 
     def layer_infos(self) -> list[LayerInfo]:
-        """The candidate targets as plain records (for ModelSummary.layers), in execution order."""
+        """The candidate targets as plain records (for ModelSummary.layers), in execution order.
+
+        CAM support is the checked one for every layer whose gradient was measured (the target and
+        every layer the data flow shows feeding GAP -> Dense), the data-flow one otherwise.
+        """
         infos = []
         for c in self.candidates():
-            t = self.target_for(c, verify_cam=False)
+            t = self.target_for(c, verify_cam=c.key in self._grads)
             infos.append(
                 LayerInfo(
                     c.name, [t.grid.h, t.grid.w], t.channels, t.cam_supported, t.grid.kind, t.grid.prefix
