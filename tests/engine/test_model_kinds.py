@@ -181,3 +181,25 @@ def test_no_recompile_after_warmup_for_new_model_kinds() -> None:
         for b in range(1, 5):
             e.explain_batch(pixels[:b], [ItemSpec("layercam")] * b)
         assert e.step.trace_count() == count
+
+
+def test_issue_reproduction_one_by_one_classifier() -> None:
+    """The 1x1 classifier convolution after pooling is not the default: the 6x6 conv is, with a real map."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="features"),
+                              keras.layers.GlobalAveragePooling2D(keepdims=True),
+                              keras.layers.Conv2D(2, 1, name="classifier"), keras.layers.Flatten(),
+                              keras.layers.Softmax()])
+    e = Explainer(model, preprocessing="none", max_batch_size=2)
+    assert e.info.target_layer == "features" and e.info.grid == [6, 6]
+    assert "classifier (1x1 grid)" in e.info.target_reason and e.info.head_kind == "softmax"
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 1)).astype(np.float32)
+    res = e.explain_batch(x, [ItemSpec("gradcam", class_index=k) for k in (0, 1)])
+    # hand reference: logits = W^T mean(A) + b, so d z_k / d A_ijc = W[c, k] / 36 everywhere
+    a = keras.ops.convert_to_numpy(model.get_layer("features")(x))
+    w = model.get_layer("classifier").get_weights()[0][0, 0]  # (C, classes)
+    for i, k in enumerate((0, 1)):
+        want = _gradcam(a[i], np.broadcast_to(w[:, k] / 36, a[i].shape))
+        np.testing.assert_allclose(res[i].maps[0].heatmap, want, atol=1e-5)
+        assert not res[i].maps[0].all_zero
+    np.testing.assert_allclose(res[0].probabilities, model.predict(x, verbose=0)[0], atol=1e-6)

@@ -75,7 +75,7 @@ def _cases(keras: Any) -> list[dict[str, Any]]:
         # a subclassed model (softmax in call(), outside layers), automatic target
         dict(name="subclassed", model=_called(zoo_models.subclassed(), 32), x=rng.normal(
             size=(3, 32, 32, 3)).astype(np.float32), target=None, preprocessing="none",
-             methods=["cam", *GRADIENT_METHODS], classes=[None, 1, 2]),
+             methods=[*GRADIENT_METHODS], classes=[None, 1, 2]),
         # a ViT-like token model: automatic target on the patch grid (class token dropped)
         dict(name="vit_like", model=zoo_models.vit_like(),
              x=rng.normal(size=(3, 32, 32, 3)).astype(np.float32), target=None, preprocessing="none",

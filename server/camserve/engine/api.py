@@ -80,12 +80,12 @@ class _BaseCAM:
     def _input_shape_known(self) -> bool:
         """Whether the model can tell its input shape (an Input, a build, or ``load_model``'s hints)."""
         from camserve.engine.loading import hints_for
-        from camserve.engine.targets import _input_shape
+        from camserve.engine.targets import input_shape_of
 
         if hints_for(self.model).input_shape is not None:
             return True
         try:
-            _input_shape(self.model, None)
+            input_shape_of(self.model, None)
         except InvalidInputError:
             return False
         return True

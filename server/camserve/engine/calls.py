@@ -112,6 +112,7 @@ class _Run:
     taps: dict[CallKey, Tap]
     by_op: dict[int, Tap]
     record: bool
+    batch: int = 0  # the batch size of a recorded run: outputs whose first axis differs are not grids
     notes: dict[str, Any] = field(default_factory=dict)
     stack: list[_Frame] = field(default_factory=list)
     counts: dict[tuple[int, ...], int] = field(default_factory=dict)
@@ -186,8 +187,6 @@ class _Run:
                 pre_activation=None if pre is None else self.serial(pre),
             )
         )
-
-    batch: int = 0
 
 
 def _is_tensor(x: Any) -> bool:

@@ -165,18 +165,22 @@ def analyse(rec: Recording, units: int) -> Head:
             return _probability(units, f"{_name(p)} applies {kind} over an axis other than the classes")
         if not _matches(kind, rec.numpy(z), y, loose):
             return _probability(units, f"{_name(p)} looks like {kind} but its output is not {kind}(logits)")
-        how = "its activation" if capture == "pre_activation" else "its input"
         if kind in ("softmax", "log_softmax") and units == 1:
             return _probability(units, f"{_name(p)} applies softmax to a single unit (always 1)")
-        head_kind = "binary" if units == 1 else _fn_kind_name(kind)
-        logits_call = p if capture == "pre_activation" else _through_passes(rec, z)
+        name = _fn_kind_name(kind)
+        if capture == "pre_activation":
+            where, logits_call = f"{name} is {_name(p)}'s activation{after}: scores are its pre-activation", p
+        else:
+            where, logits_call = (
+                f"{name} applied by {_name(p)}{after}: scores are its input",
+                _through_passes(rec, z),
+            )
         return Head(
-            head_kind,
+            "binary" if units == 1 else name,
             capture,
             p,
             units,
-            f"{_fn_kind_name(kind)} applied by {_name(p)}{after}: scores are the logits before "
-            f"{how if capture == 'pre_activation' else 'it (' + how + ')'}" + _binary_note(units),
+            f"{where} (logits)" + _binary_note(units),
             logits_call,
         )
     upstream = _softmax_upstream(rec, p, loose)

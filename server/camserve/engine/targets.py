@@ -92,7 +92,12 @@ class Target:
         return self.cam_kernel_value
 
 
-def _input_shape(model: Any, given: tuple[int, ...] | None) -> tuple[int, int, int]:
+def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int, int]:
+    """(H, W, C): ``given``, else the model's Input, else the shape it was built with.
+
+    Raises ``InvalidInputError`` when none says (a model never called, with no Input) or the shape is
+    not an image's (not 4-D, unknown sizes, several inputs).
+    """
     if given is not None:
         try:
             shape = tuple(int(d) for d in given)
@@ -148,7 +153,7 @@ class ModelGraph:
         if not isinstance(model, keras.Model):
             raise InvalidInputError(f"expected a keras.Model, got {type(model).__name__}")
         self.model = model
-        self.input_shape = _input_shape(model, input_shape)
+        self.input_shape = input_shape_of(model, input_shape)
         self.layout = token_layout or TokenLayout()
         self._gradients = gradients
         rng = np.random.default_rng(1234)
@@ -177,6 +182,7 @@ class ModelGraph:
                 f"model {model.name!r} returns {shapes}; the engine needs one (batch, classes) output"
             )
         self.head = heads.analyse(self.rec, out_shape[1])
+        self.rec.forget_values()  # the head is found: the recorded activations are not needed again
         self.num_classes = self.head.classes
         self._cotangent = rng.normal(size=(PROBE_BATCH, self.num_classes)).astype(np.float32)
         self._grads: dict[CallKey, np.ndarray] = {}
