@@ -164,15 +164,9 @@ class KerasRunner:
                     pass
 
     def _load_model(self, cfg: ModelConfig) -> Any:
-        import keras
+        from camserve.engine import load_model
 
-        if cfg.model_path is not None:
-            return keras.saving.load_model(cfg.model_path, compile=False)
-        factory = getattr(keras.applications, cfg.application or "", None)
-        if factory is None or not callable(factory):
-            raise ValueError(f"keras.applications has no model named {cfg.application!r}")
-        weights = str(cfg.weights_path) if cfg.weights_path is not None else None
-        return factory(weights=weights, input_shape=tuple(cfg.input_shape))
+        return load_model(cfg)
 
     def _build(self, cfg: ModelConfig, model: Any, target_layer: str | None) -> Any:
         from camserve.engine import Explainer
