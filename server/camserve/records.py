@@ -186,6 +186,7 @@ class ModelSummary:
     prefix_tokens: int = 0
     head: str = ""  # how the output head was read (where the logits are taken), in words
     head_kind: str = "softmax"  # "softmax" | "sigmoid" (multi-label) | "binary" (one unit) | "probability"
+    addressable: tuple[str, ...] = ()  # every layer call a target may name (``layers`` are the listed ones)
 
     def layer(self, name: str) -> LayerInfo | None:
         """The candidate layer called ``name`` (a full path), or None."""

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from camserve.engine import Explainer, load_model
 from camserve.records import ItemSpec
-from camserve_client import Client
+from camserve_client import Client, InvalidArgument
 from serverproc import start_server
 
 from engine import zoo_models as zoo
@@ -100,9 +100,12 @@ def test_served_with_defaults_equals_the_library(served, name: str) -> None:
     want = lib.explain_batch(images[name][None], [ItemSpec("gradcam")])[0]
     info = client.get_model(name)
     assert info.default_target_layer == lib.info.target_layer
+    # GetModel says which target and why, and how the head was read (what the scores are).
+    assert info.default_target_reason == lib.info.target_reason != ""
+    assert (info.score_kind, info.head_kind, info.head) == (lib.info.score, lib.info.head_kind, lib.info.head)
     assert lib.info.grid[0] * lib.info.grid[1] > 1, lib.info.target_reason
     r = client.explain(images[name], model=name, output={"size": "grid"})  # no target layer
-    assert r.target_layer == lib.info.target_layer
+    assert r.target_layer == lib.info.target_layer and r.score_kind == lib.info.score
     got = r.explanations[0]
     assert got.class_index == want.maps[0].class_index
     assert got.probability == pytest.approx(float(want.probabilities[got.class_index]), abs=1e-5)
@@ -112,6 +115,28 @@ def test_served_with_defaults_equals_the_library(served, name: str) -> None:
         assert lib.info.target_layer != "conv2d_1" and got.heatmap.shape == (6, 6) and not got.all_zero
     if name == "tf_softmax":  # its own probability: 1 / (1 + e^-1.75), not softmax applied twice (0.669)
         assert got.class_index == 0 and got.probability == pytest.approx(0.8519528, abs=1e-6)
-        assert got.score == pytest.approx(1.0, abs=1e-6)  # the logit
+        assert got.score == pytest.approx(1.0, abs=1e-6) and r.score_kind == "logits"  # the logit
+        assert info.head_kind == "softmax"
     if name in ("vit_like", "keras_hub_vit"):
         assert got.heatmap.shape == (4, 4)
+
+
+def test_a_layer_the_listing_leaves_out_is_still_a_target(served) -> None:
+    """keras-hub's encoder is one layer holding every block: not listed (its output is the class
+    token's sequence), yet a named target the engine resolves; a name the model never calls is refused
+    at the front with the listed layers."""
+    root, images, client = served
+    info = client.get_model("keras_hub_vit")
+    listed = {la.name for la in info.layers}
+    assert listed and all(la.kind == "tokens" for la in info.layers if "encoder" in la.name)
+    model = load_model(root / "keras_hub_vit" / "model.keras", input_shape=(32, 32, 3))
+    lib = Explainer(model, preprocessing="none", max_batch_size=1)
+    unlisted = next(c.name for c in lib.graph.rec.calls
+                    if c.name not in listed and lib.graph._grid_of(c) is not None)
+    want = lib.with_target(unlisted).explain_batch(images["keras_hub_vit"][None], [ItemSpec("gradcam")])[0]
+    r = client.explain(images["keras_hub_vit"], model="keras_hub_vit", target_layer=unlisted,
+                       output={"size": "grid"})
+    assert r.target_layer == unlisted
+    np.testing.assert_allclose(r.heatmap, want.maps[0].heatmap, atol=1e-4)
+    with pytest.raises(InvalidArgument, match="has no target layer 'no_such_layer'"):
+        client.explain(images["keras_hub_vit"], model="keras_hub_vit", target_layer="no_such_layer")

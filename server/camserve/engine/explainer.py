@@ -9,6 +9,7 @@ method and classes: the methods are NumPy weightings of the same activations and
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import time
@@ -149,15 +150,27 @@ class Explainer:
         self.backend = self._backend.NAME
         self.max_batch_size = max_batch_size
         self.buckets = buckets_for(max_batch_size)
+        self._build_step()
+
+    def _build_step(self) -> None:
         self.step = self._backend.build_step(
             self.graph,
             self.target,
-            preprocessing=preprocessing,
-            score=score,
-            jit_compile=compile_mode == "xla",
+            preprocessing=self.preprocessing,
+            score=self.score,
+            jit_compile=self.compile_mode == "xla",
         )
         self._cam_kernel = self.target.cam_kernel() if self.target.cam_supported else None
         self._info: ModelSummary | None = None
+
+    def with_target(self, target_layer: str) -> Explainer:
+        """An Explainer of the same model and settings for another target layer, reusing this one's
+        recording of the model (building a second one would run the model again). Its buckets
+        compile on first use. Raises ``UnknownLayerError`` as the constructor does."""
+        other = copy.copy(self)
+        other.target = self.graph.resolve(target_layer)
+        other._build_step()
+        return other
 
     # ---- metadata ---------------------------------------------------------------------------
     @property
@@ -196,6 +209,7 @@ class Explainer:
                 prefix_tokens=t.grid.prefix,
                 head=head.description,
                 head_kind=head.kind,
+                addressable=tuple(dict.fromkeys(c.name for c in self.graph.rec.calls)),
             )
         return self._info
 

@@ -137,7 +137,6 @@ class KerasRunner:
         self.threads = threads
         self.index = index
         self._default: dict[str, Any] = {}
-        self._models: dict[str, Any] = {}
         self._extra: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     def _import_backend(self) -> None:
@@ -190,7 +189,6 @@ class KerasRunner:
                 log(self.index, f"model {name!r} failed to load: {failures[name]}")
                 continue
             info: ModelSummary = explainer.info
-            self._models[name] = model
             self._default[name] = explainer
             summaries[name] = info
             log(self.index, f"model {name!r} ready in {time.perf_counter() - t0:.1f} s: target "
@@ -210,7 +208,7 @@ class KerasRunner:
         if found is not None:
             self._extra.move_to_end(key)
             return found
-        built = self._build(self.repository[model], self._models[model], target_layer)
+        built = default.with_target(target_layer)  # the model's recording is reused
         self._extra[key] = built
         while len(self._extra) > EXTRA_EXPLAINERS:
             self._extra.popitem(last=False)
