@@ -3,7 +3,7 @@
 A real ``camserve serve`` (real gRPC front ends, real scheduler, a real worker process) whose model
 step is a stand-in of fixed cost (``bench/frontend/standin.py``: a 2 ms sleep per batch, 1,000
 classes, 7x7 maps), so the front end sets the pace. The project's load generator
-(``camserve_client.loadgen``) runs in ``--clients`` processes (each its own connections: the kernel
+(``camserve_client.tools.loadgen``) runs in ``--clients`` processes (each its own connections: the kernel
 spreads connections, not calls, over the front ends), 64 callers in all, closed loop. For each
 ``--frontends`` value and each case it prints images/s, p50/p99 and the CPU time of every server
 process (supervisor, front ends, worker; from /proc) per image, counted over the same window.
@@ -82,7 +82,7 @@ def _role(pid: int) -> str:
 def measure(server: Any, case: str, clients: int, callers: int, warmup_s: float, duration_s: float
             ) -> dict[str, Any]:
     """Run one case against a started server; returns images/s, latency and CPU per image."""
-    from camserve_client.loadreport import summarize
+    from camserve_client.tools.loadreport import summarize
 
     side, _, per_call = CASES[case]
     ctx = multiprocessing.get_context("spawn")

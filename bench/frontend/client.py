@@ -14,11 +14,11 @@ CASES = {  # name -> (model input side, payload, images per call)
 def load_process(target: str, model: str, case: str, concurrency: int, warmup_s: float, duration_s: float,
                  queue: Any, barrier: Any) -> None:
     """One load-generator process: warm up, wait at ``barrier``, then the closed loop for
-    ``duration_s``; puts its raw samples (``camserve_client.loadreport.Sample``) on ``queue``."""
+    ``duration_s``; puts its raw samples (``camserve_client.tools.loadreport.Sample``) on ``queue``."""
     import asyncio
 
     from camserve_client.client import AsyncClient
-    from camserve_client.loadgen import LoadConfig, LoadGenerator
+    from camserve_client.tools.loadgen import LoadConfig, LoadGenerator
 
     side, payload, per_call = CASES[case]
 
