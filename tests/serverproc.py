@@ -221,17 +221,19 @@ def start_server(*args: str, repository: str | os.PathLike[str] | None = None, w
                  credentials: grpc.ChannelCredentials | None = None,
                  channel_options: Sequence[tuple[str, Any]] = (),
                  grpc_port: int | None = None, metrics_port: int | None = None,
-                 log_path: Path | None = None) -> ServerProcess:
+                 log_path: Path | None = None,
+                 entry: Sequence[str] = ("-m", "camserve.front.cli")) -> ServerProcess:
     """Start `python -m camserve.front.cli serve` on free loopback ports; by default wait for SERVING.
 
     `args` are extra CLI flags (e.g. "--max-queue-size", "2"); `repository` None serves the bundled
     demo model. `credentials` (and `host`, e.g. "localhost" to match a test certificate) are used by
     the helper's own health checks and `channel()`; pass the matching --tls-* flags in `args`.
-    `metrics_port` -1 serves no metrics; `log_path` None logs to a new temporary file.
+    `metrics_port` -1 serves no metrics; `log_path` None logs to a new temporary file. `entry` is what
+    python runs (the `camserve serve` CLI; tests/transport/toyserve.py runs it with stand-in compute).
     """
     grpc_port = free_port() if grpc_port is None else grpc_port
     metrics_port = free_port() if metrics_port is None else metrics_port
-    cmd = [sys.executable, "-m", "camserve.front.cli", "serve", "--host", "127.0.0.1",
+    cmd = [sys.executable, *entry, "serve", "--host", "127.0.0.1",
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--workers", workers,
            "--pre-stop-seconds", str(pre_stop_seconds)]
     if repository is not None:
