@@ -2,10 +2,12 @@
 
 Why a class with explicit phases (start, drain, stop): Kubernetes sends SIGTERM while it may still
 route traffic to the pod for a few seconds, so the shutdown order matters. On SIGTERM the server
-(1) reports NOT_SERVING on every health name at once, (2) keeps serving for the pre-stop window,
-(3) stops accepting new RPCs and lets in-flight ones finish (`server.stop(grace)`), (4) stops the
-workers, and exits 0. Health follows the Dispatcher: SERVING only while `dispatcher.ready()`
-(every bucket compiled on a live worker), NOT_SERVING while no worker lives or during drain.
+(1) reports NOT_SERVING on every health name at once, (2) keeps serving for the pre-stop window (only
+if it ever reported SERVING: otherwise no balancer routes to it), (3) stops accepting new RPCs and
+lets in-flight ones finish (`server.stop(grace)`), (4) stops the workers (one still loading at once),
+and exits 0. Every wait is bounded by --pre-stop-seconds or --drain-seconds. Health follows the
+Dispatcher: SERVING only while `dispatcher.ready()` (every bucket compiled on a live worker),
+NOT_SERVING while no worker lives or during drain.
 No TensorFlow is imported in this process; only worker processes load models.
 """
 
@@ -113,6 +115,7 @@ class CamServer:
         self.grpc_port = 0
         self.metrics_port = 0
         self.draining = False
+        self.served = False  # health reported SERVING at least once (else SIGTERM skips the pre-stop window)
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._health_task: asyncio.Task[None] | None = None
@@ -180,6 +183,7 @@ class CamServer:
                 if last.get(name) != value and not self.draining:
                     await self.health.set(name, value)
                     if name == "":
+                        self.served = self.served or value == serving
                         log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(value))
             last = status
             self._health_wake.clear()
@@ -201,8 +205,10 @@ class CamServer:
         self._health_wake.set()
         await self.health.enter_graceful_shutdown()
         log.info("answered RPCs at drain start: %s", json.dumps(self.metrics.rpc_totals()))
-        log.info("draining: health NOT_SERVING; serving for %.1f s more (pre-stop)", self.opts.pre_stop_s)
-        if self.opts.pre_stop_s > 0:
+        if not self.served:  # never in a load balancer's rotation: nobody to wait for
+            log.info("draining: health NOT_SERVING; never reported SERVING, so no pre-stop window")
+        elif self.opts.pre_stop_s > 0:
+            log.info("draining: health NOT_SERVING; serving for %.1f s more (pre-stop)", self.opts.pre_stop_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), self.opts.pre_stop_s)
         if self._server is not None:
