@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from camserve.front.limits import REASONS as REFUSAL_REASONS
+
 #: Seconds, from a small model answering one caller (~1 ms) to a large model under load (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -36,7 +38,8 @@ def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
 
 
 class Metrics:
-    """The metric objects of DESIGN.md plus `camserve_requests_dropped_total{model,reason}`."""
+    """The metric objects of DESIGN.md plus `camserve_requests_dropped_total{model,reason}` and
+    `camserve_transport_refusals_total{reason}`."""
 
     def __init__(self, models: Iterable[str], max_batch_size: int = 32,
                  registry: CollectorRegistry | None = None) -> None:
@@ -69,6 +72,14 @@ class Metrics:
             "camserve_requests_dropped",
             "Queued images dropped before computing (reason: deadline, cancelled, queue_full, ...).",
             ["model", "reason"], registry=r)
+        self.transport_refusals = Counter(
+            "camserve_transport_refusals",
+            "Calls refused before a handler read them, by reason: header_too_large, message_too_large "
+            "(--max-header-kb, --max-message-mb), concurrency_limit (--max-concurrent-rpcs), grpc (ended "
+            "by gRPC itself before the request reached camserve).",
+            ["reason"], registry=r)
+        for reason in REFUSAL_REASONS:
+            self.transport_refusals.labels(reason)
         self.queue_depth_gauge = Gauge("camserve_queue_depth", "Images waiting in the model's queue.",
                                        ["model"], registry=r)
         self.workers_alive_gauge = Gauge("camserve_workers_alive", "Worker processes alive.", registry=r)
@@ -114,6 +125,13 @@ class Metrics:
         self._child(self.requests, label, method, code).inc()
         if seconds is not None and method in ("Explain", "ExplainBatch"):
             self._child(self.request_duration, label, method).observe(seconds)
+
+    def record_refusal(self, method: str, reason: str, code: str | None) -> None:
+        """A call refused before a handler read it (``camserve.front.limits``): counted by reason, and as
+        an answered RPC when its status ``code`` is known."""
+        self._child(self.transport_refusals, reason if reason in REFUSAL_REASONS else "grpc").inc()
+        if code is not None:
+            self.record_rpc(None, method.rsplit("/", 1)[-1], code, None)
 
     def record_result(self, model: str, queue_s: float, compute_s: float) -> None:
         """Server-side split of one computed image."""
@@ -162,10 +180,3 @@ class Metrics:
         """The exposition text (what /metrics serves)."""
         return generate_latest(self.registry)
 
-
-def start_metrics_server(metrics: Metrics, port: int, host: str = "0.0.0.0"):
-    """Serve /metrics over HTTP from a daemon thread; returns the HTTP server (call .shutdown())."""
-    from prometheus_client import start_http_server
-
-    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
-    return server

@@ -9,11 +9,13 @@ retry policy must not retry the call (a reply too large stays too large).
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from camserve.records import ErrorKind, Failure
 
-__all__ = ["NO_RETRY", "STATUS", "failure_of", "status_of", "trailers_of"]
+__all__ = ["NO_RETRY", "STATUS", "failure_of", "refusal_handler", "status_of", "trailers_of"]
 
 STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -51,3 +53,20 @@ def status_of(kind: ErrorKind) -> grpc.StatusCode:
 def trailers_of(kind: ErrorKind) -> tuple[tuple[str, str], ...]:
     """Trailing metadata to send with a failure of ``kind`` (the no-retry pushback, or nothing)."""
     return (("grpc-retry-pushback-ms", "-1"),) if kind in NO_RETRY else ()
+
+
+def refusal_handler(handler: grpc.RpcMethodHandler | None, failure: Failure) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s streaming shape that ends the call with ``failure`` (its status code,
+    message and trailers) without deserialising the request."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(status_of(failure.kind), failure.message,
+                            trailing_metadata=trailers_of(failure.kind))
+
+    if handler is None or (not handler.request_streaming and not handler.response_streaming):
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.unary_stream_rpc_method_handler(refuse)
