@@ -26,8 +26,9 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
                    help="server address host:port, a comma-separated list (round-robin), or dns:///name "
                         "(env CAMSERVE_TARGET; default %(default)s)")
     g.add_argument("--timeout", type=float, default=60.0, help="deadline per call in seconds (default 60)")
-    g.add_argument("--retries", type=int, default=3,
-                   help="retries on UNAVAILABLE / RESOURCE_EXHAUSTED, with jittered back-off (default 3)")
+    g.add_argument("--retries", type=int, default=4, choices=range(5), metavar="{0..4}",
+                   help="retries on UNAVAILABLE / RESOURCE_EXHAUSTED within the deadline, by gRPC's retry "
+                        "policy; with 0 a call to an unreachable server fails at once (default 4)")
     g.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca)")
     g.add_argument("--ca", help="PEM file of the CA that signed the server certificate (implies --tls)")
     g.add_argument("--cert", help="client certificate PEM for mutual TLS (implies --tls)")

@@ -223,7 +223,6 @@ class ExplainResult:
     explanations: list[Explanation]
     top_predictions: list[Prediction]
     timing: Timing
-    attempts: int = 1  # calls this result took (> 1 after retries)
 
     @property
     def heatmap(self) -> np.ndarray | None:
@@ -243,7 +242,7 @@ class ExplainResult:
         return self.explanations[0].label if self.explanations else None
 
 
-def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0, attempts: int = 1) -> ExplainResult:
+def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0) -> ExplainResult:
     """Wire ExplainResponse -> ExplainResult with NumPy heatmaps."""
     exps = [
         Explanation(
@@ -261,8 +260,7 @@ def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0, attempts: 
         method=method_name(resp.method), target_layer=resp.target_layer, explanations=exps,
         top_predictions=preds,
         timing=Timing(queue_ms=t.queue_ms, compute_ms=t.compute_ms, batch_size=t.batch_size,
-                      total_ms=t.total_ms, latency_ms=latency_ms),
-        attempts=attempts)
+                      total_ms=t.total_ms, latency_ms=latency_ms))
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ class ExplainServicer(pb_grpc.ExplainServiceServicer):
             raise asyncio.CancelledError
         code = status_of(failure.kind)
         self.metrics.record_rpc(model, method, code.name, self.clock() - started)
-        await context.abort(code, failure.message, trailing_metadata=trailers_of(failure.kind))
+        await context.abort(code, failure.message, trailing_metadata=trailers_of(failure.kind, context))
 
     async def _call(self, context: grpc.aio.ServicerContext, method: str, model: str | None, images: int,
                     work: Callable[[float | None, float], Any]) -> Any:
