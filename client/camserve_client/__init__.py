@@ -1,4 +1,4 @@
-"""camserve client: talk to a camserve server with only grpcio, protobuf and numpy."""
+"""camserve client: talk to a camserve server with only grpcio (and its health stub), protobuf and numpy."""
 
 __version__ = "0.1.0"
 
