@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from camserve_client.client import AsyncClient, Client, RetryPolicy, TLSConfig
+from camserve_client.client import AsyncClient, Client, TLSConfig
 from camserve_client.errors import (
     CamserveError,
     DeadlineExceeded,
@@ -13,6 +13,7 @@ from camserve_client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from camserve_client.retry import RetryPolicy
 from camserve_client.types import (
     METHODS,
     ExplainResult,

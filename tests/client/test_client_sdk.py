@@ -17,7 +17,8 @@ import camserve_client as cc
 import grpc
 import numpy as np
 import pytest
-from camserve_client.client import RetryPolicy, resolve_targets
+from camserve_client.client import resolve_targets
+from camserve_client.retry import RetryPolicy
 from camserve_client.testimages import encode_png
 from camserve_proto import explain_pb2 as pb
 from client_fake import HEATMAP, FakeServer

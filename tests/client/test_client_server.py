@@ -16,7 +16,7 @@ from typing import Any
 import camserve_client as cc
 import numpy as np
 import pytest
-from camserve_client.client import RetryPolicy
+from camserve_client.retry import RetryPolicy
 from camserve_client.testimages import encode_png, generated
 from client_repo import LABELS, make_repository
 from serverproc import ServerProcess, start_server

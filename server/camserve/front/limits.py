@@ -97,7 +97,7 @@ class _Every:
 class LimitsInterceptor(grpc.aio.ServerInterceptor):
     """Refuse calls over the header, message and concurrency limits; count what gRPC refused itself.
 
-    Place it first: it sees every call, before the token check parses anything. Unary-request
+    Place it first: it sees every call before the token check and the body parsing. Unary-request
     coroutine handlers are wrapped to check the message size; this expects the raw body, which
     ``MalformedRequestInterceptor`` (after it in the chain) hands to handlers. The interceptor runs
     inside the call's own task, whose end tells whether a handler ever ran.
@@ -153,7 +153,9 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         limit = self.max_message_bytes
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            _CALL.get().reached = True
+            call = _CALL.get(None)
+            if call is not None:
+                call.reached = True
             if isinstance(request, bytes | bytearray | memoryview) and len(request) > limit:
                 failure = Failure(f"the request message is {len(request) / 2**20:.2f} MiB, more than this "
                                   f"server accepts ({limit / 2**20:g} MiB, --max-message-mb)",
