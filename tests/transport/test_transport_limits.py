@@ -103,8 +103,8 @@ def test_a_message_over_the_limit_is_refused_once_and_counted(server: ServerProc
 
 def test_what_grpc_refuses_itself_is_counted_too(server: ServerProcess) -> None:
     """Far over the limits (beyond gRPC's own backstop, twice camserve's limit) gRPC ends the call before
-    any camserve code reads it; camserve still counts it, as reason 'grpc'."""
-    before = _refusals(server, "grpc")
+    any camserve code reads it; camserve still counts it, as reason 'not_received'."""
+    before = _refusals(server, "not_received")
     with server.channel() as ch:  # no retry policy: gRPC's own refusal carries no "do not retry"
         stub = pb_grpc.ExplainServiceStub(ch)
         huge_header = [("x-claims", "c" * (200 * KiB))]
@@ -112,7 +112,7 @@ def test_what_grpc_refuses_itself_is_counted_too(server: ServerProcess) -> None:
         list_models = lambda: stub.ListModels(pb.ListModelsRequest(), metadata=huge_header, timeout=10)  # noqa: E731
         assert _codes(list_models, 1) == ["RESOURCE_EXHAUSTED"]
         assert _codes(lambda: stub.Explain(huge_message, timeout=30), 1) == ["RESOURCE_EXHAUSTED"]
-    wait_for(lambda: _refusals(server, "grpc") - before >= 2, 10)
+    wait_for(lambda: _refusals(server, "not_received") - before >= 2, 10)
 
 
 def test_a_connection_that_never_speaks_http2_is_closed(server: ServerProcess) -> None:

@@ -11,9 +11,10 @@ here, and keeps gRPC's copies only as backstops far above them (``front.server.g
 * more than ``max_concurrent_rpcs`` calls in progress (health and reflection included): BUSY.
 
 TOO_LARGE is RESOURCE_EXHAUSTED with ``grpc-retry-pushback-ms: -1``, so no retry policy repeats it;
-BUSY is RESOURCE_EXHAUSTED to retry later. A call that gRPC itself ends before its request reaches
-camserve (metadata or message beyond the backstops, or a client that left at once) is seen here only
-as a call whose handler never ran, and counted with reason ``grpc``.
+BUSY is RESOURCE_EXHAUSTED to retry later. A call that gRPC ends before its request reaches camserve
+is seen here only as a call whose handler never ran, and counted with reason ``not_received``: gRPC
+refused metadata or a message beyond its backstops, or the caller left first (its deadline passed or
+it cancelled while the request still waited to be read, e.g. on an overloaded server).
 
 Each refusal is reported through ``on_refuse(method, reason, code)`` (the metrics count it by reason,
 and as an answered RPC when ``code`` is known) and logged at WARNING at most once per
@@ -42,7 +43,7 @@ __all__ = ["LOG_INTERVAL_S", "REASONS", "LimitsInterceptor", "metadata_bytes"]
 log = logging.getLogger(__name__)
 
 #: Why a call was refused before a handler read it (the ``reason`` label of the metric).
-REASONS = ("header_too_large", "message_too_large", "concurrency_limit", "grpc")
+REASONS = ("header_too_large", "message_too_large", "concurrency_limit", "not_received")
 LOG_INTERVAL_S = 10.0
 HEADER_ENTRY_OVERHEAD = 32  # bytes HTTP/2 adds per header entry (RFC 7541 section 4.1)
 
@@ -63,12 +64,13 @@ def metadata_bytes(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[
 
 
 class _Call:
-    """Per call: did a handler (or a refusal of ours) get to it?"""
+    """Per call: did a handler (or a refusal of ours) get to it; is it counted as in progress?"""
 
-    __slots__ = ("reached",)
+    __slots__ = ("admitted", "reached")
 
     def __init__(self) -> None:
         self.reached = False
+        self.admitted = False
 
 
 _CALL: contextvars.ContextVar[_Call] = contextvars.ContextVar("camserve_call")
@@ -108,7 +110,7 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         self.max_header_bytes = int(max_header_bytes)
         self.max_message_bytes = int(max_message_bytes)
         self.max_concurrent_rpcs = max(0, int(max_concurrent_rpcs))
-        self.active = 0  # calls between this interceptor and their end
+        self.active = 0  # admitted calls not ended yet (refused ones never count, as in gRPC's limiter)
         self._on_refuse = on_refuse
         self._log = _Every(log, LOG_INTERVAL_S, clock)
         self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -121,7 +123,6 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         task = asyncio.current_task()
         if task is not None:
             _CALL.set(call)
-            self.active += 1
             task.add_done_callback(functools.partial(self._ended, method, call))
         else:  # not inside a call's task (never the case in grpc.aio): nothing to watch
             call.reached = True
@@ -131,10 +132,13 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
                 f"the request metadata is {size / 1024:.1f} KiB, more than this server accepts "
                 f"({self.max_header_bytes / 1024:g} KiB, --max-header-kb; keys, values and 32 bytes per "
                 f"entry); its largest entry is {key!r} ({key_size / 1024:.1f} KiB)", ErrorKind.TOO_LARGE))
-        if self.max_concurrent_rpcs and self.active > self.max_concurrent_rpcs:
+        if self.max_concurrent_rpcs and self.active >= self.max_concurrent_rpcs:
             return self._refuse(method, call, "concurrency_limit", Failure(
                 f"the server is handling its limit of {self.max_concurrent_rpcs} calls at once "
                 "(--max-concurrent-rpcs); retry later with back-off", ErrorKind.BUSY))
+        if task is not None:
+            call.admitted = True
+            self.active += 1
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or not inspect.iscoroutinefunction(
                 handler.unary_unary):
@@ -183,11 +187,12 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         self._log.warning(reason, f"refused a call to {method}{where}: {failure.message}")
 
     def _ended(self, method: str, call: _Call, _task: asyncio.Task[Any]) -> None:
-        self.active -= 1
+        if call.admitted:
+            self.active -= 1
         if call.reached:
             return
         if self._on_refuse is not None:
-            self._on_refuse(method, "grpc", None)
-        self._log.warning("grpc", f"a call to {method} ended before its request reached camserve: gRPC "
-                                  "refused metadata or a message far over the limits (twice --max-header-kb "
-                                  "or --max-message-mb), or the client left at once")
+            self._on_refuse(method, "not_received", None)
+        self._log.warning("not_received", f"a call to {method} ended before its request reached camserve: "
+                          "gRPC refused metadata or a message over twice --max-header-kb or "
+                          "--max-message-mb, or the caller's deadline or cancellation came first")

@@ -75,8 +75,8 @@ class Metrics:
         self.transport_refusals = Counter(
             "camserve_transport_refusals",
             "Calls refused before a handler read them, by reason: header_too_large, message_too_large "
-            "(--max-header-kb, --max-message-mb), concurrency_limit (--max-concurrent-rpcs), grpc (ended "
-            "by gRPC itself before the request reached camserve).",
+            "(--max-header-kb, --max-message-mb), concurrency_limit (--max-concurrent-rpcs), not_received "
+            "(ended by gRPC before the request reached camserve: far over a size limit, or the caller left).",
             ["reason"], registry=r)
         for reason in REFUSAL_REASONS:
             self.transport_refusals.labels(reason)
@@ -129,7 +129,7 @@ class Metrics:
     def record_refusal(self, method: str, reason: str, code: str | None) -> None:
         """A call refused before a handler read it (``camserve.front.limits``): counted by reason, and as
         an answered RPC when its status ``code`` is known."""
-        self._child(self.transport_refusals, reason if reason in REFUSAL_REASONS else "grpc").inc()
+        self._child(self.transport_refusals, reason if reason in REFUSAL_REASONS else "not_received").inc()
         if code is not None:
             self.record_rpc(None, method.rsplit("/", 1)[-1], code, None)
 
