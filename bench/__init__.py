@@ -1,1 +1,22 @@
 """camserve benchmarks (``python -m bench.<name>``); figures quoted in the README come from here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+_TESTS = Path(__file__).resolve().parents[1] / "tests"
+
+
+def start_server(*args: Any, **kwargs: Any) -> Any:
+    """``tests/serverproc.start_server`` (the real ``camserve serve`` subprocess the tests use).
+
+    Imported by path, not as ``tests.serverproc``: tf-keras-vis 0.8.7 (a dev dependency) installs a
+    top-level ``tests`` package of its own, which shadows this repository's ``tests`` folder.
+    """
+    if str(_TESTS) not in sys.path:
+        sys.path.insert(0, str(_TESTS))
+    from serverproc import start_server as start
+
+    return start(*args, **kwargs)

@@ -1,8 +1,11 @@
-"""Regenerate the Python code for protos/camserve/v1/*.proto into client/camserve_proto.
+"""Regenerate the Python code for every protos/**/*.proto into client/camserve_proto.
 
-Why a script and not a bare protoc line: protoc writes imports as `from camserve.v1 import ...`,
-which would collide with the server package `camserve`; we rewrite them to `camserve_proto`, the
-package both the server and the client import.
+Two packages live under protos/: `camserve.v1` (protos/camserve/v1, camserve's own contract) and
+`inference` (protos/inference/v2, the Open Inference Protocol). Why a script and not a bare protoc
+line: protoc writes imports as `from camserve.v1 import ...` (or `from inference.v2 import ...`),
+which would collide with the server package `camserve`; we rewrite every such import to
+`camserve_proto`, the one flat package both the server and the client import (so generated module
+names must be unique across the .proto folders).
 `--check` regenerates into a temporary folder and fails when the committed code has drifted.
 """
 
@@ -17,7 +20,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 TARGET = ROOT / "client" / "camserve_proto"
-IMPORT_FROM = "from camserve.v1 import"
 IMPORT_TO = "from camserve_proto import"
 
 
@@ -32,12 +34,15 @@ def generate(out_dir: Path) -> list[Path]:
                 f"--grpc_python_out={raw}", *protos]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
-        written = []
-        for path in sorted(Path(raw, "camserve", "v1").iterdir()):
-            text = path.read_text().replace(IMPORT_FROM, IMPORT_TO)
-            dest = out_dir / path.name
-            dest.write_text(text)
-            written.append(dest)
+        written: list[Path] = []
+        for folder in sorted({Path(raw, p).parent for p in protos}):
+            package = ".".join(folder.relative_to(raw).parts)  # e.g. camserve.v1, inference.v2
+            for path in sorted(folder.iterdir()):
+                dest = out_dir / path.name
+                if dest in written:
+                    raise SystemExit(f"two .proto folders generate {path.name}; rename one .proto file")
+                dest.write_text(path.read_text().replace(f"from {package} import", IMPORT_TO))
+                written.append(dest)
     return written
 
 

@@ -2,6 +2,7 @@
 
     python -m bench.load --quick                       # smoke run: demo model, concurrency 1,4, 2 s steps
     python -m bench.load --models demo,mobilenetv2,resnet50 --concurrency 1,4,16,64 --duration 20
+    python -m bench.load --protocols camserve,oip --rounds 3 --no-baseline   # camserve.v1 vs KServe v2
 
 For each model: write a model repository in a temp folder (the bundled demo model, or a
 keras.applications model with `"weights": null` at 224x224: speed does not depend on weights),
@@ -10,6 +11,14 @@ generator (encoded PNG images over gRPC), stop the server, then run the tf-keras
 loop in this process at the same concurrencies on the same images and the same cores. Prints
 both tables and the throughput ratio; writes JSON and a latency-throughput PNG per model to
 bench/results/. With --target, measures an already running server instead (e.g. `make serve`).
+
+--protocols camserve,oip drives the same server through camserve.v1 Explain and through the Open
+Inference Protocol's ModelInfer (the same images, IMAGE rows), alternating protocols for --rounds
+rounds so that a noisy machine hurts both alike, and prints each protocol's median throughput per
+concurrency and the ratio oip / camserve (the tf-keras-vis baseline uses the first protocol's run),
+and, for a server it started, the CPU per answered call of each protocol (server parent, workers,
+this client): throughput swings with whatever else runs on a shared machine, CPU time per call hardly
+does.
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ import datetime as _dt
 import json
 import math
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +101,75 @@ def format_comparison(model: str, rows: list[dict[str, Any]], best: float) -> st
     return "\n".join(lines)
 
 
+#: The RPC each protocol's load calls (what camserve_requests_total counts it under).
+RPC_OF = {"camserve": "Explain", "oip": "ModelInfer"}
+
+
+def server_usage(server: Any, protocol: str) -> tuple[float, float, float, float] | None:
+    """(parent CPU s, workers' CPU s, OK calls of the protocol's RPC so far, this client's CPU s) of a
+    server we started."""
+    if server is None:
+        return None
+    parent, workers = server.cpu_seconds()
+    calls = server.metric("camserve_requests_total", method=RPC_OF[protocol], code="OK")
+    return parent, workers, calls, time.process_time()
+
+
+def cpu_per_call(before: Any, after: Any) -> dict[str, float] | None:
+    """Server CPU per answered call between two usages, warm-up included: unlike throughput on a shared
+    machine, CPU time hardly depends on what else runs, so it compares protocols robustly."""
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    calls = after[2] - before[2]
+    return {"parent": 1e3 * (after[0] - before[0]) / calls, "workers": 1e3 * (after[1] - before[1]) / calls,
+            "client": 1e3 * (after[3] - before[3]) / calls, "calls": calls}
+
+
+def protocol_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per concurrency: each protocol's median throughput and p50/p99 over its rounds, and the ratio of
+    each protocol to the first one."""
+    first = next(iter(runs))
+    levels = [s["concurrency"] for s in runs[first][0]["steps"]]
+    rows = []
+    for i, level in enumerate(levels):
+        row: dict[str, Any] = {"concurrency": level}
+        for proto, reports in runs.items():
+            steps = [r["steps"][i] for r in reports]
+            row[proto] = {"img_s": statistics.median(s["throughput_img_s"] for s in steps),
+                          "p50_ms": statistics.median(s["latency_ms"]["p50"] for s in steps),
+                          "p99_ms": statistics.median(s["latency_ms"]["p99"] for s in steps),
+                          "rounds_img_s": [round(s["throughput_img_s"], 1) for s in steps]}
+        for proto in runs:
+            base = row[first]["img_s"]
+            row[proto]["ratio"] = row[proto]["img_s"] / base if base else math.nan
+        rows.append(row)
+    for proto, reports in runs.items():  # the server's CPU per call, whole runs (every level)
+        cpu = [r["server_cpu_ms_per_call"] for r in reports if r.get("server_cpu_ms_per_call")]
+        for row in rows:
+            for part in ("parent", "workers", "client"):
+                row[proto][f"{part}_cpu_ms"] = statistics.median(c[part] for c in cpu) if cpu else math.nan
+    return rows
+
+
+def format_protocols(model: str, rows: list[dict[str, Any]]) -> str:
+    protos = [k for k in rows[0] if k != "concurrency"] if rows else []
+    head = f"{'model':14s}{'conc':>5s}" + "".join(
+        f"{p + ' img/s':>16s}{'p50 ms':>9s}{'p99 ms':>9s}" for p in protos)
+    lines = [head + f"{'ratio':>8s}  per-round img/s"]
+    for r in rows:
+        cells = "".join(f"{r[p]['img_s']:16.1f}{r[p]['p50_ms']:9.1f}{r[p]['p99_ms']:9.1f}" for p in protos)
+        rounds = "  ".join(f"{p} {r[p]['rounds_img_s']}" for p in protos)
+        lines.append(f"{model:14s}{r['concurrency']:5g}{cells}{r[protos[-1]]['ratio']:8.3f}  {rounds}")
+    if rows:
+        for part in ("parent", "workers", "client"):
+            cpu = ", ".join(f"{p} {rows[0][p][f'{part}_cpu_ms']:.3f}" for p in protos)
+            lines.append(f"{model:14s} {part} CPU ms per call (median of rounds, all levels): {cpu}")
+    return "\n".join(lines)
+
+
 def run_model(name: str, args: argparse.Namespace, levels: list[int],
               base_levels: list[int]) -> dict[str, Any]:
-    from tests.serverproc import start_server
+    from bench import start_server
 
     with tempfile.TemporaryDirectory(prefix="camserve-bench-repo-") as tmp:
         folder = model_folder(name, Path(tmp), args.max_batch_size)
@@ -100,25 +177,47 @@ def run_model(name: str, args: argparse.Namespace, levels: list[int],
         cfg = LoadConfig(concurrency=levels, duration_s=args.duration, warmup_s=args.warmup,
                          images=args.images, image_count=args.image_count, payload=args.payload,
                          method=args.method, quiet=args.quiet)
+        protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+
+        def sweep(server: Any = None) -> dict[str, list[dict[str, Any]]]:
+            runs: dict[str, list[dict[str, Any]]] = {p: [] for p in protocols}
+            for _ in range(max(1, args.rounds)):
+                for proto in protocols:
+                    cfg.protocol = proto
+                    before = server_usage(server, proto)
+                    report = run_load(cfg)
+                    report["server_cpu_ms_per_call"] = cpu_per_call(before, server_usage(server, proto))
+                    runs[proto].append(report)
+            return runs
+
         if args.target:
             cfg.target, cfg.model = args.target, folder.name
-            report = run_load(cfg)
+            runs = sweep()
             startup = None
         else:
             extra = ["--compile", args.compile] if args.compile else []
             print(f"[{name}] starting camserve (compiling every bucket) ...", file=sys.stderr)
-            server = start_server(*extra, repository=Path(tmp), workers=args.workers, metrics_port=-1,
+            server = start_server(*extra, repository=Path(tmp), workers=args.workers,
                                   timeout=900)
             startup = server.startup_s
             try:
                 cfg.target = server.target
-                report = run_load(cfg)
+                runs = sweep(server)
             finally:
                 server.stop()
-        print(f"\n[{name}] camserve: {report['images']}, server ready in "
+        report = runs[protocols[0]][0]
+        print(f"\n[{name}] camserve ({protocols[0]}): {report['images']}, server ready in "
               f"{startup if startup is None else round(startup, 1)} s")
         print(format_table(report["steps"]))
         result: dict[str, Any] = {"model": name, "camserve": report, "server_startup_s": startup}
+        if len(protocols) > 1:
+            rows = protocol_rows(runs)
+            print(f"\n[{name}] protocols, median of {max(1, args.rounds)} alternating round(s):")
+            print(format_protocols(name, rows))
+            result.update(protocols={p: [r["steps"] for r in reports] for p, reports in runs.items()},
+                          cpu_ms_per_call={p: [r["server_cpu_ms_per_call"] for r in reports]
+                                           for p, reports in runs.items()},
+                          protocol_comparison=rows)
         if args.no_baseline:
             return result
         from bench.baseline.tfkv import TfKerasVisBaseline
@@ -160,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", default="auto", help="auto | digits | photos | noise | a folder")
     p.add_argument("--image-count", type=int, default=64)
     p.add_argument("--payload", default="png", choices=["png", "jpeg", "raw"])
+    p.add_argument("--protocols", default="camserve",
+                   help="comma-separated: camserve (camserve.v1 Explain) and/or oip (the Open Inference "
+                        "Protocol's ModelInfer); with two, prints the throughput ratio (default camserve)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate the protocols this many times and report medians (default 1)")
     p.add_argument("--max-batch-size", type=int, default=32, help="for the generated application models")
     p.add_argument("--workers", default="auto", help="camserve serve --workers (default auto)")
     p.add_argument("--compile", choices=["auto", "xla", "graph"])

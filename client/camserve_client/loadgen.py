@@ -7,8 +7,11 @@ the scheduled arrival time, so a server that falls behind shows it (no coordinat
 
 Requests are serialized once before the run and sent as bytes, so the generator spends its CPU
 on gRPC, not on protobuf. Each response's timing gives the server-side queue / compute split and
-the size of the batch the request ran in. Output (``camserve_client.loadreport``): a table, JSON,
-and a latency-throughput PNG (matplotlib is imported only then; without it the PNG is skipped).
+the size of the batch the request ran in. ``--protocol oip`` sends the same images through the Open
+Inference Protocol instead (``inference.GRPCInferenceService/ModelInfer``: IMAGE rows, or PIXELS for
+raw payloads; the split comes from the reply's parameters), so both endpoints are measured alike.
+Output (``camserve_client.loadreport``): a table, JSON, and a latency-throughput PNG (matplotlib is
+imported only then; without it the PNG is skipped).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any
 import grpc
 import numpy as np
 from camserve_proto import explain_pb2 as pb
+from camserve_proto import grpc_service_pb2 as ipb
+from camserve_proto import oip
 
 from camserve_client import __version__
 from camserve_client.client import AsyncClient
@@ -55,6 +60,7 @@ class LoadConfig:
     image_size: int | None = None   # generated images: default the model's input size
     payload: str = "png"            # png | jpeg | raw (uint8 tensor) for generated images
     batch_per_call: int = 1         # > 1 sends ExplainBatch with this many images per call
+    protocol: str = "camserve"      # camserve (camserve.v1) | oip (Open Inference Protocol ModelInfer)
     timeout_s: float = 30.0
     max_inflight: int = 4096        # open loop: arrivals beyond this are counted as CLIENT_OVERLOAD
     ready_timeout_s: float = 300.0
@@ -94,6 +100,14 @@ class LoadGenerator:
                            "max_queue_delay_ms": info.max_queue_delay_ms, "backend": info.backend,
                            "compile_mode": info.compile_mode, "target_layer": info.default_target_layer}
         images = self._load_images(int(info.input_shape[0]) if info.input_shape else 64)
+        if cfg.protocol == "oip":
+            n = self._images_per_call
+            self._payloads = [oip_request([images[(i + j) % len(images)] for j in range(n)], info.name,
+                                          cfg.method, cfg.top_k, cfg.size).SerializeToString()
+                              for i in range(len(images))]
+            return
+        if cfg.protocol != "camserve":
+            raise ValueError(f"unknown protocol {cfg.protocol!r}: camserve or oip")
         reqs = [build_request(img, model=info.name, method=cfg.method, top_k=cfg.top_k,
                               output={"size": cfg.size}) for img in images]
         if self._images_per_call > 1:
@@ -127,6 +141,9 @@ class LoadGenerator:
 
     # -- calls -------------------------------------------------------------------------------
     def _callable(self, client: AsyncClient) -> Any:
+        if self.cfg.protocol == "oip":
+            return client.channel.unary_unary(f"/{oip.SERVICE_NAME}/ModelInfer", request_serializer=None,
+                                              response_deserializer=ipb.ModelInferResponse.FromString)
         batch = self._images_per_call > 1
         method = "/camserve.v1.ExplainService/" + ("ExplainBatch" if batch else "Explain")
         deser = pb.ExplainBatchResponse.FromString if batch else pb.ExplainResponse.FromString
@@ -141,6 +158,10 @@ class LoadGenerator:
         except asyncio.CancelledError:
             raise
         latency = (time.perf_counter() - start) * 1e3
+        if self.cfg.protocol == "oip":
+            p = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.parameters.items()}
+            return Sample(start, latency, "OK", p["queue_ms"], p["compute_ms"], p["total_ms"],
+                          p["batch_size"])
         t = resp.responses[0].timing if self._images_per_call > 1 else resp.timing
         return Sample(start, latency, "OK", t.queue_ms, t.compute_ms, t.total_ms, t.batch_size)
 
@@ -243,6 +264,24 @@ class LoadGenerator:
         return asyncio.run(self.run_async())
 
 
+def oip_request(images: Sequence[Any], model: str, method: str, top_k: int,
+                size: str) -> ipb.ModelInferRequest:
+    """A ModelInfer request for ``images``: encoded ``pb.Image``s as IMAGE rows, or (H, W, C) uint8
+    arrays at the model's input size as PIXELS; the method, top-k and heatmap size as parameters."""
+    request = ipb.ModelInferRequest(model_name=model)
+    if all(isinstance(img, np.ndarray) for img in images):
+        pixels = np.stack(images).astype(np.uint8)
+        request.inputs.add(name=oip.PIXELS, datatype="UINT8", shape=pixels.shape)
+        request.raw_input_contents.append(pixels.tobytes())
+    else:
+        request.inputs.add(name=oip.IMAGE, datatype="BYTES", shape=[len(images), 1])
+        request.raw_input_contents.append(oip.pack_bytes([img.encoded for img in images]))
+    request.parameters["method"].string_param = method
+    request.parameters["top_k"].int64_param = top_k
+    request.parameters["heatmap_size"].string_param = size
+    return request
+
+
 def run_load(config: LoadConfig) -> dict[str, Any]:
     """Run every step of `config` and return the report (what --json writes)."""
     return LoadGenerator(config).run()
@@ -278,7 +317,10 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--payload", default="png", choices=["png", "jpeg", "raw"],
                         help="how generated images travel: encoded png/jpeg, or raw uint8 tensor")
     parser.add_argument("--batch-per-call", type=int, default=1,
-                        help="images per call; > 1 uses ExplainBatch (default 1)")
+                        help="images per call; > 1 uses ExplainBatch, or ModelInfer rows (default 1)")
+    parser.add_argument("--protocol", default="camserve", choices=["camserve", "oip"],
+                        help="camserve: camserve.v1 Explain (default); oip: the Open Inference Protocol's "
+                             "ModelInfer (KServe v2), IMAGE rows (PIXELS for --payload raw)")
     parser.add_argument("--max-inflight", type=int, default=4096, help="open-loop cap on calls in flight")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
@@ -295,7 +337,8 @@ def config_from_args(args: argparse.Namespace, client_kwargs: dict[str, Any]) ->
                      else ([] if args.rate else [1, 4, 16, 64])),
         rates=args.rate, duration_s=args.duration, warmup_s=args.warmup, images=args.images,
         image_count=args.image_count, image_size=args.image_size, payload=args.payload,
-        batch_per_call=args.batch_per_call, timeout_s=client_kwargs.get("timeout") or 30.0,
+        batch_per_call=args.batch_per_call, protocol=args.protocol,
+        timeout_s=client_kwargs.get("timeout") or 30.0,
         max_inflight=args.max_inflight, seed=args.seed, quiet=args.quiet,
         client={k: v for k, v in client_kwargs.items() if k in ("tls", "token")})
     if args.quick:

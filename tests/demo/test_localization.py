@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from camserve.demo.localization import box_iou, pointing_hit, score_maps, threshold_box, upsample
@@ -52,3 +55,30 @@ def test_score_maps_on_hand_made_maps() -> None:
     assert found is not None and box_iou(found, boxes[0]) >= 0.5
     with pytest.raises(ValueError, match="boxes"):
         score_maps([grid], boxes, (64, 64))
+
+
+def test_the_report_table_has_a_column_pair_per_set_and_the_accuracy_row() -> None:
+    """bench.engine.localization's table (what README quotes), on a hand-made two-set report."""
+    root = str(Path(__file__).resolve().parents[2])  # bench/ is a top-level folder, not a package
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench.engine.localization import PRIOR, table
+
+    def result(accuracy: float, pointing: float) -> dict:
+        row = {
+            "pointing_game": pointing,
+            "box_accuracy": 0.5,
+            "mean_iou": 0.5,
+            "all_zero": 0,
+            "ms_per_image": 1,
+        }
+        return {"accuracy": accuracy, "methods": {"gradcam": row, PRIOR: {**row, "pointing_game": 0.4}}}
+
+    lines = table({"sets": {"generator": result(0.9, 0.95), "printed": result(0.8, 0.91)}}).splitlines()
+    assert lines[0] == (
+        "| method | generator: pointing game | generator: box accuracy | printed: pointing game "
+        "| printed: box accuracy |"
+    )
+    assert lines[2] == "| accuracy (top-1) | 90.0% | | 80.0% | |"
+    assert lines[3] == "| gradcam | 95.0% | 50.0% | 91.0% | 50.0% |"
+    assert lines[4].startswith(f"| {PRIOR} | 40.0% |")

@@ -1,4 +1,5 @@
-"""camserve.security against a tiny real grpc.aio server (health + two echo methods), real TLS handshakes.
+"""camserve.front.security and .interceptors against a tiny real grpc.aio server (health + two echo
+methods), real TLS handshakes.
 
 No part under test is mocked: the server, the interceptor, the TLS stack and the client are grpc's own;
 certificates come from ``openssl`` (see pki.py). The references are independent: grpc status codes seen

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="camserve serve",
         description="Serve CAM / Grad-CAM heatmaps for the models of a repository over gRPC "
-                    "(camserve.v1.ExplainService, grpc.health.v1, reflection), with Prometheus metrics.",
+                    "(camserve.v1.ExplainService and, on the same port, the Open Inference Protocol "
+                    "inference.GRPCInferenceService for Triton/KServe clients; grpc.health.v1, "
+                    "reflection), with Prometheus metrics.",
         epilog="Every flag also reads the environment variable shown in brackets; the flag wins.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -145,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(t, "--max-concurrent-rpcs", "RPCs handled at once (health and reflection included), beyond which a "
           "call is refused RESOURCE_EXHAUSTED (0 = no limit; the per-model queue bound applies either way)",
           D.max_concurrent_rpcs, type=_nonneg_int)
-    _flag(t, "--max-inflight", "images being handled at once in camserve.v1.ExplainService calls (Explain "
-          "counts 1, ExplainBatch its number of images); beyond it a call is refused at once with "
-          "RESOURCE_EXHAUSTED. Health and reflection are never limited, unlike --max-concurrent-rpcs "
-          "(0 = no limit)", D.max_inflight, type=_nonneg_int)
+    _flag(t, "--max-inflight", "images being handled at once in calls of either protocol (Explain "
+          "counts 1, ExplainBatch its number of images, ModelInfer its rows); beyond it a call is refused "
+          "at once with RESOURCE_EXHAUSTED. Health, metadata and reflection are never limited, unlike "
+          "--max-concurrent-rpcs (0 = no limit)", D.max_inflight, type=_nonneg_int)
     _flag(t, "--max-image-pixels", "largest decoded image (width x height) accepted; checked from the header "
           "before decoding, against decompression bombs", D.max_image_pixels, type=_positive_int)
     s = p.add_argument_group("shutdown (SIGTERM: NOT_SERVING, pre-stop window, drain, exit 0)")

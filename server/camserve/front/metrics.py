@@ -5,6 +5,8 @@ codes) and the Dispatcher's `Observer` (`batch_formed`, `queue_depth`, `workers_
 `worker_restarted`, `request_dropped`, `model_ready`, exactly as ARCHITECTURE.md names them), over
 its own `CollectorRegistry` so tests and several servers in one process never collide. Label
 values stay low-cardinality: a model name a caller made up is recorded as `_unknown`, never as itself.
+The same events feed `statistics` (`front/statistics.py`), the cumulative counters the Open Inference
+Protocol's ModelStatistics reports, so /metrics and ModelStatistics agree.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from camserve_proto import oip
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from camserve.front.limits import REASONS as REFUSAL_REASONS
+from camserve.front.statistics import InferenceStatistics
 
 #: Seconds, from a small model answering one caller (~1 ms) to a large model under load (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
@@ -22,7 +26,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 
 
 UNKNOWN_MODEL = "_unknown"
 MIXED_MODELS = "_mixed"
-RPC_METHODS = ("Explain", "ExplainBatch", "ListModels", "GetModel")
+#: RPC names counted under their own name in `camserve_requests_total{method}` (others: "other").
+RPC_METHODS = ("Explain", "ExplainBatch", "ListModels", "GetModel", *oip.RPC_METHODS)
+#: RPCs that carry images: their durations are observed, and they feed the inference statistics.
+INFER_METHODS = ("Explain", "ExplainBatch", "ModelInfer")
 
 
 def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -86,10 +93,11 @@ class Metrics:
         self.model_ready_gauge = Gauge(
             "camserve_model_ready", "1 when every batch bucket of the model is compiled on a live worker.",
             ["model"], registry=r)
+        self.statistics = InferenceStatistics(self.models)
         self.on_change: Callable[[], None] | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         for model in self.models:  # export every series from the start, so dashboards see zeros
-            for method in ("Explain", "ExplainBatch"):
+            for method in INFER_METHODS:
                 self.request_duration.labels(model, method)
             self.queue_duration.labels(model)
             self.compute_duration.labels(model)
@@ -117,14 +125,16 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def record_rpc(self, model: str | None, method: str, code: str, seconds: float | None) -> None:
-        """One answered RPC: its status code and, for Explain calls that reached the servicer, its
-        duration (None for calls refused before it, e.g. by the token check)."""
+    def record_rpc(self, model: str | None, method: str, code: str, seconds: float | None,
+                   images: int = 0) -> None:
+        """One answered RPC: its status code and, for calls carrying ``images`` images that reached
+        the servicer, its duration (None for calls refused before it, e.g. by the token check)."""
         label = model if model == MIXED_MODELS else self.model_label(model)
         method = method if method in RPC_METHODS else "other"
         self._child(self.requests, label, method, code).inc()
-        if seconds is not None and method in ("Explain", "ExplainBatch"):
+        if seconds is not None and method in INFER_METHODS:
             self._child(self.request_duration, label, method).observe(seconds)
+            self.statistics.call(model, code == "OK", seconds, images)
 
     def record_refusal(self, method: str, reason: str, code: str | None) -> None:
         """A call refused before a handler read it (``camserve.front.limits``): counted by reason, and as
@@ -138,11 +148,13 @@ class Metrics:
         label = self.model_label(model)
         self._child(self.queue_duration, label).observe(max(0.0, queue_s))
         self._child(self.compute_duration, label).observe(max(0.0, compute_s))
+        self.statistics.image(model, queue_s, compute_s)
 
     # --- the Dispatcher's Observer protocol ----------------------------------------------------
 
     def batch_formed(self, model: str, size: int) -> None:
         self._child(self.batch_size, self.model_label(model)).observe(size)
+        self.statistics.batch(model, size)
 
     def queue_depth(self, model: str, depth: int) -> None:
         self._child(self.queue_depth_gauge, self.model_label(model)).set(depth)

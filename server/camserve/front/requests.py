@@ -1,10 +1,16 @@
-"""Request validation: one camserve.v1 ExplainRequest into a checked :class:`Prepared` (no pixels yet).
+"""Request validation: what a caller asks for one image, checked against the model before any pixel.
 
 Why at the edge, against the worker's report: a bad request must fail before it takes a queue slot or
 a batch position, with a message that says what was wrong and what is valid. The checks read the
 :class:`~camserve.records.ModelSummary` the worker reported at start-up (classes, candidate layers,
 CAM support, the top-k limit), so they agree with what the engine would say; the wire's words come
 from ``camserve_proto.vocabulary``. Every refusal is a :class:`~camserve.records.Failure`.
+
+Both protocols use the same checks with typed values: :meth:`RequestParser.item_spec` (method, class
+index, top-k, target layer -> an :class:`~camserve.records.ItemSpec`) and :func:`output_spec` (heatmap
+size and overlay options -> an :class:`~camserve.front.codec.OutputSpec`). :meth:`RequestParser.prepare`
+maps a camserve.v1 ExplainRequest's enums onto them; ``camserve.front.oip_infer`` maps the Open
+Inference Protocol's parameters.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from camserve.front.codec import OutputSpec
 from camserve.records import ErrorKind, Failure, ItemSpec, LayerInfo, ModelSummary
 from camserve.repository import ModelConfig
 
-__all__ = ["Prepared", "RequestParser", "invalid"]
+__all__ = ["Prepared", "RequestParser", "invalid", "output_spec"]
 
 _METHOD = {v: k for k, v in wire.METHODS.items()}
 _SIZE = {v: k for k, v in wire.HEATMAP_SIZES.items()}
@@ -95,23 +101,51 @@ class RequestParser:
         summary = self.summary(cfg)
         if request.method != pb.METHOD_UNSPECIFIED and request.method not in _METHOD:
             raise invalid(f"unknown method {request.method}; valid: {_enum_names(pb.Method, _METHOD)}")
-        method = _METHOD.get(request.method, wire.DEFAULTS["method"])
-        class_index: int | None = None
-        top_k = request.top_k or wire.DEFAULTS["top_k"]
-        if request.HasField("class_index"):
-            class_index = request.class_index
-            n = summary.num_classes
+        spec, layer = self.item_spec(
+            cfg, summary, method=_METHOD.get(request.method),
+            class_index=request.class_index if request.HasField("class_index") else None,
+            top_k=request.top_k or None, target_layer=request.target_layer)
+        output = self._output(request.output)
+        rid = request.request_id
+        if len(rid) > wire.MAX_REQUEST_ID_CHARS:
+            raise invalid(f"request_id is {len(rid)} characters; at most {wire.MAX_REQUEST_ID_CHARS}")
+        if request.image.WhichOneof("source") is None:
+            raise invalid("the request has no image: set image.encoded (JPEG/PNG/WebP/BMP bytes) "
+                          "or image.tensor")
+        return Prepared(config=cfg, summary=summary, spec=spec, output=output,
+                        method_enum=wire.METHODS[spec.method], target_layer=layer,
+                        request_id=rid or uuid.uuid4().hex, image=request.image)
+
+    def item_spec(self, cfg: ModelConfig, summary: ModelSummary, *, method: str | None = None,
+                  class_index: int | None = None, top_k: int | None = None,
+                  target_layer: str | None = None) -> tuple[ItemSpec, str]:
+        """Check what to explain for one image of model ``cfg``, in the server's words.
+
+        ``method``: a name of ``camserve_proto.vocabulary.METHODS`` (None = gradcam); ``class_index``
+        set: that class only (``top_k`` must then be unset or 1); else the ``top_k`` best classes
+        (None = 1); ``target_layer``: a layer name or ``outer/inner`` path (None or "" = the model's
+        default). Returns the :class:`ItemSpec` (``target_layer`` None when it is the default) and the
+        full path of the layer explained. Raises :class:`Failure`: INVALID_INPUT, CLASS_INDEX,
+        UNKNOWN_LAYER or CAM_NOT_SUPPORTED, the message naming what is valid.
+        """
+        method = wire.DEFAULTS["method"] if method is None else method
+        if method not in wire.METHODS:
+            raise invalid(f"unknown method {method!r}; valid: {', '.join(wire.METHODS)}")
+        n = summary.num_classes
+        if class_index is not None:
             if not 0 <= class_index < n:
                 raise Failure(f"class_index {class_index} is out of range: model {cfg.name!r} has "
                               f"{n} classes (0..{n - 1})", ErrorKind.CLASS_INDEX)
-            if request.top_k not in (0, 1):
+            if top_k not in (None, 1):
                 raise invalid("set class_index to explain one class, or top_k to explain the k best; "
                               "not both")
             top_k = 1
+        elif top_k is None:
+            top_k = wire.DEFAULTS["top_k"]
         elif not 1 <= top_k <= summary.max_top_k:
-            raise Failure(f"top_k {request.top_k} is out of range: 1..{summary.max_top_k} for model "
-                          f"{cfg.name!r} (0 means 1)", ErrorKind.CLASS_INDEX)
-        layer = self._layer(cfg, summary, request.target_layer)
+            raise Failure(f"top_k {top_k} is out of range: 1..{summary.max_top_k} for model "
+                          f"{cfg.name!r} (unset means {wire.DEFAULTS['top_k']})", ErrorKind.CLASS_INDEX)
+        layer = self._layer(cfg, summary, target_layer or "")
         if method == "cam" and not layer.cam_supported:
             reason = summary.cam_reason if layer.name == summary.target_layer else ""
             able = [x.name for x in summary.layers if x.cam_supported]
@@ -120,18 +154,8 @@ class RequestParser:
             raise Failure(f"CAM is not available on layer {layer.name!r} of model {cfg.name!r}: "
                           f"{reason or 'it does not feed global average pooling then one Dense'}; {where}; "
                           "GRAD_CAM works on any layer", ErrorKind.CAM_NOT_SUPPORTED)
-        output = self._output(request.output)
-        rid = request.request_id
-        if len(rid) > wire.MAX_REQUEST_ID_CHARS:
-            raise invalid(f"request_id is {len(rid)} characters; at most {wire.MAX_REQUEST_ID_CHARS}")
-        if request.image.WhichOneof("source") is None:
-            raise invalid("the request has no image: set image.encoded (JPEG/PNG/WebP/BMP bytes) "
-                          "or image.tensor")
         target = None if layer.name == summary.target_layer else layer.name
-        spec = ItemSpec(method=method, class_index=class_index, top_k=top_k, target_layer=target)
-        return Prepared(config=cfg, summary=summary, spec=spec, output=output,
-                        method_enum=wire.METHODS[method], target_layer=layer.name,
-                        request_id=rid or uuid.uuid4().hex, image=request.image)
+        return ItemSpec(method=method, class_index=class_index, top_k=top_k, target_layer=target), layer.name
 
     @staticmethod
     def _layer(cfg: ModelConfig, summary: ModelSummary, name: str) -> LayerInfo:
@@ -158,23 +182,47 @@ class RequestParser:
 
     @staticmethod
     def _output(opt: pb.OutputOptions) -> OutputSpec:
-        size = _SIZE.get(opt.size, wire.DEFAULTS["heatmap_size"] if opt.size == 0 else None)
-        if size is None:
+        """camserve.v1 OutputOptions (enums, 0 = default) through :func:`output_spec`."""
+        if opt.size != 0 and opt.size not in _SIZE:
             raise invalid(f"unknown output.size {opt.size}; valid: {_enum_names(pb.HeatmapSize, _SIZE)}")
         if opt.overlay != 0 and opt.overlay not in _FORMAT:
             raise invalid(f"unknown output.overlay {opt.overlay}; valid: "
                           f"{_enum_names(pb.ImageFormat, _FORMAT)} (or unset for none)")
-        colormap = _COLORMAP.get(opt.colormap, wire.DEFAULTS["colormap"] if opt.colormap == 0 else None)
-        if colormap is None:
+        if opt.colormap != 0 and opt.colormap not in _COLORMAP:
             raise invalid(f"unknown output.colormap {opt.colormap}; valid: "
                           f"{_enum_names(pb.Colormap, _COLORMAP)}")
-        alpha = float(opt.overlay_alpha)
-        if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
-            raise invalid(f"output.overlay_alpha {alpha} must be in (0, 1] "
-                          f"(0 means {wire.DEFAULTS['overlay_alpha']})")
-        if not 0 <= opt.jpeg_quality <= 100:
-            raise invalid(f"output.jpeg_quality {opt.jpeg_quality} must be in 1..100 "
-                          f"(0 means {wire.DEFAULTS['jpeg_quality']})")
-        return OutputSpec(size=size, tensor=not opt.omit_tensor, png=opt.heatmap_png,
-                          overlay=_FORMAT.get(opt.overlay), alpha=alpha or wire.DEFAULTS["overlay_alpha"],
-                          colormap=colormap, jpeg_quality=opt.jpeg_quality or wire.DEFAULTS["jpeg_quality"])
+        return output_spec(_SIZE.get(opt.size), tensor=not opt.omit_tensor, png=opt.heatmap_png,
+                           overlay=_FORMAT.get(opt.overlay), alpha=opt.overlay_alpha or None,
+                           colormap=_COLORMAP.get(opt.colormap), jpeg_quality=opt.jpeg_quality or None,
+                           prefix="output.")
+
+
+def output_spec(size: str | None = None, *, tensor: bool = True, png: bool = False,
+                overlay: str | None = None, alpha: float | None = None, colormap: str | None = None,
+                jpeg_quality: int | None = None, prefix: str = "") -> OutputSpec:
+    """Check what each explanation carries back, in the wire's words (``camserve_proto.vocabulary``).
+
+    ``size``: a name of ``HEATMAP_SIZES`` (grid, input, original); ``overlay``: None or a name of
+    ``IMAGE_FORMATS`` (png, jpeg); ``colormap``: a name of ``COLORMAPS``; ``alpha``: the heatmap's
+    weight in the overlay, in (0, 1]; ``jpeg_quality``: 1..100. None = the default of
+    ``wire.DEFAULTS``. ``prefix`` is put before field names in messages (``output.`` for camserve.v1).
+    Raises an INVALID_INPUT :class:`Failure` naming the valid values.
+    """
+    size = wire.DEFAULTS["heatmap_size"] if size is None else size
+    if size not in wire.HEATMAP_SIZES:
+        raise invalid(f"unknown {prefix}size {size!r}; valid: {', '.join(wire.HEATMAP_SIZES)}")
+    if overlay is not None and overlay not in wire.IMAGE_FORMATS:
+        raise invalid(f"unknown {prefix}overlay {overlay!r}; valid: {', '.join(wire.IMAGE_FORMATS)}")
+    colormap = wire.DEFAULTS["colormap"] if colormap is None else colormap
+    if colormap not in wire.COLORMAPS:
+        raise invalid(f"unknown {prefix}colormap {colormap!r}; valid: {', '.join(wire.COLORMAPS)}")
+    alpha = wire.DEFAULTS["overlay_alpha"] if alpha is None else float(alpha)
+    if not math.isfinite(alpha) or not 0.0 < alpha <= 1.0:
+        raise invalid(f"{prefix}overlay_alpha {alpha} must be in (0, 1] "
+                      f"(unset means {wire.DEFAULTS['overlay_alpha']})")
+    quality = wire.DEFAULTS["jpeg_quality"] if jpeg_quality is None else jpeg_quality
+    if not 1 <= quality <= 100:
+        raise invalid(f"{prefix}jpeg_quality {quality} must be in 1..100 "
+                      f"(unset means {wire.DEFAULTS['jpeg_quality']})")
+    return OutputSpec(size=size, tensor=tensor, png=png, overlay=overlay, alpha=alpha, colormap=colormap,
+                      jpeg_quality=quality)

@@ -24,14 +24,18 @@ from typing import Any
 
 import grpc
 from camserve_proto import explain_pb2_grpc as pb_grpc
+from camserve_proto import grpc_service_pb2_grpc as oip_grpc
+from camserve_proto import oip as oip_wire
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from camserve.front import codec
+from camserve.front.calls import CallRunner
 from camserve.front.interceptors import server_interceptors
 from camserve.front.limits import LimitsInterceptor
 from camserve.front.metrics import Metrics
 from camserve.front.metrics_http import MetricsHTTPServer
+from camserve.front.oip import InferenceServicer
 from camserve.front.requests import RequestParser
 from camserve.front.security import SecurityConfig, add_listening_port
 from camserve.front.service import SERVICE_NAME, ExplainServicer
@@ -68,7 +72,7 @@ class ServerOptions:
     metrics_timeout_s: float = 10.0    # a /metrics request not fully received this long is closed
     max_image_pixels: int = codec.DEFAULT_MAX_PIXELS
     max_concurrent_rpcs: int = 0       # 0 = unlimited; beyond it RPCs are refused RESOURCE_EXHAUSTED
-    max_inflight: int = 0              # images in Explain/ExplainBatch calls at once; 0 = unlimited
+    max_inflight: int = 0              # images in Explain/ExplainBatch/ModelInfer calls at once; 0 = none
     batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S      # per-batch watchdog: a worker holding a
                                                           # batch longer is killed
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S  # a worker not ready this long is killed
@@ -158,7 +162,7 @@ class CamServer:
         self.executor = ThreadPoolExecutor(max_workers=max(1, opts.codec_threads),
                                            thread_name_prefix="camserve-codec")
         self.health = health.aio.HealthServicer()
-        self.health_names = ["", SERVICE_NAME, *repository]
+        self.health_names = ["", SERVICE_NAME, oip_wire.SERVICE_NAME, *repository]
         self.grpc_port = 0
         self.metrics_port = 0
         self.draining = False
@@ -194,14 +198,20 @@ class CamServer:
             options=grpc_options(opts),
         )
         parser = RequestParser(self.repository, self.dispatcher.model_summary)
+        calls = CallRunner(self.metrics, max_inflight=opts.max_inflight)  # one in-flight limit for both
         self.servicer = ExplainServicer(self.dispatcher, parser, self.metrics, self.executor,
                                         max_image_pixels=opts.max_image_pixels,
                                         max_send_bytes=opts.max_message_bytes, backend=opts.backend,
-                                        max_inflight=opts.max_inflight)
+                                        calls=calls)
+        self.inference = InferenceServicer(self.dispatcher, parser, self.metrics, self.executor,
+                                           max_image_pixels=opts.max_image_pixels,
+                                           max_send_bytes=opts.max_message_bytes, calls=calls,
+                                           draining=lambda: self.draining)
         pb_grpc.add_ExplainServiceServicer_to_server(self.servicer, server)
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME)
+        names = (SERVICE_NAME, oip_wire.SERVICE_NAME,
+                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         host = f"[{opts.host}]" if ":" in opts.host and not opts.host.startswith("[") else opts.host
         self.grpc_port = add_listening_port(server, f"{host}:{opts.grpc_port}", opts.security)
@@ -230,7 +240,7 @@ class CamServer:
             for model in self.repository:
                 status[model] = serving if self.dispatcher.ready(model) else not_serving
             overall = serving if self.dispatcher.ready() else not_serving
-            status[""] = status[SERVICE_NAME] = overall
+            status[""] = status[SERVICE_NAME] = status[oip_wire.SERVICE_NAME] = overall
             for name, value in status.items():
                 if last.get(name) != value and not self.draining:
                     await self.health.set(name, value)

@@ -42,7 +42,7 @@ from camserve.worker.slab import slab_bytes_for
 
 __all__ = ["Dispatcher"]
 
-log = logging.getLogger("camserve.dispatcher")
+log = logging.getLogger(__name__)
 
 
 class Dispatcher:

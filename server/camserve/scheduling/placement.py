@@ -4,7 +4,7 @@
 using an injectable GPU discovery (:func:`discover_gpus`), so the per-GPU logic is tested on
 machines without a GPU. Each GPU worker sees exactly one device (``CUDA_VISIBLE_DEVICES`` pinned);
 CPU workers see none (``CUDA_VISIBLE_DEVICES=""``) and split the cores between them. The pool
-(``camserve.pool``) starts one process per slot.
+(``camserve.scheduling.pool``) starts one process per slot.
 """
 
 from __future__ import annotations

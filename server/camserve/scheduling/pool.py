@@ -42,7 +42,7 @@ from camserve.worker.slab import Slab, write_arrays
 
 __all__ = ["WorkerPool"]
 
-log = logging.getLogger("camserve.pool")
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TIMEOUT_S = 120.0
 DEFAULT_STARTUP_TIMEOUT_S = 900.0

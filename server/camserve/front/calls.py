@@ -1,0 +1,161 @@
+"""One unary RPC, run the same way by every front-end service: admission, deadline, queueing, status,
+metrics.
+
+Why one place: camserve.v1 and the Open Inference Protocol share the server's in-flight limit (an
+image counts whichever protocol brought it), queue their images the same way (:func:`shed_if_full`
+before decoding, :func:`compute` for the images of one call), end every failure through
+``status``'s one table, and record every call in the same counters. A servicer hands
+:meth:`CallRunner.run` the work of a call; the runner admits its images, passes the caller's
+deadline, and turns whatever escapes into the status code the table gives (INTERNAL only for bugs,
+logged with the traceback). :class:`FrontServicer` is what each servicer is built from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import grpc
+
+from camserve.front import codec
+from camserve.front.metrics import Metrics
+from camserve.front.requests import RequestParser
+from camserve.front.status import failure_of, status_of, trailers_of
+from camserve.records import ErrorKind, Failure, ItemResult
+from camserve.scheduling.batcher import WorkItem
+
+__all__ = ["CallRunner", "FrontServicer", "compute", "shed_if_full"]
+
+log = logging.getLogger(__name__)
+
+#: ``work(deadline, started)``: deadline is ``clock()``-based (None = the caller set none).
+Work = Callable[[float | None, float], Awaitable[Any]]
+
+
+class CallRunner:
+    """Runs calls for one front-end process; shared by its services so the in-flight limit is one.
+
+    ``max_inflight`` (``--max-inflight``; 0 = none) bounds the images inside calls at once, across
+    protocols; ``clock`` is monotonic seconds.
+    """
+
+    def __init__(self, metrics: Metrics, max_inflight: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.max_inflight = max(0, int(max_inflight))
+        self.inflight = 0  # images inside calls now (see admit)
+
+    def admit(self, n: int) -> None:
+        """The in-flight limit: refuse at once (BUSY) when ``n`` more images would pass it.
+
+        Counts images, not calls (Explain 1, ExplainBatch and ModelInfer their number of images),
+        because images are what costs memory and compute. A call larger than the whole limit is
+        admitted only when nothing else is in flight, so it can still run. Health, metadata and
+        reflection never pass here.
+        """
+        limit = self.max_inflight
+        if limit and self.inflight and self.inflight + n > limit:
+            raise Failure(f"the server is at its in-flight limit ({self.inflight} of {limit} images being "
+                          "handled); retry later with back-off", ErrorKind.BUSY)
+        self.inflight += n
+
+    def deadline(self, context: grpc.aio.ServicerContext) -> float | None:
+        """The caller's deadline on :attr:`clock`, or None."""
+        remaining = context.time_remaining()
+        return None if remaining is None else self.clock() + remaining
+
+    async def run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, images: int,
+                  work: Work) -> Any:
+        """Run ``work`` for one call of ``method`` carrying ``images`` images (0: nothing to admit) and
+        return its reply; on any failure the call ends with its mapped status instead."""
+        started = self.clock()
+        admitted = 0
+        try:
+            if images:
+                self.admit(images)
+                admitted = images
+            reply = await work(self.deadline(context), started)
+        except asyncio.CancelledError:
+            self.metrics.record_rpc(model, method, "CANCELLED", self.clock() - started, images)
+            raise
+        except Exception as exc:  # every path ends in a status, see camserve.front.status
+            await self.finish(context, method, model, started, exc, images)
+            raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            self.inflight -= admitted
+        await self.finish(context, method, model, started, None, images)
+        return reply
+
+    async def finish(self, context: grpc.aio.ServicerContext, method: str, model: str | None,
+                     started: float, exc: BaseException | None, images: int = 0) -> None:
+        """Record the RPC and, on error, abort it with the mapped code (never a traceback to the caller)."""
+        if exc is None:
+            self.metrics.record_rpc(model, method, "OK", self.clock() - started, images)
+            return
+        failure = failure_of(exc)
+        if failure.kind is ErrorKind.INTERNAL:
+            log.error("%s failed: %s", method, failure.message, exc_info=exc)
+        if context.done():  # the RPC already ended (its deadline passed, or the caller cancelled):
+            # aborting a finished call makes grpc log "ExecuteBatchError raised in core" at ERROR.
+            ended = "CANCELLED" if context.cancelled() else "DEADLINE_EXCEEDED"
+            self.metrics.record_rpc(model, method, ended, self.clock() - started, images)
+            raise asyncio.CancelledError
+        code = status_of(failure.kind)
+        self.metrics.record_rpc(model, method, code.name, self.clock() - started, images)
+        await context.abort(code, failure.message, trailing_metadata=trailers_of(failure.kind, context))
+
+
+def shed_if_full(dispatcher: Any, model: str, n: int = 1) -> None:
+    """Refuse (QUEUE_FULL) before decoding when ``n`` more images cannot fit the model's queue now
+    (microseconds, not a decode); the queue still refuses atomically at submit."""
+    if not dispatcher.has_room(model, n):
+        raise Failure(f"queue of model {model!r} is full; retry later", ErrorKind.QUEUE_FULL)
+
+
+async def compute(dispatcher: Any, metrics: Metrics, items: Sequence[WorkItem]) -> list[ItemResult]:
+    """Queue every image of one call and wait for all of them (each records its queue and compute
+    times); the first failure withdraws the others from the queue and is raised."""
+
+    async def one(item: WorkItem) -> ItemResult:
+        result: ItemResult = await dispatcher.submit(item)
+        metrics.record_result(item.model, result.queue_s, result.compute_s)
+        return result
+
+    if len(items) == 1:
+        return [await one(items[0])]
+    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class FrontServicer:
+    """What every front-end servicer is built from: the front process's dispatcher, request parser,
+    metrics, codec thread pool and :class:`CallRunner` (its in-flight limit; None = one without a
+    limit, for this service alone), and the server's image and message limits. Each front-end
+    process builds its own servicers from its own parts."""
+
+    def __init__(self, dispatcher: Any, parser: RequestParser, metrics: Metrics, executor: Executor, *,
+                 max_image_pixels: int = codec.DEFAULT_MAX_PIXELS, max_send_bytes: int = 16 << 20,
+                 calls: CallRunner | None = None) -> None:
+        self.dispatcher = dispatcher
+        self.parser = parser
+        self.metrics = metrics
+        self.executor = executor
+        self.max_image_pixels = max_image_pixels
+        self.max_send_bytes = max_send_bytes
+        self.calls = calls if calls is not None else CallRunner(metrics)
+        self.clock = self.calls.clock
+
+    async def in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the codec thread pool (decoding, resizing, drawing: CPU work off the loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

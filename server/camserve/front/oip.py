@@ -1,0 +1,181 @@
+"""The Open Inference Protocol servicer (``inference.GRPCInferenceService``, "KServe v2"), grpc.aio.
+
+Stock Triton and KServe clients (tritonclient, perf_analyzer, KServe's Python client) get heatmaps
+from camserve through it, beside ``camserve.v1.ExplainService`` on the same port, behind the same
+interceptors (token, malformed bodies), over the same Dispatcher: a request of N rows is N images in
+the model's queue, batched with camserve.v1 callers' images. Calls run through the front process's
+:class:`~camserve.front.calls.CallRunner` (in-flight limit, deadlines, status codes from
+``status``'s table, ``camserve_requests_total{method=<RPC>}``). ``oip_infer`` maps a ModelInfer
+onto camserve's records; ``oip_models`` describes the models. Methods of the protocol that are not
+here (streaming, repository, shared memory, trace, logging) are not registered, so gRPC answers
+them UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import grpc
+from camserve_proto import grpc_service_pb2 as pb
+from camserve_proto import grpc_service_pb2_grpc as pb_grpc
+
+from camserve.front import codec
+from camserve.front.calls import CallRunner, FrontServicer, compute, shed_if_full
+from camserve.front.metrics import Metrics
+from camserve.front.oip_infer import (
+    InferCall,
+    build_reply,
+    check_maps,
+    decode_rows,
+    parse_infer,
+    parse_version,
+    rows_hint,
+)
+from camserve.front.oip_models import model_config, model_metadata, model_statistics
+from camserve.front.replies import check_reply
+from camserve.front.requests import RequestParser
+from camserve.repository import ModelConfig
+from camserve.scheduling.batcher import WorkItem
+
+__all__ = ["EXTENSIONS", "SERVER_NAME", "InferenceServicer"]
+
+SERVER_NAME = "camserve"
+
+
+def _version() -> str:
+    """The installed distribution's version (importing the ``camserve`` package would load the engine)."""
+    try:
+        return importlib.metadata.version("camserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+#: The protocol extensions ServerMetadata advertises: only those implemented. "parameters": request
+#: parameters are read (and echoed in the reply's); "model_configuration" and "statistics": Triton's
+#: ModelConfig and ModelStatistics. Not "schedule_policy": ``timeout`` is honoured but ``priority`` is not.
+EXTENSIONS: tuple[str, ...] = ("parameters", "model_configuration", "statistics")
+
+
+class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
+    """The eight RPCs of camserve's Open Inference Protocol endpoint, over a Dispatcher.
+
+    Built like :class:`~camserve.front.service.ExplainServicer` from the parts of
+    :class:`~camserve.front.calls.FrontServicer`, so each front-end process registers its own.
+    ``draining()`` tells whether the server is shutting down (ServerReady and ModelReady are then
+    false, while ServerLive stays true).
+    """
+
+    def __init__(self, dispatcher: Any, parser: RequestParser, metrics: Metrics, executor: Executor, *,
+                 max_image_pixels: int = codec.DEFAULT_MAX_PIXELS, max_send_bytes: int = 16 << 20,
+                 calls: CallRunner | None = None, draining: Callable[[], bool] = lambda: False) -> None:
+        super().__init__(dispatcher, parser, metrics, executor, max_image_pixels=max_image_pixels,
+                         max_send_bytes=max_send_bytes, calls=calls)
+        self.draining = draining
+
+    # ------------------------------------------------------------------------ helpers
+
+    def _model(self, name: str, version: str) -> ModelConfig:
+        """The served model ``name`` ('' = the default) at ``version`` ('' = newest): NOT_FOUND otherwise."""
+        return self.parser.model(name, parse_version(version, "version"))
+
+    def _ready(self, model: str | None = None) -> bool:
+        return not self.draining() and bool(self.dispatcher.ready(model))
+
+    async def _answer(self, context: grpc.aio.ServicerContext, method: str, model: str | None,
+                      reply: Callable[[], Any]) -> Any:
+        """A call without images: ``reply()`` builds the answer (a Failure ends it with its status)."""
+
+        async def work(_deadline: float | None, _started: float) -> Any:
+            return reply()
+
+        return await self.calls.run(context, method, model, 0, work)
+
+    # ------------------------------------------------------------------------ health and metadata
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ServerLiveResponse:
+        return await self._answer(context, "ServerLive", None, lambda: pb.ServerLiveResponse(live=True))
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.ServerReadyResponse:
+        return await self._answer(context, "ServerReady", None,
+                                  lambda: pb.ServerReadyResponse(ready=self._ready()))
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ModelReadyResponse:
+        def reply() -> pb.ModelReadyResponse:
+            cfg = self._model(request.name, request.version)
+            return pb.ModelReadyResponse(ready=self._ready(cfg.name))
+
+        return await self._answer(context, "ModelReady", request.name or self.parser.default_model, reply)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+                             ) -> pb.ServerMetadataResponse:
+        return await self._answer(context, "ServerMetadata", None, lambda: pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=_version(), extensions=list(EXTENSIONS)))
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+                            ) -> pb.ModelMetadataResponse:
+        def reply() -> pb.ModelMetadataResponse:
+            cfg = self._model(request.name, request.version)
+            return model_metadata(cfg, self.dispatcher.model_summary(cfg.name))
+
+        return await self._answer(context, "ModelMetadata", request.name or self.parser.default_model, reply)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.ModelConfigResponse:
+        def reply() -> pb.ModelConfigResponse:
+            cfg = self._model(request.name, request.version)
+            return pb.ModelConfigResponse(config=model_config(cfg, self.dispatcher.model_summary(cfg.name)))
+
+        return await self._answer(context, "ModelConfig", request.name or self.parser.default_model, reply)
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+                              ) -> pb.ModelStatisticsResponse:
+        def reply() -> pb.ModelStatisticsResponse:
+            if request.name:
+                configs = [self._model(request.name, request.version)]
+            else:
+                configs = list(self.parser.repository.values())
+            return pb.ModelStatisticsResponse(model_stats=[
+                model_statistics(cfg, self.metrics.statistics.counters(cfg.name)) for cfg in configs])
+
+        return await self._answer(context, "ModelStatistics", request.name or None, reply)
+
+    # ------------------------------------------------------------------------ inference
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ModelInferResponse:
+        model = request.model_name or self.parser.default_model
+        return await self.calls.run(context, "ModelInfer", model, rows_hint(request),
+                                    lambda deadline, started: self._infer(request, deadline, started))
+
+    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None,
+                     started: float) -> pb.ModelInferResponse:
+        call = parse_infer(self.parser, request)
+        shed_if_full(self.dispatcher, call.config.name, len(call))
+        if call.timeout_s is not None:  # Triton's queue timeout: the earlier of it and the caller's deadline
+            deadline = min(deadline or float("inf"), started + call.timeout_s)
+        if self._inline(call):
+            images = decode_rows(call, self.max_image_pixels)
+        else:
+            images = await self.in_pool(decode_rows, call, self.max_image_pixels)
+        check_maps(call, images, self.max_send_bytes)
+        results = await compute(self.dispatcher, self.metrics, [
+            WorkItem(model=call.config.name, pixels=img.pixels, spec=call.spec, deadline=deadline)
+            for img in images])
+        if call.output.costly:
+            reply = await self.in_pool(lambda: build_reply(call, images, results, self.clock() - started))
+        else:
+            reply = build_reply(call, images, results, self.clock() - started)
+        check_reply(reply, self.max_send_bytes)
+        return reply
+
+    @staticmethod
+    def _inline(call: InferCall) -> bool:
+        """Pixels need no decoding; one tiny encoded image decodes faster than a hop to the pool."""
+        if not isinstance(call.rows, list):
+            return True
+        return len(call.rows) == 1 and codec.is_tiny(call.rows[0])

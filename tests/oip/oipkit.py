@@ -1,0 +1,114 @@
+"""Helpers of the Open Inference Protocol tests: the stock tritonclient environment, the served
+repository, images.
+
+The stock client lives in its own virtual environment (tritonclient 2.73 pins protobuf < 7; the
+server needs 7), made by `make tritonclient` at ``.venv/tritonclient``. The tests find it beside the
+Python running them (``sys.prefix/tritonclient``), or at ``CAMSERVE_TRITONCLIENT_PYTHON``; without it
+they fail, saying how to make it: they never skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CALLS = HERE / "triton_calls.py"
+FLAT_DIR = ROOT / "tests" / "integration" / "data" / "repository" / "flat"
+if str(ROOT / "tests" / "integration") not in sys.path:  # the integration tests' image helpers
+    sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from front_helpers import digit_images, png  # noqa: E402  (re-exported for the tests here)
+
+__all__ = ["array", "b64", "digit_images", "image_input", "make_repository", "pixels_input", "png", "triton",
+           "triton_descriptors", "triton_python"]
+
+
+def triton_python() -> Path:
+    """The Python of the tritonclient environment; fails the test (never skips) when it is missing."""
+    env = os.environ.get("CAMSERVE_TRITONCLIENT_PYTHON")
+    candidates = [Path(env)] if env else [Path(sys.prefix) / "tritonclient" / "bin" / "python",
+                                          ROOT / ".venv" / "tritonclient" / "bin" / "python"]
+    for path in candidates:
+        if path.exists():
+            probe = subprocess.run([str(path), "-c", "import tritonclient.grpc"], capture_output=True,
+                                   text=True, timeout=120)
+            if probe.returncode != 0:
+                pytest.fail(f"{path} cannot import tritonclient.grpc:\n{probe.stderr[-2000:]}\n"
+                            "rebuild it with `make tritonclient`")
+            return path
+    pytest.fail("the stock tritonclient environment is missing (looked for "
+                f"{', '.join(map(str, candidates))}); `make tritonclient` makes it (`make test` does it "
+                "first), or set CAMSERVE_TRITONCLIENT_PYTHON to a Python with tritonclient[grpc]==2.73.0")
+
+
+def triton(target: str, calls: list[dict[str, Any]], headers: dict[str, str] | None = None,
+           timeout: float = 300) -> list[dict[str, Any]]:
+    """Run ``calls`` (see triton_calls.py) with the stock tritonclient; one result per call."""
+    python = triton_python()
+    with tempfile.TemporaryDirectory(prefix="camserve-oip-") as tmp:
+        plan, out = Path(tmp, "plan.json"), Path(tmp, "out.json")
+        plan.write_text(json.dumps({"target": target, "headers": headers or {}, "calls": calls}))
+        proc = subprocess.run([str(python), str(CALLS), "run", str(plan), str(out)], capture_output=True,
+                              text=True, timeout=timeout)
+        assert proc.returncode == 0, f"tritonclient run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        results: list[dict[str, Any]] = json.loads(out.read_text())
+    assert len(results) == len(calls)
+    return results
+
+
+def triton_descriptors() -> dict[str, Any]:
+    """The stock client's protocol descriptors (oip_descriptors.describe run in its environment)."""
+    proc = subprocess.run([str(triton_python()), str(CALLS), "descriptors"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def array(output: dict[str, Any]) -> np.ndarray:
+    """An infer result's output (from triton_calls) as an array of its datatype and shape."""
+    if output["datatype"] == "BYTES":
+        return np.array([base64.b64decode(x) for x in output["data"]], dtype=object).reshape(output["shape"])
+    return np.array(output["data"], dtype=output["dtype"]).reshape(output["shape"])
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def image_input(encoded: list[bytes], **extra: Any) -> dict[str, Any]:
+    """An IMAGE input spec for triton_calls (BYTES [N, 1])."""
+    return {"name": "IMAGE", "datatype": "BYTES", "data": [b64(e) for e in encoded], **extra}
+
+
+def pixels_input(pixels: np.ndarray, name: str = "PIXELS", datatype: str = "UINT8") -> dict[str, Any]:
+    """A PIXELS input spec for triton_calls ([N, H, W, C])."""
+    return {"name": name, "datatype": datatype, "data": pixels.tolist(), "dtype": str(pixels.dtype)}
+
+
+def make_repository(root: Path, demo: Path) -> Path:
+    """demo, flat (a Flatten head: CAM refused), and ``held``: the demo model again, whose batches form
+    only when full (4 images; the queue delay is a minute, the most a config allows), so which calls
+    share a batch is known."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "demo").symlink_to(demo, target_is_directory=True)
+    (root / "flat").symlink_to(FLAT_DIR, target_is_directory=True)
+    held = root / "held"
+    held.mkdir()
+    config = json.loads((demo / "config.json").read_text())
+    for name in {config.get("model_file", "model.keras"), config.get("labels_file", "labels.txt")}:
+        (held / name).symlink_to(demo / name)
+    config.update(name="held", batching={"max_batch_size": 4, "max_queue_delay_ms": 60_000.0,
+                                         "max_queue_size": 64})
+    (held / "config.json").write_text(json.dumps(config))
+    return root
