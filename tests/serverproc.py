@@ -160,20 +160,35 @@ class ServerProcess:
                     pids.append(pid)
         return pids
 
+    def frontend_pids(self) -> list[int]:
+        """PIDs of the front-end processes (``python -m camserve.front.frontend`` children; Linux /proc)."""
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                for pid in (task / "children").read_text().split():
+                    with contextlib.suppress(OSError):
+                        if b"camserve.front.frontend" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            pids.append(int(pid))
+        return sorted(pids)
+
     def cpu_seconds(self) -> tuple[float, float]:
-        """CPU seconds (user + system) used so far by (the server's parent, its worker processes), from
-        /proc (Linux); a worker that already exited is not counted."""
+        """CPU seconds (user + system) used so far by (the server's own processes: the supervisor and its
+        front ends, its worker processes), from /proc (Linux); a process that already exited is not
+        counted."""
         tick = os.sysconf("SC_CLK_TCK")
 
         def cpu(pid: int) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / tick
 
-        workers = 0.0
+        workers = front = 0.0
         for pid in self.worker_pids():
             with contextlib.suppress(OSError):
                 workers += cpu(pid)
-        return cpu(self.pid), workers
+        for pid in self.frontend_pids():
+            with contextlib.suppress(OSError):
+                front += cpu(pid)
+        return cpu(self.pid) + front, workers
 
     def mapped_files(self) -> str:
         """The parent's /proc/PID/maps (to prove which shared libraries it loaded)."""
@@ -221,19 +236,17 @@ def start_server(*args: str, repository: str | os.PathLike[str] | None = None, w
                  credentials: grpc.ChannelCredentials | None = None,
                  channel_options: Sequence[tuple[str, Any]] = (),
                  grpc_port: int | None = None, metrics_port: int | None = None,
-                 log_path: Path | None = None,
-                 entry: Sequence[str] = ("-m", "camserve.front.cli")) -> ServerProcess:
+                 log_path: Path | None = None) -> ServerProcess:
     """Start `python -m camserve.front.cli serve` on free loopback ports; by default wait for SERVING.
 
     `args` are extra CLI flags (e.g. "--max-queue-size", "2"); `repository` None serves the bundled
     demo model. `credentials` (and `host`, e.g. "localhost" to match a test certificate) are used by
     the helper's own health checks and `channel()`; pass the matching --tls-* flags in `args`.
-    `metrics_port` -1 serves no metrics; `log_path` None logs to a new temporary file. `entry` is what
-    python runs (the `camserve serve` CLI; tests/transport/toyserve.py runs it with stand-in compute).
+    `metrics_port` -1 serves no metrics; `log_path` None logs to a new temporary file.
     """
     grpc_port = free_port() if grpc_port is None else grpc_port
     metrics_port = free_port() if metrics_port is None else metrics_port
-    cmd = [sys.executable, *entry, "serve", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "camserve.front.cli", "serve", "--host", "127.0.0.1",
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--workers", workers,
            "--pre-stop-seconds", str(pre_stop_seconds)]
     if repository is not None:

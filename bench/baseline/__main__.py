@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from camserve_client.loadreport import format_table
-from camserve_client.testimages import generated
+from camserve_client.tools.loadreport import format_table
+from camserve_client.tools.testimages import generated
 
 from bench.baseline.tfkv import TfKerasVisBaseline
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from camserve_client.loadreport import Sample, summarize
+from camserve_client.tools.loadreport import Sample, summarize
 
 CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

@@ -11,7 +11,7 @@ GPU memory it took, so the served part must not share a process with the engine 
   ratio gradcam / forward is the DESIGN target (>= 0.95). Cells run in priority order within a time
   budget; the JSON is rewritten after every cell, so a cut-off run still reports what it measured.
 - ``serve``: ``camserve serve --backend jax --workers gpu`` (``cpu:1`` with ``--cpu``) on a ResNet50
-  repository, driven on the same machine by ``camserve_client.loadgen`` (closed loop, JPEG bytes at
+  repository, driven on the same machine by ``camserve_client.tools.loadgen`` (closed loop, JPEG bytes at
   the model size, Grad-CAM at the conv grid); throughput and p50/p90/p99 per concurrency.
 - ``report``: one Markdown table (``summary.md``) from the JSON files.
 
@@ -220,8 +220,8 @@ def make_repository(root: Path, model: str, size: int, max_batch: int) -> Path:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from camserve_client.loadgen import LoadConfig, run_load
-    from camserve_client.loadreport import json_safe
+    from camserve_client.tools.loadgen import LoadConfig, run_load
+    from camserve_client.tools.loadreport import json_safe
 
     from bench import start_server
 

@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from camserve_client.loadgen import LoadConfig, run_load
-from camserve_client.loadreport import format_table, json_safe, write_plot
-from camserve_client.testimages import generated
+from camserve_client.tools.loadgen import LoadConfig, run_load
+from camserve_client.tools.loadreport import format_table, json_safe, write_plot
+from camserve_client.tools.testimages import generated
 
 APPLICATIONS = {
     "mobilenetv2": ("MobileNetV2", "tf"),

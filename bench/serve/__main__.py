@@ -215,7 +215,8 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         payloads = [r.SerializeToString() for r in reqs]
     print(f"[{name}] starting camserve serve ({args.workers}) ...", flush=True)
     server = start_server("--max-batch-size", str(args.max_batch_size), "--compile", args.compile,
-                          "--max-queue-size", "4096", repository=repo, workers=args.workers, timeout=900)
+                          "--max-queue-size", "4096", "--frontends", str(args.frontends), repository=repo,
+                          workers=args.workers, timeout=900)
     try:
         print(f"[{name}]   SERVING after {server.startup_s:.1f} s; closed loop, concurrency "
               f"{args.concurrency}, "
@@ -226,7 +227,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         cpu1, count1 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
         if count1 > count0:
             per = 1e3 / (count1 - count0)
-            served["parent_cpu_ms_per_image"] = (cpu1[0] - cpu0[0]) * per
+            served["parent_cpu_ms_per_image"] = (cpu1[0] - cpu0[0]) * per  # supervisor + front ends
             served["worker_cpu_ms_per_image"] = (cpu1[1] - cpu0[1]) * per
         served["server_mean_batch"] = (server.metric("camserve_batch_size_sum", model=name)
                                        / max(1.0, server.metric("camserve_batch_size_count", model=name)))
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=None,
                    help="seconds of served load not counted (default 5)")
     p.add_argument("--workers", default="cpu:1", help="the server's --workers")
+    p.add_argument("--frontends", type=int, default=0, help="the server's --frontends (0 = its default; the "
+                   "load comes on one connection, so one front end serves it)")
     p.add_argument("--batch-per-call", type=int, default=1,
                    help="images per call: 1 = Explain (the headline), k > 1 = ExplainBatch of k images")
     p.add_argument("--compile", default="auto", choices=("auto", "graph", "xla"))

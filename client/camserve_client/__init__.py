@@ -13,6 +13,7 @@ from camserve_client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from camserve_client.heatmaps import resize_heatmap
 from camserve_client.retry import RetryPolicy
 from camserve_client.types import (
     METHODS,
@@ -47,4 +48,5 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "__version__",
+    "resize_heatmap",
 ]

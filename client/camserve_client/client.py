@@ -242,7 +242,7 @@ class Client(_ClientBase):
                             model_version=model_version)
         t0 = time.perf_counter()
         resp = self._call(self._stub.Explain, req, timeout)
-        return parse_response(resp, (time.perf_counter() - t0) * 1e3)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3, output)
 
     def explain_batch(self, images: Sequence[ImageLike], model: str | None = None, method: str = "gradcam",
                       class_index: int | Sequence[int | None] | None = None, top_k: int = 1,
@@ -255,7 +255,7 @@ class Client(_ClientBase):
         t0 = time.perf_counter()
         resp = self._call(self._stub.ExplainBatch, req, timeout)
         ms = (time.perf_counter() - t0) * 1e3
-        return [parse_response(r, ms) for r in resp.responses]
+        return [parse_response(r, ms, output) for r in resp.responses]
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
         resp = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
@@ -331,7 +331,7 @@ class AsyncClient(_ClientBase):
                             model_version=model_version)
         t0 = time.perf_counter()
         resp = await self._call(self._stub.Explain, req, timeout)
-        return parse_response(resp, (time.perf_counter() - t0) * 1e3)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3, output)
 
     async def explain_batch(self, images: Sequence[ImageLike], model: str | None = None,
                             method: str = "gradcam", class_index: int | Sequence[int | None] | None = None,
@@ -344,7 +344,7 @@ class AsyncClient(_ClientBase):
         t0 = time.perf_counter()
         resp = await self._call(self._stub.ExplainBatch, req, timeout)
         ms = (time.perf_counter() - t0) * 1e3
-        return [parse_response(r, ms) for r in resp.responses]
+        return [parse_response(r, ms, output) for r in resp.responses]
 
     async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
         resp = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)

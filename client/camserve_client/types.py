@@ -16,6 +16,8 @@ import numpy as np
 from camserve_proto import explain_pb2 as pb
 from camserve_proto import vocabulary as wire
 
+from camserve_client.heatmaps import resize_heatmap
+
 ImageLike = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
 #: Method name -> wire enum value (names derived from the .proto: camserve_proto.vocabulary).
@@ -51,6 +53,12 @@ class OutputOptions:
     size: "grid" (the conv grid, smallest and exact), "input" (model input size) or "original"
     (the size of the image as sent). heatmap: include the float32 map. heatmap_png: add an 8-bit
     PNG of it. overlay: None, "png" or "jpeg" colour overlay on the image, blended with `alpha`.
+    tensor_size: the float32 map's own size when it should differ from `size` (None: see below).
+
+    Sized to the transport: a float32 map at the original size is fetched at the conv grid and
+    resized here exactly as the server would (:attr:`resize_here`, :func:`~camserve_client.heatmaps.
+    resize_heatmap`), so a 12-megapixel photo's map costs a few hundred bytes on the wire instead of
+    48 MB per class. Set ``tensor_size="original"`` to have the server send it whole.
     """
 
     size: str = "grid"
@@ -60,6 +68,12 @@ class OutputOptions:
     alpha: float = 0.4
     colormap: str = "jet"
     jpeg_quality: int = 90
+    tensor_size: str | None = None
+
+    @property
+    def resize_here(self) -> bool:
+        """True when the float32 map travels at the conv grid and this client resizes it to the original."""
+        return bool(self.heatmap) and self.size == "original" and self.tensor_size is None
 
     @classmethod
     def coerce(cls, value: OutputLike) -> OutputOptions:
@@ -78,8 +92,9 @@ class OutputOptions:
 
     def to_proto(self) -> pb.OutputOptions:
         """Validate and convert; errors name the valid values."""
-        if self.size not in _SIZES:
-            raise ValueError(f"output size {self.size!r} is not one of {list(_SIZES)}")
+        for name, size in (("size", self.size), ("tensor_size", self.tensor_size or "grid")):
+            if size not in _SIZES:
+                raise ValueError(f"output {name} {size!r} is not one of {list(_SIZES)}")
         overlay = self.overlay.lower() if isinstance(self.overlay, str) else self.overlay
         if overlay not in _FORMATS:
             raise ValueError(f"overlay {self.overlay!r} is not one of None, 'png', 'jpeg'")
@@ -89,10 +104,12 @@ class OutputOptions:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        tensor_size = "grid" if self.resize_here else self.tensor_size
         return pb.OutputOptions(
             size=_SIZES[self.size], omit_tensor=not self.heatmap, heatmap_png=bool(self.heatmap_png),
             overlay=_FORMATS[overlay], overlay_alpha=float(self.alpha),
-            colormap=_COLORMAPS[self.colormap.lower()], jpeg_quality=int(self.jpeg_quality))
+            colormap=_COLORMAPS[self.colormap.lower()], jpeg_quality=int(self.jpeg_quality),
+            tensor_size=_SIZES[tensor_size] if tensor_size else 0)
 
 
 OutputLike = OutputOptions | Mapping[str, Any] | None
@@ -101,8 +118,9 @@ OutputLike = OutputOptions | Mapping[str, Any] | None
 def image_to_proto(image: ImageLike) -> pb.Image:
     """Encode a path, encoded bytes, a buffer, or an (H,W[,C]) uint8/float32 array as a wire Image.
 
-    uint8 arrays travel as raw pixels (no encode/decode on either side); float arrays travel as
-    FLOAT32 and must already be preprocessed at the model's input size.
+    uint8 arrays travel as raw pixels (no encode/decode on either side): C = 1 gray, 2 gray + alpha,
+    3 RGB or 4 RGBA (the server drops alpha, as it does for encoded images with alpha). float arrays
+    travel as FLOAT32 and must already be preprocessed at the model's input size.
     """
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
@@ -242,13 +260,25 @@ class ExplainResult:
         return self.explanations[0].label if self.explanations else None
 
 
-def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0) -> ExplainResult:
-    """Wire ExplainResponse -> ExplainResult with NumPy heatmaps."""
+def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0,
+                   output: OutputLike = None) -> ExplainResult:
+    """Wire ExplainResponse -> ExplainResult with NumPy heatmaps.
+
+    ``output``: the options the request was built from; when the map travelled at the conv grid for
+    the original size (:attr:`OutputOptions.resize_here`) it is resized here to ``original_size``.
+    """
+    size = tuple(resp.original_size) if OutputOptions.coerce(output).resize_here else ()
+
+    def heatmap(e: pb.ClassExplanation) -> np.ndarray | None:
+        if not (e.HasField("heatmap") and e.heatmap.data):
+            return None
+        m = tensor_to_array(e.heatmap)
+        return resize_heatmap(m, *size) if len(size) == 2 else m
+
     exps = [
         Explanation(
             class_index=e.class_index, label=e.label, probability=float(e.probability),
-            score=float(e.score),
-            heatmap=tensor_to_array(e.heatmap) if e.HasField("heatmap") and e.heatmap.data else None,
+            score=float(e.score), heatmap=heatmap(e),
             heatmap_png=bytes(e.heatmap_png) or None, overlay=bytes(e.overlay) or None,
             all_zero=bool(e.all_zero))
         for e in resp.explanations

@@ -87,7 +87,7 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
-    __slots__ = ("size", "omit_tensor", "heatmap_png", "overlay", "overlay_alpha", "colormap", "jpeg_quality")
+    __slots__ = ("size", "omit_tensor", "heatmap_png", "overlay", "overlay_alpha", "colormap", "jpeg_quality", "tensor_size")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     OMIT_TENSOR_FIELD_NUMBER: _ClassVar[int]
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class OutputOptions(_message.Message):
     OVERLAY_ALPHA_FIELD_NUMBER: _ClassVar[int]
     COLORMAP_FIELD_NUMBER: _ClassVar[int]
     JPEG_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_SIZE_FIELD_NUMBER: _ClassVar[int]
     size: HeatmapSize
     omit_tensor: bool
     heatmap_png: bool
@@ -102,7 +103,8 @@ class OutputOptions(_message.Message):
     overlay_alpha: float
     colormap: Colormap
     jpeg_quality: int
-    def __init__(self, size: _Optional[_Union[HeatmapSize, str]] = ..., omit_tensor: _Optional[bool] = ..., heatmap_png: _Optional[bool] = ..., overlay: _Optional[_Union[ImageFormat, str]] = ..., overlay_alpha: _Optional[float] = ..., colormap: _Optional[_Union[Colormap, str]] = ..., jpeg_quality: _Optional[int] = ...) -> None: ...
+    tensor_size: HeatmapSize
+    def __init__(self, size: _Optional[_Union[HeatmapSize, str]] = ..., omit_tensor: _Optional[bool] = ..., heatmap_png: _Optional[bool] = ..., overlay: _Optional[_Union[ImageFormat, str]] = ..., overlay_alpha: _Optional[float] = ..., colormap: _Optional[_Union[Colormap, str]] = ..., jpeg_quality: _Optional[int] = ..., tensor_size: _Optional[_Union[HeatmapSize, str]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
     __slots__ = ("model", "model_version", "image", "method", "class_index", "top_k", "target_layer", "output", "request_id")
@@ -169,7 +171,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("request_id", "model", "model_version", "method", "target_layer", "explanations", "top_predictions", "timing")
+    __slots__ = ("request_id", "model", "model_version", "method", "target_layer", "explanations", "top_predictions", "timing", "original_size")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +180,7 @@ class ExplainResponse(_message.Message):
     EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
     TOP_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     model_version: int
@@ -186,7 +189,8 @@ class ExplainResponse(_message.Message):
     explanations: _containers.RepeatedCompositeFieldContainer[ClassExplanation]
     top_predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     timing: Timing
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., target_layer: _Optional[str] = ..., explanations: _Optional[_Iterable[_Union[ClassExplanation, _Mapping]]] = ..., top_predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    original_size: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., target_layer: _Optional[str] = ..., explanations: _Optional[_Iterable[_Union[ClassExplanation, _Mapping]]] = ..., top_predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., original_size: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ExplainBatchRequest(_message.Message):
     __slots__ = ("requests",)

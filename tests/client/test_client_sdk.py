@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from camserve_client.client import resolve_targets
 from camserve_client.retry import RetryPolicy
-from camserve_client.testimages import encode_png
+from camserve_client.tools.testimages import encode_png
 from camserve_proto import explain_pb2 as pb
 from client_fake import HEATMAP, FakeServer
 from grpc_health.v1 import health_pb2

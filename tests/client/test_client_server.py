@@ -17,7 +17,7 @@ import camserve_client as cc
 import numpy as np
 import pytest
 from camserve_client.retry import RetryPolicy
-from camserve_client.testimages import encode_png, generated
+from camserve_client.tools.testimages import encode_png, generated
 from client_repo import LABELS, make_repository
 from serverproc import ServerProcess, start_server
 
@@ -74,7 +74,9 @@ def test_every_input_kind_gives_the_same_map(server, images, tmp_path: Path) -> 
         ref = client.explain(img, class_index=1)
         assert ref.heatmap.shape == (7, 7) and ref.heatmap.dtype == np.float32
         assert ref.heatmap.min() >= 0.0 and ref.heatmap.max() <= 1.0
-        for kind in (path, str(path), png, bytearray(png), memoryview(png), img[None]):
+        rgba = np.concatenate([img, np.full((*img.shape[:2], 1), 128, np.uint8)], axis=2)  # alpha dropped
+        kinds = (path, str(path), png, bytearray(png), memoryview(png), img[None], rgba, encode_png(rgba))
+        for kind in kinds:
             r = client.explain(kind, class_index=1)
             np.testing.assert_allclose(r.heatmap, ref.heatmap, atol=1e-5, err_msg=type(kind).__name__)
         r = client.explain(preprocessed, class_index=1)
@@ -161,7 +163,7 @@ def test_async_client_concurrent_calls_batch(server, images) -> None:
 
 
 def test_cli_against_the_server(server, images, tmp_path: Path, capsys) -> None:
-    from camserve_client.cli import main
+    from camserve_client.tools.cli import main
 
     for i, img in enumerate(images[:3]):
         (tmp_path / f"d{i}.png").write_bytes(encode_png(img))
@@ -176,6 +178,63 @@ def test_cli_against_the_server(server, images, tmp_path: Path, capsys) -> None:
     assert main(["explain", str(tmp_path / "d0.png"), "--target", server.srv.target, "--model", "flat",
                  "--method", "cam"]) == 1
     assert "FAILED_PRECONDITION" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def phone_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-megapixel JPEG as a phone writes one: a bundled photograph at 4000x3000 with sensor-like noise."""
+    import cv2
+    from skimage import data
+
+    img = cv2.resize(data.astronaut(), (4000, 3000), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    img += np.random.default_rng(0).normal(0.0, 3.0, img.shape).astype(np.float32)  # hard to compress
+    ok, jpeg = cv2.imencode(".jpg", np.clip(img, 0, 255).astype(np.uint8)[:, :, ::-1],
+                            [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    path.write_bytes(jpeg.tobytes())
+    return path
+
+
+def test_original_size_map_travels_at_the_grid_and_equals_the_servers(server, images) -> None:
+    img = np.kron(images[0], np.ones((20, 20, 1), np.uint8))  # 640x640: small enough to get it whole too
+    assert cc.OutputOptions(size="original").to_proto().tensor_size == 1  # CONV_GRID on the wire
+    with cc.Client(server.srv.target, model="tiny") as client:
+        here = client.explain(img, class_index=1, output={"size": "original"})
+        whole = client.explain(img, class_index=1, output={"size": "original", "tensor_size": "original"})
+        grid = client.explain(img, class_index=1, output={"size": "original", "tensor_size": "grid",
+                                                          "overlay": "jpeg"})
+    assert here.heatmap.shape == whole.heatmap.shape == (640, 640)
+    np.testing.assert_allclose(here.heatmap, whole.heatmap, atol=1e-6)
+    assert grid.heatmap.shape == (7, 7) and grid.overlay[:2] == b"\xff\xd8"  # asked for: not resized
+
+
+def test_cli_explains_a_12_megapixel_photo(server, phone_photo: Path, tmp_path: Path, capsys) -> None:
+    """The first-hour acceptance: no flags, --overlay out.png, --top-k 3 --heatmap m.npy."""
+    import cv2
+    from camserve_client.tools.cli import main
+
+    base = ["explain", str(phone_photo), "--target", server.srv.target, "--model", "tiny"]
+    assert main(base) == 0
+    assert "class" in capsys.readouterr().out
+    assert main([*base, "--overlay", str(tmp_path / "out.png")]) == 0
+    overlay = cv2.imread(str(tmp_path / "out.png"))
+    assert overlay.shape == (3000, 4000, 3)
+    assert main([*base, "--top-k", "3", "--heatmap", str(tmp_path / "m.npy")]) == 0
+    maps = np.load(tmp_path / "m.npy")
+    assert maps.shape == (3, 3000, 4000) and maps.dtype == np.float32
+    with cc.Client(server.srv.target, model="tiny") as client:
+        r = client.explain(phone_photo, top_k=3)  # the same classes' maps at the conv grid
+        for k, e in enumerate(r.explanations):  # resized here as the server resizes (cv2 INTER_LINEAR)
+            ref = np.clip(cv2.resize(e.heatmap, (4000, 3000), interpolation=cv2.INTER_LINEAR), 0, 1)
+            np.testing.assert_allclose(maps[k], ref, atol=1e-5)
+        with pytest.raises(cc.ResourceExhausted, match="message limit"):  # the whole tensor: 48 MB
+            client.explain(phone_photo, output={"size": "original", "tensor_size": "original"})
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(b"\xff\xd8\xff" + bytes(17 << 20))  # over the server's 16 MiB message limit
+    capsys.readouterr()
+    assert main(["explain", str(huge), "--target", server.srv.target, "--model", "tiny"]) == 1
+    assert "over the server's 16 MiB message limit: resize or recompress it" in capsys.readouterr().err
 
 
 def test_calls_survive_a_server_restart_on_the_same_port(server, images) -> None:

@@ -9,7 +9,7 @@ import camserve_client as cc
 import grpc
 import numpy as np
 import pytest
-from camserve_client.cli import main
+from camserve_client.tools.cli import main
 from client_repo import make_repository
 from serverproc import start_server
 

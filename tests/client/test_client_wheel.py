@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from camserve_client.testimages import encode_png, generated
+from camserve_client.tools.testimages import encode_png, generated
 from client_repo import make_repository
 from serverproc import ROOT, start_server
 
@@ -99,7 +99,7 @@ def test_light_install_has_no_tensorflow_and_talks_to_a_server(tmp_path: Path) -
         base = sorted(re.split(r"[=<> ;\[]", r)[0].lower() for r in requires if "extra ==" not in r)
         assert base == sorted(BASE_DEPS), requires
         assert "camserve_proto/explain_pb2.py" in names and "camserve_proto/vocabulary.py" in names
-        assert "camserve_client/cli.py" in names
+        assert "camserve_client/tools/cli.py" in names
 
         venv = tmp_path / "fresh"
         proc = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
@@ -149,6 +149,10 @@ print("ok", cc.__file__)
                     "--heatmap", str(tmp_path / "h.npy")])
         assert run.returncode == 0, run.stdout + run.stderr
         assert np.load(tmp_path / "h.npy").shape == (32, 32)
+        assert _run([str(py), "-c", "import tqdm"]).returncode != 0  # tqdm is the tools extra's
+        run = _run([str(cli), "explain", str(tmp_path / "x.png"), str(tmp_path / "x.png"), "--target",
+                    srv.target, "--model", "tiny"])  # several images want a progress bar: runs without
+        assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout + run.stderr
         run = _run([str(cli), "bench", "--target", srv.target, "--model", "tiny", "--concurrency", "2",
                     "--duration", "1", "--warmup", "0.5", "--images", "noise", "--quiet",
                     "--json", str(tmp_path / "b.json")])

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import cv2
+import grpc
 import numpy as np
 import pytest
 from camserve.repository import bundled_repository_path
@@ -68,3 +69,12 @@ def request(image: bytes | np.ndarray, **kw: object) -> pb.ExplainRequest:
 def heatmap(ex: pb.ClassExplanation) -> np.ndarray:
     assert ex.heatmap.dtype == pb.FLOAT32
     return np.frombuffer(ex.heatmap.data, "<f4").reshape(tuple(ex.heatmap.shape))
+
+
+def code_name(future: grpc.Future) -> str:
+    """How a call started with ``stub.Method.future(...)`` ended: "OK" or its status code's name."""
+    try:
+        future.result()
+        return "OK"
+    except grpc.RpcError as exc:
+        return exc.code().name

@@ -43,7 +43,7 @@ def test_help_explains_every_flag_and_its_env_var() -> None:
 
 
 def test_client_entry_point_dispatches_serve() -> None:
-    proc = subprocess.run([sys.executable, "-m", "camserve_client.cli", "serve", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "camserve_client.tools.cli", "serve", "--help"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0 and "--grpc-port" in proc.stdout
 

@@ -151,10 +151,30 @@ def test_float_tensor_must_be_at_input_size_and_finite() -> None:
         codec.decode_tensor("FLOAT32", [64, 64, 3], bad.tobytes(), INPUT)
 
 
+@pytest.mark.parametrize("channels", [2, 4])
+def test_alpha_is_dropped_alike_for_arrays_and_encoded_images(chelsea: np.ndarray, channels: int) -> None:
+    """One rule for alpha: an RGBA (or gray + alpha) array decodes exactly as the same picture sent
+    as PNG bytes; the alpha channel is dropped, not composited (fully transparent pixels keep their
+    colour)."""
+    from camserve_client.tools.testimages import encode_png
+
+    color = chelsea[:120, :160] if channels == 4 else chelsea[:120, :160, :1]
+    alpha = np.zeros((120, 160, 1), np.uint8)
+    alpha[:60] = 255  # top half opaque, bottom half fully transparent
+    pixels = np.concatenate([color, alpha], axis=2)
+    as_array = codec.decode_tensor("UINT8", list(pixels.shape), pixels.tobytes(), INPUT)
+    as_png = codec.decode_encoded(encode_png(pixels), INPUT)
+    expected = np.repeat(color, 3, axis=2) if channels == 2 else color
+    assert np.array_equal(as_array.original, expected) and np.array_equal(as_png.original, expected)
+    assert np.array_equal(as_array.pixels, as_png.pixels)
+    batch_axis = codec.decode_tensor("UINT8", [1, *pixels.shape], pixels.tobytes(), INPUT)
+    assert np.array_equal(batch_axis.pixels, as_array.pixels)
+
+
 @pytest.mark.parametrize("dtype,shape,nbytes,words", [
     ("UINT8", [64, 64, 3], 64 * 64 * 3 - 1, "needs exactly 12288"),
     ("UINT8", [2, 64, 64, 3], 2 * 64 * 64 * 3, "batch axis"),
-    ("UINT8", [64, 64, 4], 64 * 64 * 4, "4 channels"),
+    ("UINT8", [64, 64, 5], 64 * 64 * 5, "5 channels"),
     ("UINT8", [64, 64], 64 * 64, "not an image"),
     ("UINT8", [0, 64, 3], 0, "no pixels"),
     ("UINT8", [-5, 64, 3], 0, "no pixels"),
@@ -170,7 +190,7 @@ def test_encode_map_grid_tensor_is_exact(chelsea: np.ndarray) -> None:
     img = codec.decode_encoded(encode(chelsea, ".png"), INPUT)
     heat = np.random.default_rng(0).random((8, 8), dtype=np.float32)
     out = codec.encode_map(heat, OutputSpec(png=True), img)
-    assert out.shape == (8, 8) and out.overlay == b""
+    assert out.tensor_shape == (8, 8) and out.overlay == b""
     assert np.array_equal(np.frombuffer(out.tensor, "<f4").reshape(8, 8), heat)
     png = cv2.imdecode(np.frombuffer(out.png, np.uint8), cv2.IMREAD_UNCHANGED)
     assert png.dtype == np.uint8 and np.array_equal(png, np.rint(heat * 255).astype(np.uint8))
@@ -181,7 +201,7 @@ def test_encode_map_sizes_and_overlay(chelsea: np.ndarray) -> None:
     heat = np.zeros((8, 8), np.float32)
     heat[2:4, 5:7] = 1.0
     out = codec.encode_map(heat, OutputSpec(size="original", overlay="png", alpha=0.5), img)
-    assert out.shape == (300, 451)
+    assert out.tensor_shape == (300, 451)
     full = np.frombuffer(out.tensor, "<f4").reshape(300, 451)
     ref = cv2.resize(heat, (451, 300), interpolation=cv2.INTER_LINEAR)
     assert np.allclose(full, np.clip(ref, 0, 1), atol=1e-6) and full.min() >= 0.0 and full.max() <= 1.0
@@ -192,7 +212,41 @@ def test_encode_map_sizes_and_overlay(chelsea: np.ndarray) -> None:
     assert np.abs(over.astype(float) - ref_over).max() <= 1.0
     spec = OutputSpec(size="input", tensor=False, overlay="jpeg", colormap="viridis")
     out = codec.encode_map(heat, spec, img)
-    assert out.shape == (64, 64) and out.tensor == b""
+    assert out.tensor_shape == (64, 64) and out.tensor == b""
     assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
     out = codec.encode_map(heat, OutputSpec(size="grid", overlay="png"), img)
     assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
+    # The tensor at its own size (the grid: exact, a few bytes) beside an overlay at the original size.
+    spec = OutputSpec(size="original", overlay="png", alpha=0.5, tensor_size="grid")
+    out = codec.encode_map(heat, spec, img)
+    assert out.tensor_shape == (8, 8)
+    assert np.array_equal(np.frombuffer(out.tensor, "<f4").reshape(8, 8), heat)
+    assert cv2.imdecode(np.frombuffer(out.overlay, np.uint8), cv2.IMREAD_COLOR_RGB).shape == (300, 451, 3)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_only_when_allowed(chelsea: np.ndarray) -> None:
+    """A JPEG >= 2x the input on both sides may decode at 1/2, 1/4 or 1/8 scale (never below the input)
+    when nothing is drawn at its original size; the model's pixels stay close to a full decode."""
+    big = cv2.resize(chelsea, (1804, 1200), interpolation=cv2.INTER_CUBIC)
+    data = encode(big, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+    full = codec.decode_encoded(data, INPUT)
+    fast = codec.decode_encoded(data, INPUT, full_size=False)
+    assert full.original.shape[:2] == (1200, 1804) and full.original_size == (1200, 1804)
+    assert fast.original_size == (1200, 1804)  # the size sent, whatever was decoded
+    assert 64 <= fast.original.shape[0] < 1200 / 2 and fast.original.shape[1] >= 64  # reduced, >= input
+    assert fast.pixels.shape == full.pixels.shape == INPUT
+    assert np.abs(fast.pixels.astype(int) - full.pixels.astype(int)).mean() < 3.0
+    small = codec.decode_encoded(encode(chelsea[:100, :100], ".jpg"), INPUT, full_size=False)
+    assert small.original.shape[:2] == (100, 100)  # under 2x the input: decoded whole
+
+
+def test_jpeg_with_exif_orientation_is_rotated(chelsea: np.ndarray) -> None:
+    """Exif orientation 6 (rotate 90 cw) is applied, as OpenCV does: width and height swap."""
+    data = encode(chelsea, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95])
+    # An APP1 Exif segment (big-endian TIFF, one IFD entry: Orientation = 6) right after SOI.
+    entry = b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"  # tag 0x0112, SHORT, 1 value: 6
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + entry + b"\x00\x00\x00\x00"
+    app1 = b"Exif\x00\x00" + tiff
+    data = data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+    img = codec.decode_encoded(data, INPUT)
+    assert img.original.shape[:2] == (451, 300)

@@ -100,7 +100,7 @@ def test_http_endpoint_serves_the_registry() -> None:
                 missing = e.code
             return text, zipped, missing
         finally:
-            await server.close()
+            server.close()
 
     text, zipped, missing = asyncio.run(scrape())
     assert 'camserve_batch_size_sum{model="demo"} 4.0' in text

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from camserve_proto import explain_pb2 as pb
 from camserve_proto import explain_pb2_grpc as pb_grpc
-from front_helpers import digit_images, heatmap, jpeg, make_repository, png, request
+from front_helpers import code_name, digit_images, heatmap, jpeg, make_repository, png, request
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from serverproc import ServerProcess, start_server
@@ -89,6 +89,10 @@ def test_health_and_reflection_with_stock_clients(server: ServerProcess) -> None
 def test_parent_process_never_loads_tensorflow(server: ServerProcess) -> None:
     maps = server.mapped_files()
     assert "tensorflow" not in maps.lower(), "the server's parent process mapped a TensorFlow library"
+    fronts = server.frontend_pids()
+    assert fronts, "no front-end process found"
+    for pid in fronts:
+        assert "tensorflow" not in Path(f"/proc/{pid}/maps").read_text().lower(), "a front end mapped TF"
     workers = server.worker_pids()
     assert len(workers) == 1
     assert "tensorflow" in Path(f"/proc/{workers[0]}/maps").read_text().lower()
@@ -260,7 +264,7 @@ def status_cases(images: np.ndarray) -> list[tuple[str, pb.ExplainRequest, str, 
         ("tensor bad dtype", pb.ExplainRequest(image=pb.Image(tensor=pb.Tensor(
             dtype=pb.DTYPE_UNSPECIFIED, shape=[64, 64, 3], data=t.tobytes()))), "INVALID_ARGUMENT", "dtype"),
         ("tensor bad shape", pb.ExplainRequest(image=pb.Image(tensor=pb.Tensor(
-            dtype=u8, shape=[64, 64, 4], data=b"\x00" * (64 * 64 * 4)))), "INVALID_ARGUMENT", "4 channels"),
+            dtype=u8, shape=[64, 64, 5], data=b"\x00" * (64 * 64 * 5)))), "INVALID_ARGUMENT", "5 channels"),
         ("tensor short data", pb.ExplainRequest(image=pb.Image(tensor=pb.Tensor(
             dtype=u8, shape=[64, 64, 3], data=t.tobytes()[:-1]))), "INVALID_ARGUMENT", "needs exactly 12288"),
         ("float tensor wrong size", pb.ExplainRequest(image=pb.Image(tensor=pb.Tensor(
@@ -321,16 +325,8 @@ def test_expired_deadlines_are_never_computed(server: ServerProcess, stub: pb_gr
     while server.metric("camserve_queue_depth", model="demo") < 100:  # >= 3 full batches ahead
         assert time.monotonic() - t0 < 30, "the queue never held 100 images"
     short = [stub.Explain.future(request(png(images[i])), timeout=0.01) for i in range(16)]
-
-    def code(f: grpc.Future) -> str:
-        try:
-            f.result()
-            return "OK"
-        except grpc.RpcError as e:
-            return e.code().name
-
     assert len(load.result().responses) == n_load
-    short_codes = [code(f) for f in short]
+    short_codes = [code_name(f) for f in short]
     assert set(short_codes) == {"DEADLINE_EXCEEDED"}
     time.sleep(0.3)
     computed = server.metric("camserve_batch_size_sum", model="demo") - computed0

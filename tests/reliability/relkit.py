@@ -83,6 +83,17 @@ def worker_pids(server_pid: int) -> list[int]:
     return sorted(pids)
 
 
+def frontend_pids(server_pid: int) -> list[int]:
+    """Front-end processes of a camserve server (``python -m camserve.front.frontend``)."""
+    return sorted(p for p in descendants(server_pid)
+                  if "camserve.front.frontend" in cmdline(p) and proc_state(p) not in ("Z", ""))
+
+
+def server_rss(pid: int) -> int:
+    """RSS of the processes that handle calls: the supervisor and its front ends (not the workers)."""
+    return rss_bytes(pid) + sum(rss_bytes(p) for p in frontend_pids(pid))
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of one process (0 when it is gone)."""
     try:
@@ -239,9 +250,12 @@ async def open_loop(target: str, make_request: RequestFactory, rate_rps: float, 
     """Open-loop load: send at ``rate_rps`` on a fixed schedule, whatever the server's replies do.
 
     Arrivals do not wait for earlier replies (unlike a closed loop, which hides overload by slowing
-    down). Several channels spread the calls over HTTP/2 connections, as many clients would.
+    down). Several channels spread the calls over HTTP/2 connections, as many clients would (each
+    channel gets a distinct argument: gRPC shares one connection between identical channels), and so
+    over the server's front-end processes.
     """
-    chans = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    chans = [grpc.aio.insecure_channel(target, options=[*(options or []), ("camserve.test.channel", k)])
+             for k in range(channels)]
     stubs = [explain_pb2_grpc.ExplainServiceStub(c) for c in chans]
     n = max(1, int(rate_rps * duration_s))
     tasks: list[asyncio.Task[CallRecord]] = []

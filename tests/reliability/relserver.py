@@ -22,16 +22,21 @@ SHARED_MAX_MESSAGE_MB = 4
 SHARED_MAX_CONCURRENT_RPCS = 12
 SHARED_ARGS = ["--max-message-mb", str(SHARED_MAX_MESSAGE_MB),
                "--max-concurrent-rpcs", str(SHARED_MAX_CONCURRENT_RPCS)]
+# Every reliability scenario runs with one front-end process and with two sharing the port.
+FRONTENDS = (1, 2)
 
 
 @contextlib.contextmanager
 def start_server(name: str, extra_args: list[str] | tuple[str, ...] = (), workers: str = "cpu:1",
-                 **kwargs: Any) -> Iterator[ServerProcess]:
-    """A SERVING server on free loopback ports; always stopped and reaped after, workers included.
+                 frontends: int = 1, **kwargs: Any) -> Iterator[ServerProcess]:
+    """A SERVING server on free loopback ports; always stopped and reaped after, workers and front
+    ends included.
 
     ``name`` only labels failures: on any failure inside the block the server's log tail is attached.
     """
-    srv = _start_server(*extra_args, repository=REPOSITORY, workers=workers, **kwargs)
+    srv = _start_server(*extra_args, "--frontends", str(frontends), repository=REPOSITORY, workers=workers,
+                        **kwargs)
+    srv.frontends = frontends
     try:
         yield srv
     except BaseException as e:
@@ -42,7 +47,7 @@ def start_server(name: str, extra_args: list[str] | tuple[str, ...] = (), worker
         if srv.alive():
             srv.stop(timeout=60)
         for pid in kids:  # a server killed mid-test must not leave workers behind
-            if "spawn_main" in cmdline(pid) or "resource_tracker" in cmdline(pid):
+            if any(k in cmdline(pid) for k in ("spawn_main", "resource_tracker", "camserve.front.frontend")):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):

@@ -79,9 +79,10 @@ async def _scenario(a: RunningServer, b: RunningServer) -> dict[str, Any]:
 
 def test_sigterm_during_rolling_update_loses_nothing(shared_server: RunningServer) -> None:
     b = shared_server
+    frontends = getattr(b, "frontends", 1)  # A drains with as many front ends as B has
     args = ["--drain-seconds", str(DRAIN_S)]
     b_before = b.metric("camserve_requests_total", code="OK")
-    with start_server("drain-A", args, pre_stop_seconds=PRE_STOP_S) as a:
+    with start_server("drain-A", args, pre_stop_seconds=PRE_STOP_S, frontends=frontends) as a:
         a_port = a.grpc_port
         out = asyncio.run(_scenario(a, b))
     fleet: LoadResult = out.pop("fleet")
@@ -93,7 +94,7 @@ def test_sigterm_during_rolling_update_loses_nothing(shared_server: RunningServe
     direct_after = [r for r in direct.records if direct.t0 + r.sent_s >= accepted_until + 0.5]
     fig = {
         **out,
-        "server_flags": f"--pre-stop-seconds {PRE_STOP_S} " + " ".join(args),
+        "server_flags": f"--pre-stop-seconds {PRE_STOP_S} --frontends {frontends} " + " ".join(args),
         "fleet": fleet.summary(),
         "direct": direct.summary(),
         "direct_sent_while_accepting": len(direct_before),
@@ -102,13 +103,13 @@ def test_sigterm_during_rolling_update_loses_nothing(shared_server: RunningServe
         "b_served_ok_during_test": b.metric("camserve_requests_total", code="OK") - b_before,
     }
     if SOAK:  # second half of a rolling update: a replacement on A's port wins traffic back
-        with start_server("drain-A2", [], grpc_port=a_port) as a2:
+        with start_server("drain-A2", [], grpc_port=a_port, frontends=frontends) as a2:
             res = asyncio.run(_load(f"ipv4:127.0.0.1:{a_port},127.0.0.1:{b.grpc_port}", FLEET_RPS,
                                     [("grpc.service_config", SERVICE_CONFIG)]))
             fig["replacement"] = {"load": res.summary(),
                                   "served_ok": a2.metric("camserve_requests_total", code="OK")}
             assert set(res.codes()) == {"OK"} and fig["replacement"]["served_ok"] > 0
-    report("drain", fig)
+    report(f"drain_frontends{frontends}", fig)
     assert out["exit_code"] == 0
     assert out["health_after_term"] == "NOT_SERVING" and out["not_serving_after_s"] < 1.0
     assert out["exit_after_term_s"] < PRE_STOP_S + DRAIN_S + 10

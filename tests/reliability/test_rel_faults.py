@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from relkit import SOAK, LoadResult, encode, open_loop, photo, proc_state, report, valid_request, worker_pids
-from relserver import MODEL, RunningServer, start_server
+from relserver import FRONTENDS, MODEL, RunningServer, start_server
 
 pytestmark = pytest.mark.timeout(900 if SOAK else 300)
 
@@ -134,13 +134,15 @@ def _hang_worker_under_load(srv: RunningServer, watchdog: bool) -> dict[str, Any
     return fig
 
 
-def test_worker_faults_under_load() -> None:
+@pytest.mark.parametrize("frontends", FRONTENDS, ids=[f"frontends{n}" for n in FRONTENDS])
+def test_worker_faults_under_load(frontends: int) -> None:
     watchdog_flag = _watchdog_flag()
     args = [watchdog_flag, str(WATCHDOG_S)] if watchdog_flag else []
-    with start_server("faults", args, workers="cpu:2") as srv:
+    with start_server("faults", args, workers="cpu:2", frontends=frontends) as srv:
         assert len(worker_pids(srv.pid)) == 2
         restarts0 = srv.metric("camserve_worker_restarts_total")
-        fig: dict[str, Any] = {"server_flags": " ".join(["--workers cpu:2", *args]), "load_rps": RATE_RPS,
+        flags = " ".join(["--workers cpu:2", f"--frontends {frontends}", *args])
+        fig: dict[str, Any] = {"server_flags": flags, "load_rps": RATE_RPS,
                                "deadline_s": DEADLINE_S}
 
         fig["kill9"] = _kill_worker_under_load(srv)
@@ -161,7 +163,7 @@ def test_worker_faults_under_load() -> None:
 
         assert srv.wait_serving(30) < 30
         fig["worker_restarts_total"] = srv.metric("camserve_worker_restarts_total") - restarts0
-        report("faults", fig)
+        report(f"faults_frontends{frontends}", fig)
         assert srv.stop() == 0
     if not watchdog_flag:
         pytest.skip("hung-worker restart not verified: `camserve serve` has no per-batch watchdog flag "

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from camserve.records import ErrorKind, Failure, ItemSpec
-from camserve.scheduling.batcher import Batch, Batcher, WorkItem
+from camserve.scheduling.batcher import Batch, Batcher, WorkItem, past_deadline
 from kinds import raises_kind
 
 PX = np.zeros((2, 2, 3), np.uint8)
@@ -238,6 +238,28 @@ def test_cancelled_caller_is_dropped_and_its_future_never_set() -> None:
     run(main())
 
 
+def test_a_caller_that_leaves_at_its_deadline_is_dropped_as_deadline() -> None:
+    """gRPC ends a call at its deadline by cancelling it, so a caller leaving then was timed out:
+    counted "deadline" whether withdraw or the sweep notices; one leaving earlier is "cancelled"."""
+
+    async def main() -> None:
+        obs = Recorder()
+        skew = [0.0]  # moves the batcher's clock past the deadline without waiting for it
+        b = Batcher({"m": (8, 0.0, 100)}, observer=obs, clock=lambda: time.monotonic() + skew[0])
+        deadline = time.monotonic() + 60.0  # its timer never fires during the test
+        early, late, swept = (b.put(tagged(i, deadline=deadline)) for i in range(3))
+        assert b.withdraw(early)  # a real cancel, a minute before the deadline
+        skew[0] = 60.0
+        assert b.withdraw(late)  # the handler cancelled by gRPC at the deadline
+        swept.future.cancel()  # ... or gone before anyone withdrew it: the sweep finds it
+        b.put(tagged(9))
+        assert tags(await b.next_batch()) == [9]
+        assert obs.dropped == [("m", "cancelled"), ("m", "deadline"), ("m", "deadline")]
+        assert not swept.future.done() or swept.future.cancelled()  # never answered
+
+    run(main())
+
+
 def test_requests_with_different_specs_share_a_batch() -> None:
     async def main() -> list[ItemSpec]:
         b = Batcher({"m": (8, 0.0, 100)})
@@ -371,8 +393,13 @@ def test_random_traffic_every_request_answered_exactly_once() -> None:
             try:
                 if rng.random() < 0.2:
                     await asyncio.sleep(rng.random() * 0.005)
-                    if b.withdraw(p):
-                        outcomes[n] = "withdrawn"
+                    late_before = past_deadline(deadline, time.monotonic(), p.arrived)
+                    if b.withdraw(p):  # a caller leaving at its deadline counts as timed out
+                        late_after = past_deadline(deadline, time.monotonic(), p.arrived)
+                        reason = obs.dropped[-1][1]
+                        rule = "deadline" if late_before else "cancelled"
+                        assert reason == rule or late_before != late_after  # (on the boundary: either)
+                        outcomes[n] = "withdrawn" if reason == "cancelled" else "withdrawn late"
                         return
                 assert await p.future == n
                 outcomes[n] = "ok"
@@ -395,12 +422,12 @@ def test_random_traffic_every_request_answered_exactly_once() -> None:
         for n, how in outcomes.items():
             if how == "ok":
                 assert batched[n] == 1
-            elif how in ("expired", "withdrawn", "full"):
+            elif how in ("expired", "withdrawn", "withdrawn late", "full"):
                 assert batched[n] == 0, (n, how)
         assert b.depth("a") == b.depth("b") == 0
         drops = Counter(r for _, r in obs.dropped)
         assert drops["cancelled"] == sum(1 for v in outcomes.values() if v == "withdrawn")
-        assert drops["deadline"] == sum(1 for v in outcomes.values() if v == "expired")
+        assert drops["deadline"] == sum(1 for v in outcomes.values() if v in ("expired", "withdrawn late"))
         assert sum(s for _, s in obs.batches) == sum(batched.values())
 
     async def main() -> None:

@@ -19,7 +19,7 @@ from camserve.scheduling.batcher import Batcher, WorkItem
 from camserve.scheduling.dispatcher import Dispatcher
 from camserve.scheduling.pool import PIPELINE_DEPTH
 from camserve.worker.slab import ALIGN, read_arrays, write_arrays
-from test_sched_pool import RUNNER, check, make_repo, pixels, run, until
+from test_sched_pool import RUNNER, Recorder, check, make_repo, pixels, run, until
 
 
 def lost(outcome: object) -> bool:
@@ -134,6 +134,41 @@ def test_worker_holds_a_second_full_batch_and_answers_both(tmp_path: Path) -> No
         check(await d.submit(WorkItem("toy", pixels(9))), pixels(9))
         watcher.cancel()
         assert max(seen) <= 1
+        await d.stop(5)
+
+    run(main())
+
+
+def test_a_batch_whose_callers_all_left_before_it_started_is_not_computed(tmp_path: Path) -> None:
+    """A batch already sent to the worker (here held behind another on a stopped worker) whose
+    callers all leave before the worker starts it is skipped by the worker and counted as dropped."""
+    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}}})
+
+    async def main() -> None:
+        obs = Recorder()
+        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER)
+        await d.start()
+        await until(d.ready, what="ready")
+        (w,) = d.pool.workers
+        assert w.pid is not None
+        os.kill(w.pid, signal.SIGSTOP)
+        try:
+            first = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i)))) for i in range(2)]
+            await until(lambda: len(w.batches) == 1, what="the first batch sent")
+            second = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i)))) for i in (2, 3)]
+            await until(lambda: len(w.batches) == 2, what="the second batch sent behind it")
+            behind = list(w.batches.values())[1]
+            for caller in second:
+                caller.cancel()
+            await until(lambda: len(behind.left) == 2, what="its callers gone (the worker told)")
+        finally:
+            os.kill(w.pid, signal.SIGCONT)
+        for i, caller in enumerate(first):
+            check(await caller, pixels(i))
+        await until(behind.done.done, what="the second batch answered")
+        assert obs.of("dropped") == [("toy", "cancelled"), ("toy", "cancelled")]  # only a skip counts
+        assert not w.batches and w.state.value == "ready"
+        check(await d.submit(WorkItem("toy", pixels(5))), pixels(5))  # the slab half is free again
         await d.stop(5)
 
     run(main())

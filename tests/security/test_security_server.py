@@ -1,9 +1,11 @@
 """TLS, mutual TLS and bearer tokens on the real ``camserve serve`` subprocess.
 
 One server, the strictest configuration: ``--tls-cert/--tls-key`` (certificates made by openssl for this
-test), ``--tls-client-ca`` (mTLS: client certificates required) and ``--auth-token-file``. Checked from
-outside, with stock grpc clients and with the SDK: who can connect, who can call, what is exempt
-(health, reflection), and that no secret reaches the server log.
+test), ``--tls-client-ca`` (mTLS: client certificates required) and ``--auth-token-file``, run with one
+front-end process and with two (``--frontends``: each test opens new connections, which the kernel
+spreads over the front ends, so every rule must hold in each). Checked from outside, with stock grpc
+clients and with the SDK: who can connect, who can call, what is exempt (health, reflection), and that
+no secret reaches the server log.
 """
 
 from __future__ import annotations
@@ -40,14 +42,15 @@ def _creds(pki: Pki, client: str | None = "client", ca: str = "ca_cert") -> grpc
     return grpc.ssl_channel_credentials(pki.read(ca), pki.read(f"{client}_key"), pki.read(f"{client}_cert"))
 
 
-@pytest.fixture(scope="module")
-def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=(1, 2), ids=("frontends1", "frontends2"))
+def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     tokens = tmp_path_factory.mktemp("secrets") / "tokens"
     tokens.write_text(f"# camserve test tokens\n{TOKEN}\n")
     tokens.chmod(0o600)
     srv = start_server("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
                        "--tls-client-ca", str(pki.ca_cert), "--auth-token-file", str(tokens),
-                       repository=REPOSITORY, credentials=_creds(pki))
+                       "--frontends", str(request.param), repository=REPOSITORY, credentials=_creds(pki))
     try:
         yield srv
     finally:
@@ -74,6 +77,9 @@ def test_startup_line_names_modes_not_secrets(server: ServerProcess) -> None:
     log = server.log()
     assert "transport=mtls" in log and "auth=bearer(1 tokens)" in log
     assert TOKEN not in log
+    listening = [line for line in log.splitlines() if "gRPC listening on" in line]
+    assert len(listening) == int(server.proc.args[server.proc.args.index("--frontends") + 1])
+    assert all("transport=mtls" in line and "auth=bearer(1 tokens)" in line for line in listening), listening
 
 
 def test_plaintext_client_cannot_reach_tls_server(server: ServerProcess) -> None:

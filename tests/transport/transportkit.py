@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from camserve_client.testimages import encode_png
+from camserve_client.tools.testimages import encode_png
 from camserve_proto import explain_pb2 as pb
 from serverproc import ServerProcess, start_server
 
 HERE = Path(__file__).resolve().parent
-TOY_ENTRY = (str(HERE / "toyserve.py"),)
-TOY_RUNNER = "sched_toy_runner:ToyRunner"  # for a Dispatcher in this process (workers inherit sys.path)
-if str(HERE.parent / "scheduling") not in sys.path:
-    sys.path.insert(0, str(HERE.parent / "scheduling"))
+SCHEDULING = HERE.parent / "scheduling"  # the stand-in runner: sched_toy_runner.py
+TOY_RUNNER = "sched_toy_runner:ToyRunner"
+if str(SCHEDULING) not in sys.path:  # for a Dispatcher in this process (its workers inherit sys.path)
+    sys.path.insert(0, str(SCHEDULING))
 
 
 def toy_repository(root: Path, shape: tuple[int, int, int] = (8, 8, 3)) -> Path:
@@ -33,9 +33,13 @@ def toy_repository(root: Path, shape: tuple[int, int, int] = (8, 8, 3)) -> Path:
     return root
 
 
-def start_toy(*args: str, **kwargs: Any) -> ServerProcess:
-    """The real `camserve serve` with stand-in compute (toyserve.py), bundled demo repository (64x64x3)."""
-    return start_server(*args, entry=TOY_ENTRY, **kwargs)
+def start_toy(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> ServerProcess:
+    """The real `camserve serve` (supervisor, front end, workers, transports) whose workers compute with
+    the NumPy stand-in engine (``--runner``): it starts in seconds, no TensorFlow, and
+    ``CAMSERVE_TOY_LOAD_S`` holds a worker in its loading phase that long. Bundled demo repository
+    (64x64x3)."""
+    path = os.pathsep.join(p for p in (str(SCHEDULING), os.environ.get("PYTHONPATH", "")) if p)
+    return start_server("--runner", TOY_RUNNER, *args, env={"PYTHONPATH": path, **(env or {})}, **kwargs)
 
 
 def explain_request(seed: int = 0, size: int = 64) -> pb.ExplainRequest:

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -26,7 +26,7 @@ from camserve.front.metrics import Metrics
 from camserve.front.requests import RequestParser
 from camserve.front.status import failure_of, status_of, trailers_of
 from camserve.records import ErrorKind, Failure, ItemResult
-from camserve.scheduling.batcher import WorkItem
+from camserve.scheduling.batcher import WorkItem, past_deadline
 
 __all__ = ["CallRunner", "FrontServicer", "compute", "shed_if_full"]
 
@@ -36,19 +36,43 @@ log = logging.getLogger(__name__)
 Work = Callable[[float | None, float], Awaitable[Any]]
 
 
+class Admission(Protocol):
+    """Where in-flight images are counted (``scheduling.remote.RemoteDispatcher``: the board every
+    front end shares, so the limit holds server-wide)."""
+
+    def admit(self, n: int, limit: int) -> int | None: ...
+    def release(self, n: int) -> None: ...
+
+
+class _LocalAdmission:
+    """In-flight images counted in this process only (a front end alone, and tests)."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+
+    def admit(self, n: int, limit: int) -> int | None:
+        if limit and self.inflight and self.inflight + n > limit:
+            return self.inflight
+        self.inflight += n
+        return None
+
+    def release(self, n: int) -> None:
+        self.inflight -= n
+
+
 class CallRunner:
     """Runs calls for one front-end process; shared by its services so the in-flight limit is one.
 
     ``max_inflight`` (``--max-inflight``; 0 = none) bounds the images inside calls at once, across
-    protocols; ``clock`` is monotonic seconds.
+    protocols, counted by ``admission`` (None = in this process); ``clock`` is monotonic seconds.
     """
 
-    def __init__(self, metrics: Metrics, max_inflight: int = 0,
+    def __init__(self, metrics: Metrics, max_inflight: int = 0, admission: Admission | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
         self.clock = clock
         self.max_inflight = max(0, int(max_inflight))
-        self.inflight = 0  # images inside calls now (see admit)
+        self.admission: Admission = admission if admission is not None else _LocalAdmission()
 
     def admit(self, n: int) -> None:
         """The in-flight limit: refuse at once (BUSY) when ``n`` more images would pass it.
@@ -58,11 +82,10 @@ class CallRunner:
         admitted only when nothing else is in flight, so it can still run. Health, metadata and
         reflection never pass here.
         """
-        limit = self.max_inflight
-        if limit and self.inflight and self.inflight + n > limit:
-            raise Failure(f"the server is at its in-flight limit ({self.inflight} of {limit} images being "
-                          "handled); retry later with back-off", ErrorKind.BUSY)
-        self.inflight += n
+        busy = self.admission.admit(n, self.max_inflight)
+        if busy is not None:
+            raise Failure(f"the server is at its in-flight limit ({busy} of {self.max_inflight} images "
+                          "being handled); retry later with back-off", ErrorKind.BUSY)
 
     def deadline(self, context: grpc.aio.ServicerContext) -> float | None:
         """The caller's deadline on :attr:`clock`, or None."""
@@ -74,25 +97,35 @@ class CallRunner:
         """Run ``work`` for one call of ``method`` carrying ``images`` images (0: nothing to admit) and
         return its reply; on any failure the call ends with its mapped status instead."""
         started = self.clock()
+        deadline = self.deadline(context)
         admitted = 0
         try:
             if images:
                 self.admit(images)
                 admitted = images
-            reply = await work(self.deadline(context), started)
-        except asyncio.CancelledError:
-            self.metrics.record_rpc(model, method, "CANCELLED", self.clock() - started, images)
+            reply = await work(deadline, started)
+        except asyncio.CancelledError:  # the caller left: cancelled, or gRPC ended it at its deadline
+            self.metrics.record_rpc(model, method, self.ended(deadline, started), self.clock() - started,
+                                    images)
             raise
         except Exception as exc:  # every path ends in a status, see camserve.front.status
-            await self.finish(context, method, model, started, exc, images)
+            await self.finish(context, method, model, started, exc, images, deadline)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
-            self.inflight -= admitted
+            if admitted:
+                self.admission.release(admitted)
         await self.finish(context, method, model, started, None, images)
         return reply
 
+    def ended(self, deadline: float | None, started: float) -> str:
+        """The code of a call the caller left: DEADLINE_EXCEEDED at its deadline, else CANCELLED.
+        gRPC ends a call at its deadline by cancelling the handler, so the time itself tells the two
+        apart (``scheduling.batcher.past_deadline``: the queue's rule for drops too)."""
+        return "DEADLINE_EXCEEDED" if past_deadline(deadline, self.clock(), started) else "CANCELLED"
+
     async def finish(self, context: grpc.aio.ServicerContext, method: str, model: str | None,
-                     started: float, exc: BaseException | None, images: int = 0) -> None:
+                     started: float, exc: BaseException | None, images: int = 0,
+                     deadline: float | None = None) -> None:
         """Record the RPC and, on error, abort it with the mapped code (never a traceback to the caller)."""
         if exc is None:
             self.metrics.record_rpc(model, method, "OK", self.clock() - started, images)
@@ -100,10 +133,15 @@ class CallRunner:
         failure = failure_of(exc)
         if failure.kind is ErrorKind.INTERNAL:
             log.error("%s failed: %s", method, failure.message, exc_info=exc)
-        if context.done():  # the RPC already ended (its deadline passed, or the caller cancelled):
-            # aborting a finished call makes grpc log "ExecuteBatchError raised in core" at ERROR.
-            ended = "CANCELLED" if context.cancelled() else "DEADLINE_EXCEEDED"
-            self.metrics.record_rpc(model, method, ended, self.clock() - started, images)
+        if context.done() or (failure.kind is ErrorKind.DEADLINE
+                              and past_deadline(deadline, self.clock(), started)):
+            # The caller left, or the queue's timer found the RPC's own deadline passed: gRPC ends (or
+            # has ended) the RPC itself, DEADLINE_EXCEEDED at its deadline (the two timers fire
+            # microseconds apart); aborting an ended RPC makes grpc log "ExecuteBatchError raised in
+            # core" at ERROR. A shorter deadline of the protocol's own (Triton's ``timeout``
+            # parameter) is not the RPC's: that call is aborted DEADLINE_EXCEEDED below.
+            self.metrics.record_rpc(model, method, self.ended(deadline, started), self.clock() - started,
+                                    images)
             raise asyncio.CancelledError
         code = status_of(failure.kind)
         self.metrics.record_rpc(model, method, code.name, self.clock() - started, images)
@@ -117,18 +155,13 @@ def shed_if_full(dispatcher: Any, model: str, n: int = 1) -> None:
         raise Failure(f"queue of model {model!r} is full; retry later", ErrorKind.QUEUE_FULL)
 
 
-async def compute(dispatcher: Any, metrics: Metrics, items: Sequence[WorkItem]) -> list[ItemResult]:
-    """Queue every image of one call and wait for all of them (each records its queue and compute
-    times); the first failure withdraws the others from the queue and is raised."""
-
-    async def one(item: WorkItem) -> ItemResult:
-        result: ItemResult = await dispatcher.submit(item)
-        metrics.record_result(item.model, result.queue_s, result.compute_s)
-        return result
-
+async def compute(dispatcher: Any, items: Sequence[WorkItem]) -> list[ItemResult]:
+    """Queue every image of one call and wait for all of them; the first failure withdraws the others
+    from the queue and is raised. (Queue and compute times are recorded by the scheduler's process,
+    which measured them.)"""
     if len(items) == 1:
-        return [await one(items[0])]
-    tasks = [asyncio.ensure_future(one(item)) for item in items]
+        return [await dispatcher.submit(items[0])]
+    tasks = [asyncio.ensure_future(dispatcher.submit(item)) for item in items]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:

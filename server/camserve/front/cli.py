@@ -118,8 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
           "the oldest whose request has not fully arrived", D.metrics_max_connections, type=_positive_int)
     _flag(n, "--metrics-timeout-s", "a /metrics connection whose request has not fully arrived this long "
           "after it opened is closed", D.metrics_timeout_s, type=_seconds)
-    _flag(n, "--codec-threads", "threads decoding images and encoding heatmaps off the event loop",
-          D.codec_threads, type=_positive_int)
+    _flag(n, "--frontends", "front-end processes sharing the gRPC port (each terminates gRPC, validates "
+          "and decodes; batches still fill across all of them). 0 = auto: one per two cores, at most 8, "
+          "when workers run on GPUs (the front end sets the pace there; cores = CPU affinity capped by a "
+          "cgroup CPU limit); 1 with CPU workers",
+          D.frontends, type=_nonneg_int)
+    _flag(n, "--codec-threads", "threads per front end decoding large images (over 512x512) and encoding "
+          "resized or drawn heatmaps off the event loop", D.codec_threads, type=_positive_int)
     t = p.add_argument_group(
         "transport limits (what one call or connection may do; refusals are counted in "
         "camserve_transport_refusals_total and logged at most every 10 s)")
@@ -144,13 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
           type=_nonneg_float)
     _flag(t, "--handshake-timeout-s", "close a new connection that has not completed its TLS and HTTP/2 "
           "setup within this", D.handshake_timeout_s, type=_seconds)
-    _flag(t, "--max-concurrent-rpcs", "RPCs handled at once (health and reflection included), beyond which a "
-          "call is refused RESOURCE_EXHAUSTED (0 = no limit; the per-model queue bound applies either way)",
-          D.max_concurrent_rpcs, type=_nonneg_int)
-    _flag(t, "--max-inflight", "images being handled at once in calls of either protocol (Explain "
-          "counts 1, ExplainBatch its number of images, ModelInfer its rows); beyond it a call is refused "
-          "at once with RESOURCE_EXHAUSTED. Health, metadata and reflection are never limited, unlike "
-          "--max-concurrent-rpcs (0 = no limit)", D.max_inflight, type=_nonneg_int)
+    _flag(t, "--max-concurrent-rpcs", "RPCs handled at once by each front end (health and reflection "
+          "included), beyond which a call is refused RESOURCE_EXHAUSTED (0 = no limit; the per-model queue "
+          "bound and --max-inflight apply server-wide either way)", D.max_concurrent_rpcs, type=_nonneg_int)
+    _flag(t, "--max-inflight", "images being handled at once in calls of either protocol, over all front "
+          "ends (Explain counts 1, ExplainBatch its number of images, ModelInfer its rows); beyond it a call "
+          "is refused at once with RESOURCE_EXHAUSTED. Health, metadata and reflection are never limited, "
+          "unlike --max-concurrent-rpcs (0 = no limit)", D.max_inflight, type=_nonneg_int)
     _flag(t, "--max-image-pixels", "largest decoded image (width x height) accepted; checked from the header "
           "before decoding, against decompression bombs", D.max_image_pixels, type=_positive_int)
     s = p.add_argument_group("shutdown (SIGTERM: NOT_SERVING, pre-stop window, drain, exit 0)")
@@ -158,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
           "load balancers stop routing first (SIGINT skips it)", D.pre_stop_s, type=_nonneg_float)
     _flag(s, "--drain-seconds", "then wait at most this long for in-flight RPCs before stopping the workers",
           D.drain_s, type=_nonneg_float)
+    # The benchmark's stand-in for the model step (bench/frontend); never documented for users.
+    p.add_argument("--runner", default=None, help=argparse.SUPPRESS)
     _flag(p, "--log-level", "log verbosity", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
           type=str.upper)
     add_security_arguments(p)
@@ -190,7 +197,8 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         handshake_timeout_s=args.handshake_timeout_s, metrics_max_connections=args.metrics_max_connections,
         metrics_timeout_s=args.metrics_timeout_s, max_image_pixels=args.max_image_pixels,
         max_concurrent_rpcs=args.max_concurrent_rpcs, codec_threads=args.codec_threads,
-        max_inflight=args.max_inflight, batch_timeout_s=args.batch_timeout_s,
+        max_inflight=args.max_inflight, frontends=args.frontends, runner=args.runner,
+        batch_timeout_s=args.batch_timeout_s,
         startup_timeout_s=args.startup_timeout_s, security=security_config_from_args(args))
 
 def config_lines(opts: ServerOptions, repository_path: str | None,
@@ -227,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from camserve.front.server import ConfigError, serve
+    from camserve.front.server import ConfigError
+    from camserve.front.supervisor import serve
     from camserve.repository import RepositoryError, load_repository, with_batching
 
     try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from camserve.engine import overlay as render  # NumPy + cv2 only, no TensorFlow
 from camserve.records import ErrorKind, Failure
@@ -27,8 +28,7 @@ MAX_SIDE = 32_768
 
 FORMATS = ("JPEG", "PNG", "WebP", "BMP")
 
-TINY_BYTES = 16 << 10     # encoded images at most this large and ...
-TINY_PIXELS = 128 * 128   # ... this many pixels are decoded inline (see is_tiny)
+INLINE_PIXELS = 512 * 512  # images up to this many pixels are decoded on the event loop (see inline)
 
 
 class ImageError(Failure, ValueError):
@@ -53,10 +53,13 @@ class DecodedImage:
 
     pixels: np.ndarray
     original: np.ndarray
+    sent_size: tuple[int, int] | None = None  # when ``original`` was decoded at reduced scale
 
     @property
     def original_size(self) -> tuple[int, int]:
         """(height, width) of the image as the caller sent it."""
+        if self.sent_size is not None:
+            return self.sent_size
         return int(self.original.shape[0]), int(self.original.shape[1])
 
 
@@ -156,17 +159,18 @@ def check_size(width: int, height: int, max_pixels: int, what: str = "image") ->
                          f"at most {max_pixels} are accepted (resize it before sending)")
 
 
-def is_tiny(data: bytes) -> bool:
-    """Whether to decode these encoded bytes on the event loop rather than in the codec pool: when it
-    costs less than the thread hop would (measured: a 64x64 JPEG decodes in ~50 us, a hop to the pool
-    costs 40-140 us more). Undecodable headers count as tiny: they are refused at once, inline."""
-    if len(data) > TINY_BYTES:
-        return False
+def inline(data: bytes) -> bool:
+    """Whether to decode these encoded bytes on the event loop rather than in the codec pool.
+
+    Measured: the hop to the pool and back costs ~150 us of CPU, more than half of what a 224x224 JPEG
+    takes to decode (~250 us), and front ends scale across processes (``--frontends``), not codec
+    threads. Large images (a few ms each) still go to the pool so one of them does not stall every
+    other call of the process. Undecodable headers count as inline: they are refused at once."""
     try:
         _, width, height = image_header(data)
     except ImageError:
         return True
-    return 0 < width * height <= TINY_PIXELS
+    return width * height <= INLINE_PIXELS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,18 +203,47 @@ def _model_pixels(rgb: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndar
     return np.ascontiguousarray(_to_channels(resize(rgb, height, width), channels))
 
 
+def _decode_jpeg(data: bytes, at_least: tuple[int, int] | None = None) -> np.ndarray | None:
+    """JPEG through libjpeg-turbo's own API (simplejpeg): measured ~250 us for a 224x224 q90 image
+    against ~330 us for cv2.imdecode, same pixels; ``at_least`` (h, w) decodes at the smallest DCT
+    scale still covering it. None when simplejpeg cannot read it (e.g. CMYK or corrupt data): OpenCV
+    tries then, and refuses what neither can read."""
+    try:
+        if at_least is None:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=at_least[0], min_width=at_least[1])
+    except (ValueError, RuntimeError):
+        return None
+
+
 def decode_encoded(data: bytes, input_shape: tuple[int, int, int],
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode JPEG/PNG/WebP/BMP bytes to RGB (grayscale and alpha dropped to RGB), resized to the input."""
+                   max_pixels: int = DEFAULT_MAX_PIXELS, *, full_size: bool = True) -> DecodedImage:
+    """Decode JPEG/PNG/WebP/BMP bytes to RGB, resized to the input. Gray becomes RGB; an alpha channel
+    is dropped (never composited), the one rule for alpha that :func:`decode_tensor` follows too.
+
+    ``full_size=False`` (nothing will be drawn at the size the image was sent) lets a JPEG at least
+    twice the input's size on both sides decode at reduced scale (libjpeg's DCT scaling: 1/2, 1/4 or
+    1/8, never below the input size) before the usual INTER_AREA resize: measured 3.5x less CPU for
+    a 640x480 photo going to 224x224. ``original`` is then that reduced image; ``original_size``
+    stays the size sent.
+    """
     fmt, width, height = image_header(data)
     check_size(width, height, max_pixels, f"{fmt} image")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    rgb = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)
+    rgb = None
+    reduce = False
+    # A JPEG with an Exif segment may carry an orientation, which OpenCV applies and simplejpeg does not.
+    if fmt == "JPEG" and data.find(b"Exif\x00\x00", 0, 1 << 16) < 0:
+        h, w = input_shape[0], input_shape[1]
+        reduce = not full_size and height >= 2 * h and width >= 2 * w
+        rgb = _decode_jpeg(data, (h, w) if reduce else None)
+    if rgb is None:
+        rgb = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR_RGB)
     if rgb is None or rgb.size == 0:
         raise ImageError(f"the {fmt} image could not be decoded (truncated or corrupt data)")
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[:, :, None], 3, axis=2)
-    return DecodedImage(pixels=_model_pixels(rgb, input_shape), original=rgb)
+    return DecodedImage(pixels=_model_pixels(rgb, input_shape), original=rgb,
+                        sent_size=(height, width) if reduce else None)
 
 
 def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
@@ -218,10 +251,13 @@ def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
     """Check and convert a raw tensor: UINT8 (H,W,C)/(1,H,W,C) any size, or FLOAT32 at the input size.
 
     FLOAT32 is taken as already preprocessed for the model, so it must match the input shape exactly
-    and be finite; UINT8 is RGB (C=3) or gray (C=1) pixels of any size, resized like decoded images.
+    and be finite; UINT8 is gray (C=1), gray + alpha (2), RGB (3) or RGBA (4) pixels of any size,
+    resized like decoded images. Alpha is dropped, never composited: the rule for encoded images with
+    alpha (OpenCV's decoder drops it), and what Keras' ``load_img`` and PIL's ``convert("RGB")`` do
+    to the images a model is trained on.
     """
     dims = [int(d) for d in shape]
-    expected_desc = "(H, W, C) or (1, H, W, C) with C = 1 or 3"
+    expected_desc = "(H, W, C) or (1, H, W, C) with C = 1 (gray), 2 (gray, alpha), 3 (RGB) or 4 (RGBA)"
     if len(dims) == 4:
         if dims[0] != 1:
             raise ImageError(f"tensor shape {dims}: one image per request, the batch axis must be 1; "
@@ -230,7 +266,7 @@ def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
     if len(dims) != 3:
         raise ImageError(f"tensor shape {list(shape)} is not an image; expected {expected_desc}")
     h, w, c = dims
-    if c not in (1, 3):
+    if c not in (1, 2, 3, 4):
         raise ImageError(f"tensor shape {list(shape)} has {c} channels; expected {expected_desc}")
     check_size(w, h, max_pixels, "tensor image")
     model_h, model_w, model_c = input_shape
@@ -247,7 +283,7 @@ def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
                          f"needs exactly {need} (raw little-endian, row-major)")
     if dtype == "UINT8":
         img = np.frombuffer(data, dtype=np.uint8).reshape(h, w, c)
-        rgb = np.ascontiguousarray(np.repeat(img, 3, axis=2) if c == 1 else img)
+        rgb = np.ascontiguousarray(np.repeat(img[:, :, :1], 3, axis=2) if c <= 2 else img[:, :, :3])
         return DecodedImage(pixels=_model_pixels(rgb, input_shape), original=rgb)
     if (h, w, c) != (model_h, model_w, model_c):
         raise ImageError(f"a FLOAT32 tensor must already be preprocessed at the model's input shape "
@@ -276,7 +312,8 @@ class OutputSpec:
     """What one explanation carries back (already validated; names from ``camserve_proto.vocabulary``).
 
     size: ``grid`` (the target layer's grid), ``input`` (the model's input size) or ``original``
-    (the image as sent). tensor: the float32 map; png: an 8-bit PNG of it; overlay: None, ``png``
+    (the image as sent), for every output; tensor_size: the float32 map's own size when it differs
+    (None = ``size``). tensor: the float32 map; png: an 8-bit PNG of it; overlay: None, ``png``
     or ``jpeg``, drawn with ``colormap`` at weight ``alpha``.
     """
 
@@ -287,51 +324,73 @@ class OutputSpec:
     alpha: float = 0.4
     colormap: str = "jet"
     jpeg_quality: int = 90
+    tensor_size: str | None = None
+
+    @property
+    def tensor_at(self) -> str:
+        """The size the float32 map comes back at."""
+        return self.tensor_size or self.size
+
+    @property
+    def draws_original(self) -> bool:
+        """Whether an overlay is drawn on the image at the size it was sent (needs its full pixels;
+        every other output needs only that size, so a large JPEG may decode at reduced scale)."""
+        return self.overlay is not None and self.size == "original"
 
     @property
     def costly(self) -> bool:
         """Whether encoding a map is real CPU work (resizing or drawing; worth the codec pool) rather
         than a memcpy of a grid-size float map."""
-        return self.size != "grid" or self.png or self.overlay is not None
+        return (self.tensor and self.tensor_at != "grid") or self.png or self.overlay is not None
 
 
 @dataclass(frozen=True)
 class EncodedMap:
-    """One heatmap ready for the wire: (h, w) and the bytes asked for (empty when not)."""
+    """One heatmap ready for the wire: the float32 tensor's (h, w), and the bytes asked for (empty if not)."""
 
-    shape: tuple[int, int]
+    tensor_shape: tuple[int, int]
     tensor: bytes
     png: bytes
     overlay: bytes
 
 
-def map_size(spec: OutputSpec, grid: tuple[int, int], image: DecodedImage) -> tuple[int, int]:
-    """(h, w) a map of ``grid`` comes back at for ``spec.size``."""
-    if spec.size == "grid":
+def map_size(size: str, grid: tuple[int, int], image: DecodedImage) -> tuple[int, int]:
+    """(h, w) a map of ``grid`` comes back at for ``size`` (grid, input or original)."""
+    if size == "grid":
         return int(grid[0]), int(grid[1])
-    if spec.size == "input":
+    if size == "input":
         return int(image.pixels.shape[0]), int(image.pixels.shape[1])
     return image.original_size
 
 
 def encode_map(heatmap: np.ndarray, spec: OutputSpec, image: DecodedImage) -> EncodedMap:
-    """Resize the map to the requested size and produce the float32 tensor, PNG and overlay asked for.
+    """Resize the map to the requested sizes and produce the float32 tensor, PNG and overlay asked for.
 
     ``heatmap``: (h, w) float32 in [0, 1] at the target layer's grid. The float32 tensor is
     little-endian, row-major. Overlays are drawn on the image at the requested size; for the conv grid
     (a few pixels wide) they are drawn at the model's input size instead, which is what a person can
-    look at.
+    look at. Nothing is resized that no output needs (a 12-megapixel resize costs tens of ms).
     """
-    h, w = map_size(spec, heatmap.shape, image)
-    resized = render.resize_heatmap(heatmap, h, w)
-    tensor = np.ascontiguousarray(resized, dtype="<f4").tobytes() if spec.tensor else b""
-    png = render.heatmap_png(resized) if spec.png else b""
+    resized: dict[str, np.ndarray] = {}
+
+    def at(size: str) -> np.ndarray:
+        if size not in resized:
+            h, w = map_size(size, heatmap.shape, image)
+            if heatmap.shape == (h, w) and heatmap.dtype == np.float32:
+                resized[size] = heatmap  # the engine's map as it is: float32 in [0, 1] (the common case)
+            else:
+                resized[size] = render.resize_heatmap(heatmap, h, w)
+        return resized[size]
+
+    tensor, shape = b"", map_size(spec.tensor_at, heatmap.shape, image)
+    if spec.tensor:
+        tensor = np.ascontiguousarray(at(spec.tensor_at), dtype="<f4").tobytes()
+    png = render.heatmap_png(at(spec.size)) if spec.png else b""
     over = b""
     if spec.overlay:
-        if spec.size == "original":
-            base = image.original
-        else:
-            bh, bw = image.pixels.shape[:2] if spec.size == "grid" else (h, w)
-            base = resize(image.original, int(bh), int(bw))
-        over = render.overlay_bytes(base, resized, spec.alpha, spec.colormap, spec.overlay, spec.jpeg_quality)
-    return EncodedMap(shape=(h, w), tensor=tensor, png=png, overlay=over)
+        drawn_at = "input" if spec.size == "grid" else spec.size
+        base = image.original if drawn_at == "original" else resize(
+            image.original, *map_size(drawn_at, heatmap.shape, image))
+        over = render.overlay_bytes(base, at(spec.size), spec.alpha, spec.colormap, spec.overlay,
+                                    spec.jpeg_quality)
+    return EncodedMap(tensor_shape=shape, tensor=tensor, png=png, overlay=over)

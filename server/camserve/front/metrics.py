@@ -1,24 +1,75 @@
-"""Prometheus metrics of the server, recorded in the parent process only.
+"""Prometheus metrics of the server: recorded by every server process, exported once.
 
 Why one class: it is both what the service records into (request/queue/compute durations, status
 codes) and the Dispatcher's `Observer` (`batch_formed`, `queue_depth`, `workers_alive`,
 `worker_restarted`, `request_dropped`, `model_ready`, exactly as ARCHITECTURE.md names them), over
 its own `CollectorRegistry` so tests and several servers in one process never collide. Label
 values stay low-cardinality: a model name a caller made up is recorded as `_unknown`, never as itself.
+
+Several processes record: each front end its calls (`record_rpc`), the supervisor everything the
+scheduler knows (queue and compute times, batch sizes, drops, gauges). Front ends run
+prometheus-client's multiprocess mode (the supervisor starts them with :data:`MULTIPROC_ENV` set):
+each writes its values to its own memory-mapped file. The supervisor keeps its own values in memory
+(the scheduler records several per image; an in-memory increment costs a fraction of a file write)
+and its /metrics merges the two, summing the same series (:meth:`Metrics.exposition_registry`). A
+front end that dies keeps its counts (its file stays).
 The same events feed `statistics` (`front/statistics.py`), the cumulative counters the Open Inference
-Protocol's ModelStatistics reports, so /metrics and ModelStatistics agree.
+Protocol's ModelStatistics reports, so /metrics and ModelStatistics agree; its table is shared the
+same way (a row per process).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from camserve_proto import oip
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics_core import Metric
 
 from camserve.front.limits import REASONS as REFUSAL_REASONS
 from camserve.front.statistics import InferenceStatistics
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def mark_process_dead(pid: int, directory: Path) -> None:
+    """Drop a dead front end's live gauges (its counters and histograms stay counted)."""
+    multiprocess.mark_process_dead(pid, str(directory))
+
+
+class _Merged:
+    """A collector: this process's metrics plus the front ends' files, the same series summed."""
+
+    def __init__(self, local: CollectorRegistry, directory: Path) -> None:
+        self.local = local
+        self.directory = str(directory)
+
+    def collect(self) -> list[Metric]:
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        sources = [self.local.collect()]
+        if os.path.isdir(self.directory):
+            sources.append(multiprocess.MultiProcessCollector(None, self.directory).collect())
+        for source in sources:
+            for fam in source:
+                families.setdefault(fam.name, fam)
+                summed = values.setdefault(fam.name, {})
+                for sample in fam.samples:
+                    if sample.name.endswith("_created"):  # per-process creation times do not add up
+                        continue
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    summed[key] = summed.get(key, 0.0) + sample.value
+        out = []
+        for name, fam in families.items():
+            merged = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            for (sample_name, labels), value in values[name].items():
+                merged.add_sample(sample_name, dict(labels), value)
+            out.append(merged)
+        return out
+
 
 #: Seconds, from a small model answering one caller (~1 ms) to a large model under load (tens of seconds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
@@ -49,8 +100,13 @@ class Metrics:
     `camserve_transport_refusals_total{reason}`."""
 
     def __init__(self, models: Iterable[str], max_batch_size: int = 32,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, front_ends_dir: Path | None = None,
+                 statistics: InferenceStatistics | None = None) -> None:
+        """``front_ends_dir``: the folder of the front ends' multiprocess files (the supervisor's
+        Metrics exports them with its own); ``statistics``: where the ModelStatistics counters go
+        (the server's shared table; None = this process alone)."""
         self.models = tuple(models)
+        self.front_ends_dir = front_ends_dir
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.request_duration = Histogram(
@@ -87,13 +143,15 @@ class Metrics:
             ["reason"], registry=r)
         for reason in REFUSAL_REASONS:
             self.transport_refusals.labels(reason)
+        live = "livesum"  # set by the supervisor only; front ends' zeros add nothing
         self.queue_depth_gauge = Gauge("camserve_queue_depth", "Images waiting in the model's queue.",
-                                       ["model"], registry=r)
-        self.workers_alive_gauge = Gauge("camserve_workers_alive", "Worker processes alive.", registry=r)
+                                       ["model"], registry=r, multiprocess_mode=live)
+        self.workers_alive_gauge = Gauge("camserve_workers_alive", "Worker processes alive.", registry=r,
+                                         multiprocess_mode=live)
         self.model_ready_gauge = Gauge(
             "camserve_model_ready", "1 when every batch bucket of the model is compiled on a live worker.",
-            ["model"], registry=r)
-        self.statistics = InferenceStatistics(self.models)
+            ["model"], registry=r, multiprocess_mode=live)
+        self.statistics = statistics if statistics is not None else InferenceStatistics(self.models)
         self.on_change: Callable[[], None] | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         for model in self.models:  # export every series from the start, so dashboards see zeros
@@ -178,10 +236,21 @@ class Metrics:
         if self.on_change is not None:
             self.on_change()
 
+    def exposition_registry(self) -> CollectorRegistry:
+        """What /metrics exports: this object's registry, merged with the front ends' files when the
+        server has front-end processes."""
+        if self.front_ends_dir is None:
+            return self.registry
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Merged(self.registry, self.front_ends_dir))  # type: ignore[arg-type]
+        return registry
+
     def rpc_totals(self) -> dict[str, int]:
-        """Answered RPCs so far as {"Method/CODE": count} (logged at SIGTERM and at stop)."""
+        """Answered RPCs so far, by every process, as {"Method/CODE": count} (logged at SIGTERM and stop)."""
         totals: dict[str, int] = {}
-        for metric in self.requests.collect():
+        for metric in self.exposition_registry().collect():
+            if metric.name != "camserve_requests":
+                continue
             for sample in metric.samples:
                 if sample.name.endswith("_total") and sample.value:
                     key = f"{sample.labels['method']}/{sample.labels['code']}"
@@ -190,5 +259,4 @@ class Metrics:
 
     def render(self) -> bytes:
         """The exposition text (what /metrics serves)."""
-        return generate_latest(self.registry)
-
+        return generate_latest(self.exposition_registry())

@@ -38,7 +38,7 @@ PATHS = ("/metrics", "/")
 
 
 class MetricsHTTPServer:
-    """Serve ``registry`` at /metrics; ``await start(host, port)``, then ``await close()``."""
+    """Serve ``registry`` at /metrics; ``await start(host, port)``, then ``close()``."""
 
     def __init__(self, registry: CollectorRegistry, *, max_connections: int = 16,
                  timeout_s: float = 10.0) -> None:
@@ -58,15 +58,15 @@ class MetricsHTTPServer:
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
-    async def close(self) -> None:
-        """Stop listening and drop every open connection."""
+    def close(self) -> None:
+        """Stop listening and drop every open connection (at once; nothing to wait for)."""
         if self._server is not None:
             self._server.close()
+            self._server = None
         for writer in list(self._open):
             writer.transport.abort()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        self._open.clear()
+        self._waiting.clear()
 
     def _admit(self, writer: asyncio.StreamWriter) -> bool:
         """Make room for ``writer`` (closing the oldest one still sending its request), or refuse it."""

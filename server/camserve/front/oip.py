@@ -163,7 +163,7 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
         else:
             images = await self.in_pool(decode_rows, call, self.max_image_pixels)
         check_maps(call, images, self.max_send_bytes)
-        results = await compute(self.dispatcher, self.metrics, [
+        results = await compute(self.dispatcher, [
             WorkItem(model=call.config.name, pixels=img.pixels, spec=call.spec, deadline=deadline)
             for img in images])
         if call.output.costly:
@@ -178,4 +178,4 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
         """Pixels need no decoding; one tiny encoded image decodes faster than a hop to the pool."""
         if not isinstance(call.rows, list):
             return True
-        return len(call.rows) == 1 and codec.is_tiny(call.rows[0])
+        return len(call.rows) == 1 and codec.inline(call.rows[0])

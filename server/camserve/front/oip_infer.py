@@ -200,7 +200,7 @@ def decode_rows(call: InferCall, max_pixels: int) -> list[DecodedImage]:
     out = []
     for i, data in enumerate(call.rows):
         try:
-            out.append(codec.decode_encoded(data, shape, max_pixels))
+            out.append(codec.decode_encoded(data, shape, max_pixels, full_size=call.output.draws_original))
         except Failure as exc:
             raise Failure(f"input 'IMAGE' row {i}: {exc.message}", exc.kind) from None
     return out
@@ -211,7 +211,7 @@ def check_maps(call: InferCall, images: list[DecodedImage], limit: int) -> None:
     that fits the reply (``limit`` bytes; TOO_LARGE otherwise)."""
     if oip.HEATMAP not in call.outputs or call.output.size == "grid":
         return
-    sizes = {map_size(call.output, call.summary.grid, img) for img in images}
+    sizes = {map_size(call.output.tensor_at, call.summary.grid, img) for img in images}
     if len(sizes) > 1:
         shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4])
         raise invalid(f"HEATMAP at heatmap_size 'original' needs images of one size; the rows are {shown}: "
@@ -246,7 +246,7 @@ def build_reply(call: InferCall, images: list[DecodedImage], results: list[ItemR
             scores = [m.score for r in results for m in r.maps]
             made[name] = output_tensor(name, "FP32", (n, k), struct.pack(f"<{n * k}f", *scores))
         elif name == oip.HEATMAP:
-            h, w = encoded[0][0].shape
+            h, w = encoded[0][0].tensor_shape
             raw = b"".join(e.tensor for row in encoded for e in row)  # row-major [N, K, h, w]
             made[name] = output_tensor(name, "FP32", (n, k, h, w), raw)
         else:

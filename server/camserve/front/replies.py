@@ -23,15 +23,15 @@ __all__ = ["build_response", "check_map_bytes", "check_reply", "model_info"]
 
 def check_map_bytes(prep: Prepared, image: DecodedImage, limit: int) -> None:
     """Refuse (``TOO_LARGE``) before computing when the float32 maps asked for cannot fit one reply."""
-    if not prep.output.tensor or prep.output.size == "grid":
+    if not prep.output.tensor or prep.output.tensor_at == "grid":
         return
-    h, w = map_size(prep.output, prep.summary.grid, image)
+    h, w = map_size(prep.output.tensor_at, prep.summary.grid, image)
     k = prep.spec.top_k
     need = 4 * h * w * k
     if need > limit:
         raise Failure(f"the reply would carry {need} bytes of float32 heatmaps ({k} x {h}x{w}), over the "
-                      f"server's {limit}-byte message limit; ask for CONV_GRID or MODEL_INPUT size, "
-                      "omit_tensor with a PNG, or fewer classes", ErrorKind.TOO_LARGE)
+                      f"server's {limit}-byte message limit; ask for the tensor at CONV_GRID (tensor_size) "
+                      "and resize it, omit_tensor with a PNG, or fewer classes", ErrorKind.TOO_LARGE)
 
 
 def check_reply(reply: pb.ExplainResponse | pb.ExplainBatchResponse, limit: int) -> None:
@@ -63,7 +63,7 @@ def build_response(prep: Prepared, image: DecodedImage, result: ItemResult,
                                    score=float(m.score), all_zero=bool(m.all_zero))
         if prep.output.tensor:
             ex.heatmap.dtype = pb.FLOAT32
-            ex.heatmap.shape.extend(enc.shape)
+            ex.heatmap.shape.extend(enc.tensor_shape)
             ex.heatmap.data = enc.tensor
         if enc.png:
             ex.heatmap_png = enc.png
@@ -75,6 +75,7 @@ def build_response(prep: Prepared, image: DecodedImage, result: ItemResult,
     resp.timing.compute_ms = result.compute_s * 1e3
     resp.timing.batch_size = int(result.batch_size)
     resp.timing.total_ms = total_s * 1e3
+    resp.original_size.extend(image.original_size)
     return resp
 
 

@@ -191,21 +191,26 @@ class RequestParser:
         if opt.colormap != 0 and opt.colormap not in _COLORMAP:
             raise invalid(f"unknown output.colormap {opt.colormap}; valid: "
                           f"{_enum_names(pb.Colormap, _COLORMAP)}")
+        if opt.tensor_size != 0 and opt.tensor_size not in _SIZE:
+            raise invalid(f"unknown output.tensor_size {opt.tensor_size}; valid: "
+                          f"{_enum_names(pb.HeatmapSize, _SIZE)} (or unset for output.size)")
         return output_spec(_SIZE.get(opt.size), tensor=not opt.omit_tensor, png=opt.heatmap_png,
                            overlay=_FORMAT.get(opt.overlay), alpha=opt.overlay_alpha or None,
                            colormap=_COLORMAP.get(opt.colormap), jpeg_quality=opt.jpeg_quality or None,
-                           prefix="output.")
+                           tensor_size=_SIZE.get(opt.tensor_size), prefix="output.")
 
 
 def output_spec(size: str | None = None, *, tensor: bool = True, png: bool = False,
                 overlay: str | None = None, alpha: float | None = None, colormap: str | None = None,
-                jpeg_quality: int | None = None, prefix: str = "") -> OutputSpec:
+                jpeg_quality: int | None = None, tensor_size: str | None = None,
+                prefix: str = "") -> OutputSpec:
     """Check what each explanation carries back, in the wire's words (``camserve_proto.vocabulary``).
 
     ``size``: a name of ``HEATMAP_SIZES`` (grid, input, original); ``overlay``: None or a name of
     ``IMAGE_FORMATS`` (png, jpeg); ``colormap``: a name of ``COLORMAPS``; ``alpha``: the heatmap's
     weight in the overlay, in (0, 1]; ``jpeg_quality``: 1..100. None = the default of
-    ``wire.DEFAULTS``. ``prefix`` is put before field names in messages (``output.`` for camserve.v1).
+    ``wire.DEFAULTS``. ``tensor_size``: the float32 map's own size when it differs from ``size`` (None =
+    ``size``). ``prefix`` is put before field names in messages (``output.`` for camserve.v1).
     Raises an INVALID_INPUT :class:`Failure` naming the valid values.
     """
     size = wire.DEFAULTS["heatmap_size"] if size is None else size
@@ -224,5 +229,7 @@ def output_spec(size: str | None = None, *, tensor: bool = True, png: bool = Fal
     if not 1 <= quality <= 100:
         raise invalid(f"{prefix}jpeg_quality {quality} must be in 1..100 "
                       f"(unset means {wire.DEFAULTS['jpeg_quality']})")
+    if tensor_size is not None and tensor_size not in wire.HEATMAP_SIZES:
+        raise invalid(f"unknown {prefix}tensor_size {tensor_size!r}; valid: {', '.join(wire.HEATMAP_SIZES)}")
     return OutputSpec(size=size, tensor=tensor, png=png, overlay=overlay, alpha=alpha, colormap=colormap,
-                      jpeg_quality=quality)
+                      jpeg_quality=quality, tensor_size=tensor_size)

@@ -55,7 +55,8 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         image = prep.image
         shape = prep.summary.input_shape
         if image.WhichOneof("source") == "encoded":
-            decoded = codec.decode_encoded(image.encoded, shape, self.max_image_pixels)
+            decoded = codec.decode_encoded(image.encoded, shape, self.max_image_pixels,
+                                           full_size=prep.output.draws_original)
         else:
             t = image.tensor
             dtype = wire.name_of(wire.DTYPES, t.dtype) or str(t.dtype)
@@ -64,9 +65,14 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         return decoded
 
     @staticmethod
-    def _tiny(prep: Prepared) -> bool:
-        """Decode inline (see ``codec.is_tiny``); raw tensors and large images go to the pool."""
-        return prep.image.WhichOneof("source") == "encoded" and codec.is_tiny(prep.image.encoded)
+    def _inline(prep: Prepared) -> bool:
+        """Decode on the event loop (see ``codec.inline``); raw tensors too unless large (a copy, or a
+        resize)."""
+        image = prep.image
+        if image.WhichOneof("source") == "encoded":
+            return codec.inline(image.encoded)
+        dims = list(image.tensor.shape)
+        return len(dims) < 3 or dims[-3] * dims[-2] <= codec.INLINE_PIXELS
 
     def _work(self, prep: Prepared, image: DecodedImage, deadline: float | None) -> WorkItem:
         return WorkItem(model=prep.config.name, pixels=image.pixels, spec=prep.spec, deadline=deadline)
@@ -75,11 +81,16 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
                            started: float) -> pb.ExplainResponse:
         prep = self.parser.prepare(request)
         shed_if_full(self.dispatcher, prep.config.name)
-        image = self.decode(prep) if self._tiny(prep) else await self.in_pool(self.decode, prep)
-        (result,) = await compute(self.dispatcher, self.metrics, [self._work(prep, image, deadline)])
+        image = self.decode(prep) if self._inline(prep) else await self.in_pool(self.decode, prep)
+        (result,) = await compute(self.dispatcher, [self._work(prep, image, deadline)])
         if prep.output.costly:
             return await self.in_pool(lambda: build_response(prep, image, result, self.clock() - started))
         return build_response(prep, image, result, self.clock() - started)
+
+    async def _decode_at(self, index: int, prep: Prepared) -> DecodedImage:
+        if self._inline(prep):
+            return _at(index, self.decode, prep)
+        return await self.in_pool(_at, index, self.decode, prep)
 
     async def _explain_batch(self, request: pb.ExplainBatchRequest, deadline: float | None,
                              started: float) -> pb.ExplainBatchResponse:
@@ -94,8 +105,8 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
                 raise invalid(f"ExplainBatch carries {count} images for model {name!r}, more than its "
                               f"queue holds ({limit}); split the call")
             shed_if_full(self.dispatcher, name, count)
-        images = await asyncio.gather(*(self.in_pool(_at, i, self.decode, p) for i, p in enumerate(preps)))
-        results = await compute(self.dispatcher, self.metrics,
+        images = await asyncio.gather(*(self._decode_at(i, p) for i, p in enumerate(preps)))
+        results = await compute(self.dispatcher,
                                 [self._work(p, img, deadline) for p, img in zip(preps, images, strict=True)])
 
         def build() -> pb.ExplainBatchResponse:

@@ -12,74 +12,117 @@ queue and compute samples (one per image, with its own times), and its images to
 ``inference_count``. Calls of either protocol count alike. ``compute_infer`` is the compiled step of
 the batch the image ran in; decoding and reply building (``compute_input``, ``compute_output`` in
 Triton) are not measured apart and show as the rest of ``success``.
+
+Several processes record: each front end its calls, the supervisor its queue, compute and batch
+events. So the counters are a table shared by every process of the server (:func:`shared_table`, a
+small file every process maps): one row per process, written only by that process (int64 counters,
+so reads never tear), and a reading sums the rows. A front end that dies keeps its counts (its row
+stays); a restarted one adds to the same row.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["Duration", "InferenceStatistics", "ModelCounters"]
+import numpy as np
+
+__all__ = ["Duration", "InferenceStatistics", "ModelCounters", "shared_table"]
+
+#: The counters of one model in one process's row.
+FIELDS = ("success_count", "success_ns", "fail_count", "fail_ns", "queue_count", "queue_ns",
+          "compute_count", "compute_ns", "inference_count", "execution_count", "last_inference_ms")
+_F = {name: i for i, name in enumerate(FIELDS)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Duration:
     """A cumulative count and duration (nanoseconds)."""
 
     count: int = 0
     ns: int = 0
 
-    def add(self, seconds: float, n: int = 1) -> None:
-        """Add ``n`` samples that each lasted ``seconds``."""
-        self.count += n
-        self.ns += n * max(0, int(seconds * 1e9))
 
-
-@dataclass
+@dataclass(frozen=True)
 class ModelCounters:
-    """One model's cumulative counters since the server started."""
+    """One model's cumulative counters since the server started, summed over its processes."""
 
-    success: Duration = field(default_factory=Duration)   # images of calls answered OK, call duration
-    fail: Duration = field(default_factory=Duration)      # images of calls that failed
-    queue: Duration = field(default_factory=Duration)     # waiting for a batch and a worker
-    compute_infer: Duration = field(default_factory=Duration)  # the batch's compiled step
-    inference_count: int = 0   # images computed (batch rows, padding excluded)
-    execution_count: int = 0   # batches run
-    last_inference_ms: int = 0  # milliseconds since the epoch of the last batch; 0 = never
+    success: Duration      # images of calls answered OK, with the call's duration
+    fail: Duration         # images of calls that failed
+    queue: Duration        # waiting for a batch and a worker
+    compute_infer: Duration  # the batch's compiled step
+    inference_count: int   # images computed (batch rows, padding excluded)
+    execution_count: int   # batches run
+    last_inference_ms: int  # milliseconds since the epoch of the last batch; 0 = never
+
+
+def shared_table(path: Path, rows: int, models: int, *, create: bool) -> np.ndarray:
+    """A (rows, models, len(FIELDS)) int64 table in the file ``path``, mapped into this process;
+    ``create`` makes the file (zeros) in the supervisor, the others attach to it."""
+    size = 8 * max(1, rows * models * len(FIELDS))
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0), 0o600)
+    try:
+        if create:
+            os.ftruncate(fd, size)
+        buf = mmap.mmap(fd, size)
+    finally:
+        os.close(fd)  # the mapping keeps the file open
+    return np.ndarray((rows, models, len(FIELDS)), dtype=np.int64, buffer=buf)
 
 
 class InferenceStatistics:
-    """The counters of every served model; fed by ``Metrics`` on the event loop, read by ModelStatistics."""
+    """The counters of every served model, written into ``row`` of ``table`` (see the module
+    docstring); fed by ``Metrics`` on the event loop, read by ModelStatistics. Without a ``table``
+    the counters live in this process alone."""
 
-    def __init__(self, models: Iterable[str], wall_clock: Callable[[], float] = time.time) -> None:
-        self._models = {name: ModelCounters() for name in models}
+    def __init__(self, models: Iterable[str], table: np.ndarray | None = None, row: int = 0,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self._index = {name: i for i, name in enumerate(models)}
+        if table is None:
+            table = np.zeros((1, len(self._index), len(FIELDS)), np.int64)
+        self._table = table
+        self._row = table[row]
         self._wall = wall_clock
 
     def __contains__(self, model: object) -> bool:
-        return model in self._models
+        return model in self._index
+
+    def _add(self, model: str | None, count: str, ns: str, seconds: float, n: int) -> None:
+        i = self._index.get(model or "")
+        if i is not None and n > 0:
+            self._row[i, _F[count]] += n
+            self._row[i, _F[ns]] += n * max(0, int(seconds * 1e9))
 
     def call(self, model: str | None, ok: bool, seconds: float, images: int) -> None:
         """A call carrying ``images`` images of ``model`` ended, OK or not, after ``seconds``."""
-        counters = self._models.get(model or "")
-        if counters is not None and images > 0:
-            (counters.success if ok else counters.fail).add(seconds, images)
+        kind = "success" if ok else "fail"
+        self._add(model, f"{kind}_count", f"{kind}_ns", seconds, images)
 
     def image(self, model: str, queue_s: float, compute_s: float) -> None:
         """One computed image's queue and compute times."""
-        counters = self._models.get(model)
-        if counters is not None:
-            counters.queue.add(queue_s)
-            counters.compute_infer.add(compute_s)
+        self._add(model, "queue_count", "queue_ns", queue_s, 1)
+        self._add(model, "compute_count", "compute_ns", compute_s, 1)
 
     def batch(self, model: str, size: int) -> None:
         """A batch of ``size`` images of ``model`` went to a worker."""
-        counters = self._models.get(model)
-        if counters is not None:
-            counters.execution_count += 1
-            counters.inference_count += size
-            counters.last_inference_ms = int(self._wall() * 1000)
+        i = self._index.get(model)
+        if i is not None:
+            self._row[i, _F["execution_count"]] += 1
+            self._row[i, _F["inference_count"]] += size
+            self._row[i, _F["last_inference_ms"]] = int(self._wall() * 1000)
 
     def counters(self, model: str) -> ModelCounters:
-        """The live counters of ``model`` (KeyError when it is not served)."""
-        return self._models[model]
+        """``model``'s counters summed over every process (KeyError when it is not served)."""
+        cells = self._table[:, self._index[model], :]
+        total = {name: int(v) for name, v in zip(FIELDS, cells.sum(axis=0), strict=True)}
+        return ModelCounters(
+            success=Duration(total["success_count"], total["success_ns"]),
+            fail=Duration(total["fail_count"], total["fail_ns"]),
+            queue=Duration(total["queue_count"], total["queue_ns"]),
+            compute_infer=Duration(total["compute_count"], total["compute_ns"]),
+            inference_count=total["inference_count"], execution_count=total["execution_count"],
+            last_inference_ms=int(cells[:, _F["last_inference_ms"]].max()))

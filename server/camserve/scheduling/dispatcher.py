@@ -32,7 +32,7 @@ import numpy as np
 
 from camserve.records import ErrorKind, Failure, ItemResult, ModelSummary
 from camserve.repository import ModelConfig
-from camserve.scheduling.batcher import Batcher, WorkItem
+from camserve.scheduling.batcher import Batcher, Pending, WorkItem
 from camserve.scheduling.handles import WorkerHandle, WorkerState
 from camserve.scheduling.observer import NullObserver, Observer
 from camserve.scheduling.placement import WorkerPlan, discover_gpus
@@ -117,6 +117,11 @@ class Dispatcher:
     # ------------------------------------------------------------------ facade
 
     @property
+    def models(self) -> list[str]:
+        """Names of the served models, in repository order."""
+        return list(self._repo)
+
+    @property
     def plan(self) -> WorkerPlan:
         return self._plan
 
@@ -178,6 +183,17 @@ class Dispatcher:
         Raises :class:`Failure` (``UNKNOWN_MODEL``, ``NOT_READY``, ``INVALID_INPUT``, ``QUEUE_FULL``,
         ``DEADLINE``, ``WORKER_LOST``, an engine refusal's kind, or ``INTERNAL``).
         """
+        pending = self.enqueue(item)
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            self._batcher.withdraw(pending)
+            raise
+
+    def enqueue(self, item: WorkItem) -> Pending:
+        """Queue ``item`` without waiting: its ``future`` resolves to the :class:`ItemResult` (or the
+        :class:`Failure`). For callers that route results themselves (``camserve.scheduling.hub``); a
+        caller who leaves must call :meth:`withdraw`. Raises :class:`Failure` as :meth:`submit` does."""
         cfg = self._repo.get(item.model)
         if cfg is None:
             raise Failure(f"model {item.model!r} is not served (available: {', '.join(sorted(self._repo))})",
@@ -187,12 +203,18 @@ class Dispatcher:
         if not self._ready[item.model]:
             raise Failure(self._not_ready_reason(item.model), ErrorKind.NOT_READY)
         _check_pixels(item, cfg)
-        pending = self._batcher.put(item)
-        try:
-            return await pending.future
-        except asyncio.CancelledError:
-            self._batcher.withdraw(pending)
-            raise
+        return self._batcher.put(item)
+
+    def withdraw(self, pending: Pending) -> None:
+        """The caller of an :meth:`enqueue` d item left: drop it if it is still queued, else cancel its
+        future (as leaving :meth:`submit` does), so a batch whose callers have all left is not computed."""
+        if not self._batcher.withdraw(pending) and not pending.future.done():
+            pending.future.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` began (draining: no new work is accepted)."""
+        return self._stopping
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Refuse new work, finish queued and in-flight work and stop the workers, all within ``grace_s``

@@ -4,26 +4,29 @@ A :class:`WorkerHandle` survives restarts of its worker process (``generation`` 
 holds the batches that worker was sent, oldest first (:class:`Inflight`, at most
 ``PIPELINE_DEPTH``); :func:`deliver` hands the :class:`~camserve.records.ItemResult` s the worker
 returns for one batch to the callers' futures, with the scheduler's timing filled in (an item that
-failed on the worker raises its :class:`~camserve.records.Failure`, same kind and message).
-``camserve.scheduling.pool`` drives all of it on the event loop.
+failed on the worker raises its :class:`~camserve.records.Failure`, same kind and message), and
+:func:`watch_callers` notices when every caller of a sent batch has left, so that the pool can tell
+the worker not to start it. ``camserve.scheduling.pool`` drives all of it on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from camserve.records import ErrorKind, Failure, ItemResult, ModelSummary
-from camserve.scheduling.batcher import Batch
+from camserve.scheduling.batcher import Batch, Pending, left_because
 from camserve.scheduling.placement import WorkerSlot
 from camserve.worker.slab import Slab
 
-__all__ = ["Inflight", "WorkerHandle", "WorkerState", "deliver"]
+__all__ = ["Inflight", "WorkerHandle", "WorkerState", "deliver", "watch_callers"]
 
 
 class WorkerState(enum.Enum):
@@ -42,6 +45,7 @@ class Inflight:
     half: int
     started_at: float = 0.0  # when the worker began it (sent_at, or when the batch before it ended)
     watchdog: asyncio.TimerHandle | None = None
+    left: list[str] = field(default_factory=list)  # why each caller that left did ("deadline", ...)
 
 
 @dataclass(eq=False)
@@ -98,3 +102,17 @@ def deliver(inf: Inflight, results: Sequence[ItemResult], compute_s: float) -> N
         if not p.future.done():
             p.future.set_exception(Failure("the worker returned fewer results than items",
                                            ErrorKind.INTERNAL))
+
+
+def watch_callers(inf: Inflight, all_left: Callable[[Inflight], None]) -> None:
+    """Call ``all_left(inf)`` once every caller of ``inf``'s batch has left (its future cancelled),
+    noting in ``inf.left`` why each left, at the moment it did (``batcher.left_because``)."""
+
+    def leaving(p: Pending, future: asyncio.Future[object]) -> None:
+        if future.cancelled():
+            inf.left.append(left_because(p, time.monotonic()))
+            if len(inf.left) == len(inf.batch.items):
+                all_left(inf)
+
+    for p in inf.batch.items:
+        p.future.add_done_callback(functools.partial(leaving, p))

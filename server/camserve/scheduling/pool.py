@@ -10,6 +10,9 @@
   already sent the next (double buffering), and runs them in the order sent. A half is reused
   only after the worker answered the batch in it. One reader thread per worker blocks on the pipe
   and hands messages to the event loop with ``call_soon_threadsafe``.
+* Callers that leave: a batch whose callers have all left is cancelled on the worker (a
+  ``("cancel", id)`` message); a worker that had not started it answers ``("skipped", id)``
+  instead of computing it, and its callers are counted dropped (``deadline`` or ``cancelled``).
 * Failure: EOF on the pipe means the worker is gone. Every batch it holds fails at once
   (``WORKER_LOST``, retryable) and it is restarted after a back-off (0.5 s doubling up to 10 s, back
   to 0.5 s once a worker has stayed healthy for a minute). A batch that runs longer than
@@ -35,7 +38,7 @@ from typing import Any
 
 from camserve.records import ErrorKind, Failure
 from camserve.scheduling.batcher import Batch
-from camserve.scheduling.handles import Inflight, WorkerHandle, WorkerState, deliver
+from camserve.scheduling.handles import Inflight, WorkerHandle, WorkerState, deliver, watch_callers
 from camserve.scheduling.observer import NullObserver, Observer
 from camserve.scheduling.placement import WorkerSlot
 from camserve.worker.slab import Slab, write_arrays
@@ -102,14 +105,9 @@ class WorkerPool:
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop every worker, unlink the slabs; returns once each process has been reaped.
-
-        A ready worker is asked to exit (``stop`` on its pipe) and killed if it has not within
-        ``timeout_s``; a worker still loading or compiling is stopped at once (SIGTERM: it has nothing
-        to finish, and would read ``stop`` only after its warm-up). Each process is reaped by its own
-        reader thread, never by two threads at once (a second ``waitpid`` sees no child and reports a
-        dead worker as still running).
-        """
+        """Stop every worker (a ready one is asked to, and killed after ``timeout_s``; one still loading
+        gets SIGTERM at once: it would read ``stop`` only after its warm-up), unlink the slabs. Each
+        process is reaped by its reader thread alone (see :meth:`_unreaped`)."""
         self._stopping = True
         for w in self.workers:
             if w.restart_timer is not None:
@@ -140,8 +138,7 @@ class WorkerPool:
             task.cancel()
 
     def _await_exits(self, timeout_s: float) -> None:
-        """Wait for every reader thread (it ends once its process has exited and been reaped); kill a
-        process still running after ``timeout_s`` (its reader then reaps it)."""
+        """Wait for the reader threads (each ends once its process is reaped); kill what outlives them."""
         deadline = time.monotonic() + timeout_s
         for w in self.workers:
             if w.reader is None:
@@ -154,9 +151,8 @@ class WorkerPool:
 
     @staticmethod
     def _unreaped(w: WorkerHandle) -> bool:
-        """True while ``w``'s process has not been reaped by its reader thread, so its pid is still its
-        own and may be signalled. (Asking the process itself, ``is_alive()``, would ``waitpid`` from a
-        second thread and race the reader.)"""
+        """True until ``w``'s reader reaped its process (so its pid may be signalled). ``is_alive()``
+        would ``waitpid`` from a second thread: the loser sees no child and reports it running."""
         return w.process is not None and w.reader is not None and w.reader.is_alive()
 
     async def _spawn(self, w: WorkerHandle) -> None:
@@ -214,8 +210,7 @@ class WorkerPool:
     def _read(
         self, w: WorkerHandle, gen: int, conn: Connection, proc: BaseProcess, loop: asyncio.AbstractEventLoop
     ) -> None:
-        """Reader thread: forward messages to the loop; on EOF reap the process (this thread is the only
-        one that does) and report."""
+        """Reader thread: forward messages to the loop; on EOF reap the process (its only reaper), report."""
         while True:
             try:
                 msg = conn.recv()
@@ -252,8 +247,8 @@ class WorkerPool:
             w.last_error = None
             log.info("worker %d ready in %.1f s (pid %s)", w.index, load_s, w.pid)
             self._on_ready(w)
-        elif kind == "result":
-            _, batch_id, results, compute_s = msg
+        elif kind in ("result", "skipped"):
+            batch_id = msg[1]
             inf = w.batches.pop(batch_id, None)
             if inf is None:  # normal only at stop (a batch withdrawn just as the worker began it)
                 (log.debug if self._stopping else log.warning)(
@@ -264,7 +259,10 @@ class WorkerPool:
             nxt = w.inflight
             if nxt is not None and nxt.watchdog is None:  # the worker starts the next batch now
                 self._arm(w, nxt)
-            deliver(inf, results, float(compute_s))
+            if kind == "result":
+                deliver(inf, msg[2], float(msg[3]))
+            for reason in inf.left if kind == "skipped" else ():  # not computed: every caller had left
+                self._observer.request_dropped(inf.batch.model, reason)
             if not inf.done.done():
                 inf.done.set_result(None)
         elif kind == "fatal":
@@ -354,6 +352,13 @@ class WorkerPool:
         if self._unreaped(w):
             w.process.kill()
 
+    @staticmethod
+    def _cancel(w: WorkerHandle, inf: Inflight) -> None:
+        """Every caller of ``inf`` left: ask the worker not to start it (it may have already)."""
+        if w.batches.get(inf.batch_id) is inf and w.conn is not None:
+            with contextlib.suppress(OSError, ValueError):  # a dying worker: EOF follows
+                w.conn.send(("cancel", inf.batch_id))
+
     def ready_workers(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.state is WorkerState.READY]
 
@@ -383,6 +388,7 @@ class WorkerPool:
         batch_id = next(self._ids)
         inf = Inflight(batch_id=batch_id, batch=batch, done=done, sent_at=time.monotonic(), half=half)
         w.batches[batch_id] = inf
+        watch_callers(inf, lambda inf: self._cancel(w, inf))
         if len(w.batches) == 1:
             self._arm(w, inf)
         try:

@@ -13,6 +13,9 @@ they are:
 * worker -> parent ``("result", batch_id, results, compute_s)``: one
   :class:`~camserve.records.ItemResult` per item, in order; a caller's mistake is that item's
   ``error`` and never kills the worker.
+* parent -> worker ``("cancel", batch_id)``: every caller of that batch has left. If the worker has
+  not started it, it answers ``("skipped", batch_id)`` and never computes it; otherwise the message
+  is ignored (the parent drops the results).
 * parent -> worker ``("stop",)``: exit cleanly. EOF on the pipe (parent gone) does the same, and a
   watcher thread exits the process if the parent dies while it is still loading. The parent may have
   sent a second batch before ``stop`` (it double-buffers); the worker reads everything that has
@@ -85,10 +88,15 @@ def _serve(conn: Connection, buf: memoryview, runner: Runner, index: int) -> Non
             return
         if msg[0] == "stop" or any(m[0] == "stop" for m in backlog):
             return
+        if msg[0] == "cancel":  # for a batch already answered (or skipped): nothing to do
+            continue
         if msg[0] != "batch":
             log(index, f"ignoring unknown message {msg[0]!r}")
             continue
         _, batch_id, model, refs, specs = msg
+        if ("cancel", batch_id) in backlog:  # every caller left before it started
+            conn.send(("skipped", batch_id))
+            continue
         t1 = time.perf_counter()
         images: list[Any] = []
         try:

@@ -1,6 +1,6 @@
 """The load generator's report: per-step summary, the perf_analyzer-like table, JSON and the plot.
 
-Kept apart from the load loop (``camserve_client.loadgen``) because other drivers reuse it on their
+Kept apart from the load loop (``camserve_client.tools.loadgen``) because other drivers reuse it on their
 own samples (``bench.baseline`` summarizes its tf-keras-vis baseline with the same :class:`Sample` and
 :func:`summarize`). matplotlib is imported only when a plot is written; without it the PNG is
 skipped with a message.

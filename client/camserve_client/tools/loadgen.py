@@ -10,7 +10,7 @@ on gRPC, not on protobuf. Each response's timing gives the server-side queue / c
 the size of the batch the request ran in. ``--protocol oip`` sends the same images through the Open
 Inference Protocol instead (``inference.GRPCInferenceService/ModelInfer``: IMAGE rows, or PIXELS for
 raw payloads; the split comes from the reply's parameters), so both endpoints are measured alike.
-Output (``camserve_client.loadreport``): a table, JSON, and a latency-throughput PNG (matplotlib is
+Output (``camserve_client.tools.loadreport``): a table, JSON, and a latency-throughput PNG (matplotlib is
 imported only then; without it the PNG is skipped).
 """
 
@@ -36,9 +36,9 @@ from camserve_proto import oip
 
 from camserve_client import __version__
 from camserve_client.client import AsyncClient
-from camserve_client.loadreport import Sample, format_table, json_safe, summarize, write_plot
-from camserve_client.progress import Progress
-from camserve_client.testimages import encode_png, folder_images, generated
+from camserve_client.tools.loadreport import Sample, format_table, json_safe, summarize, write_plot
+from camserve_client.tools.progress import bar as progress_bar
+from camserve_client.tools.testimages import encode_png, folder_images, generated
 from camserve_client.types import build_request
 
 
@@ -166,7 +166,7 @@ class LoadGenerator:
         return Sample(start, latency, "OK", t.queue_ms, t.compute_ms, t.total_ms, t.batch_size)
 
     async def _closed(self, call: Any, metadata: Any, concurrency: int, duration: float,
-                      bar: Progress | None) -> tuple[list[Sample], float]:
+                      bar: Any) -> tuple[list[Sample], float]:
         samples: list[Sample] = []
         t0 = time.perf_counter()
         end = t0 + duration
@@ -180,13 +180,13 @@ class LoadGenerator:
                 if s.start + s.latency_ms / 1e3 <= end:
                     samples.append(s)
                     if bar is not None:
-                        bar.set(min(duration, time.perf_counter() - t0), f"{len(samples)} ok+err")
+                        _advance(bar, min(duration, time.perf_counter() - t0), f"{len(samples)} ok+err")
 
         await asyncio.gather(*(caller(k) for k in range(concurrency)))
         return samples, duration
 
     async def _open(self, call: Any, metadata: Any, rate: float, duration: float,
-                    bar: Progress | None) -> tuple[list[Sample], float]:
+                    bar: Any) -> tuple[list[Sample], float]:
         samples: list[Sample] = []
         rng = np.random.default_rng(self.cfg.seed + int(rate * 1000))
         t0 = time.perf_counter()
@@ -216,7 +216,8 @@ class LoadGenerator:
                 tasks.add(task)
             i += 1
             if bar is not None and i % 16 == 0:
-                bar.set(min(duration, time.perf_counter() - t0), f"{len(samples)} done, {len(tasks)} open")
+                _advance(bar, min(duration, time.perf_counter() - t0),
+                         f"{len(samples)} done, {len(tasks)} open")
             next_t += rng.exponential(1.0 / rate)
         remaining = end - time.perf_counter()
         if tasks and remaining > 0:
@@ -243,11 +244,11 @@ class LoadGenerator:
                 arg: Any = int(level) if mode == "closed" else level
                 if cfg.warmup_s > 0:
                     await runner(call, metadata, arg, cfg.warmup_s, None)
-                bar = Progress(cfg.duration_s, f"{mode} {label}", unit="s", enabled=not cfg.quiet)
+                bar = progress_bar(cfg.duration_s, f"{mode} {label}", unit="s", enabled=not cfg.quiet)
                 samples, dur = await runner(call, metadata, arg, cfg.duration_s, bar)
                 step = summarize(samples, dur, self._images_per_call, mode, level)
-                bar.postfix = (f"{step['throughput_img_s']:.1f} img/s p99 {step['latency_ms']['p99']:.1f} ms "
-                               f"errors {step['requests_failed']}")
+                _advance(bar, cfg.duration_s, f"{step['throughput_img_s']:.1f} img/s p99 "
+                         f"{step['latency_ms']['p99']:.1f} ms errors {step['requests_failed']}")
                 bar.close()
                 steps.append(step)
         finally:
@@ -280,6 +281,12 @@ def oip_request(images: Sequence[Any], model: str, method: str, top_k: int,
     request.parameters["top_k"].int64_param = top_k
     request.parameters["heatmap_size"].string_param = size
     return request
+
+
+def _advance(bar: Any, seconds: float, postfix: str) -> None:
+    """Move a time bar (tqdm or NoBar) to ``seconds`` with ``postfix``; tqdm redraws at most every 0.1 s."""
+    bar.set_postfix_str(postfix, refresh=False)
+    bar.update(seconds - bar.n)
 
 
 def run_load(config: LoadConfig) -> dict[str, Any]:
@@ -350,7 +357,7 @@ def config_from_args(args: argparse.Namespace, client_kwargs: dict[str, Any]) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`camserve bench`: run the sweep, print the table, write JSON / PNG if asked."""
-    from camserve_client.cli import UsageError, add_connection_arguments, client_kwargs
+    from camserve_client.tools.cli import UsageError, add_connection_arguments, client_kwargs
 
     parser = argparse.ArgumentParser(prog="camserve bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -87,11 +88,39 @@ def _with_rank(path: Path, rank: int, k: int) -> Path:
     return path if k == 1 else path.with_name(f"{path.stem}_top{rank + 1}{path.suffix}")
 
 
+def too_large_advice(exc: Exception, args: argparse.Namespace, image: str) -> str | None:
+    """A refusal for message size in the CLI's words, naming the options that make it fit (else None)."""
+    details = str(getattr(exc, "details", ""))
+    if getattr(getattr(exc, "code", None), "name", "") != "RESOURCE_EXHAUSTED":
+        return None
+    # The request refused for size: by camserve (its message names --max-message-mb), or by gRPC.
+    ours = re.search(r"request message is [\d.]+ MiB, more than this server accepts \(([\d.]+) MiB", details)
+    theirs = re.search(r"larger than max \((\d+) vs\. (\d+)\)", details)
+    limit = float(ours.group(1)) * 2**20 if ours else float(theirs.group(2)) if theirs else None
+    if limit is not None and image != "-" and Path(image).stat().st_size >= limit:
+        return (f"the image file is {Path(image).stat().st_size / 2**20:.1f} MB, over the server's "
+                f"{limit / 2**20:.0f} MiB message limit: resize or recompress it "
+                "(or start the server with a larger --max-message-mb)")
+    if limit is None and "message limit" not in details:
+        return None  # a full queue, not a size
+    fixes = []
+    if args.overlay and not args.overlay.lower().endswith((".jpg", ".jpeg")):
+        fixes.append("a JPEG overlay (--overlay NAME.jpg, several times smaller than PNG)")
+    if args.size == "original" and (args.overlay or args.heatmap_png):
+        fixes.append("smaller images (--size input)")
+    if args.top_k > 1:
+        fixes.append("one class per call (--top-k 1, or --class N)")
+    if args.heatmap_png:
+        fixes.append("no --heatmap-png (--heatmap writes the map as .npy without this limit)")
+    return ("the answer would be over the server's message limit"
+            + (": use " + ", or ".join(fixes) if fixes else "") + f" ({details.split(';')[0]})")
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from camserve_client import CamserveError, Client
-    from camserve_client.progress import Progress
+    from camserve_client.tools.progress import bar as progress_bar
 
     images: list[str] = []
     for item in args.images:
@@ -117,7 +146,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     overlay_fmt = None
     if args.overlay:
         overlay_fmt = "jpeg" if Path(args.overlay).suffix.lower() in (".jpg", ".jpeg") else "png"
-    output = {"size": args.size, "heatmap": True, "heatmap_png": bool(args.heatmap_png),
+    # Ask only for what will be written: the float32 map only for --heatmap (at the original size it
+    # travels at the conv grid and is resized here, see OutputOptions), the overlay only for --overlay.
+    output = {"size": args.size, "heatmap": bool(args.heatmap), "heatmap_png": bool(args.heatmap_png),
               "overlay": overlay_fmt, "alpha": args.alpha, "colormap": args.colormap}
     used: set[Path] = set()
     plan = [(img,
@@ -143,7 +174,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             failures += 1
             if exc.code.name in ("UNAVAILABLE", "UNAUTHENTICATED", "NOT_FOUND", "DEADLINE_EXCEEDED"):
                 fatal.append(exc)
-            print(f"{img}: {exc}", file=sys.stderr)
+            print(f"{img}: {too_large_advice(exc, args, img) or exc}", file=sys.stderr)
             return
         except (OSError, ValueError) as exc:
             failures += 1
@@ -176,7 +207,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   f"compute={r.timing.compute_ms:.1f}ms batch={r.timing.batch_size} "
                   f"latency={r.timing.latency_ms:.1f}ms")
 
-    bar = Progress(len(images), "explain", unit="img", enabled=many and not args.quiet)
+    bar = progress_bar(len(images), "explain", unit="img", enabled=many and not args.quiet)
     with client, bar, ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool:
         for _ in pool.map(one, plan):
             bar.update()
@@ -257,10 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--top-k", type=int, default=1, help="explain the k best classes (default 1)")
     ex.add_argument("--target-layer", help="layer name or outer/inner path (default: the model's)")
     ex.add_argument("--size", choices=["grid", "input", "original"], default="original",
-                    help="heatmap size: conv grid, model input, or the image's own (default original)")
+                    help="size of the written maps and overlays: conv grid, model input, or the image's own "
+                         "(default original; the --heatmap map then travels at the conv grid and is "
+                         "resized here, so any photo size fits one reply)")
     ex.add_argument("--overlay", metavar="OUT", help="write the colour overlay (.png or .jpg); with "
                     "several images OUT gets each image's stem, or give a folder")
-    ex.add_argument("--heatmap", metavar="OUT.npy", help="write the float32 heatmap as .npy (top-k: stacked)")
+    ex.add_argument("--heatmap", metavar="OUT.npy", help="write the float32 heatmap as .npy (top-k: "
+                    "stacked); without it no float32 map is asked for")
     ex.add_argument("--heatmap-png", metavar="OUT.png", help="write the heatmap as 8-bit grayscale PNG")
     ex.add_argument("--alpha", type=float, default=0.4, help="heatmap weight in the overlay (default 0.4)")
     ex.add_argument("--colormap", default="jet", choices=["jet", "turbo", "viridis", "inferno"])
@@ -299,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return serve_main(argv[1:])
     if argv and argv[0] == "bench":
-        from camserve_client.loadgen import main as bench_main
+        from camserve_client.tools.loadgen import main as bench_main
 
         return bench_main(argv[1:])
     parser = build_parser()

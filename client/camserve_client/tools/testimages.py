@@ -17,16 +17,17 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 def encode_png(image: np.ndarray, level: int = 6) -> bytes:
-    """Encode an (H,W), (H,W,1) or (H,W,3) uint8 array as PNG (filter 0, zlib)."""
+    """Encode an (H,W) or (H,W,C) uint8 array as PNG (filter 0, zlib): C = 1 gray, 2 gray + alpha,
+    3 RGB, 4 RGBA."""
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise ValueError(f"encode_png needs uint8, got {arr.dtype}")
     if arr.ndim == 2:
         arr = arr[:, :, None]
     h, w, c = arr.shape
-    color_type = {1: 0, 3: 2, 4: 6}.get(c)
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}.get(c)
     if color_type is None:
-        raise ValueError(f"encode_png needs 1, 3 or 4 channels, got {c}")
+        raise ValueError(f"encode_png needs 1 to 4 channels, got {c}")
     rows = np.concatenate([np.zeros((h, 1), np.uint8), arr.reshape(h, w * c)], axis=1)
 
     def chunk(tag: bytes, data: bytes) -> bytes:

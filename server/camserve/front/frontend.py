@@ -1,0 +1,167 @@
+"""One front-end process: the gRPC server on the shared port, over the supervisor's scheduler.
+
+`camserve serve --frontends N` runs N of these (spawned by `camserve.front.supervisor`). Each binds
+the server's port with SO_REUSEPORT (the kernel spreads new connections across them), terminates
+gRPC for every service (`build_grpc_server`: camserve.v1, the Open Inference Protocol, health,
+reflection, TLS, tokens),
+validates and decodes, and hands images to the one scheduler through
+`camserve.scheduling.remote.RemoteDispatcher`. Health mirrors the hub's state: SERVING only while
+every front end accepts calls, every model is warm on a live worker and the server is not draining.
+
+Drain (the supervisor's ``drain`` message after SIGTERM): NOT_SERVING at once, keep serving for the
+pre-stop window (skipped if this front end never reported SERVING: no balancer routes to it), stop
+accepting and let in-flight calls finish (`server.stop(grace)`), exit 0. If
+the supervisor disappears, the process stops at once (its calls cannot be answered any more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from grpc_health.v1 import health, health_pb2
+
+from camserve.front.metrics import Metrics
+from camserve.front.security import add_listening_port
+from camserve.front.server import SERVICE_NAMES, ServerOptions, build_grpc_server, listen_address
+from camserve.front.statistics import InferenceStatistics, shared_table
+from camserve.repository import ModelConfig
+from camserve.scheduling.arena import PixelArena
+from camserve.scheduling.board import Board
+from camserve.scheduling.hub import State
+from camserve.scheduling.remote import RemoteDispatcher
+
+__all__ = ["FrontEnd", "main"]
+
+log = logging.getLogger("camserve.frontend")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class FrontEnd:
+    """Front end ``index`` of a server (see the module docstring)."""
+
+    def __init__(self, index: int, repository: dict[str, ModelConfig], opts: ServerOptions, port: int,
+                 hub_path: Path, board_path: Path, frontends: int,
+                 arena: tuple[str, int, int] | None = None, statistics_path: Path | None = None) -> None:
+        self.index = index
+        self.repository = repository
+        self.opts = opts
+        self.port = port
+        self.hub_path = hub_path
+        self.board = Board.attach(board_path, list(repository), frontends)
+        max_batch = max(c.batching.max_batch_size for c in repository.values())
+        statistics = None
+        if statistics_path is not None:  # the server's shared ModelStatistics table, this front end's row
+            table = shared_table(statistics_path, frontends + 1, len(repository), create=False)
+            statistics = InferenceStatistics(list(repository), table, row=index)
+        self.metrics = Metrics(list(repository), max_batch_size=max_batch, statistics=statistics)
+        self.arena = PixelArena.attach(*arena) if arena is not None else None
+        self.dispatcher = RemoteDispatcher(index, repository, self.board, self.arena)
+        self.executor = ThreadPoolExecutor(max_workers=max(1, opts.codec_threads),
+                                           thread_name_prefix="camserve-codec")
+        self.health = health.aio.HealthServicer()
+        self.names = ["", *SERVICE_NAMES, *repository]
+        self._health: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._drain: asyncio.Future[bool] | None = None
+        self.served = False  # reported SERVING at least once (else a drain skips the pre-stop window)
+        self._hurry = asyncio.Event()
+
+    def _count_rejected(self, method: str, code: str) -> None:
+        self.metrics.record_rpc(None, method.rsplit("/", 1)[-1], code, None)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._drain = loop.create_future()
+        for name in self.names:
+            await self.health.set(name, NOT_SERVING)
+        self.dispatcher.on_state = lambda _state: self._wake.set()
+        self.dispatcher.on_drain = self._on_drain
+        await self.dispatcher.connect(self.hub_path)
+        server = build_grpc_server(self.repository, self.opts, self.dispatcher, self.metrics, self.executor,
+                                   self.health, self._count_rejected,
+                                   draining=lambda: self.dispatcher.state.draining or self._drain.done())
+        add_listening_port(server, listen_address(self.opts, self.port), self.opts.security)
+        await server.start()
+        self.dispatcher.serving(True)
+        health_task = asyncio.create_task(self._mirror_health())
+        lost = asyncio.create_task(self.dispatcher.lost.wait())
+        await asyncio.wait({self._drain, lost}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if self._drain.done():
+            await self._drain_calls(server)
+        else:
+            log.error("front end %d: the supervisor is gone; stopping", self.index)
+            await server.stop(0)
+            code = 1
+        health_task.cancel()
+        lost.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.dispatcher.close()
+        await asyncio.sleep(0)  # let the channel write what is queued
+        return code
+
+    def _on_drain(self, hurry: bool) -> None:
+        if hurry:
+            self._hurry.set()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(hurry)
+
+    async def _drain_calls(self, server: Any) -> None:
+        await self.health.enter_graceful_shutdown()  # NOT_SERVING on every name, for good
+        if not self.served:  # never in a load balancer's rotation: nobody to wait for
+            log.info("front end %d never reported SERVING, so no pre-stop window", self.index)
+        elif self.opts.pre_stop_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), self.opts.pre_stop_s)
+        self.dispatcher.serving(False)
+        await server.stop(self.opts.drain_s)
+
+    async def _mirror_health(self) -> None:
+        """Set grpc.health.v1 from the hub's state whenever it changes."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            state: State = self.dispatcher.state
+            if state.draining:
+                continue  # enter_graceful_shutdown already set NOT_SERVING for good
+            overall = SERVING if state.serving else NOT_SERVING
+            status = dict.fromkeys(("", *SERVICE_NAMES), overall)
+            for model in self.repository:
+                status[model] = SERVING if state.ready.get(model) else NOT_SERVING
+            self.served = self.served or overall == SERVING
+            for name, value in status.items():
+                if self._health.get(name) != value:
+                    await self.health.set(name, value)
+                    self._health[name] = value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m camserve.front.frontend SPEC INDEX`: the front end ``INDEX`` of the server whose
+    supervisor wrote ``SPEC`` (repository, options, port, hub and board paths); returns the exit code."""
+    spec_path, index = (sys.argv[1:] if argv is None else argv)[:2]
+    spec = pickle.loads(Path(spec_path).read_bytes())
+    idx = int(index)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    logging.basicConfig(level=spec.get("log_level", "INFO"), stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s front{idx} %(name)s: %(message)s")
+    front = FrontEnd(idx, spec["repository"], spec["options"], spec["port"], Path(spec["hub"]),
+                     Path(spec["board"]), spec["frontends"], spec["arenas"][idx], Path(spec["statistics"]))
+    try:
+        return asyncio.run(front.run())
+    except OSError as exc:  # cannot bind the port, cannot reach the supervisor
+        log.error("front end %d: %s", idx, exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
