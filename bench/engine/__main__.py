@@ -1,8 +1,9 @@
 """Grad-CAM throughput vs plain forward throughput, side by side in one run.
 
 For each model (VGG16, ResNet50, MobileNetV2 at 224x224 with ``weights=None``: speed does not depend
-on weights; plus the bundled demo model when it exists), each compile mode (xla, graph) and each
-batch size (1, 8, 32): images/s of
+on weights; ViT-S16, a ViT-Small/16 built from keras-hub's classes with random weights, explained on
+its patch-token grid; plus the bundled demo model when it exists), each compile mode (xla, graph)
+and each batch size (1, 8, 32): images/s of
 
 - ``forward``: ``model(x, training=False)`` in one ``tf.function`` compiled the same way (same
   uint8 input and in-step preprocessing);
@@ -42,10 +43,28 @@ APPS = {
 }
 
 
+#: Transformers: (hidden size, layers, heads, MLP size), patch 16 (Dosovitskiy et al. 2021, table 1;
+#: Small as in DeiT-S). Built from keras-hub's classes, random weights, nothing downloaded.
+TRANSFORMERS = {"ViT-S16": (384, 12, 6, 1536)}
+
+
+def _vit(name: str, size: int) -> Any:
+    import keras_hub
+
+    hidden, layers, heads, mlp = TRANSFORMERS[name]
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(size, size, 3), patch_size=16, num_layers=layers, num_heads=heads, hidden_dim=hidden,
+        mlp_dim=mlp,
+    )
+    return keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=1000, preprocessor=None)
+
+
 def load_model(name: str, size: int) -> tuple[Any, str, str | None, tuple[int, int, int]]:
     """(model, preprocessing, target layer or None, input shape) for a benchmark model name."""
     import keras
 
+    if name in TRANSFORMERS:
+        return _vit(name, size), "tf", None, (size, size, 3)
     if name == "demo":
         cfg = json.loads((DEMO / "config.json").read_text())
         model = keras.saving.load_model(DEMO / cfg.get("model_file", "model.keras"), compile=False)
@@ -117,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="fast check: MobileNetV2 at 96x96 + demo, batch 1/4"
     )
-    parser.add_argument("--models", default=None, help="comma list of VGG16,ResNet50,MobileNetV2,demo")
+    parser.add_argument(
+        "--models", default=None, help="comma list of VGG16,ResNet50,MobileNetV2,ViT-S16,demo"
+    )
     parser.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8,32)")
     parser.add_argument(
         "--modes", default="graph,xla", help="comma list of compile modes (default graph,xla)"
@@ -128,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     quick = args.quick
-    models = (args.models or ("MobileNetV2,demo" if quick else "VGG16,ResNet50,MobileNetV2,demo")).split(",")
+    default = "MobileNetV2,demo" if quick else "VGG16,ResNet50,MobileNetV2,ViT-S16,demo"
+    models = (args.models or default).split(",")
     batches = [int(b) for b in (args.batches or ("1,4" if quick else "1,8,32")).split(",")]
     modes = args.modes.split(",")
     size = args.size or (96 if quick else 224)

@@ -241,6 +241,7 @@ class ExplainResult:
     explanations: list[Explanation]
     top_predictions: list[Prediction]
     timing: Timing
+    score_kind: str = "logits"  # what Explanation.score holds: "logits" or "probability"
 
     @property
     def heatmap(self) -> np.ndarray | None:
@@ -290,15 +291,21 @@ def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0,
         method=method_name(resp.method), target_layer=resp.target_layer, explanations=exps,
         top_predictions=preds,
         timing=Timing(queue_ms=t.queue_ms, compute_ms=t.compute_ms, batch_size=t.batch_size,
-                      total_ms=t.total_ms, latency_ms=latency_ms))
+                      total_ms=t.total_ms, latency_ms=latency_ms),
+        score_kind=resp.score_kind or "logits")
 
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """A layer a target may name: its grid (h, w) and channels; ``kind`` "conv" (a conv map) or
+    "tokens" (a vision transformer's tokens on their patch grid, after ``prefix_tokens``)."""
+
     name: str
     grid: tuple[int, ...]
     channels: int
     cam_supported: bool
+    kind: str = "conv"
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -320,6 +327,10 @@ class ModelInfo:
     max_queue_delay_ms: float
     backend: str
     compile_mode: str
+    default_target_reason: str = ""  # why the default target layer was chosen
+    score_kind: str = "logits"  # what the maps differentiate: "logits" or "probability"
+    head: str = ""  # how the server read the model's output head
+    head_kind: str = ""  # softmax | sigmoid | binary | probability
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -328,11 +339,12 @@ def parse_model_info(m: pb.ModelInfo) -> ModelInfo:
         name=m.name, version=int(m.version), ready=bool(m.ready),
         input_shape=tuple(int(s) for s in m.input_shape), preprocessing=m.preprocessing,
         num_classes=int(m.num_classes), labels=list(m.labels), default_target_layer=m.default_target_layer,
-        layers=[LayerInfo(la.name, tuple(int(g) for g in la.grid), int(la.channels), bool(la.cam_supported))
-                for la in m.layers],
+        layers=[LayerInfo(la.name, tuple(int(g) for g in la.grid), int(la.channels), bool(la.cam_supported),
+                          la.kind or "conv", int(la.prefix_tokens)) for la in m.layers],
         methods=[method_name(x) for x in m.methods], max_batch_size=int(m.max_batch_size),
         batch_buckets=[int(b) for b in m.batch_buckets], max_queue_delay_ms=float(m.max_queue_delay_ms),
-        backend=m.backend, compile_mode=m.compile_mode)
+        backend=m.backend, compile_mode=m.compile_mode, default_target_reason=m.default_target_reason,
+        score_kind=m.score_kind or "logits", head=m.head, head_kind=m.head_kind)
 
 
 def per_image(value: Any, n: int, name: str) -> Sequence[Any]:

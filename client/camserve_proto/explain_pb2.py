@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61mserve/v1/explain.proto\x12\x0b\x63\x61mserve.v1\"H\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.camserve.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"K\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.camserve.v1.TensorH\x00\x42\x08\n\x06source\"\x91\x02\n\rOutputOptions\x12&\n\x04size\x18\x01 \x01(\x0e\x32\x18.camserve.v1.HeatmapSize\x12\x13\n\x0bomit_tensor\x18\x02 \x01(\x08\x12\x13\n\x0bheatmap_png\x18\x03 \x01(\x08\x12)\n\x07overlay\x18\x04 \x01(\x0e\x32\x18.camserve.v1.ImageFormat\x12\x15\n\roverlay_alpha\x18\x05 \x01(\x02\x12\'\n\x08\x63olormap\x18\x06 \x01(\x0e\x32\x15.camserve.v1.Colormap\x12\x14\n\x0cjpeg_quality\x18\x07 \x01(\x05\x12-\n\x0btensor_size\x18\x08 \x01(\x0e\x32\x18.camserve.v1.HeatmapSize\"\x8d\x02\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12!\n\x05image\x18\x03 \x01(\x0b\x32\x12.camserve.v1.Image\x12#\n\x06method\x18\x04 \x01(\x0e\x32\x13.camserve.v1.Method\x12\x18\n\x0b\x63lass_index\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x14\n\x0ctarget_layer\x18\x07 \x01(\t\x12*\n\x06output\x18\x08 \x01(\x0b\x32\x1a.camserve.v1.OutputOptions\x12\x12\n\nrequest_id\x18\t \x01(\tB\x0e\n\x0c_class_index\"\xb8\x01\n\x10\x43lassExplanation\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12$\n\x07heatmap\x18\x05 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x13\n\x0bheatmap_png\x18\x06 \x01(\x0c\x12\x0f\n\x07overlay\x18\x07 \x01(\x0c\x12\x10\n\x08\x61ll_zero\x18\x08 \x01(\x08\"E\n\nPrediction\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"T\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\xa9\x02\n\x0f\x45xplainResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12#\n\x06method\x18\x04 \x01(\x0e\x32\x13.camserve.v1.Method\x12\x14\n\x0ctarget_layer\x18\x05 \x01(\t\x12\x33\n\x0c\x65xplanations\x18\x06 \x03(\x0b\x32\x1d.camserve.v1.ClassExplanation\x12\x30\n\x0ftop_predictions\x18\x07 \x03(\x0b\x32\x17.camserve.v1.Prediction\x12#\n\x06timing\x18\x08 \x01(\x0b\x32\x13.camserve.v1.Timing\x12\x15\n\roriginal_size\x18\t \x03(\x05\"D\n\x13\x45xplainBatchRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.camserve.v1.ExplainRequest\"G\n\x14\x45xplainBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.camserve.v1.ExplainResponse\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.camserve.v1.ModelInfo\"7\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"P\n\tLayerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04grid\x18\x02 \x03(\x03\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x03\x12\x15\n\rcam_supported\x18\x04 \x01(\x08\"\xe8\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x15\n\rpreprocessing\x18\x05 \x01(\t\x12\x13\n\x0bnum_classes\x18\x06 \x01(\x05\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12\x1c\n\x14\x64\x65\x66\x61ult_target_layer\x18\x08 \x01(\t\x12&\n\x06layers\x18\t \x03(\x0b\x32\x16.camserve.v1.LayerInfo\x12$\n\x07methods\x18\n \x03(\x0e\x32\x13.camserve.v1.Method\x12\x16\n\x0emax_batch_size\x18\x0b \x01(\x05\x12\x15\n\rbatch_buckets\x18\x0c \x03(\x05\x12\x1a\n\x12max_queue_delay_ms\x18\r \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x0e \x01(\t\x12\x14\n\x0c\x63ompile_mode\x18\x0f \x01(\t*\x8b\x01\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43\x41M\x10\x01\x12\x0c\n\x08GRAD_CAM\x10\x02\x12\x16\n\x12GRAD_CAM_PLUS_PLUS\x10\x03\x12\r\n\tLAYER_CAM\x10\x04\x12\r\n\tHIRES_CAM\x10\x05\x12\r\n\tXGRAD_CAM\x10\x06\x12\r\n\tEIGEN_CAM\x10\x07*6\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05UINT8\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02*Y\n\x0bHeatmapSize\x12\x1c\n\x18HEATMAP_SIZE_UNSPECIFIED\x10\x00\x12\r\n\tCONV_GRID\x10\x01\x12\x0f\n\x0bMODEL_INPUT\x10\x02\x12\x0c\n\x08ORIGINAL\x10\x03*>\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03PNG\x10\x01\x12\x08\n\x04JPEG\x10\x02*R\n\x08\x43olormap\x12\x18\n\x14\x43OLORMAP_UNSPECIFIED\x10\x00\x12\x07\n\x03JET\x10\x01\x12\t\n\x05TURBO\x10\x02\x12\x0b\n\x07VIRIDIS\x10\x03\x12\x0b\n\x07INFERNO\x10\x04\x32\xbc\x02\n\x0e\x45xplainService\x12\x44\n\x07\x45xplain\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse\x12S\n\x0c\x45xplainBatch\x12 .camserve.v1.ExplainBatchRequest\x1a!.camserve.v1.ExplainBatchResponse\x12M\n\nListModels\x12\x1e.camserve.v1.ListModelsRequest\x1a\x1f.camserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.camserve.v1.GetModelRequest\x1a\x16.camserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61mserve/v1/explain.proto\x12\x0b\x63\x61mserve.v1\"H\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.camserve.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"K\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x06tensor\x18\x02 \x01(\x0b\x32\x13.camserve.v1.TensorH\x00\x42\x08\n\x06source\"\x91\x02\n\rOutputOptions\x12&\n\x04size\x18\x01 \x01(\x0e\x32\x18.camserve.v1.HeatmapSize\x12\x13\n\x0bomit_tensor\x18\x02 \x01(\x08\x12\x13\n\x0bheatmap_png\x18\x03 \x01(\x08\x12)\n\x07overlay\x18\x04 \x01(\x0e\x32\x18.camserve.v1.ImageFormat\x12\x15\n\roverlay_alpha\x18\x05 \x01(\x02\x12\'\n\x08\x63olormap\x18\x06 \x01(\x0e\x32\x15.camserve.v1.Colormap\x12\x14\n\x0cjpeg_quality\x18\x07 \x01(\x05\x12-\n\x0btensor_size\x18\x08 \x01(\x0e\x32\x18.camserve.v1.HeatmapSize\"\x8d\x02\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12!\n\x05image\x18\x03 \x01(\x0b\x32\x12.camserve.v1.Image\x12#\n\x06method\x18\x04 \x01(\x0e\x32\x13.camserve.v1.Method\x12\x18\n\x0b\x63lass_index\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x14\n\x0ctarget_layer\x18\x07 \x01(\t\x12*\n\x06output\x18\x08 \x01(\x0b\x32\x1a.camserve.v1.OutputOptions\x12\x12\n\nrequest_id\x18\t \x01(\tB\x0e\n\x0c_class_index\"\xb8\x01\n\x10\x43lassExplanation\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\x12$\n\x07heatmap\x18\x05 \x01(\x0b\x32\x13.camserve.v1.Tensor\x12\x13\n\x0bheatmap_png\x18\x06 \x01(\x0c\x12\x0f\n\x07overlay\x18\x07 \x01(\x0c\x12\x10\n\x08\x61ll_zero\x18\x08 \x01(\x08\"E\n\nPrediction\x12\x13\n\x0b\x63lass_index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"T\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\xbd\x02\n\x0f\x45xplainResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12#\n\x06method\x18\x04 \x01(\x0e\x32\x13.camserve.v1.Method\x12\x14\n\x0ctarget_layer\x18\x05 \x01(\t\x12\x33\n\x0c\x65xplanations\x18\x06 \x03(\x0b\x32\x1d.camserve.v1.ClassExplanation\x12\x30\n\x0ftop_predictions\x18\x07 \x03(\x0b\x32\x17.camserve.v1.Prediction\x12#\n\x06timing\x18\x08 \x01(\x0b\x32\x13.camserve.v1.Timing\x12\x15\n\roriginal_size\x18\t \x03(\x05\x12\x12\n\nscore_kind\x18\n \x01(\t\"D\n\x13\x45xplainBatchRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.camserve.v1.ExplainRequest\"G\n\x14\x45xplainBatchResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.camserve.v1.ExplainResponse\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.camserve.v1.ModelInfo\"7\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"u\n\tLayerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04grid\x18\x02 \x03(\x03\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x03\x12\x15\n\rcam_supported\x18\x04 \x01(\x08\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x15\n\rprefix_tokens\x18\x06 \x01(\x05\"\xbc\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x15\n\rpreprocessing\x18\x05 \x01(\t\x12\x13\n\x0bnum_classes\x18\x06 \x01(\x05\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12\x1c\n\x14\x64\x65\x66\x61ult_target_layer\x18\x08 \x01(\t\x12&\n\x06layers\x18\t \x03(\x0b\x32\x16.camserve.v1.LayerInfo\x12$\n\x07methods\x18\n \x03(\x0e\x32\x13.camserve.v1.Method\x12\x16\n\x0emax_batch_size\x18\x0b \x01(\x05\x12\x15\n\rbatch_buckets\x18\x0c \x03(\x05\x12\x1a\n\x12max_queue_delay_ms\x18\r \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x0e \x01(\t\x12\x14\n\x0c\x63ompile_mode\x18\x0f \x01(\t\x12\x1d\n\x15\x64\x65\x66\x61ult_target_reason\x18\x10 \x01(\t\x12\x12\n\nscore_kind\x18\x11 \x01(\t\x12\x0c\n\x04head\x18\x12 \x01(\t\x12\x11\n\thead_kind\x18\x13 \x01(\t*\x8b\x01\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x07\n\x03\x43\x41M\x10\x01\x12\x0c\n\x08GRAD_CAM\x10\x02\x12\x16\n\x12GRAD_CAM_PLUS_PLUS\x10\x03\x12\r\n\tLAYER_CAM\x10\x04\x12\r\n\tHIRES_CAM\x10\x05\x12\r\n\tXGRAD_CAM\x10\x06\x12\r\n\tEIGEN_CAM\x10\x07*6\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05UINT8\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02*Y\n\x0bHeatmapSize\x12\x1c\n\x18HEATMAP_SIZE_UNSPECIFIED\x10\x00\x12\r\n\tCONV_GRID\x10\x01\x12\x0f\n\x0bMODEL_INPUT\x10\x02\x12\x0c\n\x08ORIGINAL\x10\x03*>\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03PNG\x10\x01\x12\x08\n\x04JPEG\x10\x02*R\n\x08\x43olormap\x12\x18\n\x14\x43OLORMAP_UNSPECIFIED\x10\x00\x12\x07\n\x03JET\x10\x01\x12\t\n\x05TURBO\x10\x02\x12\x0b\n\x07VIRIDIS\x10\x03\x12\x0b\n\x07INFERNO\x10\x04\x32\xbc\x02\n\x0e\x45xplainService\x12\x44\n\x07\x45xplain\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse\x12S\n\x0c\x45xplainBatch\x12 .camserve.v1.ExplainBatchRequest\x1a!.camserve.v1.ExplainBatchResponse\x12M\n\nListModels\x12\x1e.camserve.v1.ListModelsRequest\x1a\x1f.camserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.camserve.v1.GetModelRequest\x1a\x16.camserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'camserve.v1.explain_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METHOD']._serialized_start=2114
-  _globals['_METHOD']._serialized_end=2253
-  _globals['_DTYPE']._serialized_start=2255
-  _globals['_DTYPE']._serialized_end=2309
-  _globals['_HEATMAPSIZE']._serialized_start=2311
-  _globals['_HEATMAPSIZE']._serialized_end=2400
-  _globals['_IMAGEFORMAT']._serialized_start=2402
-  _globals['_IMAGEFORMAT']._serialized_end=2464
-  _globals['_COLORMAP']._serialized_start=2466
-  _globals['_COLORMAP']._serialized_end=2548
+  _globals['_METHOD']._serialized_start=2255
+  _globals['_METHOD']._serialized_end=2394
+  _globals['_DTYPE']._serialized_start=2396
+  _globals['_DTYPE']._serialized_end=2450
+  _globals['_HEATMAPSIZE']._serialized_start=2452
+  _globals['_HEATMAPSIZE']._serialized_end=2541
+  _globals['_IMAGEFORMAT']._serialized_start=2543
+  _globals['_IMAGEFORMAT']._serialized_end=2605
+  _globals['_COLORMAP']._serialized_start=2607
+  _globals['_COLORMAP']._serialized_end=2689
   _globals['_TENSOR']._serialized_start=42
   _globals['_TENSOR']._serialized_end=114
   _globals['_IMAGE']._serialized_start=116
@@ -56,21 +56,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMING']._serialized_start=999
   _globals['_TIMING']._serialized_end=1083
   _globals['_EXPLAINRESPONSE']._serialized_start=1086
-  _globals['_EXPLAINRESPONSE']._serialized_end=1383
-  _globals['_EXPLAINBATCHREQUEST']._serialized_start=1385
-  _globals['_EXPLAINBATCHREQUEST']._serialized_end=1453
-  _globals['_EXPLAINBATCHRESPONSE']._serialized_start=1455
-  _globals['_EXPLAINBATCHRESPONSE']._serialized_end=1526
-  _globals['_LISTMODELSREQUEST']._serialized_start=1528
-  _globals['_LISTMODELSREQUEST']._serialized_end=1547
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1549
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1609
-  _globals['_GETMODELREQUEST']._serialized_start=1611
-  _globals['_GETMODELREQUEST']._serialized_end=1666
-  _globals['_LAYERINFO']._serialized_start=1668
-  _globals['_LAYERINFO']._serialized_end=1748
-  _globals['_MODELINFO']._serialized_start=1751
-  _globals['_MODELINFO']._serialized_end=2111
-  _globals['_EXPLAINSERVICE']._serialized_start=2551
-  _globals['_EXPLAINSERVICE']._serialized_end=2867
+  _globals['_EXPLAINRESPONSE']._serialized_end=1403
+  _globals['_EXPLAINBATCHREQUEST']._serialized_start=1405
+  _globals['_EXPLAINBATCHREQUEST']._serialized_end=1473
+  _globals['_EXPLAINBATCHRESPONSE']._serialized_start=1475
+  _globals['_EXPLAINBATCHRESPONSE']._serialized_end=1546
+  _globals['_LISTMODELSREQUEST']._serialized_start=1548
+  _globals['_LISTMODELSREQUEST']._serialized_end=1567
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1569
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1629
+  _globals['_GETMODELREQUEST']._serialized_start=1631
+  _globals['_GETMODELREQUEST']._serialized_end=1686
+  _globals['_LAYERINFO']._serialized_start=1688
+  _globals['_LAYERINFO']._serialized_end=1805
+  _globals['_MODELINFO']._serialized_start=1808
+  _globals['_MODELINFO']._serialized_end=2252
+  _globals['_EXPLAINSERVICE']._serialized_start=2692
+  _globals['_EXPLAINSERVICE']._serialized_end=3008
 # @@protoc_insertion_point(module_scope)

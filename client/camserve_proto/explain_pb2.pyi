@@ -171,7 +171,7 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("request_id", "model", "model_version", "method", "target_layer", "explanations", "top_predictions", "timing", "original_size")
+    __slots__ = ("request_id", "model", "model_version", "method", "target_layer", "explanations", "top_predictions", "timing", "original_size", "score_kind")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class ExplainResponse(_message.Message):
     TOP_PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     model_version: int
@@ -190,7 +191,8 @@ class ExplainResponse(_message.Message):
     top_predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     timing: Timing
     original_size: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., target_layer: _Optional[str] = ..., explanations: _Optional[_Iterable[_Union[ClassExplanation, _Mapping]]] = ..., top_predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., original_size: _Optional[_Iterable[int]] = ...) -> None: ...
+    score_kind: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., method: _Optional[_Union[Method, str]] = ..., target_layer: _Optional[str] = ..., explanations: _Optional[_Iterable[_Union[ClassExplanation, _Mapping]]] = ..., top_predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., original_size: _Optional[_Iterable[int]] = ..., score_kind: _Optional[str] = ...) -> None: ...
 
 class ExplainBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -223,19 +225,23 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class LayerInfo(_message.Message):
-    __slots__ = ("name", "grid", "channels", "cam_supported")
+    __slots__ = ("name", "grid", "channels", "cam_supported", "kind", "prefix_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRID_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     CAM_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     grid: _containers.RepeatedScalarFieldContainer[int]
     channels: int
     cam_supported: bool
-    def __init__(self, name: _Optional[str] = ..., grid: _Optional[_Iterable[int]] = ..., channels: _Optional[int] = ..., cam_supported: _Optional[bool] = ...) -> None: ...
+    kind: str
+    prefix_tokens: int
+    def __init__(self, name: _Optional[str] = ..., grid: _Optional[_Iterable[int]] = ..., channels: _Optional[int] = ..., cam_supported: _Optional[bool] = ..., kind: _Optional[str] = ..., prefix_tokens: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "ready", "input_shape", "preprocessing", "num_classes", "labels", "default_target_layer", "layers", "methods", "max_batch_size", "batch_buckets", "max_queue_delay_ms", "backend", "compile_mode")
+    __slots__ = ("name", "version", "ready", "input_shape", "preprocessing", "num_classes", "labels", "default_target_layer", "layers", "methods", "max_batch_size", "batch_buckets", "max_queue_delay_ms", "backend", "compile_mode", "default_target_reason", "score_kind", "head", "head_kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +257,10 @@ class ModelInfo(_message.Message):
     MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     COMPILE_MODE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TARGET_REASON_FIELD_NUMBER: _ClassVar[int]
+    SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    HEAD_KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     ready: bool
@@ -266,4 +276,8 @@ class ModelInfo(_message.Message):
     max_queue_delay_ms: float
     backend: str
     compile_mode: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., ready: _Optional[bool] = ..., input_shape: _Optional[_Iterable[int]] = ..., preprocessing: _Optional[str] = ..., num_classes: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., default_target_layer: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., max_batch_size: _Optional[int] = ..., batch_buckets: _Optional[_Iterable[int]] = ..., max_queue_delay_ms: _Optional[float] = ..., backend: _Optional[str] = ..., compile_mode: _Optional[str] = ...) -> None: ...
+    default_target_reason: str
+    score_kind: str
+    head: str
+    head_kind: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., ready: _Optional[bool] = ..., input_shape: _Optional[_Iterable[int]] = ..., preprocessing: _Optional[str] = ..., num_classes: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., default_target_layer: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[Method, str]]] = ..., max_batch_size: _Optional[int] = ..., batch_buckets: _Optional[_Iterable[int]] = ..., max_queue_delay_ms: _Optional[float] = ..., backend: _Optional[str] = ..., compile_mode: _Optional[str] = ..., default_target_reason: _Optional[str] = ..., score_kind: _Optional[str] = ..., head: _Optional[str] = ..., head_kind: _Optional[str] = ...) -> None: ...

@@ -62,7 +62,7 @@ PARAMETERS: dict[str, str] = {
 }
 #: Response parameters camserve sets (means over the rows of the request for the times).
 RESPONSE_PARAMETERS: dict[str, str] = {
-    "method": "string", "target_layer": "string",
+    "method": "string", "target_layer": "string", "score_kind": "string",  # "logits" | "probability"
     "queue_ms": "double", "compute_ms": "double", "batch_size": "double", "total_ms": "double",
 }
 

@@ -143,12 +143,19 @@ def _item_result(data: bytes, dtype: str, shape: tuple[int, ...], maps: list[Cla
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A candidate target layer: path name ("outer/inner" inside nested models), grid and channels."""
+    """A candidate target layer: path name ("outer/inner/sub"; "name@k" = the k-th call of a layer
+    called several times), its grid and channels, and whether CAM applies there.
+
+    ``kind`` "conv": the output is (B, h, w, C). "tokens": it is (B, N, C) with N = prefix_tokens +
+    h * w; maps are on the patch grid (h, w) after dropping the ``prefix_tokens`` leading tokens.
+    """
 
     name: str
     grid: tuple[int, int]  # (h, w)
     channels: int
     cam_supported: bool
+    kind: str = "conv"
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,9 +178,15 @@ class ModelSummary:
     compile_mode: str  # the resolved mode: "xla" or "graph"
     backend: str
     preprocessing: str
-    score: str
+    score: str  # what ClassMap.score holds: "logits" or "probability" (forced when head_kind says so)
     methods: tuple[str, ...]
     max_top_k: int
+    target_reason: str = ""  # why this target: "requested", or how the automatic rule chose it
+    target_kind: str = "conv"  # "conv" or "tokens" (see LayerInfo)
+    prefix_tokens: int = 0
+    head: str = ""  # how the output head was read (where the logits are taken), in words
+    head_kind: str = "softmax"  # "softmax" | "sigmoid" (multi-label) | "binary" (one unit) | "probability"
+    addressable: tuple[str, ...] = ()  # every layer call a target may name (``layers`` are the listed ones)
 
     def layer(self, name: str) -> LayerInfo | None:
         """The candidate layer called ``name`` (a full path), or None."""

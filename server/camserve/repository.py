@@ -3,7 +3,7 @@
 Layout (see ARCHITECTURE.md, "Model repository")::
 
     <repository>/<model-name>/config.json
-    <repository>/<model-name>/model.keras      (or "application" + "weights" in the config)
+    <repository>/<model-name>/model.keras      (or model.h5, or "application" + "weights" in the config)
     <repository>/<model-name>/labels.txt       (one label per line, optional)
 
 The server parent process reads names and batching settings from here without importing
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from camserve.vocabulary import PREPROCESSING, SCORES
+from camserve.vocabulary import MODEL_SUFFIXES, PREPROCESSING, SCORES, is_saved_model_dir, saved_model_refusal
 
 __all__ = [
     "BatchingConfig",
@@ -35,9 +35,11 @@ __all__ = [
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _APP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 #: The fields a config.json may hold (ARCHITECTURE.md, "Model repository").
 _TOP_KEYS = frozenset(["name", "version", "model_file", "application", "weights", "input_shape",
-                       "preprocessing", "target_layer", "labels_file", "score", "batching", "description"])
+                       "preprocessing", "target_layer", "labels_file", "score", "batching", "description",
+                       "token_grid", "prefix_tokens", "imports"])
 _BATCH_KEYS = {"max_batch_size", "max_queue_delay_ms", "max_queue_size"}
 MAX_BATCH_LIMIT = 1024
 MAX_QUEUE_DELAY_MS_LIMIT = 60_000.0
@@ -78,10 +80,13 @@ class ModelConfig:
     labels: list[str] = field(default_factory=list)
     score: str = "logits"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    token_grid: tuple[int, int] | None = None  # (h, w) patch grid of (B, N, C) token outputs; None = found
+    prefix_tokens: int | None = None  # leading non-patch tokens (class/register); None = found
+    imports: tuple[str, ...] = ()  # modules the worker imports before loading (custom classes)
 
     @property
     def model_path(self) -> Path | None:
-        """Absolute path of the ``.keras`` file, or None for a ``keras.applications`` model."""
+        """Absolute path of the ``.keras``/``.h5`` file, or None for a ``keras.applications`` model."""
         return self.directory / self.model_file if self.model_file else None
 
     @property
@@ -242,8 +247,14 @@ def _parse(raw: Any, folder: Path, where: Path) -> ModelConfig:
     if model_file is not None:
         if weights is not None:
             raise _fail(where, "weights", "only used with 'application'; a .keras file holds its own weights")
-        if not model_file.endswith(".keras"):
-            raise _fail(where, "model_file", f"{model_file!r} must be a Keras 3 '.keras' file")
+        if is_saved_model_dir(folder / model_file):
+            raise _fail(where, "model_file", saved_model_refusal(folder / model_file))
+        if not model_file.lower().endswith(MODEL_SUFFIXES):
+            raise _fail(
+                where,
+                "model_file",
+                f"{model_file!r} must be a Keras 3 '.keras' file or a legacy '.h5' file (tf.keras 2)",
+            )
         _inside(folder, model_file, where, "model_file")
     else:
         assert application is not None
@@ -268,6 +279,20 @@ def _parse(raw: Any, folder: Path, where: Path) -> ModelConfig:
     if score not in SCORES:
         raise _fail(where, "score", f"{score!r} is not one of {', '.join(SCORES)}")
     target_layer = _opt_str(raw, "target_layer", where)
+    token_grid = raw.get("token_grid")
+    if token_grid is not None:
+        if not isinstance(token_grid, list) or len(token_grid) != 2:
+            raise _fail(where, "token_grid", f"expected [h, w] (the patch grid) or null, got {token_grid!r}")
+        token_grid = (
+            _int_in(token_grid[0], 1, 8192, where, "token_grid"),
+            _int_in(token_grid[1], 1, 8192, where, "token_grid"),
+        )
+    prefix_tokens = raw.get("prefix_tokens")
+    if prefix_tokens is not None:
+        prefix_tokens = _int_in(prefix_tokens, 0, 1024, where, "prefix_tokens")
+    imports = raw.get("imports", [])
+    if not isinstance(imports, list) or not all(isinstance(m, str) and _MODULE_RE.match(m) for m in imports):
+        raise _fail(where, "imports", f"expected a list of Python module names (a.b.c), got {imports!r}")
 
     labels: list[str] = []
     labels_file = _opt_str(raw, "labels_file", where)
@@ -326,4 +351,7 @@ def _parse(raw: Any, folder: Path, where: Path) -> ModelConfig:
         labels=labels,
         score=score,
         batching=batching,
+        token_grid=token_grid,
+        prefix_tokens=prefix_tokens,
+        imports=tuple(imports),
     )

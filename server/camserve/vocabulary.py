@@ -9,6 +9,8 @@ neither TensorFlow nor gRPC. ``tests/test_vocabulary.py`` checks that the engine
 
 from __future__ import annotations
 
+from pathlib import Path
+
 #: CAM-family methods, in the order the docs list them (the engine's registry keys).
 METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam")
 #: Preprocessing applied inside the compiled step to uint8 RGB pixels (Keras applications' names).
@@ -21,3 +23,22 @@ COMPILE_MODES: tuple[str, ...] = ("auto", "xla", "graph")
 BACKENDS: tuple[str, ...] = ("tensorflow", "jax")
 #: Colormaps of heatmap overlays (OpenCV's of the same names).
 COLORMAPS: tuple[str, ...] = ("jet", "turbo", "viridis", "inferno")
+#: Model files the engine opens: Keras 3 native, and legacy HDF5 (tf.keras 2) through Keras 3's loader.
+MODEL_SUFFIXES: tuple[str, ...] = (".keras", ".h5", ".hdf5")
+
+
+def saved_model_refusal(path: Path) -> str:
+    """The message for a TensorFlow SavedModel directory: why not, and the conversion that works."""
+    return (
+        f"{path} is a TensorFlow SavedModel directory; Keras 3 cannot re-open a SavedModel as a model "
+        "with layers (only as an inference-only TFSMLayer, which has nothing to put a target on). "
+        "Convert it once where it was made (TensorFlow 2.x with tf.keras 2, e.g. tf_keras): "
+        "`m = tf.keras.models.load_model(DIR); m.save('model.h5')` "
+        "(or `m.save('model.keras')` with Keras 3), "
+        "then point model_file at that file"
+    )
+
+
+def is_saved_model_dir(path: Path) -> bool:
+    """A directory holding saved_model.pb or saved_model.pbtxt."""
+    return path.is_dir() and any((path / n).is_file() for n in ("saved_model.pb", "saved_model.pbtxt"))

@@ -279,6 +279,55 @@ def clear_errors(_: argparse.Namespace) -> None:
         raise AssertionError("CAM on a Flatten head was accepted")
 
 
+# ---- heads and model kinds on JAX (jax.nn functions, subclassed, tokens) ----------------------------
+@check
+def head_spellings_on_jax(_: argparse.Namespace) -> None:
+    """jax.nn.softmax / jax.nn.sigmoid recognised by identity; values computed by hand.
+
+    One GAP feature f = 1 and kernel [[1, -0.75]]: z = (1, -0.75), P(0) = 1 / (1 + e^-1.75) = 0.8519528
+    (softmax applied twice would give 0.669); a single sigmoid unit with kernel [[2]] and bias -0.5:
+    z = 1.5, P(class 1) = sigmoid(1.5) = 0.8175745, class 0 scores -1.5.
+    """
+    import jax
+
+    def model(units: int, activation: Any, kernel: list[list[float]], bias: list[float]) -> Any:
+        inp = keras.Input((3, 3, 1))
+        dense = keras.layers.Dense(units, activation=activation)
+        m = keras.Model(inp, dense(keras.layers.GlobalAveragePooling2D()(keras.layers.Identity()(inp))))
+        dense.set_weights([np.array(kernel), np.array(bias)])
+        return m
+
+    x = np.ones((1, 3, 3, 1), np.float32)
+    e = Explainer(model(2, jax.nn.softmax, [[1.0, -0.75]], [0.0, 0.0]), preprocessing="none",
+                  max_batch_size=1)
+    r = e.explain_batch(x, [ItemSpec("gradcam", class_index=0)])[0]
+    assert e.info.head_kind == "softmax" and e.info.score == "logits", e.info.head
+    np.testing.assert_allclose(r.probabilities, [0.8519528, 0.1480472], atol=1e-6)
+    np.testing.assert_allclose(r.maps[0].score, 1.0, atol=1e-6)
+    e = Explainer(model(1, jax.nn.sigmoid, [[2.0]], [-0.5]), preprocessing="none", max_batch_size=1)
+    assert e.info.head_kind == "binary" and e.num_classes == 2, e.info.head
+    r = e.explain_batch(x, [ItemSpec("gradcam", class_index=0)])[0]
+    np.testing.assert_allclose(r.probabilities, [1 - 0.8175745, 0.8175745], atol=1e-6)
+    np.testing.assert_allclose(r.maps[0].score, -1.5, atol=1e-6)
+
+
+@check
+def new_model_kinds_on_jax(_: argparse.Namespace) -> None:
+    """A never-called subclassed model and a token model get the same targets as on TensorFlow."""
+    from engine import zoo_models
+
+    e = Explainer(zoo_models.subclassed(), preprocessing="none", max_batch_size=2, input_shape=(32, 32, 3))
+    assert e.info.target_layer == "conv2" and e.info.grid == (16, 16), e.info.target_reason
+    e.warmup()
+    count = e.step.trace_count()
+    e.explain_batch(np.zeros((1, 32, 32, 3), np.float32), [ItemSpec("gradcam")])
+    assert e.step.trace_count() == count
+    v = Explainer(zoo_models.vit_like(), preprocessing="none", max_batch_size=1)
+    assert v.info.target_layer == "b1_norm1" and v.info.target_kind == "tokens", v.info.target_reason
+    heat = v.explain_batch(np.ones((1, 32, 32, 3), np.float32), [ItemSpec("gradcam")])[0].maps[0].heatmap
+    assert heat.shape == (4, 4)
+
+
 # ---- cross-backend equality (maps computed by TensorFlow in the parent process) --------------------
 @check
 def cross_backend_maps(args: argparse.Namespace) -> None:

@@ -86,3 +86,12 @@ def policy_copy(model: keras.Model, policy: str) -> keras.Model:
     for src, dst in zip(model.layers[1:], out.layers[1:], strict=True):
         dst.set_weights(src.get_weights())
     return out
+
+
+def binary_model(seed: int = 17) -> keras.Model:
+    """One sigmoid unit after conv -> GAP: a binary logit (two classes in the engine)."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="target")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x), name="binary")

@@ -36,6 +36,8 @@ CHECKS = [
     "nested_submodel_targets",
     "mixed_precision_models",
     "clear_errors",
+    "head_spellings_on_jax",
+    "new_model_kinds_on_jax",
     "cross_backend_maps",
 ]
 GRADIENT_METHODS = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam"]
@@ -53,7 +55,8 @@ def _tf_keras() -> Any:
 
 def _cases(keras: Any) -> list[dict[str, Any]]:
     """(model, inputs, target, requests) for the cross-backend comparison."""
-    from jax_models import flat_and_nested, flatten_fc_model, small_bn_model
+    from engine import zoo_models
+    from jax_models import binary_model, flat_and_nested, flatten_fc_model, small_bn_model
 
     rng = np.random.default_rng(21)
     pixels = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
@@ -69,7 +72,23 @@ def _cases(keras: Any) -> list[dict[str, Any]]:
         # a Flatten -> Dense head (no CAM), caffe preprocessing
         dict(name="flatten_fc", model=flatten_fc_model(), x=pixels[:3], target=None, preprocessing="caffe",
              methods=GRADIENT_METHODS, classes=[None, 2, None]),
+        # a subclassed model (softmax in call(), outside layers), automatic target
+        dict(name="subclassed", model=_called(zoo_models.subclassed(), 32), x=rng.normal(
+            size=(3, 32, 32, 3)).astype(np.float32), target=None, preprocessing="none",
+             methods=[*GRADIENT_METHODS], classes=[None, 1, 2]),
+        # a ViT-like token model: automatic target on the patch grid (class token dropped)
+        dict(name="vit_like", model=zoo_models.vit_like(),
+             x=rng.normal(size=(3, 32, 32, 3)).astype(np.float32), target=None, preprocessing="none",
+             methods=[*GRADIENT_METHODS, "eigencam"], classes=[None, 0, 2]),
+        # one sigmoid unit: a binary logit, two classes
+        dict(name="binary", model=binary_model(), x=pixels[:3], target=None, preprocessing="tf",
+             methods=["cam", *GRADIENT_METHODS], classes=[0, 1, None]),
     ]
+
+
+def _called(model: Any, size: int) -> Any:
+    model(np.zeros((1, size, size, 3), np.float32))  # saved built: the file records its input shape
+    return model
 
 
 @pytest.fixture(scope="module")

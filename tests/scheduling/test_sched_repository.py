@@ -88,7 +88,7 @@ def test_single_model_folder_and_several_models(tmp_path: Path) -> None:
         ({"model_file": None}, "model_file", "exactly one"),
         ({"application": "ResNet50"}, "model_file", "exactly one"),
         ({"model_file": "missing.keras"}, "model_file", "not found"),
-        ({"model_file": "model.h5"}, "model_file", ".keras"),
+        ({"model_file": "model.onnx"}, "model_file", ".keras"),
         ({"weights": "w.h5"}, "weights", "only used with 'application'"),
         ({"input_shape": [64, 64]}, "input_shape", "[height, width, channels]"),
         ({"input_shape": [64, -1, 3]}, "input_shape", "out of range"),

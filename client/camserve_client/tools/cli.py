@@ -243,10 +243,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"  batching: max {m.max_batch_size}, buckets {m.batch_buckets}, "
               f"queue delay {m.max_queue_delay_ms:g} ms")
         print(f"  methods: {', '.join(m.methods)}")
-        print(f"  default target layer: {m.default_target_layer}")
+        print(f"  default target layer: {m.default_target_layer}"
+              + (f" ({m.default_target_reason})" if m.default_target_reason else ""))
+        if m.head:
+            print(f"  output head: {m.head}; scores are {m.score_kind}")
         for la in m.layers:
             cam = "  CAM" if la.cam_supported else ""
-            print(f"    {la.name:40s} {'x'.join(map(str, la.grid)):>9s} x {la.channels}{cam}")
+            tokens = f"  tokens (+{la.prefix_tokens} prefix)" if la.kind == "tokens" else ""
+            print(f"    {la.name:40s} {'x'.join(map(str, la.grid)):>9s} x {la.channels}{cam}{tokens}")
         return 0
     print(f"{'MODEL':20s} {'VER':>3s} {'READY':5s} {'INPUT':>11s} {'CLASSES':>7s} {'MAXB':>4s}  TARGET LAYER")
     for m in models:

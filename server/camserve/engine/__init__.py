@@ -28,6 +28,7 @@ _LAZY = {
     "HiResCAM": "camserve.engine.api",
     "XGradCAM": "camserve.engine.api",
     "EigenCAM": "camserve.engine.api",
+    "load_model": "camserve.engine.loading",
 }
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "UnknownLayerError",
     "XGradCAM",
     "buckets_for",
+    "load_model",
 ]
 
 

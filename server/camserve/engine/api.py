@@ -8,8 +8,10 @@ heatmaps = gradcam.compute_heatmaps(batch, class_idx=[3, None, 7])  # (B,h,w); N
 results = gradcam.explain(batch, top_k=3)                  # ItemResults: probabilities + maps
 ```
 Inputs are already preprocessed float arrays (``preprocessing="none"`` by default; pass another mode
-to give uint8 RGB instead). Batch buckets compile on first use. A Sequential model that was never
-called is built from the first input's shape.
+to give uint8 RGB instead). Batch buckets compile on first use. Any ``keras.Model`` works (Functional,
+Sequential, nested, subclassed, custom layers with sublayers, vision transformers: ``token_grid`` /
+``prefix_tokens`` override the patch grid found for (B, N, C) outputs); a model that was never called
+is built from the first input's shape.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class _BaseCAM:
         max_batch_size: int = 32,
         input_shape: tuple[int, int, int] | None = None,
         backend: str | None = None,
+        token_grid: tuple[int, int] | None = None,
+        prefix_tokens: int | None = None,
     ) -> None:
         self.model = model
         self._kwargs = dict(
@@ -74,15 +78,25 @@ class _BaseCAM:
             max_batch_size=max_batch_size,
             score=score,
             backend=backend,
+            token_grid=token_grid,
+            prefix_tokens=prefix_tokens,
         )
         self._explainer: Explainer | None = None
-        if input_shape is not None or self._model_is_built():
+        if input_shape is not None or self._input_shape_known():
             self._build(input_shape)
 
-    def _model_is_built(self) -> bool:
-        from camserve.engine.keras_graph import functional_of
+    def _input_shape_known(self) -> bool:
+        """Whether the model can tell its input shape (an Input, a build, or ``load_model``'s hints)."""
+        from camserve.engine.loading import hints_for
+        from camserve.engine.targets import input_shape_of
 
-        return functional_of(self.model) is not None
+        if hints_for(self.model).input_shape is not None:
+            return True
+        try:
+            input_shape_of(self.model, None)
+        except InvalidInputError:
+            return False
+        return True
 
     def _build(self, input_shape: tuple[int, ...] | None) -> Explainer:
         explainer = Explainer(self.model, input_shape=input_shape, **self._kwargs)  # type: ignore[arg-type]
@@ -97,7 +111,10 @@ class _BaseCAM:
     def explainer(self) -> Explainer:
         """The underlying batch engine (built on first input for never-called Sequential models)."""
         if self._explainer is None:
-            raise InvalidInputError("the model is not built yet: call compute_heatmap(s) with an input first")
+            raise InvalidInputError(
+                "the model's input shape is unknown until the first image (it was never called and has "
+                "no Input): call compute_heatmap(s) first, or pass input_shape=(H, W, C)"
+            )
         return self._explainer
 
     @property

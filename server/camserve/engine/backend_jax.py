@@ -5,9 +5,9 @@ imported (a process cannot switch backends afterwards). The step is one pure fun
 variable values, the images and the targets:
 
 - preprocessing (caffe/tf/torch/none) runs inside the step, so uint8 pixels travel to the device;
-- the model's graph runs once in inference mode through the same per-node hook runner as the TF
-  backend (``ModelGraph.run``), with a zero "probe" added to the target layer's output and the
-  pre-softmax logits taken at the head;
+- the model runs once in inference mode (its own call) with the same call-time taps as the TF
+  backend (``calls.run``): a zero "probe" added to the target layer's output where it is called,
+  the logits taken where ``heads`` found them; token targets come back on their patch grid;
 - ``jax.vjp`` with respect to the probe alone gives d score / d activations; one cotangent per
   requested class (``jax.vmap`` over K) reuses the same forward pass and nothing before the target
   layer is differentiated with respect to weights;
@@ -15,7 +15,8 @@ variable values, the images and the targets:
   weights are not baked into the compiled program as constants and compile stays fast.
 
 ``targets[b, k] >= 0`` is a class index; ``-1 - r`` is the r-th best class of image b, resolved in
-the step. Outputs are float32 NumPy (``StepOutput``), whatever the model's dtype policy (bf16/fp16).
+the step. ``gradients`` is the eager twin ``ModelGraph`` uses to inspect a model. Outputs are float32
+NumPy (``StepOutput``), whatever the model's dtype policy (bf16/fp16).
 JAX has a single compiled mode: ``jit_compile`` is recorded but the step is always jitted (a
 non-jitted JAX step would dispatch op by op and be far slower than either TF mode).
 """
@@ -30,10 +31,13 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from camserve.engine.keras_graph import call_inference
+from camserve.engine import calls
+from camserve.engine.calls import CallKey, LayerCall, Site, Tap
+from camserve.engine.keras_private import CallFn
 from camserve.engine.preprocess import preprocess
 from camserve.engine.records import StepOutput
 from camserve.engine.targets import ModelGraph, Target
+from camserve.engine.tokens import to_grid
 
 NAME = "jax"
 
@@ -63,12 +67,6 @@ def device_name() -> str:
     """Human-readable name of JAX's default device (for benchmark reports)."""
     dev = jax.devices()[0]
     return str(getattr(dev, "device_kind", dev.platform))
-
-
-def class_scores(logits: Any, kind: str, score: str) -> tuple[Any, Any]:
-    """(probabilities, score vector) from float32 logits, for a softmax or sigmoid head."""
-    probs = jax.nn.softmax(logits, axis=-1) if kind == "softmax" else jax.nn.sigmoid(logits)
-    return probs, (logits if score == "logits" else probs)
 
 
 def resolve_targets(targets: Any, probs: Any) -> Any:
@@ -131,15 +129,53 @@ class Step:
         return self._compiled.traces
 
 
+def _with(taps: dict[CallKey, Tap], key: CallKey, tap: Tap) -> dict[CallKey, Tap]:
+    """``taps`` plus ``tap`` at ``key`` (outside any tap already there, e.g. the head's)."""
+    out = dict(taps)
+    out[key] = calls.compose([taps[key], tap]) if key in taps else tap
+    return out
+
+
+def _probe_tap(probe: Any, into: dict[str, Any], name: str) -> Tap:
+    """A tap adding ``probe`` (zeros, differentiated by ``jax.vjp``) to the call's output."""
+
+    def tap(call: CallFn, args: tuple[Any, ...], kwargs: dict[str, Any], site: Site) -> Any:
+        out = call(*args, **kwargs)
+        out = out + probe.astype(out.dtype)
+        into[name] = out
+        return out
+
+    return tap
+
+
+def gradients(
+    graph: ModelGraph, targets: list[LayerCall], cotangent: np.ndarray
+) -> dict[CallKey, np.ndarray]:
+    """d (cotangent . score vector) / d output of each call, on ``graph.probe_input`` (see backend_tf)."""
+    _check_keras_backend()
+    x = jnp.asarray(graph.probe_input)
+    zeros = [jnp.zeros((x.shape[0], *c.shape), jnp.float32) for c in targets]
+
+    def total(probes: list[Any]) -> Any:
+        taps = graph.head.taps()
+        for i, (c, p) in enumerate(zip(targets, probes, strict=True)):
+            taps = _with(taps, c.key, _probe_tap(p, {}, f"p{i}"))
+        y, notes = calls.run(graph.model, x, taps)
+        _, vector = graph.head.outputs(notes, y, "logits")
+        return jnp.sum(vector * jnp.asarray(cotangent))
+
+    grads = jax.grad(total)(zeros)
+    return {c.key: np.asarray(g, np.float32) for c, g in zip(targets, grads, strict=True)}
+
+
 def build_step(
     graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool
 ) -> Step:
     """Compile the step for ``target`` of ``graph``'s model (see the module docstring)."""
     _check_keras_backend()
-    head_kind = graph.head.kind
-    base_hooks = graph.logits_hooks()
-    target_ids = target.op.ids
-    probe_shape = tuple(int(d) for d in target.op.shape[1:])
+    head = graph.head
+    grid = target.grid
+    probe_shape = tuple(int(d) for d in target.shape)
 
     def step(images: Any, targets: Any) -> tuple[Any, ...]:
         x = preprocess(images, preprocessing, raw=images.dtype == jnp.uint8)
@@ -147,15 +183,9 @@ def build_step(
 
         def forward(probe: Any) -> tuple[Any, tuple[Any, Any]]:
             captured: dict[str, Any] = {}
-
-            def probe_hook(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                out = call_inference(layer, args, kwargs)
-                out = out + probe.astype(out.dtype)
-                captured["act"] = out
-                return out
-
-            logits = jnp.asarray(graph.run(x, {**base_hooks, target_ids: probe_hook}), jnp.float32)
-            probs, vector = class_scores(logits, head_kind, score)
+            taps = _with(head.taps(), target.key, _probe_tap(probe, captured, "act"))
+            y, notes = calls.run(graph.model, x, taps)
+            probs, vector = head.outputs(notes, y, score)
             return vector, (probs, captured["act"].astype(jnp.float32))
 
         vector, pullback, (probs, acts) = jax.vjp(forward, probe0, has_aux=True)
@@ -163,9 +193,11 @@ def build_step(
         scores = jnp.take_along_axis(vector, classes, axis=1)  # (B, K)
         # One cotangent per requested class: one-hot rows select score[b, k] for every image b.
         cotangents = jax.nn.one_hot(classes.T, vector.shape[-1], dtype=vector.dtype)  # (K, B, N)
-        (grads,) = jax.vmap(pullback)(cotangents)  # (K, B, h, w, C)
-        gradients = jnp.moveaxis(grads, 0, 1).astype(jnp.float32)
-        return probs, scores, acts, gradients, classes
+        (grads,) = jax.vmap(pullback)(cotangents)  # (K, B, *target shape)
+        k = grads.shape[0]
+        grads = to_grid(jnp, grads.reshape((-1, *probe_shape)).astype(jnp.float32), grid)
+        gradients = jnp.moveaxis(grads.reshape((k, -1, *grads.shape[1:])), 0, 1)  # (B, K, h, w, C)
+        return probs, scores, to_grid(jnp, acts, grid), gradients, classes
 
     return Step(_Compiled(graph.model, step), jit_compile)
 

@@ -1,12 +1,15 @@
 """TensorFlow backend: the one compiled step everything else is computed from.
 
 ``build_step`` returns a ``Step``: ``step(images (B,H,W,C), targets (B,K) int32) -> StepOutput``.
-Inside one ``tf.function`` (optionally ``jit_compile=True`` = XLA): preprocessing, a single forward
-pass in inference mode in which a zero "probe" is added to the target layer's output, the score of
-each requested class (pre-softmax logit by default), and the gradients of those scores with respect
-to the probe only (``watch_accessed_variables=False``: no weight gradients, and nothing before the
-target layer is differentiated). ``targets[b, k] >= 0`` is a class index; ``-1 - r`` means the r-th
-best class of image b, resolved inside the step. This is the only TensorFlow-specific module.
+Inside one ``tf.function`` (optionally ``jit_compile=True`` = XLA): preprocessing; one forward pass
+in inference mode, the model's own call, in which a zero "probe" is added to the target layer's
+output where that layer is called (``calls.run``) and the logits are taken where ``heads`` found
+them; the score of each requested class (logit by default); the gradients of those scores with
+respect to the probe only (``watch_accessed_variables=False``: no weight gradients, and nothing
+before the target layer is differentiated). Token targets (B, N, C) come back on their patch grid
+(B, h, w, C). ``targets[b, k] >= 0`` is a class index; ``-1 - r`` means the r-th best class of image
+b, resolved inside the step. ``gradients`` is the eager twin ``ModelGraph`` uses to inspect a model.
+This is the only TensorFlow-specific module.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from camserve.engine.keras_graph import call_inference
+from camserve.engine import calls
+from camserve.engine.calls import CallKey, LayerCall, Site, Tap
+from camserve.engine.keras_private import CallFn
 from camserve.engine.preprocess import preprocess
 from camserve.engine.records import StepOutput
 from camserve.engine.targets import ModelGraph, Target
+from camserve.engine.tokens import to_grid
 
 NAME = "tensorflow"
 
@@ -30,12 +37,6 @@ def has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def class_scores(logits: Any, kind: str, score: str) -> tuple[Any, Any]:
-    """(probabilities, score vector) from float32 logits, for a softmax or sigmoid head."""
-    probs = tf.nn.softmax(logits, axis=-1) if kind == "softmax" else tf.sigmoid(logits)
-    return probs, (logits if score == "logits" else probs)
-
-
 def resolve_targets(targets: Any, probs: Any) -> Any:
     """Class indices (B, K) from targets: ``t >= 0`` as is, ``-1 - r`` = r-th best class by probability."""
     order = tf.argsort(probs, axis=-1, direction="DESCENDING", stable=True)
@@ -43,6 +44,60 @@ def resolve_targets(targets: Any, probs: Any) -> Any:
     rank = tf.clip_by_value(-1 - targets, 0, n - 1)
     ranked = tf.gather(order, rank, batch_dims=1)
     return tf.where(targets >= 0, targets, ranked)
+
+
+def _with(taps: dict[CallKey, Tap], key: CallKey, tap: Tap) -> dict[CallKey, Tap]:
+    """``taps`` plus ``tap`` at ``key`` (outside any tap already there, e.g. the head's)."""
+    out = dict(taps)
+    out[key] = calls.compose([taps[key], tap]) if key in taps else tap
+    return out
+
+
+def _probe_tap(tape: tf.GradientTape, into: dict[str, Any], name: str) -> Tap:
+    """A tap adding a watched zero probe to the call's output: d score / d probe = d score / d output."""
+
+    def tap(call: CallFn, args: tuple[Any, ...], kwargs: dict[str, Any], site: Site) -> Any:
+        out = call(*args, **kwargs)
+        probe = tf.zeros_like(out)
+        tape.watch(probe)
+        into[name] = probe
+        out = out + probe
+        into[name + "_out"] = out
+        return out
+
+    return tap
+
+
+def gradients(
+    graph: ModelGraph, targets: list[LayerCall], cotangent: np.ndarray
+) -> dict[CallKey, np.ndarray]:
+    """d (cotangent . score vector) / d output of each call, on ``graph.probe_input``, eagerly.
+
+    What ``ModelGraph`` uses to choose the default target and check CAM (see ``targets``); one
+    backward pass whatever the number of calls. float32 NumPy (B, *call.shape); zeros where the
+    score does not depend on a call.
+    """
+    x = tf.constant(graph.probe_input)
+    probes: dict[str, Any] = {}
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        taps = graph.head.taps()
+        for i, c in enumerate(targets):
+            taps = _with(taps, c.key, _probe_tap(tape, probes, f"p{i}"))
+        y, notes = calls.run(graph.model, x, taps)
+        _, vector = graph.head.outputs(notes, y, "logits")
+        total = tf.reduce_sum(vector * tf.constant(cotangent))
+    names = [f"p{i}" for i in range(len(targets)) if f"p{i}" in probes]
+    grads = tape.gradient(
+        total, [probes[n] for n in names], unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    by_name = dict(zip(names, grads, strict=True))
+    out = {}
+    for i, c in enumerate(targets):
+        g = by_name.get(f"p{i}")
+        out[c.key] = (
+            np.zeros((x.shape[0], *c.shape), np.float32) if g is None else g.numpy().astype(np.float32)
+        )
+    return out
 
 
 class Step:
@@ -75,35 +130,27 @@ def build_step(
     graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool
 ) -> Step:
     """Compile the step for ``target`` of ``graph``'s model (see the module docstring)."""
-    head_kind = graph.head.kind
-    base_hooks = graph.logits_hooks()
-    target_ids = target.op.ids
+    head = graph.head
+    grid = target.grid
 
     def step(images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, ...]:
         x = preprocess(images, preprocessing, raw=images.dtype == tf.uint8)
         captured: dict[str, tf.Tensor] = {}
         tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
         with tape:
-
-            def probe_hook(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                out = call_inference(layer, args, kwargs)
-                probe = tf.zeros_like(out)
-                tape.watch(probe)
-                captured["probe"] = probe
-                out = out + probe
-                captured["act"] = out
-                return out
-
-            logits = graph.run(x, {**base_hooks, target_ids: probe_hook})
-            logits = tf.cast(logits, tf.float32)
-            probs, vector = class_scores(logits, head_kind, score)
+            taps = _with(head.taps(), target.key, _probe_tap(tape, captured, "probe"))
+            y, notes = calls.run(graph.model, x, taps)
+            probs, vector = head.outputs(notes, y, score)
             classes = resolve_targets(targets, probs)
             scores = tf.gather(vector, classes, batch_dims=1)  # (B, K)
             per_class = [tf.reduce_sum(scores[:, k]) for k in range(targets.shape[1])]
-        grads = [tape.gradient(s, captured["probe"]) for s in per_class]
-        acts = tf.cast(captured["act"], tf.float32)
-        gradients = tf.cast(tf.stack(grads, axis=1), tf.float32)  # (B, K, h, w, C)
-        return probs, scores, acts, gradients, classes
+        grads = [
+            tape.gradient(s, captured["probe"], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            for s in per_class
+        ]
+        acts = to_grid(keras.ops, tf.cast(captured["probe_out"], tf.float32), grid)
+        gradients = tf.stack([to_grid(keras.ops, tf.cast(g, tf.float32), grid) for g in grads], axis=1)
+        return probs, scores, acts, gradients, classes  # gradients (B, K, h, w, C)
 
     fn = tf.function(step, jit_compile=jit_compile, reduce_retracing=False)
     return Step(fn, jit_compile)

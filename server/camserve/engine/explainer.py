@@ -9,6 +9,7 @@ method and classes: the methods are NumPy weightings of the same activations and
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import time
@@ -27,6 +28,7 @@ from camserve.engine.errors import (
 )
 from camserve.engine.preprocess import check_mode
 from camserve.engine.targets import ModelGraph
+from camserve.engine.tokens import TokenLayout
 from camserve.records import ClassMap, ItemResult, ItemSpec, ModelSummary
 from camserve.vocabulary import BACKENDS, COMPILE_MODES, METHODS, SCORES
 
@@ -83,8 +85,20 @@ def load_backend(name: str | None) -> Any:
 class Explainer:
     """CAM-family explanations for one Keras model and target layer, batched and compiled.
 
+    ``model``: any ``keras.Model`` (Functional, Sequential, subclassed, with custom layers) with one
+    image input and one (batch, classes) output. ``target_layer``: None (automatic: the last layer
+    on the way to the output whose grid is larger than 1x1 and that the score depends on; ``info.
+    target_reason`` says why), a layer name, an ``outer/inner/sub`` path, or ``name@k`` for the k-th
+    call of a layer called several times. ``input_shape`` (H, W, C) is needed only when the model
+    cannot tell (never called, or an Input with unknown sizes). ``token_grid`` (h, w) and
+    ``prefix_tokens`` override how (B, N, C) token outputs map to the patch grid (``tokens``).
+    Unset options fall back to the ones ``load_model`` recorded for this model.
+
     ``images`` for ``explain_batch`` are uint8 (B, H, W, C) RGB at the model's input size (the step
     applies ``preprocessing``), or float32 already preprocessed (passed through unchanged).
+
+    Raises ``InvalidInputError`` (bad option, model the engine cannot run), ``UnknownLayerError``
+    (target not found, ambiguous, or without a grid; no automatic target).
     """
 
     def __init__(
@@ -97,7 +111,11 @@ class Explainer:
         score: str = "logits",
         backend: str | None = None,
         input_shape: tuple[int, int, int] | None = None,
+        token_grid: tuple[int, int] | None = None,
+        prefix_tokens: int | None = None,
     ) -> None:
+        from camserve.engine.loading import hints_for
+
         check_mode(preprocessing)
         if compile_mode not in COMPILE_MODES:
             raise InvalidInputError(
@@ -113,7 +131,12 @@ class Explainer:
                 "compile_mode 'graph' does not exist on JAX: its only compiled step is jax.jit (XLA); "
                 "use 'xla' or 'auto'"
             )
-        self.graph = ModelGraph(model, input_shape)
+        hints = hints_for(model)
+        given = TokenLayout.of(token_grid, prefix_tokens)
+        layout = given if (token_grid is not None or prefix_tokens is not None) else hints.token_layout
+        self.graph = ModelGraph(
+            model, input_shape or hints.input_shape, layout, gradients=self._backend.gradients
+        )
         self.target = self.graph.resolve(target_layer)
         if compile_mode == "auto":
             # Documented rule (ANCHORS.md, measured): XLA convolutions are slower than oneDNN graph
@@ -127,15 +150,27 @@ class Explainer:
         self.backend = self._backend.NAME
         self.max_batch_size = max_batch_size
         self.buckets = buckets_for(max_batch_size)
+        self._build_step()
+
+    def _build_step(self) -> None:
         self.step = self._backend.build_step(
             self.graph,
             self.target,
-            preprocessing=preprocessing,
-            score=score,
-            jit_compile=compile_mode == "xla",
+            preprocessing=self.preprocessing,
+            score=self.score,
+            jit_compile=self.compile_mode == "xla",
         )
         self._cam_kernel = self.target.cam_kernel() if self.target.cam_supported else None
         self._info: ModelSummary | None = None
+
+    def with_target(self, target_layer: str) -> Explainer:
+        """An Explainer of the same model and settings for another target layer, reusing this one's
+        recording of the model (building a second one would run the model again). Its buckets
+        compile on first use. Raises ``UnknownLayerError`` as the constructor does."""
+        other = copy.copy(self)
+        other.target = self.graph.resolve(target_layer)
+        other._build_step()
+        return other
 
     # ---- metadata ---------------------------------------------------------------------------
     @property
@@ -152,11 +187,12 @@ class Explainer:
         if self._info is None:
             t = self.target
             h, w, c = self.input_shape
+            head = self.graph.head
             self._info = ModelSummary(
                 input_shape=(int(h), int(w), int(c)),
                 num_classes=self.num_classes,
                 target_layer=t.name,
-                grid=(int(t.grid[0]), int(t.grid[1])),
+                grid=(int(t.grid.h), int(t.grid.w)),
                 channels=t.channels,
                 cam_supported=t.cam_supported,
                 cam_reason=t.cam_reason,
@@ -165,9 +201,15 @@ class Explainer:
                 compile_mode=self.compile_mode,
                 backend=self.backend,
                 preprocessing=self.preprocessing,
-                score=self.score,
+                score=self.score if head.invertible else "probability",
                 methods=tuple(m for m in METHODS if m != "cam" or t.cam_supported),
                 max_top_k=min(self.num_classes, MAX_TOP_K),
+                target_reason=t.reason,
+                target_kind=t.grid.kind,
+                prefix_tokens=t.grid.prefix,
+                head=head.description,
+                head_kind=head.kind,
+                addressable=tuple(dict.fromkeys(c.name for c in self.graph.rec.calls)),
             )
         return self._info
 

@@ -1,11 +1,23 @@
-"""Model inspection: target-layer resolution, the CAM head check and the graph run with hooks.
+"""Target layers: what can be explained, which one by default and why, and where CAM applies.
 
-Nested sub-models are flattened into one list of leaf-layer calls whose tensors are identified across
-model boundaries, so a target inside ``Sequential([base, GAP, Dense])`` is found by name (or by an
-``"outer/inner"`` path) and its consumers can be followed up to the output. The model is then run
-layer by layer through the same graph (``run_model``) with hooks at chosen layers: this is how the
-backends add the zero probe at the target's output and take the pre-softmax logits, without building
-a second Keras model (which raises "not connected" for nested targets). Backend-neutral: Keras only.
+``ModelGraph`` runs the model once, eagerly, on a small random batch and records every layer call
+(``calls.record``), so it sees any model kind the same way: Functional, Sequential (called or never
+called), nested, subclassed, custom layers that own sublayers. From the recording:
+
+- **candidates** are layer calls whose output is a grid: (B, h, w, C) conv-like maps, or (B, N, C)
+  tokens with a patch grid (``tokens``); they are listed by path (``outer/inner/sub``, ``@k`` for the
+  k-th call of a layer called more than once);
+- the **default target** is the last candidate on the way to the output whose grid is larger than
+  1x1, is not a pooling, padding or cropping layer, and whose positions the score actually depends
+  on. That last part is measured, not guessed: one backward pass from a random combination of the
+  class scores to zero probes at the late candidates (``gradients``, given by the backend) shows
+  which grids the output depends on position by position. It is what makes a ViT that classifies
+  from its class token get the last block's first LayerNorm (before the attention mixes the patches
+  into that token), not the final LayerNorm, whose patch tokens the output never reads;
+- **CAM** support is checked on the data flow and on the same gradients (``cam_check``), so CAM
+  never gives a silently wrong map.
+
+Backend-neutral: Keras and NumPy only (the gradients come from the backend module).
 """
 
 from __future__ import annotations
@@ -17,349 +29,355 @@ from typing import Any
 import keras
 import numpy as np
 
-from camserve.engine.errors import InvalidInputError, UnknownLayerError
-from camserve.engine.keras_graph import call_inference, functional_of, graph_nodes, run_functional
+from camserve.engine import activations, calls, cam_check, heads
+from camserve.engine.calls import CallKey, LayerCall
+from camserve.engine.errors import EngineError, InvalidInputError, UnknownLayerError
+from camserve.engine.keras_private import call_inference, is_functional, walk
+from camserve.engine.tokens import Grid, TokenLayout, conv_grid, image_like, to_grid_numpy, token_grid
 from camserve.records import LayerInfo
 
-Key = tuple[int, int]  # (id of the Functional graph, id of the KerasTensor) after aliasing
-PathIds = tuple[int, ...]  # ids of the layers from the top-level model down to one layer
+#: Images in the inspection batch (2, so that a batch axis is told apart from a size-1 axis).
+PROBE_BATCH = 2
+#: Late candidates probed per backward pass while looking for the default target.
+PROBE_CHUNK = 16
+Gradients = Callable[["ModelGraph", list[LayerCall], np.ndarray], dict[CallKey, np.ndarray]]
+"""``gradients(graph, calls, cotangent (B, classes))`` -> d (cotangent . score vector) / d output of
+each call, (B, *call.shape) float32, computed by the backend on ``graph.probe_input``."""
 
-_PASS_THROUGH = (keras.layers.Dropout, keras.layers.Identity)
-_POOLING = (
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-)
-
-
-def _activation_name(layer: Any) -> str | None:
-    """'softmax' / 'sigmoid' / 'linear' / ... for Dense and Activation layers, else None."""
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    fn = getattr(layer, "activation", None)
-    if fn is None:
-        return None
-    return getattr(fn, "__name__", str(fn))
-
-
-@dataclass(frozen=True)
-class FlatOp:
-    """One call of a leaf layer (or of a nested model used as a whole) in the flattened graph."""
-
-    path: tuple[Any, ...]  # layers from the top-level model down to this one
-    inputs: tuple[Key, ...]
-    outputs: tuple[Key, ...]
-    shape: tuple[int | None, ...]  # first output's shape, batch axis included
-    dtype: str
-    leaf: bool  # False for a nested model entry (kept for name resolution)
-
-    @property
-    def layer(self) -> Any:
-        return self.path[-1]
-
-    @property
-    def name(self) -> str:
-        return "/".join(layer.name for layer in self.path)
-
-    @property
-    def ids(self) -> PathIds:
-        return tuple(id(layer) for layer in self.path)
+#: Layers that only pool, pad or crop the grid before them: not chosen automatically (the layer
+#: before them holds the same features, unpadded and at full resolution).
+_MOVERS = {
+    word: tuple(
+        getattr(keras.layers, n)
+        for n in dir(keras.layers)
+        if word.lower() in n.lower() and isinstance(getattr(keras.layers, n), type)
+    )
+    for word in ("Pooling", "Padding", "Cropping")
+}
 
 
 @dataclass(frozen=True)
 class Target:
-    """A resolved target layer (one call site) and what the engine needs to know about it."""
+    """A resolved target (one call of one layer) and what the engine needs to know about it."""
 
-    op: FlatOp
+    call: LayerCall
+    grid: Grid
     cam_supported: bool
     cam_reason: str  # "" when supported
-    cam_dense: Any | None  # the Dense layer whose kernel gives CAM weights
+    cam_kernel_value: np.ndarray | None  # (C, classes) float32 when CAM applies
+    reason: str = ""  # why this target (the automatic choice), or "requested"
 
     @property
     def name(self) -> str:
-        return self.op.name
+        return self.call.name
 
     @property
-    def grid(self) -> tuple[int, int]:
-        return int(self.op.shape[1]), int(self.op.shape[2])  # type: ignore[arg-type]
+    def key(self) -> CallKey:
+        return self.call.key
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The layer's output shape without the batch axis: (h, w, C) or (N, C)."""
+        assert self.call.shape is not None
+        return self.call.shape
 
     @property
     def channels(self) -> int:
-        return int(self.op.shape[3])  # type: ignore[arg-type]
+        return int(self.shape[-1])
 
     def cam_kernel(self) -> np.ndarray:
-        """The (C, N) Dense kernel used by CAM, as float32 NumPy."""
-        if self.cam_dense is None:
+        """The (C, classes) weights CAM uses (the Dense kernel; [-w, w] for one binary unit)."""
+        if self.cam_kernel_value is None:
             raise RuntimeError("no CAM head")
-        return np.asarray(self.cam_dense.get_weights()[0], dtype=np.float32)
+        return self.cam_kernel_value
 
 
-@dataclass(frozen=True)
-class Head:
-    """How the score is taken at the model's output.
+def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int, int]:
+    """(H, W, C): ``given``, else the model's Input, else the shape it was built with.
 
-    ``mode``: "dense" (final Dense with a softmax/sigmoid activation: recompute its pre-activation),
-    "input" (final Activation/Softmax layer: take its input), "output" (the output is already logits).
-    ``kind``: the normalisation that turns logits into probabilities ("softmax" or "sigmoid").
+    Raises ``InvalidInputError`` when none says (a model never called, with no Input) or the shape is
+    not an image's (not 4-D, unknown sizes, several inputs).
     """
-
-    op: FlatOp
-    mode: str
-    kind: str
+    if given is not None:
+        try:
+            shape = tuple(int(d) for d in given)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"input_shape must be (H, W, C), got {given!r}") from None
+        if len(shape) != 3 or min(shape) < 1:
+            raise InvalidInputError(f"input_shape must be three positive integers (H, W, C), got {given!r}")
+        return shape  # type: ignore[return-value]
+    inputs = None
+    if isinstance(model, keras.Sequential) or is_functional(model):
+        try:
+            inputs = list(model.inputs)
+        except (AttributeError, ValueError):
+            inputs = None
+    if inputs:
+        if len(inputs) != 1:
+            raise InvalidInputError(
+                f"model {model.name!r} has {len(inputs)} inputs; the engine needs one image input"
+            )
+        shape = tuple(inputs[0].shape)
+    else:
+        build = model.get_build_config() if hasattr(model, "get_build_config") else None
+        shape = tuple((build or {}).get("input_shape") or ())
+    if not shape:
+        kind = "Sequential model" if isinstance(model, keras.Sequential) else f"{type(model).__name__}"
+        raise InvalidInputError(
+            f"{kind} {model.name!r} was never called and has no Input, so its input shape is unknown: "
+            "pass input_shape=(H, W, C) (the library API takes it from the first image)"
+        )
+    if len(shape) != 4 or any(d is None for d in shape[1:]):
+        raise InvalidInputError(
+            f"model input shape {shape} is not (batch, H, W, C) with known H, W, C; "
+            "pass input_shape=(H, W, C)"
+        )
+    return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
 
 
 class ModelGraph:
-    """A Keras model's flattened graph: candidate targets, resolution, CAM support, head, runner."""
+    """A Keras model's recorded forward pass: candidates, the head, the default target, CAM support.
 
-    def __init__(self, model: Any, input_shape: tuple[int, ...] | None = None) -> None:
+    Raises ``InvalidInputError`` for a model the engine cannot explain (not a keras.Model, input
+    shape unknown, several inputs or outputs, an output that is not (batch, classes), a forward pass
+    that fails on a (2, H, W, C) batch).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        input_shape: tuple[int, ...] | None = None,
+        token_layout: TokenLayout | None = None,
+        gradients: Gradients | None = None,
+    ) -> None:
         if not isinstance(model, keras.Model):
             raise InvalidInputError(f"expected a keras.Model, got {type(model).__name__}")
         self.model = model
-        self.functional = self._ensure_built(model, input_shape)
-        if len(self.functional.inputs) != 1 or len(self.functional.outputs) != 1:
+        self.input_shape = input_shape_of(model, input_shape)
+        self.layout = token_layout or TokenLayout()
+        self._gradients = gradients
+        rng = np.random.default_rng(1234)
+        dtype = "float32"
+        if is_functional(model) and model.inputs:
+            dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
+        self.probe_input = rng.normal(size=(PROBE_BATCH, *self.input_shape)).astype(dtype)
+        try:
+            x = keras.ops.convert_to_tensor(self.probe_input)
+            if not all(getattr(op, "built", True) for op in [model, *walk(model)]):
+                # Building runs call() symbolically once more; do it before recording, not during.
+                call_inference(model, (x,), {})
+            y, self.rec = calls.record(model, x, activations.record_taps(walk(model)))
+        except EngineError:
+            raise
+        except Exception as exc:
             raise InvalidInputError(
-                f"model {model.name!r} has {len(self.functional.inputs)} inputs and "
-                f"{len(self.functional.outputs)} outputs; the engine needs one image input and one "
-                "(batch, classes) output"
-            )
-        in_shape = tuple(self.functional.inputs[0].shape)
-        out_shape = tuple(self.functional.outputs[0].shape)
-        if len(in_shape) != 4 or any(d is None for d in in_shape[1:]):
+                f"model {model.name!r} failed on a batch of shape {(PROBE_BATCH, *self.input_shape)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        flat = keras.tree.flatten(y)
+        out_shape = tuple(int(d) for d in flat[0].shape) if len(flat) == 1 else ()
+        if len(flat) != 1 or len(out_shape) != 2:
+            shapes = [tuple(t.shape) for t in flat]
             raise InvalidInputError(
-                f"model input shape {in_shape} is not (batch, H, W, C) with known H, W, C; "
-                "pass input_shape=(H, W, C)"
+                f"model {model.name!r} returns {shapes}; the engine needs one (batch, classes) output"
             )
-        if len(out_shape) != 2 or out_shape[1] is None:
-            raise InvalidInputError(f"model output shape {out_shape} is not (batch, classes)")
-        self.input_shape: tuple[int, int, int] = tuple(int(d) for d in in_shape[1:])  # type: ignore[assignment]
-        self.num_classes = int(out_shape[1])
-        self.ops: list[FlatOp] = []
-        self._alias: dict[Key, Key] = {}
-        self._expand(self.functional, ())
-        self.output_key = self._canon(self.functional, self.functional.outputs[0])
-        self.consumers: dict[Key, list[FlatOp]] = {}
-        for op in self.ops:
-            if op.leaf:
-                for k in op.inputs:
-                    self.consumers.setdefault(k, []).append(op)
-        self.head = self._find_head()
+        self.head = heads.analyse(self.rec, out_shape[1])
+        self.rec.forget_values()  # the head is found: the recorded activations are not needed again
+        self.num_classes = self.head.classes
+        self._cotangent = rng.normal(size=(PROBE_BATCH, self.num_classes)).astype(np.float32)
+        self._grads: dict[CallKey, np.ndarray] = {}
+        self._grids: dict[CallKey, Grid] = {}
+        for c in self.rec.calls:
+            grid = self._grid_of(c)
+            if grid is not None:
+                self._grids[c.key] = grid
+        self._targets: dict[CallKey, Target] = {}
 
-    # ---- building the flat view -------------------------------------------------------------
-    @staticmethod
-    def _ensure_built(model: Any, input_shape: tuple[int, ...] | None) -> Any:
-        functional = functional_of(model)
-        if functional is None and isinstance(model, keras.Sequential):
-            if input_shape is None:
-                raise InvalidInputError(
-                    f"Sequential model {model.name!r} was never called and has no Input: "
-                    "pass input_shape=(H, W, C) (the library API takes it from the first image)"
-                )
-            model.build((None, *tuple(int(d) for d in input_shape)))
-            functional = functional_of(model)
-        if functional is None:
-            raise InvalidInputError(
-                f"model {model.name!r} ({type(model).__name__}) is not a Functional or Sequential "
-                "model; subclassed models have no graph to find a target layer in"
-            )
-        return functional
+    # ---- candidates -------------------------------------------------------------------------
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.input_shape[0], self.input_shape[1]
 
-    def _canon(self, functional: Any, tensor: Any) -> Key:
-        key = (id(functional), id(tensor))
-        return self._alias.get(key, key)
+    def _grid_of(self, c: LayerCall) -> Grid | None:
+        # Layers, and the keras.ops nodes of Functional graphs (a residual ``x + y`` is often the last
+        # grid before the pooling: ConvNeXt's blocks end that way).
+        if c.shape is None or len(c.outputs) != 1:
+            return None
+        return conv_grid(c.shape) or token_grid(c.shape, self.image_hw, self.layout)
 
-    def _expand(self, functional: Any, prefix: tuple[Any, ...]) -> None:
-        for node in graph_nodes(functional):
-            op = node.operation
-            in_keys = tuple(self._canon(functional, t) for t in node.inputs)
-            inner = functional_of(op) if isinstance(op, keras.Model) else None
-            path = (*prefix, op)
-            shape = tuple(node.outputs[0].shape) if node.outputs else ()
-            dtype = str(node.outputs[0].dtype) if node.outputs else "float32"
-            if inner is not None and len(inner.inputs) == len(in_keys):
-                for t_inner, k in zip(inner.inputs, in_keys, strict=True):
-                    self._alias[(id(inner), id(t_inner))] = k
-                self._expand(inner, path)
-                out_keys = tuple(self._canon(inner, t) for t in inner.outputs)
-                for t, k in zip(node.outputs, out_keys, strict=False):
-                    self._alias[(id(functional), id(t))] = k
-                self.ops.append(FlatOp(path, in_keys, out_keys, shape, dtype, leaf=False))
-            else:
-                outs = tuple(self._canon(functional, t) for t in node.outputs)
-                self.ops.append(FlatOp(path, in_keys, outs, shape, dtype, leaf=True))
-
-    # ---- targets ----------------------------------------------------------------------------
-    @staticmethod
-    def _is_4d(op: FlatOp) -> bool:
-        return len(op.shape) == 4 and all(d is not None for d in op.shape[1:]) and len(op.outputs) == 1
-
-    def candidates(self) -> list[FlatOp]:
-        """Leaf layers with a single 4-D output, in execution order."""
-        return [op for op in self.ops if op.leaf and self._is_4d(op)]
+    def candidates(self) -> list[LayerCall]:
+        """Layer calls with a grid whose axes look like the image's (``tokens.image_like``), in the order
+        they finish; a container that only passes on its last sublayer's output is left out (the
+        sublayer is listed), though it can still be named as a target."""
+        out = [
+            c
+            for c in self.rec.calls
+            if c.key in self._grids and image_like(self._grids[c.key], self.image_hw) and self._own_output(c)
+        ]
+        return sorted(out, key=lambda c: c.end)
 
     def layer_infos(self) -> list[LayerInfo]:
-        """The candidate targets as plain records (for ModelSummary.layers)."""
+        """The candidate targets as plain records (for ModelSummary.layers), in execution order.
+
+        CAM support is the checked one for every layer whose gradient was measured (the target and
+        every layer the data flow shows feeding GAP -> Dense), the data-flow one otherwise.
+        """
         infos = []
-        for op in self.candidates():
-            t = self.target_for(op)
-            infos.append(LayerInfo(op.name, (int(t.grid[0]), int(t.grid[1])), t.channels, t.cam_supported))
+        for c in self.candidates():
+            t = self.target_for(c, verify_cam=c.key in self._grads)
+            grid = (int(t.grid.h), int(t.grid.w))
+            infos.append(LayerInfo(c.name, grid, t.channels, t.cam_supported, t.grid.kind, t.grid.prefix))
         return infos
 
+    # ---- resolution -------------------------------------------------------------------------
     def resolve(self, target_layer: str | None) -> Target:
-        """Find the target layer: None = the last 4-D layer that is not pooling; else name or path."""
+        """The target: None = automatic (module docstring); else a name, ``outer/inner`` path, ``name@k``.
+
+        Raises ``UnknownLayerError`` (not found, ambiguous, a layer called several times without
+        ``@k``, an output without a grid, no automatic target).
+        """
         if target_layer is None:
-            cands = [op for op in self.candidates() if not isinstance(op.layer, _POOLING)]
-            if not cands:
-                raise UnknownLayerError(
-                    f"model {self.model.name!r} has no layer with a 4-D (batch, h, w, channels) "
-                    "output to explain"
-                )
-            return self.target_for(cands[-1])
+            return self._default()
         if not isinstance(target_layer, str) or not target_layer.strip("/"):
             raise UnknownLayerError(f"target layer must be a non-empty name, got {target_layer!r}")
         wanted = target_layer.strip("/")
-        matches = [op for op in self.ops if op.name == wanted]
+        layer_calls = self.rec.calls
+        matches = [c for c in layer_calls if c.name == wanted]
         if not matches and "/" not in wanted:
-            matches = [op for op in self.ops if op.layer.name == wanted]
-        names = sorted({op.name for op in matches})
+            matches = [c for c in layer_calls if c.name.rsplit("/", 1)[-1] == wanted]
         if not matches:
+            base = [c for c in layer_calls if c.name.split("@")[0] in (wanted, wanted.split("@")[0])]
+            if base and base[0].shared:
+                names = ", ".join(c.name for c in base[:8])
+                raise UnknownLayerError(
+                    f"layer {target_layer!r} is called {len(base)} times in the model; pick one call: {names}"
+                )
             raise UnknownLayerError(
-                f"no layer named {target_layer!r} in model {self.model.name!r}; "
-                f"4-D layers are: {self._some_names()}"
+                f"no layer named {target_layer!r} in model {self.model.name!r}; layers with a grid are: "
+                f"{self._some_names()}"
             )
+        names = sorted({c.name for c in matches})
         if len(names) > 1:
             raise UnknownLayerError(
-                f"layer name {target_layer!r} is ambiguous in model {self.model.name!r}; "
-                f"use one of the paths {names}"
+                f"layer name {target_layer!r} is ambiguous in model {self.model.name!r}; use one of the "
+                f"paths {names}"
             )
-        if len(matches) > 1:
+        c = matches[0]
+        if c.key not in self._grids:
             raise UnknownLayerError(
-                f"layer {target_layer!r} is called {len(matches)} times in the model (shared); "
-                "pick a layer that is called once"
+                f"layer {c.name!r} has output shape {self._shape_text(c)}, not (batch, h, w, channels) "
+                "nor (batch, tokens, channels) with a patch grid (token_grid/prefix_tokens set it); "
+                f"layers with a grid are: {self._some_names()}"
             )
-        op = matches[0]
-        if not self._is_4d(op):
-            raise UnknownLayerError(
-                f"layer {op.name!r} has output shape {op.shape}, not (batch, h, w, channels); "
-                f"4-D layers are: {self._some_names()}"
-            )
-        return self.target_for(op)
+        return self._with_reason(self.target_for(c), "requested")
+
+    def _shape_text(self, c: LayerCall) -> str:
+        return (
+            "(batch, " + ", ".join(str(d) for d in c.shape) + ")" if c.shape is not None else "not one tensor"
+        )
 
     def _some_names(self, limit: int = 12) -> str:
-        names = [op.name for op in self.candidates()]
+        names = [c.name for c in self.candidates()]
         if len(names) > limit:
             return ", ".join(names[-limit:]) + f" (last {limit} of {len(names)})"
-        return ", ".join(names)
+        return ", ".join(names) or "(none)"
 
-    def target_for(self, op: FlatOp) -> Target:
-        ok, reason, dense = self._cam_head(op)
-        return Target(op, ok, reason, dense)
+    @staticmethod
+    def _with_reason(t: Target, reason: str) -> Target:
+        return Target(t.call, t.grid, t.cam_supported, t.cam_reason, t.cam_kernel_value, reason)
 
-    # ---- CAM head check ---------------------------------------------------------------------
-    def _describe_chain(self, key: Key, steps: int = 4) -> str:
-        parts = []
-        for _ in range(steps):
-            cons = self.consumers.get(key, [])
-            if len(cons) != 1:
-                if len(cons) > 1:
-                    parts.append(f"[{len(cons)} branches]")
-                break
-            parts.append(f"{type(cons[0].layer).__name__}({cons[0].layer.name})")
-            key = cons[0].outputs[0]
-        return " -> ".join(parts) if parts else "(model output)"
+    # ---- the default target -----------------------------------------------------------------
+    def _own_output(self, c: LayerCall) -> bool:
+        """The call's output is made at this level (a leaf, or a container ending in its own code)."""
+        return c.leaf or self.rec.producer(c.outputs[0]) is c
 
-    def _cam_head(self, op: FlatOp) -> tuple[bool, str, Any | None]:
-        """target -> GlobalAveragePooling2D -> [Dropout / linear Activation]* -> one Dense -> output."""
-        start = op.outputs[0]
-        need = (
-            "CAM needs the target layer to feed GlobalAveragePooling2D then one Dense output layer "
-            "(optionally through Dropout / linear Activation)"
-        )
-        here = f"here {op.layer.name} -> {self._describe_chain(start)}"
-        cons = self.consumers.get(start, [])
-        if len(cons) != 1 or not isinstance(cons[0].layer, keras.layers.GlobalAveragePooling2D):
-            return False, f"{need}; {here}", None
-        gap = cons[0].layer
-        if getattr(gap, "keepdims", False):
-            return False, f"{need}; {here} (the pooling keeps dims)", None
-        key = cons[0].outputs[0]
-        dense = None
-        while True:
-            cons = self.consumers.get(key, [])
-            if len(cons) != 1:
-                return False, f"{need}; {here}", None
-            layer = cons[0].layer
-            if isinstance(layer, keras.layers.Dense):
-                dense = layer
-                key = cons[0].outputs[0]
-                break
-            passes = isinstance(layer, _PASS_THROUGH) or (
-                isinstance(layer, keras.layers.Activation) and _activation_name(layer) == "linear"
+    def _default(self) -> Target:
+        order = list(reversed(self.candidates()))
+        skipped: list[str] = []
+        unreached: LayerCall | None = None  # the first grid the score does not depend on
+        for i, c in enumerate(order):
+            grid = self._grids[c.key]
+            why = None
+            if grid.size <= 1:
+                why = "1x1 grid"
+            elif any(isinstance(c.op, kinds) for kinds in _MOVERS.values()):
+                why = next(w.lower() for w, kinds in _MOVERS.items() if isinstance(c.op, kinds))
+            else:
+                chunk = [d for d in order[i:] if self._grids[d.key].size > 1][:PROBE_CHUNK]
+                self._ensure_grads(chunk + self._cam_shaped())
+                why = self._no_reach(c, grid)
+                unreached = unreached or c
+            if why is None:
+                return self._with_reason(self.target_for(c), self._reason(grid, "", skipped))
+            skipped.append(f"{c.name} ({why})")
+        if unreached is not None:  # the score depends on no grid at all (a constant output)
+            grid = self._grids[unreached.key]
+            return self._with_reason(
+                self.target_for(unreached),
+                self._reason(grid, "; the score depends on no layer's positions (a constant output?)", []),
             )
-            if not passes:
-                return False, f"{need}; {here}", None
-            key = cons[0].outputs[0]
-        # After the Dense only a softmax/sigmoid/linear activation may follow before the output.
-        while key != self.output_key:
-            cons = self.consumers.get(key, [])
-            if len(cons) != 1 or _activation_name(cons[0].layer) not in ("softmax", "sigmoid", "linear"):
-                return False, f"{need}; {here} (the Dense does not give the model's output)", None
-            key = cons[0].outputs[0]
-        return True, "", dense
+        raise UnknownLayerError(
+            f"model {self.model.name!r} has no layer whose output has a spatial grid larger than 1x1 (a conv "
+            "map (batch, h, w, channels) or tokens (batch, tokens, channels) with a patch grid); layers "
+            f"with a grid: {self._some_names()}"
+        )
 
-    # ---- output head ------------------------------------------------------------------------
-    def _find_head(self) -> Head:
-        producer = next(op for op in reversed(self.ops) if op.leaf and self.output_key in op.outputs)
-        act = _activation_name(producer.layer)
-        if isinstance(producer.layer, keras.layers.Dense) and act in ("softmax", "sigmoid"):
-            return Head(producer, "dense", act)
-        if isinstance(producer.layer, (keras.layers.Activation, keras.layers.Softmax)) and act in (
-            "softmax",
-            "sigmoid",
-        ):
-            return Head(producer, "input", act)
-        return Head(producer, "output", "softmax")
+    @staticmethod
+    def _reason(grid: Grid, extra: str, skipped: list[str]) -> str:
+        if grid.tokens:
+            kind = f"{grid.h}x{grid.w} patch-token grid ({grid.prefix} prefix token(s) dropped)"
+        else:
+            kind = f"{grid.h}x{grid.w} grid"
+        if extra:
+            reason = f"the last layer with a {kind}{extra}"
+        else:
+            reason = f"the last layer on the way to the output with a {kind} the score depends on"
+        if skipped:
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            reason += "; after it: " + ", ".join(skipped[:3]) + more
+        return reason
 
-    # ---- running the graph with hooks -------------------------------------------------------
-    def run(self, x: Any, hooks: dict[PathIds, Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]]) -> Any:
-        """Run the model on ``x`` in inference mode; ``hooks[path ids](layer, args, kwargs)`` replaces
-        the call of that layer (nested models on the way to a hook are run node by node)."""
-        descend = {ids[:i] for ids in hooks for i in range(1, len(ids))}
-        return _run(self.functional, x, (), hooks, descend)
+    def _no_reach(self, c: LayerCall, grid: Grid) -> str | None:
+        """None if the score depends on at least two grid positions of this output, else why not."""
+        g = np.abs(self._grads[c.key])
+        positions = to_grid_numpy(g, grid).max(axis=(0, 3)) > 0.0
+        if int(positions.sum()) >= 2:
+            return None
+        if grid.tokens and grid.prefix and g[:, : grid.prefix].max() > 0.0:
+            return "only its class/prefix tokens reach the output"
+        return "the output does not depend on its positions"
 
-    def logits_hooks(self) -> dict[PathIds, Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]]:
-        """Hooks that make the run return pre-activation logits at the output (float32)."""
-        head = self.head
-        if head.mode == "dense":
+    def _ensure_grads(self, wanted: list[LayerCall]) -> None:
+        missing = [c for c in dict.fromkeys(wanted) if c.key not in self._grads]
+        if not missing:
+            return
+        if self._gradients is None:
+            raise RuntimeError("ModelGraph needs the backend's gradients to choose or check targets")
+        self._grads.update(self._gradients(self, missing, self._cotangent))
 
-            def dense_logits(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                ops = keras.ops
-                y = ops.matmul(ops.cast(args[0], "float32"), ops.cast(layer.kernel, "float32"))
-                if layer.use_bias:
-                    y = y + ops.cast(layer.bias, "float32")
-                return y
+    # ---- CAM --------------------------------------------------------------------------------
+    def _cam_shaped(self) -> list[LayerCall]:
+        return [
+            c for c in self.candidates() if cam_check.structure(self.rec, self.head, c, self._grids[c.key])[0]
+        ]
 
-            return {head.op.ids: dense_logits}
-        if head.mode == "input":
-            return {head.op.ids: lambda layer, args, kwargs: keras.ops.cast(args[0], "float32")}
-        return {}
-
-
-def _unpack(out: Any) -> Any:
-    if isinstance(out, (list, tuple)) and len(out) == 1:
-        return out[0]
-    return out
-
-
-def _run(functional: Any, x: Any, prefix: PathIds, hooks: dict, descend: set[PathIds]) -> Any:
-    def call(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        key = (*prefix, id(op))
-        if key in hooks:
-            return hooks[key](op, args, kwargs)
-        if key in descend:
-            inner = functional_of(op)
-            return _run(inner, args[0], key, hooks, descend)
-        return call_inference(op, args, kwargs)
-
-    inputs = list(x) if isinstance(x, (list, tuple)) else [x]
-    return _unpack(run_functional(functional, inputs, call))
+    def target_for(self, c: LayerCall, verify_cam: bool = True) -> Target:
+        """The Target for a candidate call, CAM support checked (numerically unless verify_cam=False)."""
+        if verify_cam and c.key in self._targets:
+            return self._targets[c.key]
+        grid = self._grids[c.key]
+        ok, reason, dense = cam_check.structure(self.rec, self.head, c, grid)
+        weights = cam_check.kernel(dense, self.head.units) if ok else None
+        if ok and verify_cam:
+            self._ensure_grads([c, *self._cam_shaped()])
+            if not cam_check.gradient_matches(self._grads[c.key], self._cotangent, weights, c.dtype):
+                ok, weights = False, None
+                reason = (
+                    f"{cam_check.NEED}; {c.name!r} seems to feed it, but the score's gradient is not that of "
+                    "GlobalAveragePooling2D -> Dense (a layer between them, or code outside the layers, "
+                    "changes it)"
+                )
+        t = Target(c, grid, ok, "" if ok else reason, weights)
+        if verify_cam:
+            self._targets[c.key] = t
+        return t

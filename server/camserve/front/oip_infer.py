@@ -258,6 +258,7 @@ def build_reply(call: InferCall, images: list[DecodedImage], results: list[ItemR
         raw_output_contents=[made[name][1] for name in call.outputs],
         parameters={"method": param(string_param=call.spec.method),
                     "target_layer": param(string_param=call.target_layer),
+                    "score_kind": param(string_param=call.summary.score),
                     "queue_ms": param(double_param=1e3 * sum(r.queue_s for r in results) / n),
                     "compute_ms": param(double_param=1e3 * sum(r.compute_s for r in results) / n),
                     "batch_size": param(double_param=sum(r.batch_size for r in results) / n),

@@ -54,7 +54,8 @@ def build_response(prep: Prepared, image: DecodedImage, result: ItemResult,
         return labels[i] if 0 <= i < len(labels) else str(i)
 
     resp = pb.ExplainResponse(request_id=prep.request_id, model=cfg.name, model_version=cfg.version,
-                              method=prep.method_enum, target_layer=prep.target_layer)  # type: ignore[arg-type]
+                              method=prep.method_enum, target_layer=prep.target_layer,  # type: ignore[arg-type]
+                              score_kind=prep.summary.score)
     for m in result.maps:
         enc = encode_map(m.heatmap, prep.output, image)
         ci = int(m.class_index)
@@ -93,8 +94,12 @@ def model_info(cfg: ModelConfig, summary: ModelSummary | None, ready: bool, back
     info.compile_mode = summary.compile_mode
     info.backend = summary.backend
     info.batch_buckets.extend(summary.buckets)
+    info.default_target_reason = summary.target_reason
+    info.score_kind = summary.score
+    info.head = summary.head
+    info.head_kind = summary.head_kind
     for layer in summary.layers:
         info.layers.add(name=layer.name, grid=list(layer.grid), channels=layer.channels,
-                        cam_supported=layer.cam_supported)
+                        cam_supported=layer.cam_supported, kind=layer.kind, prefix_tokens=layer.prefix_tokens)
     info.methods.extend(wire.METHODS[m] for m in summary.methods if m in wire.METHODS)  # type: ignore[misc]
     return info

@@ -27,6 +27,9 @@ from camserve.front.codec import OutputSpec
 from camserve.records import ErrorKind, Failure, ItemSpec, LayerInfo, ModelSummary
 from camserve.repository import ModelConfig
 
+#: ``LayerInfo.kind`` of a layer the model calls but the summary does not list (the engine decides).
+UNLISTED = "unlisted"
+
 __all__ = ["Prepared", "RequestParser", "invalid", "output_spec"]
 
 _METHOD = {v: k for k, v in wire.METHODS.items()}
@@ -146,7 +149,7 @@ class RequestParser:
             raise Failure(f"top_k {top_k} is out of range: 1..{summary.max_top_k} for model "
                           f"{cfg.name!r} (unset means {wire.DEFAULTS['top_k']})", ErrorKind.CLASS_INDEX)
         layer = self._layer(cfg, summary, target_layer or "")
-        if method == "cam" and not layer.cam_supported:
+        if method == "cam" and not layer.cam_supported and layer.kind != UNLISTED:
             reason = summary.cam_reason if layer.name == summary.target_layer else ""
             able = [x.name for x in summary.layers if x.cam_supported]
             where = (f"layers where CAM works: {_names(able)}" if able
@@ -176,9 +179,13 @@ class RequestParser:
             raise Failure(f"target_layer {name!r} is ambiguous in model {cfg.name!r}: "
                           f"{_names([x.name for x in nested])}; use the full 'outer/inner' path",
                           ErrorKind.UNKNOWN_LAYER)
-        raise Failure(f"model {cfg.name!r} has no target layer {name!r} (a layer with a spatial grid); "
-                      f"valid: {_names([x.name for x in reversed(summary.layers)])}",
-                      ErrorKind.UNKNOWN_LAYER)
+        if name in summary.addressable or any(a.endswith("/" + name) for a in summary.addressable):
+            # A call the model makes but the listing leaves out (a container such as a transformer's
+            # encoder, a graph node, a shared layer's ``name@k``): the engine resolves and checks it.
+            return LayerInfo(name, (0, 0), 0, False, kind=UNLISTED)
+        raise Failure(f"model {cfg.name!r} has no target layer {name!r} (a layer whose output has a "
+                      f"spatial grid: a conv map or patch tokens); valid: "
+                      f"{_names([x.name for x in reversed(summary.layers)])}", ErrorKind.UNKNOWN_LAYER)
 
     @staticmethod
     def _output(opt: pb.OutputOptions) -> OutputSpec:

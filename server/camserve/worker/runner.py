@@ -137,7 +137,6 @@ class KerasRunner:
         self.threads = threads
         self.index = index
         self._default: dict[str, Any] = {}
-        self._models: dict[str, Any] = {}
         self._extra: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
     def _import_backend(self) -> None:
@@ -164,15 +163,9 @@ class KerasRunner:
                     pass
 
     def _load_model(self, cfg: ModelConfig) -> Any:
-        import keras
+        from camserve.engine import load_model
 
-        if cfg.model_path is not None:
-            return keras.saving.load_model(cfg.model_path, compile=False)
-        factory = getattr(keras.applications, cfg.application or "", None)
-        if factory is None or not callable(factory):
-            raise ValueError(f"keras.applications has no model named {cfg.application!r}")
-        weights = str(cfg.weights_path) if cfg.weights_path is not None else None
-        return factory(weights=weights, input_shape=tuple(cfg.input_shape))
+        return load_model(cfg)
 
     def _build(self, cfg: ModelConfig, model: Any, target_layer: str | None) -> Any:
         from camserve.engine import Explainer
@@ -196,7 +189,6 @@ class KerasRunner:
                 log(self.index, f"model {name!r} failed to load: {failures[name]}")
                 continue
             info: ModelSummary = explainer.info
-            self._models[name] = model
             self._default[name] = explainer
             summaries[name] = info
             log(self.index, f"model {name!r} ready in {time.perf_counter() - t0:.1f} s: target "
@@ -216,7 +208,7 @@ class KerasRunner:
         if found is not None:
             self._extra.move_to_end(key)
             return found
-        built = self._build(self.repository[model], self._models[model], target_layer)
+        built = default.with_target(target_layer)  # the model's recording is reused
         self._extra[key] = built
         while len(self._extra) > EXTRA_EXPLAINERS:
             self._extra.popitem(last=False)

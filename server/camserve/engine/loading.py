@@ -1,0 +1,153 @@
+"""Opening the models users have: ``.keras``, legacy ``.h5``, ``keras.applications`` names.
+
+``load_model`` is what the server's worker calls for each model of the repository, and what a library
+user can call too. Formats:
+
+- ``.keras`` (Keras 3 native): ``keras.saving.load_model``. Custom classes (subclassed models,
+  custom layers) must be registered before loading: ``imports`` names the modules whose
+  ``@keras.saving.register_keras_serializable`` decorators do it (config.json ``imports``), or they
+  are passed as ``custom_objects``. Activations Keras 3 saves under TensorFlow's internal names
+  (``tf.nn.softmax`` is written as ``softmax_v2``, which Keras alone cannot re-open) are supplied.
+- ``.h5`` / ``.hdf5`` (tf.keras 2 / Keras 2 "legacy" HDF5 with the architecture): Keras 3's own
+  loader reads them (``keras.saving.load_model`` dispatches on the suffix).
+- A TensorFlow **SavedModel** directory is refused with the conversion to run: Keras 3 can open one
+  only as an inference-only ``keras.layers.TFSMLayer``, which has no layers to put a target on.
+- ``application``: a ``keras.applications`` constructor name with a weights file (or None for random
+  weights: benchmarks) at the configured input shape.
+
+The model is returned with the options that describe how to explain it (input shape, token layout)
+remembered beside it (``hints_for``), so an ``Explainer`` built on it later uses them without the
+caller passing them again. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from camserve.engine.errors import InvalidInputError
+from camserve.engine.tokens import TokenLayout
+from camserve.vocabulary import MODEL_SUFFIXES, is_saved_model_dir, saved_model_refusal
+
+
+@dataclass(frozen=True)
+class ModelHints:
+    """How to explain a loaded model when the caller does not say: input shape and token layout."""
+
+    input_shape: tuple[int, int, int] | None = None
+    token_layout: TokenLayout = field(default_factory=TokenLayout)
+
+
+_HINTS: weakref.WeakKeyDictionary[Any, ModelHints] = weakref.WeakKeyDictionary()
+
+
+def hints_for(model: Any) -> ModelHints:
+    """The hints ``load_model`` recorded for this model object (empty ones if none)."""
+    try:
+        return _HINTS.get(model, ModelHints())
+    except TypeError:  # an object that cannot be weakly referenced: never loaded here
+        return ModelHints()
+
+
+def load_model(
+    source: Any,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    weights: str | Path | None = None,
+    token_grid: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
+    custom_objects: dict[str, Any] | None = None,
+    imports: tuple[str, ...] | list[str] = (),
+) -> Any:
+    """Open a model for explanation; returns a ``keras.Model``.
+
+    ``source``: a path (``.keras``, ``.h5``/``.hdf5``; a SavedModel directory is refused), a
+    ``keras.applications`` name (``"ResNet50"``, with ``weights`` a file or None = random, and
+    ``input_shape`` required), or a repository ``ModelConfig`` (anything with ``model_path``,
+    ``application``, ``weights_path``, ``input_shape`` and optionally ``token_grid``/``prefix_tokens``:
+    its fields fill the keyword arguments). ``input_shape``, ``token_grid`` and ``prefix_tokens`` are
+    remembered as the model's hints (``hints_for``). ``imports``: modules imported first (they
+    register custom classes).
+
+    Raises ``InvalidInputError`` naming the file and the problem (missing file, unknown suffix,
+    SavedModel directory, unknown application name); Keras' own errors for a corrupt file pass through.
+    """
+    if hasattr(source, "application") and hasattr(source, "model_path"):
+        cfg = source
+        source = cfg.model_path if cfg.model_path is not None else cfg.application
+        input_shape = input_shape or tuple(cfg.input_shape)
+        weights = weights if weights is not None else cfg.weights_path
+        token_grid = token_grid if token_grid is not None else getattr(cfg, "token_grid", None)
+        prefix_tokens = prefix_tokens if prefix_tokens is not None else getattr(cfg, "prefix_tokens", None)
+        imports = tuple(imports) or tuple(getattr(cfg, "imports", ()))
+    layout = TokenLayout.of(token_grid, prefix_tokens)
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise InvalidInputError(
+                f"cannot import module {module!r} (listed in imports, to register custom classes): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    import keras
+
+    if isinstance(source, (str, Path)) and (isinstance(source, Path) or "/" in source or "." in str(source)):
+        model = _load_file(Path(source), custom_objects)
+    elif isinstance(source, str):
+        model = _application(source, weights, input_shape)
+    else:
+        raise InvalidInputError(
+            f"load_model takes a path, an application name or a ModelConfig, got {source!r}"
+        )
+    if not isinstance(model, keras.Model):
+        raise InvalidInputError(f"{source} holds a {type(model).__name__}, not a keras.Model")
+    _HINTS[model] = ModelHints(tuple(int(d) for d in input_shape) if input_shape else None, layout)  # type: ignore[arg-type]
+    return model
+
+
+def _load_file(path: Path, custom_objects: dict[str, Any] | None) -> Any:
+    import keras
+
+    path = path.expanduser()
+    if is_saved_model_dir(path):
+        raise InvalidInputError(saved_model_refusal(path))
+    if not path.exists():
+        raise InvalidInputError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a directory, not a model file ({', '.join(MODEL_SUFFIXES)})")
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise InvalidInputError(
+            f"{path}: unknown model file type {path.suffix!r}; use a Keras 3 '.keras' file or a legacy "
+            "'.h5' file (tf.keras 2)"
+        )
+    objects = {**_saved_function_names(), **(custom_objects or {})}
+    return keras.saving.load_model(path, custom_objects=objects, compile=False)
+
+
+def _saved_function_names() -> dict[str, Any]:
+    """Activations Keras 3 writes under TensorFlow's internal function names, which it cannot re-open.
+
+    ``Dense(.., activation=tf.nn.softmax)`` is saved as ``softmax_v2``: the same function on
+    TensorFlow, the same math (``keras.activations``) on any other backend.
+    """
+    import keras
+
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and keras.backend.backend() == "tensorflow":
+        return {"softmax_v2": tf.nn.softmax, "log_softmax_v2": tf.nn.log_softmax}
+    return {"softmax_v2": keras.activations.softmax, "log_softmax_v2": keras.activations.log_softmax}
+
+
+def _application(name: str, weights: str | Path | None, input_shape: tuple[int, ...] | None) -> Any:
+    import keras
+
+    factory = getattr(keras.applications, name, None)
+    if not name[:1].isupper() or factory is None or not callable(factory):
+        raise InvalidInputError(f"keras.applications has no model named {name!r}")
+    if input_shape is None:
+        raise InvalidInputError(f"keras.applications.{name} needs input_shape=(H, W, C)")
+    return factory(weights=str(weights) if weights is not None else None, input_shape=tuple(input_shape))

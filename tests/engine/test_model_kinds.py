@@ -1,0 +1,206 @@
+"""Targets wherever the forward pass goes: custom layers owning sublayers, layers called several
+times, never-called models, token grids and their overrides; one compiled step, no recompiles."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from camserve.engine import Explainer, GradCAM, InvalidInputError, UnknownLayerError
+from camserve.records import ItemSpec
+
+from engine import zoo_models as zoo
+
+
+def _gradcam(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Grad-CAM of one image in float64: a (h, w, C), g (h, w, C)."""
+    raw = np.maximum(np.einsum("ijc,c->ij", a.astype(np.float64), g.astype(np.float64).mean(axis=(0, 1))), 0)
+    rng = raw.max() - raw.min()
+    return (raw - raw.min()) / rng if rng > 1e-6 * raw.max() else np.zeros_like(raw)
+
+
+class Stage(keras.layers.Layer):
+    """A custom layer owning its blocks (like a keras-hub encoder): conv, conv, then a raw residual add."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu", name=f"conv{i}") for i in range(2)
+        ]
+
+    def call(self, x):
+        y = x
+        for block in self.blocks:
+            y = block(y)
+        return x + y
+
+
+class SharedRelu(keras.Model):
+    """One ReLU layer called twice from call(): targets are relu@0 and relu@1."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.c1 = keras.layers.Conv2D(4, 3, padding="same", name="c1")
+        self.c2 = keras.layers.Conv2D(4, 3, padding="same", name="c2")
+        self.relu = keras.layers.ReLU(name="relu")
+        self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
+        self.head = keras.layers.Dense(3, name="head")
+
+    def call(self, x):
+        return self.head(self.gap(self.relu(self.c2(self.relu(self.c1(x))))))
+
+
+def _stage_model() -> keras.Model:
+    keras.utils.set_random_seed(8)
+    inp = keras.Input((8, 8, 4))
+    x = Stage(name="stage")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(3, name="head")(x))
+
+
+X4 = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype(np.float32)
+
+
+def test_custom_layer_sublayers_are_targets() -> None:
+    model = _stage_model()
+    stage = model.get_layer("stage")
+    e = Explainer(model, preprocessing="none", max_batch_size=2)
+    names = [layer.name for layer in e.info.layers]
+    assert names == ["stage/conv0", "stage/conv1", "stage"]  # the stage ends in its own add: listed
+    assert e.info.target_layer == "stage" and e.info.cam_supported
+    for name in ("stage/conv1", "conv1"):
+        inner = Explainer(model, name, preprocessing="none", max_batch_size=2)
+        assert inner.info.target_layer == "stage/conv1" and not inner.info.cam_supported
+        res = inner.explain_batch(X4, [ItemSpec("gradcam", class_index=1)] * 2)
+        # reference: the stage run by hand, the tape watching conv1's output
+        head = model.get_layer("head")
+        with tf.GradientTape() as tape:
+            a = stage.blocks[1](stage.blocks[0](tf.constant(X4)))
+            tape.watch(a)
+            z = tf.reduce_mean(tf.constant(X4) + a, axis=(1, 2)) @ head.kernel + head.bias
+            s = tf.reduce_sum(z[:, 1])
+        g = tape.gradient(s, a).numpy()
+        for i in range(2):
+            np.testing.assert_allclose(res[i].maps[0].heatmap, _gradcam(a.numpy()[i], g[i]), atol=1e-4)
+
+
+def test_a_layer_called_twice_is_two_targets() -> None:
+    model = SharedRelu()
+    x = X4[..., :3]
+    with pytest.raises(UnknownLayerError, match=r"'relu' is called 2 times.*relu@0, relu@1"):
+        Explainer(model, "relu", preprocessing="none", max_batch_size=2, input_shape=(8, 8, 3))
+    auto = Explainer(model, preprocessing="none", max_batch_size=2, input_shape=(8, 8, 3))
+    assert auto.info.target_layer == "relu@1" and auto.info.cam_supported
+    first = Explainer(model, "relu@0", preprocessing="none", max_batch_size=2, input_shape=(8, 8, 3))
+    res = first.explain_batch(x, [ItemSpec("gradcam", class_index=2)] * 2)
+    with tf.GradientTape() as tape:
+        a = model.relu(model.c1(tf.constant(x)))
+        tape.watch(a)
+        z = model.head(model.gap(model.relu(model.c2(a))))
+        s = tf.reduce_sum(z[:, 2])
+    g = tape.gradient(s, a).numpy()
+    np.testing.assert_allclose(res[1].maps[0].heatmap, _gradcam(a.numpy()[1], g[1]), atol=1e-4)
+    # CAM on the second call is verified against the gradient (GAP -> Dense), and matches Grad-CAM
+    cam = auto.explain_batch(x, [ItemSpec("cam", class_index=0)] * 2)
+    gc = auto.explain_batch(x, [ItemSpec("gradcam", class_index=0)] * 2)
+    np.testing.assert_allclose(cam[0].maps[0].heatmap, gc[0].maps[0].heatmap, atol=1e-5)
+
+
+class SideUse(keras.Model):
+    """conv -> GAP -> Dense, but the conv output also enters the logits outside any layer."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(3, 3, name="conv")
+        self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
+        self.head = keras.layers.Dense(2, name="head")
+
+    def call(self, x):
+        a = self.conv(x)
+        return self.head(self.gap(a)) + keras.ops.max(a, axis=(1, 2, 3))[:, None]
+
+
+class SquaringDropout(keras.layers.Dropout):
+    """Claims to be a Dropout (a pass-through at inference) but squares part of its input."""
+
+    def call(self, x, training=None):
+        return x + 0.5 * x * x
+
+
+def test_cam_is_checked_on_the_gradient_not_only_the_layer_types() -> None:
+    # code outside the layers adds a term that depends on the target: the head is not GAP -> Dense
+    e = Explainer(SideUse(), preprocessing="none", max_batch_size=2, input_shape=(6, 6, 1))
+    assert e.info.target_layer == "conv" and not e.info.cam_supported
+    # the layer types say conv -> GAP -> "Dropout" -> Dense; the gradient says otherwise
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((6, 6, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(3, 3, name="conv")(inp))
+    model = keras.Model(inp, keras.layers.Dense(2)(SquaringDropout(0.1)(x)))
+    e = Explainer(model, preprocessing="none", max_batch_size=2)
+    assert e.info.target_layer == "conv" and not e.info.cam_supported
+    assert "gradient is not that of GlobalAveragePooling2D -> Dense" in e.info.cam_reason
+
+
+def test_never_called_subclassed_model() -> None:
+    with pytest.raises(InvalidInputError, match=r"never called.*input_shape=\(H, W, C\)"):
+        Explainer(zoo.subclassed())
+    lib = GradCAM(zoo.subclassed())  # the library builds it from the first image
+    with pytest.raises(InvalidInputError, match="input shape is unknown until the first image"):
+        _ = lib.target_layer
+    heat = lib.compute_heatmap(np.random.default_rng(0).normal(size=(32, 32, 3)).astype(np.float32))
+    assert heat.shape == (16, 16) and lib.target_layer == "conv2"
+
+
+def test_token_grid_found_and_overridden() -> None:
+    model = zoo.vit_like()
+    x = np.random.default_rng(4).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    auto = Explainer(model, preprocessing="none", max_batch_size=2)
+    given = Explainer(model, preprocessing="none", max_batch_size=2, token_grid=(4, 4), prefix_tokens=1)
+    assert auto.info.target_layer == given.info.target_layer == "b1_norm1"
+    a = auto.explain_batch(x, [ItemSpec("gradcam++", top_k=2)] * 2)
+    b = given.explain_batch(x, [ItemSpec("gradcam++", top_k=2)] * 2)
+    np.testing.assert_allclose(a[1].maps[1].heatmap, b[1].maps[1].heatmap, atol=1e-6)
+    assert a[0].maps[0].heatmap.shape == (4, 4)
+    # a layout that does not fit the token count: no token grid, so the layer cannot be a target
+    with pytest.raises(UnknownLayerError, match=r"b1_norm1.*\(batch, 17, 16\).*token_grid/prefix_tokens"):
+        Explainer(
+            model, "b1_norm1", preprocessing="none", max_batch_size=2, token_grid=(3, 3), prefix_tokens=1
+        )
+    with pytest.raises(InvalidInputError, match="prefix_tokens must be an integer >= 0"):
+        Explainer(model, preprocessing="none", prefix_tokens=-1)
+
+
+def test_no_recompile_after_warmup_for_new_model_kinds() -> None:
+    for model, kw in ((zoo.vit_like(), {}), (SharedRelu(), {"input_shape": (8, 8, 3)})):
+        e = Explainer(model, preprocessing="tf", max_batch_size=4, **kw)
+        e.warmup()
+        count = e.step.trace_count()
+        assert count == len(e.buckets) == 3
+        h, w, c = e.input_shape
+        pixels = np.random.default_rng(1).integers(0, 256, (4, h, w, c), dtype=np.uint8)
+        for b in range(1, 5):
+            e.explain_batch(pixels[:b], [ItemSpec("layercam")] * b)
+        assert e.step.trace_count() == count
+
+
+def test_issue_reproduction_one_by_one_classifier() -> None:
+    """The 1x1 classifier convolution after pooling is not the default: the 6x6 conv is, with a real map."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="features"),
+                              keras.layers.GlobalAveragePooling2D(keepdims=True),
+                              keras.layers.Conv2D(2, 1, name="classifier"), keras.layers.Flatten(),
+                              keras.layers.Softmax()])
+    e = Explainer(model, preprocessing="none", max_batch_size=2)
+    assert e.info.target_layer == "features" and e.info.grid == (6, 6)
+    assert "classifier (1x1 grid)" in e.info.target_reason and e.info.head_kind == "softmax"
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 1)).astype(np.float32)
+    res = e.explain_batch(x, [ItemSpec("gradcam", class_index=k) for k in (0, 1)])
+    # hand reference: logits = W^T mean(A) + b, so d z_k / d A_ijc = W[c, k] / 36 everywhere
+    a = keras.ops.convert_to_numpy(model.get_layer("features")(x))
+    w = model.get_layer("classifier").get_weights()[0][0, 0]  # (C, classes)
+    for i, k in enumerate((0, 1)):
+        want = _gradcam(a[i], np.broadcast_to(w[:, k] / 36, a[i].shape))
+        np.testing.assert_allclose(res[i].maps[0].heatmap, want, atol=1e-5)
+        assert not res[i].maps[0].all_zero
+    np.testing.assert_allclose(res[0].probabilities, model.predict(x, verbose=0)[0], atol=1e-6)

@@ -1,0 +1,142 @@
+"""The models users bring, through ``camserve serve`` with no target layer: the issue's two
+reproductions, a subclassed model, a ViT-like token model, keras-hub's ViT and a stock
+architecture whose classifier is a 1x1 convolution, from a repository written here (.keras and .h5).
+
+Each served map must equal the library's map for the same file and image (the library's maps are
+checked against independent references in test_zoo / test_heads), the default target must have a
+grid larger than 1x1, and the tf.nn.softmax model must report its own probability (hand-computed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from camserve.engine import Explainer, load_model
+from camserve.records import ItemSpec
+from camserve_client import Client, InvalidArgument
+from serverproc import start_server
+
+from engine import zoo_models as zoo
+
+TESTS = Path(__file__).resolve().parent.parent
+
+
+def _one_by_one() -> keras.Model:
+    """Issue reproduction 1: the 1x1 classifier convolution after pooling."""
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.GlobalAveragePooling2D(keepdims=True),
+            keras.layers.Conv2D(2, 1),
+            keras.layers.Flatten(),
+            keras.layers.Softmax(),
+        ]
+    )
+
+
+def _tf_softmax() -> keras.Model:
+    """Issue reproduction 2: Dense(2, activation=tf.nn.softmax); z = (f, -0.75 f) for GAP feature f."""
+    inp = keras.Input((3, 3, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(1, 1, use_bias=False, name="features")(inp))
+    dense = keras.layers.Dense(2, activation=tf.nn.softmax, name="probs")
+    model = keras.Model(inp, dense(x))
+    model.get_layer("features").set_weights([np.ones((1, 1, 1, 1))])
+    dense.set_weights([np.array([[1.0, -0.75]]), np.zeros(2)])
+    return model
+
+
+MODELS = {
+    # name: (factory, file, input shape, image)
+    "one_by_one": (_one_by_one, "model.h5", (8, 8, 1), None),
+    "tf_softmax": (_tf_softmax, "model.keras", (3, 3, 1), np.ones((3, 3, 1), np.float32)),
+    "subclassed": (zoo.subclassed, "model.keras", (32, 32, 3), None),
+    "vit_like": (zoo.vit_like, "model.keras", (32, 32, 3), None),
+    "keras_hub_vit": (zoo.keras_hub_vit, "model.keras", (32, 32, 3), None),
+    "mobilenet_v3": (lambda: zoo.APPLICATIONS["mobilenet_v3"][0](64), "model.keras", (64, 64, 3), None),
+}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("repo")
+    images = {}
+    for name, (factory, file, shape, image) in MODELS.items():
+        folder = root / name
+        folder.mkdir()
+        model = factory()
+        model(np.zeros((1, *shape), np.float32))  # built (the subclassed one was never called)
+        model.save(folder / file)
+        # custom classes are registered by importing the module that defines them
+        imports = ["engine.zoo_models"] if name in ("subclassed", "vit_like") else []
+        config = {"model_file": file, "input_shape": list(shape), "preprocessing": "none", "imports": imports,
+                  "batching": {"max_batch_size": 1}}
+        (folder / "config.json").write_text(json.dumps(config))
+        images[name] = (
+            image
+            if image is not None
+            else (np.random.default_rng(len(name)).normal(size=shape).astype(np.float32))
+        )
+    # the worker imports engine.zoo_models (config "imports") from the tests folder
+    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    server = start_server(repository=root, env=env, timeout=600)
+    with server as srv, Client(srv.target, timeout=120) as client:
+        yield root, images, client
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_served_with_defaults_equals_the_library(served, name: str) -> None:
+    root, images, client = served
+    _, file, shape, _ = MODELS[name]
+    model = load_model(root / name / file, input_shape=shape)
+    lib = Explainer(model, preprocessing="none", max_batch_size=1)
+    want = lib.explain_batch(images[name][None], [ItemSpec("gradcam")])[0]
+    info = client.get_model(name)
+    assert info.default_target_layer == lib.info.target_layer
+    # GetModel says which target and why, and how the head was read (what the scores are).
+    assert info.default_target_reason == lib.info.target_reason != ""
+    assert (info.score_kind, info.head_kind, info.head) == (lib.info.score, lib.info.head_kind, lib.info.head)
+    assert lib.info.grid[0] * lib.info.grid[1] > 1, lib.info.target_reason
+    r = client.explain(images[name], model=name, output={"size": "grid"})  # no target layer
+    assert r.target_layer == lib.info.target_layer and r.score_kind == lib.info.score
+    got = r.explanations[0]
+    assert got.class_index == want.maps[0].class_index
+    assert got.probability == pytest.approx(float(want.probabilities[got.class_index]), abs=1e-5)
+    assert got.score == pytest.approx(want.maps[0].score, abs=1e-4)
+    np.testing.assert_allclose(got.heatmap, want.maps[0].heatmap, atol=1e-4)
+    if name == "one_by_one":
+        assert lib.info.target_layer != "conv2d_1" and got.heatmap.shape == (6, 6) and not got.all_zero
+    if name == "tf_softmax":  # its own probability: 1 / (1 + e^-1.75), not softmax applied twice (0.669)
+        assert got.class_index == 0 and got.probability == pytest.approx(0.8519528, abs=1e-6)
+        assert got.score == pytest.approx(1.0, abs=1e-6) and r.score_kind == "logits"  # the logit
+        assert info.head_kind == "softmax"
+    if name in ("vit_like", "keras_hub_vit"):
+        assert got.heatmap.shape == (4, 4)
+
+
+def test_a_layer_the_listing_leaves_out_is_still_a_target(served) -> None:
+    """keras-hub's encoder is one layer holding every block: not listed (its output is the class
+    token's sequence), yet a named target the engine resolves; a name the model never calls is refused
+    at the front with the listed layers."""
+    root, images, client = served
+    info = client.get_model("keras_hub_vit")
+    listed = {la.name for la in info.layers}
+    assert listed and all(la.kind == "tokens" for la in info.layers if "encoder" in la.name)
+    model = load_model(root / "keras_hub_vit" / "model.keras", input_shape=(32, 32, 3))
+    lib = Explainer(model, preprocessing="none", max_batch_size=1)
+    unlisted = next(c.name for c in lib.graph.rec.calls
+                    if c.name not in listed and lib.graph._grid_of(c) is not None)
+    want = lib.with_target(unlisted).explain_batch(images["keras_hub_vit"][None], [ItemSpec("gradcam")])[0]
+    r = client.explain(images["keras_hub_vit"], model="keras_hub_vit", target_layer=unlisted,
+                       output={"size": "grid"})
+    assert r.target_layer == unlisted
+    np.testing.assert_allclose(r.heatmap, want.maps[0].heatmap, atol=1e-4)
+    with pytest.raises(InvalidArgument, match="has no target layer 'no_such_layer'"):
+        client.explain(images["keras_hub_vit"], model="keras_hub_vit", target_layer="no_such_layer")
