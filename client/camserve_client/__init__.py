@@ -1,8 +1,8 @@
-"""camserve client: talk to a camserve server with only grpcio, protobuf and numpy."""
+"""camserve client: talk to a camserve server with only grpcio (and its health stub), protobuf and numpy."""
 
 __version__ = "0.1.0"
 
-from camserve_client.client import AsyncClient, Client, RetryPolicy, TLSConfig
+from camserve_client.client import AsyncClient, Client, TLSConfig
 from camserve_client.errors import (
     CamserveError,
     DeadlineExceeded,
@@ -14,6 +14,7 @@ from camserve_client.errors import (
     Unavailable,
 )
 from camserve_client.heatmaps import resize_heatmap
+from camserve_client.retry import RetryPolicy
 from camserve_client.types import (
     METHODS,
     ExplainResult,

@@ -1,30 +1,32 @@
 """Sync and asyncio clients for camserve.
 
-Both share request building, channel setup and the retry policy; only the transport differs.
-Retries follow the gRPC retry design (exponential back-off, full jitter) but live here rather than
-in a service config so that they apply to every call, are bounded by the call's own deadline, and
-can skip RESOURCE_EXHAUSTED answers caused by message size (retrying those cannot help).
+Both share request building and channel setup; only the transport differs. Retries are gRPC's own
+(a service config on every channel, see :class:`~camserve_client.retry.RetryPolicy`), so the SDK has
+no retry loop: gRPC retries UNAVAILABLE and RESOURCE_EXHAUSTED within the call's deadline, waits for a server
+that cannot be reached (``waitForReady``) without spending attempts, honours the server's
+``grpc-retry-pushback-ms`` (camserve sends ``-1`` on refusals no retry can fix, such as a request or
+reply too large, and on NOT_READY a delay that spreads the remaining attempts over the deadline), and
+stops retrying when the channel's retry budget is spent (``retryThrottling``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
-import random
 import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from camserve_proto import explain_pb2 as pb
 from camserve_proto import explain_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from camserve_client import __version__, _health
+from camserve_client import __version__
 from camserve_client.errors import (
     CamserveError,
     DeadlineExceeded,
@@ -32,6 +34,7 @@ from camserve_client.errors import (
     error_from_code,
     error_from_rpc,
 )
+from camserve_client.retry import MAX_ATTEMPTS, RetryPolicy
 from camserve_client.types import (
     ExplainResult,
     ImageLike,
@@ -44,50 +47,6 @@ from camserve_client.types import (
 )
 
 MiB = 1024 * 1024
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-# RESOURCE_EXHAUSTED caused by a message size limit is permanent: do not retry it.
-_SIZE_MARKERS = ("larger than max", "message too large", "message size", "too large")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with exponential back-off and full jitter.
-
-    Attempt n (0-based) sleeps uniform(0, min(max_backoff_s, initial_backoff_s * multiplier**n)).
-    Only codes in `retry_on` are retried, never past the call's deadline.
-    """
-
-    max_attempts: int = 4
-    initial_backoff_s: float = 0.1
-    max_backoff_s: float = 2.0
-    multiplier: float = 2.0
-    retry_on: frozenset[grpc.StatusCode] = field(default=_RETRYABLE)
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
-        if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
-            raise ValueError("back-off must be >= 0 and multiplier >= 1")
-
-    @classmethod
-    def coerce(cls, retries: int | RetryPolicy | None) -> RetryPolicy:
-        """An int is the number of retries after the first attempt; None or 0 means none."""
-        if isinstance(retries, RetryPolicy):
-            return retries
-        return cls(max_attempts=1 + max(0, int(retries or 0)))
-
-    def should_retry(self, err: CamserveError) -> bool:
-        if err.code not in self.retry_on:
-            return False
-        if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return not any(m in err.details.lower() for m in _SIZE_MARKERS)
-        return True
-
-    def backoff(self, retry_number: int, rng: random.Random) -> float:
-        cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** retry_number)
-        return rng.uniform(0.0, cap)
-
-
 def _read_pem(value: bytes | str | Path | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
@@ -170,33 +129,35 @@ class _ClientBase:
     """Configuration and request building shared by Client and AsyncClient."""
 
     def __init__(self, target: str | Sequence[str] = "localhost:50051", *, model: str | None = None,
-                 timeout: float | None = 30.0, retries: int | RetryPolicy | None = 3,
+                 timeout: float | None = 30.0, retries: int | RetryPolicy | None = MAX_ATTEMPTS - 1,
                  tls: bool | TLSConfig | None = None, token: str | None = None,
                  max_send_message_mb: float = 64, max_receive_message_mb: float = 64,
                  load_balancing: str | None = None, options: Sequence[tuple[str, Any]] = (),
-                 metadata: Sequence[tuple[str, str]] = (), interceptors: Sequence[Any] = (),
-                 seed: int | None = None) -> None:
+                 metadata: Sequence[tuple[str, str]] = (), interceptors: Sequence[Any] = ()) -> None:
         self.target, balanced = resolve_targets(target)
         self.model = model
         self.timeout = timeout
         self.retry = RetryPolicy.coerce(retries)
-        self._rng = random.Random(seed)
         self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
         if token:
             self._metadata += (("authorization", f"Bearer {token}"),)
+        send_bytes = int(max_send_message_mb * MiB)
+        policy = load_balancing or ("round_robin" if balanced else None)
         opts: dict[str, Any] = {
-            "grpc.max_send_message_length": int(max_send_message_mb * MiB),
+            "grpc.max_send_message_length": send_bytes,
             "grpc.max_receive_message_length": int(max_receive_message_mb * MiB),
             "grpc.primary_user_agent": f"camserve-client/{__version__}",
             # Reconnect quickly after a server restart; the default caps at 120 s.
             "grpc.initial_reconnect_backoff_ms": 200,
             "grpc.min_reconnect_backoff_ms": 200,
             "grpc.max_reconnect_backoff_ms": 2000,
+            # gRPC retries only a request it still holds, by default one of at most 256 KiB: without
+            # this an ExplainBatch of a few images would never be retried.
+            "grpc.per_rpc_retry_buffer_size": send_bytes,
+            "grpc.service_config": json.dumps(self.retry.service_config(policy)),
         }
-        policy = load_balancing or ("round_robin" if balanced else None)
         if policy:
             opts["grpc.lb_policy_name"] = policy
-            opts["grpc.service_config"] = json.dumps({"loadBalancingConfig": [{policy: {}}]})
         if isinstance(tls, TLSConfig) and tls.server_name:
             opts["grpc.ssl_target_name_override"] = tls.server_name
         opts.update(dict(options))
@@ -213,14 +174,14 @@ class _ClientBase:
         try:
             return build_request(image, model=model or self.model, **kw)
         except ValueError as exc:
-            raise InvalidArgument(str(exc), attempts=0) from None
+            raise InvalidArgument(str(exc)) from None
 
     def _batch_request(self, images: Sequence[ImageLike], model: str | None, method: Any,
                        class_index: Any, top_k: int, target_layer: str | None, output: Any,
                        request_ids: Sequence[str] | None, model_version: int) -> pb.ExplainBatchRequest:
         images = list(images)
         if not images:
-            raise InvalidArgument("explain_batch needs at least one image", attempts=0)
+            raise InvalidArgument("explain_batch needs at least one image")
         classes = per_image(class_index, len(images), "class_index")
         ids = per_image(list(request_ids) if request_ids is not None else None, len(images), "request_ids")
         reqs = []
@@ -234,18 +195,14 @@ class _ClientBase:
                 raise type(exc)(f"image {i}: {msg}") from None
         return pb.ExplainBatchRequest(requests=reqs)
 
-    def _deadline(self, timeout: float | None) -> float | None:
+    def _timeout(self, timeout: float | None) -> float | None:
+        """The call's timeout in seconds (None: no deadline); an explicit <= 0 means none."""
         timeout = self.timeout if timeout is None else timeout
-        return None if timeout is None or timeout <= 0 else time.monotonic() + timeout
+        return None if timeout is None or timeout <= 0 else timeout
 
-    def _next_delay(self, err: CamserveError, attempt: int, deadline: float | None) -> float | None:
-        """Seconds to wait before the next attempt, or None to give up and raise `err`."""
-        if attempt >= self.retry.max_attempts or not self.retry.should_retry(err):
-            return None
-        delay = self.retry.backoff(attempt - 1, self._rng)
-        if deadline is not None and time.monotonic() + delay >= deadline:
-            return None
-        return delay
+
+def _status_name(resp: health_pb2.HealthCheckResponse) -> str:
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
 class Client(_ClientBase):
@@ -266,27 +223,14 @@ class Client(_ClientBase):
             channel = grpc.intercept_channel(channel, *self._interceptors)
         self.channel: grpc.Channel = channel
         self._stub = pb_grpc.ExplainServiceStub(channel)
-        self._health = channel.unary_unary(
-            _health.CHECK_METHOD, request_serializer=_health.encode_request,
-            response_deserializer=_health.decode_response)
+        self._health = health_pb2_grpc.HealthStub(channel)
 
-    def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> tuple[Any, int]:
-        """(response, attempts) after retrying what the policy allows within the deadline."""
-        deadline = self._deadline(timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise DeadlineExceeded("deadline passed before the call could be sent", attempts=attempt - 1)
-            try:
-                return fn(request, timeout=remaining, metadata=self._metadata), attempt
-            except grpc.RpcError as exc:
-                err = error_from_rpc(exc, attempt)
-                delay = self._next_delay(err, attempt, deadline)
-                if delay is None:
-                    raise err from None
-                time.sleep(delay)
+    def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        """``fn(request)`` within the call's deadline (gRPC retries per the policy); typed errors."""
+        try:
+            return fn(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
 
     def explain(self, image: ImageLike, model: str | None = None, method: str = "gradcam",
                 class_index: int | None = None, top_k: int = 1, target_layer: str | None = None,
@@ -297,8 +241,8 @@ class Client(_ClientBase):
                             target_layer=target_layer, output=output, request_id=request_id,
                             model_version=model_version)
         t0 = time.perf_counter()
-        resp, attempts = self._call(self._stub.Explain, req, timeout)
-        return parse_response(resp, (time.perf_counter() - t0) * 1e3, attempts, output)
+        resp = self._call(self._stub.Explain, req, timeout)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3, output)
 
     def explain_batch(self, images: Sequence[ImageLike], model: str | None = None, method: str = "gradcam",
                       class_index: int | Sequence[int | None] | None = None, top_k: int = 1,
@@ -309,38 +253,42 @@ class Client(_ClientBase):
         req = self._batch_request(images, model, method, class_index, top_k, target_layer, output,
                                   request_ids, model_version)
         t0 = time.perf_counter()
-        resp, attempts = self._call(self._stub.ExplainBatch, req, timeout)
+        resp = self._call(self._stub.ExplainBatch, req, timeout)
         ms = (time.perf_counter() - t0) * 1e3
-        return [parse_response(r, ms, attempts, output) for r in resp.responses]
+        return [parse_response(r, ms, output) for r in resp.responses]
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
-        resp, _ = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        resp = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [parse_model_info(m) for m in resp.models]
 
     def get_model(self, name: str | None = None, version: int = 0, timeout: float | None = None) -> ModelInfo:
         req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
-        return parse_model_info(self._call(self._stub.GetModel, req, timeout)[0])
+        return parse_model_info(self._call(self._stub.GetModel, req, timeout))
 
     def health(self, model: str | None = None, timeout: float | None = None) -> str:
-        """'SERVING', 'NOT_SERVING', ... for the whole server (model=None) or one model."""
-        return self._call(self._health, model or "", timeout)[0]
+        """'SERVING', 'NOT_SERVING', ... for the whole server (model=None) or one model (grpc.health.v1
+        Check, never retried); NotFound for a model the server does not serve."""
+        return _status_name(self._call(self._health.Check, health_pb2.HealthCheckRequest(service=model or ""),
+                                       timeout))
 
     def wait_ready(self, timeout: float = 60.0, model: str | None = None, poll_s: float = 0.2) -> None:
-        """Block until health is SERVING; raise Unavailable/DeadlineExceeded after `timeout`."""
+        """Block until health is SERVING, waiting for an unreachable server too; DeadlineExceeded after
+        ``timeout``, NotFound at once for a model the server does not serve."""
         deadline = time.monotonic() + timeout
         last = "no answer"
-        while time.monotonic() < deadline:
+        request = health_pb2.HealthCheckRequest(service=model or "")
+        while (left := deadline - time.monotonic()) > 0:
             try:
-                last = self._health(model or "", timeout=max(0.05, min(2.0, deadline - time.monotonic())),
-                                    metadata=self._metadata)
+                last = _status_name(self._health.Check(request, timeout=left, wait_for_ready=True,
+                                                       metadata=self._metadata))
                 if last == "SERVING":
                     return
             except grpc.RpcError as exc:
                 err = error_from_rpc(exc)
-                if err.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
+                if err.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise err from None
                 last = err.code.name
-            time.sleep(poll_s)
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
         raise DeadlineExceeded(f"{self.target} not SERVING after {timeout:.0f} s (last: {last})")
 
     def close(self) -> None:
@@ -365,26 +313,13 @@ class AsyncClient(_ClientBase):
         else:
             self.channel = grpc.aio.insecure_channel(self.target, options=self._options, interceptors=ic)
         self._stub = pb_grpc.ExplainServiceStub(self.channel)
-        self._health = self.channel.unary_unary(
-            _health.CHECK_METHOD, request_serializer=_health.encode_request,
-            response_deserializer=_health.decode_response)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
 
-    async def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> tuple[Any, int]:
-        deadline = self._deadline(timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise DeadlineExceeded("deadline passed before the call could be sent", attempts=attempt - 1)
-            try:
-                return await fn(request, timeout=remaining, metadata=self._metadata), attempt
-            except grpc.RpcError as exc:
-                err = error_from_rpc(exc, attempt)
-                delay = self._next_delay(err, attempt, deadline)
-                if delay is None:
-                    raise err from None
-                await asyncio.sleep(delay)
+    async def _call(self, fn: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        try:
+            return await fn(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
 
     async def explain(self, image: ImageLike, model: str | None = None, method: str = "gradcam",
                       class_index: int | None = None, top_k: int = 1, target_layer: str | None = None,
@@ -395,8 +330,8 @@ class AsyncClient(_ClientBase):
                             target_layer=target_layer, output=output, request_id=request_id,
                             model_version=model_version)
         t0 = time.perf_counter()
-        resp, attempts = await self._call(self._stub.Explain, req, timeout)
-        return parse_response(resp, (time.perf_counter() - t0) * 1e3, attempts, output)
+        resp = await self._call(self._stub.Explain, req, timeout)
+        return parse_response(resp, (time.perf_counter() - t0) * 1e3, output)
 
     async def explain_batch(self, images: Sequence[ImageLike], model: str | None = None,
                             method: str = "gradcam", class_index: int | Sequence[int | None] | None = None,
@@ -407,21 +342,23 @@ class AsyncClient(_ClientBase):
         req = self._batch_request(images, model, method, class_index, top_k, target_layer, output,
                                   request_ids, model_version)
         t0 = time.perf_counter()
-        resp, attempts = await self._call(self._stub.ExplainBatch, req, timeout)
+        resp = await self._call(self._stub.ExplainBatch, req, timeout)
         ms = (time.perf_counter() - t0) * 1e3
-        return [parse_response(r, ms, attempts, output) for r in resp.responses]
+        return [parse_response(r, ms, output) for r in resp.responses]
 
     async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
-        resp, _ = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        resp = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [parse_model_info(m) for m in resp.models]
 
     async def get_model(self, name: str | None = None, version: int = 0,
                         timeout: float | None = None) -> ModelInfo:
         req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
-        return parse_model_info((await self._call(self._stub.GetModel, req, timeout))[0])
+        return parse_model_info(await self._call(self._stub.GetModel, req, timeout))
 
     async def health(self, model: str | None = None, timeout: float | None = None) -> str:
-        return (await self._call(self._health, model or "", timeout))[0]
+        """See Client.health."""
+        request = health_pb2.HealthCheckRequest(service=model or "")
+        return _status_name(await self._call(self._health.Check, request, timeout))
 
     async def close(self) -> None:
         await self.channel.close()
@@ -433,4 +370,4 @@ class AsyncClient(_ClientBase):
         await self.close()
 
 
-__all__ = ["AsyncClient", "Client", "RetryPolicy", "TLSConfig", "error_from_code", "resolve_targets"]
+__all__ = ["AsyncClient", "Client", "TLSConfig", "error_from_code", "resolve_targets"]

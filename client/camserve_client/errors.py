@@ -10,11 +10,10 @@ class CamserveError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, details: str, code: grpc.StatusCode | None = None, *, attempts: int = 1) -> None:
+    def __init__(self, details: str, code: grpc.StatusCode | None = None) -> None:
         if code is not None:
             self.code = code
         self.details = details
-        self.attempts = attempts
         super().__init__(f"{self.code.name}: {details}")
 
 
@@ -40,7 +39,8 @@ class FailedPrecondition(CamserveError):
 
 
 class ResourceExhausted(CamserveError):
-    """The server's queue is full, or a message is larger than allowed."""
+    """The server's queue or in-flight limit is full (retried within the deadline, then raised), or a
+    request, its metadata or the reply is larger than the server accepts (never retried)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -70,16 +70,16 @@ _BY_CODE: dict[grpc.StatusCode, type[CamserveError]] = {
 }
 
 
-def error_from_code(code: grpc.StatusCode, details: str, attempts: int = 1) -> CamserveError:
+def error_from_code(code: grpc.StatusCode, details: str) -> CamserveError:
     """The typed exception for a status code (the base class for codes without a subclass)."""
     cls = _BY_CODE.get(code)
     if cls is None:
-        return CamserveError(details, code, attempts=attempts)
-    return cls(details, attempts=attempts)
+        return CamserveError(details, code)
+    return cls(details)
 
 
-def error_from_rpc(exc: grpc.RpcError, attempts: int = 1) -> CamserveError:
+def error_from_rpc(exc: grpc.RpcError) -> CamserveError:
     """Convert a grpc.RpcError (sync or aio) into its typed exception."""
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    return error_from_code(code or grpc.StatusCode.UNKNOWN, details or "", attempts)
+    return error_from_code(code or grpc.StatusCode.UNKNOWN, details or "")

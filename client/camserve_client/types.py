@@ -241,7 +241,6 @@ class ExplainResult:
     explanations: list[Explanation]
     top_predictions: list[Prediction]
     timing: Timing
-    attempts: int = 1  # calls this result took (> 1 after retries)
     score_kind: str = "logits"  # what Explanation.score holds: "logits" or "probability"
 
     @property
@@ -262,7 +261,7 @@ class ExplainResult:
         return self.explanations[0].label if self.explanations else None
 
 
-def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0, attempts: int = 1,
+def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0,
                    output: OutputLike = None) -> ExplainResult:
     """Wire ExplainResponse -> ExplainResult with NumPy heatmaps.
 
@@ -293,7 +292,7 @@ def parse_response(resp: pb.ExplainResponse, latency_ms: float = 0.0, attempts: 
         top_predictions=preds,
         timing=Timing(queue_ms=t.queue_ms, compute_ms=t.compute_ms, batch_size=t.batch_size,
                       total_ms=t.total_ms, latency_ms=latency_ms),
-        attempts=attempts, score_kind=resp.score_kind or "logits")
+        score_kind=resp.score_kind or "logits")
 
 
 @dataclass(frozen=True)

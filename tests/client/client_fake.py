@@ -24,10 +24,12 @@ HEATMAP = (np.arange(20, dtype=np.float32).reshape(4, 5) / 19.0).astype(np.float
 
 @dataclass
 class Script:
-    """Codes to fail with, in order, before answering normally; delay before each answer."""
+    """Codes to fail with, in order, before answering normally (with ``trailers`` on each failure, e.g.
+    a retry pushback); delay before each answer."""
 
     failures: list[tuple[grpc.StatusCode, str]] = field(default_factory=list)
     always: tuple[grpc.StatusCode, str] | None = None
+    trailers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0
     only: set[str] | None = None  # the methods the script applies to (None: all)
 
@@ -51,6 +53,8 @@ class FakeExplain(pb_grpc.ExplainServiceServicer):
         if self.script.delay_s:
             time.sleep(self.script.delay_s)
         if failure is not None:
+            if self.script.trailers:
+                context.set_trailing_metadata(self.script.trailers)
             context.abort(failure[0], failure[1])
 
     def _answer(self, req: pb.ExplainRequest) -> pb.ExplainResponse:

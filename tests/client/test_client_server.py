@@ -16,7 +16,7 @@ from typing import Any
 import camserve_client as cc
 import numpy as np
 import pytest
-from camserve_client.client import RetryPolicy
+from camserve_client.retry import RetryPolicy
 from camserve_client.tools.testimages import encode_png, generated
 from client_repo import LABELS, make_repository
 from serverproc import ServerProcess, start_server
@@ -125,7 +125,7 @@ def test_explain_batch_equals_single_calls(server, images) -> None:
 def test_caller_errors_are_typed_and_never_retried(server, images) -> None:
     srv = server.srv
     before = {c: _count(srv, c) for c in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND")}
-    policy = RetryPolicy(max_attempts=5, initial_backoff_s=0.01)
+    policy = RetryPolicy(initial_backoff_s=0.01)
     with cc.Client(srv.target, model="tiny", retries=policy) as client:
         bad = [
             (cc.InvalidArgument, dict(image=b"definitely not an image"), "INVALID_ARGUMENT"),
@@ -138,7 +138,7 @@ def test_caller_errors_are_typed_and_never_retried(server, images) -> None:
         for cls, kwargs, _ in bad:
             with pytest.raises(cls) as info:
                 client.explain(**kwargs)
-            assert info.value.attempts == 1 and info.value.details, kwargs
+            assert info.value.details, kwargs
         assert client.explain(images[0]).heatmap is not None  # still serving
     for code in before:
         sent = sum(1 for *_, c in bad if c == code)
@@ -238,15 +238,15 @@ def test_cli_explains_a_12_megapixel_photo(server, phone_photo: Path, tmp_path: 
 
 
 def test_calls_survive_a_server_restart_on_the_same_port(server, images) -> None:
-    """Runs last: SIGTERM the server, start it again on the same port; no call is lost."""
+    """Runs last: SIGTERM the server, start it again on the same port; no call is lost. (TensorFlow's
+    start takes tens of seconds here, hence the long deadline; tests/transport has the short one.)"""
     srv = server.srv
-    policy = RetryPolicy(max_attempts=200, initial_backoff_s=0.05, max_backoff_s=0.5)
     results: list[cc.ExplainResult] = []
     errors: list[BaseException] = []
     stop = threading.Event()
 
     def caller() -> None:
-        with cc.Client(srv.target, model="tiny", retries=policy, timeout=120) as client:
+        with cc.Client(srv.target, model="tiny", timeout=240) as client:
             while not stop.is_set():
                 try:
                     results.append(client.explain(images[len(results) % len(images)]))
@@ -268,8 +268,9 @@ def test_calls_survive_a_server_restart_on_the_same_port(server, images) -> None
         time.sleep(0.1)
     stop.set()
     for t in threads:
-        t.join(timeout=130)
+        t.join(timeout=250)
     assert not errors, errors[:3]
     assert len(results) >= down_at + 10
-    assert max(r.attempts for r in results) > 1  # some calls were retried across the restart
-    print(f"calls: {len(results)}, max attempts {max(r.attempts for r in results)}", file=sys.stderr)
+    not_ready = _count(new, "UNAVAILABLE")  # answered while the new server warmed up, then retried
+    assert not_ready >= 1
+    print(f"calls: {len(results)}, NOT_READY answers retried: {not_ready:.0f}", file=sys.stderr)

@@ -54,11 +54,14 @@ def test_mtls_and_token(tls_server) -> None:
 def test_missing_or_wrong_token_is_unauthenticated_and_not_retried(tls_server) -> None:
     srv, pki, _ = tls_server
     for token in (None, "wrong"):
-        with cc.Client(srv.target, tls=_tls(pki), token=token, retries=5) as client:
+        refused = {"method": "ListModels", "code": "UNAUTHENTICATED"}
+        before = srv.metric("camserve_requests_total", **refused)
+        with cc.Client(srv.target, tls=_tls(pki), token=token, retries=4) as client:
             assert client.health() == "SERVING"  # health is exempt from auth (probes)
             with pytest.raises(cc.Unauthenticated) as info:
                 client.list_models()
-            assert info.value.attempts == 1 and "bearer" in info.value.details.lower()
+            assert "bearer" in info.value.details.lower()
+        assert srv.metric("camserve_requests_total", **refused) - before == 1  # sent once: never retried
 
 
 def test_without_client_certificate_or_tls_the_call_fails(tls_server) -> None:

@@ -1,9 +1,10 @@
 """`pip install camserve` (no extras) is the light client: build the wheel, install it into a fresh
-venv with only grpcio, protobuf and numpy, prove TensorFlow is absent, and use it against a server.
+venv with only grpcio, grpcio-health-checking, protobuf and numpy, prove TensorFlow is absent, and use
+it against a server.
 
 Offline and fast: the wheel is built without isolation from a copy of the sources, installed with
-`--no-deps --no-index`, and the three base dependencies are the dev venv's own installed copies
-(exactly the pinned versions), linked in through a .pth file that names only them.
+`--no-deps --no-index`, and the base dependencies are the dev venv's own installed copies (exactly the
+pinned versions), linked in through a .pth file that names only them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from client_repo import make_repository
 from serverproc import ROOT, start_server
 
 pytestmark = pytest.mark.timeout(300)
-BASE_DEPS = ("grpcio", "protobuf", "numpy")
+BASE_DEPS = ("grpcio", "grpcio-health-checking", "protobuf", "numpy")
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
@@ -65,7 +66,7 @@ def closure(names: tuple[str, ...]) -> list[str]:
 
 
 def link_base_deps(venv_python: Path, stage: Path) -> list[str]:
-    """Make exactly grpcio/protobuf/numpy (and what they need) importable in the fresh venv."""
+    """Make exactly the base dependencies (and what they need) importable in the fresh venv."""
     stage.mkdir()
     names = closure(BASE_DEPS)
     for dist_name in names:
@@ -108,14 +109,13 @@ def test_light_install_has_no_tensorflow_and_talks_to_a_server(tmp_path: Path) -
                      "--no-cache-dir", "--quiet", str(wheel)])
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         linked = link_base_deps(py, tmp_path / "base-deps")
-        assert {n.lower() for n in linked} <= {"grpcio", "protobuf", "numpy", "typing_extensions",
-                                                "typing-extensions"}, linked
+        assert {n.lower() for n in linked} <= {*BASE_DEPS, "typing_extensions", "typing-extensions"}, linked
         proc = _run([sys.executable, "-m", "pip", "--python", str(py), "check"])
-        assert proc.returncode == 0, proc.stdout + proc.stderr  # requirements met by exactly those three
+        assert proc.returncode == 0, proc.stdout + proc.stderr  # requirements met by exactly those
 
         probe = _run([str(py), "-c", "import tensorflow"])
         assert probe.returncode != 0 and "No module named 'tensorflow'" in probe.stderr
-        for heavy in ("keras", "cv2", "prometheus_client", "grpc_health"):
+        for heavy in ("keras", "cv2", "prometheus_client", "grpc_reflection"):
             assert _run([str(py), "-c", f"import {heavy}"]).returncode != 0, heavy
 
         img = generated(1, 32, "noise")[0][0]

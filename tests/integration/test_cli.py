@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ("--model-repository", "--workers", "--compile", "--backend", "--max-batch-size",
          "--max-queue-delay-ms", "--max-queue-size", "--host", "--grpc-port", "--metrics-port",
          "--max-message-mb", "--max-connection-age-s", "--pre-stop-seconds", "--drain-seconds", "--tls-cert",
-         "--auth-token-file", "--max-inflight", "--batch-timeout-s", "--startup-timeout-s")
+         "--auth-token-file", "--max-inflight", "--batch-timeout-s", "--startup-timeout-s", "--max-header-kb",
+         "--keepalive-time-s", "--keepalive-timeout-s", "--min-ping-interval-s",
+         "--max-connection-age-grace-s", "--handshake-timeout-s", "--metrics-max-connections",
+         "--metrics-timeout-s")
 FLAT_REPO = Path(__file__).resolve().parent / "data" / "repository"
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import inspect
+import urllib.error
 import urllib.request
 
-from camserve.front.metrics import Metrics, batch_buckets, start_metrics_server
+from camserve.front.metrics import Metrics, batch_buckets
+from camserve.front.metrics_http import MetricsHTTPServer
 from camserve.scheduling.observer import Observer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -80,11 +84,25 @@ def test_batch_buckets() -> None:
 def test_http_endpoint_serves_the_registry() -> None:
     m = Metrics(["demo"])
     m.batch_formed("demo", 4)
-    server = start_metrics_server(m, 0, "127.0.0.1")
-    try:
-        port = server.server_port
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert 'camserve_batch_size_sum{model="demo"} 4.0' in text
-    finally:
-        server.shutdown()
-        server.server_close()
+
+    async def scrape() -> tuple[str, bytes, int]:
+        server = MetricsHTTPServer(m.registry)
+        port = await server.start("127.0.0.1", 0)
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            text = (await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())).decode()
+            req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+            zipped = await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=5).read())
+            try:
+                await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/nope", timeout=5)
+                missing = 200
+            except urllib.error.HTTPError as e:
+                missing = e.code
+            return text, zipped, missing
+        finally:
+            server.close()
+
+    text, zipped, missing = asyncio.run(scrape())
+    assert 'camserve_batch_size_sum{model="demo"} 4.0' in text
+    assert gzip.decompress(zipped).decode() == text
+    assert missing == 404

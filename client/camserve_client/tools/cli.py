@@ -27,8 +27,9 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
                    help="server address host:port, a comma-separated list (round-robin), or dns:///name "
                         "(env CAMSERVE_TARGET; default %(default)s)")
     g.add_argument("--timeout", type=float, default=60.0, help="deadline per call in seconds (default 60)")
-    g.add_argument("--retries", type=int, default=3,
-                   help="retries on UNAVAILABLE / RESOURCE_EXHAUSTED, with jittered back-off (default 3)")
+    g.add_argument("--retries", type=int, default=4, choices=range(5), metavar="{0..4}",
+                   help="retries on UNAVAILABLE / RESOURCE_EXHAUSTED within the deadline, by gRPC's retry "
+                        "policy; with 0 a call to an unreachable server fails at once (default 4)")
     g.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --ca)")
     g.add_argument("--ca", help="PEM file of the CA that signed the server certificate (implies --tls)")
     g.add_argument("--cert", help="client certificate PEM for mutual TLS (implies --tls)")
@@ -92,12 +93,15 @@ def too_large_advice(exc: Exception, args: argparse.Namespace, image: str) -> st
     details = str(getattr(exc, "details", ""))
     if getattr(getattr(exc, "code", None), "name", "") != "RESOURCE_EXHAUSTED":
         return None
-    grpc_limit = re.search(r"larger than max \((\d+) vs\. (\d+)\)", details)
-    if grpc_limit and image != "-" and Path(image).stat().st_size >= int(grpc_limit.group(2)):
+    # The request refused for size: by camserve (its message names --max-message-mb), or by gRPC.
+    ours = re.search(r"request message is [\d.]+ MiB, more than this server accepts \(([\d.]+) MiB", details)
+    theirs = re.search(r"larger than max \((\d+) vs\. (\d+)\)", details)
+    limit = float(ours.group(1)) * 2**20 if ours else float(theirs.group(2)) if theirs else None
+    if limit is not None and image != "-" and Path(image).stat().st_size >= limit:
         return (f"the image file is {Path(image).stat().st_size / 2**20:.1f} MB, over the server's "
-                f"{int(grpc_limit.group(2)) / 2**20:.0f} MiB message limit: resize or recompress it "
+                f"{limit / 2**20:.0f} MiB message limit: resize or recompress it "
                 "(or start the server with a larger --max-message-mb)")
-    if not grpc_limit and "message limit" not in details:
+    if limit is None and "message limit" not in details:
         return None  # a full queue, not a size
     fixes = []
     if args.overlay and not args.overlay.lower().endswith((".jpg", ".jpeg")):

@@ -145,7 +145,7 @@ class CallRunner:
             raise asyncio.CancelledError
         code = status_of(failure.kind)
         self.metrics.record_rpc(model, method, code.name, self.clock() - started, images)
-        await context.abort(code, failure.message, trailing_metadata=trailers_of(failure.kind))
+        await context.abort(code, failure.message, trailing_metadata=trailers_of(failure.kind, context))
 
 
 def shed_if_full(dispatcher: Any, model: str, n: int = 1) -> None:

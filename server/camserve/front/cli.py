@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from camserve.front.security import SecurityConfigError, security_config_from_args
-from camserve.front.server import MiB, ServerOptions
+from camserve.front.server import KiB, MiB, ServerOptions
 from camserve.repository import ModelConfig
 from camserve.vocabulary import BACKENDS, COMPILE_MODES
 
@@ -54,6 +54,7 @@ def _number(cast: Callable[[str], Any], low: float, high: float = math.inf, *, a
 
 _seconds = _number(float, 0, above=True, what="a number of seconds")
 _nonneg_float = _number(float, 0)
+_positive_float = _number(float, 0, above=True)
 _positive_int = _number(int, 1, what="an integer")
 _nonneg_int = _number(int, 0, what="an integer")
 _port = _number(int, 0, 65535, what="a port number")
@@ -113,20 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(n, "--grpc-port", "gRPC port (0 = any free port, logged)", D.grpc_port, type=_port)
     _flag(n, "--metrics-port", "Prometheus /metrics HTTP port (0 = any free port, -1 = off)", D.metrics_port,
           type=_number(int, -1, 65535, what="a port number"))
-    _flag(n, "--max-message-mb", "largest gRPC message received or sent, in MiB; larger requests get "
-          "RESOURCE_EXHAUSTED", D.max_message_bytes / MiB, type=_nonneg_float)
-    _flag(n, "--max-connection-age-s", "close client connections after this many seconds so clients "
-          "re-resolve and spread onto new pods (0 = never)", D.max_connection_age_s, type=_nonneg_float)
-    _flag(n, "--max-concurrent-rpcs", "RPCs handled at once by each front end (gRPC's own limit, per "
-          "process), beyond which gRPC answers RESOURCE_EXHAUSTED (0 = no limit; the per-model queue bound "
-          "and --max-inflight apply server-wide either way)", D.max_concurrent_rpcs,
-          type=_nonneg_int)
-    _flag(n, "--max-inflight", "images being handled at once in calls of either protocol, over all front "
-          "ends (Explain counts 1, ExplainBatch its number of images, ModelInfer its rows); beyond it a call "
-          "is refused at once with RESOURCE_EXHAUSTED. Health, metadata and reflection are never limited, "
-          "unlike --max-concurrent-rpcs (0 = no limit)", D.max_inflight, type=_nonneg_int)
-    _flag(n, "--max-image-pixels", "largest decoded image (width x height) accepted; checked from the header "
-          "before decoding, against decompression bombs", D.max_image_pixels, type=_positive_int)
+    _flag(n, "--metrics-max-connections", "open /metrics connections at once; a new one beyond this closes "
+          "the oldest whose request has not fully arrived", D.metrics_max_connections, type=_positive_int)
+    _flag(n, "--metrics-timeout-s", "a /metrics connection whose request has not fully arrived this long "
+          "after it opened is closed", D.metrics_timeout_s, type=_seconds)
     _flag(n, "--frontends", "front-end processes sharing the gRPC port (each terminates gRPC, validates "
           "and decodes; batches still fill across all of them). 0 = auto: one per two cores, at most 8, "
           "when workers run on GPUs (the front end sets the pace there; cores = CPU affinity capped by a "
@@ -134,6 +125,39 @@ def build_parser() -> argparse.ArgumentParser:
           D.frontends, type=_nonneg_int)
     _flag(n, "--codec-threads", "threads per front end decoding large images (over 512x512) and encoding "
           "resized or drawn heatmaps off the event loop", D.codec_threads, type=_positive_int)
+    t = p.add_argument_group(
+        "transport limits (what one call or connection may do; refusals are counted in "
+        "camserve_transport_refusals_total and logged at most every 10 s)")
+    _flag(t, "--max-message-mb", "largest gRPC message received or sent, in MiB; a larger request is refused "
+          "RESOURCE_EXHAUSTED and never retried by gRPC retry policies", D.max_message_bytes / MiB,
+          type=_positive_float)
+    _flag(t, "--max-header-kb", "largest request metadata in KiB (every key and value plus 32 bytes per "
+          "entry, as HTTP/2 counts it; bearer tokens included): always accepted at or below, always refused "
+          "above, RESOURCE_EXHAUSTED and never retried", D.max_header_bytes / KiB, type=_positive_float)
+    _flag(t, "--keepalive-time-s", "ping a client connection that has been quiet this long, so NAT and load "
+          "balancer state of a long queued call survives and dead clients are found", D.keepalive_time_s,
+          type=_seconds)
+    _flag(t, "--keepalive-timeout-s", "close a connection whose ping is not answered within this",
+          D.keepalive_timeout_s, type=_seconds)
+    _flag(t, "--min-ping-interval-s", "clients may send keepalive pings this often, with or without calls in "
+          "flight; a client pinging more often gets GOAWAY too_many_pings after 2 such pings",
+          D.min_ping_interval_s, type=_nonneg_float)
+    _flag(t, "--max-connection-age-s", "close client connections (GOAWAY) after this many seconds so clients "
+          "re-resolve and spread onto new pods (0 = never)", D.max_connection_age_s, type=_nonneg_float)
+    _flag(t, "--max-connection-age-grace-s", "calls still running on a connection closed for its age may "
+          "finish for this long before it is cut (0 = as long as they run)", D.max_connection_age_grace_s,
+          type=_nonneg_float)
+    _flag(t, "--handshake-timeout-s", "close a new connection that has not completed its TLS and HTTP/2 "
+          "setup within this", D.handshake_timeout_s, type=_seconds)
+    _flag(t, "--max-concurrent-rpcs", "RPCs handled at once by each front end (health and reflection "
+          "included), beyond which a call is refused RESOURCE_EXHAUSTED (0 = no limit; the per-model queue "
+          "bound and --max-inflight apply server-wide either way)", D.max_concurrent_rpcs, type=_nonneg_int)
+    _flag(t, "--max-inflight", "images being handled at once in calls of either protocol, over all front "
+          "ends (Explain counts 1, ExplainBatch its number of images, ModelInfer its rows); beyond it a call "
+          "is refused at once with RESOURCE_EXHAUSTED. Health, metadata and reflection are never limited, "
+          "unlike --max-concurrent-rpcs (0 = no limit)", D.max_inflight, type=_nonneg_int)
+    _flag(t, "--max-image-pixels", "largest decoded image (width x height) accepted; checked from the header "
+          "before decoding, against decompression bombs", D.max_image_pixels, type=_positive_int)
     s = p.add_argument_group("shutdown (SIGTERM: NOT_SERVING, pre-stop window, drain, exit 0)")
     _flag(s, "--pre-stop-seconds", "after SIGTERM keep serving this long while health says NOT_SERVING, so "
           "load balancers stop routing first (SIGINT skips it)", D.pre_stop_s, type=_nonneg_float)
@@ -167,12 +191,15 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         host=args.host, grpc_port=args.grpc_port, metrics_port=args.metrics_port, workers=args.workers,
         compile_mode=args.compile_mode, backend=args.backend, pre_stop_s=args.pre_stop_seconds,
         drain_s=args.drain_seconds, max_message_bytes=int(args.max_message_mb * MiB),
-        max_connection_age_s=args.max_connection_age_s, max_image_pixels=args.max_image_pixels,
+        max_header_bytes=int(args.max_header_kb * KiB), max_connection_age_s=args.max_connection_age_s,
+        max_connection_age_grace_s=args.max_connection_age_grace_s, keepalive_time_s=args.keepalive_time_s,
+        keepalive_timeout_s=args.keepalive_timeout_s, min_ping_interval_s=args.min_ping_interval_s,
+        handshake_timeout_s=args.handshake_timeout_s, metrics_max_connections=args.metrics_max_connections,
+        metrics_timeout_s=args.metrics_timeout_s, max_image_pixels=args.max_image_pixels,
         max_concurrent_rpcs=args.max_concurrent_rpcs, codec_threads=args.codec_threads,
         max_inflight=args.max_inflight, frontends=args.frontends, runner=args.runner,
         batch_timeout_s=args.batch_timeout_s,
         startup_timeout_s=args.startup_timeout_s, security=security_config_from_args(args))
-
 
 def config_lines(opts: ServerOptions, repository_path: str | None,
                  repository: dict[str, ModelConfig]) -> list[str]:

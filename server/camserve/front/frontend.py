@@ -9,7 +9,8 @@ validates and decodes, and hands images to the one scheduler through
 every front end accepts calls, every model is warm on a live worker and the server is not draining.
 
 Drain (the supervisor's ``drain`` message after SIGTERM): NOT_SERVING at once, keep serving for the
-pre-stop window, stop accepting and let in-flight calls finish (`server.stop(grace)`), exit 0. If
+pre-stop window (skipped if this front end never reported SERVING: no balancer routes to it), stop
+accepting and let in-flight calls finish (`server.stop(grace)`), exit 0. If
 the supervisor disappears, the process stops at once (its calls cannot be answered any more).
 """
 
@@ -72,6 +73,7 @@ class FrontEnd:
         self._health: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._drain: asyncio.Future[bool] | None = None
+        self.served = False  # reported SERVING at least once (else a drain skips the pre-stop window)
         self._hurry = asyncio.Event()
 
     def _count_rejected(self, method: str, code: str) -> None:
@@ -116,7 +118,9 @@ class FrontEnd:
 
     async def _drain_calls(self, server: Any) -> None:
         await self.health.enter_graceful_shutdown()  # NOT_SERVING on every name, for good
-        if self.opts.pre_stop_s > 0:
+        if not self.served:  # never in a load balancer's rotation: nobody to wait for
+            log.info("front end %d never reported SERVING, so no pre-stop window", self.index)
+        elif self.opts.pre_stop_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), self.opts.pre_stop_s)
         self.dispatcher.serving(False)
@@ -134,6 +138,7 @@ class FrontEnd:
             status = dict.fromkeys(("", *SERVICE_NAMES), overall)
             for model in self.repository:
                 status[model] = SERVING if state.ready.get(model) else NOT_SERVING
+            self.served = self.served or overall == SERVING
             for name, value in status.items():
                 if self._health.get(name) != value:
                     await self.health.set(name, value)

@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 
 from camserve.front.security import SecurityConfig, SecurityConfigError
-from camserve.front.status import status_of
-from camserve.records import ErrorKind
+from camserve.front.status import refusal_handler, status_of
+from camserve.records import ErrorKind, Failure
 
 __all__ = [
     "AUTH_EXEMPT_PREFIXES",
@@ -103,22 +103,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         if self._on_reject is not None:
             self._on_reject(method, status_of(ErrorKind.UNAUTHENTICATED).name)
         handler = await continuation(handler_call_details)
-        return _deny_handler(handler, reason)
-
-
-def _deny_handler(handler: grpc.RpcMethodHandler | None, reason: str) -> grpc.RpcMethodHandler:
-    """A handler with the same request/response streaming shape that aborts UNAUTHENTICATED."""
-
-    async def deny(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(status_of(ErrorKind.UNAUTHENTICATED), reason)
-
-    if handler is None or (not handler.request_streaming and not handler.response_streaming):
-        return grpc.unary_unary_rpc_method_handler(deny)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    return grpc.unary_stream_rpc_method_handler(deny)
+        return refusal_handler(handler, Failure(reason, ErrorKind.UNAUTHENTICATED))
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):

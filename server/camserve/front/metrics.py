@@ -29,6 +29,7 @@ from camserve_proto import oip
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.metrics_core import Metric
 
+from camserve.front.limits import REASONS as REFUSAL_REASONS
 from camserve.front.statistics import InferenceStatistics
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -95,7 +96,8 @@ def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
 
 
 class Metrics:
-    """The metric objects of DESIGN.md plus `camserve_requests_dropped_total{model,reason}`."""
+    """The metric objects of DESIGN.md plus `camserve_requests_dropped_total{model,reason}` and
+    `camserve_transport_refusals_total{reason}`."""
 
     def __init__(self, models: Iterable[str], max_batch_size: int = 32,
                  registry: CollectorRegistry | None = None, front_ends_dir: Path | None = None,
@@ -133,6 +135,14 @@ class Metrics:
             "camserve_requests_dropped",
             "Queued images dropped before computing (reason: deadline, cancelled, queue_full, ...).",
             ["model", "reason"], registry=r)
+        self.transport_refusals = Counter(
+            "camserve_transport_refusals",
+            "Calls refused before a handler read them, by reason: header_too_large, message_too_large "
+            "(--max-header-kb, --max-message-mb), concurrency_limit (--max-concurrent-rpcs), not_received "
+            "(ended by gRPC before the request reached camserve: far over a size limit, or the caller left).",
+            ["reason"], registry=r)
+        for reason in REFUSAL_REASONS:
+            self.transport_refusals.labels(reason)
         live = "livesum"  # set by the supervisor only; front ends' zeros add nothing
         self.queue_depth_gauge = Gauge("camserve_queue_depth", "Images waiting in the model's queue.",
                                        ["model"], registry=r, multiprocess_mode=live)
@@ -183,6 +193,13 @@ class Metrics:
         if seconds is not None and method in INFER_METHODS:
             self._child(self.request_duration, label, method).observe(seconds)
             self.statistics.call(model, code == "OK", seconds, images)
+
+    def record_refusal(self, method: str, reason: str, code: str | None) -> None:
+        """A call refused before a handler read it (``camserve.front.limits``): counted by reason, and as
+        an answered RPC when its status ``code`` is known."""
+        self._child(self.transport_refusals, reason if reason in REFUSAL_REASONS else "not_received").inc()
+        if code is not None:
+            self.record_rpc(None, method.rsplit("/", 1)[-1], code, None)
 
     def record_result(self, model: str, queue_s: float, compute_s: float) -> None:
         """Server-side split of one computed image."""
@@ -243,11 +260,3 @@ class Metrics:
     def render(self) -> bytes:
         """The exposition text (what /metrics serves)."""
         return generate_latest(self.exposition_registry())
-
-
-def start_metrics_server(metrics: Metrics, port: int, host: str = "0.0.0.0"):
-    """Serve /metrics over HTTP from a daemon thread; returns the HTTP server (call .shutdown())."""
-    from prometheus_client import start_http_server
-
-    server, _thread = start_http_server(port, addr=host, registry=metrics.exposition_registry())
-    return server

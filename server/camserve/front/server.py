@@ -2,11 +2,14 @@
 
 `ServerOptions` is everything `camserve serve` can set. `build_grpc_server` is the one place where
 the services of a front-end process are put on its gRPC server (camserve.v1, the Open Inference
-Protocol, grpc.health.v1, reflection), with the interceptors (token check, malformed bodies) and the
-channel options; every front-end process calls it, so TLS, tokens and limits apply in each. The
-processes themselves are `camserve.front.supervisor` (the `camserve serve` process: scheduler,
-workers, metrics endpoint, signals) and `camserve.front.frontend` (one per
-``--frontends``). No TensorFlow is imported in either; only worker processes load models.
+Protocol, grpc.health.v1, reflection), with the interceptors (transport limits, token check,
+malformed bodies) and the channel options; every front-end process calls it, so TLS, tokens and
+limits apply in each. The processes themselves are `camserve.front.supervisor` (the `camserve
+serve` process: scheduler, workers, metrics endpoint, signals) and `camserve.front.frontend` (one
+per ``--frontends``). No TensorFlow is imported in either; only worker processes load models.
+
+`grpc_options` is the transport policy: every limit a caller or a connection can trip is chosen
+there, not inherited from gRPC's defaults (see its docstring and tests/transport).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from camserve.front import codec
 from camserve.front.calls import CallRunner
 from camserve.front.interceptors import server_interceptors
+from camserve.front.limits import LimitsInterceptor
 from camserve.front.metrics import Metrics
 from camserve.front.oip import InferenceServicer
 from camserve.front.requests import RequestParser
@@ -38,6 +42,7 @@ from camserve.scheduling.pool import DEFAULT_BATCH_TIMEOUT_S, DEFAULT_STARTUP_TI
 
 log = logging.getLogger(__name__)
 
+KiB = 1 << 10
 MiB = 1 << 20
 
 
@@ -54,9 +59,17 @@ class ServerOptions:
     pre_stop_s: float = 5.0            # keep serving this long after SIGTERM (NOT_SERVING already)
     drain_s: float = 30.0              # then wait this long for in-flight RPCs
     max_message_bytes: int = 16 * MiB  # receive and send limit of one gRPC message
+    max_header_bytes: int = 64 * KiB   # request metadata (keys + values + 32 per entry, as HTTP/2 counts)
     max_connection_age_s: float = 0.0  # 0 = connections live forever
+    max_connection_age_grace_s: float = 0.0  # after that, calls in flight may run this long; 0 = to their end
+    keepalive_time_s: float = 30.0     # ping a connection quiet this long (keeps NAT/LB state of long calls)
+    keepalive_timeout_s: float = 20.0  # close a connection whose ping is not answered this long
+    min_ping_interval_s: float = 5.0   # clients may ping this often, with or without calls
+    handshake_timeout_s: float = 10.0  # close a connection that has not completed HTTP/2 (and TLS) setup
+    metrics_max_connections: int = 16  # open /metrics connections; the oldest unfinished one gives way
+    metrics_timeout_s: float = 10.0    # a /metrics request not fully received this long is closed
     max_image_pixels: int = codec.DEFAULT_MAX_PIXELS
-    max_concurrent_rpcs: int = 0       # 0 = unlimited; beyond it gRPC answers RESOURCE_EXHAUSTED
+    max_concurrent_rpcs: int = 0       # 0 = unlimited; beyond it a front end refuses RESOURCE_EXHAUSTED
     max_inflight: int = 0              # images in calls of either protocol at once, server-wide; 0 = none
     batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S      # per-batch watchdog: a worker holding a
                                                           # batch longer is killed
@@ -67,18 +80,57 @@ class ServerOptions:
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
+#: gRPC's own header and message limits sit this far above camserve's, so that camserve, not the
+#: transport, refuses what is over (with a message, a count, a log line and no-retry pushback); the
+#: transport's copy only bounds memory against what is far over.
+TRANSPORT_BACKSTOP = 2
+
+
 def grpc_options(opts: ServerOptions) -> list[tuple[str, Any]]:
-    """Channel arguments of a front end's server: explicit message limits; the port is shared
-    (SO_REUSEPORT) by the server's own front ends only: the supervisor holds it bound first (see
-    `camserve.front.supervisor.reserve_port`), so another server on the same port still fails."""
+    """Channel arguments of a front end's server: every limit a caller can trip, chosen here, not by
+    gRPC's defaults.
+
+    gRPC ignores an argument it does not know (a misspelt name changes nothing), so each of these is
+    checked by its effect in tests/transport. gRPC's defaults and why each is replaced:
+
+    * keepalive: gRPC's server pings only after 2 h of silence and, without calls, punishes a client's
+      ping more often than every 2 h (every 5 min with calls) with GOAWAY "too_many_pings" after 2
+      strikes, which ends a long queued call. camserve pings quiet connections itself every
+      ``keepalive_time_s`` and accepts client pings every ``min_ping_interval_s``, with or without calls.
+      How long a ping may go unanswered is ``grpc.http2.ping_timeout_ms`` in gRPC 1.85 (1 min by
+      default; ``grpc.keepalive_timeout_ms`` alone changes nothing): both get ``keepalive_timeout_s``.
+    * header size: gRPC refuses metadata between its soft (8 KiB) and hard (16 KiB) limit at random.
+      Both are set to one value, a backstop above ``max_header_bytes``, which camserve enforces itself
+      (camserve.front.limits).
+    * message size: received messages likewise (backstop above ``max_message_bytes``); sent ones at it.
+    * connection age: GOAWAY after ``max_connection_age_s``; the grace after it is unlimited unless set,
+      so an aged connection never cuts a call that is still running.
+    * handshake: 120 s by default; a connection that never speaks HTTP/2 holds a descriptor until then.
+
+    The port is shared (SO_REUSEPORT) by the server's own front ends only: the supervisor holds it
+    bound first (see `camserve.front.supervisor.reserve_port`), so another server on the same port
+    still fails.
+    """
+    ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+    header_backstop = int(opts.max_header_bytes) * TRANSPORT_BACKSTOP
     out: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", int(opts.max_message_bytes)),
+        ("grpc.max_receive_message_length", int(opts.max_message_bytes) * TRANSPORT_BACKSTOP),
         ("grpc.max_send_message_length", int(opts.max_message_bytes)),
+        ("grpc.max_metadata_size", header_backstop),
+        ("grpc.absolute_max_metadata_size", header_backstop),
+        ("grpc.keepalive_time_ms", ms(opts.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(opts.keepalive_timeout_s)),
+        ("grpc.http2.ping_timeout_ms", ms(opts.keepalive_timeout_s)),  # what gRPC 1.85 waits for an ack
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),  # our keepalive pings continue through a quiet call
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(opts.min_ping_interval_s)),
+        ("grpc.server_handshake_timeout_ms", ms(opts.handshake_timeout_s)),
         ("grpc.so_reuseport", 1),
     ]
     if opts.max_connection_age_s > 0:
-        out += [("grpc.max_connection_age_ms", int(opts.max_connection_age_s * 1000)),
-                ("grpc.max_connection_age_grace_ms", int(max(opts.drain_s, 1.0) * 1000))]
+        out.append(("grpc.max_connection_age_ms", ms(opts.max_connection_age_s)))
+        if opts.max_connection_age_grace_s > 0:
+            out.append(("grpc.max_connection_age_grace_ms", ms(opts.max_connection_age_grace_s)))
     return out
 
 
@@ -136,10 +188,12 @@ def build_grpc_server(repository: dict[str, ModelConfig], opts: ServerOptions, d
     (server-wide through the dispatcher's board). ``draining()`` tells the Open Inference Protocol's
     ServerReady/ModelReady that the server is shutting down.
     """
+    limits = LimitsInterceptor(max_header_bytes=opts.max_header_bytes,
+                               max_message_bytes=opts.max_message_bytes,
+                               max_concurrent_rpcs=opts.max_concurrent_rpcs, on_refuse=metrics.record_refusal)
     server = grpc.aio.server(
-        interceptors=server_interceptors(opts.security, on_reject=on_reject),
+        interceptors=[limits, *server_interceptors(opts.security, on_reject=on_reject)],
         options=grpc_options(opts),
-        maximum_concurrent_rpcs=opts.max_concurrent_rpcs or None,
     )
     parser = RequestParser(repository, dispatcher.model_summary)
     calls = CallRunner(metrics, max_inflight=opts.max_inflight, admission=dispatcher)

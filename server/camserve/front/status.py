@@ -3,17 +3,31 @@
 Every error a caller can cause reaches the front as a :class:`~camserve.records.Failure` with an
 :class:`~camserve.records.ErrorKind`; :data:`STATUS` says which gRPC code each kind gets, so the
 camserve.v1 service, the metrics and every other front-end service agree. INTERNAL is reserved for
-bugs. Permanent refusals carry ``grpc-retry-pushback-ms: -1``, gRPC's own signal that a client's
-retry policy must not retry the call (a reply too large stays too large).
+bugs.
+
+A failure also tells a client's gRPC retry policy (service config ``retryPolicy``) when to retry,
+through gRPC's ``grpc-retry-pushback-ms`` trailer:
+
+* ``-1`` on refusals no retry can fix (:data:`NO_RETRY`: a request or reply too large stays too large);
+* on NOT_READY (loading, draining, no live worker), a delay that spreads the attempts the client has
+  left over the time its deadline leaves (:func:`retry_pushback_ms`). gRPC makes at most
+  :data:`MAX_ATTEMPTS` attempts of a call, so fixed short back-offs give up within a second while a
+  server restarts; spread this way, the last attempt comes shortly before the deadline, and a restart
+  shorter than the caller's deadline is ridden out. (While nothing listens at all, the client's
+  ``waitForReady`` waits without spending attempts.)
+* nothing otherwise: the client's own exponential back-off applies (a lost worker, a full queue).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import grpc
 
 from camserve.records import ErrorKind, Failure
 
-__all__ = ["NO_RETRY", "STATUS", "failure_of", "status_of", "trailers_of"]
+__all__ = ["MAX_ATTEMPTS", "NO_RETRY", "STATUS", "failure_of", "refusal_handler", "retry_pushback_ms",
+           "status_of", "trailers_of"]
 
 STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -48,6 +62,76 @@ def status_of(kind: ErrorKind) -> grpc.StatusCode:
     return STATUS[kind]
 
 
-def trailers_of(kind: ErrorKind) -> tuple[tuple[str, str], ...]:
-    """Trailing metadata to send with a failure of ``kind`` (the no-retry pushback, or nothing)."""
-    return (("grpc-retry-pushback-ms", "-1"),) if kind in NO_RETRY else ()
+#: gRPC clients make at most this many attempts of one call (gRPC caps ``retryPolicy.maxAttempts`` at 5).
+MAX_ATTEMPTS = 5
+#: The last attempt is placed at least this long (or a tenth of what is left) before the deadline.
+PUSHBACK_RESERVE_S = 0.25
+#: Without a deadline, NOT_READY retries wait 0.5, 1, 2, 4 s.
+PUSHBACK_NO_DEADLINE_S = 0.5
+PUSHBACK_MIN_S = 0.05
+PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts"  # metadata gRPC adds to every retried attempt
+
+
+def retry_pushback_ms(kind: ErrorKind, time_remaining: float | None,
+                      previous_attempts: int = 0) -> int | None:
+    """The ``grpc-retry-pushback-ms`` value for a failure of ``kind``; None sends none.
+
+    ``time_remaining``: seconds left before the caller's deadline (None: no deadline);
+    ``previous_attempts``: attempts of this call before this one. For NOT_READY the delay is
+    ``(time_remaining - reserve) / attempts_left``, at least 50 ms: the attempts left are spread evenly
+    and the last one keeps ``reserve`` = max(0.25 s, a tenth of the time left) to be served.
+    """
+    if kind in NO_RETRY:
+        return -1
+    if kind is not ErrorKind.NOT_READY:
+        return None
+    left = MAX_ATTEMPTS - 1 - max(0, previous_attempts)
+    if left <= 0:
+        return None
+    if time_remaining is None:
+        return int(PUSHBACK_NO_DEADLINE_S * 2 ** max(0, previous_attempts) * 1000)
+    reserve = max(PUSHBACK_RESERVE_S, 0.1 * time_remaining)
+    if time_remaining <= reserve:
+        return None
+    return int(max(PUSHBACK_MIN_S, (time_remaining - reserve) / left) * 1000)
+
+
+def _previous_attempts(context: Any) -> int:
+    for key, value in context.invocation_metadata() or ():
+        if key == PREVIOUS_ATTEMPTS:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def trailers_of(kind: ErrorKind, context: Any = None) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata to send with a failure of ``kind``: the retry pushback, or nothing.
+
+    ``context`` (the call's ServicerContext) gives the caller's deadline and attempt number; without
+    it only the no-retry pushback is sent.
+    """
+    if kind in NO_RETRY:
+        return (("grpc-retry-pushback-ms", "-1"),)
+    if context is None or kind is not ErrorKind.NOT_READY:
+        return ()
+    ms = retry_pushback_ms(kind, context.time_remaining(), _previous_attempts(context))
+    return () if ms is None else (("grpc-retry-pushback-ms", str(ms)),)
+
+
+def refusal_handler(handler: grpc.RpcMethodHandler | None, failure: Failure) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s streaming shape that ends the call with ``failure`` (its status code,
+    message and trailers) without deserialising the request."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(status_of(failure.kind), failure.message,
+                            trailing_metadata=trailers_of(failure.kind))
+
+    if handler is None or (not handler.request_streaming and not handler.response_streaming):
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.unary_stream_rpc_method_handler(refuse)

@@ -36,9 +36,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from camserve.front.metrics import MULTIPROC_ENV, Metrics, mark_process_dead, start_metrics_server
+from camserve.front.metrics import MULTIPROC_ENV, Metrics, mark_process_dead
+from camserve.front.metrics_http import MetricsHTTPServer
 from camserve.front.security import server_credentials
 from camserve.front.server import ServerOptions, default_frontends, make_dispatcher
 from camserve.front.statistics import InferenceStatistics, shared_table
@@ -154,7 +154,7 @@ class Supervisor:
         self.grpc_port = 0
         self.metrics_port = 0
         self._guard: socket.socket | None = None
-        self._metrics_http: Any = None
+        self._metrics_http: MetricsHTTPServer | None = None
         self._fronts = [_FrontProcess(i) for i in range(self.frontends)]
         self._spec_path = self.run_dir / "frontend.spec"
         self._stopping = False
@@ -172,12 +172,14 @@ class Supervisor:
         self.grpc_port = int(self._guard.getsockname()[1])
         server_credentials(opts.security)  # raises SecurityConfigError on unusable files
         if opts.metrics_port >= 0:
+            self._metrics_http = MetricsHTTPServer(self.metrics.exposition_registry(),
+                                                   max_connections=opts.metrics_max_connections,
+                                                   timeout_s=opts.metrics_timeout_s)
             try:
-                self._metrics_http = start_metrics_server(self.metrics, opts.metrics_port, opts.host)
+                self.metrics_port = await self._metrics_http.start(opts.host, opts.metrics_port)
             except OSError as exc:
                 raise OSError(f"cannot serve metrics on {opts.host}:{opts.metrics_port}: "
                               f"{exc.strerror or exc}") from None
-            self.metrics_port = int(self._metrics_http.server_port)
             log.info("metrics on http://%s:%d/metrics", opts.host, self.metrics_port)
         await self.hub.start()
         await self.dispatcher.start()
@@ -252,7 +254,8 @@ class Supervisor:
         """Front ends drain (NOT_SERVING, pre-stop, finish calls), then the scheduler and workers stop."""
         self._stopping = True
         log.info("answered RPCs at drain start: %s", json.dumps(self.metrics.rpc_totals()))
-        log.info("draining: health NOT_SERVING; serving for %.1f s more (pre-stop)", self.opts.pre_stop_s)
+        log.info("draining: health NOT_SERVING; front ends that reported SERVING serve %.1f s more "
+                 "(pre-stop)", self.opts.pre_stop_s)
         self.hub.drain(hurry=self._hurry)
         budget = self.opts.pre_stop_s + self.opts.drain_s + 10.0
         procs = [f.process for f in self._fronts if f.process is not None]
@@ -267,8 +270,7 @@ class Supervisor:
 
     def _close(self) -> None:
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+            self._metrics_http.close()
             self._metrics_http = None
         if self._guard is not None:
             self._guard.close()

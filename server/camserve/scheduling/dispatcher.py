@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -216,10 +217,12 @@ class Dispatcher:
         return self._stopping
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Refuse new work, finish queued and in-flight work within ``grace_s``, stop the workers."""
+        """Refuse new work, finish queued and in-flight work and stop the workers, all within ``grace_s``
+        (workers still loading are stopped at once; one that outlives the grace is killed)."""
         if self._stopping:
             return
         self._stopping = True
+        deadline = time.monotonic() + max(0.0, grace_s)
         self._batcher.close()
         if self._serve_tasks:
             tasks = list(self._serve_tasks.values())
@@ -230,7 +233,7 @@ class Dispatcher:
             lambda: Failure("the server stopped before this request ran", ErrorKind.NOT_READY))
         if left:
             log.warning("dispatcher: %d queued request(s) answered UNAVAILABLE at stop", left)
-        await self._pool.stop(timeout_s=10.0)
+        await self._pool.stop(timeout_s=max(0.0, deadline - time.monotonic()))
         for name in self._repo:
             self._set_ready(name, False)
         self._set_alive(0)

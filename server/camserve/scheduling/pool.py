@@ -105,7 +105,9 @@ class WorkerPool:
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
 
     async def stop(self, timeout_s: float = 10.0) -> None:
-        """Ask every worker to exit, kill what is left after ``timeout_s``, unlink the slabs."""
+        """Stop every worker (a ready one is asked to, and killed after ``timeout_s``; one still loading
+        gets SIGTERM at once: it would read ``stop`` only after its warm-up), unlink the slabs. Each
+        process is reaped by its reader thread alone (see :meth:`_unreaped`)."""
         self._stopping = True
         for w in self.workers:
             if w.restart_timer is not None:
@@ -119,10 +121,13 @@ class WorkerPool:
                             Failure("the server stopped before this request ran", ErrorKind.NOT_READY))
                 if not inf.done.done():
                     inf.done.set_result(None)
-            if w.conn is not None and w.state in (WorkerState.STARTING, WorkerState.READY):
+            if w.state is WorkerState.READY and w.conn is not None:
                 with contextlib.suppress(OSError):
                     w.conn.send(("stop",))
-        await asyncio.to_thread(self._join_all, timeout_s)
+            elif w.state is WorkerState.STARTING and self._unreaped(w):
+                log.info("worker %d is still starting: stopping it now", w.index)
+                w.process.terminate()
+        await asyncio.to_thread(self._await_exits, timeout_s)
         for w in self.workers:
             self._mark_gone(w, WorkerState.STOPPED, "the server is stopping")
             if w.conn is not None:
@@ -132,20 +137,23 @@ class WorkerPool:
         for task in list(self._tasks):
             task.cancel()
 
-    def _join_all(self, timeout_s: float) -> None:
+    def _await_exits(self, timeout_s: float) -> None:
+        """Wait for the reader threads (each ends once its process is reaped); kill what outlives them."""
         deadline = time.monotonic() + timeout_s
         for w in self.workers:
-            p = w.process
-            if p is None:
+            if w.reader is None:
                 continue
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
-                log.warning("worker %d did not exit in %.1f s; killing it", w.index, timeout_s)
-                p.kill()
-                p.join(5)
-        for w in self.workers:
-            if w.reader is not None:
-                w.reader.join(5)
+            w.reader.join(max(0.0, deadline - time.monotonic()))
+            if self._unreaped(w):
+                log.warning("worker %d did not exit within %.1f s of stop; killing it", w.index, timeout_s)
+                w.process.kill()
+                w.reader.join(10)
+
+    @staticmethod
+    def _unreaped(w: WorkerHandle) -> bool:
+        """True until ``w``'s reader reaped its process (so its pid may be signalled). ``is_alive()``
+        would ``waitpid`` from a second thread: the loser sees no child and reports it running."""
+        return w.process is not None and w.reader is not None and w.reader.is_alive()
 
     async def _spawn(self, w: WorkerHandle) -> None:
         if self._stopping:
@@ -184,7 +192,7 @@ class WorkerPool:
             return
         child_conn.close()  # the child has its copy; ours must go or EOF never arrives
         w.process, w.conn, w.started_at = proc, parent_conn, time.monotonic()
-        if self._stopping:  # stop() ran while we were starting it
+        if self._stopping:  # stop() ran while we were starting it; no reader exists, so we reap it
             proc.kill()
             await asyncio.to_thread(proc.join, 5)
             parent_conn.close()
@@ -202,7 +210,7 @@ class WorkerPool:
     def _read(
         self, w: WorkerHandle, gen: int, conn: Connection, proc: BaseProcess, loop: asyncio.AbstractEventLoop
     ) -> None:
-        """Reader thread: forward messages to the loop; on EOF reap the process and report."""
+        """Reader thread: forward messages to the loop; on EOF reap the process (its only reaper), report."""
         while True:
             try:
                 msg = conn.recv()
@@ -341,7 +349,7 @@ class WorkerPool:
         """SIGKILL a worker; the reader thread sees EOF and the normal death path runs."""
         w.kill_reason = reason
         log.error("killing worker %d: %s", w.index, reason)
-        if w.process is not None and w.process.is_alive():
+        if self._unreaped(w):
             w.process.kill()
 
     @staticmethod
