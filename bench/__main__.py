@@ -76,7 +76,7 @@ FIGURES = (
            "--json"),
     Figure("localization", "Localisation on the demo sets",
            ("bench.engine.localization",),
-           ("bench.engine.localization", "--samples", "16")),
+           ("bench.engine.localization", "--samples", "16", "--batch-size", "4")),
     Figure("micro", "Front-end costs: JPEG decode and the request-parsing interceptor",
            ("bench.micro",),
            ("bench.micro", "--quick")),

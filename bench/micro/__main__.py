@@ -12,6 +12,13 @@
   ``MalformedRequestInterceptor`` (always on in the server), alternating rounds: round-trip time
   and the server process's CPU time per call (all its threads), medians over rounds, and the
   interceptor's difference.
+- ``hop``: the CPU cost of handing a function to a thread pool and awaiting it on the event loop
+  (``run_in_executor``), over calling it inline: what decoding on a codec thread would add per image.
+- ``records``: CPU per pickle round trip (dumps + loads, as each result crosses the worker's and the
+  hub's pipes) of an ``ItemResult`` with 1,000 probabilities and one 7x7 map: camserve's tuple
+  ``__reduce__`` against the dataclass + ndarray default it replaced.
+- ``metrics``: CPU per call of a front end's metric writes (request counter and three histograms) in
+  prometheus-client's multiprocess mode (memory-mapped files, what the server uses) against in-memory.
 
 Prints a table and writes JSON (``--out``). ``--quick`` uses few repetitions (checks the script).
 """
@@ -137,9 +144,91 @@ def measure_grpc(calls: int, rounds: int) -> dict[str, Any]:
     return out
 
 
+def measure_hop(repeats: int, rounds: int) -> dict[str, Any]:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work() -> int:
+        return 1
+
+    async def inline() -> None:
+        for _ in range(repeats):
+            work()
+            await asyncio.sleep(0)  # one loop turn, as an awaited decode would take
+
+    async def hop(pool: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(repeats):
+            await loop.run_in_executor(pool, work)
+
+    def per_call(coro_fn: Any, *args: Any) -> float:
+        t0 = time.process_time()
+        asyncio.run(coro_fn(*args))
+        return (time.process_time() - t0) / repeats * 1e6
+
+    with ThreadPoolExecutor(2) as pool:
+        inline_us = statistics.median(per_call(inline) for _ in range(rounds))
+        hop_us = statistics.median(per_call(hop, pool) for _ in range(rounds))
+    return {"inline_us": inline_us, "thread_hop_us": hop_us, "hop_cost_us": hop_us - inline_us}
+
+
+def _default_reduce(obj: Any) -> Any:
+    """What pickle does for a dataclass without ``__reduce__``: its class and its ``__dict__``."""
+    import copyreg
+
+    return copyreg.__newobj__, (type(obj),), dict(vars(obj))
+
+
+def measure_records(repeats: int, rounds: int) -> dict[str, Any]:
+    import io
+    import pickle
+
+    from camserve.records import ClassMap, ItemResult
+
+    rng = np.random.default_rng(0)
+    result = ItemResult(probabilities=rng.random(1000, dtype=np.float32),
+                        maps=[ClassMap(3, 2.5, rng.random((7, 7), dtype=np.float32), False)],
+                        queue_s=0.01, compute_s=0.02, batch_size=8)
+
+    class DefaultPickler(pickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            return _default_reduce(obj) if type(obj) in (ItemResult, ClassMap) else NotImplemented
+
+    def default_dumps() -> bytes:
+        buf = io.BytesIO()
+        DefaultPickler(buf, pickle.HIGHEST_PROTOCOL).dump(result)
+        return buf.getvalue()
+
+    tuple_bytes, default_bytes = pickle.dumps(result, pickle.HIGHEST_PROTOCOL), default_dumps()
+    assert np.array_equal(pickle.loads(default_bytes).maps[0].heatmap, result.maps[0].heatmap)
+    ours = cpu_us(lambda: pickle.loads(pickle.dumps(result, pickle.HIGHEST_PROTOCOL)), repeats, rounds)
+    default = cpu_us(lambda: pickle.loads(default_dumps()), repeats, rounds)
+    return {"tuple_reduce_us": ours, "dataclass_default_us": default, "tuple_bytes": len(tuple_bytes),
+            "default_bytes": len(default_bytes)}
+
+
+def measure_metrics(calls: int, rounds: int) -> dict[str, Any]:
+    import tempfile
+
+    from bench.micro.metrics_child import record_calls
+
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="camserve-bench-prom-") as tmp:
+        for mode, directory in (("in_memory", None), ("multiprocess", tmp)):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=record_calls, args=(directory, calls, rounds, child))
+            proc.start()
+            out[f"{mode}_us"] = parent.recv()
+            proc.join(timeout=30)
+    out["multiprocess_cost_us"] = out["multiprocess_us"] - out["in_memory_us"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", default="decode,grpc", help="comma-separated: decode, grpc")
+    p.add_argument("--parts", default="decode,grpc,hop,records,metrics",
+                   help="comma-separated: decode, grpc, hop, records, metrics (default all)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     p.add_argument("--calls", type=int, default=2000, help="sequential gRPC calls per round (default 2000)")
     p.add_argument("--repeats", type=int, default=500, help="decodes per round (default 500)")
@@ -166,6 +255,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{g['plain_server_cpu_us']:.0f} us per call")
         print(f"MalformedRequestInterceptor: {g['interceptor_round_trip_us']:+.1f} us round trip, "
               f"{g['interceptor_server_cpu_us']:+.1f} us server CPU per call")
+    if "hop" in parts:
+        h = report["hop"] = measure_hop(args.repeats * 4, args.rounds)
+        print(f"run_in_executor hop to a thread and back: {h['hop_cost_us']:.0f} us of CPU per call over "
+              f"inline ({h['thread_hop_us']:.0f} against {h['inline_us']:.0f})")
+    if "records" in parts:
+        r = report["records"] = measure_records(args.repeats * 4, args.rounds)
+        print(f"ItemResult pickle round trip: {r['tuple_reduce_us']:.1f} us (tuple __reduce__) against "
+              f"{r['dataclass_default_us']:.1f} us (the dataclass + ndarray default)")
+    if "metrics" in parts:
+        m = report["metrics"] = measure_metrics(args.repeats * 4, args.rounds)
+        print(f"a call's metric writes: {m['multiprocess_us']:.1f} us of CPU in multiprocess mode against "
+              f"{m['in_memory_us']:.1f} us in memory ({m['multiprocess_cost_us']:+.1f} us)")
     out = args.out or RESULTS / "micro.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

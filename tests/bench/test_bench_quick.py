@@ -70,6 +70,8 @@ def check_micro(doc: dict) -> None:
     assert d["max_pixel_difference"] <= 1 and _positive(d["simplejpeg_us"]) and _positive(d["opencv_us"])
     assert _positive(g["plain_round_trip_us"]) and _positive(g["plain_server_cpu_us"])
     assert math.isfinite(g["interceptor_server_cpu_us"])
+    assert _positive(doc["hop"]["thread_hop_us"]) and _positive(doc["metrics"]["multiprocess_us"])
+    assert doc["records"]["tuple_bytes"] < doc["records"]["default_bytes"]
 
 
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
