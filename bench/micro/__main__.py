@@ -225,10 +225,36 @@ def measure_metrics(calls: int, rounds: int) -> dict[str, Any]:
     return out
 
 
+#: part -> (measure(args) -> its JSON, what to print: a template over that JSON)
+PARTS: dict[str, tuple[Any, str]] = {
+    "decode": (lambda a: measure_decode(a.repeats, a.rounds),
+               "JPEG 224x224 q90 decode, CPU per image: simplejpeg {simplejpeg_us:.0f} us, "
+               "OpenCV {opencv_us:.0f} us (pixels differ by at most {max_pixel_difference})\n"
+               "640x480 JPEG to a 224x224 input: full size {decode_640x480_to_224_full_us:.0f} us, "
+               "reduced DCT scale {decode_640x480_to_224_reduced_us:.0f} us "
+               "({reduced_scale_speedup:.1f}x less CPU)"),
+    "grpc": (lambda a: measure_grpc(a.calls, a.rounds),
+             "trivial async unary gRPC call, sequential over loopback ({rounds} alternating rounds of "
+             "{calls_per_round}): round trip {plain_round_trip_us:.0f} us, "
+             "server CPU {plain_server_cpu_us:.0f} us per call\n"
+             "MalformedRequestInterceptor: {interceptor_round_trip_us:+.1f} us round trip, "
+             "{interceptor_server_cpu_us:+.1f} us server CPU per call"),
+    "hop": (lambda a: measure_hop(a.repeats * 4, a.rounds),
+            "run_in_executor hop to a thread and back: {hop_cost_us:.0f} us of CPU per call over inline "
+            "({thread_hop_us:.0f} against {inline_us:.0f})"),
+    "records": (lambda a: measure_records(a.repeats * 4, a.rounds),
+                "ItemResult pickle round trip: {tuple_reduce_us:.1f} us (tuple __reduce__) against "
+                "{dataclass_default_us:.1f} us (the dataclass + ndarray default)"),
+    "metrics": (lambda a: measure_metrics(a.repeats * 4, a.rounds),
+                "a call's metric writes: {multiprocess_us:.1f} us of CPU in multiprocess mode against "
+                "{in_memory_us:.1f} us in memory ({multiprocess_cost_us:+.1f} us)"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", default="decode,grpc,hop,records,metrics",
-                   help="comma-separated: decode, grpc, hop, records, metrics (default all)")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated: {', '.join(PARTS)} (default all)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     p.add_argument("--calls", type=int, default=2000, help="sequential gRPC calls per round (default 2000)")
     p.add_argument("--repeats", type=int, default=500, help="decodes per round (default 500)")
@@ -238,35 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.calls, args.repeats = 2, 100, 20
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    if any(x not in PARTS for x in parts):
+        p.error(f"--parts takes a comma-separated list of {', '.join(PARTS)}")
     report: dict[str, Any] = {"command": "python -m bench.micro " + " ".join(argv or sys.argv[1:]),
                               "platform": platform.platform(), "cpus": os.cpu_count(),
                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if "decode" in parts:
-        d = report["decode"] = measure_decode(args.repeats, args.rounds)
-        print(f"JPEG 224x224 q90 decode, CPU per image: simplejpeg {d['simplejpeg_us']:.0f} us, OpenCV "
-              f"{d['opencv_us']:.0f} us (pixels differ by at most {d['max_pixel_difference']})")
-        print(f"640x480 JPEG to a 224x224 input: full size {d['decode_640x480_to_224_full_us']:.0f} us, "
-              f"reduced DCT scale {d['decode_640x480_to_224_reduced_us']:.0f} us "
-              f"({d['reduced_scale_speedup']:.1f}x less CPU)")
-    if "grpc" in parts:
-        g = report["grpc"] = measure_grpc(args.calls, args.rounds)
-        print(f"trivial async unary gRPC call, sequential over loopback ({args.rounds} alternating rounds of "
-              f"{args.calls}): round trip {g['plain_round_trip_us']:.0f} us, server CPU "
-              f"{g['plain_server_cpu_us']:.0f} us per call")
-        print(f"MalformedRequestInterceptor: {g['interceptor_round_trip_us']:+.1f} us round trip, "
-              f"{g['interceptor_server_cpu_us']:+.1f} us server CPU per call")
-    if "hop" in parts:
-        h = report["hop"] = measure_hop(args.repeats * 4, args.rounds)
-        print(f"run_in_executor hop to a thread and back: {h['hop_cost_us']:.0f} us of CPU per call over "
-              f"inline ({h['thread_hop_us']:.0f} against {h['inline_us']:.0f})")
-    if "records" in parts:
-        r = report["records"] = measure_records(args.repeats * 4, args.rounds)
-        print(f"ItemResult pickle round trip: {r['tuple_reduce_us']:.1f} us (tuple __reduce__) against "
-              f"{r['dataclass_default_us']:.1f} us (the dataclass + ndarray default)")
-    if "metrics" in parts:
-        m = report["metrics"] = measure_metrics(args.repeats * 4, args.rounds)
-        print(f"a call's metric writes: {m['multiprocess_us']:.1f} us of CPU in multiprocess mode against "
-              f"{m['in_memory_us']:.1f} us in memory ({m['multiprocess_cost_us']:+.1f} us)")
+    for name in parts:
+        measure, template = PARTS[name]
+        report[name] = measure(args)
+        print(template.format(**report[name]))
     out = args.out or RESULTS / "micro.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
