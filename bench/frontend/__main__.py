@@ -6,7 +6,8 @@ classes, 7x7 maps), so the front end sets the pace. The project's load generator
 (``camserve_client.tools.loadgen``) runs in ``--clients`` processes (each its own connections: the kernel
 spreads connections, not calls, over the front ends), 64 callers in all, closed loop. For each
 ``--frontends`` value and each case it prints images/s, p50/p99 and the CPU time of every server
-process (supervisor, front ends, worker; from /proc) per image, counted over the same window.
+process (supervisor, front ends, worker; from /proc) per image, over one window: the calls counted are
+those that complete inside it (``loadreport.Window``). Exits 1 when a case had an error or no success.
 
 Cases: ``png64`` (64x64 PNG, one per Explain), ``jpeg224`` (224x224 JPEG q90, one per Explain),
 ``batch8`` (224x224 JPEG, 8 per ExplainBatch).

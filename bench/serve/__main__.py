@@ -4,10 +4,12 @@ For each model, at the same max batch size and compile mode:
 
 1. ``engine``: ``Explainer.explain_batch`` on full batches of uint8 images already at the input size,
    in this process, back to back for a fixed time (what a library user gets with perfect batching);
-2. ``served``: a real ``camserve serve`` subprocess (one worker), driven over gRPC by a closed loop of
-   ``--concurrency`` callers (enough to keep a full batch queued while one computes) sending JPEG
-   bytes, for the same time after a warm-up. The client pre-serializes every request and sends raw
-   bytes, so its CPU goes to gRPC, not protobuf; it shares the machine's cores with the server.
+2. ``served``: a real ``camserve serve`` subprocess (one worker), driven over gRPC by the project's load
+   generator, a closed loop of ``--concurrency`` callers (enough to keep a full batch queued while one
+   computes) sending JPEG bytes, for the same time after a warm-up; a call counts when it completes
+   inside the measured window (``loadreport.Window``, the rule of every load tool). The client
+   pre-serializes every request and sends raw bytes, so its CPU goes to gRPC, not protobuf; it shares
+   the machine's cores with the server.
 
 The ratio served / engine is the price of the network front (decode, gRPC, queueing, the process
 hop). Target: >= 0.85. The engine runs first, then the server starts: they never compete for cores.
@@ -15,7 +17,8 @@ hop). Target: >= 0.85. The engine runs first, then the server starts: they never
     python -m bench.serve --quick        # demo model, short steps (a check that it works)
     python -m bench.serve                # demo + MobileNetV2 224 (weights=None), 20 s steps
 
-Prints a table and writes JSON to bench/results/serve[_quick].json.
+Prints a table and writes JSON to bench/results/serve[_quick].json. Exits 1 when a served step had an
+error or no success, or the server's exit code said its drain lost calls.
 """
 
 from __future__ import annotations
