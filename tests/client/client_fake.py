@@ -28,11 +28,11 @@ class Script:
     a retry pushback); delay before each answer."""
 
     failures: list[tuple[grpc.StatusCode, str]] = field(default_factory=list)
+    gather: int = 0  # hold each scripted call until this many are in flight at once (at most 2 s)
     always: tuple[grpc.StatusCode, str] | None = None
     trailers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0
     only: set[str] | None = None  # the methods the script applies to (None: all)
-    gather: int = 0  # hold each scripted call until this many are in flight at once (at most 2 s)
 
 
 class FakeExplain(pb_grpc.ExplainServiceServicer):
