@@ -30,13 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 class Figure:
     """One README figure: its name (``make bench-NAME``), the README section it fills, the full command
     (the module and its arguments, as README quotes it), the quick command, and how it is told where
-    its JSON goes."""
+    its JSON goes. ``quick_as``: another figure whose quick command also runs this one's code (the
+    same module, with the union of both figures' flags), so quick runs start one server, not two."""
 
     name: str
     section: str
     full: tuple[str, ...]
     quick: tuple[str, ...]
     out_flag: str = "--out"
+    quick_as: str = ""
 
     def command(self, quick: bool, out_dir: Path) -> list[str]:
         args = list(self.quick if quick else self.full)
@@ -58,10 +60,7 @@ FIGURES = (
     Figure("protocols", "Open Inference Protocol vs camserve.v1, same server",
            ("bench.load", "--protocols", "camserve,oip", "--rounds", "5", "--concurrency", "16,64",
             "--duration", "10", "--warmup", "3", "--no-baseline", "--workers", "cpu:1"),
-           ("bench.load", "--protocols", "camserve,oip", "--rounds", "1", "--concurrency", "2",
-            "--duration", "1", "--warmup", "0.3", "--no-baseline", "--workers", "cpu:1",
-            "--max-batch-size", "4", "--image-count", "4", "--quiet"),
-           "--json"),
+           (), "--json", quick_as="load"),
     Figure("frontend", "Front end: images/s and CPU per image by `--frontends`",
            ("bench.frontend", "--frontends", "1,2", "--duration", "10"),
            ("bench.frontend", "--frontends", "2", "--cases", "png64,batch8", "--duration", "1.5",
@@ -70,9 +69,10 @@ FIGURES = (
            ("bench.load", "--models", "mobilenetv2,resnet50", "--concurrency", "1,4,16,64",
             "--duration", "10",
             "--baseline-concurrency", "1,4", "--baseline-duration", "10"),
-           ("bench.load", "--models", "demo", "--concurrency", "1", "--duration", "1", "--warmup", "0.3",
-            "--baseline-concurrency", "1", "--baseline-duration", "1", "--max-batch-size", "4",
-            "--image-count", "4", "--quiet"),
+           ("bench.load", "--models", "demo", "--protocols", "camserve,oip", "--rounds", "1",
+            "--concurrency", "1", "--duration", "1", "--warmup", "0.3", "--baseline-concurrency", "1",
+            "--baseline-duration", "1", "--workers", "cpu:1", "--max-batch-size", "4", "--image-count", "4",
+            "--quiet"),
            "--json"),
     Figure("localization", "Localisation on the demo sets",
            ("bench.engine.localization",),
@@ -82,6 +82,16 @@ FIGURES = (
            ("bench.micro", "--quick")),
 )
 BY_NAME = {f.name: f for f in FIGURES}
+
+
+def quick_runs(figures: list[Figure]) -> list[Figure]:
+    """The figures whose quick commands cover ``figures``, each once, in order."""
+    owners: list[Figure] = []
+    for fig in figures:
+        owner = BY_NAME[fig.quick_as] if fig.quick_as else fig
+        if owner not in owners:
+            owners.append(owner)
+    return owners
 
 
 def run(figures: list[Figure], quick: bool, out_dir: Path) -> int:
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"make bench-{fig.name:<13} {fig.quoted()}   # {fig.section}")
         return 0
     out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "")
-    return run(figures, args.quick, out)
+    return run(quick_runs(figures) if args.quick else figures, args.quick, out)
 
 
 if __name__ == "__main__":
