@@ -9,8 +9,10 @@ TRITON_STAMP := $(TRITON)/.installed-stamp
 GRPC_PORT ?= 50051
 METRICS_PORT ?= 9464
 
-.PHONY: system-deps deploy-tools venv tritonclient serve test protos protos-check lint bench bench-engine \
-	bench-serve bench-load deploy-check soak clean
+BENCH_FIGURES := engine serve protocols frontend load localization micro
+
+.PHONY: system-deps deploy-tools venv tritonclient serve test protos protos-check lint bench bench-quick \
+	$(addprefix bench-,$(BENCH_FIGURES)) bench-gpu deploy-check soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,16 +71,21 @@ lint: venv  ## ruff, and the import-layer contract in pyproject.toml (lint-impor
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-bench: bench-engine bench-serve bench-load  ## every benchmark the README quotes
+# Every figure the README quotes, each by the command its section names (the table is bench/__main__.py;
+# `python -m bench --list` prints it). A quiet machine: hours on 2 CPU cores.
+bench: venv  ## re-make every README figure (bench/results/*.json)
+	$(BIN)/python -m bench
 
-bench-engine: venv
-	$(BIN)/python -m bench.engine
+# The same commands with tiny budgets and models: they must run and exit 0 (tests/bench runs this in
+# make test); the figures mean nothing.
+bench-quick: venv  ## every bench command, tiny (a check, about two minutes)
+	$(BIN)/python -m bench --quick
 
-bench-serve: venv
-	$(BIN)/python -m bench.serve
+$(addprefix bench-,$(BENCH_FIGURES)): bench-%: venv  ## one README figure: make bench-engine, bench-serve, ...
+	$(BIN)/python -m bench $*
 
-bench-load: venv
-	$(BIN)/python -m bench.load
+bench-gpu:  ## the GPU figures on a machine with a GPU and JAX (bench/gpu/README.md)
+	bench/gpu/run.sh
 
 deploy-check: venv system-deps  ## render and validate deploy/ offline
 	$(BIN)/python -m deploy.check

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from camserve_client.tools.loadreport import format_table
+from camserve_client.tools.loadreport import format_table, step_problems
 from camserve_client.tools.testimages import generated
 
 from bench.baseline.tfkv import TfKerasVisBaseline
@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(steps, "tfkv"))
     if args.json:
         Path(args.json).write_text(json.dumps({"baseline": steps}, indent=2))
-    return 0
+    problems = step_problems(steps, "tf-keras-vis")
+    for line in problems:
+        print(f"bench.baseline: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

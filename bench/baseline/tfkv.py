@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from camserve_client.tools.loadreport import Sample, summarize
+from camserve_client.tools.loadreport import Sample, Window, clock, summarize
 
 CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -94,36 +93,37 @@ class TfKerasVisBaseline:
         """Closed loop: `concurrency` threads each explain the next image as soon as one is done."""
         for img in images[:2]:
             self.explain(img)  # first eager calls build kernels; not measured
-        if warmup_s > 0:
-            self._loop(images, concurrency, warmup_s)
-        samples = self._loop(images, concurrency, duration_s)
-        step = summarize(samples, duration_s, 1, "closed", concurrency)
+        samples, window = self._loop(images, concurrency, warmup_s, duration_s)
+        step = summarize(samples, window, 1, "closed", concurrency)
         step["target_layer"] = self.target_layer
         return step
 
-    def _loop(self, images: list[np.ndarray], concurrency: int, duration_s: float) -> list[Sample]:
+    def _loop(self, images: list[np.ndarray], concurrency: int, warmup_s: float, duration_s: float
+              ) -> tuple[list[Sample], Window]:
+        """One continuous closed loop through the warm-up and the window; every call as a Sample (the
+        load generator's rule: summarize counts those that complete inside the window)."""
         samples: list[Sample] = []
         lock = threading.Lock()
-        end = time.perf_counter() + duration_s
+        start = clock() + warmup_s
+        window = Window(start, start + duration_s)
 
         def worker(k: int) -> None:
             i = k
-            while time.perf_counter() < end:
-                t0 = time.perf_counter()
+            while clock() < window.end:
+                t0 = clock()
                 try:
                     self.explain(images[i % len(images)])
                     code = "OK"
                 except Exception as exc:  # a failure is counted, as the load generator counts codes
                     code = type(exc).__name__
-                t1 = time.perf_counter()
+                t1 = clock()
                 i += concurrency
-                if t1 <= end:
-                    with lock:
-                        samples.append(Sample(t0, (t1 - t0) * 1e3, code, math.nan, (t1 - t0) * 1e3,
-                                              (t1 - t0) * 1e3, 1.0))
+                with lock:
+                    samples.append(Sample(t0, (t1 - t0) * 1e3, code, math.nan, (t1 - t0) * 1e3,
+                                          (t1 - t0) * 1e3, 1.0))
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        return samples
+        return samples, window

@@ -6,7 +6,8 @@ classes, 7x7 maps), so the front end sets the pace. The project's load generator
 (``camserve_client.tools.loadgen``) runs in ``--clients`` processes (each its own connections: the kernel
 spreads connections, not calls, over the front ends), 64 callers in all, closed loop. For each
 ``--frontends`` value and each case it prints images/s, p50/p99 and the CPU time of every server
-process (supervisor, front ends, worker; from /proc) per image, counted over the same window.
+process (supervisor, front ends, worker; from /proc) per image, over one window: the calls counted are
+those that complete inside it (``loadreport.Window``). Exits 1 when a case had an error or no success.
 
 Cases: ``png64`` (64x64 PNG, one per Explain), ``jpeg224`` (224x224 JPEG q90, one per Explain),
 ``batch8`` (224x224 JPEG, 8 per ExplainBatch).
@@ -82,7 +83,7 @@ def _role(pid: int) -> str:
 def measure(server: Any, case: str, clients: int, callers: int, warmup_s: float, duration_s: float
             ) -> dict[str, Any]:
     """Run one case against a started server; returns images/s, latency and CPU per image."""
-    from camserve_client.tools.loadreport import summarize
+    from camserve_client.tools.loadreport import Window, clock, summarize
 
     side, _, per_call = CASES[case]
     ctx = multiprocessing.get_context("spawn")
@@ -93,28 +94,30 @@ def measure(server: Any, case: str, clients: int, callers: int, warmup_s: float,
                                                     duration_s, queue, barrier)) for _ in range(clients)]
     for p in procs:
         p.start()
-    barrier.wait(timeout=300)  # every client is warm: the measured loop starts now
-    time.sleep(0.5)  # the CPU window sits inside the clients' window, never counting their ramp
-    t0, cpu0 = time.monotonic(), process_cpu(server.pid)
-    time.sleep(max(0.5, duration_s - 1.0))
-    t1, cpu1 = time.monotonic(), process_cpu(server.pid)
-    samples = [s for _ in procs for s in queue.get(timeout=duration_s + 120)]
+    barrier.wait(timeout=300)  # every client is connected: their loops start now
+    # The window (CPU and images alike) sits inside the clients' load, after their warm-up and before
+    # their end, so it sees steady load; a call counts when it completes inside it (loadreport.Window).
+    time.sleep(warmup_s + 0.25)
+    t0, cpu0 = clock(), process_cpu(server.pid)
+    time.sleep(max(0.5, duration_s - 0.5))
+    t1, cpu1 = clock(), process_cpu(server.pid)
+    samples = [s for _ in procs for s in queue.get(timeout=warmup_s + duration_s + 120)]
     for p in procs:
         p.join()
-    ok = [s for s in samples if s.code == "OK"]
-    in_window = sum(per_call for s in ok if t0 <= s.start + s.latency_ms / 1e3 <= t1)
+    window = Window(t0, t1)
+    step = summarize(samples, window, per_call, "closed", float(callers))
+    in_window = step["requests_ok"] * per_call
     cpu_s = sum(cpu1[p] - cpu0.get(p, 0.0) for p in cpu1)
     by_role: dict[str, float] = {}
     for p in cpu1:
         role = "supervisor" if p == server.pid else _role(p)
         by_role[role] = by_role.get(role, 0.0) + cpu1[p] - cpu0.get(p, 0.0)
-    step = summarize(samples, duration_s, per_call, "closed", float(callers))
     return {
         "case": case, "images_per_s": step["throughput_img_s"], "p50_ms": step["latency_ms"]["p50"],
-        "p99_ms": step["latency_ms"]["p99"], "errors": step["requests_failed"],
+        "p99_ms": step["latency_ms"]["p99"], "errors": step["requests_failed"], "step": step,
         "cpu_ms_per_image": 1e3 * cpu_s / in_window if in_window else float("nan"),
         "cpu_ms_per_image_by_process": {k: round(1e3 * v / max(1, in_window), 3) for k, v in by_role.items()},
-        "server_cores_busy": cpu_s / (t1 - t0), "images_in_cpu_window": in_window,
+        "server_cores_busy": cpu_s / window.seconds, "images_in_window": in_window,
         "mean_batch": round(step["batch_size_mean"], 1),
     }
 
@@ -129,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=2, help="load-generator processes")
     ap.add_argument("--step-ms", type=float, default=2.0, help="stand-in model step per batch (sleep)")
     ap.add_argument("--quick", action="store_true", help="4 s steps")
+    ap.add_argument("--out", type=Path, help="JSON path (default bench/results/frontend[_quick].json)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup = 4.0, 1.5
+        args.duration, args.warmup = min(args.duration, 4.0), min(args.warmup, 1.5)
     from bench import start_server
 
     rows: list[dict[str, Any]] = []
@@ -151,12 +155,19 @@ def main(argv: list[str] | None = None) -> int:
                           f"({row['server_cores_busy']:.2f} cores busy, mean batch {row['mean_batch']}, "
                           f"errors {row['errors']})\n    CPU ms/img by process: "
                           f"{row['cpu_ms_per_image_by_process']}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("frontend_quick.json" if args.quick else "frontend.json")
-    out.write_text(json.dumps({"host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                               "args": vars(args), "rows": rows}, indent=2) + "\n")
+    from camserve_client.tools.loadreport import json_safe, step_problems
+
+    problems = [p for r in rows
+                for p in step_problems([r["step"]], f"frontends {r['frontends']} {r['case']}")]
+    out = args.out or RESULTS / ("frontend_quick.json" if args.quick else "frontend.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(json_safe({"host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+                                         "problems": problems}), indent=2) + "\n")
     print(f"wrote {out}")
-    return 0
+    for line in problems:
+        print(f"bench.frontend: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

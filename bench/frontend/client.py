@@ -13,8 +13,10 @@ CASES = {  # name -> (model input side, payload, images per call)
 
 def load_process(target: str, model: str, case: str, concurrency: int, warmup_s: float, duration_s: float,
                  queue: Any, barrier: Any) -> None:
-    """One load-generator process: warm up, wait at ``barrier``, then the closed loop for
-    ``duration_s``; puts its raw samples (``camserve_client.tools.loadreport.Sample``) on ``queue``."""
+    """One load-generator process: connect and serialize, wait at ``barrier`` (every client ready), then
+    one continuous closed loop of ``warmup_s + duration_s``; puts all its samples
+    (``camserve_client.tools.loadreport.Sample``, on its shared clock) on ``queue``: the parent counts the
+    ones that complete inside the window it measured CPU over."""
     import asyncio
 
     from camserve_client.client import AsyncClient
@@ -27,11 +29,10 @@ def load_process(target: str, model: str, case: str, concurrency: int, warmup_s:
                                        image_size=side, batch_per_call=per_call, quiet=True))
         client = AsyncClient(target, model=model, retries=0)
         try:
-            await gen._prepare(client)
-            call = gen._callable(client)
-            await gen._closed(call, None, concurrency, warmup_s, None)
-            await asyncio.to_thread(barrier.wait)  # every client and the CPU count start together
-            samples, _ = await gen._closed(call, None, concurrency, duration_s, None)
+            await gen.prepare(client)
+            call = gen.rpc(client)
+            await asyncio.to_thread(barrier.wait)  # every client and the parent's clock start together
+            samples, _ = await gen.closed(call, None, concurrency, warmup_s, duration_s)
             return samples
         finally:
             await client.close()

@@ -37,6 +37,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 #: keras.applications name -> preprocessing mode of its weights
 APPLICATIONS = {"ResNet50": "caffe", "MobileNetV2": "tf"}
+#: engine-part models -> preprocessing: the applications, and "tiny" (four layers: a check of the
+#: script's code paths in seconds, in tests/jax, where a real network's XLA compile takes minutes)
+ENGINE_MODELS = {**APPLICATIONS, "tiny": "tf"}
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}
 
 
@@ -95,11 +98,17 @@ def machine() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ engine
 def build_model(name: str, size: int, precision: str) -> Any:
-    """A keras.applications model with random weights under the given dtype policy."""
+    """A keras.applications model (or "tiny") with random weights under the given dtype policy."""
     import keras
 
     keras.config.set_dtype_policy(PRECISIONS[precision])
     try:
+        if name == "tiny":
+            layers = keras.layers
+            return keras.Sequential([
+                keras.Input((size, size, 3)), layers.Conv2D(8, 3, activation="relu"),
+                layers.Conv2D(16, 3, activation="relu", name="features"), layers.GlobalAveragePooling2D(),
+                layers.Dense(10)], name="tiny")
         return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
     finally:
         keras.config.set_dtype_policy("float32")
@@ -161,7 +170,7 @@ def run_engine(args: argparse.Namespace) -> int:
     out = Path(args.out) / "engine.json"
     deadline = time.monotonic() + s["budget_s"]
     report: dict[str, Any] = {"part": "engine", "cpu_mode": args.cpu, "machine": machine(), "settings": s,
-                              "rows": [], "skipped": []}
+                              "rows": [], "skipped": [], "errors": []}
     print(f"engine on {report['machine']['device']} ({report['machine']['device_platform']})", flush=True)
     # Breadth first: every (model, precision) at the most important batch size before the next size,
     # so a run cut short by the budget still covers both models and both precisions.
@@ -169,7 +178,7 @@ def run_engine(args: argparse.Namespace) -> int:
     for model_name in s["models"]:
         for precision in s["precisions"]:
             model = build_model(model_name, s["size"], precision)
-            prep = APPLICATIONS[model_name]
+            prep = ENGINE_MODELS[model_name]
             explainer = Explainer(model, None, preprocessing=prep, compile_mode="xla",
                                   max_batch_size=max(s["batches"]), backend="jax")
             cells[model_name, precision] = (explainer, build_forward(explainer.graph, preprocessing=prep,
@@ -181,10 +190,10 @@ def run_engine(args: argparse.Namespace) -> int:
                 continue
             try:
                 r = bench_cell(explainer, forward, batch, s["size"], s["cell_s"], s["min_iters"])
-            except Exception as exc:  # e.g. out of memory at the largest batch: report, go on
-                report["skipped"].append(f"{model_name} {precision} batch {batch}: {type(exc).__name__}: "
-                                         f"{str(exc)[:300]}")
-                print(f"# {report['skipped'][-1]}", flush=True)
+            except Exception as exc:  # e.g. out of memory at the largest batch: report, go on, exit 1
+                report["errors"].append(f"{model_name} {precision} batch {batch}: {type(exc).__name__}: "
+                                        f"{str(exc)[:300]}")
+                print(f"# {report['errors'][-1]}", flush=True)
                 continue
             row = {"model": model_name, "input": s["size"], "precision": precision, "batch": batch,
                    "target_layer": explainer.info.target_layer, **r}
@@ -195,7 +204,7 @@ def run_engine(args: argparse.Namespace) -> int:
             _write_json(out, report)
     _write_json(out, report)
     print(f"wrote {out}")
-    return 0 if report["rows"] else 1
+    return 0 if report["rows"] and not report["errors"] else 1
 
 
 # ------------------------------------------------------------------------------------------- serve
@@ -221,7 +230,7 @@ def make_repository(root: Path, model: str, size: int, max_batch: int) -> Path:
 
 def run_serve(args: argparse.Namespace) -> int:
     from camserve_client.tools.loadgen import LoadConfig, run_load
-    from camserve_client.tools.loadreport import json_safe
+    from camserve_client.tools.loadreport import json_safe, step_problems
 
     from bench import start_server
 
@@ -246,9 +255,12 @@ def run_serve(args: argparse.Namespace) -> int:
               f"p50 {lat['p50']:.1f} p90 {lat['p90']:.1f} p99 {lat['p99']:.1f} ms  "
               f"batch {step['batch_size_mean']:.1f}  "
               f"errors {step['requests_failed']}", flush=True)
+    report["problems"] = step_problems(load["steps"], "served")
     _write_json(out_dir / "serve.json", report)
     print(f"wrote {out_dir / 'serve.json'}")
-    return 0 if all(st["requests_ok"] > 0 for st in load["steps"]) else 1
+    for line in report["problems"]:
+        print(f"bench.gpu serve: {line}", file=sys.stderr)
+    return 1 if report["problems"] else 0
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -267,6 +279,7 @@ def summary_markdown(engine: dict[str, Any] | None, serve: dict[str, Any] | None
                          f"{r['forward_ips']:.1f} | {r['step_ips']:.1f} | {r['gradcam_ips']:.1f} | "
                          f"{r['ratio']:.3f} |")
         lines += [f"- skipped: {s}" for s in engine.get("skipped", [])]
+        lines += [f"- failed: {e}" for e in engine.get("errors", [])]
         lines.append("")
     if serve:
         m = serve["machine"]
@@ -318,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="engine part: stop starting cells after this many seconds")
     parser.add_argument("--cell-s", dest="cell_s", type=float, default=None, help="timing seconds per cell")
     parser.add_argument("--batches", default=None, help="engine batch sizes, comma list (priority order)")
-    parser.add_argument("--models", default=None, help="engine models, comma list (ResNet50,MobileNetV2)")
+    parser.add_argument("--models", default=None,
+                        help="engine models, comma list (ResNet50,MobileNetV2; tiny: a check)")
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if os.environ.get("KERAS_BACKEND") != "jax" and args.part != "report":

@@ -19,6 +19,10 @@ concurrency and the ratio oip / camserve (the tf-keras-vis baseline uses the fir
 and, for a server it started, the CPU per answered call of each protocol (server parent, workers,
 this client): throughput swings with whatever else runs on a shared machine, CPU time per call hardly
 does.
+
+Throughput counts a call when it completes inside the measured window (``loadreport.Window``, the rule
+of every camserve load tool). Exit 1 when any step (camserve or tf-keras-vis) had an error or no
+success: no ratio is made from a side that failed.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from camserve_client.tools.loadgen import LoadConfig, run_load
-from camserve_client.tools.loadreport import format_table, json_safe, write_plot
+from camserve_client.tools.loadreport import format_table, json_safe, step_problems, write_plot
 from camserve_client.tools.testimages import generated
 
 APPLICATIONS = {
@@ -76,6 +80,12 @@ def model_folder(name: str, root: Path, max_batch_size: int) -> Path:
     return dest
 
 
+def ratio_of(numerator: float, denominator: float) -> float:
+    """numerator / denominator, NaN (never infinity) when the denominator measured nothing: a failed
+    side makes no ratio (and the run exits non-zero, see ``step_problems``)."""
+    return numerator / denominator if denominator > 0 else math.nan
+
+
 def compare(camserve: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """camserve / baseline throughput and p99 at each concurrency both measured."""
     base = {s["concurrency"]: s for s in baseline}
@@ -84,11 +94,15 @@ def compare(camserve: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> l
         b = base.get(s.get("concurrency"))
         if b is None:
             continue
-        ratio = s["throughput_img_s"] / b["throughput_img_s"] if b["throughput_img_s"] else math.inf
+        ratio = ratio_of(s["throughput_img_s"], b["throughput_img_s"])
         rows.append({"concurrency": s["concurrency"], "camserve_img_s": s["throughput_img_s"],
                      "camserve_p99_ms": s["latency_ms"]["p99"], "baseline_img_s": b["throughput_img_s"],
                      "baseline_p99_ms": b["latency_ms"]["p99"], "ratio": ratio})
     return rows
+
+
+def _times(ratio: float) -> str:
+    return "n/a" if math.isnan(ratio) else f"{ratio:.1f}x"
 
 
 def format_comparison(model: str, rows: list[dict[str, Any]], best: float) -> str:
@@ -96,8 +110,8 @@ def format_comparison(model: str, rows: list[dict[str, Any]], best: float) -> st
              f"{'p99 ms':>9s}{'ratio':>8s}"]
     for r in rows:
         lines.append(f"{model:14s}{r['concurrency']:5g}{r['camserve_img_s']:16.1f}{r['camserve_p99_ms']:9.1f}"
-                     f"{r['baseline_img_s']:20.2f}{r['baseline_p99_ms']:9.1f}{r['ratio']:7.1f}x")
-    lines.append(f"{model:14s} best camserve / best tf-keras-vis throughput: {best:.1f}x (target >= 10x)")
+                     f"{r['baseline_img_s']:20.2f}{r['baseline_p99_ms']:9.1f}{_times(r['ratio']):>8s}")
+    lines.append(f"{model:14s} best camserve / best tf-keras-vis throughput: {_times(best)} (target >= 10x)")
     return "\n".join(lines)
 
 
@@ -140,8 +154,7 @@ def protocol_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]
                           "p99_ms": statistics.median(s["latency_ms"]["p99"] for s in steps),
                           "rounds_img_s": [round(s["throughput_img_s"], 1) for s in steps]}
         for proto in runs:
-            base = row[first]["img_s"]
-            row[proto]["ratio"] = row[proto]["img_s"] / base if base else math.nan
+            row[proto]["ratio"] = ratio_of(row[proto]["img_s"], row[first]["img_s"])
         rows.append(row)
     for proto, reports in runs.items():  # the server's CPU per call, whole runs (every level)
         cpu = [r["server_cpu_ms_per_call"] for r in reports if r.get("server_cpu_ms_per_call")]
@@ -195,7 +208,8 @@ def run_model(name: str, args: argparse.Namespace, levels: list[int],
             runs = sweep()
             startup = None
         else:
-            extra = ["--compile", args.compile] if args.compile else []
+            extra = ["--max-batch-size", str(args.max_batch_size)]  # every model, the demo's too
+            extra += ["--compile", args.compile] if args.compile else []
             print(f"[{name}] starting camserve (compiling every bucket) ...", file=sys.stderr)
             server = start_server(*extra, repository=Path(tmp), workers=args.workers,
                                   timeout=900)
@@ -209,7 +223,9 @@ def run_model(name: str, args: argparse.Namespace, levels: list[int],
         print(f"\n[{name}] camserve ({protocols[0]}): {report['images']}, server ready in "
               f"{startup if startup is None else round(startup, 1)} s")
         print(format_table(report["steps"]))
-        result: dict[str, Any] = {"model": name, "camserve": report, "server_startup_s": startup}
+        result: dict[str, Any] = {"model": name, "camserve": report, "server_startup_s": startup,
+                                  "problems": [p for proto, reports in runs.items() for r in reports
+                                               for p in step_problems(r["steps"], f"{name} {proto}")]}
         if len(protocols) > 1:
             rows = protocol_rows(runs)
             print(f"\n[{name}] protocols, median of {max(1, args.rounds)} alternating round(s):")
@@ -237,9 +253,10 @@ def run_model(name: str, args: argparse.Namespace, levels: list[int],
         rows = compare(report["steps"], steps)
         best_c = max((s["throughput_img_s"] for s in report["steps"]), default=0.0)
         best_b = max((s["throughput_img_s"] for s in steps), default=0.0)
-        best = best_c / best_b if best_b else math.inf
+        best = ratio_of(best_c, best_b)
         print(format_comparison(name, rows, best))
         result.update(baseline=steps, comparison=rows, best_ratio=best)
+        result["problems"] += step_problems(steps, f"{name} tf-keras-vis")
         return result
 
 
@@ -264,11 +281,14 @@ def main(argv: list[str] | None = None) -> int:
                         "Protocol's ModelInfer); with two, prints the throughput ratio (default camserve)")
     p.add_argument("--rounds", type=int, default=1,
                    help="alternate the protocols this many times and report medians (default 1)")
-    p.add_argument("--max-batch-size", type=int, default=32, help="for the generated application models")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="the server's --max-batch-size, for every model it serves (default 32)")
     p.add_argument("--workers", default="auto", help="camserve serve --workers (default auto)")
     p.add_argument("--compile", choices=["auto", "xla", "graph"])
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON and PNG folder (default bench/results)")
+    p.add_argument("--json", type=Path, help="the JSON report's path, the plots beside it "
+                   "(default OUT/load-TIME.json)")
     p.add_argument("--quick", action="store_true", help="smoke run: concurrency 1,4, 2 s steps, 16 images")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -280,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     base_levels = [int(c) for c in (args.baseline_concurrency or args.concurrency).split(",")]
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.json:  # the plots go beside the JSON
+        args.out = args.json.parent
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -292,11 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         png = args.out / f"load-{tag}-{stamp}.png"
         if write_plot(series, png, f"{tag}: camserve vs per-request tf-keras-vis ({args.method})"):
             print(f"wrote {png}")
-    out = args.out / f"load-{stamp}.json"
+    out = args.json or args.out / f"load-{stamp}.json"
     out.write_text(json.dumps(json_safe({"command": "python -m bench.load " + " ".join(argv or sys.argv[1:]),
                                       "results": results}), indent=2))
     print(f"wrote {out}")
-    return 0
+    problems = [p for r in results for p in r["problems"]]
+    for line in problems:
+        print(f"bench.load: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

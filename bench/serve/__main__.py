@@ -4,10 +4,12 @@ For each model, at the same max batch size and compile mode:
 
 1. ``engine``: ``Explainer.explain_batch`` on full batches of uint8 images already at the input size,
    in this process, back to back for a fixed time (what a library user gets with perfect batching);
-2. ``served``: a real ``camserve serve`` subprocess (one worker), driven over gRPC by a closed loop of
-   ``--concurrency`` callers (enough to keep a full batch queued while one computes) sending JPEG
-   bytes, for the same time after a warm-up. The client pre-serializes every request and sends raw
-   bytes, so its CPU goes to gRPC, not protobuf; it shares the machine's cores with the server.
+2. ``served``: a real ``camserve serve`` subprocess (one worker), driven over gRPC by the project's load
+   generator, a closed loop of ``--concurrency`` callers (enough to keep a full batch queued while one
+   computes) sending JPEG bytes, for the same time after a warm-up; a call counts when it completes
+   inside the measured window (``loadreport.Window``, the rule of every load tool). The client
+   pre-serializes every request and sends raw bytes, so its CPU goes to gRPC, not protobuf; it shares
+   the machine's cores with the server.
 
 The ratio served / engine is the price of the network front (decode, gRPC, queueing, the process
 hop). Target: >= 0.85. The engine runs first, then the server starts: they never compete for cores.
@@ -15,14 +17,15 @@ hop). Target: >= 0.85. The engine runs first, then the server starts: they never
     python -m bench.serve --quick        # demo model, short steps (a check that it works)
     python -m bench.serve                # demo + MobileNetV2 224 (weights=None), 20 s steps
 
-Prints a table and writes JSON to bench/results/serve[_quick].json.
+Prints a table and writes JSON to bench/results/serve[_quick].json. Exits 1 when a served step had an
+error or no success, or the server's exit code said its drain lost calls.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import math
 import os
 import platform
 import sys
@@ -128,66 +131,22 @@ def engine_throughput(repo: Path, name: str, images: list[np.ndarray], max_batch
             "compile_mode": explainer.info.compile_mode}
 
 
-async def closed_loop(target: str, payloads: list[bytes], concurrency: int, warmup: float,
-                      duration: float, per_call: int = 1) -> dict[str, Any]:
-    """`concurrency` callers, each sending its next request when the previous answer arrives.
+def closed_loop(target: str, model: str, payloads: list[bytes], concurrency: int, warmup: float,
+                duration: float, per_call: int = 1) -> dict[str, Any]:
+    """`concurrency` callers of the project's load generator, each sending its next pre-serialized
+    request (an ExplainBatchRequest of `per_call` images when > 1) when the previous answer arrives;
+    counted by completion time inside the window after `warmup` (``loadreport.Window``)."""
+    from camserve_client.tools.loadgen import LoadConfig, LoadGenerator
 
-    With `per_call` > 1 the payloads are ExplainBatchRequests of that many images each."""
-    import grpc
-    from camserve_proto import explain_pb2 as pb
-
-    identity = lambda b: b  # noqa: E731 - pre-serialized requests go out as they are
-    options = [("grpc.max_receive_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(target, options=options) as ch:
-        if per_call > 1:
-            call = ch.unary_unary("/camserve.v1.ExplainService/ExplainBatch", request_serializer=identity,
-                                  response_deserializer=pb.ExplainBatchResponse.FromString)
-        else:
-            call = ch.unary_unary("/camserve.v1.ExplainService/Explain", request_serializer=identity,
-                                  response_deserializer=pb.ExplainResponse.FromString)
-        t_start = time.perf_counter()
-        t_measure, t_end = t_start + warmup, t_start + warmup + duration
-        latencies: list[float] = []
-        batch_sizes: list[int] = []
-        queue_ms: list[float] = []
-        compute_ms: list[float] = []
-        errors: dict[str, int] = {}
-
-        async def caller(i: int) -> None:
-            k = i
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= t_end:
-                    return
-                try:
-                    resp = await call(payloads[k % len(payloads)], timeout=60)
-                    ok = True
-                except grpc.aio.AioRpcError as e:
-                    ok = False
-                    if t0 >= t_measure:
-                        errors[e.code().name] = errors.get(e.code().name, 0) + 1
-                t1 = time.perf_counter()
-                # Count by completion time, as perf_analyzer does: a call in flight when the window
-                # opens or closes still delivers its images inside the window if it completes there
-                # (counting only calls that both start and end inside it undercounts by ~latency/duration).
-                if ok and t_measure <= t1 <= t_end:
-                    latencies.append(t1 - t0)
-                    for r in (resp.responses if per_call > 1 else (resp,)):
-                        batch_sizes.append(r.timing.batch_size)
-                        queue_ms.append(r.timing.queue_ms)
-                        compute_ms.append(r.timing.compute_ms)
-                k += concurrency
-
-        await asyncio.gather(*(caller(i) for i in range(concurrency)))
-    lat = np.array(latencies) * 1e3 if latencies else np.zeros(1)
-    images = len(latencies) * per_call
-    return {"images": images, "calls": len(latencies), "images_per_call": per_call, "seconds": duration,
-            "images_per_s": images / duration,
-            "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
-            "p99_ms": float(np.percentile(lat, 99)), "mean_batch": float(np.mean(batch_sizes or [0])),
-            "queue_ms_mean": float(np.mean(queue_ms or [0])),
-            "compute_ms_mean": float(np.mean(compute_ms or [0])),
-            "errors": errors}
+    cfg = LoadConfig(target=target, model=model, concurrency=[concurrency], duration_s=duration,
+                     warmup_s=warmup, batch_per_call=per_call, timeout_s=60.0, quiet=True)
+    (step,) = LoadGenerator(cfg, payloads, "JPEG photos").run()["steps"]
+    lat = step["latency_ms"]
+    return {"images": step["requests_ok"] * per_call, "calls": step["requests_ok"],
+            "images_per_call": per_call, "seconds": duration, "images_per_s": step["throughput_img_s"],
+            "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"],
+            "mean_batch": step["batch_size_mean"], "queue_ms_mean": step["server_queue_ms"]["mean"],
+            "compute_ms_mean": step["server_compute_ms"]["mean"], "errors": step["errors"], "step": step}
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -222,8 +181,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
               f"{args.concurrency}, "
               f"{args.warmup:.0f} s warm-up + {args.duration:.0f} s ...", flush=True)
         cpu0, count0 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
-        served = asyncio.run(closed_loop(server.target, payloads, args.concurrency, args.warmup,
-                                         args.duration, k))
+        served = closed_loop(server.target, name, payloads, args.concurrency, args.warmup, args.duration, k)
         cpu1, count1 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
         if count1 > count0:
             per = 1e3 / (count1 - count0)
@@ -233,7 +191,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                        / max(1.0, server.metric("camserve_batch_size_count", model=name)))
     finally:
         exit_code = server.stop()
-    ratio = served["images_per_s"] / engine["images_per_s"]
+    ratio = served["images_per_s"] / engine["images_per_s"] if served["calls"] else math.nan
     print(f"[{name}]   {served['images_per_s']:.1f} img/s served, ratio {ratio:.3f}; CPU per image: server "
           f"parent {served.get('parent_cpu_ms_per_image', float('nan')):.2f} ms, worker "
           f"{served.get('worker_cpu_ms_per_image', float('nan')):.2f} ms", flush=True)
@@ -286,15 +244,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['model']:<12} {r['max_batch_size']:>5} {r['engine']['images_per_s']:>13.1f} "
               f"{s['images_per_s']:>13.1f} {r['ratio']:>6.3f} {s['p50_ms']:>7.1f} {s['p99_ms']:>7.1f} "
               f"{s['mean_batch']:>10.1f} {s['queue_ms_mean']:>9.1f} {s['compute_ms_mean']:>10.1f}")
+    from camserve_client.tools.loadreport import json_safe, step_problems
+
+    problems = [p for r in results for p in step_problems([r["served"]["step"]], r["model"])]
+    problems += [f"{r['model']}: the server exited {r['server_exit_code']}" for r in results
+                 if r["server_exit_code"] != 0]
     doc = {"benchmark": "served throughput (gRPC, JPEG) / in-process engine throughput",
            "command": "python -m bench.serve " + " ".join(argv if argv is not None else sys.argv[1:]),
            "target_ratio": 0.85, "cpu_count": os.cpu_count(), "platform": platform.platform(),
            "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "results": results}
+           "results": results, "problems": problems}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    out.write_text(json.dumps(json_safe(doc), indent=2) + "\n")
     print(f"\nwrote {out}")
-    return 0
+    for line in problems:
+        print(f"bench.serve: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class Script:
     a retry pushback); delay before each answer."""
 
     failures: list[tuple[grpc.StatusCode, str]] = field(default_factory=list)
+    gather: int = 0  # hold each scripted call until this many are in flight at once (at most 2 s)
     always: tuple[grpc.StatusCode, str] | None = None
     trailers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0
@@ -42,6 +43,9 @@ class FakeExplain(pb_grpc.ExplainServiceServicer):
         self.requests: list[pb.ExplainRequest] = []
         self.metadata: list[dict[str, str]] = []
         self.lock = threading.Lock()
+        self.in_flight = 0  # Explain/ExplainBatch calls inside the handler now, and the most at once
+        self.max_in_flight = 0
+        self._changed = threading.Condition(self.lock)
 
     def _gate(self, method: str, context: grpc.ServicerContext) -> None:
         with self.lock:
@@ -50,6 +54,8 @@ class FakeExplain(pb_grpc.ExplainServiceServicer):
             if self.script.only is not None and method not in self.script.only:
                 return
             failure = self.script.failures.pop(0) if self.script.failures else self.script.always
+            if self.script.gather:
+                self._changed.wait_for(lambda: self.in_flight >= self.script.gather, timeout=2.0)
         if self.script.delay_s:
             time.sleep(self.script.delay_s)
         if failure is not None:
@@ -75,17 +81,31 @@ class FakeExplain(pb_grpc.ExplainServiceServicer):
             top_predictions=[pb.Prediction(class_index=0, label="class0", probability=0.5)],
             timing=pb.Timing(queue_ms=1.5, compute_ms=2.5, batch_size=3, total_ms=5.0))
 
-    def Explain(self, request, context):
-        self._gate("Explain", context)
+    def _enter(self, delta: int) -> None:
         with self.lock:
-            self.requests.append(request)
-        return self._answer(request)
+            self.in_flight += delta
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._changed.notify_all()
+
+    def Explain(self, request, context):
+        self._enter(1)
+        try:
+            self._gate("Explain", context)
+            with self.lock:
+                self.requests.append(request)
+            return self._answer(request)
+        finally:
+            self._enter(-1)
 
     def ExplainBatch(self, request, context):
-        self._gate("ExplainBatch", context)
-        with self.lock:
-            self.requests.extend(request.requests)
-        return pb.ExplainBatchResponse(responses=[self._answer(r) for r in request.requests])
+        self._enter(1)
+        try:
+            self._gate("ExplainBatch", context)
+            with self.lock:
+                self.requests.extend(request.requests)
+            return pb.ExplainBatchResponse(responses=[self._answer(r) for r in request.requests])
+        finally:
+            self._enter(-1)
 
     def ListModels(self, request, context):
         self._gate("ListModels", context)

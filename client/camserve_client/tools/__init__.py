@@ -1,5 +1,6 @@
 """camserve tooling on top of the SDK: the ``camserve`` command (:mod:`.cli`), the load generator
-(:mod:`.loadgen`) and its report (:mod:`.loadreport`), generated test images (:mod:`.testimages`) and
+(:mod:`.loadgen`, its command line `camserve bench` in :mod:`.benchcmd`) and its counting rule and report
+(:mod:`.loadreport`), generated test images (:mod:`.testimages`) and
 progress bars (:mod:`.progress`).
 
 Kept out of the SDK (``camserve_client``) so that importing the client loads none of it. It needs

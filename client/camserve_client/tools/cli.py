@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return serve_main(argv[1:])
     if argv and argv[0] == "bench":
-        from camserve_client.tools.loadgen import main as bench_main
+        from camserve_client.tools.benchcmd import main as bench_main
 
         return bench_main(argv[1:])
     parser = build_parser()

@@ -1,7 +1,10 @@
 """Load generator for camserve (`camserve bench`, `python -m bench.load`), in the spirit of perf_analyzer.
 
 Closed loop: C callers each send the next request as soon as the previous answer arrives, for a
-fixed duration per concurrency step, after a warm-up that is not counted. Open loop: requests
+fixed duration per concurrency step, after a warm-up that is not counted; the load runs on from the
+warm-up into the measured window, and a call counts when it completes inside the window, whenever it
+started (perf_analyzer's rule, ``loadreport.Window``). A step with errors or no success makes the
+command exit 1. Open loop: requests
 arrive as a Poisson process at a fixed rate whatever the server does; latency is measured from
 the scheduled arrival time, so a server that falls behind shows it (no coordinated omission).
 
@@ -11,21 +14,16 @@ the size of the batch the request ran in. ``--protocol oip`` sends the same imag
 Inference Protocol instead (``inference.GRPCInferenceService/ModelInfer``: IMAGE rows, or PIXELS for
 raw payloads; the split comes from the reply's parameters), so both endpoints are measured alike.
 Output (``camserve_client.tools.loadreport``): a table, JSON, and a latency-throughput PNG (matplotlib is
-imported only then; without it the PNG is skipped).
+imported only then; without it the PNG is skipped). The command line is ``camserve_client.tools.benchcmd``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as _dt
-import json
 import platform
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,7 +34,7 @@ from camserve_proto import oip
 
 from camserve_client import __version__
 from camserve_client.client import AsyncClient
-from camserve_client.tools.loadreport import Sample, format_table, json_safe, summarize, write_plot
+from camserve_client.tools.loadreport import Sample, Window, clock, summarize
 from camserve_client.tools.progress import bar as progress_bar
 from camserve_client.tools.testimages import encode_png, folder_images, generated
 from camserve_client.types import build_request
@@ -70,19 +68,25 @@ class LoadConfig:
 
 
 class LoadGenerator:
-    """Runs the steps of a LoadConfig against one server over one grpc.aio channel."""
+    """Runs the steps of a LoadConfig against one server over one grpc.aio channel.
 
-    def __init__(self, config: LoadConfig) -> None:
+    ``payloads``: requests already serialized for the configured protocol and ``batch_per_call`` (a
+    benchmark that made its own images); otherwise they are made from ``config.images``."""
+
+    def __init__(self, config: LoadConfig, payloads: Sequence[bytes] | None = None,
+                 image_note: str = "") -> None:
         self.cfg = config
         self.model_info: dict[str, Any] = {}
-        self.image_note = ""
-        self._payloads: list[bytes] = []
+        self.image_note = image_note
+        self._payloads: list[bytes] = list(payloads or [])
+        self._given = bool(payloads)
         self._images_per_call = max(1, config.batch_per_call)
 
     # -- setup -------------------------------------------------------------------------------
-    async def _prepare(self, client: AsyncClient) -> None:
+    async def prepare(self, client: AsyncClient) -> None:
+        """Wait until the model is SERVING, read its facts, and serialize the payloads (unless given)."""
         cfg = self.cfg
-        deadline = time.monotonic() + cfg.ready_timeout_s
+        deadline = clock() + cfg.ready_timeout_s
         status = "no answer"
         while True:  # wait until the server (and the model) is SERVING
             try:
@@ -91,7 +95,7 @@ class LoadGenerator:
                     break
             except Exception as exc:  # keep polling while the server starts
                 status = str(getattr(exc, "code", exc))
-            if time.monotonic() > deadline:
+            if clock() > deadline:
                 raise RuntimeError(f"{cfg.target} not SERVING after {cfg.ready_timeout_s:.0f} s ({status})")
             await asyncio.sleep(0.5)
         info = await client.get_model(cfg.model)
@@ -99,6 +103,8 @@ class LoadGenerator:
                            "max_batch_size": info.max_batch_size, "batch_buckets": info.batch_buckets,
                            "max_queue_delay_ms": info.max_queue_delay_ms, "backend": info.backend,
                            "compile_mode": info.compile_mode, "target_layer": info.default_target_layer}
+        if self._given:
+            return
         images = self._load_images(int(info.input_shape[0]) if info.input_shape else 64)
         if cfg.protocol == "oip":
             n = self._images_per_call
@@ -140,7 +146,8 @@ class LoadGenerator:
         raise ValueError(f"unknown payload {cfg.payload!r}: png, jpeg or raw")
 
     # -- calls -------------------------------------------------------------------------------
-    def _callable(self, client: AsyncClient) -> Any:
+    def rpc(self, client: AsyncClient) -> Any:
+        """The multi-callable the payloads go to (pre-serialized bytes in, the parsed reply out)."""
         if self.cfg.protocol == "oip":
             return client.channel.unary_unary(f"/{oip.SERVICE_NAME}/ModelInfer", request_serializer=None,
                                               response_deserializer=ipb.ModelInferResponse.FromString)
@@ -154,10 +161,10 @@ class LoadGenerator:
             resp = await call(payload, timeout=self.cfg.timeout_s, metadata=metadata)
         except grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else None
-            return Sample(start, (time.perf_counter() - start) * 1e3, code.name if code else "UNKNOWN")
+            return Sample(start, (clock() - start) * 1e3, code.name if code else "UNKNOWN")
         except asyncio.CancelledError:
             raise
-        latency = (time.perf_counter() - start) * 1e3
+        latency = (clock() - start) * 1e3
         if self.cfg.protocol == "oip":
             p = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.parameters.items()}
             return Sample(start, latency, "OK", p["queue_ms"], p["compute_ms"], p["total_ms"],
@@ -165,67 +172,70 @@ class LoadGenerator:
         t = resp.responses[0].timing if self._images_per_call > 1 else resp.timing
         return Sample(start, latency, "OK", t.queue_ms, t.compute_ms, t.total_ms, t.batch_size)
 
-    async def _closed(self, call: Any, metadata: Any, concurrency: int, duration: float,
-                      bar: Any) -> tuple[list[Sample], float]:
+    async def closed(self, call: Any, metadata: Any, concurrency: int, warmup_s: float, duration_s: float,
+                     bar: Any = None) -> tuple[list[Sample], Window]:
+        """Closed loop: ``concurrency`` callers back to back from now until the window
+        ``[now + warmup_s, now + warmup_s + duration_s]`` has closed, in one continuous run, so the
+        window sees steady load. Returns every call as a :class:`Sample` (warm-up included; calls in
+        flight at the end finish first) and the window: :func:`summarize` counts by completion time."""
         samples: list[Sample] = []
-        t0 = time.perf_counter()
-        end = t0 + duration
+        t0 = clock()
+        window = Window(t0 + warmup_s, t0 + warmup_s + duration_s)
         payloads = self._payloads
 
         async def caller(k: int) -> None:
             i = k * 7919
-            while time.perf_counter() < end:
-                s = await self._one(call, payloads[i % len(payloads)], time.perf_counter(), metadata)
+            while clock() < window.end:
+                s = await self._one(call, payloads[i % len(payloads)], clock(), metadata)
                 i += 1
-                if s.start + s.latency_ms / 1e3 <= end:
-                    samples.append(s)
-                    if bar is not None:
-                        _advance(bar, min(duration, time.perf_counter() - t0), f"{len(samples)} ok+err")
+                samples.append(s)
+                if bar is not None and s.end >= window.start:
+                    _advance(bar, min(duration_s, s.end - window.start), f"{len(samples)} calls")
 
         await asyncio.gather(*(caller(k) for k in range(concurrency)))
-        return samples, duration
+        return samples, window
 
-    async def _open(self, call: Any, metadata: Any, rate: float, duration: float,
-                    bar: Any) -> tuple[list[Sample], float]:
+    async def open(self, call: Any, metadata: Any, rate: float, warmup_s: float, duration_s: float,
+                   bar: Any = None) -> tuple[list[Sample], Window]:
+        """Open loop: Poisson arrivals at ``rate`` per second from now until the window
+        ``[now + warmup_s, now + warmup_s + duration_s]`` closes; arrivals beyond ``max_inflight`` calls
+        in flight are CLIENT_OVERLOAD samples at their arrival time. Calls still in flight when the window
+        closes are cancelled (they could count in no window). Returns every sample and the window."""
         samples: list[Sample] = []
         rng = np.random.default_rng(self.cfg.seed + int(rate * 1000))
-        t0 = time.perf_counter()
-        end = t0 + duration
+        t0 = clock()
+        window = Window(t0 + warmup_s, t0 + warmup_s + duration_s)
         tasks: set[asyncio.Task[Sample]] = set()
-        overload = 0
         i = 0
         next_t = t0 + rng.exponential(1.0 / rate)
 
         def done(task: asyncio.Task[Sample]) -> None:
             tasks.discard(task)
             if not task.cancelled() and task.exception() is None:
-                s = task.result()
-                if s.start + s.latency_ms / 1e3 <= end:
-                    samples.append(s)
+                samples.append(task.result())
 
-        while next_t < end:
-            delay = next_t - time.perf_counter()
+        while next_t < window.end:
+            delay = next_t - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
             if len(tasks) >= self.cfg.max_inflight:
-                overload += 1
+                samples.append(Sample(next_t, 0.0, "CLIENT_OVERLOAD"))
             else:
                 task = asyncio.ensure_future(self._one(call, self._payloads[i % len(self._payloads)],
                                                        next_t, metadata))
                 task.add_done_callback(done)
                 tasks.add(task)
             i += 1
-            if bar is not None and i % 16 == 0:
-                _advance(bar, min(duration, time.perf_counter() - t0),
+            if bar is not None and i % 16 == 0 and clock() >= window.start:
+                _advance(bar, min(duration_s, clock() - window.start),
                          f"{len(samples)} done, {len(tasks)} open")
             next_t += rng.exponential(1.0 / rate)
-        remaining = end - time.perf_counter()
+        remaining = window.end - clock()
         if tasks and remaining > 0:
             await asyncio.wait(tasks, timeout=remaining)
-        for task in list(tasks):  # answers after the window do not count; do not wait for them
+        for task in list(tasks):  # answers after the window count in none; do not wait for them
             task.cancel()
-        samples += [Sample(end, 0.0, "CLIENT_OVERLOAD")] * overload
-        return samples, duration
+        return samples, window
 
     async def run_async(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -233,20 +243,18 @@ class LoadGenerator:
             raise ValueError("nothing to run: give --concurrency and/or --rate")
         client = AsyncClient(cfg.target, model=cfg.model, retries=0, **cfg.client)
         try:
-            await self._prepare(client)
-            call = self._callable(client)
+            await self.prepare(client)
+            call = self.rpc(client)
             metadata = client._metadata
             steps: list[dict[str, Any]] = []
             plan = [("closed", float(c)) for c in cfg.concurrency] + [("open", float(r)) for r in cfg.rates]
             for mode, level in plan:
                 label = f"c={level:g}" if mode == "closed" else f"rate={level:g}/s"
-                runner = self._closed if mode == "closed" else self._open
+                runner = self.closed if mode == "closed" else self.open
                 arg: Any = int(level) if mode == "closed" else level
-                if cfg.warmup_s > 0:
-                    await runner(call, metadata, arg, cfg.warmup_s, None)
                 bar = progress_bar(cfg.duration_s, f"{mode} {label}", unit="s", enabled=not cfg.quiet)
-                samples, dur = await runner(call, metadata, arg, cfg.duration_s, bar)
-                step = summarize(samples, dur, self._images_per_call, mode, level)
+                samples, window = await runner(call, metadata, arg, cfg.warmup_s, cfg.duration_s, bar)
+                step = summarize(samples, window, self._images_per_call, mode, level)
                 _advance(bar, cfg.duration_s, f"{step['throughput_img_s']:.1f} img/s p99 "
                          f"{step['latency_ms']['p99']:.1f} ms errors {step['requests_failed']}")
                 bar.close()
@@ -292,97 +300,3 @@ def _advance(bar: Any, seconds: float, postfix: str) -> None:
 def run_load(config: LoadConfig) -> dict[str, Any]:
     """Run every step of `config` and return the report (what --json writes)."""
     return LoadGenerator(config).run()
-
-
-def _levels(text: str, kind: type) -> list[Any]:
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError("levels must be > 0")
-    return values
-
-
-def add_load_arguments(parser: argparse.ArgumentParser) -> None:
-    """The load flags, shared by `camserve bench` and `python -m bench.load`."""
-    parser.add_argument("--model", help="model name (default: the server's default model)")
-    parser.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
-    parser.add_argument("--top-k", type=int, default=1)
-    parser.add_argument("--size", default="grid", choices=["grid", "input", "original"],
-                        help="heatmap size requested (default grid: the least output work)")
-    parser.add_argument("--concurrency", type=lambda t: _levels(t, int), default=None,
-                        help="closed-loop sweep, e.g. 1,4,16,64 (default 1,4,16,64 unless --rate)")
-    parser.add_argument("--rate", type=lambda t: _levels(t, float), default=[],
-                        help="open-loop Poisson request rates per second, e.g. 20,50,100")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per step (default 10)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each step")
-    parser.add_argument("--images", default="auto",
-                        help="a folder of images, or generated: auto|digits|photos|noise (default auto)")
-    parser.add_argument("--image-count", type=int, default=64)
-    parser.add_argument("--image-size", type=int, help="generated image side (default: the model input)")
-    parser.add_argument("--payload", default="png", choices=["png", "jpeg", "raw"],
-                        help="how generated images travel: encoded png/jpeg, or raw uint8 tensor")
-    parser.add_argument("--batch-per-call", type=int, default=1,
-                        help="images per call; > 1 uses ExplainBatch, or ModelInfer rows (default 1)")
-    parser.add_argument("--protocol", default="camserve", choices=["camserve", "oip"],
-                        help="camserve: camserve.v1 Explain (default); oip: the Open Inference Protocol's "
-                             "ModelInfer (KServe v2), IMAGE rows (PIXELS for --payload raw)")
-    parser.add_argument("--max-inflight", type=int, default=4096, help="open-loop cap on calls in flight")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
-    parser.add_argument("--plot", metavar="PATH.png", help="write a latency-throughput plot")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: concurrency 1,4, 2 s per step, 1 s warm-up")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def config_from_args(args: argparse.Namespace, client_kwargs: dict[str, Any]) -> LoadConfig:
-    cfg = LoadConfig(
-        target=args.target, model=args.model, method=args.method, top_k=args.top_k, size=args.size,
-        concurrency=(args.concurrency if args.concurrency is not None
-                     else ([] if args.rate else [1, 4, 16, 64])),
-        rates=args.rate, duration_s=args.duration, warmup_s=args.warmup, images=args.images,
-        image_count=args.image_count, image_size=args.image_size, payload=args.payload,
-        batch_per_call=args.batch_per_call, protocol=args.protocol,
-        timeout_s=client_kwargs.get("timeout") or 30.0,
-        max_inflight=args.max_inflight, seed=args.seed, quiet=args.quiet,
-        client={k: v for k, v in client_kwargs.items() if k in ("tls", "token")})
-    if args.quick:
-        cfg.concurrency = [1, 4] if args.concurrency is None and not args.rate else cfg.concurrency
-        cfg.duration_s, cfg.warmup_s = min(cfg.duration_s, 2.0), min(cfg.warmup_s, 1.0)
-        cfg.image_count = min(cfg.image_count, 16)
-    return cfg
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`camserve bench`: run the sweep, print the table, write JSON / PNG if asked."""
-    from camserve_client.tools.cli import UsageError, add_connection_arguments, client_kwargs
-
-    parser = argparse.ArgumentParser(prog="camserve bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_load_arguments(parser)
-    add_connection_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args, client_kwargs(args))
-        report = run_load(cfg)
-    except (UsageError, ValueError, OSError, RuntimeError) as exc:
-        print(f"camserve bench: {exc}", file=sys.stderr)
-        return 2 if not isinstance(exc, RuntimeError) else 3
-    except Exception as exc:  # a CamserveError from setup (model unknown, auth, ...)
-        if getattr(exc, "code", None) is not None:
-            print(f"camserve bench: {exc}", file=sys.stderr)
-            return 1
-        raise
-    print(f"{cfg.target}  model {report['model'].get('name')}  {report['images']}")
-    print(format_table(report["steps"]))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(json_safe(report), indent=2))
-        print(f"wrote {args.json}")
-    if args.plot and write_plot({"camserve": report["steps"]}, args.plot,
-                                f"camserve {report['model'].get('name')} {cfg.method}"):
-        print(f"wrote {args.plot}")
-    failed = sum(s["requests_ok"] == 0 for s in report["steps"])
-    return 1 if failed else 0

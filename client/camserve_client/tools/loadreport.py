@@ -1,15 +1,19 @@
-"""The load generator's report: per-step summary, the perf_analyzer-like table, JSON and the plot.
+"""The load tools' counting rule and report: per-step summary, the perf_analyzer-like table, JSON, plot.
 
-Kept apart from the load loop (``camserve_client.tools.loadgen``) because other drivers reuse it on their
-own samples (``bench.baseline`` summarizes its tf-keras-vis baseline with the same :class:`Sample` and
-:func:`summarize`). matplotlib is imported only when a plot is written; without it the PNG is
-skipped with a message.
+Every camserve load tool counts throughput one way, here: a call counts in a step when it *completes*
+inside the step's measurement :class:`Window`, whenever it started (perf_analyzer's rule). The load
+generator (``camserve bench``, ``python -m bench.load``), ``bench.serve``, ``bench.frontend``,
+``bench.gpu`` and the tf-keras-vis baseline (``bench.baseline``) all record every call as a
+:class:`Sample` on :data:`clock` and hand them to :func:`summarize` with the window, and all judge a
+step with :func:`step_problems`. matplotlib is imported only when a plot is written; without it the PNG
+is skipped with a message.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,10 +24,15 @@ import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
 
+#: The clock of every sample and window (seconds). CLOCK_MONOTONIC is one clock for every process on a
+#: Linux machine, so load-generator processes and the process that measures CPU share windows.
+clock = time.monotonic
+
 
 @dataclass
 class Sample:
-    """One completed call."""
+    """One completed call: ``start`` on :data:`clock` (s; for open loop the scheduled arrival), its
+    latency in ms, and its status code name ("OK", "UNAVAILABLE", ...); the server-side split in ms."""
 
     start: float
     latency_ms: float
@@ -32,6 +41,34 @@ class Sample:
     compute_ms: float = math.nan
     total_ms: float = math.nan
     batch_size: float = math.nan
+
+    @property
+    def end(self) -> float:
+        """When the call completed, on :data:`clock` (s)."""
+        return self.start + self.latency_ms / 1e3
+
+
+@dataclass(frozen=True)
+class Window:
+    """One step's measurement window, ``[start, end]`` seconds on :data:`clock`.
+
+    The one counting rule of camserve's load tools, as perf_analyzer's: a call counts when it completes
+    inside the window (:meth:`holds`), whenever it started, so calls in flight when the window opens
+    count and calls still in flight when it closes do not. The load runs on before and after the window
+    (warm-up, tail), so the window sees a steady state. Counting only calls that both start and end
+    inside it would undercount by about latency / duration (15% for ResNet50 at 64 callers over 20 s).
+    """
+
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    def holds(self, sample: Sample) -> bool:
+        """Whether ``sample`` counts in this window (it completed inside it)."""
+        return self.start <= sample.end <= self.end
 
 
 def _pct(values: np.ndarray) -> dict[str, float]:
@@ -43,9 +80,15 @@ def _pct(values: np.ndarray) -> dict[str, float]:
     return out
 
 
-def summarize(samples: list[Sample], duration_s: float, images_per_call: int, mode: str,
+def summarize(samples: Sequence[Sample], window: Window, images_per_call: int, mode: str,
               level: float) -> dict[str, Any]:
-    """Throughput, latency percentiles, error counts and the server-side split for one step."""
+    """Throughput, latency percentiles, error counts and the server-side split of the calls that
+    completed inside ``window`` (the others in ``samples``, e.g. warm-up calls, are left out).
+
+    ``images_per_call``: images each OK call carried (throughput is in images/s and calls/s);
+    ``mode``: "closed" (``level`` = callers) or "open" (``level`` = calls/s offered)."""
+    samples = [s for s in samples if window.holds(s)]
+    duration_s = window.seconds
     ok = [s for s in samples if s.code == "OK"]
     lat = np.array([s.latency_ms for s in ok], np.float64)
     queue = np.array([s.queue_ms for s in ok], np.float64)
@@ -71,6 +114,26 @@ def summarize(samples: list[Sample], duration_s: float, images_per_call: int, mo
     }
 
 
+def step_problems(steps: Sequence[dict[str, Any]], what: str = "") -> list[str]:
+    """What makes a benchmark's figures unusable, one line per step: a step where no call succeeded,
+    or where any call failed. Every load tool exits non-zero when this is not empty."""
+    problems = []
+    for s in steps:
+        level = s.get("concurrency", s.get("rate"))
+        name = f"{what + ' ' if what else ''}{'c=' if s['mode'] == 'closed' else 'rate='}{level:g}"
+        if s["requests_ok"] == 0:
+            why = _errors(s) if s["requests_failed"] else "none completed in the window"
+            problems.append(f"{name}: no call succeeded ({why})")
+        elif s["requests_failed"]:
+            problems.append(f"{name}: {s['requests_failed']} of {s['requests_ok'] + s['requests_failed']} "
+                            f"calls failed ({_errors(s)})")
+    return problems
+
+
+def _errors(step: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in step.get("errors", {}).items())
+
+
 def json_safe(obj: Any) -> Any:
     """JSON has no NaN or infinity: write null."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -93,7 +156,7 @@ def format_table(steps: Sequence[dict[str, Any]], title: str = "camserve") -> st
     lines = [head, f"{'':32s}{'---- latency (ms) ----':^32s}{'server (mean)':^24s}"]
     for s in steps:
         level = s.get("concurrency", s.get("rate"))
-        errs = ", ".join(f"{k}={v}" for k, v in s.get("errors", {}).items()) or "0"
+        errs = _errors(s) or "0"
         lat = s["latency_ms"]
         lines.append(
             f"{title[:8]:9s}{s['mode']:7s}{level:7g}{_f(s['throughput_img_s']):>9s}{_f(lat['p50']):>8s}"
@@ -105,7 +168,11 @@ def format_table(steps: Sequence[dict[str, Any]], title: str = "camserve") -> st
 
 
 def write_plot(series: dict[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "") -> bool:
-    """Latency (p50 solid, p99 dashed) against throughput, one line per series; False without matplotlib."""
+    """Latency (p50 solid, p99 dashed) against throughput, one line per series; False (and no file)
+    without matplotlib or without a step that had a success."""
+    series = {name: [s for s in steps if s["requests_ok"]] for name, steps in series.items()}
+    if not any(series.values()):
+        return False
     try:
         import matplotlib
 
@@ -116,7 +183,6 @@ def write_plot(series: dict[str, Sequence[dict[str, Any]]], path: str | Path, ti
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for name, steps in series.items():
-        steps = [s for s in steps if s["requests_ok"]]
         if not steps:
             continue
         x = [s["throughput_img_s"] for s in steps]

@@ -1,0 +1,1 @@
+"""Front-end micro-benchmarks: ``python -m bench.micro``."""
