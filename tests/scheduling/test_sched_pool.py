@@ -33,11 +33,13 @@ T = TypeVar("T")
 
 
 class Recorder:
+    """Observer that keeps every event in order (what tests assert on: events and counts, not times)."""
+
     def __init__(self) -> None:
-        self.events: list[tuple[float, str, Any]] = []
+        self.events: list[tuple[str, Any]] = []
 
     def _add(self, kind: str, *args: Any) -> None:
-        self.events.append((time.monotonic(), kind, args))
+        self.events.append((kind, args))
 
     def batch_formed(self, model: str, size: int) -> None:
         self._add("batch", model, size)
@@ -58,7 +60,7 @@ class Recorder:
         self._add("ready", model, ready)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
-        return [args for _, k, args in self.events if k == kind]
+        return [args for k, args in self.events if k == kind]
 
 
 def make_repo(root: Path, models: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
