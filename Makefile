@@ -43,11 +43,13 @@ tritonclient: $(TRITON_STAMP)  ## .venv/tritonclient: the stock tritonclient[grp
 # What the suite needs beyond pyproject: Debian's prometheus (promtool, and the server the scrape test
 # runs) and the deploy check's own tools. Missing and not installable is an error, never a skip.
 system-deps: deploy-tools
-	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
 	    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends prometheus >/dev/null 2>&1; }; }; } || \
-	  { echo "error: promtool is missing and could not be installed: as root, apt-get install prometheus" >&2; \
+	      --no-install-recommends prometheus >/dev/null 2>&1; }; } && \
+	  { command -v promtool && command -v prometheus; } >/dev/null 2>&1; } || \
+	  { echo "error: promtool or prometheus is missing and could not be installed: as root, apt-get install prometheus" >&2; \
 	    exit 1; }
 
 # kubectl (kustomize), checkov and the CRD models, pinned in deploy/tools.txt, in their own environment

@@ -25,7 +25,8 @@ HEATMAP = (np.arange(20, dtype=np.float32).reshape(4, 5) / 19.0).astype(np.float
 @dataclass
 class Script:
     """Codes to fail with, in order, before answering normally (with ``trailers`` on each failure, e.g.
-    a retry pushback); delay before each answer."""
+    a retry pushback); delay before each answer; ``hold``: each answer waits until the test sets it
+    (at most ``hold_s``), so a test can keep a call unanswered for as long as it needs, not for a time."""
 
     failures: list[tuple[grpc.StatusCode, str]] = field(default_factory=list)
     gather: int = 0  # hold each scripted call until this many are in flight at once (at most 2 s)
@@ -33,6 +34,8 @@ class Script:
     trailers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0
     only: set[str] | None = None  # the methods the script applies to (None: all)
+    hold: threading.Event | None = None
+    hold_s: float = 60.0
 
 
 class FakeExplain(pb_grpc.ExplainServiceServicer):
@@ -58,6 +61,8 @@ class FakeExplain(pb_grpc.ExplainServiceServicer):
                 self._changed.wait_for(lambda: self.in_flight >= self.script.gather, timeout=2.0)
         if self.script.delay_s:
             time.sleep(self.script.delay_s)
+        if self.script.hold is not None:
+            self.script.hold.wait(self.script.hold_s)
         if failure is not None:
             if self.script.trailers:
                 context.set_trailing_metadata(self.script.trailers)

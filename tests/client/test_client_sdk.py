@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from pathlib import Path
 
 import camserve_client as cc
@@ -224,12 +223,14 @@ def test_policy_is_a_grpc_service_config() -> None:
 
 
 def test_deadline_exceeded(fake) -> None:
-    fake.service.script.delay_s = 1.0
-    with cc.Client(fake.target, retries=FAST) as client:
-        t0 = time.monotonic()
-        with pytest.raises(cc.DeadlineExceeded):
+    # The server holds the call until the test releases it (after the client returned): a client that
+    # waited for the answer instead of its 0.2 s deadline would get the answer after 60 s, not the error.
+    fake.service.script.hold = threading.Event()
+    try:
+        with cc.Client(fake.target, retries=FAST) as client, pytest.raises(cc.DeadlineExceeded):
             client.explain(np.zeros((4, 4, 3), np.uint8), timeout=0.2)
-        assert time.monotonic() - t0 < 0.8
+    finally:
+        fake.service.script.hold.set()
     assert fake.service.attempts["Explain"] == 1  # DEADLINE_EXCEEDED is never retried
 
 

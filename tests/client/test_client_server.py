@@ -7,6 +7,7 @@ server's own Prometheus counter of answered RPCs is the independent count of att
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import threading
 import time
@@ -109,6 +110,47 @@ def test_explain_options_and_top_k(server, images) -> None:
         assert png.heatmap is None and png.overlay[:4] == b"\x89PNG"
         cam = client.explain(images[1], method="cam", class_index=2, target_layer="conv2")
         assert cam.class_index == 2 and cam.method == "cam"
+
+
+#: The OpenCV colormap each wire name means, written out here.
+OPENCV = {"jet": "COLORMAP_JET", "turbo": "COLORMAP_TURBO", "viridis": "COLORMAP_VIRIDIS",
+          "inferno": "COLORMAP_INFERNO"}
+
+
+def _decode_rgb(data: bytes) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def test_overlay_colormap_and_jpeg_quality_reach_the_drawing(server, images) -> None:
+    """The wire's colormap draws OpenCV's map of the returned heatmap (alpha 1: the map alone), each
+    its own; the wire's jpeg_quality changes the bytes: lower is smaller and decodes a little further
+    from the lossless overlay."""
+    import cv2
+
+    drawn = {}
+    with cc.Client(server.srv.target, model="tiny") as client:
+        for cmap, name in OPENCV.items():
+            r = client.explain(images[2], class_index=1,
+                               output={"size": "input", "overlay": "png", "alpha": 1.0, "colormap": cmap})
+            want = cv2.applyColorMap(np.uint8(255 * r.heatmap), getattr(cv2, name))
+            drawn[cmap] = _decode_rgb(r.overlay)
+            np.testing.assert_array_equal(drawn[cmap], cv2.cvtColor(want, cv2.COLOR_BGR2RGB), err_msg=cmap)
+        for a, b in itertools.combinations(drawn, 2):
+            assert not np.array_equal(drawn[a], drawn[b]), (a, b)
+        blend = {"size": "input", "alpha": 0.5, "colormap": "turbo"}
+        png = client.explain(images[2], class_index=1, output={**blend, "overlay": "png"}).overlay
+        lossless = _decode_rgb(png)
+        sizes, errors = [], []
+        for quality in (20, 95):
+            jpeg = client.explain(images[2], class_index=1,
+                                  output={**blend, "overlay": "jpeg", "jpeg_quality": quality}).overlay
+            assert jpeg[:2] == b"\xff\xd8"
+            sizes.append(len(jpeg))
+            errors.append(np.abs(_decode_rgb(jpeg).astype(int) - lossless.astype(int)).mean())
+    assert sizes[0] < sizes[1], sizes
+    assert errors[0] > errors[1] and errors[0] < 20 and errors[1] < 5, errors
 
 
 def test_explain_batch_equals_single_calls(server, images) -> None:
@@ -257,7 +299,10 @@ def test_calls_survive_a_server_restart_on_the_same_port(server, images) -> None
     threads = [threading.Thread(target=caller) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while len(results) < 4 and not errors:  # a few calls answered before the stop
+        assert time.monotonic() < deadline, "no call answered in 60 s"
+        time.sleep(0.02)
     assert srv.stop() == 0
     down_at = len(results)
     new = start_server(repository=server.repo, grpc_port=srv.grpc_port, wait=False)

@@ -267,7 +267,15 @@ def test_scale_in_moves_traffic_without_errors(two_servers: Pair) -> None:
         assert min(_ok(a) - before[0], _ok(b) - before[1]) >= 2  # both healthy: both used
         b.send_signal(signal.SIGTERM)
         b.wait_health("NOT_SERVING", timeout=10, poll=0.05)
-        time.sleep(0.3)  # the client's health watch sees the change
+        # Wait (an event, not a time) until the client's health watch has taken b out of its picks:
+        # round_robin over two ready replicas never sends two calls in a row to the same one, so two
+        # in a row on a mean b is out. The probes that still reach b are served (its pre-stop window).
+        in_a_row, deadline = 0, time.monotonic() + 30
+        while in_a_row < 2:
+            assert time.monotonic() < deadline, "the client kept routing to the NOT_SERVING replica for 30 s"
+            was = _ok(a)
+            stub.Explain(_request(50), timeout=30, wait_for_ready=True)
+            in_a_row = in_a_row + 1 if _ok(a) == was + 1 else 0
         before_a = _ok(a)
         for i in range(12):
             stub.Explain(_request(100 + i), timeout=30, wait_for_ready=True)

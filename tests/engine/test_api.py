@@ -24,7 +24,7 @@ def test_import_camserve_does_not_load_tensorflow() -> None:
 
 
 def test_readme_api(trained: dict, digits: tuple) -> None:
-    from camserve import CAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+    from camserve import GradCAM
 
     model = trained["plain_gap"]
     x = digits[0][:3]
@@ -45,8 +45,7 @@ def test_readme_api(trained: dict, digits: tuple) -> None:
     res = gradcam.explain(x, top_k=2)
     assert [len(r.maps) for r in res] == [2, 2, 2]
     np.testing.assert_allclose(gradcam.predict(x), model.predict(x, verbose=0), atol=1e-5)
-    for cls in (CAM, GradCAMPlusPlus, LayerCAM, HiResCAM, XGradCAM, EigenCAM):
-        assert cls(model).compute_heatmaps(x).shape == (3, 12, 12)
+    # Every class's maps against its method's float64 reference: test_reference.py.
     with pytest.raises(ClassIndexError):
         gradcam.compute_heatmap(x[0], class_idx=10)
     with pytest.raises(InvalidInputError, match="3 images"):

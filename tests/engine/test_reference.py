@@ -2,14 +2,19 @@
 
 The networks are tiny with fixed weights, and the reference computes the activations and the
 gradients analytically in float64 (no TensorFlow), so engine and reference cannot agree by accident.
+The README's library classes (``GradCAM``, ...) are checked the same way, each against the method it
+is named for, and a class wired to another method is shown to be caught.
 """
 
 from __future__ import annotations
 
+import itertools
+
+import camserve
 import keras
 import numpy as np
 import pytest
-from camserve.engine import Explainer
+from camserve.engine import CamNotSupportedError, Explainer
 from camserve.engine.explainer import buckets_for
 from camserve.records import ItemSpec
 
@@ -179,3 +184,75 @@ def test_buckets() -> None:
     assert buckets_for(1) == [1]
     assert buckets_for(32) == [1, 2, 4, 8, 16, 32]
     assert buckets_for(24) == [1, 2, 4, 8, 16, 24]
+
+
+# ---- the library classes (README): each one's maps are its own method's float64 reference ----------
+
+#: Each class's published method, written out here, independently of the classes' own ``method``.
+LIBRARY = {"CAM": "cam", "GradCAM": "gradcam", "GradCAMPlusPlus": "gradcam++", "LayerCAM": "layercam",
+           "HiResCAM": "hirescam", "XGradCAM": "xgradcam", "EigenCAM": "eigencam"}
+ASKED = [2, None, 0]  # class indices: None = that image's top-1
+ATOL = 2e-5
+
+
+def reference_maps(method: str) -> np.ndarray:
+    """(3, H, W) float64 maps of ``method`` for X and ASKED: CAM on the GAP -> Dense net (the only kind
+    it explains), every other method on the net with a 1x1 conv between target and GAP."""
+    head = "cam" if method == "cam" else "mix"
+    a, logits, grad = ref_forward(X, head)
+    maps = []
+    for b, c in enumerate(ASKED):
+        k = int(np.argmax(logits[b])) if c is None else c
+        maps.append(ref_map(method, a[b], grad[b, k], WC[:, k] if method == "cam" else None))
+    return np.stack(maps)
+
+
+def check_library_class(cls: type, method: str) -> None:
+    """AssertionError unless ``cls`` computes ``method``: its maps equal the method's reference, and a
+    CAM class refuses a layer CAM cannot explain (on GAP -> Dense, Grad-CAM's map equals CAM's)."""
+    head = "cam" if method == "cam" else "mix"
+    try:
+        got = cls(_conv_net(head), target_layer="target").compute_heatmaps(X.astype(np.float32), ASKED)
+    except CamNotSupportedError as exc:
+        raise AssertionError(f"{cls.__name__} refused a {head} net: {exc}") from exc
+    np.testing.assert_allclose(got, reference_maps(method), atol=ATOL, err_msg=f"{cls.__name__} vs {method}")
+    if method == "cam":
+        try:
+            cls(_conv_net("mix"), target_layer="target")
+        except CamNotSupportedError:
+            return
+        raise AssertionError(f"{cls.__name__} accepted a target CAM cannot explain: it is not CAM")
+
+
+def test_the_reference_tells_every_method_apart() -> None:
+    """On these nets no two methods' maps are within the tolerance of each other (so a class wired to
+    any other method fails check_library_class); CAM is told from the rest by its refusal."""
+    maps = {m: reference_maps(m) for m in LIBRARY.values() if m != "cam"}
+    for m1, m2 in itertools.combinations(maps, 2):
+        assert np.abs(maps[m1] - maps[m2]).max() > 100 * ATOL, (m1, m2)
+
+
+@pytest.mark.parametrize("name", list(LIBRARY))
+def test_library_class_equals_its_methods_reference(name: str) -> None:
+    check_library_class(getattr(camserve, name), LIBRARY[name])
+
+
+# A class wired to another method, once per way the check catches it (the reference test above shows
+# every other pair of methods differs as the first one does): different maps; CAM wired to Grad-CAM,
+# whose map on GAP -> Dense is CAM's (caught by the refusal); a class wired to CAM (refused).
+MISWIRED = {"GradCAM": "gradcam++", "CAM": "gradcam", "EigenCAM": "cam"}
+
+
+@pytest.fixture(params=list(MISWIRED))
+def miswired(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[type, str]:
+    """A library class wired to another method (its ``method`` replaced), and the method it should run."""
+    cls = getattr(camserve, request.param)
+    monkeypatch.setattr(cls, "method", MISWIRED[request.param])
+    return cls, LIBRARY[request.param]
+
+
+def test_a_library_class_wired_to_another_method_is_caught(miswired: tuple[type, str]) -> None:
+    cls, method = miswired
+    assert cls.method != method
+    with pytest.raises(AssertionError):
+        check_library_class(cls, method)

@@ -21,7 +21,7 @@ def demo_dir() -> Path:
     override = os.environ.get("CAMSERVE_IT_DEMO")
     path = Path(override) if override else bundled_repository_path() / "demo"
     if not (path / "config.json").is_file():
-        pytest.skip(f"no demo model at {path} (run `python -m camserve.demo.train`)")
+        pytest.fail(f"no demo model at {path} (run `python -m camserve.demo.train`)", pytrace=False)
     return path
 
 

@@ -24,8 +24,8 @@ from front_helpers import code_name, digit_images, heatmap, jpeg, make_repositor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from serverproc import ServerProcess, start_server
+from shared_dir import contract_check
 
-CONTRACT_CHECK = Path(__file__).resolve().parents[3] / "shared" / "tools" / "contract_check.py"  # ../shared
 ALL_METHODS = (pb.CAM, pb.GRAD_CAM, pb.GRAD_CAM_PLUS_PLUS, pb.LAYER_CAM, pb.HIRES_CAM, pb.XGRAD_CAM,
                pb.EIGEN_CAM)
 ENGINE_NAMES = {pb.CAM: "cam", pb.GRAD_CAM: "gradcam", pb.GRAD_CAM_PLUS_PLUS: "gradcam++",
@@ -338,9 +338,7 @@ def test_expired_deadlines_are_never_computed(server: ServerProcess, stub: pb_gr
 
 
 def test_contract_check_passes(server: ServerProcess) -> None:
-    if not CONTRACT_CHECK.is_file():
-        pytest.skip(f"{CONTRACT_CHECK} not on this machine")
-    proc = subprocess.run([sys.executable, str(CONTRACT_CHECK), server.target, server.metrics_url],
+    proc = subprocess.run([sys.executable, str(contract_check()), server.target, server.metrics_url],
                           capture_output=True, text=True, timeout=300)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -34,6 +34,10 @@ def test_engine_part_and_report_on_cpu(tmp_path: Path) -> None:
     for r in rows:
         assert r["batch"] == 2 and r["target_layer"] == "features"  # the last grid > 1x1
         assert min(r["forward_ips"], r["step_ips"], r["gradcam_ips"]) > 0
+        # The JSON keeps full precision, so the stored ratio and one recomputed from the stored
+        # throughputs differ only by float division's rounding (a few ulp: rel 1e-12). A JSON that
+        # rounded its throughputs (2 decimals: rel ~1e-4 at these rates) would fail here, as the
+        # rounding flake did when this compared figures rounded to 3 digits for equality.
         assert r["ratio"] == pytest.approx(r["gradcam_ips"] / r["forward_ips"], rel=1e-12)
     # report: exits 1 without serve.json, but still writes the engine table
     rep = subprocess.run([*run, "report", "--out", str(tmp_path)], capture_output=True, text=True,

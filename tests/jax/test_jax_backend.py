@@ -49,7 +49,8 @@ def _tf_keras() -> Any:
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        pytest.skip(f"the TF side needs Keras on TensorFlow in this process, not {keras.backend.backend()}")
+        pytest.fail(f"the TF side needs Keras on TensorFlow in this process, not {keras.backend.backend()} "
+                    "(the suite runs with KERAS_BACKEND unset or tensorflow)", pytrace=False)
     return keras
 
 

@@ -1,6 +1,6 @@
 """`camserve serve --backend jax`: the real server with Keras-on-JAX workers, over real gRPC.
 
-Serves the bundled demo model (or, until it ships, the committed Flatten-head test model), passes
+Serves the bundled demo model, passes
 the shared wire-contract check, reports backend "jax", keeps TensorFlow out of the worker process
 (the GPU machines have none), and returns the maps the TensorFlow engine computes in-process.
 """
@@ -14,26 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from camserve.repository import bundled_repository_path, load_repository
+from camserve.repository import load_repository
 from camserve_proto import explain_pb2 as pb
 from camserve_proto import explain_pb2_grpc as pb_grpc
 from serverproc import ServerProcess, start_server
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-CONTRACT_CHECK = Path(__file__).resolve().parents[3] / "shared" / "tools" / "contract_check.py"  # ../shared
-FALLBACK_REPOSITORY = ROOT / "tests" / "integration" / "data" / "repository"
-
-
-def _repository() -> Path | None:
-    """None (the bundled demo) when it ships, else the committed test repository."""
-    if (bundled_repository_path() / "demo" / "config.json").is_file():
-        return None
-    return FALLBACK_REPOSITORY
+from shared_dir import contract_check
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    srv = start_server("--backend", "jax", repository=_repository(), workers="cpu:1",
+    srv = start_server("--backend", "jax", repository=None, workers="cpu:1",
                        env={"JAX_PLATFORMS": "cpu"})
     try:
         yield srv
@@ -68,8 +58,9 @@ def test_served_maps_equal_tensorflow_engine(stub: pb_grpc.ExplainServiceStub) -
     from camserve.records import ItemSpec
 
     if keras.backend.backend() != "tensorflow":
-        pytest.skip("the reference side needs Keras on TensorFlow in this process")
-    cfg = next(iter(load_repository(_repository()).values()))
+        pytest.fail("the reference side needs Keras on TensorFlow in this process, not "
+                    f"{keras.backend.backend()} (run the suite with KERAS_BACKEND unset)", pytrace=False)
+    cfg = next(iter(load_repository(None).values()))
     model = keras.saving.load_model(cfg.model_path, compile=False)
     ref = Explainer(model, cfg.target_layer, preprocessing=cfg.preprocessing, max_batch_size=4)
     pixels = np.random.default_rng(4).integers(0, 256, (3, *cfg.input_shape), dtype=np.uint8)
@@ -87,9 +78,7 @@ def test_served_maps_equal_tensorflow_engine(stub: pb_grpc.ExplainServiceStub) -
 
 
 def test_contract_check_passes(server: ServerProcess) -> None:
-    if not CONTRACT_CHECK.is_file():
-        pytest.skip(f"{CONTRACT_CHECK} not on this machine")
-    proc = subprocess.run([sys.executable, str(CONTRACT_CHECK), server.target, server.metrics_url],
+    proc = subprocess.run([sys.executable, str(contract_check()), server.target, server.metrics_url],
                           capture_output=True, text=True, timeout=300)
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr

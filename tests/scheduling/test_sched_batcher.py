@@ -1,15 +1,22 @@
-"""The batch-formation rule of camserve.scheduling.batcher, with no model and no process at all."""
+"""The batch-formation rule of camserve.scheduling.batcher, with no model and no process at all.
+
+Every test runs its event loop on virtual time (aiotools' ``VirtualClock``: the loop's clock jumps to
+the next timer whenever nothing is ready to run) and gives the batcher that clock, so "the batch forms
+at the oldest request's arrival + max_queue_delay" is asserted exactly, on the loop's clock, however
+loaded the machine is, and no test waits for real.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import numpy as np
+import pytest
+from aiotools import VirtualClock
 from camserve.records import ErrorKind, Failure, ItemSpec
 from camserve.scheduling.batcher import Batch, Batcher, WorkItem, past_deadline
 from kinds import raises_kind
@@ -56,12 +63,32 @@ def tagged(n: int, model: str = "m", deadline: float | None = None) -> WorkItem:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 20))
+    """Run ``coro`` on virtual time; a batcher that never answers fails at 20 virtual seconds."""
+
+    async def virtual() -> T:
+        with VirtualClock().patch_loop():
+            return await asyncio.wait_for(coro, 20)
+
+    return asyncio.run(virtual())
+
+
+def now() -> float:
+    """The running loop's (virtual) clock: what the batcher's deadlines and delays are measured on."""
+    return asyncio.get_running_loop().time()
+
+
+def batcher(models: dict[str, tuple[int, float, int]], observer: Recorder | None = None) -> Batcher:
+    """A Batcher on the loop's clock (as the Dispatcher builds it: asyncio's clock is its clock)."""
+    return Batcher(models, observer=observer, clock=now)
+
+
+#: The loop runs a timer up to its clock resolution early (aiotools sets 1 ms on virtual time).
+RESOLUTION = 1e-3
 
 
 def test_takes_at_most_max_batch_size_in_arrival_order() -> None:
     async def main() -> list[list[int]]:
-        b = Batcher({"m": (4, 0.0, 100)})
+        b = batcher({"m": (4, 0.0, 100)})
         for i in range(10):
             b.put(tagged(i))
         return [tags(await b.next_batch()) for _ in range(3)]
@@ -71,38 +98,38 @@ def test_takes_at_most_max_batch_size_in_arrival_order() -> None:
 
 def test_full_batch_does_not_wait_for_the_delay() -> None:
     async def main() -> float:
-        b = Batcher({"m": (4, 10.0, 100)})
+        b = batcher({"m": (4, 10.0, 100)})
         for i in range(4):
             b.put(tagged(i))
-        t0 = time.monotonic()
+        t0 = now()
         assert tags(await b.next_batch()) == [0, 1, 2, 3]
-        return time.monotonic() - t0
+        return now() - t0
 
-    assert run(main()) < 0.5
+    assert run(main()) == 0.0  # formed at once, not 10 s later
 
 
 def test_partial_batch_waits_max_delay_from_the_oldest_request() -> None:
     """A at t0, B at t0+100 ms, delay 150 ms: one batch [A, B] at ~t0+150 ms, not t0+250 ms."""
 
     async def main() -> tuple[list[int], float]:
-        b = Batcher({"m": (8, 0.150, 100)})
-        t0 = time.monotonic()
+        b = batcher({"m": (8, 0.150, 100)})
+        t0 = now()
         b.put(tagged(1))
         consumer = asyncio.ensure_future(b.next_batch())
         await asyncio.sleep(0.100)
         assert not consumer.done()
         b.put(tagged(2))
         batch = await consumer
-        return tags(batch), time.monotonic() - t0
+        return tags(batch), now() - t0
 
-    got, elapsed = run(main())
+    got, formed_after = run(main())
     assert got == [1, 2]
-    assert 0.14 <= elapsed < 0.24, elapsed
+    assert formed_after == pytest.approx(0.150, abs=RESOLUTION), formed_after
 
 
 def test_zero_delay_takes_what_is_there() -> None:
     async def main() -> list[int]:
-        b = Batcher({"m": (8, 0.0, 100)})
+        b = batcher({"m": (8, 0.0, 100)})
         b.put(tagged(1))
         b.put(tagged(2))
         return tags(await b.next_batch())
@@ -112,31 +139,31 @@ def test_zero_delay_takes_what_is_there() -> None:
 
 def test_arrival_wakes_a_waiting_worker_and_filling_the_batch_releases_it() -> None:
     async def main() -> tuple[list[int], float]:
-        b = Batcher({"m": (3, 5.0, 100)})
+        b = batcher({"m": (3, 5.0, 100)})
         consumer = asyncio.ensure_future(b.next_batch())
         await asyncio.sleep(0.02)
-        t0 = time.monotonic()
+        t0 = now()
         for i in range(3):
+            assert not consumer.done()
             b.put(tagged(i))
             await asyncio.sleep(0.01)
         batch = await consumer
-        return tags(batch), time.monotonic() - t0
+        return tags(batch), now() - t0
 
-    got, elapsed = run(main())
+    got, formed_after = run(main())
     assert got == [0, 1, 2]
-    assert elapsed < 1.0
+    # released by the third arrival (t0 + 20 ms; the consumer ran during the last sleep), not the 5 s delay
+    assert formed_after == pytest.approx(0.03, abs=RESOLUTION)
 
 
 def test_bounded_queue_refuses_at_once_and_frees_space_when_taken() -> None:
     async def main() -> None:
         obs = Recorder()
-        b = Batcher({"m": (2, 0.0, 3)}, observer=obs)
+        b = batcher({"m": (2, 0.0, 3)}, observer=obs)
         for i in range(3):
             b.put(tagged(i))
-        t0 = time.monotonic()
         with raises_kind(ErrorKind.QUEUE_FULL, match="full"):
-            b.put(tagged(9))
-        assert time.monotonic() - t0 < 0.05
+            b.put(tagged(9))  # put is synchronous: it refuses, it cannot wait for room
         assert b.depth("m") == 3
         assert tags(await b.next_batch()) == [0, 1]
         b.put(tagged(3))  # room again
@@ -148,7 +175,7 @@ def test_bounded_queue_refuses_at_once_and_frees_space_when_taken() -> None:
 
 def test_cancelled_requests_free_their_queue_slot() -> None:
     async def main() -> None:
-        b = Batcher({"m": (8, 0.0, 2)})
+        b = batcher({"m": (8, 0.0, 2)})
         p1 = b.put(tagged(1))
         b.put(tagged(2))
         assert b.withdraw(p1)
@@ -161,13 +188,13 @@ def test_cancelled_requests_free_their_queue_slot() -> None:
 def test_expired_request_is_answered_at_its_deadline_and_never_batched() -> None:
     async def main() -> None:
         obs = Recorder()
-        b = Batcher({"m": (8, 0.300, 100)}, observer=obs)
-        t0 = time.monotonic()
+        b = batcher({"m": (8, 0.300, 100)}, observer=obs)
+        t0 = now()
         doomed = b.put(tagged(1, deadline=t0 + 0.05))
         b.put(tagged(2))
         with raises_kind(ErrorKind.DEADLINE, match="deadline"):
             await doomed.future
-        assert time.monotonic() - t0 < 0.25  # answered at its deadline, not at batch time
+        assert now() - t0 == pytest.approx(0.05, abs=RESOLUTION)  # at its deadline, not at batch time
         assert obs.dropped == [("m", "deadline")]
         assert tags(await b.next_batch()) == [2]
         assert b.depth("m") == 0
@@ -180,14 +207,15 @@ def test_expired_request_dropped_when_batch_forms_even_without_its_timer() -> No
 
     async def main() -> None:
         obs = Recorder()
-        b = Batcher({"m": (8, 0.0, 100)}, observer=obs)
-        t0 = time.monotonic()
+        b = batcher({"m": (8, 0.0, 100)}, observer=obs)
+        t0 = now()
         p = b.put(tagged(1, deadline=t0 + 0.03))
         assert p.timer is not None
         p.timer.cancel()  # simulate a timer that did not fire yet
         p.timer = None
         b.put(tagged(2))
-        time.sleep(0.05)  # block the loop past the deadline
+        await asyncio.sleep(0.05)  # the clock passes the deadline; no timer answers the caller
+        assert not p.future.done()
         assert tags(await b.next_batch()) == [2]
         with raises_kind(ErrorKind.DEADLINE):
             await p.future
@@ -199,9 +227,9 @@ def test_expired_request_dropped_when_batch_forms_even_without_its_timer() -> No
 def test_already_expired_request_is_refused_at_put() -> None:
     async def main() -> None:
         obs = Recorder()
-        b = Batcher({"m": (8, 0.0, 100)}, observer=obs)
+        b = batcher({"m": (8, 0.0, 100)}, observer=obs)
         with raises_kind(ErrorKind.DEADLINE):
-            b.put(tagged(1, deadline=time.monotonic() - 1))
+            b.put(tagged(1, deadline=now() - 1))
         assert obs.dropped == [("m", "deadline")]
         assert b.depth("m") == 0
 
@@ -213,7 +241,7 @@ def test_cancelled_caller_is_dropped_and_its_future_never_set() -> None:
 
     async def main() -> None:
         obs = Recorder()
-        b = Batcher({"m": (8, 0.100, 100)}, observer=obs)
+        b = batcher({"m": (8, 0.100, 100)}, observer=obs)
         p1 = b.put(tagged(1))
         p2 = b.put(tagged(2))
 
@@ -244,9 +272,9 @@ def test_a_caller_that_leaves_at_its_deadline_is_dropped_as_deadline() -> None:
 
     async def main() -> None:
         obs = Recorder()
-        skew = [0.0]  # moves the batcher's clock past the deadline without waiting for it
-        b = Batcher({"m": (8, 0.0, 100)}, observer=obs, clock=lambda: time.monotonic() + skew[0])
-        deadline = time.monotonic() + 60.0  # its timer never fires during the test
+        skew = [0.0]  # moves the batcher's clock past the deadline without letting the loop's timer fire
+        b = Batcher({"m": (8, 0.0, 100)}, observer=obs, clock=lambda: now() + skew[0])
+        deadline = now() + 60.0  # its timer never fires during the test
         early, late, swept = (b.put(tagged(i, deadline=deadline)) for i in range(3))
         assert b.withdraw(early)  # a real cancel, a minute before the deadline
         skew[0] = 60.0
@@ -262,7 +290,7 @@ def test_a_caller_that_leaves_at_its_deadline_is_dropped_as_deadline() -> None:
 
 def test_requests_with_different_specs_share_a_batch() -> None:
     async def main() -> list[ItemSpec]:
-        b = Batcher({"m": (8, 0.0, 100)})
+        b = batcher({"m": (8, 0.0, 100)})
         specs = [
             ItemSpec("gradcam"),
             ItemSpec("cam", class_index=3),
@@ -285,7 +313,7 @@ def test_requests_with_different_specs_share_a_batch() -> None:
 
 def test_free_worker_serves_the_queue_whose_oldest_request_is_oldest() -> None:
     async def main() -> list[str]:
-        b = Batcher({"a": (8, 0.0, 100), "b": (8, 0.0, 100), "c": (8, 0.0, 100)})
+        b = batcher({"a": (8, 0.0, 100), "b": (8, 0.0, 100), "c": (8, 0.0, 100)})
         b.put(tagged(1, model="b"))
         await asyncio.sleep(0.002)
         b.put(tagged(2, model="c"))
@@ -304,23 +332,23 @@ def test_free_worker_serves_the_queue_whose_oldest_request_is_oldest() -> None:
 
 def test_a_full_queue_is_not_held_behind_one_still_waiting_for_its_delay() -> None:
     async def main() -> tuple[str, float]:
-        b = Batcher({"slow": (8, 5.0, 100), "busy": (2, 5.0, 100)})
+        b = batcher({"slow": (8, 5.0, 100), "busy": (2, 5.0, 100)})
         b.put(tagged(1, model="slow"))  # oldest, but its delay runs 5 s
         await asyncio.sleep(0.01)
         b.put(tagged(2, model="busy"))
         b.put(tagged(3, model="busy"))  # full
-        t0 = time.monotonic()
+        t0 = now()
         batch = await b.next_batch()
         assert batch is not None
-        return batch.model, time.monotonic() - t0
+        return batch.model, now() - t0
 
-    model, elapsed = run(main())
-    assert model == "busy" and elapsed < 0.5
+    model, waited = run(main())
+    assert model == "busy" and waited == 0.0
 
 
 def test_unknown_model_and_closed_batcher() -> None:
     async def main() -> None:
-        b = Batcher({"m": (8, 5.0, 100)})
+        b = batcher({"m": (8, 5.0, 100)})
         with raises_kind(ErrorKind.UNKNOWN_MODEL, match="'x'"):
             b.put(tagged(1, model="x"))
         b.put(tagged(1))
@@ -328,9 +356,9 @@ def test_unknown_model_and_closed_batcher() -> None:
         b.close()
         with raises_kind(ErrorKind.NOT_READY, match="draining"):
             b.put(tagged(3))
-        t0 = time.monotonic()
-        assert tags(await b.next_batch()) == [1, 2]  # draining: no 5 s wait
-        assert time.monotonic() - t0 < 0.5
+        t0 = now()
+        assert tags(await b.next_batch()) == [1, 2]
+        assert now() == t0  # draining: no 5 s wait
         assert await b.next_batch() is None
 
     run(main())
@@ -338,7 +366,7 @@ def test_unknown_model_and_closed_batcher() -> None:
 
 def test_close_wakes_idle_workers() -> None:
     async def main() -> None:
-        b = Batcher({"m": (8, 0.0, 100)})
+        b = batcher({"m": (8, 0.0, 100)})
         waiters = [asyncio.ensure_future(b.next_batch()) for _ in range(3)]
         await asyncio.sleep(0.01)
         b.close()
@@ -359,7 +387,7 @@ def test_random_traffic_every_request_answered_exactly_once() -> None:
         rng = random.Random(seed)
         obs = Recorder()
         limits = {"a": (4, 0.004, 50), "b": (3, 0.0, 50)}
-        b = Batcher(limits, observer=obs)
+        b = batcher(limits, observer=obs)
         batched: Counter[int] = Counter()
         last_seen: dict[str, int] = {}
         outcomes: dict[int, str] = {}
@@ -384,7 +412,7 @@ def test_random_traffic_every_request_answered_exactly_once() -> None:
             model = rng.choice("ab")
             px = np.zeros((2, 2, 3), np.uint8)
             px.reshape(-1)[:4].view(np.int32)[0] = n
-            deadline = time.monotonic() + rng.random() * 0.02 if rng.random() < 0.3 else None
+            deadline = now() + rng.random() * 0.02 if rng.random() < 0.3 else None
             try:
                 p = b.put(WorkItem(model, px, ItemSpec(), deadline))
             except Failure as exc:
@@ -393,9 +421,9 @@ def test_random_traffic_every_request_answered_exactly_once() -> None:
             try:
                 if rng.random() < 0.2:
                     await asyncio.sleep(rng.random() * 0.005)
-                    late_before = past_deadline(deadline, time.monotonic(), p.arrived)
+                    late_before = past_deadline(deadline, now(), p.arrived)
                     if b.withdraw(p):  # a caller leaving at its deadline counts as timed out
-                        late_after = past_deadline(deadline, time.monotonic(), p.arrived)
+                        late_after = past_deadline(deadline, now(), p.arrived)
                         reason = obs.dropped[-1][1]
                         rule = "deadline" if late_before else "cancelled"
                         assert reason == rule or late_before != late_after  # (on the boundary: either)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +125,9 @@ def test_worker_holds_a_second_full_batch_and_answers_both(tmp_path: Path) -> No
             probs, _ = __import__("sched_toy_runner").reference(pixels(i))
             np.testing.assert_allclose(r.probabilities, probs, rtol=1e-6)
         assert max(seen) == PIPELINE_DEPTH  # the second batch was sent before the first was answered
-        # The queue time of the batch sent early counts its wait behind the first (started_at).
-        assert max(r.queue_s for r in res) >= 0.15
+        # The queue time of the batch sent early counts its wait behind the first (started_at): at
+        # least one batch's compute time (both measured on the one monotonic clock).
+        assert max(r.queue_s for r in res) >= min(r.compute_s for r in res) > 0
         # Light load: one request at a time never makes the worker hold two.
         seen.clear()
         watcher = asyncio.ensure_future(watch())
@@ -182,14 +182,14 @@ def test_kill_9_fails_both_held_batches_at_once(tmp_path: Path) -> None:
         await d.start()
         await until(d.ready, what="ready")
         (w,) = d.pool.workers
-        subs = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=5))))
+        subs = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=30))))
                 for i in range(4)]
         await until(lambda: len(w.batches) == 2, what="two batches held")
         assert w.pid is not None
-        t0 = time.monotonic()
         os.kill(w.pid, signal.SIGKILL)
-        outs = await asyncio.gather(*subs, return_exceptions=True)
-        assert time.monotonic() - t0 < 1.0
+        # both answered when the death is noticed, not after their 60 s batches, before any replacement
+        outs = await asyncio.wait_for(asyncio.gather(*subs, return_exceptions=True), 20)
+        assert not d.ready()
         assert all(lost(o) and "signal 9" in str(o) for o in outs), outs
         await until(d.ready, timeout=30, what="restart")
         check(await d.submit(WorkItem("toy", pixels(7))), pixels(7))
@@ -202,28 +202,26 @@ def test_watchdog_times_each_batch_from_its_start(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}}})
 
     async def main() -> None:
-        d = Dispatcher(repo, "cpu:1", runner=RUNNER, batch_timeout_s=1.0)
+        d = Dispatcher(repo, "cpu:1", runner=RUNNER, batch_timeout_s=2.0)
         await d.start()
         await until(d.ready, what="ready")
         (w,) = d.pool.workers
         pid = w.pid
-        # Two batches of 2 x 0.35 s: 1.4 s together, each under the 1 s watchdog -> nobody is killed.
-        ok = await asyncio.gather(*(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.35)))
+        # Two batches of 2 x 0.6 s, the second sent while the first computes: 2.4 s from the first send,
+        # each 1.2 s from its own start, under the 2 s watchdog -> nobody is killed.
+        ok = await asyncio.gather(*(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.6)))
                                     for i in range(4)))
         assert [r.batch_size for r in ok] == [2] * 4 and w.pid == pid
-        # The second batch hangs (2 x 3 s): it is killed about 1 s after IT started, the first is answered.
+        # The second batch hangs (2 x 30 s): the watchdog kills it; the first is answered.
         first = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.2))))
                  for i in range(2)]
         await until(lambda: len(w.batches) == 1, what="first batch sent")
-        second = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=3))))
+        second = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=30))))
                   for i in range(2)]
-        t0 = time.monotonic()
         for f in first:
             check(await f, pixels(first.index(f)))
-        outs = await asyncio.gather(*second, return_exceptions=True)
-        took = time.monotonic() - t0
+        outs = await asyncio.wait_for(asyncio.gather(*second, return_exceptions=True), 30)
         assert all(lost(o) and "watchdog" in str(o) for o in outs), outs
-        assert 0.9 <= took < 3.0, took
         await until(d.ready, timeout=30, what="restart")
         assert w.pid != pid
         await d.stop(5)

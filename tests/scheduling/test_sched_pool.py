@@ -33,11 +33,13 @@ T = TypeVar("T")
 
 
 class Recorder:
+    """Observer that keeps every event in order (what tests assert on: events and counts, not times)."""
+
     def __init__(self) -> None:
-        self.events: list[tuple[float, str, Any]] = []
+        self.events: list[tuple[str, Any]] = []
 
     def _add(self, kind: str, *args: Any) -> None:
-        self.events.append((time.monotonic(), kind, args))
+        self.events.append((kind, args))
 
     def batch_formed(self, model: str, size: int) -> None:
         self._add("batch", model, size)
@@ -58,7 +60,7 @@ class Recorder:
         self._add("ready", model, ready)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
-        return [args for _, k, args in self.events if k == kind]
+        return [args for k, args in self.events if k == kind]
 
 
 def make_repo(root: Path, models: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -218,13 +220,12 @@ def test_kill_9_mid_batch_fails_in_flight_at_once_then_worker_comes_back(tmp_pat
         running = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemSpec("sleep", top_k=30))))
         await until(lambda: w.inflight is not None, what="batch in flight")
         queued = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(1))))
-        await asyncio.sleep(0.05)
-        t0 = time.monotonic()
+        await until(lambda: d.queue_depth("toy") == 1, what="the second call queued")
         os.kill(old_pid, signal.SIGKILL)
         with raises_kind(ErrorKind.WORKER_LOST, match=r"died.*signal 9"):
-            await running
-        lost_after = time.monotonic() - t0
-        assert lost_after < 1.0, lost_after
+            # answered when the death is noticed, not when its 30 s batch would have ended
+            await asyncio.wait_for(running, 15)
+        assert not d.ready() and obs.of("restarted") == []  # before any replacement: at once
         with raises_kind(ErrorKind.WORKER_LOST, match="no live worker"):
             await queued  # nothing can run it now: answered at once too, so the client may retry
         assert not d.ready()
@@ -246,17 +247,18 @@ def test_hung_worker_is_killed_by_the_batch_watchdog(tmp_path: Path) -> None:
 
     async def main() -> None:
         obs = Recorder()
-        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER, batch_timeout_s=1.0)
+        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER, batch_timeout_s=1.5)
         await d.start()
         await until(d.ready, what="ready")
         (w,) = d.pool.workers
         old_pid = w.pid
         assert old_pid is not None
+        # a batch shorter than the watchdog is left alone
+        check(await d.submit(WorkItem("toy", pixels(1), ItemSpec("sleep", top_k=0.1))), pixels(1))
+        assert w.pid == old_pid and obs.of("restarted") == []
         os.kill(old_pid, signal.SIGSTOP)  # hung: alive but never answers
-        t0 = time.monotonic()
         with raises_kind(ErrorKind.WORKER_LOST, match="watchdog"):
-            await d.submit(WorkItem("toy", pixels(0)))
-        assert 0.9 <= time.monotonic() - t0 < 3.0
+            await asyncio.wait_for(d.submit(WorkItem("toy", pixels(0))), 30)
         await until(d.ready, timeout=30, what="restart")
         assert w.pid != old_pid and gone(old_pid)
         check(await d.submit(WorkItem("toy", pixels(4))), pixels(4))
@@ -298,11 +300,14 @@ def test_crash_loop_backs_off_exponentially_and_resets_after_healthy_time(
         await until(lambda: bool(ready), what="ready after the crash loop")
         delays = [b for _, b, _ in lost[:5]]
         assert delays == [0.05, 0.1, 0.2, 0.2, 0.2]  # doubling, capped
+        # The one wall-clock check kept: a lower bound (the pool waited at least its back-off between
+        # two crashes). Load only lengthens the gaps, so it fails only when the back-off is skipped.
         gaps = [b[0] - a[0] for a, b in itertools.pairwise(lost[:5])]
         assert all(g >= d for g, d in zip(gaps, delays, strict=False)), (gaps, delays)
         assert "exit code 5" in lost[0][2]
         assert len(obs.of("restarted")) >= 5
-        # healthy for longer than healthy_reset_s: the next crash restarts after the initial delay
+        # healthy for longer than healthy_reset_s (0.5 s): the next crash restarts after the initial delay.
+        # (Letting the time pass is what is tested here, not a synchronisation.)
         await asyncio.sleep(0.6)
         n = len(lost)
         (w,) = pool.workers
@@ -324,7 +329,7 @@ def test_queued_work_cancel_and_deadline_never_reach_a_worker(tmp_path: Path) ->
         d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER)
         await d.start()
         await until(d.ready, what="ready")
-        busy = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemSpec("sleep", top_k=0.6))))
+        busy = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemSpec("sleep", top_k=2))))
         (w,) = d.pool.workers
         await until(lambda: w.inflight is not None, what="busy worker")
         cancelled = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(1))))
@@ -332,17 +337,14 @@ def test_queued_work_cancel_and_deadline_never_reach_a_worker(tmp_path: Path) ->
             d.submit(WorkItem("toy", pixels(2), deadline=time.monotonic() + 0.2))
         )
         kept = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(3))))
-        await asyncio.sleep(0.05)
-        assert d.queue_depth("toy") == 3
+        await until(lambda: d.queue_depth("toy") == 3, what="three calls queued")
         with raises_kind(ErrorKind.QUEUE_FULL, match="full"):
             await d.submit(WorkItem("toy", pixels(4)))
         cancelled.cancel()
-        await asyncio.sleep(0.01)
-        assert d.queue_depth("toy") == 2
-        t0 = time.monotonic()
+        await until(lambda: d.queue_depth("toy") == 2, what="the cancelled call's slot freed")
         with raises_kind(ErrorKind.DEADLINE):
             await expiring
-        assert time.monotonic() - t0 < 0.4  # answered at its deadline while the worker is still busy
+        assert not busy.done()  # answered at its deadline (0.2 s) while the worker is still busy (2 s)
         await busy
         res = await kept
         check(res, pixels(3))
@@ -366,16 +368,12 @@ def test_stop_finishes_queued_and_in_flight_work(tmp_path: Path) -> None:
         d = Dispatcher(repo, "cpu:1", runner=RUNNER)
         await d.start()
         await until(d.ready, what="ready")
-        subs = [
-            asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.1))))
-            for i in range(6)
-        ]
-        await asyncio.sleep(0.02)
+        subs = [d.enqueue(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.1))) for i in range(6)]
         (w,) = d.pool.workers
         pid = w.pid
         await d.stop(grace_s=10)
         for i, s in enumerate(subs):
-            check(s.result(), pixels(i))
+            check(s.future.result(), pixels(i))
         assert w.process is not None and w.process.exitcode == 0
         assert pid is not None and gone(pid)
         assert not os.path.exists(f"/dev/shm/{w.slab.name}")
@@ -390,18 +388,15 @@ def test_stop_with_a_short_grace_answers_everything(tmp_path: Path) -> None:
         d = Dispatcher(repo, "cpu:1", runner=RUNNER)
         await d.start()
         await until(d.ready, what="ready")
-        subs = [
-            asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=2))))
-            for i in range(3)
-        ]
-        await asyncio.sleep(0.05)
-        t0 = time.monotonic()
+        # 30 s batches: a stop that waited for the one in flight instead of its grace would time out
+        subs = [d.enqueue(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=30))) for i in range(3)]
+        (w,) = d.pool.workers
+        await until(lambda: w.inflight is not None, what="the first batch in flight")
         await d.stop(grace_s=0.2)
-        assert time.monotonic() - t0 < 8
-        outs = await asyncio.gather(*subs, return_exceptions=True)
+        outs = await asyncio.gather(*(s.future for s in subs), return_exceptions=True)
         kinds = [o.kind if isinstance(o, Failure) else type(o) for o in outs]
-        assert all(k in (ItemResult, ErrorKind.NOT_READY, ErrorKind.WORKER_LOST) for k in kinds), outs
-        assert kinds.count(ErrorKind.NOT_READY) == 2  # never started: told to retry
+        # the one in flight lost with its worker after the grace; the two never started told to retry
+        assert kinds == [ErrorKind.WORKER_LOST, ErrorKind.NOT_READY, ErrorKind.NOT_READY], outs
 
     run(main())
 
@@ -434,13 +429,12 @@ def test_workers_exit_when_the_server_is_killed(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         worker_pid = int(parent.stdout.readline())
-        time.sleep(0.5)
         assert not gone(worker_pid)
         parent.kill()
         parent.wait(10)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # a wait for the exit, generous for a loaded machine
         while not exited(worker_pid):
-            assert time.monotonic() < deadline, "orphan worker still running 5 s after the server died"
+            assert time.monotonic() < deadline, "orphan worker still running 30 s after the server died"
             time.sleep(0.1)
     finally:
         parent.kill()

@@ -144,8 +144,7 @@ def test_command_line_overrides_batching(tmp_path: Path) -> None:
 
 
 def test_bundled_demo_repository() -> None:
-    if not (bundled_repository_path() / "demo" / "config.json").exists():
-        pytest.skip("the demo model has not been trained into the package yet")
+    assert (bundled_repository_path() / "demo" / "config.json").is_file(), "the package ships the demo model"
     repo = load_repository(None)
     assert "demo" in repo
     cfg = repo["demo"]

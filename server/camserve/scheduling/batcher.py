@@ -37,7 +37,6 @@ its deadline, not only when the next batch forms.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -298,8 +297,13 @@ class Batcher:
 
     async def _next_batch(self) -> Batch | None:
         async with self._former:
+            woke_at: float | None = None  # the ready time whose timer woke us
             while True:
                 now = self._clock()
+                if woke_at is not None:
+                    # The loop runs a timer up to its clock resolution early: the time it was set for
+                    # has come (or this would wait again for a sliver of time, over and over).
+                    now, woke_at = max(now, woke_at), None
                 self._sweep(now)
                 best: _ModelQueue | None = None
                 wake_at: float | None = None
@@ -320,8 +324,10 @@ class Batcher:
                     return None
                 self._changed.clear()
                 timeout = None if wake_at is None else max(0.0, wake_at - now)
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._changed.wait(), timeout)
+                except TimeoutError:
+                    woke_at = wake_at
 
     # ------------------------------------------------------------------ internals
 
