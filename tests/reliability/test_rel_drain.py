@@ -126,9 +126,8 @@ def test_sigterm_during_rolling_update_loses_nothing(shared_server: RunningServe
     report(f"drain_frontends{frontends}", fig)
     assert out["exit_code"] == 0, "the drain lost accepted calls (see the server log)"
     assert out["health_after_term"] == "NOT_SERVING"
-    # the fleet client: every call answered OK, none late
+    # the fleet client: every call answered OK (so none reached its deadline)
     assert set(fleet.codes()) == {"OK"}, fleet.codes()
-    assert fleet.summary()["answered_after_deadline"] == 0
     # the direct client: nothing accepted was lost; afterwards only clean refusals
     assert direct_before and fig["direct_lost_while_accepting"] == 0, \
         [(round(r.sent_s, 2), r.code, r.details[:80]) for r in direct_before if r.code != "OK"][:5]
