@@ -141,8 +141,8 @@ QUEUED_CALLS = 48  # six batches of the rel model: work left at SIGTERM whatever
 
 async def _queued_then_sigterm(srv: RunningServer, all_accepted: bool) -> tuple[int, list[str]]:
     """``QUEUED_CALLS`` Explain calls at once over four connections; SIGTERM once at least two batches'
-    worth are queued (the queue-depth metric: the calls were accepted), and with ``all_accepted`` once
-    every call has reached the scheduler too (queued or batched); returns (exit code, codes).
+    worth are queued (the queue-depth metric: the calls were accepted), or with ``all_accepted`` once
+    every call has reached the scheduler (queued or batched); returns (exit code, codes).
 
     Why ``all_accepted``: a call gRPC has received but not yet handed to camserve when the drain begins
     is cancelled by gRPC's own stop (the client sees CANCELLED), and no front end can count it; see
@@ -154,9 +154,9 @@ async def _queued_then_sigterm(srv: RunningServer, all_accepted: bool) -> tuple[
 
     def waiting() -> bool:
         depth = srv.metric("camserve_queue_depth")
-        if depth < 16:
-            return True
-        return all_accepted and depth + srv.metric("camserve_batch_size_sum") - batched0 < QUEUED_CALLS
+        if all_accepted:
+            return depth + srv.metric("camserve_batch_size_sum") - batched0 < QUEUED_CALLS
+        return depth < 16
 
     async def call(i: int) -> str:
         try:
