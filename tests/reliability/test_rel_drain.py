@@ -13,9 +13,10 @@
 
    A reports NOT_SERVING while it still answers (inside the pre-stop window) and exits 0. With
    CAMSERVE_SOAK=1 a replacement A' is started on A's port and must win traffic back.
-2. Queued work at SIGTERM (two front ends, no pre-stop window): with a drain window long enough every
-   queued call is answered OK and the exit code is 0; with ``--drain-seconds 0`` the drain cancels
-   accepted calls and the server exits ``EXIT_DRAIN_LOST`` (3), each front end logging how many.
+2. Queued work at SIGTERM (two front ends, no pre-stop window; 48 calls accepted while the worker is
+   stopped, which resumes right after the SIGTERM): with a drain window long enough every call is
+   answered OK and the exit code is 0; with ``--drain-seconds 0`` the drain cancels accepted calls and
+   the server exits ``EXIT_DRAIN_LOST`` (3), each front end logging how many.
 
 ``CAMSERVE_TEST_DEFECT=drain-loses-calls`` starts the servers that must lose nothing with
 ``--drain-seconds 0`` instead: both tests must then fail.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import time
@@ -34,7 +36,7 @@ import grpc
 import pytest
 from camserve.front.server import EXIT_DRAIN_LOST
 from camserve_proto import explain_pb2_grpc
-from relkit import SOAK, LoadResult, closed_loop, encode, open_loop, photo, report, valid_request
+from relkit import SOAK, LoadResult, closed_loop, encode, open_loop, photo, report, valid_request, worker_pids
 from relserver import DEFECT, FRONTENDS, MODEL, RunningServer, start_server
 
 pytestmark = pytest.mark.timeout(600 if SOAK else 240)
@@ -136,27 +138,22 @@ def test_sigterm_during_rolling_update_loses_nothing(shared_server: RunningServe
     assert b.alive()
 
 
-QUEUED_CALLS = 48  # six batches of the rel model: work left at SIGTERM whatever the machine's speed
+QUEUED_CALLS = 48  # six batches of the rel model
 
 
-async def _queued_then_sigterm(srv: RunningServer, all_accepted: bool) -> tuple[int, list[str]]:
-    """``QUEUED_CALLS`` Explain calls at once over four connections; SIGTERM once at least two batches'
-    worth are queued (the queue-depth metric: the calls were accepted), or with ``all_accepted`` once
-    every call has reached the scheduler (queued or batched); returns (exit code, codes).
+async def _queued_then_sigterm(srv: RunningServer) -> tuple[int, list[str]]:
+    """``QUEUED_CALLS`` Explain calls at once over four connections while the worker is stopped
+    (SIGSTOP), so every one is accepted and waits; SIGTERM once all of them have reached the scheduler
+    (queue-depth and batch metrics), then SIGCONT; returns (exit code, codes).
 
-    Why ``all_accepted``: a call gRPC has received but not yet handed to camserve when the drain begins
-    is cancelled by gRPC's own stop (the client sees CANCELLED), and no front end can count it; see
-    RELIABILITY.md, "Still open".
+    Why wait for all of them: a call gRPC has received but not yet handed to camserve when the drain
+    begins is cancelled by gRPC's own stop (the client sees CANCELLED), and no front end can count it;
+    see RELIABILITY.md, "Still open".
     """
     chans = [grpc.aio.insecure_channel(srv.target, options=[("camserve.test.channel", k)]) for k in range(4)]
     stubs = [explain_pb2_grpc.ExplainServiceStub(c) for c in chans]
     batched0 = srv.metric("camserve_batch_size_sum")
-
-    def waiting() -> bool:
-        depth = srv.metric("camserve_queue_depth")
-        if all_accepted:
-            return depth + srv.metric("camserve_batch_size_sum") - batched0 < QUEUED_CALLS
-        return depth < 16
+    workers = worker_pids(srv.pid)
 
     async def call(i: int) -> str:
         try:
@@ -165,13 +162,20 @@ async def _queued_then_sigterm(srv: RunningServer, all_accepted: bool) -> tuple[
         except grpc.aio.AioRpcError as e:
             return e.code().name
 
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
     try:
         calls = [asyncio.create_task(call(i)) for i in range(QUEUED_CALLS)]
-        while waiting():  # polls the event: calls accepted and waiting
-            assert not any(c.done() and c.result() != "OK" for c in calls), [c.result() for c in calls
-                                                                             if c.done()]
+        # polls the event: every call accepted (queued, or in the batch the stopped worker holds)
+        while srv.metric("camserve_queue_depth") + srv.metric("camserve_batch_size_sum") - batched0 \
+                < QUEUED_CALLS:
+            assert not any(c.done() for c in calls), [c.result() for c in calls if c.done()]
             await asyncio.sleep(0.01)
         srv.send_signal(signal.SIGTERM)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    try:
         code = await asyncio.to_thread(srv.wait, 120)
         return code, list(await asyncio.gather(*calls))
     finally:
@@ -185,7 +189,7 @@ def test_drain_exit_code_says_whether_accepted_calls_were_lost(drain_s: float) -
     if DEFECT == "drain-loses-calls":
         drain_s = 0.0
     with start_server("drain-queued", ["--drain-seconds", str(drain_s)], frontends=2) as srv:
-        code, codes = asyncio.run(_queued_then_sigterm(srv, all_accepted=not loses))
+        code, codes = asyncio.run(_queued_then_sigterm(srv))
         log = srv.log()
     logged = [int(n) for n in re.findall(r"front end \d+: (\d+) accepted call\(s\) still in progress", log)]
     failed = sum(c != "OK" for c in codes)
