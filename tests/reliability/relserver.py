@@ -14,6 +14,9 @@ from serverproc import ServerProcess
 from serverproc import start_server as _start_server
 
 REPOSITORY = Path(__file__).resolve().parent / "data" / "repository"
+# An injected defect (defects/sitecustomize.py) the tests must fail on; "" in every normal run.
+DEFECT = os.environ.get("CAMSERVE_TEST_DEFECT", "")
+DEFECTS_DIR = Path(__file__).resolve().parent / "defects"
 MODEL = "rel"
 RunningServer = ServerProcess
 
@@ -22,7 +25,9 @@ SHARED_MAX_MESSAGE_MB = 4
 SHARED_MAX_CONCURRENT_RPCS = 12
 SHARED_ARGS = ["--max-message-mb", str(SHARED_MAX_MESSAGE_MB),
                "--max-concurrent-rpcs", str(SHARED_MAX_CONCURRENT_RPCS)]
-# Every reliability scenario runs with one front-end process and with two sharing the port.
+# Front-end counts of the scenarios whose fault is in the front-end processes themselves (the drain
+# across front ends; a front end killed): only they run with two front ends as well. The worker, queue
+# and input scenarios cannot fail differently with two, so they run with one.
 FRONTENDS = (1, 2)
 
 
@@ -33,7 +38,12 @@ def start_server(name: str, extra_args: list[str] | tuple[str, ...] = (), worker
     ends included.
 
     ``name`` only labels failures: on any failure inside the block the server's log tail is attached.
+    With ``CAMSERVE_TEST_DEFECT`` set, the server runs with that injected defect (``defects/``).
     """
+    if DEFECT:  # every server process imports defects/sitecustomize.py first, which patches it in
+        env = dict(kwargs.pop("env", None) or {})
+        env["PYTHONPATH"] = os.pathsep.join([str(DEFECTS_DIR), os.environ.get("PYTHONPATH", "")])
+        kwargs["env"] = env
     srv = _start_server(*extra_args, "--frontends", str(frontends), repository=REPOSITORY, workers=workers,
                         **kwargs)
     srv.frontends = frontends

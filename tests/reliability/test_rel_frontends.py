@@ -1,11 +1,11 @@
 """A front-end process killed under load (``--frontends 2``), against the real server.
 
-Open-loop load on several connections (the kernel spreads connections over the front ends), then
-``kill -9`` of one front-end process. What must hold:
+Open-loop load on several connections (the kernel spreads connections over the front ends), at half
+the capacity measured in the same run and with deadlines far above a call's latency, then ``kill -9``
+of one front-end process. What must hold:
 
-* every call gets exactly one answer, never after its deadline: OK, or UNAVAILABLE for the calls
-  whose connection died with the killed process (the client's own gRPC says so; retryable), and
-  at most a few DEADLINE_EXCEEDED (see the test);
+* every call gets exactly one answer: OK, or UNAVAILABLE for the calls whose connection died with
+  the killed process (the client's own gRPC says so; retryable); none is left to its deadline;
 * nothing is counted twice: the server's ``camserve_requests_total{code="OK"}`` (summed over every
   process, the dead one's counts included) is at least what the clients saw OK and at most that
   plus the calls they saw fail;
@@ -24,20 +24,20 @@ from typing import Any
 
 import pytest
 from camserve_proto import explain_pb2_grpc
-from relkit import encode, frontend_pids, open_loop, photo, report, valid_request
+from relkit import closed_loop, encode, frontend_pids, open_loop, photo, report, valid_request
 from relserver import MODEL, start_server
 
 pytestmark = pytest.mark.timeout(300)
 
-RATE_RPS = 8.0            # light: the restarted front end's start-up shares the 2 cores with the worker
-DEADLINE_S = 3.0
-SLACK_S = 1.0
+MAX_RATE_RPS = 8.0        # light: the restarted front end's start-up shares the 2 cores with the worker
+LOAD_SHARE = 0.5          # of the capacity measured in the same run
+DEADLINE_S = 10.0         # far above a call's latency at that load: reaching it means a call was left hanging
+REQUEST = valid_request(encode(photo(160, seed=4), ".jpg"), model=MODEL)
 
 
-async def _load_and_kill(target: str, victim: int, channels: int) -> tuple[Any, float]:
-    req = valid_request(encode(photo(160, seed=4), ".jpg"), model=MODEL)
+async def _load_and_kill(target: str, victim: int, rate: float, channels: int) -> tuple[Any, float]:
     t0 = time.perf_counter()
-    load = asyncio.create_task(open_loop(target, lambda i: req, RATE_RPS, 6.0, DEADLINE_S, channels=channels))
+    load = asyncio.create_task(open_loop(target, lambda i: REQUEST, rate, 6.0, DEADLINE_S, channels=channels))
     await asyncio.sleep(2.0)
     os.kill(victim, signal.SIGKILL)
     return await load, time.perf_counter() - t0
@@ -47,16 +47,14 @@ def test_frontend_killed_under_load() -> None:
     with start_server("frontends-kill", [], frontends=2) as srv:
         fronts = frontend_pids(srv.pid)
         assert len(fronts) == 2, fronts
+        capacity = asyncio.run(closed_loop(srv.target, lambda i: REQUEST, 4, 3.0, DEADLINE_S)).summary()
+        rate = min(MAX_RATE_RPS, LOAD_SHARE * capacity["goodput_rps"])
         ok0 = srv.metric("camserve_requests_total", code="OK")
         victim = fronts[0]
-        res, _ = asyncio.run(_load_and_kill(srv.target, victim, channels=8))
+        res, _ = asyncio.run(_load_and_kill(srv.target, victim, rate, channels=8))
         codes = res.codes()
-        late = [r for r in res.records if r.latency_s > r.deadline_s + SLACK_S]
-        assert not late, f"{len(late)} calls answered after their deadline, e.g. {late[0]}"
-        # DEADLINE_EXCEEDED is tolerated for a few calls, as in test_rel_faults: on a shared 2-core
-        # machine the worker may fall behind while the replacement front end starts; counted, bounded.
-        assert set(codes) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, codes
-        assert codes.get("DEADLINE_EXCEEDED", 0) <= 0.25 * len(res.records), codes
+        # served, or UNAVAILABLE for the calls on the killed front end's connections: none left hanging
+        assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
         assert codes.get("OK", 0) >= 0.6 * len(res.records), codes
 
         # The supervisor restarts the front end; health is SERVING again once it accepts calls.
@@ -69,7 +67,7 @@ def test_frontend_killed_under_load() -> None:
         restarted_s = time.monotonic() - t0
         now = frontend_pids(srv.pid)
         assert len(now) == 2 and victim not in now, now
-        assert srv.wait_serving(30) < 30
+        srv.wait_serving(30)
         assert "front end 0 died" in srv.log() or "front end 1 died" in srv.log()
 
         counted = srv.metric("camserve_requests_total", code="OK") - ok0
@@ -79,7 +77,7 @@ def test_frontend_killed_under_load() -> None:
             resp = explain_pb2_grpc.ExplainServiceStub(ch).Explain(
                 valid_request(encode(photo(96), ".jpg"), model=MODEL), timeout=30)
             assert resp.explanations
-        report("frontend_kill", {"load": res.summary(), "server_ok_counted": counted,
+        report("frontend_kill", {"capacity": capacity, "load": res.summary(), "server_ok_counted": counted,
                                  "restart_to_serving_s": round(restarted_s, 2), "victim": victim,
                                  "frontends_after": now})
         assert srv.stop() == 0

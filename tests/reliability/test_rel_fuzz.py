@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections import Counter
 from typing import Any
 
@@ -154,6 +153,18 @@ def explain(stub: Any, req: explain_pb2.ExplainRequest, category: str,
     return resp
 
 
+def refused(stub: Any, req: explain_pb2.ExplainRequest, category: str, code: grpc.StatusCode) -> str:
+    """Send one Explain that must be refused with exactly ``code`` (an OK reply fails too); returns the
+    refusal's message."""
+    try:
+        stub.Explain(req, timeout=RPC_TIMEOUT_S)
+    except grpc.RpcError as e:
+        _record(category, e.code(), e.details() or "", {code}, repr(req)[:300])
+        return e.details() or ""
+    _record(category, grpc.StatusCode.OK, "", {code}, "")
+    raise AssertionError(f"{category}: OK where {code.name} was required")
+
+
 # ------------------------------------------------------------------------------------- encoded images
 
 @_settings(500)
@@ -166,13 +177,11 @@ def test_fuzz_encoded_images(stub: Any, baseline: dict[str, float], data: bytes)
 
 @pytest.mark.parametrize("side", [5001, 8000, 32_768, 60_000])
 def test_decompression_bombs(stub: Any, baseline: dict[str, float], side: int) -> None:
-    """Valid PNGs of zeros that inflate to 25-3600 megapixels: refused before decoding, quickly."""
+    """Valid PNGs of zeros that inflate to 25-3600 megapixels: refused from the header, before decoding
+    (the message states the header's size and the bound, which only the header check says)."""
     bomb = png_bomb(side) if side <= 8000 else png_with_header(side, side, b"\x00" * 4096, 8, 0)
-    t0 = time.perf_counter()
-    explain(stub, explain_pb2.ExplainRequest(image=explain_pb2.Image(encoded=bomb)), "bomb",
-            {grpc.StatusCode.INVALID_ARGUMENT})
-    assert TALLY["OK"] == 0 or BY_CATEGORY["bomb"]["OK"] == 0
-    assert time.perf_counter() - t0 < 5.0
+    details = refused(stub, _encoded(bomb), "bomb", grpc.StatusCode.INVALID_ARGUMENT)
+    assert f"{side}x{side}" in details and "at most" in details, details
 
 
 def test_degenerate_dimensions(stub: Any, baseline: dict[str, float]) -> None:
@@ -182,9 +191,9 @@ def test_degenerate_dimensions(stub: Any, baseline: dict[str, float]) -> None:
         assert resp is not None, f"{name}: a valid 1x1 image was refused"
     strip = encode(photo(64)[:1], ".png")
     assert explain(stub, _encoded(strip), "tiny") is not None
-    for w, h in ((0, 10), (10, 0), (0, 0)):
-        explain(stub, _encoded(png_with_header(w, h)), "tiny", {grpc.StatusCode.INVALID_ARGUMENT})
-        assert BY_CATEGORY["tiny"]["INVALID_ARGUMENT"] >= 1
+    for w, h in ((0, 10), (10, 0), (0, 0)):  # each size on its own: INVALID_ARGUMENT, never OK
+        details = refused(stub, _encoded(png_with_header(w, h)), "tiny", grpc.StatusCode.INVALID_ARGUMENT)
+        assert "no pixels" in details, (w, h, details)
 
 
 # ------------------------------------------------------------------------------------- raw tensors
@@ -327,9 +336,7 @@ def test_empty_and_oversized_messages(stub: Any, raw_channel: grpc.Channel,
         except grpc.RpcError as e:
             _record("empty", e.code(), e.details() or "", CALLER_CODES, f"empty {method}")
     big = os.urandom((MAX_MESSAGE_MB + 1) << 20)
-    before = BY_CATEGORY.get("oversized", Counter())["RESOURCE_EXHAUSTED"]  # the suite runs per --frontends
-    explain(stub, _encoded(b"\xff\xd8\xff" + big), "oversized", {grpc.StatusCode.RESOURCE_EXHAUSTED})
-    assert BY_CATEGORY["oversized"]["RESOURCE_EXHAUSTED"] == before + 1
+    refused(stub, _encoded(b"\xff\xd8\xff" + big), "oversized", grpc.StatusCode.RESOURCE_EXHAUSTED)
     models = explain_pb2_grpc.ExplainServiceStub(raw_channel)
     for name in ("", "nope", "\x00", "x" * 10_000):
         try:
@@ -343,7 +350,7 @@ def test_empty_and_oversized_messages(stub: Any, raw_channel: grpc.Channel,
 
 def test_server_survived(server: RunningServer, stub: Any, baseline: dict[str, float]) -> None:
     """After everything above: >= 2,000 fuzzed calls, alive, health SERVING, valid call OK, RSS bounded."""
-    total = sum(TALLY.values()) - baseline["tally"]  # this server's share (the suite runs per --frontends)
+    total = sum(TALLY.values()) - baseline["tally"]
     assert server.alive(), "the server died"
     jpeg = encode(photo(96, seed=3), ".jpg")
     resp = stub.Explain(_encoded(jpeg), timeout=RPC_TIMEOUT_S)
@@ -366,8 +373,7 @@ def test_server_survived(server: RunningServer, stub: Any, baseline: dict[str, f
         "workers_alive": len(worker_pids(server.pid)),
         "non_conforming": FAILURES[:20],
     }
-    figures["frontends"] = getattr(server, "frontends", 1)
-    report(f"fuzz_frontends{figures['frontends']}", figures)
+    report("fuzz", figures)
     assert total >= 2000 * SCALE, f"only {total} fuzzed requests ran"
     assert TALLY["INTERNAL"] == 0 and TALLY["UNKNOWN"] == 0 and TALLY["UNAVAILABLE"] == 0
     assert restarts == 0, "a fuzzed request killed a worker"

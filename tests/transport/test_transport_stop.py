@@ -81,13 +81,14 @@ def test_each_worker_is_reaped_by_its_reader_thread_alone(tmp_path: Path, monkey
 
 
 def test_a_normal_stop_logs_no_kill() -> None:
-    """What an operator saw of the double reaping: "did not exit; killing it" about an exited worker."""
-    for _ in range(3):
-        srv = start_toy(workers="cpu:2")
-        assert srv.stop() == 0
-        log = srv.log()
-        assert "killing" not in log and "did not exit" not in log, log[-2000:]
-        assert log.count("[worker") >= 2 and "stopped" in log
+    """What an operator saw of the double reaping: "did not exit; killing it" about an exited worker.
+    (Once: the test above proves, deterministically, that each worker has one reaper; repeating this
+    one only retried the race it no longer has.)"""
+    srv = start_toy(workers="cpu:2")
+    assert srv.stop() == 0
+    log = srv.log()
+    assert "killing" not in log and "did not exit" not in log, log[-2000:]
+    assert log.count("[worker") >= 2 and "stopped" in log
 
 
 def test_a_worker_that_does_not_exit_is_killed_within_the_drain() -> None:

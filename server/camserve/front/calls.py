@@ -73,6 +73,7 @@ class CallRunner:
         self.clock = clock
         self.max_inflight = max(0, int(max_inflight))
         self.admission: Admission = admission if admission is not None else _LocalAdmission()
+        self.active = 0  # calls inside run() now (what a drain window leaves is lost)
 
     def admit(self, n: int) -> None:
         """The in-flight limit: refuse at once (BUSY) when ``n`` more images would pass it.
@@ -96,6 +97,14 @@ class CallRunner:
                   work: Work) -> Any:
         """Run ``work`` for one call of ``method`` carrying ``images`` images (0: nothing to admit) and
         return its reply; on any failure the call ends with its mapped status instead."""
+        self.active += 1
+        try:
+            return await self._run(context, method, model, images, work)
+        finally:
+            self.active -= 1
+
+    async def _run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, images: int,
+                   work: Work) -> Any:
         started = self.clock()
         deadline = self.deadline(context)
         admitted = 0

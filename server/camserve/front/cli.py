@@ -5,7 +5,8 @@ Kubernetes manifest or a shell; every default is :class:`~camserve.front.server.
 effective configuration (each option, each model's batching) is logged at start-up, Triton-style, so
 an operator can see what the server actually runs with. Errors an operator can cause (a bad
 repository, a busy port, unreadable certificates) end with one clear line and exit status 2, never a
-traceback.
+traceback. After SIGTERM the exit status is 0 when the drain answered every accepted call, 3
+(``EXIT_DRAIN_LOST``) when calls were still in progress at the end of ``--drain-seconds``.
 
 Run as `camserve serve ...` or `python -m camserve.front.cli serve ...`.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from camserve.front.security import SecurityConfigError, security_config_from_args
-from camserve.front.server import KiB, MiB, ServerOptions
+from camserve.front.server import EXIT_DRAIN_LOST, KiB, MiB, ServerOptions
 from camserve.repository import ModelConfig
 from camserve.vocabulary import BACKENDS, COMPILE_MODES
 
@@ -158,11 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
           "unlike --max-concurrent-rpcs (0 = no limit)", D.max_inflight, type=_nonneg_int)
     _flag(t, "--max-image-pixels", "largest decoded image (width x height) accepted; checked from the header "
           "before decoding, against decompression bombs", D.max_image_pixels, type=_positive_int)
-    s = p.add_argument_group("shutdown (SIGTERM: NOT_SERVING, pre-stop window, drain, exit 0)")
+    s = p.add_argument_group("shutdown (SIGTERM: NOT_SERVING, pre-stop window, drain; exit 0, or "
+                             f"{EXIT_DRAIN_LOST} when the drain lost accepted calls)")
     _flag(s, "--pre-stop-seconds", "after SIGTERM keep serving this long while health says NOT_SERVING, so "
           "load balancers stop routing first (SIGINT skips it)", D.pre_stop_s, type=_nonneg_float)
-    _flag(s, "--drain-seconds", "then wait at most this long for in-flight RPCs before stopping the workers",
-          D.drain_s, type=_nonneg_float)
+    _flag(s, "--drain-seconds", "then wait at most this long for in-flight RPCs before stopping the workers; "
+          f"RPCs still in progress then are cancelled and the server exits {EXIT_DRAIN_LOST}", D.drain_s,
+          type=_nonneg_float)
     # The benchmark's stand-in for the model step (bench/frontend); never documented for users.
     p.add_argument("--runner", default=None, help=argparse.SUPPRESS)
     _flag(p, "--log-level", "log verbosity", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),

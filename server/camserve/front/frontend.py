@@ -10,8 +10,10 @@ every front end accepts calls, every model is warm on a live worker and the serv
 
 Drain (the supervisor's ``drain`` message after SIGTERM): NOT_SERVING at once, keep serving for the
 pre-stop window (skipped if this front end never reported SERVING: no balancer routes to it), stop
-accepting and let in-flight calls finish (`server.stop(grace)`), exit 0. If
-the supervisor disappears, the process stops at once (its calls cannot be answered any more).
+accepting and let in-flight calls finish (`server.stop(grace)`), exit 0; or exit
+``EXIT_DRAIN_LOST`` when calls were still in progress at the end of the drain window (gRPC cancels
+them: accepted calls lost, which the supervisor's own exit status then reports). If the supervisor
+disappears, the process stops at once (its calls cannot be answered any more).
 """
 
 from __future__ import annotations
@@ -28,9 +30,16 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
+from camserve.front.calls import CallRunner
 from camserve.front.metrics import Metrics
 from camserve.front.security import add_listening_port
-from camserve.front.server import SERVICE_NAMES, ServerOptions, build_grpc_server, listen_address
+from camserve.front.server import (
+    EXIT_DRAIN_LOST,
+    SERVICE_NAMES,
+    ServerOptions,
+    build_grpc_server,
+    listen_address,
+)
 from camserve.front.statistics import InferenceStatistics, shared_table
 from camserve.repository import ModelConfig
 from camserve.scheduling.arena import PixelArena
@@ -66,6 +75,7 @@ class FrontEnd:
         self.metrics = Metrics(list(repository), max_batch_size=max_batch, statistics=statistics)
         self.arena = PixelArena.attach(*arena) if arena is not None else None
         self.dispatcher = RemoteDispatcher(index, repository, self.board, self.arena)
+        self.calls = CallRunner(self.metrics, max_inflight=opts.max_inflight, admission=self.dispatcher)
         self.executor = ThreadPoolExecutor(max_workers=max(1, opts.codec_threads),
                                            thread_name_prefix="camserve-codec")
         self.health = health.aio.HealthServicer()
@@ -89,7 +99,8 @@ class FrontEnd:
         await self.dispatcher.connect(self.hub_path)
         server = build_grpc_server(self.repository, self.opts, self.dispatcher, self.metrics, self.executor,
                                    self.health, self._count_rejected,
-                                   draining=lambda: self.dispatcher.state.draining or self._drain.done())
+                                   draining=lambda: self.dispatcher.state.draining or self._drain.done(),
+                                   calls=self.calls)
         add_listening_port(server, listen_address(self.opts, self.port), self.opts.security)
         await server.start()
         self.dispatcher.serving(True)
@@ -98,7 +109,8 @@ class FrontEnd:
         await asyncio.wait({self._drain, lost}, return_when=asyncio.FIRST_COMPLETED)
         code = 0
         if self._drain.done():
-            await self._drain_calls(server)
+            if await self._drain_calls(server):
+                code = EXIT_DRAIN_LOST
         else:
             log.error("front end %d: the supervisor is gone; stopping", self.index)
             await server.stop(0)
@@ -116,7 +128,9 @@ class FrontEnd:
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(hurry)
 
-    async def _drain_calls(self, server: Any) -> None:
+    async def _drain_calls(self, server: Any) -> int:
+        """NOT_SERVING, the pre-stop window, then stop accepting and wait for the calls in progress up to
+        ``drain_s``; returns how many were still in progress when that window ended (gRPC cancels them)."""
         await self.health.enter_graceful_shutdown()  # NOT_SERVING on every name, for good
         if not self.served:  # never in a load balancer's rotation: nobody to wait for
             log.info("front end %d never reported SERVING, so no pre-stop window", self.index)
@@ -124,7 +138,19 @@ class FrontEnd:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), self.opts.pre_stop_s)
         self.dispatcher.serving(False)
+        # The count is taken by a timer set before gRPC's grace starts, so it runs first: the calls it
+        # finds in progress are those the end of the grace cancels. stop() returns earlier (and the
+        # timer never runs) once every call has ended.
+        left: list[int] = []
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.opts.drain_s, lambda: left.append(self.calls.active))
         await server.stop(self.opts.drain_s)
+        timer.cancel()
+        lost = left[0] if left else 0
+        if lost:
+            log.error("front end %d: %d accepted call(s) still in progress when the drain window "
+                      "(--drain-seconds %.1f) ended were cancelled", self.index, lost, self.opts.drain_s)
+        return lost
 
     async def _mirror_health(self) -> None:
         """Set grpc.health.v1 from the hub's state whenever it changes."""

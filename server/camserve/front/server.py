@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 KiB = 1 << 10
 MiB = 1 << 20
+#: `camserve serve`'s exit status when the drain lost accepted calls: RPCs still in progress when the
+#: drain window (``--drain-seconds``) ended were cancelled, or a front end had to be killed (0: nothing
+#: lost; 2: could not start).
+EXIT_DRAIN_LOST = 3
 
 
 @dataclass
@@ -181,11 +185,13 @@ SERVICE_NAMES: tuple[str, ...] = (SERVICE_NAME, oip_wire.SERVICE_NAME)
 def build_grpc_server(repository: dict[str, ModelConfig], opts: ServerOptions, dispatcher: Any,
                       metrics: Metrics, executor: Executor, health_servicer: Any,
                       on_reject: Callable[[str, str], None],
-                      draining: Callable[[], bool] = lambda: False) -> grpc.aio.Server:
+                      draining: Callable[[], bool] = lambda: False,
+                      calls: CallRunner | None = None) -> grpc.aio.Server:
     """A front end's aio server with every service on it (not bound, not started).
 
-    Both protocols share one :class:`CallRunner`, so ``--max-inflight`` counts their images together
-    (server-wide through the dispatcher's board). ``draining()`` tells the Open Inference Protocol's
+    Both protocols share one :class:`CallRunner` (``calls``, or a new one), so ``--max-inflight``
+    counts their images together (server-wide through the dispatcher's board) and the front end's
+    drain sees every call in progress. ``draining()`` tells the Open Inference Protocol's
     ServerReady/ModelReady that the server is shutting down.
     """
     limits = LimitsInterceptor(max_header_bytes=opts.max_header_bytes,
@@ -196,7 +202,8 @@ def build_grpc_server(repository: dict[str, ModelConfig], opts: ServerOptions, d
         options=grpc_options(opts),
     )
     parser = RequestParser(repository, dispatcher.model_summary)
-    calls = CallRunner(metrics, max_inflight=opts.max_inflight, admission=dispatcher)
+    if calls is None:
+        calls = CallRunner(metrics, max_inflight=opts.max_inflight, admission=dispatcher)
     limits = {"max_image_pixels": opts.max_image_pixels, "max_send_bytes": opts.max_message_bytes}
     pb_grpc.add_ExplainServiceServicer_to_server(
         ExplainServicer(dispatcher, parser, metrics, executor, backend=opts.backend, calls=calls, **limits),

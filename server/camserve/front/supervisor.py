@@ -15,7 +15,9 @@ program can join the port while the server runs. Front ends that die are restart
 
 SIGTERM: the hub tells every front end to drain (NOT_SERVING at once, the pre-stop window, then
 stop accepting and finish in-flight calls); once they have exited, the scheduler finishes what is
-left and stops the workers; exit 0. A second SIGTERM (or SIGINT) skips the rest of the pre-stop window.
+left and stops the workers; exit 0, or ``EXIT_DRAIN_LOST`` (3) when the drain lost accepted calls (a
+front end's drain window ended with calls in progress, or a front end had to be killed). A second
+SIGTERM (or SIGINT) skips the rest of the pre-stop window.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 from camserve.front.metrics import MULTIPROC_ENV, Metrics, mark_process_dead
 from camserve.front.metrics_http import MetricsHTTPServer
 from camserve.front.security import server_credentials
-from camserve.front.server import ServerOptions, default_frontends, make_dispatcher
+from camserve.front.server import EXIT_DRAIN_LOST, ServerOptions, default_frontends, make_dispatcher
 from camserve.front.statistics import InferenceStatistics, shared_table
 from camserve.repository import ModelConfig
 from camserve.scheduling.arena import PixelArena
@@ -161,6 +163,7 @@ class Supervisor:
         self._stopped = asyncio.Event()
         self._shutdown_task: asyncio.Task[int] | None = None
         self._hurry = False
+        self.exit_code = 0
 
     # ------------------------------------------------------------------------ start
 
@@ -251,22 +254,33 @@ class Supervisor:
             self.hub.drain(hurry=True)
 
     async def shutdown(self) -> int:
-        """Front ends drain (NOT_SERVING, pre-stop, finish calls), then the scheduler and workers stop."""
+        """Front ends drain (NOT_SERVING, pre-stop, finish calls), then the scheduler and workers stop.
+
+        Returns the exit status: 0, or ``EXIT_DRAIN_LOST`` when a front end that was running at the
+        drain's start did not exit 0 (its drain window ended with accepted calls in progress, or it
+        had to be killed). What the scheduler fails at its own stop has no caller left by then: every
+        front end has exited, withdrawing its queued images.
+        """
         self._stopping = True
         log.info("answered RPCs at drain start: %s", json.dumps(self.metrics.rpc_totals()))
         log.info("draining: health NOT_SERVING; front ends that reported SERVING serve %.1f s more "
                  "(pre-stop)", self.opts.pre_stop_s)
         self.hub.drain(hurry=self._hurry)
         budget = self.opts.pre_stop_s + self.opts.drain_s + 10.0
-        procs = [f.process for f in self._fronts if f.process is not None]
-        await asyncio.to_thread(_wait_all, procs, budget)
+        procs = [f.process for f in self._fronts if f.process is not None and f.process.poll() is None]
+        codes = await asyncio.to_thread(_wait_all, procs, budget)
+        failed = {p.pid: c for p, c in zip(procs, codes, strict=True) if c != 0}
+        if failed:
+            self.exit_code = EXIT_DRAIN_LOST
+            log.error("the drain lost accepted calls: front end exit codes %s (pid: code); exiting %d",
+                      failed, EXIT_DRAIN_LOST)
         await self.dispatcher.stop(self.opts.drain_s)
         await self.hub.stop()
         log.info("answered RPCs at stop: %s", json.dumps(self.metrics.rpc_totals()))
         self._close()
-        log.info("stopped")
+        log.info("stopped (exit code %d)", self.exit_code)
         self._stopped.set()
-        return 0
+        return self.exit_code
 
     def _close(self) -> None:
         if self._metrics_http is not None:
@@ -300,7 +314,7 @@ class Supervisor:
             with contextlib.suppress(NotImplementedError):  # not on Windows
                 loop.add_signal_handler(sig, self._on_signal, sig, hurry)
         await self._stopped.wait()
-        return 0
+        return self.exit_code
 
     def _on_signal(self, sig: signal.Signals, hurry: bool) -> None:
         again = self._shutdown_task is not None
@@ -308,15 +322,18 @@ class Supervisor:
         self.request_shutdown(hurry=hurry or again)
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> list[int]:
+    """Wait for every process up to ``timeout_s`` in all, killing those left; their exit codes."""
     deadline = time.monotonic() + timeout_s
+    codes = []
     for p in procs:
         try:
-            p.wait(max(0.0, deadline - time.monotonic()))
+            codes.append(p.wait(max(0.0, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
             log.warning("front end pid %d did not exit in %.0f s; killing it", p.pid, timeout_s)
             p.kill()
-            p.wait(5)
+            codes.append(p.wait(5))
+    return codes
 
 
 async def serve(repository: dict[str, ModelConfig], opts: ServerOptions) -> int:
