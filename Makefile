@@ -8,6 +8,8 @@ TRITON := $(VENV)/tritonclient
 TRITON_STAMP := $(TRITON)/.installed-stamp
 GRPC_PORT ?= 50051
 METRICS_PORT ?= 9464
+# Test processes (pytest-xdist); a file's tests stay in one process, so its servers are started once.
+TEST_JOBS ?= 2
 
 BENCH_FIGURES := engine serve protocols frontend load localization micro
 
@@ -25,8 +27,8 @@ venv: $(STAMP)  ## create .venv and install camserve with the server and dev ext
 serve: venv  ## serve the bundled demo model on gRPC :50051, metrics on :9464
 	$(BIN)/camserve serve --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: venv system-deps tritonclient  ## the whole suite (what CI runs)
-	$(BIN)/python -m pytest
+test: venv system-deps tritonclient  ## the whole suite (what CI runs), on TEST_JOBS processes
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 # Every package pinned in tests/oip/tritonclient.txt, installed without resolving (--no-deps) so the
 # environment is the same everywhere; `pip check` proves the pins are complete. The tests in tests/oip
