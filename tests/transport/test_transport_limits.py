@@ -134,13 +134,17 @@ def test_concurrent_rpc_limit_is_camserves_and_counted() -> None:
             os.kill(pid, signal.SIGSTOP)  # the two calls below hold their slots until released
         with srv.channel() as ch:
             stub = pb_grpc.ExplainServiceStub(ch)
-            held = [threading.Thread(target=lambda i=i: results.extend(
-                _codes(lambda: stub.Explain(explain_request(i), timeout=60), 1))) for i in range(2)]
-            for t in held:
-                t.start()
+            held: list[threading.Thread] = []
             health = health_pb2_grpc.HealthStub(ch)
 
             def refused() -> str | None:
+                # Two Explain calls hold the two slots. A holder that reaches the server while a probe
+                # has the second slot is itself refused (health counts too): replace it until two hold.
+                while sum(t.is_alive() for t in held) < 2:
+                    seed = len(held)
+                    held.append(threading.Thread(target=lambda i=seed: results.extend(
+                        _codes(lambda: stub.Explain(explain_request(i), timeout=60), 1))))
+                    held[-1].start()
                 try:
                     health.Check(health_pb2.HealthCheckRequest(), timeout=5)
                     return None
@@ -154,7 +158,7 @@ def test_concurrent_rpc_limit_is_camserves_and_counted() -> None:
                 os.kill(pid, signal.SIGCONT)
             for t in held:
                 t.join(60)
-        assert results == ["OK", "OK"]
+        assert results.count("OK") == 2 and set(results) <= {"OK", "RESOURCE_EXHAUSTED"}, results
     finally:
         for pid in workers:
             os.kill(pid, signal.SIGCONT)
