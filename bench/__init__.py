@@ -20,3 +20,19 @@ def start_server(*args: Any, **kwargs: Any) -> Any:
     from serverproc import start_server as start
 
     return start(*args, **kwargs)
+
+
+def finish(tool: str, out: Path | None, doc: dict[str, Any], problems: list[str]) -> int:
+    """Write ``doc`` as JSON to ``out`` (when given), print each problem, and return the exit status:
+    1 when a step had errors or no success (``loadreport.step_problems``), else 0."""
+    import json
+
+    from camserve_client.tools.loadreport import json_safe
+
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(json_safe(doc), indent=2) + "\n")
+        print(f"wrote {out}")
+    for line in problems:
+        print(f"{tool}: {line}", file=sys.stderr)
+    return 1 if problems else 0

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from camserve_client.tools.loadreport import format_table, step_problems
 from camserve_client.tools.testimages import generated
 
+from bench import finish
 from bench.baseline.tfkv import TfKerasVisBaseline
 
 
@@ -34,12 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tf-keras-vis Gradcam per request, {base.cfg.get('name')} layer {base.target_layer}, "
           f"{len(images)} {source} images {size}x{size}")
     print(format_table(steps, "tfkv"))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"baseline": steps}, indent=2))
-    problems = step_problems(steps, "tf-keras-vis")
-    for line in problems:
-        print(f"bench.baseline: {line}", file=sys.stderr)
-    return 1 if problems else 0
+    return finish("bench.baseline", Path(args.json) if args.json else None, {"baseline": steps},
+                  step_problems(steps, "tf-keras-vis"))
 
 
 if __name__ == "__main__":

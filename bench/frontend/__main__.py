@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import finish
 from bench.frontend.client import CASES, load_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,19 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                           f"({row['server_cores_busy']:.2f} cores busy, mean batch {row['mean_batch']}, "
                           f"errors {row['errors']})\n    CPU ms/img by process: "
                           f"{row['cpu_ms_per_image_by_process']}", flush=True)
-    from camserve_client.tools.loadreport import json_safe, step_problems
+    from camserve_client.tools.loadreport import step_problems
 
     problems = [p for r in rows
                 for p in step_problems([r["step"]], f"frontends {r['frontends']} {r['case']}")]
     out = args.out or RESULTS / ("frontend_quick.json" if args.quick else "frontend.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_safe({"host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-                                         "problems": problems}), indent=2) + "\n")
-    print(f"wrote {out}")
-    for line in problems:
-        print(f"bench.frontend: {line}", file=sys.stderr)
-    return 1 if problems else 0
+    return finish("bench.frontend", out, {"host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                                          "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+                                          "problems": problems}, problems)
 
 
 if __name__ == "__main__":

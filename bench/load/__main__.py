@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from camserve_client.tools.loadgen import LoadConfig, run_load
-from camserve_client.tools.loadreport import format_table, json_safe, step_problems, write_plot
+from camserve_client.tools.loadreport import format_table, step_problems, write_plot
 from camserve_client.tools.testimages import generated
+
+from bench import finish
 
 APPLICATIONS = {
     "mobilenetv2": ("MobileNetV2", "tf"),
@@ -315,13 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         if write_plot(series, png, f"{tag}: camserve vs per-request tf-keras-vis ({args.method})"):
             print(f"wrote {png}")
     out = args.json or args.out / f"load-{stamp}.json"
-    out.write_text(json.dumps(json_safe({"command": "python -m bench.load " + " ".join(argv or sys.argv[1:]),
-                                      "results": results}), indent=2))
-    print(f"wrote {out}")
     problems = [p for r in results for p in r["problems"]]
-    for line in problems:
-        print(f"bench.load: {line}", file=sys.stderr)
-    return 1 if problems else 0
+    return finish("bench.load", out, {"command": "python -m bench.load " + " ".join(argv or sys.argv[1:]),
+                                      "results": results}, problems)
 
 
 if __name__ == "__main__":

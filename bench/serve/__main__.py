@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2
 import numpy as np
 
-from bench import start_server
+from bench import finish, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['model']:<12} {r['max_batch_size']:>5} {r['engine']['images_per_s']:>13.1f} "
               f"{s['images_per_s']:>13.1f} {r['ratio']:>6.3f} {s['p50_ms']:>7.1f} {s['p99_ms']:>7.1f} "
               f"{s['mean_batch']:>10.1f} {s['queue_ms_mean']:>9.1f} {s['compute_ms_mean']:>10.1f}")
-    from camserve_client.tools.loadreport import json_safe, step_problems
+    from camserve_client.tools.loadreport import step_problems
 
     problems = [p for r in results for p in step_problems([r["served"]["step"]], r["model"])]
     problems += [f"{r['model']}: the server exited {r['server_exit_code']}" for r in results
@@ -254,12 +254,8 @@ def main(argv: list[str] | None = None) -> int:
            "target_ratio": 0.85, "cpu_count": os.cpu_count(), "platform": platform.platform(),
            "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "results": results, "problems": problems}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_safe(doc), indent=2) + "\n")
-    print(f"\nwrote {out}")
-    for line in problems:
-        print(f"bench.serve: {line}", file=sys.stderr)
-    return 1 if problems else 0
+    print()
+    return finish("bench.serve", out, doc, problems)
 
 
 if __name__ == "__main__":
