@@ -65,7 +65,6 @@ def test_calls_with_a_short_deadline_ride_out_a_restart() -> None:
         wait_for(lambda: sum(c.outcome == "OK" for c in calls) >= CALLERS, 60)
         stopped_at = time.monotonic()
         assert old.stop() == 0
-        old_gone_at = time.monotonic()
         new = start_toy(grpc_port=old.grpc_port, wait=False, env={"CAMSERVE_TOY_LOAD_S": str(load_s)})
         new.wait_serving()
         ready_at = time.monotonic()
@@ -79,15 +78,11 @@ def test_calls_with_a_short_deadline_ride_out_a_restart() -> None:
     finally:
         assert new.stop() == 0
     during = [c for c in calls if stopped_at <= c.started <= ready_at]
-    # A call gRPC had received but not yet handed to camserve when the old server stopped is CANCELLED
-    # by gRPC's own stop: an open drain defect of its own (RELIABILITY.md, "Still open"), not the SDK's
-    # retries this test is about. Only that case is set apart, and it is printed; any other failure,
-    # and a CANCELLED call that started after the old server was gone, fails the test.
-    drain_gap = [c for c in calls if c.outcome.startswith("CANCELLED") and c.started <= old_gone_at]
-    failed = [c.outcome for c in calls if c.outcome != "OK" and c not in drain_gap]
+    # Every call succeeds, those the old server refused while it drained included (UNAVAILABLE with a
+    # pushback, retried); gRPC's own stop used to cancel a call it had received but not yet handed to
+    # camserve (CANCELLED, never retried): the front end now stops gRPC only once callers are quiet.
+    failed = [c.outcome for c in calls if c.outcome != "OK"]
     assert not failed, failed[:5]
-    if drain_gap:
-        print(f"\n{len(drain_gap)} call(s) CANCELLED by the old server's stop (the open drain gap)")
     assert len(during) >= CALLERS  # calls were made while the server was away or warming up ...
     assert not_ready >= 1          # ... and some were answered NOT_READY by the new server, then retried
     longest = max(c.ended - c.started for c in during)

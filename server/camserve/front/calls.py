@@ -13,6 +13,7 @@ logged with the traceback). :class:`FrontServicer` is what each servicer is buil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -74,6 +75,10 @@ class CallRunner:
         self.max_inflight = max(0, int(max_inflight))
         self.admission: Admission = admission if admission is not None else _LocalAdmission()
         self.active = 0  # calls inside run() now (what a drain window leaves is lost)
+        self.arrived = clock()  # when the last call entered run()
+        self.closing: Failure | None = None  # set by a drain: every new call is refused with it
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def admit(self, n: int) -> None:
         """The in-flight limit: refuse at once (BUSY) when ``n`` more images would pass it.
@@ -97,11 +102,41 @@ class CallRunner:
                   work: Work) -> Any:
         """Run ``work`` for one call of ``method`` carrying ``images`` images (0: nothing to admit) and
         return its reply; on any failure the call ends with its mapped status instead."""
+        self.arrived = self.clock()
+        if self.closing is not None:  # draining: refused before it is accepted, so never in progress
+            await self.finish(context, method, model, self.arrived, self.closing, images)
         self.active += 1
+        self._idle.clear()
         try:
             return await self._run(context, method, model, images, work)
         finally:
             self.active -= 1
+            if not self.active:
+                self._idle.set()
+
+    async def settle(self, quiet_s: float, timeout_s: float) -> int:
+        """Wait (at most ``timeout_s`` seconds) until no call is in progress and none has arrived for
+        ``quiet_s`` seconds; return how many calls are still in progress then.
+
+        A drain sets :attr:`closing` first, so calls arriving meanwhile are refused at once (UNAVAILABLE,
+        retryable). Why wait for quiet, not only for zero: gRPC cancels (CANCELLED, which clients do not
+        retry) a call its core has received but not yet handed to a handler when ``server.stop`` runs;
+        while callers keep arriving, each is refused here instead, and the server is stopped only once
+        they have gone quiet.
+        """
+        end = self.clock() + max(0.0, timeout_s)
+        while True:
+            left = end - self.clock()
+            if left <= 0:
+                return self.active
+            if self.active:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), left)
+                continue
+            quiet_for = self.clock() - self.arrived
+            if quiet_for >= quiet_s:
+                return 0
+            await asyncio.sleep(min(quiet_s - quiet_for, left))  # until the quiet period would end
 
     async def _run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, images: int,
                    work: Work) -> Any:

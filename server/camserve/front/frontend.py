@@ -9,10 +9,11 @@ validates and decodes, and hands images to the one scheduler through
 every front end accepts calls, every model is warm on a live worker and the server is not draining.
 
 Drain (the supervisor's ``drain`` message after SIGTERM): NOT_SERVING at once, keep serving for the
-pre-stop window (skipped if this front end never reported SERVING: no balancer routes to it), stop
-accepting and let in-flight calls finish (`server.stop(grace)`), exit 0; or exit
-``EXIT_DRAIN_LOST`` when calls were still in progress at the end of the drain window (gRPC cancels
-them: accepted calls lost, which the supervisor's own exit status then reports). If the supervisor
+pre-stop window (skipped if this front end never reported SERVING: no balancer routes to it), then
+refuse new calls in the handlers (UNAVAILABLE with a retry pushback) while the calls in progress
+finish, stop gRPC once they have and callers have gone quiet, exit 0; or exit ``EXIT_DRAIN_LOST`` when
+calls were still in progress at the end of the drain window (gRPC cancels them: accepted calls lost,
+which the supervisor's own exit status then reports). If the supervisor
 disappears, the process stops at once (its calls cannot be answered any more).
 """
 
@@ -41,6 +42,7 @@ from camserve.front.server import (
     listen_address,
 )
 from camserve.front.statistics import InferenceStatistics, shared_table
+from camserve.records import ErrorKind, Failure
 from camserve.repository import ModelConfig
 from camserve.scheduling.arena import PixelArena
 from camserve.scheduling.board import Board
@@ -50,6 +52,9 @@ from camserve.scheduling.remote import RemoteDispatcher
 __all__ = ["FrontEnd", "main"]
 
 log = logging.getLogger("camserve.frontend")
+
+#: After a drain's refusals begin, gRPC is stopped once no call has arrived for this long (seconds).
+DRAIN_QUIET_S = 0.2
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -129,8 +134,9 @@ class FrontEnd:
             self._drain.set_result(hurry)
 
     async def _drain_calls(self, server: Any) -> int:
-        """NOT_SERVING, the pre-stop window, then stop accepting and wait for the calls in progress up to
-        ``drain_s``; returns how many were still in progress when that window ended (gRPC cancels them)."""
+        """NOT_SERVING, the pre-stop window, then refuse new calls and wait for the calls in progress up
+        to ``drain_s``; returns how many were still in progress when that window ended (gRPC cancels
+        them)."""
         await self.health.enter_graceful_shutdown()  # NOT_SERVING on every name, for good
         if not self.served:  # never in a load balancer's rotation: nobody to wait for
             log.info("front end %d never reported SERVING, so no pre-stop window", self.index)
@@ -138,15 +144,15 @@ class FrontEnd:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), self.opts.pre_stop_s)
         self.dispatcher.serving(False)
-        # The count is taken by a timer set before gRPC's grace starts, so it runs first: the calls it
-        # finds in progress are those the end of the grace cancels. stop() returns earlier (and the
-        # timer never runs) once every call has ended.
-        left: list[int] = []
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.opts.drain_s, lambda: left.append(self.calls.active))
-        await server.stop(self.opts.drain_s)
-        timer.cancel()
-        lost = left[0] if left else 0
+        # Stop taking calls in the handlers first and only then stop gRPC: a call gRPC has received but
+        # not yet handed to a handler when server.stop() runs is cancelled by gRPC (CANCELLED, which no
+        # retry policy retries); refused here it gets UNAVAILABLE with a retry pushback, and its client
+        # retries elsewhere or on the restarted server. gRPC is stopped once the calls in progress have
+        # ended and no new one has come for DRAIN_QUIET_S (or when the drain window ends).
+        self.calls.closing = Failure("the server is shutting down; retry on another replica or after the "
+                                     "restart", ErrorKind.NOT_READY)
+        lost = await self.calls.settle(DRAIN_QUIET_S, self.opts.drain_s)
+        await server.stop(0)
         if lost:
             log.error("front end %d: %d accepted call(s) still in progress when the drain window "
                       "(--drain-seconds %.1f) ended were cancelled", self.index, lost, self.opts.drain_s)
