@@ -114,29 +114,32 @@ class CallRunner:
             if not self.active:
                 self._idle.set()
 
-    async def settle(self, quiet_s: float, timeout_s: float) -> int:
-        """Wait (at most ``timeout_s`` seconds) until no call is in progress and none has arrived for
-        ``quiet_s`` seconds; return how many calls are still in progress then.
+    async def settle(self, timeout_s: float, quiet_s: float, quiet_max_s: float) -> int:
+        """Wait (at most ``timeout_s`` seconds) until no call is in progress, then (at most
+        ``quiet_max_s`` more, within ``timeout_s``) until none has arrived for ``quiet_s`` seconds;
+        return how many calls are still in progress at the end (0 unless ``timeout_s`` ran out).
 
         A drain sets :attr:`closing` first, so calls arriving meanwhile are refused at once (UNAVAILABLE,
         retryable). Why wait for quiet, not only for zero: gRPC cancels (CANCELLED, which clients do not
-        retry) a call its core has received but not yet handed to a handler when ``server.stop`` runs;
-        while callers keep arriving, each is refused here instead, and the server is stopped only once
-        they have gone quiet.
+        retry) a call its core has received but not yet handed to a handler when ``server.stop`` runs.
+        Callers that back off (the SDK: the refusal's retry pushback) leave gaps, and gRPC is stopped in
+        one; callers that retry without pause would keep any gap from coming, hence ``quiet_max_s``.
         """
         end = self.clock() + max(0.0, timeout_s)
-        while True:
+        while self.active:
             left = end - self.clock()
             if left <= 0:
                 return self.active
-            if self.active:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), left)
-                continue
-            quiet_for = self.clock() - self.arrived
-            if quiet_for >= quiet_s:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), left)
+        end = min(end, self.clock() + quiet_max_s)
+        while not self.active:
+            left = end - self.clock()
+            wait = quiet_s - (self.clock() - self.arrived)
+            if wait <= 0 or left <= 0:
                 return 0
-            await asyncio.sleep(min(quiet_s - quiet_for, left))  # until the quiet period would end
+            await asyncio.sleep(min(wait, left))  # until the quiet period would end
+        return await self.settle(end - self.clock(), quiet_s, 0.0)  # a call came in: wait for it too
 
     async def _run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, images: int,
                    work: Work) -> Any:

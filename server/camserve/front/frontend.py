@@ -55,6 +55,8 @@ log = logging.getLogger("camserve.frontend")
 
 #: After a drain's refusals begin, gRPC is stopped once no call has arrived for this long (seconds).
 DRAIN_QUIET_S = 0.2
+#: ... but waits no longer than this for that quiet once the calls in progress have ended (seconds).
+DRAIN_QUIET_MAX_S = 1.0
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -148,11 +150,13 @@ class FrontEnd:
         # not yet handed to a handler when server.stop() runs is cancelled by gRPC (CANCELLED, which no
         # retry policy retries); refused here it gets UNAVAILABLE with a retry pushback, and its client
         # retries elsewhere or on the restarted server. gRPC is stopped once the calls in progress have
-        # ended and no new one has come for DRAIN_QUIET_S (or when the drain window ends).
+        # ended and no new one has come for DRAIN_QUIET_S (waiting DRAIN_QUIET_MAX_S at most), with a
+        # grace of DRAIN_QUIET_S in which a call gRPC has already matched reaches its handler and is
+        # refused there (a call still unmatched in gRPC's core at that instant is the one left to chance).
         self.calls.closing = Failure("the server is shutting down; retry on another replica or after the "
                                      "restart", ErrorKind.NOT_READY)
-        lost = await self.calls.settle(DRAIN_QUIET_S, self.opts.drain_s)
-        await server.stop(0)
+        lost = await self.calls.settle(self.opts.drain_s, DRAIN_QUIET_S, DRAIN_QUIET_MAX_S)
+        await server.stop(0 if lost else DRAIN_QUIET_S)
         if lost:
             log.error("front end %d: %d accepted call(s) still in progress when the drain window "
                       "(--drain-seconds %.1f) ended were cancelled", self.index, lost, self.opts.drain_s)
