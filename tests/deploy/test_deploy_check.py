@@ -204,6 +204,7 @@ BROKEN: dict[str, tuple[Edit, str]] = {
     "not camserve serve": (put(part(), "command", ["sh", "-c", "camserve serve"]), "server-args"),
     "configmap not in the manifests": (put(part("envFrom", 0, "configMapRef"), "name", "x"),
                                        "server-args"),
+    "gpu workers on a pod without a gpu": (put(part("resources", "limits"), G), "gpu"),
     "repository not mounted": (put(config, "CAMSERVE_MODEL_REPOSITORY", "/srv/models"), "volumes"),
     # checkov: the project's policies (deploy/policies/)
     "deployment selector": (put(kind("Deployment", "spec", "selector", "matchLabels"),
