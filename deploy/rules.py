@@ -1,8 +1,6 @@
 """camserve's own deployment rules: what no maintained tool can check, because it needs the server's
-CLI parser, worker placement, slab sizing or metric registry, or knows why camserve needs it.
-
-Pure functions over rendered objects (`kubectl kustomize` output) and parsed monitoring files;
-`deploy.check` runs them beside the tools. deploy/README.md maps every rule to its owner.
+CLI parser, worker placement, slab sizing or metric registry. Pure functions over rendered objects
+(`kubectl kustomize` output) and parsed monitoring files; deploy/README.md maps every rule to its owner.
 """
 
 from __future__ import annotations
@@ -54,15 +52,6 @@ def selects(selector: Doc | None, labels: Doc | None) -> bool:
     return bool(sel) and sel.items() <= (labels or {}).items()
 
 
-def camserve_containers(docs: list[Doc]) -> Iterator[tuple[Doc, Doc, Doc]]:
-    """(workload, pod template, container) for every container running a camserve image."""
-    for wl in docs:
-        tpl = (wl.get("spec") or {}).get("template") or {}
-        for c in (tpl.get("spec") or {}).get("containers") or []:
-            if "camserve" in str(c.get("image", "")).rsplit("/", 1)[-1]:
-                yield wl, tpl, c
-
-
 def server_settings(c: Doc, docs: list[Doc]) -> tuple[argparse.Namespace | None, list[str]]:
     """What `camserve serve` runs with in container `c`: its args and CAMSERVE_* environment (envFrom
     ConfigMaps, then env) through the server's own parser. Returns (settings or None, errors)."""
@@ -89,48 +78,29 @@ def server_settings(c: Doc, docs: list[Doc]) -> tuple[argparse.Namespace | None,
             return None, [*errors, f"camserve {' '.join(args)} with this env: {why}"]
 
 
-def _bytes(quantity: Any) -> float:
-    """A Kubernetes quantity ("2Gi", "500M", 1024) in bytes."""
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-    s = str(quantity)
-    unit = next((u for u in sorted(units, key=len, reverse=True) if s.endswith(u)), "")
-    return float(s[: len(s) - len(unit)]) * units.get(unit, 1)
-
-
 def project_problems(docs: list[Doc]) -> list[Problem]:
-    """Every camserve rule over one rendered overlay."""
-    return list(_problems(docs))
+    """Every camserve rule over one rendered overlay, for each container running a camserve image."""
+    here = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    out = [Problem("selectors", name(h), f"scaleTargetRef {ref} is not here") for h in docs
+           if h["kind"] == "HorizontalPodAutoscaler"
+           and ((ref := h["spec"]["scaleTargetRef"])["kind"], ref["name"]) not in here]
+    for wl in docs:
+        tpl = (wl.get("spec") or {}).get("template") or {}
+        for c in (tpl.get("spec") or {}).get("containers") or []:
+            if "camserve" in str(c.get("image", "")).rsplit("/", 1)[-1]:
+                out += _container(docs, f"{name(wl)} container {c['name']}", tpl, c)
+    return out
 
 
-def _problems(docs: list[Doc]) -> Iterator[Problem]:
-    for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
-        ref = hpa["spec"]["scaleTargetRef"]
-        if not any((d["kind"], d["metadata"]["name"]) == (ref["kind"], ref["name"]) for d in docs):
-            yield Problem("selectors", name(hpa), f"scaleTargetRef {ref['kind']}/{ref['name']} is not here")
-    for wl, tpl, c in camserve_containers(docs):
-        where = f"{name(wl)} container {c['name']}"
-        if any(not selects(t.get("labelSelector"), tpl["metadata"]["labels"])
-               for t in tpl["spec"].get("topologySpreadConstraints") or []):
-            yield Problem("selectors", where, "a topologySpreadConstraint does not select its own pods")
-        yield from _gpu(where, tpl["spec"], c)
-        s, errors = server_settings(c, docs)
-        yield from (Problem("server-args", where, e) for e in errors)
-        if s is not None:
-            for rule in (_ports_and_probes, _servicemonitor, _shutdown, _volumes):
-                yield from rule(where, docs, tpl, c, s)
-
-
-def _gpu(where: str, pod: Doc, c: Doc) -> Iterator[Problem]:
-    """Whole GPUs, requests == limits (the device plugin cannot overcommit); GPU pods tolerate the
-    GPU taint and select GPU nodes, or they stay Pending."""
-    res = c.get("resources") or {}
-    gpus, requested = (res.get("limits") or {}).get(GPU), (res.get("requests") or {}).get(GPU, "unset")
-    if requested not in ("unset", gpus) or (gpus is not None and not str(gpus).isdigit()):
-        yield Problem("gpu", where, f"{GPU} requests {requested}, limits {gpus}: whole GPUs, equal")
-    if gpus and not any(t.get("key") == GPU for t in pod.get("tolerations") or []):
-        yield Problem("gpu", where, f"requests a GPU but does not tolerate the {GPU} taint")
-    if gpus and not (pod.get("nodeSelector") or (pod.get("affinity") or {}).get("nodeAffinity")):
-        yield Problem("gpu", where, "requests a GPU but selects no GPU nodes (nodeSelector or affinity)")
+def _container(docs: list[Doc], where: str, tpl: Doc, c: Doc) -> Iterator[Problem]:
+    if any(not selects(t.get("labelSelector"), tpl["metadata"]["labels"])
+           for t in tpl["spec"].get("topologySpreadConstraints") or []):
+        yield Problem("selectors", where, "a topologySpreadConstraint does not select its own pods")
+    s, errors = server_settings(c, docs)
+    yield from (Problem("server-args", where, e) for e in errors)
+    if s is not None:
+        for rule in (_ports_and_probes, _servicemonitor, _shutdown, _volumes):
+            yield from rule(where, docs, tpl, c, s)
 
 
 def _ports(c: Doc) -> dict[Any, Any]:
@@ -162,8 +132,8 @@ def _ports_and_probes(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings
     if start.get("periodSeconds", 10) * start.get("failureThreshold", 3) < MIN_STARTUP_S[node]:
         yield Problem("probes", where, f"startupProbe allows under {MIN_STARTUP_S[node]}s (period x "
                                        f"failures) to load and compile every batch bucket on {node}")
-    labels = tpl["metadata"]["labels"]
-    for svc in (d for d in docs if d["kind"] == "Service" and selects(d["spec"].get("selector"), labels)):
+    for svc in (d for d in docs if d["kind"] == "Service" and selects(d["spec"].get("selector"),
+                                                                      tpl["metadata"]["labels"])):
         for p in svc["spec"].get("ports") or []:
             if (target := resolve.get(p.get("targetPort", p["port"]))) is None:
                 yield Problem("ports", name(svc), f"port {p.get('name')!r} targets no port of {where}")
@@ -174,18 +144,16 @@ def _ports_and_probes(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings
 def _servicemonitor(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Iterator[Problem]:
     """A ServiceMonitor selects exactly one Service (two would scrape every pod twice), and its
     endpoint port reaches the port camserve serves /metrics on."""
-    resolve, services = _ports(c), [d for d in docs if d["kind"] == "Service"]
+    services = [d for d in docs if d["kind"] == "Service"]
     for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
         picked = [v for v in services if selects(sm["spec"].get("selector"), v["metadata"].get("labels"))]
         if len(picked) != 1:
             yield Problem("servicemonitor", name(sm), f"selects {len(picked)} Services, not one")
         for ep, svc in ((ep, v) for ep in sm["spec"]["endpoints"] for v in picked):
             sp = next((p for p in svc["spec"]["ports"] if p.get("name") == ep.get("port")), {"port": None})
-            if resolve.get(sp.get("targetPort", sp["port"])) != s.metrics_port:
+            if _ports(c).get(sp.get("targetPort", sp["port"])) != s.metrics_port:
                 yield Problem("servicemonitor", name(sm), f"port {ep.get('port')!r} of {name(svc)} does "
                                                           f"not reach the metrics port {s.metrics_port}")
-            if ep.get("path", "/metrics") != "/metrics":
-                yield Problem("servicemonitor", name(sm), f"path {ep['path']!r}: camserve serves /metrics")
 
 
 def _shutdown(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Iterator[Problem]:
@@ -208,24 +176,25 @@ def _shutdown(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Ite
 
 def _volumes(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Iterator[Problem]:
     """/dev/shm is a memory emptyDir big enough for every worker's pixel slabs (the runtime gives
-    64 MiB); /tmp is writable (the root filesystem is read-only); the model repository is mounted."""
+    64 MiB), with the server's own placement and slab sizing; the model repository is mounted."""
     srv, mounts = _server(), {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
     shm = next((v.get("emptyDir") or {} for v in tpl["spec"].get("volumes") or []
                 if v["name"] == mounts.get("/dev/shm")), {})
     gpus = str(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0))
-    gpus = int(gpus) if gpus.isdigit() else 0  # a fractional count is reported by _gpu
+    gpus = int(gpus) if gpus.isdigit() else 0  # a fractional count is checkov's CKV2_CAMSERVE_5
     try:  # the server's placement, with the pod's GPUs as the ones it would discover
         workers = len(srv.WorkerPlan.parse(s.workers).slots(lambda: [str(i) for i in range(gpus)], 1))
     except ValueError as exc:
         yield Problem("gpu", where, f"the server would not start on this pod: {exc}")
         return
     need = workers * srv.PIPELINE_DEPTH * srv.slab_bytes_for(s.max_batch_size or 0, SIZED_FOR_INPUT)
-    if shm.get("medium") != "Memory" or _bytes(shm.get("sizeLimit", 0)) < need or not s.max_batch_size:
+    size = re.fullmatch(r"([\d.]+)([KMGT]i?|k)?", str(shm.get("sizeLimit", 0)))
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    if (shm.get("medium") != "Memory" or not s.max_batch_size or not size
+            or float(size[1]) * units.get(size[2] or "", 1) < need):
         yield Problem("shm", where, f"/dev/shm must be an emptyDir (medium: Memory) of >= {need / 2**20:.0f} "
                                     f"MiB: {workers} worker(s) x {srv.PIPELINE_DEPTH} slabs of "
                                     f"CAMSERVE_MAX_BATCH_SIZE ({s.max_batch_size}) float32 {SIZED_FOR_INPUT}")
-    if "/tmp" not in mounts:
-        yield Problem("volumes", where, "no writable /tmp volume (the root filesystem is read-only)")
     if (repo := s.model_repository) and not any(repo == m or repo.startswith(m + "/") for m in mounts):
         yield Problem("volumes", where, f"model repository {repo} is not on a mounted volume")
 

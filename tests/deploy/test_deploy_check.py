@@ -1,5 +1,5 @@
 """deploy.check: the shipped files pass, and every rule catches the mistake it exists for, whichever
-tool owns it (kubectl kustomize, kubernetes-validate, deploy/crds.py, checkov, hadolint, yamllint,
+tool owns it (kubectl kustomize, kubernetes-validate, the CRD models, checkov, hadolint, yamllint,
 promtool or camserve's own deploy/rules.py).
 
 Every broken case starts from the real rendered overlay and breaks one thing the way an operator
@@ -81,7 +81,7 @@ def test_overlays_patch_what_they_mean_to(gpu_docs: list[Doc], cpu_docs: list[Do
     for keyed lists, labels without includeSelectors, images)."""
     c = container(gpu_docs)
     assert c["image"] == "registry.example.com/camserve/camserve-gpu:0.1.0"
-    assert c["resources"] == {"requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 1},
+    assert c["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"},
                               "limits": {"memory": "16Gi", "nvidia.com/gpu": 1}}
     # Keyed lists merged, not replaced: probes keep their base fields, volumes keep the others.
     assert c["startupProbe"] == {"grpc": {"port": 50051}, "periodSeconds": 10, "timeoutSeconds": 5,
@@ -162,14 +162,9 @@ def shm(d: list[Doc]) -> Doc:
 SEC, ARGS, G = part("securityContext"), "args", "nvidia.com/gpu"
 
 #: case -> (how to break the GPU overlay, who must report it: a deploy/rules.py rule, a checkov
-#: check id, "kubernetes-validate" or "crds").
+#: check id, "kubernetes-validate" or "crds" (the CRD models)).
 BROKEN: dict[str, tuple[Edit, str]] = {
     # camserve's own rules (deploy/rules.py)
-    "gpu requests != limits": (put(part("resources", "requests"), G, 2), "gpu"),
-    "gpu requested, not limited": (put(part("resources", "limits"), G), "gpu"),
-    "half a gpu": (both(*(put(part("resources", k), G, "0.5") for k in ("requests", "limits"))), "gpu"),
-    "gpu pod without toleration": (put(pod, "tolerations"), "gpu"),
-    "gpu pod on any node": (put(pod, "nodeSelector"), "gpu"),
     "spread constraint selector": (put(lambda d: pod(d)["topologySpreadConstraints"][0]["labelSelector"],
                                        "matchLabels", {"app": "x"}), "selectors"),
     "hpa targets nothing": (put(kind("HorizontalPodAutoscaler", "spec", "scaleTargetRef"), "name", "x"),
@@ -209,8 +204,8 @@ BROKEN: dict[str, tuple[Edit, str]] = {
     "not camserve serve": (put(part(), "command", ["sh", "-c", "camserve serve"]), "server-args"),
     "configmap not in the manifests": (put(part("envFrom", 0, "configMapRef"), "name", "x"),
                                        "server-args"),
+    "gpu workers on a pod without a gpu": (put(part("resources", "limits"), G), "gpu"),
     "repository not mounted": (put(config, "CAMSERVE_MODEL_REPOSITORY", "/srv/models"), "volumes"),
-    "no writable /tmp": (without(part(), "volumeMounts", "/tmp"), "volumes"),
     # checkov: the project's policies (deploy/policies/)
     "deployment selector": (put(kind("Deployment", "spec", "selector", "matchLabels"),
                                 "app.kubernetes.io/instance", "x"), "CKV2_CAMSERVE_1"),
@@ -220,6 +215,14 @@ BROKEN: dict[str, tuple[Edit, str]] = {
     "replicas under hpa": (put(kind("Deployment", "spec"), "replicas", 3), "CKV2_CAMSERVE_2"),
     "hpa min 1": (put(kind("HorizontalPodAutoscaler", "spec"), "minReplicas", 1), "CKV2_CAMSERVE_3"),
     "service links": (put(pod, "enableServiceLinks"), "CKV2_CAMSERVE_4"),
+    "gpu requests != limits": (put(part("resources", "requests"), G, 2), "CKV2_CAMSERVE_5"),
+    "gpu requested, not limited": (both(put(part("resources", "requests"), G, 1),
+                                        put(part("resources", "limits"), G)), "CKV2_CAMSERVE_5"),
+    "half a gpu": (put(part("resources", "limits"), G, "0.5"), "CKV2_CAMSERVE_5"),
+    "gpu pod without toleration": (put(pod, "tolerations"), "CKV2_CAMSERVE_6"),
+    "gpu pod on any node": (put(pod, "nodeSelector"), "CKV2_CAMSERVE_6"),
+    "no writable /tmp": (without(part(), "volumeMounts", "/tmp"), "CKV2_CAMSERVE_7"),
+    "scrape path": (put(kind("ServiceMonitor", "spec", "endpoints", 0), "path", "/"), "CKV2_CAMSERVE_8"),
     # checkov: its built-in checks
     "root": (put(lambda d: pod(d)["securityContext"], "runAsUser", 0), "CKV_K8S_40"),
     "privilege escalation": (put(SEC, "allowPrivilegeEscalation", True), "CKV_K8S_20"),
@@ -236,7 +239,7 @@ BROKEN: dict[str, tuple[Edit, str]] = {
     "misspelt field": (both(put(part("resources"), "limit", {"cpu": "4"}), put(part("resources"), "limits")),
                        "kubernetes-validate"),
     "named port in a grpc probe": (put(part("livenessProbe", "grpc"), "port", "grpc"), "kubernetes-validate"),
-    # removed in 1.25: no schema at any pinned version, and deploy/crds.py knows no such kind
+    # removed in 1.25: no schema at any pinned version, and no CRD model either
     "removed api version": (put(kind("PodDisruptionBudget"), "apiVersion", "policy/v1beta1"), "crds"),
     "servicemonitor typo": (put(kind("ServiceMonitor", "spec", "endpoints", 0), "intervall", "15s"), "crds"),
     "servicemonitor bad duration": (put(kind("ServiceMonitor", "spec", "endpoints", 0), "interval", "15 s"),
@@ -296,18 +299,10 @@ def test_problems_say_what_and_why(gpu_docs: list[Doc]) -> None:
 
 # ---- custom resources: handled explicitly ---------------------------------------------------------------
 
-def _crds(script: str) -> Any:
-    """deploy/crds.py in the tools environment (where the CRD models are)."""
-    proc = subprocess.run([check.tool("python"), "-c", script], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def test_custom_resources_are_validated_or_refused_never_ignored() -> None:
-    """kubernetes-validate has no schema for a ServiceMonitor: deploy/crds.py validates it with
-    the model generated from prometheus-operator's CRD. A kind it has no model for (here a KServe
-    InferenceService) is a problem, unless NO_SCHEMA lists it with a reason, which is reported."""
+    """kubernetes-validate has no schema for a ServiceMonitor or a PrometheusRule: the models generated
+    from prometheus-operator's CRDs validate them (in the tools environment). A kind with no model
+    (here a KServe InferenceService) is a problem, never skipped."""
     isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "x"},
             "spec": {"predictor": {}}}
     flowschema = {"apiVersion": "flowcontrol.apiserver.k8s.io/v1beta3", "kind": "FlowSchema",
@@ -317,11 +312,7 @@ def test_custom_resources_are_validated_or_refused_never_ignored() -> None:
     assert [(p.rule, p.where) for p in found] == [("kubernetes-validate", "example: FlowSchema/f"),
                                                   ("crds", "example: InferenceService/x")]
     assert "not served by Kubernetes 1.37.0" in found[0].message  # served by 1.27, removed since
-    assert "deploy/crds.py" in found[1].message
-    result = _crds("import json; from deploy import crds\n"
-                   "crds.NO_SCHEMA[('serving.kserve.io/v1beta1', 'InferenceService')] = 'no model package'\n"
-                   f"print(json.dumps(crds.check([{isvc!r}])))")
-    assert result == {"problems": [], "unvalidated": [[0, "no model package"]]}
+    assert "CRD_MODELS" in found[1].message
 
 
 # ---- kustomize, Dockerfiles, YAML, alert rules, monitoring references ------------------------------------
@@ -336,10 +327,10 @@ def test_dockerfiles(tmp_path: Path) -> None:
     """The shipped ones pass; hadolint, checkov and the two camserve rules each catch theirs."""
     for k, f in check.DOCKERFILES.items():
         assert rules.dockerfile_problems(f, gpu=k == "gpu") == []
-    assert check.hadolint_problems(list(check.DOCKERFILES.values())) == []
+    assert check.lint("hadolint", *check.DOCKERFILES.values()) == []
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN apt-get install curl\nUSER root\nENTRYPOINT camserve serve\n")
-    hadolint = " ".join(p.message for p in check.hadolint_problems([bad]))
+    hadolint = " ".join(p.message for p in check.lint("hadolint", bad))
     for code in ("DL3006", "DL3008", "DL3002", "DL3066", "DL3025"):  # tag, pins, root, numeric uid, exec form
         assert code in hadolint, hadolint
     assert {p.message for p in rules.dockerfile_problems(bad, gpu=True)} == {
@@ -353,13 +344,13 @@ def test_dockerfiles(tmp_path: Path) -> None:
 def test_yamllint_catches_duplicate_keys(tmp_path: Path) -> None:
     bad = tmp_path / "dup.yaml"
     bad.write_text("a: 1\na: 2\n")
-    assert any("duplication" in p.message for p in check.yamllint_problems([bad]))
+    assert any("duplication" in p.message for p in check.lint("yamllint", bad))
 
 
 def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     broken = tmp_path / "alerts.yaml"
     broken.write_text(check.ALERTS.read_text().replace("> 0.25", "> > 0.25", 1))
-    assert check.promtool_problems(broken, check.ALERT_TESTS) != []
+    assert check.lint("promtool", "check", "rules", broken) != []
 
 
 def test_monitoring_references(gpu_docs: list[Doc]) -> None:
