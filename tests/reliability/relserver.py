@@ -27,19 +27,23 @@ SHARED_ARGS = ["--max-message-mb", str(SHARED_MAX_MESSAGE_MB),
                "--max-concurrent-rpcs", str(SHARED_MAX_CONCURRENT_RPCS)]
 # Front-end counts of the scenarios whose fault is in the front-end processes themselves (the drain
 # across front ends; a front end killed): only they run with two front ends as well. The worker, queue
-# and input scenarios cannot fail differently with two, so they run with one.
+# and input scenarios cannot fail differently with two, so in `make test` they run with one;
+# CAMSERVE_TEST_FRONTENDS=2 runs them (and the shared server) with two front ends on demand.
 FRONTENDS = (1, 2)
+DEFAULT_FRONTENDS = int(os.environ.get("CAMSERVE_TEST_FRONTENDS", "1"))
 
 
 @contextlib.contextmanager
 def start_server(name: str, extra_args: list[str] | tuple[str, ...] = (), workers: str = "cpu:1",
-                 frontends: int = 1, **kwargs: Any) -> Iterator[ServerProcess]:
+                 frontends: int | None = None, **kwargs: Any) -> Iterator[ServerProcess]:
     """A SERVING server on free loopback ports; always stopped and reaped after, workers and front
     ends included.
 
     ``name`` only labels failures: on any failure inside the block the server's log tail is attached.
     With ``CAMSERVE_TEST_DEFECT`` set, the server runs with that injected defect (``defects/``).
+    ``frontends``: None = ``DEFAULT_FRONTENDS``.
     """
+    frontends = DEFAULT_FRONTENDS if frontends is None else frontends
     if DEFECT:  # every server process imports defects/sitecustomize.py first, which patches it in
         env = dict(kwargs.pop("env", None) or {})
         env["PYTHONPATH"] = os.pathsep.join([str(DEFECTS_DIR), os.environ.get("PYTHONPATH", "")])

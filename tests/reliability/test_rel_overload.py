@@ -134,7 +134,7 @@ def test_overload_queue_sheds_at_once_and_recovers() -> None:
     args = ["--max-queue-size", str(QUEUE)]
     with start_server("overload-queue", args) as srv:
         fig = asyncio.run(_queue_scenario(srv))
-        fig["server_flags"] = " ".join(args) + " --workers cpu:1 --frontends 1"
+        fig["server_flags"] = " ".join(args) + f" --workers cpu:1 --frontends {srv.frontends}"
         fig["worker_restarts"] = srv.metric("camserve_worker_restarts_total")
         report("overload_queue", fig)
         _check_storm(fig, fig["capacity_rps"], 0.5)
