@@ -32,7 +32,8 @@ class ErrorKind(enum.Enum):
     BUSY = "busy"                            # the server's in-flight limit is reached: retry later
     TOO_LARGE = "too_large"                  # a reply or request over a size limit: never retried
     DEADLINE = "deadline"                    # the caller's deadline passed before the answer
-    NOT_READY = "not_ready"                  # loading, draining, or no live worker: retry
+    NOT_READY = "not_ready"                  # loading, or no live worker: retry
+    DRAINING = "draining"                    # this server is shutting down: retry (elsewhere, or later)
     WORKER_LOST = "worker_lost"              # the worker computing it died: retry
     UNAUTHENTICATED = "unauthenticated"      # missing or wrong bearer token
     INTERNAL = "internal"                    # a bug on the server, never the caller's fault

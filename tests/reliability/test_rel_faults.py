@@ -235,8 +235,9 @@ def test_worker_faults_under_load() -> None:
         restarts0 = srv.metric("camserve_worker_restarts_total")
         capacity = asyncio.run(closed_loop(srv.target, lambda i: REQUEST, 4, 3.0, DEADLINE_S)).summary()
         rate = max(1.0, min(MAX_RATE_RPS, LOAD_SHARE * capacity["goodput_rps"]))
-        fig: dict[str, Any] = {"server_flags": f"--workers cpu:2 --frontends {srv.frontends} " + " ".join(args),
-                               "capacity": capacity, "load_rps": round(rate, 1), "deadline_s": DEADLINE_S}
+        flags = f"--workers cpu:2 --frontends {srv.frontends} " + " ".join(args)
+        fig: dict[str, Any] = {"server_flags": flags, "capacity": capacity, "load_rps": round(rate, 1),
+                               "deadline_s": DEADLINE_S}
 
         fig["kill9"] = _kill_worker_under_load(srv, rate)
         fig["crash_loop"] = _crash_loop_under_load(srv, fig["kill9"]["survivor"], rate)

@@ -354,7 +354,7 @@ def test_unknown_model_and_closed_batcher() -> None:
         b.put(tagged(1))
         b.put(tagged(2))
         b.close()
-        with raises_kind(ErrorKind.NOT_READY, match="draining"):
+        with raises_kind(ErrorKind.DRAINING, match="draining"):
             b.put(tagged(3))
         t0 = now()
         assert tags(await b.next_batch()) == [1, 2]

@@ -185,7 +185,7 @@ def test_results_errors_and_batches_through_real_workers(tmp_path: Path) -> None
         assert all(gone(pid) for pid in pids if pid)
         assert not any(os.path.exists(f"/dev/shm/{n}") for n in slabs)
         assert not d.ready("toy")
-        with raises_kind(ErrorKind.NOT_READY, match="draining"):
+        with raises_kind(ErrorKind.DRAINING, match="draining"):
             await d.submit(WorkItem("toy", pixels(0)))
 
     run(main())

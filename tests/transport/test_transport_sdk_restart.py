@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import camserve_client as cc
 import numpy as np
 import pytest
-from camserve.front.frontend import DRAIN_QUIET_MAX_S
+from camserve.front.status import DRAINING_PUSHBACK_S
 from transportkit import start_toy, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,9 +38,9 @@ def test_calls_with_a_short_deadline_ride_out_a_restart() -> None:
     # 5 s as the acceptance line says; more where starting a server alone takes longer (a loaded machine).
     # The NOT_READY window must outlast the new front end's own start-up (about the old server's
     # start-up on this machine), or no call can meet it; the deadline covers the whole restart, the old
-    # server's drain included (it may wait up to DRAIN_QUIET_MAX_S for refused callers to go quiet).
+    # server's drain included (it may wait up to DRAINING_PUSHBACK_S for refused callers to go quiet).
     load_s = max(LOAD_S, old.startup_s)
-    deadline_s = max(5.0, 2 * old.startup_s + 2 + DRAIN_QUIET_MAX_S) + (load_s - LOAD_S)
+    deadline_s = max(5.0, 2 * old.startup_s + 2 + DRAINING_PUSHBACK_S) + (load_s - LOAD_S)
     calls: list[Call] = []
     lock = threading.Lock()
     stop = threading.Event()

@@ -13,7 +13,6 @@ logged with the traceback). :class:`FrontServicer` is what each servicer is buil
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,8 +76,6 @@ class CallRunner:
         self.active = 0  # calls inside run() now (what a drain window leaves is lost)
         self.arrived = clock()  # when the last call entered run()
         self.closing: Failure | None = None  # set by a drain: every new call is refused with it
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def admit(self, n: int) -> None:
         """The in-flight limit: refuse at once (BUSY) when ``n`` more images would pass it.
@@ -106,40 +103,28 @@ class CallRunner:
         if self.closing is not None:  # draining: refused before it is accepted, so never in progress
             await self.finish(context, method, model, self.arrived, self.closing, images)
         self.active += 1
-        self._idle.clear()
         try:
             return await self._run(context, method, model, images, work)
         finally:
             self.active -= 1
-            if not self.active:
-                self._idle.set()
 
-    async def settle(self, timeout_s: float, quiet_s: float, quiet_max_s: float) -> int:
-        """Wait (at most ``timeout_s`` seconds) until no call is in progress, then (at most
-        ``quiet_max_s`` more, within ``timeout_s``) until none has arrived for ``quiet_s`` seconds;
-        return how many calls are still in progress at the end (0 unless ``timeout_s`` ran out).
+    async def quiet(self, quiet_s: float, timeout_s: float) -> None:
+        """Wait until no call has arrived for ``quiet_s`` seconds, ``timeout_s`` seconds at most.
 
-        A drain sets :attr:`closing` first, so calls arriving meanwhile are refused at once (UNAVAILABLE,
-        retryable). Why wait for quiet, not only for zero: gRPC cancels (CANCELLED, which clients do not
-        retry) a call its core has received but not yet handed to a handler when ``server.stop`` runs.
-        Callers that back off (the SDK: the refusal's retry pushback) leave gaps, and gRPC is stopped in
-        one; callers that retry without pause would keep any gap from coming, hence ``quiet_max_s``.
+        A drain sets :attr:`closing` first, so calls arriving meanwhile are refused at once (DRAINING:
+        UNAVAILABLE, retryable). Why wait for quiet before ``server.stop``: gRPC cancels (CANCELLED,
+        which clients do not retry) a call its core has received but not yet handed to a handler when
+        the stop begins; refused here instead, its client retries. Callers refused once back off
+        (``status.DRAINING_PUSHBACK_S``), so the gap comes quickly; callers that retry without pause
+        would keep it from coming, hence ``timeout_s``.
         """
         end = self.clock() + max(0.0, timeout_s)
-        while self.active:
-            left = end - self.clock()
-            if left <= 0:
-                return self.active
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), left)
-        end = min(end, self.clock() + quiet_max_s)
-        while not self.active:
-            left = end - self.clock()
-            wait = quiet_s - (self.clock() - self.arrived)
-            if wait <= 0 or left <= 0:
-                return 0
-            await asyncio.sleep(min(wait, left))  # until the quiet period would end
-        return await self.settle(end - self.clock(), quiet_s, 0.0)  # a call came in: wait for it too
+        while True:
+            now = self.clock()
+            wait = min(quiet_s - (now - self.arrived), end - now)
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)  # until the quiet period (or the time allowed) would end
 
     async def _run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, images: int,
                    work: Work) -> Any:

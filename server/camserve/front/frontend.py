@@ -10,10 +10,10 @@ every front end accepts calls, every model is warm on a live worker and the serv
 
 Drain (the supervisor's ``drain`` message after SIGTERM): NOT_SERVING at once, keep serving for the
 pre-stop window (skipped if this front end never reported SERVING: no balancer routes to it), then
-refuse new calls in the handlers (UNAVAILABLE with a retry pushback) while the calls in progress
-finish, stop gRPC once they have and callers have gone quiet, exit 0; or exit ``EXIT_DRAIN_LOST`` when
-calls were still in progress at the end of the drain window (gRPC cancels them: accepted calls lost,
-which the supervisor's own exit status then reports). If the supervisor
+refuse new calls in the handlers (UNAVAILABLE with a retry pushback) until callers are quiet (a second
+at most), stop gRPC and let the calls in progress finish (`server.stop(grace)`), exit 0; or exit
+``EXIT_DRAIN_LOST`` when calls were still in progress at the end of the drain window (gRPC cancels
+them: accepted calls lost, which the supervisor's own exit status then reports). If the supervisor
 disappears, the process stops at once (its calls cannot be answered any more).
 """
 
@@ -42,6 +42,7 @@ from camserve.front.server import (
     listen_address,
 )
 from camserve.front.statistics import InferenceStatistics, shared_table
+from camserve.front.status import DRAINING_PUSHBACK_S
 from camserve.records import ErrorKind, Failure
 from camserve.repository import ModelConfig
 from camserve.scheduling.arena import PixelArena
@@ -53,10 +54,9 @@ __all__ = ["FrontEnd", "main"]
 
 log = logging.getLogger("camserve.frontend")
 
-#: After a drain's refusals begin, gRPC is stopped once no call has arrived for this long (seconds).
+#: After a drain's refusals begin, gRPC is stopped once no call has arrived for this long (seconds),
+#: or after ``status.DRAINING_PUSHBACK_S`` at most.
 DRAIN_QUIET_S = 0.2
-#: ... but waits no longer than this for that quiet once the calls in progress have ended (seconds).
-DRAIN_QUIET_MAX_S = 1.0
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -136,9 +136,9 @@ class FrontEnd:
             self._drain.set_result(hurry)
 
     async def _drain_calls(self, server: Any) -> int:
-        """NOT_SERVING, the pre-stop window, then refuse new calls and wait for the calls in progress up
-        to ``drain_s``; returns how many were still in progress when that window ended (gRPC cancels
-        them)."""
+        """NOT_SERVING, the pre-stop window, then refuse new calls until callers are quiet, stop gRPC
+        and wait for the calls in progress up to ``drain_s`` in all; returns how many were still in
+        progress when that window ended (gRPC cancels them)."""
         await self.health.enter_graceful_shutdown()  # NOT_SERVING on every name, for good
         if not self.served:  # never in a load balancer's rotation: nobody to wait for
             log.info("front end %d never reported SERVING, so no pre-stop window", self.index)
@@ -146,17 +146,25 @@ class FrontEnd:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), self.opts.pre_stop_s)
         self.dispatcher.serving(False)
-        # Stop taking calls in the handlers first and only then stop gRPC: a call gRPC has received but
-        # not yet handed to a handler when server.stop() runs is cancelled by gRPC (CANCELLED, which no
-        # retry policy retries); refused here it gets UNAVAILABLE with a retry pushback, and its client
-        # retries elsewhere or on the restarted server. gRPC is stopped once the calls in progress have
-        # ended and no new one has come for DRAIN_QUIET_S (waiting DRAIN_QUIET_MAX_S at most), with a
-        # grace of DRAIN_QUIET_S in which a call gRPC has already matched reaches its handler and is
-        # refused there (a call still unmatched in gRPC's core at that instant is the one left to chance).
+        # Refuse new calls in the handlers first and stop gRPC only once callers have gone quiet: a call
+        # gRPC has received but not yet handed to a handler when server.stop() begins is cancelled by
+        # gRPC (CANCELLED, which no retry policy retries); refused here it gets UNAVAILABLE with a retry
+        # pushback. The refusals last DRAINING_PUSHBACK_S at most; then gRPC refuses new calls itself
+        # (GOAWAY, which clients retry transparently) while the accepted ones finish within the drain
+        # window. The count is taken by a timer set before gRPC's grace starts, so it runs first: the
+        # calls it finds in progress are those the end of the grace cancels. stop() returns earlier
+        # (and the timer never runs) once every call has ended.
+        loop = asyncio.get_running_loop()
+        drain_end = loop.time() + self.opts.drain_s
         self.calls.closing = Failure("the server is shutting down; retry on another replica or after the "
-                                     "restart", ErrorKind.NOT_READY)
-        lost = await self.calls.settle(self.opts.drain_s, DRAIN_QUIET_S, DRAIN_QUIET_MAX_S)
-        await server.stop(0 if lost else DRAIN_QUIET_S)
+                                     "restart", ErrorKind.DRAINING)
+        await self.calls.quiet(DRAIN_QUIET_S, min(DRAINING_PUSHBACK_S, self.opts.drain_s))
+        grace = max(0.0, drain_end - loop.time())
+        left: list[int] = []
+        timer = loop.call_later(grace, lambda: left.append(self.calls.active))
+        await server.stop(grace)
+        timer.cancel()
+        lost = left[0] if left else 0
         if lost:
             log.error("front end %d: %d accepted call(s) still in progress when the drain window "
                       "(--drain-seconds %.1f) ended were cancelled", self.index, lost, self.opts.drain_s)

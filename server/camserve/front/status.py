@@ -9,8 +9,11 @@ A failure also tells a client's gRPC retry policy (service config ``retryPolicy`
 through gRPC's ``grpc-retry-pushback-ms`` trailer:
 
 * ``-1`` on refusals no retry can fix (:data:`NO_RETRY`: a request or reply too large stays too large);
-* on NOT_READY (loading, draining, no live worker), a delay that spreads the attempts the client has
-  left over the time its deadline leaves (:func:`retry_pushback_ms`). gRPC makes at most
+* on DRAINING (this server is shutting down), :data:`DRAINING_PUSHBACK_S`: a front end refuses new
+  calls for at most that long before it stops gRPC, so the retry finds another replica, or (a
+  restart) nothing listening, where the client's ``waitForReady`` waits without spending attempts;
+* on NOT_READY (loading, no live worker), a delay that spreads (with doubling gaps) the attempts
+  the client has left over the time its deadline leaves (:func:`retry_pushback_ms`). gRPC makes at most
   :data:`MAX_ATTEMPTS` attempts of a call, so fixed short back-offs give up within a second while a
   server restarts; spread this way, the last attempt comes shortly before the deadline, and a restart
   shorter than the caller's deadline is ridden out. (While nothing listens at all, the client's
@@ -26,8 +29,8 @@ import grpc
 
 from camserve.records import ErrorKind, Failure
 
-__all__ = ["MAX_ATTEMPTS", "NO_RETRY", "STATUS", "failure_of", "refusal_handler", "retry_pushback_ms",
-           "status_of", "trailers_of"]
+__all__ = ["DRAINING_PUSHBACK_S", "MAX_ATTEMPTS", "NO_RETRY", "STATUS", "failure_of", "refusal_handler",
+           "retry_pushback_ms", "status_of", "trailers_of"]
 
 STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -40,6 +43,7 @@ STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.NOT_READY: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.DRAINING: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.WORKER_LOST: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
@@ -66,6 +70,9 @@ def status_of(kind: ErrorKind) -> grpc.StatusCode:
 MAX_ATTEMPTS = 5
 #: The last attempt is placed at least this long (or a tenth of what is left) before the deadline.
 PUSHBACK_RESERVE_S = 0.25
+#: A draining front end refuses new calls for at most this long (then stops gRPC), and a DRAINING
+#: refusal asks for its retry no sooner (seconds).
+DRAINING_PUSHBACK_S = 1.0
 #: Without a deadline, NOT_READY retries wait 0.5, 1, 2, 4 s.
 PUSHBACK_NO_DEADLINE_S = 0.5
 PUSHBACK_MIN_S = 0.05
@@ -77,12 +84,17 @@ def retry_pushback_ms(kind: ErrorKind, time_remaining: float | None,
     """The ``grpc-retry-pushback-ms`` value for a failure of ``kind``; None sends none.
 
     ``time_remaining``: seconds left before the caller's deadline (None: no deadline);
-    ``previous_attempts``: attempts of this call before this one. For NOT_READY the delay is
-    ``(time_remaining - reserve) / attempts_left``, at least 50 ms: the attempts left are spread evenly
-    and the last one keeps ``reserve`` = max(0.25 s, a tenth of the time left) to be served.
+    ``previous_attempts``: attempts of this call before this one. For DRAINING it is
+    :data:`DRAINING_PUSHBACK_S`. For NOT_READY the delay is
+    ``(time_remaining - reserve) / (2 ** attempts_left - 1)``, at least 50 ms: the attempts left are
+    spread over the time left with doubling gaps (a short outage is ridden out soon, a long one still
+    reaches the deadline: with 4 left, retries come at 1/15, 3/15, 7/15 and all of it), and the last one
+    keeps ``reserve`` = max(0.25 s, a tenth of the time left) to be served.
     """
     if kind in NO_RETRY:
         return -1
+    if kind is ErrorKind.DRAINING:
+        return int(DRAINING_PUSHBACK_S * 1000)
     if kind is not ErrorKind.NOT_READY:
         return None
     left = MAX_ATTEMPTS - 1 - max(0, previous_attempts)
@@ -93,7 +105,7 @@ def retry_pushback_ms(kind: ErrorKind, time_remaining: float | None,
     reserve = max(PUSHBACK_RESERVE_S, 0.1 * time_remaining)
     if time_remaining <= reserve:
         return None
-    return int(max(PUSHBACK_MIN_S, (time_remaining - reserve) / left) * 1000)
+    return int(max(PUSHBACK_MIN_S, (time_remaining - reserve) / (2 ** left - 1)) * 1000)
 
 
 def _previous_attempts(context: Any) -> int:
@@ -110,10 +122,12 @@ def trailers_of(kind: ErrorKind, context: Any = None) -> tuple[tuple[str, str], 
     """Trailing metadata to send with a failure of ``kind``: the retry pushback, or nothing.
 
     ``context`` (the call's ServicerContext) gives the caller's deadline and attempt number; without
-    it only the no-retry pushback is sent.
+    it only the fixed pushbacks (no retry; draining) are sent.
     """
     if kind in NO_RETRY:
         return (("grpc-retry-pushback-ms", "-1"),)
+    if kind is ErrorKind.DRAINING:
+        return (("grpc-retry-pushback-ms", str(retry_pushback_ms(kind, None))),)
     if context is None or kind is not ErrorKind.NOT_READY:
         return ()
     ms = retry_pushback_ms(kind, context.time_remaining(), _previous_attempts(context))

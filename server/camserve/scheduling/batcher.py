@@ -194,7 +194,7 @@ class Batcher:
                 ErrorKind.UNKNOWN_MODEL,
             )
         if self._closed:
-            raise Failure("the server is draining and accepts no new requests", ErrorKind.NOT_READY)
+            raise Failure("the server is draining and accepts no new requests", ErrorKind.DRAINING)
         now = self._clock()
         if item.deadline is not None and item.deadline <= now:
             self._observer.request_dropped(q.name, "deadline")

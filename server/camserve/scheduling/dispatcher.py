@@ -199,7 +199,7 @@ class Dispatcher:
             raise Failure(f"model {item.model!r} is not served (available: {', '.join(sorted(self._repo))})",
                           ErrorKind.UNKNOWN_MODEL)
         if self._stopping:
-            raise Failure("the server is draining and accepts no new requests", ErrorKind.NOT_READY)
+            raise Failure("the server is draining and accepts no new requests", ErrorKind.DRAINING)
         if not self._ready[item.model]:
             raise Failure(self._not_ready_reason(item.model), ErrorKind.NOT_READY)
         _check_pixels(item, cfg)

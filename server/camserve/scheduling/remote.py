@@ -83,11 +83,11 @@ class RemoteDispatcher:
     async def submit(self, item: WorkItem) -> ItemResult:
         """Queue ``item`` at the hub and wait for its answer; cancelling withdraws it.
 
-        Raises :class:`Failure` as ``Dispatcher.submit`` does, and ``NOT_READY`` when the scheduler
+        Raises :class:`Failure` as ``Dispatcher.submit`` does, and ``DRAINING`` when the scheduler
         is unreachable (it is stopping).
         """
         if self._channel.closed:
-            raise Failure("the server is stopping; retry", ErrorKind.NOT_READY)
+            raise Failure("the server is stopping; retry", ErrorKind.DRAINING)
         item_id = next(self._ids)
         fut: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
         self._waiting[item_id] = fut
