@@ -90,6 +90,14 @@ async def until(cond: Callable[[], bool], timeout: float = 30, what: str = "cond
         await asyncio.sleep(0.01)
 
 
+async def started(repo: dict[str, Any], workers: str = "cpu:1", **kwargs: Any) -> Dispatcher:
+    """A Dispatcher on the toy runner with ``workers``, started and ready for every model."""
+    d = Dispatcher(repo, workers, runner=RUNNER, **kwargs)
+    await d.start()
+    await until(d.ready, what="ready")
+    return d
+
+
 def pixels(seed: int, dtype: Any = np.uint8) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if dtype == np.uint8:
@@ -211,9 +219,7 @@ def test_kill_9_mid_batch_fails_in_flight_at_once_then_worker_comes_back(tmp_pat
 
     async def main() -> None:
         obs = Recorder()
-        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
+        d = await started(repo, observer=obs)
         (w,) = d.pool.workers
         old_pid = w.pid
         assert old_pid is not None
@@ -247,9 +253,7 @@ def test_hung_worker_is_killed_by_the_batch_watchdog(tmp_path: Path) -> None:
 
     async def main() -> None:
         obs = Recorder()
-        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER, batch_timeout_s=1.5)
-        await d.start()
-        await until(d.ready, what="ready")
+        d = await started(repo, observer=obs, batch_timeout_s=1.5)
         (w,) = d.pool.workers
         old_pid = w.pid
         assert old_pid is not None
@@ -326,9 +330,7 @@ def test_queued_work_cancel_and_deadline_never_reach_a_worker(tmp_path: Path) ->
 
     async def main() -> None:
         obs = Recorder()
-        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
+        d = await started(repo, observer=obs)
         busy = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemSpec("sleep", top_k=2))))
         (w,) = d.pool.workers
         await until(lambda: w.inflight is not None, what="busy worker")
@@ -365,9 +367,7 @@ def test_stop_finishes_queued_and_in_flight_work(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2}}})
 
     async def main() -> None:
-        d = Dispatcher(repo, "cpu:1", runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
+        d = await started(repo)
         subs = [d.enqueue(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.1))) for i in range(6)]
         (w,) = d.pool.workers
         pid = w.pid
@@ -385,9 +385,7 @@ def test_stop_with_a_short_grace_answers_everything(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 1}}})
 
     async def main() -> None:
-        d = Dispatcher(repo, "cpu:1", runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
+        d = await started(repo)
         # 30 s batches: a stop that waited for the one in flight instead of its grace would time out
         subs = [d.enqueue(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=30))) for i in range(3)]
         (w,) = d.pool.workers
