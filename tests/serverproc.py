@@ -34,6 +34,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +52,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(eq=False)
 class ServerProcess:
     """A started `python -m camserve.front.cli serve` subprocess and how to reach it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], grpc_port: int, metrics_port: int, log_path: Path,
-                 host: str = "127.0.0.1", credentials: grpc.ChannelCredentials | None = None,
-                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
-        self.proc = proc
-        self.grpc_port = grpc_port
-        self.metrics_port = metrics_port
-        self.log_path = log_path
-        self.host = host
-        self.credentials = credentials
-        self.channel_options = list(channel_options)
-        self.exit_code: int | None = None
-        self.startup_s = 0.0  # seconds from start to SERVING (set by start_server when it waits)
+    proc: subprocess.Popen[bytes]
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+    host: str = "127.0.0.1"
+    credentials: grpc.ChannelCredentials | None = None
+    channel_options: Sequence[tuple[str, Any]] = ()
+    exit_code: int | None = field(default=None, init=False)
+    startup_s: float = field(default=0.0, init=False)  # seconds from start to SERVING (set by start_server)
 
     # -- addresses ------------------------------------------------------------------------------
 

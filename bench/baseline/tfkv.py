@@ -22,23 +22,14 @@ from typing import Any
 import numpy as np
 from camserve_client.tools.loadreport import Sample, Window, clock, summarize
 
-CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
-TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
 
 def preprocess(x: np.ndarray, mode: str) -> np.ndarray:
-    """keras.applications' preprocessing modes, in NumPy (uint8 RGB in, float32 out)."""
+    """keras.applications' preprocessing, as a user of those models calls it (uint8 RGB in, float32
+    out); "none" casts only."""
+    from keras.applications import imagenet_utils
+
     x = x.astype(np.float32)
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "torch":
-        return (x / 255.0 - TORCH_MEAN) / TORCH_STD
-    if mode == "caffe":
-        return x[..., ::-1] - CAFFE_BGR_MEAN
-    if mode == "none":
-        return x
-    raise ValueError(f"unknown preprocessing {mode!r}")
+    return x if mode == "none" else imagenet_utils.preprocess_input(x, mode=mode)
 
 
 def load_model_from_config(model_dir: Path) -> tuple[Any, dict[str, Any]]:

@@ -61,13 +61,13 @@ class OutputOptions:
     48 MB per class. Set ``tensor_size="original"`` to have the server send it whole.
     """
 
-    size: str = "grid"
+    size: str = wire.DEFAULTS["heatmap_size"]
     heatmap: bool = True
     heatmap_png: bool = False
     overlay: str | None = None
-    alpha: float = 0.4
-    colormap: str = "jet"
-    jpeg_quality: int = 90
+    alpha: float = wire.DEFAULTS["overlay_alpha"]
+    colormap: str = wire.DEFAULTS["colormap"]
+    jpeg_quality: int = wire.DEFAULTS["jpeg_quality"]
     tensor_size: str | None = None
 
     @property

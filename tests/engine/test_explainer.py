@@ -17,8 +17,7 @@ from camserve.engine import (
 from camserve.engine.preprocess import preprocess_numpy
 from camserve.records import ErrorKind, ItemSpec
 
-GRADIENT_METHODS = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam"]
-ALL_METHODS = ["cam", *GRADIENT_METHODS, "eigencam"]
+from engine.test_reference import ALL_METHODS, GRADIENT_METHODS
 
 
 def _maps(results: list) -> np.ndarray:

@@ -17,6 +17,8 @@ import tensorflow as tf
 from camserve.engine import Explainer
 from camserve.records import ItemSpec
 
+from engine.test_model_kinds import ConvGapDense
+
 RNG = np.random.default_rng(7)
 CONV_K = RNG.normal(size=(2, 2, 1, 3))
 CONV_B = RNG.normal(size=3) * 0.1
@@ -102,14 +104,10 @@ def my_softmax(t):
     return e / keras.ops.sum(e, axis=-1, keepdims=True)
 
 
-class SubclassedHead(keras.Model):
+class SubclassedHead(ConvGapDense):
     """tf.nn.softmax applied in call(), outside any layer."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.conv = keras.layers.Conv2D(3, 2, name="conv")
-        self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
-        self.head = keras.layers.Dense(2, name="head")
+    conv_size = 2
 
     def call(self, x):
         return tf.nn.softmax(self.head(self.gap(self.conv(x))))

@@ -107,14 +107,21 @@ def test_a_layer_called_twice_is_two_targets() -> None:
     np.testing.assert_allclose(cam[0].maps[0].heatmap, gc[0].maps[0].heatmap, atol=1e-5)
 
 
-class SideUse(keras.Model):
-    """conv -> GAP -> Dense, but the conv output also enters the logits outside any layer."""
+class ConvGapDense(keras.Model):
+    """Layers conv (3 channels, ``conv_size`` square) -> GAP -> Dense(2), named conv, gap and head;
+    a subclass writes call(): what the model does outside its layers (also used by test_heads)."""
+
+    conv_size = 3
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.conv = keras.layers.Conv2D(3, 3, name="conv")
+        self.conv = keras.layers.Conv2D(3, self.conv_size, name="conv")
         self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
         self.head = keras.layers.Dense(2, name="head")
+
+
+class SideUse(ConvGapDense):
+    """conv -> GAP -> Dense, but the conv output also enters the logits outside any layer."""
 
     def call(self, x):
         a = self.conv(x)

@@ -9,6 +9,7 @@ is named for, and a class wired to another method is shown to be caught.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import camserve
 import keras
@@ -29,6 +30,9 @@ WD = RNG.normal(size=(D, N))
 BD = RNG.normal(scale=0.1, size=N)
 WC = RNG.normal(size=(C, N))  # the CAM net's Dense
 X = RNG.normal(size=(3, H, W, CIN))
+#: The methods that differentiate the score (all but CAM, which reads the Dense kernel, and Eigen-CAM).
+GRADIENT_METHODS = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam"]
+ALL_METHODS = ["cam", *GRADIENT_METHODS, "eigencam"]
 
 
 def _conv_net(head: str) -> keras.Model:
@@ -110,28 +114,39 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-@pytest.fixture(scope="module")
-def mix_explainer() -> Explainer:
-    return Explainer(_conv_net("mix"), "target", preprocessing="none", max_batch_size=4)
+# ---- the engine's checks, for any backend (tests/jax/jax_checks.py runs them on Keras-on-JAX) -------
+
+def ref_explainer(head: str, backend: str | None = None, **kwargs: Any) -> Explainer:
+    """The engine on ``_conv_net(head)``: "mix" with its target named, "cam" with the target left for
+    the engine to find (the CAM check asserts it finds ``target``)."""
+    return Explainer(_conv_net(head), "target" if head == "mix" else None, preprocessing="none",
+                     max_batch_size=4, backend=backend, **kwargs)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam"])
-def test_gradient_methods_match_float64_formula(mix_explainer: Explainer, method: str) -> None:
+def check_method_matches_formula(e: Explainer, method: str) -> None:
+    """Top-1 and asked classes on the "mix" net: probabilities, scores and maps equal the float64
+    reference of ``method``; maps are float32 and not flagged all-zero."""
     a, logits, grad = ref_forward(X, "mix")
     classes = [2, None, 0]
-    res = mix_explainer.explain_batch(X.astype(np.float32), [ItemSpec(method, c) for c in classes])
+    res = e.explain_batch(X.astype(np.float32), [ItemSpec(method, c) for c in classes])
     for b, (r, c) in enumerate(zip(res, classes, strict=True)):
         k = int(np.argmax(logits[b])) if c is None else c
-        assert r.maps[0].class_index == k
+        assert r.maps[0].class_index == k, (method, b)
         np.testing.assert_allclose(r.probabilities, softmax(logits[b]), atol=1e-6)
         np.testing.assert_allclose(r.maps[0].score, logits[b, k], atol=1e-5)
-        np.testing.assert_allclose(r.maps[0].heatmap, ref_map(method, a[b], grad[b, k]), atol=2e-5)
+        np.testing.assert_allclose(r.maps[0].heatmap, ref_map(method, a[b], grad[b, k]), atol=2e-5,
+                                   err_msg=method)
         assert r.maps[0].heatmap.dtype == np.float32 and not r.maps[0].all_zero
 
 
-def test_raw_step_matches_analytic_gradients(mix_explainer: Explainer) -> None:
+def check_step_matches_analytic_gradients(e: Explainer) -> None:
+    """The raw compiled step on the "mix" net: float32 activations, gradients and scores equal the
+    analytic ones; negative class slots are the top-k in order (int32)."""
     a, logits, grad = ref_forward(X, "mix")
-    out = mix_explainer.step(X.astype(np.float32), np.array([[0, 1], [2, 0], [-1, -2]], np.int32))
+    out = e.step(X.astype(np.float32), np.array([[0, 1], [2, 0], [-1, -2]], np.int32))
+    for name in ("probabilities", "scores", "activations", "gradients"):
+        assert getattr(out, name).dtype == np.float32, name
+    assert out.classes.dtype == np.int32
     np.testing.assert_allclose(out.activations, a, rtol=1e-5, atol=1e-5)
     order = np.argsort(-logits[2])
     np.testing.assert_array_equal(out.classes, [[0, 1], [2, 0], order[:2]])
@@ -141,21 +156,19 @@ def test_raw_step_matches_analytic_gradients(mix_explainer: Explainer) -> None:
             np.testing.assert_allclose(out.scores[b, k], logits[b, out.classes[b, k]], rtol=1e-5)
 
 
-def test_probability_score_gradient() -> None:
+def check_probability_score_gradient(e: Explainer) -> None:
     """score="probability": d p_k / d A = p_k (d z_k - sum_j p_j d z_j) (softmax chain rule)."""
-    e = Explainer(_conv_net("mix"), "target", preprocessing="none", max_batch_size=4, score="probability")
     _, logits, grad = ref_forward(X, "mix")
     p = softmax(logits)
     out = e.step(X.astype(np.float32), np.array([[1], [1], [1]], np.int32))
     for b in range(3):
-        ref = p[b, 1] * (grad[b, 1] - np.einsum("n,nijc->ijc", p[b], grad[b]))
-        np.testing.assert_allclose(out.gradients[b, 0], ref, rtol=1e-4, atol=1e-7)
+        want = p[b, 1] * (grad[b, 1] - np.einsum("n,nijc->ijc", p[b], grad[b]))
+        np.testing.assert_allclose(out.gradients[b, 0], want, rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(out.scores[b, 0], p[b, 1], rtol=1e-5)
 
 
-def test_cam_matches_formula_and_equals_gradcam() -> None:
+def check_cam_matches_formula_and_equals_gradcam(e: Explainer) -> None:
     """CAM from the Dense kernel; on GAP -> Dense with logits Grad-CAM = CAM / (h w) after normalising."""
-    e = Explainer(_conv_net("cam"), preprocessing="none", max_batch_size=4)
     assert e.info.cam_supported and e.info.target_layer == "target"
     a, logits, _ = ref_forward(X, "cam")
     classes = [0, 1, None]
@@ -164,20 +177,46 @@ def test_cam_matches_formula_and_equals_gradcam() -> None:
     grad = e.explain_batch(xs, [ItemSpec("gradcam", c) for c in classes])
     for b, c in enumerate(classes):
         k = int(np.argmax(logits[b])) if c is None else c
-        ref = ref_map("cam", a[b], None, WC[:, k])
-        np.testing.assert_allclose(cam[b].maps[0].heatmap, ref, atol=2e-5)
+        want = ref_map("cam", a[b], None, WC[:, k])
+        np.testing.assert_allclose(cam[b].maps[0].heatmap, want, atol=2e-5)
         np.testing.assert_allclose(cam[b].maps[0].heatmap, grad[b].maps[0].heatmap, atol=1e-5)
 
 
-def test_normalise_all_zero_flag_never_nan() -> None:
+def check_all_zero_maps_flagged_never_nan(backend: str | None = None) -> None:
     """A net whose target output is zero everywhere gives zero maps flagged all_zero, not NaN."""
     model = _conv_net("cam")
     model.get_layer("target").set_weights([np.zeros_like(K1), -np.ones_like(B1)])  # ReLU(-1) = 0
-    e = Explainer(model, preprocessing="none", max_batch_size=2)
-    for method in ("cam", "gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam"):
+    e = Explainer(model, preprocessing="none", max_batch_size=2, backend=backend)
+    for method in ALL_METHODS:
         r = e.explain_batch(X[:1].astype(np.float32), [ItemSpec(method)])[0]
         assert r.maps[0].all_zero, method
         assert np.array_equal(r.maps[0].heatmap, np.zeros((H, W), np.float32)), method
+
+
+@pytest.fixture(scope="module")
+def mix_explainer() -> Explainer:
+    return ref_explainer("mix")
+
+
+@pytest.mark.parametrize("method", [*GRADIENT_METHODS, "eigencam"])
+def test_gradient_methods_match_float64_formula(mix_explainer: Explainer, method: str) -> None:
+    check_method_matches_formula(mix_explainer, method)
+
+
+def test_raw_step_matches_analytic_gradients(mix_explainer: Explainer) -> None:
+    check_step_matches_analytic_gradients(mix_explainer)
+
+
+def test_probability_score_gradient() -> None:
+    check_probability_score_gradient(ref_explainer("mix", score="probability"))
+
+
+def test_cam_matches_formula_and_equals_gradcam() -> None:
+    check_cam_matches_formula_and_equals_gradcam(ref_explainer("cam"))
+
+
+def test_normalise_all_zero_flag_never_nan() -> None:
+    check_all_zero_maps_flagged_never_nan()
 
 
 def test_buckets() -> None:

@@ -41,10 +41,9 @@ from camserve.engine import (  # noqa: E402
 from camserve.engine.preprocess import preprocess_numpy  # noqa: E402
 from camserve.records import ItemSpec  # noqa: E402
 from engine import test_reference as ref  # noqa: E402
+from engine.test_reference import ALL_METHODS, GRADIENT_METHODS  # noqa: E402
 from jax_models import flat_and_nested, policy_copy, small_bn_model, small_gap_model  # noqa: E402
 
-GRADIENT_METHODS = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam"]
-ALL_METHODS = ["cam", *GRADIENT_METHODS, "eigencam"]
 CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {}
 
 
@@ -67,80 +66,30 @@ def keras_runs_on_jax(_: argparse.Namespace) -> None:
 
 @check
 def gradient_methods_match_float64_formula(_: argparse.Namespace) -> None:
-    e = Explainer(ref._conv_net("mix"), "target", preprocessing="none", max_batch_size=4, backend="jax")
+    e = ref.ref_explainer("mix", backend="jax")
     assert e.info.backend == "jax" and e.info.compile_mode == "xla"
-    a, logits, grad = ref.ref_forward(ref.X, "mix")
-    classes = [2, None, 0]
     for method in [*GRADIENT_METHODS, "eigencam"]:
-        res = e.explain_batch(ref.X.astype(np.float32), [ItemSpec(method, c) for c in classes])
-        for b, (r, c) in enumerate(zip(res, classes, strict=True)):
-            k = int(np.argmax(logits[b])) if c is None else c
-            assert r.maps[0].class_index == k, (method, b)
-            np.testing.assert_allclose(r.probabilities, ref.softmax(logits[b]), atol=1e-6)
-            np.testing.assert_allclose(r.maps[0].score, logits[b, k], atol=1e-5)
-            np.testing.assert_allclose(
-                r.maps[0].heatmap, ref.ref_map(method, a[b], grad[b, k]), atol=2e-5, err_msg=method
-            )
-            assert r.maps[0].heatmap.dtype == np.float32 and not r.maps[0].all_zero
+        ref.check_method_matches_formula(e, method)
 
 
 @check
 def raw_step_matches_analytic_gradients(_: argparse.Namespace) -> None:
-    e = Explainer(ref._conv_net("mix"), "target", preprocessing="none", max_batch_size=4, backend="jax")
-    a, logits, grad = ref.ref_forward(ref.X, "mix")
-    out = e.step(ref.X.astype(np.float32), np.array([[0, 1], [2, 0], [-1, -2]], np.int32))
-    for name in ("probabilities", "scores", "activations", "gradients"):
-        assert getattr(out, name).dtype == np.float32, name
-    assert out.classes.dtype == np.int32
-    np.testing.assert_allclose(out.activations, a, rtol=1e-5, atol=1e-5)
-    order = np.argsort(-logits[2])
-    np.testing.assert_array_equal(out.classes, [[0, 1], [2, 0], order[:2]])
-    for b in range(3):
-        for k in range(2):
-            np.testing.assert_allclose(out.gradients[b, k], grad[b, out.classes[b, k]], rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(out.scores[b, k], logits[b, out.classes[b, k]], rtol=1e-5)
+    ref.check_step_matches_analytic_gradients(ref.ref_explainer("mix", backend="jax"))
 
 
 @check
 def probability_score_gradient(_: argparse.Namespace) -> None:
-    e = Explainer(
-        ref._conv_net("mix"), "target", preprocessing="none", max_batch_size=4, score="probability",
-        backend="jax",
-    )
-    _, logits, grad = ref.ref_forward(ref.X, "mix")
-    p = ref.softmax(logits)
-    out = e.step(ref.X.astype(np.float32), np.array([[1], [1], [1]], np.int32))
-    for b in range(3):
-        want = p[b, 1] * (grad[b, 1] - np.einsum("n,nijc->ijc", p[b], grad[b]))
-        np.testing.assert_allclose(out.gradients[b, 0], want, rtol=1e-4, atol=1e-7)
-        np.testing.assert_allclose(out.scores[b, 0], p[b, 1], rtol=1e-5)
+    ref.check_probability_score_gradient(ref.ref_explainer("mix", backend="jax", score="probability"))
 
 
 @check
 def cam_matches_formula_and_equals_gradcam(_: argparse.Namespace) -> None:
-    e = Explainer(ref._conv_net("cam"), preprocessing="none", max_batch_size=4, backend="jax")
-    assert e.info.cam_supported and e.info.target_layer == "target"
-    a, logits, _ = ref.ref_forward(ref.X, "cam")
-    classes = [0, 1, None]
-    xs = ref.X.astype(np.float32)
-    cam = e.explain_batch(xs, [ItemSpec("cam", c) for c in classes])
-    grad = e.explain_batch(xs, [ItemSpec("gradcam", c) for c in classes])
-    for b, c in enumerate(classes):
-        k = int(np.argmax(logits[b])) if c is None else c
-        want = ref.ref_map("cam", a[b], None, ref.WC[:, k])
-        np.testing.assert_allclose(cam[b].maps[0].heatmap, want, atol=2e-5)
-        np.testing.assert_allclose(cam[b].maps[0].heatmap, grad[b].maps[0].heatmap, atol=1e-5)
+    ref.check_cam_matches_formula_and_equals_gradcam(ref.ref_explainer("cam", backend="jax"))
 
 
 @check
 def all_zero_maps_flagged_never_nan(_: argparse.Namespace) -> None:
-    model = ref._conv_net("cam")
-    model.get_layer("target").set_weights([np.zeros_like(ref.K1), -np.ones_like(ref.B1)])
-    e = Explainer(model, preprocessing="none", max_batch_size=2, backend="jax")
-    for method in ALL_METHODS:
-        r = e.explain_batch(ref.X[:1].astype(np.float32), [ItemSpec(method)])[0]
-        assert r.maps[0].all_zero, method
-        assert np.array_equal(r.maps[0].heatmap, np.zeros((ref.H, ref.W), np.float32)), method
+    ref.check_all_zero_maps_flagged_never_nan(backend="jax")
 
 
 @check

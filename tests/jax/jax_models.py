@@ -6,8 +6,12 @@ either backend; weights are random but seeded, with non-trivial BatchNorm statis
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
+
+L = keras.layers
 
 
 def small_bn_model(seed: int = 3) -> keras.Model:
@@ -30,28 +34,34 @@ def small_bn_model(seed: int = 3) -> keras.Model:
     return model
 
 
+def _chain(name: str, *layers: Any) -> keras.Model:
+    """A Functional model applying ``layers`` in order to a (16, 16, 3) input.
+
+    The callers set the seed before they construct the layers: an unseeded Keras initializer draws its
+    seed when its layer is constructed, so the weights depend on the seed and that order.
+    """
+    inp = keras.Input((16, 16, 3))
+    x = inp
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inp, x, name=name)
+
+
 def small_gap_model(seed: int = 11) -> keras.Model:
     """conv -> pool -> conv("target") -> GAP -> Dense(softmax): the CAM-able shape."""
     keras.utils.set_random_seed(seed)
-    inp = keras.Input((16, 16, 3))
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="target")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inp, keras.layers.Dense(6, activation="softmax")(x), name="gap")
+    return _chain("gap", L.Conv2D(8, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+                  L.Conv2D(16, 3, padding="same", activation="relu", name="target"),
+                  L.GlobalAveragePooling2D(), L.Dense(6, activation="softmax"))
 
 
 def flatten_fc_model(seed: int = 13) -> keras.Model:
     """A Flatten -> Dense head (no CAM) with a depthwise conv: Grad-CAM family only."""
     keras.utils.set_random_seed(seed)
-    inp = keras.Input((16, 16, 3))
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
-    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2D(8, 1, activation="relu", name="target")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(16, activation="relu")(x)
-    return keras.Model(inp, keras.layers.Dense(6, activation="softmax")(x), name="flatten_fc")
+    return _chain("flatten_fc", L.Conv2D(8, 3, padding="same", activation="relu"),
+                  L.DepthwiseConv2D(3, padding="same", activation="relu"),
+                  L.Conv2D(8, 1, activation="relu", name="target"), L.MaxPooling2D(), L.Flatten(),
+                  L.Dense(16, activation="relu"), L.Dense(6, activation="softmax"))
 
 
 def flat_and_nested(seed: int = 5) -> tuple[keras.Model, keras.Model]:
@@ -91,7 +101,5 @@ def policy_copy(model: keras.Model, policy: str) -> keras.Model:
 def binary_model(seed: int = 17) -> keras.Model:
     """One sigmoid unit after conv -> GAP: a binary logit (two classes in the engine)."""
     keras.utils.set_random_seed(seed)
-    inp = keras.Input((16, 16, 3))
-    x = keras.layers.Conv2D(6, 3, activation="relu", name="target")(inp)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(x), name="binary")
+    return _chain("binary", L.Conv2D(6, 3, activation="relu", name="target"), L.GlobalAveragePooling2D(),
+                  L.Dense(1, activation="sigmoid"))

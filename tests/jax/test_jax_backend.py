@@ -40,8 +40,6 @@ CHECKS = [
     "new_model_kinds_on_jax",
     "cross_backend_maps",
 ]
-GRADIENT_METHODS = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam"]
-ALL_METHODS = ["cam", *GRADIENT_METHODS, "eigencam"]
 
 
 def _tf_keras() -> Any:
@@ -57,6 +55,7 @@ def _tf_keras() -> Any:
 def _cases(keras: Any) -> list[dict[str, Any]]:
     """(model, inputs, target, requests) for the cross-backend comparison."""
     from engine import zoo_models
+    from engine.test_reference import ALL_METHODS, GRADIENT_METHODS
     from jax_models import binary_model, flat_and_nested, flatten_fc_model, small_bn_model
 
     rng = np.random.default_rng(21)

@@ -140,16 +140,25 @@ def _record(category: str, code: grpc.StatusCode, details: str, allowed: set[grp
     assert details.strip(), f"{code.name} without a message for {what[:300]}"
 
 
+def call(fn: Any, request: Any, category: str, what: str,
+         allowed: set[grpc.StatusCode] = CALLER_CODES) -> Any | None:
+    """Make one call ``fn(request)`` and record its outcome (``what`` describes it in a failure);
+    returns the reply when OK, None when refused with a code in ``allowed``."""
+    try:
+        reply = fn(request, timeout=RPC_TIMEOUT_S)
+    except grpc.RpcError as e:
+        _record(category, e.code(), e.details() or "", allowed, what)
+        return None
+    _record(category, grpc.StatusCode.OK, "", allowed, "")
+    return reply
+
+
 def explain(stub: Any, req: explain_pb2.ExplainRequest, category: str,
             allowed: set[grpc.StatusCode] = CALLER_CODES) -> explain_pb2.ExplainResponse | None:
     """Send one fuzzed Explain and check its outcome; returns the reply when OK."""
-    try:
-        resp = stub.Explain(req, timeout=RPC_TIMEOUT_S)
-    except grpc.RpcError as e:
-        _record(category, e.code(), e.details() or "", allowed, repr(req)[:300])
-        return None
-    _record(category, grpc.StatusCode.OK, "", allowed, "")
-    _check_ok(resp, req)
+    resp = call(stub.Explain, req, category, repr(req)[:300], allowed)
+    if resp is not None:
+        _check_ok(resp, req)
     return resp
 
 
@@ -171,7 +180,7 @@ def refused(stub: Any, req: explain_pb2.ExplainRequest, category: str, code: grp
 @given(data=st.one_of(mutated_image(), junk_image(), crafted_png()))
 def test_fuzz_encoded_images(stub: Any, baseline: dict[str, float], data: bytes) -> None:
     """Truncated/corrupt/spliced JPEG, PNG, WebP, BMP; random bytes behind magic numbers; hostile headers."""
-    explain(stub, explain_pb2.ExplainRequest(image=explain_pb2.Image(encoded=data)), "encoded",
+    explain(stub, _encoded(data), "encoded",
             {grpc.StatusCode.INVALID_ARGUMENT})
 
 
@@ -198,38 +207,36 @@ def test_degenerate_dimensions(stub: Any, baseline: dict[str, float]) -> None:
 
 # ------------------------------------------------------------------------------------- raw tensors
 
-@_settings(400)
-@given(data=st.data())
+@pytest.mark.parametrize(("strategy", "examples", "category"),
+                         [(tensor_image, 400, "tensor"), (float_pixels, 100, "float")])
 def test_fuzz_tensors(stub: Any, model: explain_pb2.ModelInfo, baseline: dict[str, float],
-                      data: st.DataObject) -> None:
-    """Wrong dtypes (incl. unknown enum values), shapes (negative, zero, huge, 0-7 dims), byte counts."""
-    shape = tuple(int(x) for x in model.input_shape)
-    tensor = data.draw(tensor_image(shape))  # type: ignore[arg-type]
-    explain(stub, explain_pb2.ExplainRequest(image=explain_pb2.Image(tensor=tensor)), "tensor",
-            {grpc.StatusCode.INVALID_ARGUMENT})
+                      strategy: Any, examples: int, category: str) -> None:
+    """Raw tensors for the model's input shape, refused as INVALID_ARGUMENT or a sane reply: wrong
+    dtypes (incl. unknown enum values), shapes (negative, zero, huge, 0-7 dims) and byte counts
+    (``tensor_image``); FLOAT32 with NaN/+-Inf/huge/subnormal values (``float_pixels``)."""
 
+    @_settings(examples)
+    @given(tensor=strategy(tuple(int(x) for x in model.input_shape)))
+    def fuzz(tensor: explain_pb2.Tensor) -> None:
+        explain(stub, explain_pb2.ExplainRequest(image=explain_pb2.Image(tensor=tensor)), category,
+                {grpc.StatusCode.INVALID_ARGUMENT})
 
-@_settings(100)
-@given(data=st.data())
-def test_fuzz_float_pixels(stub: Any, model: explain_pb2.ModelInfo, baseline: dict[str, float],
-                           data: st.DataObject) -> None:
-    """FLOAT32 inputs with NaN/+-Inf/huge/subnormal values: refused, or a finite map in [0, 1]."""
-    shape = tuple(int(x) for x in model.input_shape)
-    tensor = data.draw(float_pixels(shape))  # type: ignore[arg-type]
-    explain(stub, explain_pb2.ExplainRequest(image=explain_pb2.Image(tensor=tensor)), "float",
-            {grpc.StatusCode.INVALID_ARGUMENT})
+    fuzz()
 
 
 # ------------------------------------------------------------------------------------- request fields
+
+def hostile_fields(model: explain_pb2.ModelInfo) -> st.SearchStrategy[explain_pb2.ExplainRequest]:
+    """Requests for a valid JPEG with hostile fields around ``model``'s own name and layer names."""
+    return request_fields(seeds()["jpeg64"], [model.name], [layer.name for layer in model.layers])
+
 
 @_settings(500)
 @given(data=st.data())
 def test_fuzz_request_fields(stub: Any, model: explain_pb2.ModelInfo, baseline: dict[str, float],
                              data: st.DataObject) -> None:
     """Unknown model/version/method/enums, negative or huge class index and top_k, hostile layer names."""
-    jpeg = seeds()["jpeg64"]
-    layers = [layer.name for layer in model.layers]
-    req = data.draw(request_fields(jpeg, [model.name], layers))
+    req = data.draw(hostile_fields(model))
     resp = explain(stub, req, "fields")
     if resp is not None:
         k = req.top_k if req.top_k > 0 else 1
@@ -244,7 +251,6 @@ def test_fuzz_batches(stub: Any, model: explain_pb2.ModelInfo, baseline: dict[st
                       data: st.DataObject) -> None:
     """ExplainBatch with 0-40 items mixing valid and hostile ones: all-or-nothing, never INTERNAL."""
     jpeg = seeds()["jpeg64"]
-    layers = [layer.name for layer in model.layers]
     n = data.draw(st.integers(0, 40))
     reqs = []
     for _ in range(n):
@@ -252,17 +258,13 @@ def test_fuzz_batches(stub: Any, model: explain_pb2.ModelInfo, baseline: dict[st
         if kind == "valid":
             reqs.append(explain_pb2.ExplainRequest(image=explain_pb2.Image(encoded=jpeg)))
         elif kind == "fields":
-            reqs.append(data.draw(request_fields(jpeg, [model.name], layers)))
+            reqs.append(data.draw(hostile_fields(model)))
         else:
             img = data.draw(st.one_of(mutated_image(), junk_image()))
             reqs.append(explain_pb2.ExplainRequest(image=explain_pb2.Image(encoded=img)))
-    batch = explain_pb2.ExplainBatchRequest(requests=reqs)
-    try:
-        resp = stub.ExplainBatch(batch, timeout=RPC_TIMEOUT_S)
-    except grpc.RpcError as e:
-        _record("batch", e.code(), e.details() or "", CALLER_CODES, f"batch of {n}")
+    resp = call(stub.ExplainBatch, explain_pb2.ExplainBatchRequest(requests=reqs), "batch", f"batch of {n}")
+    if resp is None:
         return
-    _record("batch", grpc.StatusCode.OK, "", CALLER_CODES, "")
     assert len(resp.responses) == n
     for r, q in zip(resp.responses, reqs, strict=True):
         _check_ok(r, q)
@@ -272,6 +274,12 @@ def test_fuzz_batches(stub: Any, model: explain_pb2.ModelInfo, baseline: dict[st
 
 def _identity(b: bytes) -> bytes:
     return b
+
+
+def raw_call(channel: grpc.Channel, method: str, body: bytes, category: str, what: str) -> None:
+    """Send ``body`` as the serialised request of ``method`` (identity serialisers) and record the outcome."""
+    fn = channel.unary_unary(SERVICE + method, request_serializer=_identity, response_deserializer=_identity)
+    call(fn, body, category, what)
 
 
 WIRE_METHODS = ["Explain", "ExplainBatch", "GetModel", "ListModels"]
@@ -285,13 +293,7 @@ WIRE_METHODS = ["Explain", "ExplainBatch", "GetModel", "ListModels"]
 def test_fuzz_wire_bytes(raw_channel: grpc.Channel, baseline: dict[str, float], method: str,
                          payload: bytes) -> None:
     """Random bytes as the protobuf body (identity serialisers): unparsable, or parsed as junk fields."""
-    call = raw_channel.unary_unary(SERVICE + method, request_serializer=_identity,
-                                   response_deserializer=_identity)
-    try:
-        call(payload, timeout=RPC_TIMEOUT_S)
-        _record("wire", grpc.StatusCode.OK, "", set(), "")
-    except grpc.RpcError as e:
-        _record("wire", e.code(), e.details() or "", CALLER_CODES, f"{method} {payload[:64]!r}")
+    raw_call(raw_channel, method, payload, "wire", f"{method} {payload[:64]!r}")
 
 
 @_settings(150)
@@ -310,13 +312,7 @@ def test_fuzz_wire_mutated_requests(raw_channel: grpc.Channel, baseline: dict[st
             del body[i:i + data.draw(st.integers(1, 16))]
         else:
             body[i:i] = data.draw(st.binary(min_size=1, max_size=8))
-    call = raw_channel.unary_unary(SERVICE + "Explain", request_serializer=_identity,
-                                   response_deserializer=_identity)
-    try:
-        call(bytes(body), timeout=RPC_TIMEOUT_S)
-        _record("wire_mut", grpc.StatusCode.OK, "", set(), "")
-    except grpc.RpcError as e:
-        _record("wire_mut", e.code(), e.details() or "", CALLER_CODES, f"{bytes(body)[:64]!r}")
+    raw_call(raw_channel, "Explain", bytes(body), "wire_mut", f"{bytes(body)[:64]!r}")
 
 
 def test_empty_and_oversized_messages(stub: Any, raw_channel: grpc.Channel,
@@ -328,22 +324,13 @@ def test_empty_and_oversized_messages(stub: Any, raw_channel: grpc.Channel,
     explain(stub, explain_pb2.ExplainRequest(image=explain_pb2.Image(tensor=explain_pb2.Tensor())), "empty",
             {grpc.StatusCode.INVALID_ARGUMENT})
     for method in WIRE_METHODS:
-        call = raw_channel.unary_unary(SERVICE + method, request_serializer=_identity,
-                                       response_deserializer=_identity)
-        try:
-            call(b"", timeout=RPC_TIMEOUT_S)
-            _record("empty", grpc.StatusCode.OK, "", set(), "")
-        except grpc.RpcError as e:
-            _record("empty", e.code(), e.details() or "", CALLER_CODES, f"empty {method}")
+        raw_call(raw_channel, method, b"", "empty", f"empty {method}")
     big = os.urandom((MAX_MESSAGE_MB + 1) << 20)
     refused(stub, _encoded(b"\xff\xd8\xff" + big), "oversized", grpc.StatusCode.RESOURCE_EXHAUSTED)
     models = explain_pb2_grpc.ExplainServiceStub(raw_channel)
     for name in ("", "nope", "\x00", "x" * 10_000):
-        try:
-            models.GetModel(explain_pb2.GetModelRequest(model=name, model_version=-7), timeout=RPC_TIMEOUT_S)
-            _record("getmodel", grpc.StatusCode.OK, "", set(), "")
-        except grpc.RpcError as e:
-            _record("getmodel", e.code(), e.details() or "", CALLER_CODES, f"GetModel {name[:20]!r}")
+        call(models.GetModel, explain_pb2.GetModelRequest(model=name, model_version=-7), "getmodel",
+             f"GetModel {name[:20]!r}")
 
 
 # ------------------------------------------------------------------------------------- afterwards

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from camserve.records import ErrorKind, Failure, ItemSpec
 from camserve.scheduling.batcher import Batcher, WorkItem
-from camserve.scheduling.dispatcher import Dispatcher
 from camserve.scheduling.pool import PIPELINE_DEPTH
 from camserve.worker.slab import ALIGN, read_arrays, write_arrays
-from test_sched_pool import RUNNER, Recorder, check, make_repo, pixels, run, until
+from test_sched_pool import Recorder, check, one_worker, pixels, run, until
 
 
 def lost(outcome: object) -> bool:
@@ -27,6 +26,10 @@ def lost(outcome: object) -> bool:
 
 def item(n: int) -> WorkItem:
     return WorkItem("m", np.full((2, 2, 3), n, np.uint8), ItemSpec())
+
+
+#: Batches of two with no delay: every two calls make one full batch at once.
+PAIRS = {"max_batch_size": 2, "max_queue_delay_ms": 0}
 
 
 # --------------------------------------------------------------------------- batcher (no process)
@@ -102,13 +105,8 @@ def test_write_arrays_region_offsets_are_absolute_and_bounded() -> None:
 
 
 def test_worker_holds_a_second_full_batch_and_answers_both(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}}})
-
     async def main() -> None:
-        d = Dispatcher(repo, "cpu:1", runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
-        (w,) = d.pool.workers
+        d, w = await one_worker(tmp_path, PAIRS)
         seen: list[int] = []
 
         async def watch() -> None:
@@ -142,14 +140,9 @@ def test_worker_holds_a_second_full_batch_and_answers_both(tmp_path: Path) -> No
 def test_a_batch_whose_callers_all_left_before_it_started_is_not_computed(tmp_path: Path) -> None:
     """A batch already sent to the worker (here held behind another on a stopped worker) whose
     callers all leave before the worker starts it is skipped by the worker and counted as dropped."""
-    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}}})
-
     async def main() -> None:
         obs = Recorder()
-        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
-        (w,) = d.pool.workers
+        d, w = await one_worker(tmp_path, PAIRS, observer=obs)
         assert w.pid is not None
         os.kill(w.pid, signal.SIGSTOP)
         try:
@@ -175,13 +168,8 @@ def test_a_batch_whose_callers_all_left_before_it_started_is_not_computed(tmp_pa
 
 
 def test_kill_9_fails_both_held_batches_at_once(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}}})
-
     async def main() -> None:
-        d = Dispatcher(repo, "cpu:1", runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
-        (w,) = d.pool.workers
+        d, w = await one_worker(tmp_path, PAIRS)
         subs = [asyncio.ensure_future(d.submit(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=30))))
                 for i in range(4)]
         await until(lambda: len(w.batches) == 2, what="two batches held")
@@ -199,13 +187,8 @@ def test_kill_9_fails_both_held_batches_at_once(tmp_path: Path) -> None:
 
 
 def test_watchdog_times_each_batch_from_its_start(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2, "max_queue_delay_ms": 0}}})
-
     async def main() -> None:
-        d = Dispatcher(repo, "cpu:1", runner=RUNNER, batch_timeout_s=2.0)
-        await d.start()
-        await until(d.ready, what="ready")
-        (w,) = d.pool.workers
+        d, w = await one_worker(tmp_path, PAIRS, batch_timeout_s=2.0)
         pid = w.pid
         # Two batches of 2 x 0.6 s, the second sent while the first computes: 2.4 s from the first send,
         # each 1.2 s from its own start, under the 2 s watchdog -> nobody is killed.

@@ -90,6 +90,18 @@ async def until(cond: Callable[[], bool], timeout: float = 30, what: str = "cond
         await asyncio.sleep(0.01)
 
 
+async def one_worker(root: Path, batching: dict[str, Any] | None = None, **kwargs: Any
+                     ) -> tuple[Dispatcher, WorkerHandle]:
+    """A ready Dispatcher (``kwargs`` passed on) with one CPU worker on the toy runner, serving the toy
+    model from a repository under ``root`` with these ``batching`` knobs over make_repo's; and that worker."""
+    d = Dispatcher(make_repo(root, {"toy": {"batching": dict(batching or {})}}), "cpu:1", runner=RUNNER,
+                   **kwargs)
+    await d.start()
+    await until(d.ready, what="ready")
+    (w,) = d.pool.workers
+    return d, w
+
+
 def pixels(seed: int, dtype: Any = np.uint8) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if dtype == np.uint8:
@@ -207,14 +219,9 @@ def test_each_gpu_worker_sees_exactly_its_gpu(tmp_path: Path) -> None:
 
 
 def test_kill_9_mid_batch_fails_in_flight_at_once_then_worker_comes_back(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path)
-
     async def main() -> None:
         obs = Recorder()
-        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
-        (w,) = d.pool.workers
+        d, w = await one_worker(tmp_path, observer=obs)
         old_pid = w.pid
         assert old_pid is not None
         running = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemSpec("sleep", top_k=30))))
@@ -243,14 +250,9 @@ def test_kill_9_mid_batch_fails_in_flight_at_once_then_worker_comes_back(tmp_pat
 
 
 def test_hung_worker_is_killed_by_the_batch_watchdog(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path)
-
     async def main() -> None:
         obs = Recorder()
-        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER, batch_timeout_s=1.5)
-        await d.start()
-        await until(d.ready, what="ready")
-        (w,) = d.pool.workers
+        d, w = await one_worker(tmp_path, observer=obs, batch_timeout_s=1.5)
         old_pid = w.pid
         assert old_pid is not None
         # a batch shorter than the watchdog is left alone
@@ -322,15 +324,10 @@ def test_crash_loop_backs_off_exponentially_and_resets_after_healthy_time(
 
 
 def test_queued_work_cancel_and_deadline_never_reach_a_worker(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path, {"toy": {"batching": {"max_queue_size": 3, "max_queue_delay_ms": 0}}})
-
     async def main() -> None:
         obs = Recorder()
-        d = Dispatcher(repo, "cpu:1", observer=obs, runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
+        d, w = await one_worker(tmp_path, {"max_queue_size": 3, "max_queue_delay_ms": 0}, observer=obs)
         busy = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(0), ItemSpec("sleep", top_k=2))))
-        (w,) = d.pool.workers
         await until(lambda: w.inflight is not None, what="busy worker")
         cancelled = asyncio.ensure_future(d.submit(WorkItem("toy", pixels(1))))
         expiring = asyncio.ensure_future(
@@ -362,14 +359,9 @@ def test_queued_work_cancel_and_deadline_never_reach_a_worker(tmp_path: Path) ->
 
 
 def test_stop_finishes_queued_and_in_flight_work(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 2}}})
-
     async def main() -> None:
-        d = Dispatcher(repo, "cpu:1", runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
+        d, w = await one_worker(tmp_path, {"max_batch_size": 2})
         subs = [d.enqueue(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=0.1))) for i in range(6)]
-        (w,) = d.pool.workers
         pid = w.pid
         await d.stop(grace_s=10)
         for i, s in enumerate(subs):
@@ -382,15 +374,10 @@ def test_stop_finishes_queued_and_in_flight_work(tmp_path: Path) -> None:
 
 
 def test_stop_with_a_short_grace_answers_everything(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path, {"toy": {"batching": {"max_batch_size": 1}}})
-
     async def main() -> None:
-        d = Dispatcher(repo, "cpu:1", runner=RUNNER)
-        await d.start()
-        await until(d.ready, what="ready")
+        d, w = await one_worker(tmp_path, {"max_batch_size": 1})
         # 30 s batches: a stop that waited for the one in flight instead of its grace would time out
         subs = [d.enqueue(WorkItem("toy", pixels(i), ItemSpec("sleep", top_k=30))) for i in range(3)]
-        (w,) = d.pool.workers
         await until(lambda: w.inflight is not None, what="the first batch in flight")
         await d.stop(grace_s=0.2)
         outs = await asyncio.gather(*(s.future for s in subs), return_exceptions=True)
