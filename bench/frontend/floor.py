@@ -1,14 +1,16 @@
 """The gRPC floor under ``bench/frontend``'s load: what a bare grpc.aio server costs per call.
 
-The same load generator, callers and messages as ``python -m bench.frontend``, against one grpc.aio
-process whose Explain does nothing camserve does (no validation, no decoding, no scheduler, no
-metrics): it returns one reply built beforehand, of the size camserve's replies have for the
-stand-in model (5 top predictions, one 7x7 float32 map). ``--decode`` also decodes each JPEG as the
-front end does (simplejpeg, on the event loop). The server's CPU-ms per call is then the floor that
-gRPC's Python aio server (its Cython layer, C core and system calls) sets for camserve's front end on
-this machine; ``bench/frontend`` minus this is camserve's own work.
+The same load generator, callers and messages as ``python -m bench.frontend`` (64 callers of 224x224
+JPEG, one per Explain), against one grpc.aio process whose Explain does nothing camserve does (no
+validation, no scheduler, no metrics): it returns one reply built beforehand, of the size camserve's
+replies have for the stand-in model (5 top predictions, one 7x7 float32 map). Three variants: bare;
+with camserve's interceptors (``camserve.front.limits``, ``camserve.front.interceptors``: transport
+limits, the body parsed inside the handler); and with them and each JPEG decoded as the front end
+does (simplejpeg, on the event loop). The server's CPU-ms per call is then the floor that gRPC's
+Python aio server (its Cython layer, C core and system calls) and the decode set for camserve's front
+end on this machine; ``bench/frontend`` minus this is camserve's own work.
 
-    python -m bench.frontend.floor                   # bare gRPC, then bare gRPC + JPEG decode
+    python -m bench.frontend.floor                   # bare gRPC, + interceptors, + JPEG decode
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from bench.frontend.__main__ import measure
 MODEL, SIDE = "m224", 224
 
 
-def serve(port_file: Path, decode: bool) -> None:
+def serve(port_file: Path, decode: bool, intercepted: bool) -> None:
     """The bare server: health, GetModel and a canned Explain; writes its port to ``port_file``."""
     import asyncio
 
@@ -61,7 +63,17 @@ def serve(port_file: Path, decode: bool) -> None:
                                 max_batch_size=32, backend="standin")
 
     async def main() -> None:
-        server = grpc.aio.server()
+        interceptors: list[Any] = []
+        if intercepted:
+            from camserve.front.interceptors import MalformedRequestInterceptor
+            from camserve.front.limits import LimitsInterceptor
+            from camserve.front.server import ServerOptions
+
+            opts = ServerOptions()
+            interceptors = [LimitsInterceptor(max_header_bytes=opts.max_header_bytes,
+                                              max_message_bytes=opts.max_message_bytes),
+                            MalformedRequestInterceptor()]
+        server = grpc.aio.server(interceptors=interceptors)
         pb_grpc.add_ExplainServiceServicer_to_server(Bare(), server)
         status = health.aio.HealthServicer()
         for name in ("", MODEL):
@@ -81,11 +93,12 @@ class _Server:
     pid: int
 
 
-def run_floor(decode: bool, duration_s: float, warmup_s: float, callers: int, clients: int) -> dict[str, Any]:
+def run_floor(decode: bool, intercepted: bool, duration_s: float, warmup_s: float, callers: int,
+              clients: int) -> dict[str, Any]:
     port_file = Path(tempfile.gettempdir()) / f"camserve-floor-{os.getpid()}"
     port_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "bench.frontend.floor", "--serve", str(port_file)]
-    cmd += ["--decode"] if decode else []
+    cmd += (["--decode"] if decode else []) + (["--intercepted"] if intercepted else [])
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2])
     try:
         for _ in range(600):
@@ -109,13 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--decode", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--intercepted", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.decode)
+        serve(args.serve, args.decode, args.intercepted)
         return 0
-    for decode in (False, True):
-        row = run_floor(decode, args.duration, args.warmup, args.callers, args.clients)
-        what = "bare gRPC + JPEG decode" if decode else "bare gRPC"
+    variants = (("bare gRPC", False, False), ("+ camserve interceptors", False, True),
+                ("+ JPEG decode", True, True))
+    for what, decode, intercepted in variants:
+        row = run_floor(decode, intercepted, args.duration, args.warmup, args.callers, args.clients)
         print(f"{what:<24} {row['images_per_s']:6.0f} calls/s  p50 {row['p50_ms']:6.1f} ms  server CPU "
               f"{row['cpu_ms_per_image']:.3f} ms/call ({row['server_cores_busy']:.2f} cores busy, errors "
               f"{row['errors']})", flush=True)
