@@ -20,6 +20,8 @@
 - ``reply``: CPU to build a camserve.v1 reply (``replies.build_response``) for a model of 1,000 classes
   with one 7x7 map, and of its top-5 predictions alone: ``replies.best_classes`` (a partition)
   against the full stable argsort it replaced.
+- ``batch``: CPU for a worker to make one (8, 224, 224, 3) uint8 batch of the images the pool wrote
+  into its slab: ``np.stack`` (a copy, what it did before) against ``slab.stacked`` (a view).
 - ``metrics``: CPU per call of a front end's metric writes (request counter and three histograms) in
   prometheus-client's multiprocess mode (memory-mapped files, what the server uses) against in-memory.
 
@@ -240,6 +242,17 @@ def measure_reply(repeats: int, rounds: int) -> dict[str, Any]:
             "argsort_us": cpu_us(lambda: np.argsort(-probs, kind="stable")[:5], repeats, rounds)}
 
 
+def measure_batch(repeats: int, rounds: int) -> dict[str, Any]:
+    from camserve.worker.slab import read_arrays, stacked, write_arrays
+
+    buf = memoryview(bytearray(8 * 224 * 224 * 3 + 4096))
+    images = [_photo(224, 224)] * 8
+    views = read_arrays(buf, write_arrays(buf, images))
+    assert np.shares_memory(stacked(views), views[0])
+    return {"np_stack_us": cpu_us(lambda: np.stack(views), repeats, rounds),
+            "stacked_us": cpu_us(lambda: stacked(views), repeats, rounds)}
+
+
 def measure_metrics(calls: int, rounds: int) -> dict[str, Any]:
     import tempfile
 
@@ -282,6 +295,9 @@ PARTS: dict[str, tuple[Any, str]] = {
               "an ExplainResponse for 1,000 classes and one 7x7 map: {build_response_us:.1f} us of CPU; "
               "its top 5 by partition {best_classes_us:.1f} us against a full stable argsort "
               "{argsort_us:.1f} us"),
+    "batch": (lambda a: measure_batch(a.repeats, a.rounds),
+              "a worker's batch of 8 224x224 images from its slab: np.stack {np_stack_us:.0f} us of CPU, "
+              "slab.stacked (a view) {stacked_us:.0f} us"),
     "metrics": (lambda a: measure_metrics(a.repeats * 4, a.rounds),
                 "a call's metric writes: {multiprocess_us:.1f} us of CPU in multiprocess mode against "
                 "{in_memory_us:.1f} us in memory ({multiprocess_cost_us:+.1f} us)"),
