@@ -17,6 +17,11 @@
 - ``records``: CPU per pickle round trip (dumps + loads, as each result crosses the worker's and the
   hub's pipes) of an ``ItemResult`` with 1,000 probabilities and one 7x7 map: camserve's tuple
   ``__reduce__`` against the dataclass + ndarray default it replaced.
+- ``reply``: CPU to build a camserve.v1 reply (``replies.build_response``) for a model of 1,000 classes
+  with one 7x7 map, and of its top-5 predictions alone: ``replies.best_classes`` (a partition)
+  against the full stable argsort it replaced.
+- ``batch``: CPU for a worker to make one (8, 224, 224, 3) uint8 batch of the images the pool wrote
+  into its slab: ``np.stack`` (a copy, what it did before) against ``slab.stacked`` (a view).
 - ``metrics``: CPU per call of a front end's metric writes (request counter and three histograms) in
   prometheus-client's multiprocess mode (memory-mapped files, what the server uses) against in-memory.
 
@@ -207,6 +212,47 @@ def measure_records(repeats: int, rounds: int) -> dict[str, Any]:
             "default_bytes": len(default_bytes)}
 
 
+def measure_reply(repeats: int, rounds: int) -> dict[str, Any]:
+    import tempfile
+
+    from camserve.front.codec import DecodedImage
+    from camserve.front.replies import best_classes, build_response
+    from camserve.front.requests import RequestParser
+    from camserve.records import ClassMap, ItemResult
+    from camserve.repository import load_repository
+    from camserve_client.types import build_request
+
+    from bench.frontend.__main__ import write_repository
+    from bench.frontend.standin import StandInRunner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = load_repository(write_repository(Path(tmp) / "repository"))
+    summaries, _ = StandInRunner(repo, compile_mode="graph", backend="standin", threads=None, index=0).load()
+    rgb = _photo(224, 224)
+    prep = RequestParser(repo, summaries.get).prepare(build_request(_jpeg(rgb), model="m224"))
+    rng = np.random.default_rng(0)
+    probs = rng.random(1000, dtype=np.float32)
+    probs /= probs.sum()
+    result = ItemResult(probs, [ClassMap(3, 2.5, rng.random((7, 7), dtype=np.float32), False)],
+                        queue_s=0.01, compute_s=0.02, batch_size=8)
+    image = DecodedImage(pixels=rgb, original=rgb)
+    assert best_classes(probs, 5).tolist() == np.argsort(-probs, kind="stable")[:5].tolist()
+    return {"build_response_us": cpu_us(lambda: build_response(prep, image, result, 0.05), repeats, rounds),
+            "best_classes_us": cpu_us(lambda: best_classes(probs, 5), repeats, rounds),
+            "argsort_us": cpu_us(lambda: np.argsort(-probs, kind="stable")[:5], repeats, rounds)}
+
+
+def measure_batch(repeats: int, rounds: int) -> dict[str, Any]:
+    from camserve.worker.slab import read_arrays, stacked, write_arrays
+
+    buf = memoryview(bytearray(8 * 224 * 224 * 3 + 4096))
+    images = [_photo(224, 224)] * 8
+    views = read_arrays(buf, write_arrays(buf, images))
+    assert np.shares_memory(stacked(views), views[0])
+    return {"np_stack_us": cpu_us(lambda: np.stack(views), repeats, rounds),
+            "stacked_us": cpu_us(lambda: stacked(views), repeats, rounds)}
+
+
 def measure_metrics(calls: int, rounds: int) -> dict[str, Any]:
     import tempfile
 
@@ -245,6 +291,13 @@ PARTS: dict[str, tuple[Any, str]] = {
     "records": (lambda a: measure_records(a.repeats * 4, a.rounds),
                 "ItemResult pickle round trip: {tuple_reduce_us:.1f} us (tuple __reduce__) against "
                 "{dataclass_default_us:.1f} us (the dataclass + ndarray default)"),
+    "reply": (lambda a: measure_reply(a.repeats * 4, a.rounds),
+              "an ExplainResponse for 1,000 classes and one 7x7 map: {build_response_us:.1f} us of CPU; "
+              "its top 5 by partition {best_classes_us:.1f} us against a full stable argsort "
+              "{argsort_us:.1f} us"),
+    "batch": (lambda a: measure_batch(a.repeats, a.rounds),
+              "a worker's batch of 8 224x224 images from its slab: np.stack {np_stack_us:.0f} us of CPU, "
+              "slab.stacked (a view) {stacked_us:.0f} us"),
     "metrics": (lambda a: measure_metrics(a.repeats * 4, a.rounds),
                 "a call's metric writes: {multiprocess_us:.1f} us of CPU in multiprocess mode against "
                 "{in_memory_us:.1f} us in memory ({multiprocess_cost_us:+.1f} us)"),

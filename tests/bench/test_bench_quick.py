@@ -73,6 +73,8 @@ def check_micro(doc: dict) -> None:
     assert math.isfinite(g["interceptor_server_cpu_us"])
     assert _positive(doc["hop"]["thread_hop_us"]) and _positive(doc["metrics"]["multiprocess_us"])
     assert doc["records"]["tuple_bytes"] < doc["records"]["default_bytes"]
+    assert _positive(doc["reply"]["build_response_us"]) and _positive(doc["reply"]["best_classes_us"])
+    assert _positive(doc["batch"]["np_stack_us"]) and _positive(doc["batch"]["stacked_us"])
 
 
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}

@@ -16,7 +16,7 @@ import pytest
 from camserve.records import ErrorKind, Failure, ItemSpec
 from camserve.scheduling.batcher import Batcher, WorkItem
 from camserve.scheduling.pool import PIPELINE_DEPTH
-from camserve.worker.slab import ALIGN, read_arrays, write_arrays
+from camserve.worker.slab import ALIGN, read_arrays, stacked, write_arrays
 from test_sched_pool import Recorder, check, one_worker, pixels, run, until
 
 
@@ -99,6 +99,24 @@ def test_write_arrays_region_offsets_are_absolute_and_bounded() -> None:
         np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="slab"):
         write_arrays(buf, [np.zeros(1100, np.uint8)], 1000, 2048)
+
+
+def test_stacked_is_a_view_of_a_batch_written_back_to_back_and_a_copy_otherwise() -> None:
+    buf = memoryview(bytearray(1 << 20))
+    rng = np.random.default_rng(0)
+    aligned = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(4)]  # 192 bytes: no gaps
+    views = read_arrays(buf, write_arrays(buf, aligned, 128))
+    batch = stacked(views)
+    np.testing.assert_array_equal(batch, np.stack(aligned))
+    assert np.shares_memory(batch, views[0]) and batch.flags.c_contiguous
+    gapped = [rng.integers(0, 256, (5, 7, 3), dtype=np.uint8) for _ in range(3)]  # 105 bytes: padded
+    for arrays in (read_arrays(buf, write_arrays(buf, gapped, 4096)),  # gaps between images
+                   [views[0], views[2]],                                # not neighbours
+                   [views[1], views[0]],                                # out of order
+                   [views[0], aligned[1]]):                             # another buffer
+        copy = stacked(arrays)
+        np.testing.assert_array_equal(copy, np.stack(arrays))
+        assert not np.shares_memory(copy, views[0])
 
 
 # --------------------------------------------------------------------------- real worker processes

@@ -18,7 +18,25 @@ from camserve.front.requests import Prepared
 from camserve.records import ErrorKind, Failure, ItemResult, ModelSummary
 from camserve.repository import ModelConfig
 
-__all__ = ["build_response", "check_map_bytes", "check_reply", "model_info"]
+__all__ = ["best_classes", "build_response", "check_map_bytes", "check_reply", "model_info"]
+
+
+def best_classes(probs: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the ``k`` largest of the 1-D ``probs``, largest first, ties in index order (NaN
+    last): exactly ``np.argsort(-probs, kind="stable")[:k]``, without sorting every class.
+
+    Why: every reply lists the best classes, and a full stable sort of 1,000 ImageNet probabilities
+    cost ~26 us of CPU against ~10 us for a partition that finds the k-th value and sorts only the
+    classes at or above it (``python -m bench.micro --parts reply``).
+    """
+    if probs.size <= 4 * k:
+        return np.argsort(-probs, kind="stable")[:k]
+    neg = -probs
+    kth = np.partition(neg, k - 1)[k - 1]  # NaN sorts last, so this is NaN only with < k numbers
+    if kth != kth:
+        return np.argsort(neg, kind="stable")[:k]
+    candidates = np.flatnonzero(neg <= kth)  # in index order, so the stable sort keeps ties by index
+    return candidates[np.argsort(neg[candidates], kind="stable")[:k]]
 
 
 def check_map_bytes(prep: Prepared, image: DecodedImage, limit: int) -> None:
@@ -70,7 +88,7 @@ def build_response(prep: Prepared, image: DecodedImage, result: ItemResult,
             ex.heatmap_png = enc.png
         if enc.overlay:
             ex.overlay = enc.overlay
-    for i in np.argsort(-probs, kind="stable")[: wire.TOP_PREDICTIONS]:
+    for i in best_classes(probs, wire.TOP_PREDICTIONS):
         resp.top_predictions.add(class_index=int(i), label=label(int(i)), probability=float(probs[i]))
     resp.timing.queue_ms = result.queue_s * 1e3
     resp.timing.compute_ms = result.compute_s * 1e3

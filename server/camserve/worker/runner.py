@@ -19,6 +19,7 @@ import numpy as np
 
 from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec, ModelSummary
 from camserve.repository import ModelConfig
+from camserve.worker.slab import stacked
 
 __all__ = ["ExplainerLike", "KerasRunner", "Runner", "explain_items", "log"]
 
@@ -74,7 +75,7 @@ def explain_items(runner: Runner, model: str, images: Sequence[np.ndarray],
     for (layer, _), idx in groups.items():
         try:
             explainer = runner.explainer(model, layer)
-            batch = np.stack([images[i] for i in idx])
+            batch = stacked([images[i] for i in idx])
             for i, res in zip(idx, explainer.explain_batch(batch, [specs[i] for i in idx],
                                                            return_errors=True), strict=True):
                 results[i] = res

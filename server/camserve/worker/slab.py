@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["ALIGN", "ArrayRef", "Slab", "read_arrays", "slab_bytes_for", "write_arrays"]
+__all__ = ["ALIGN", "ArrayRef", "Slab", "read_arrays", "slab_bytes_for", "stacked", "write_arrays"]
 
 ALIGN = 64  # cache-line alignment of every array in the slab
 
@@ -60,6 +60,27 @@ def write_arrays(
 def read_arrays(buf: memoryview, refs: Sequence[ArrayRef]) -> list[np.ndarray]:
     """Views (no copy) of the arrays that :func:`write_arrays` placed in ``buf``."""
     return [np.ndarray(tuple(r.shape), dtype=np.dtype(r.dtype), buffer=buf, offset=r.offset) for r in refs]
+
+
+def stacked(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.stack(arrays)``, as a view (no copy) when the arrays already lie back to back in one buffer.
+
+    :func:`write_arrays` places a batch's images one after the other, and an image whose size is a
+    multiple of :data:`ALIGN` (224x224x3 and 64x64x3 uint8 are) ends where the next begins, so the
+    batch is already a (B, H, W, C) array in the slab: stacking would copy every pixel once more
+    (~150 KB an image at 224x224). The view reads the slab, which the pool leaves alone until the
+    batch's result is back. Anything else (other buffers, gaps, mixed shapes) is stacked as a copy.
+    """
+    first = arrays[0]
+    step = first.nbytes
+    if (not first.flags.c_contiguous or first.base is None
+            or any(a.base is not first.base or a.shape != first.shape or a.dtype != first.dtype
+                   or not a.flags.c_contiguous for a in arrays)):
+        return np.stack(arrays)
+    start = first.__array_interface__["data"][0]
+    if any(a.__array_interface__["data"][0] != start + i * step for i, a in enumerate(arrays)):
+        return np.stack(arrays)
+    return np.lib.stride_tricks.as_strided(first, (len(arrays), *first.shape), (step, *first.strides))
 
 
 class Slab:
