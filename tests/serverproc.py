@@ -43,13 +43,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_START_TIMEOUT = 240.0
+PORT_ATTEMPTS = 3  # starts of a server whose picked port was taken before it bound it
 
 
 def free_port() -> int:
     """A port that was free on loopback a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different ports that were free on loopback a moment ago (all held open while picking, so
+    the kernel cannot hand out one twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 @dataclass(eq=False)
@@ -241,10 +250,39 @@ def start_server(*args: str, repository: str | os.PathLike[str] | None = None, w
     `args` are extra CLI flags (e.g. "--max-queue-size", "2"); `repository` None serves the bundled
     demo model. `credentials` (and `host`, e.g. "localhost" to match a test certificate) are used by
     the helper's own health checks and `channel()`; pass the matching --tls-* flags in `args`.
-    `metrics_port` -1 serves no metrics; `log_path` None logs to a new temporary file.
+    `metrics_port` -1 serves no metrics; `log_path` None logs to a new temporary file. When a port
+    this helper picked is taken before the server binds it, the server is started again on others
+    (``PORT_ATTEMPTS`` in all).
     """
-    grpc_port = free_port() if grpc_port is None else grpc_port
-    metrics_port = free_port() if metrics_port is None else metrics_port
+    picked = grpc_port is None or metrics_port is None
+    for attempt in range(PORT_ATTEMPTS):
+        ports = free_ports(2)
+        server = _spawn(args, repository, workers, pre_stop_seconds, env, host, credentials, channel_options,
+                        ports[0] if grpc_port is None else grpc_port,
+                        ports[1] if metrics_port is None else metrics_port, log_path)
+        if not wait:
+            return server
+        try:
+            server.startup_s = server.wait_serving(timeout)
+            return server
+        except BaseException:
+            server.kill()
+            with contextlib.suppress(Exception):
+                server.wait(30)
+            # A port free a moment ago can be taken (another process's connection) before the server
+            # binds it: start again on other ports, never on ports the caller chose.
+            taken = "address already in use" in server.log().lower()
+            if not (picked and taken and attempt + 1 < PORT_ATTEMPTS):
+                raise
+            if log_path is None:
+                server.log_path.unlink(missing_ok=True)
+    raise AssertionError("unreachable")
+
+
+def _spawn(args: Sequence[str], repository: str | os.PathLike[str] | None, workers: str,
+           pre_stop_seconds: float, env: dict[str, str] | None, host: str,
+           credentials: grpc.ChannelCredentials | None, channel_options: Sequence[tuple[str, Any]],
+           grpc_port: int, metrics_port: int, log_path: Path | None) -> ServerProcess:
     cmd = [sys.executable, "-m", "camserve.front.cli", "serve", "--host", "127.0.0.1",
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--workers", workers,
            "--pre-stop-seconds", str(pre_stop_seconds)]
@@ -261,17 +299,8 @@ def start_server(*args: str, repository: str | os.PathLike[str] | None = None, w
         log_path = Path(name)
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env, cwd=ROOT)
-    server = ServerProcess(proc, grpc_port, metrics_port, log_path, host=host, credentials=credentials,
-                           channel_options=channel_options)
-    if wait:
-        try:
-            server.startup_s = server.wait_serving(timeout)
-        except BaseException:
-            server.kill()
-            with contextlib.suppress(Exception):
-                server.wait(30)
-            raise
-    return server
+    return ServerProcess(proc, grpc_port, metrics_port, log_path, host=host, credentials=credentials,
+                         channel_options=channel_options)
 
 
 def server_fixture(*args: str, scope: str = "module", **kwargs: Any) -> Any:
