@@ -35,6 +35,9 @@ from bench import start_server
 from bench.frontend.__main__ import _role, measure, process_cpu, write_repository
 
 #: Shared-object name fragment -> what it does (first match wins; everything else is "other").
+#: The load's warm-up before measuring (seconds); sampling starts half a second after it.
+WARMUP_S = 3.0
+
 COMPONENTS = (
     ("_jpeg.", "JPEG decode"), ("cygrpc", "gRPC core"), ("_message", "protobuf"),
     ("kernel", "kernel"), ("libpython", "Python"), ("_multiarray", "NumPy"), ("_pickle", "pickle"),
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             samplers: list[tuple[int, str, Path, subprocess.Popen[bytes]]] = []
 
             def sample() -> None:
-                time.sleep(3.5)  # the load's warm-up (measure's) is over
+                time.sleep(WARMUP_S + 0.5)  # a timed window: the load's warm-up is over
                 for pid in roles:
                     data = out / f"{pid}.perf"
                     samplers.append((pid, "perf", data, subprocess.Popen(
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
             thread = threading.Thread(target=sample)
             thread.start()
-            row = measure(server, args.case, 2, 64, 3.0, args.seconds + 4.0)
+            row = measure(server, args.case, 2, 64, WARMUP_S, args.seconds + 4.0)
             thread.join()
             for *_, proc in samplers:
                 proc.wait()
