@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from unittest import mock
 
-# The server's own code the rules reason with: its CLI parser, worker placement and slab sizing.
-from camserve.front.cli import build_parser
+# The server's own code the rules reason with: its CLI parsing, worker placement and slab sizing.
+from camserve.front.cli import parse_args
 from camserve.scheduling.placement import WorkerPlan
 from camserve.scheduling.pool import PIPELINE_DEPTH
 from camserve.worker.slab import slab_bytes_for
@@ -69,7 +69,7 @@ def server_settings(c: Doc, docs: list[Doc]) -> tuple[argparse.Namespace | None,
     # The parser reads CAMSERVE_* defaults when built: swap os.environ (not thread-safe; see check.run_all).
     with mock.patch.dict(os.environ, environ, clear=True), contextlib.redirect_stderr(io.StringIO()) as err:
         try:
-            return build_parser().parse_args(args[1:]), errors
+            return parse_args(args[1:]), errors
         except SystemExit:
             why = err.getvalue().strip().splitlines()[-1]  # argparse's "error:" line, after the usage
             return None, [*errors, f"camserve {' '.join(args)} with this env: {why}"]
