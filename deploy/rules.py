@@ -1,6 +1,8 @@
 """camserve's own deployment rules: what no maintained tool can check, because it needs the server's
-CLI parser, worker placement, slab sizing or metric registry. Pure functions over rendered objects
-(`kubectl kustomize` output) and parsed monitoring files; deploy/README.md maps every rule to its owner.
+CLI parser, worker placement or slab sizing; and two Dockerfile rules that require an instruction to
+exist (hadolint takes no custom rules; checkov's policies test each instruction that is there).
+Pure functions over rendered objects (`kubectl kustomize` output) and the Dockerfiles;
+deploy/README.md maps every rule to its owner.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 from unittest import mock
+
+# The server's own code the rules reason with: its CLI parsing, worker placement and slab sizing.
+from camserve.front.cli import parse_args
+from camserve.scheduling.placement import WorkerPlan
+from camserve.scheduling.pool import PIPELINE_DEPTH
+from camserve.worker.slab import slab_bytes_for
 
 Doc = dict[str, Any]
 GPU = "nvidia.com/gpu"
@@ -29,17 +37,6 @@ class Problem(NamedTuple):
 
     def __str__(self) -> str:
         return f"[{self.rule}] {self.where}: {self.message}"
-
-
-def _server() -> Any:
-    """The server's code the rules reason with (the one place to follow when its modules move)."""
-    from camserve.front import cli, metrics
-    from camserve.scheduling import placement, pool
-    from camserve.worker import slab
-
-    return argparse.Namespace(build_parser=cli.build_parser, Metrics=metrics.Metrics,
-                              WorkerPlan=placement.WorkerPlan, PIPELINE_DEPTH=pool.PIPELINE_DEPTH,
-                              slab_bytes_for=slab.slab_bytes_for)
 
 
 def name(d: Doc) -> str:
@@ -72,7 +69,7 @@ def server_settings(c: Doc, docs: list[Doc]) -> tuple[argparse.Namespace | None,
     # The parser reads CAMSERVE_* defaults when built: swap os.environ (not thread-safe; see check.run_all).
     with mock.patch.dict(os.environ, environ, clear=True), contextlib.redirect_stderr(io.StringIO()) as err:
         try:
-            return _server().build_parser().parse_args(args[1:]), errors
+            return parse_args(args[1:]), errors
         except SystemExit:
             why = err.getvalue().strip().splitlines()[-1]  # argparse's "error:" line, after the usage
             return None, [*errors, f"camserve {' '.join(args)} with this env: {why}"]
@@ -177,53 +174,26 @@ def _shutdown(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Ite
 def _volumes(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Iterator[Problem]:
     """/dev/shm is a memory emptyDir big enough for every worker's pixel slabs (the runtime gives
     64 MiB), with the server's own placement and slab sizing; the model repository is mounted."""
-    srv, mounts = _server(), {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
     shm = next((v.get("emptyDir") or {} for v in tpl["spec"].get("volumes") or []
                 if v["name"] == mounts.get("/dev/shm")), {})
     gpus = str(((c.get("resources") or {}).get("limits") or {}).get(GPU, 0))
     gpus = int(gpus) if gpus.isdigit() else 0  # a fractional count is checkov's CKV2_CAMSERVE_5
     try:  # the server's placement, with the pod's GPUs as the ones it would discover
-        workers = len(srv.WorkerPlan.parse(s.workers).slots(lambda: [str(i) for i in range(gpus)], 1))
+        workers = len(WorkerPlan.parse(s.workers).slots(lambda: [str(i) for i in range(gpus)], 1))
     except ValueError as exc:
         yield Problem("gpu", where, f"the server would not start on this pod: {exc}")
         return
-    need = workers * srv.PIPELINE_DEPTH * srv.slab_bytes_for(s.max_batch_size or 0, SIZED_FOR_INPUT)
+    need = workers * PIPELINE_DEPTH * slab_bytes_for(s.max_batch_size or 0, SIZED_FOR_INPUT)
     size = re.fullmatch(r"([\d.]+)([KMGT]i?|k)?", str(shm.get("sizeLimit", 0)))
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
     if (shm.get("medium") != "Memory" or not s.max_batch_size or not size
             or float(size[1]) * units.get(size[2] or "", 1) < need):
         yield Problem("shm", where, f"/dev/shm must be an emptyDir (medium: Memory) of >= {need / 2**20:.0f} "
-                                    f"MiB: {workers} worker(s) x {srv.PIPELINE_DEPTH} slabs of "
+                                    f"MiB: {workers} worker(s) x {PIPELINE_DEPTH} slabs of "
                                     f"CAMSERVE_MAX_BATCH_SIZE ({s.max_batch_size}) float32 {SIZED_FOR_INPUT}")
     if (repo := s.model_repository) and not any(repo == m or repo.startswith(m + "/") for m in mounts):
         yield Problem("volumes", where, f"model repository {repo} is not on a mounted volume")
-
-
-def exported_series() -> set[str]:
-    """Every series name camserve exports, from the server's own metric registry."""
-    return {s.name for f in _server().Metrics(["m"]).registry.collect() for s in f.samples
-            if not s.name.endswith("_created")}
-
-
-def monitoring_problems(docs: list[Doc], dashboard: Doc, alerts: Doc, adapter: Doc) -> list[Problem]:
-    """Dashboard, alerts and prometheus-adapter rules read only series camserve exports, quantiles
-    over `_bucket`; the dashboard has a p99 panel; every HPA custom metric comes from an adapter rule."""
-    rules, known, out = adapter["rules"]["custom"], exported_series(), []
-    panels = [(f"panel {p.get('title')!r}", t.get("expr", "")) for p in dashboard["panels"]
-              for t in p.get("targets", [])]
-    exprs = panels + [(f"alert {r['alert']}", r["expr"]) for g in alerts["groups"] for r in g["rules"]]
-    for where, expr in exprs + [("adapter rule", f"{r['seriesQuery']} {r['metricsQuery']}") for r in rules]:
-        out += [Problem("metrics", where, f"{n} is not a series camserve exports")
-                for n in re.findall(r"\bcamserve_\w+", expr) if n not in known]
-        if "histogram_quantile" in expr and "_bucket" not in expr:
-            out.append(Problem("metrics", where, "histogram_quantile over a series without _bucket"))
-    if not any("histogram_quantile(0.99" in e for _, e in panels):
-        out.append(Problem("metrics", "dashboard", "no p99 latency panel"))
-    for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
-        for m in (m for m in hpa["spec"].get("metrics", []) if m["type"] in ("Pods", "Object", "External")):
-            if (metric := m[m["type"].lower()]["metric"]["name"]) not in {r["name"]["as"] for r in rules}:
-                out.append(Problem("metrics", name(hpa), f"{metric!r} comes from no prometheus-adapter rule"))
-    return out
 
 
 def dockerfile_problems(path: Path, gpu: bool) -> list[Problem]:

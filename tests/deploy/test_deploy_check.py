@@ -1,6 +1,7 @@
 """deploy.check: the shipped files pass, and every rule catches the mistake it exists for, whichever
 tool owns it (kubectl kustomize, kubernetes-validate, the CRD models, checkov, hadolint, yamllint,
-promtool or camserve's own deploy/rules.py).
+promtool or camserve's own deploy/rules.py). The dashboard, alerts and adapter rules are checked against
+a real Prometheus scraping real servers, in test_deploy_scaleout.py.
 
 Every broken case starts from the real rendered overlay and breaks one thing the way an operator
 would; the test asserts that the owner named in BROKEN reports it. The pristine overlay runs through
@@ -201,6 +202,10 @@ BROKEN: dict[str, tuple[Edit, str]] = {
     "bigger batches outgrow /dev/shm": (put(config, "CAMSERVE_MAX_BATCH_SIZE", "512"), "shm"),
     "unknown flag": (put(part(), ARGS, ["serve", "--grpc-port=50051", "--prestop=10"]), "server-args"),
     "bad env value": (put(config, "CAMSERVE_WORKERS", "gpus"), "server-args"),
+    "env value not among the choices": (put(config, "CAMSERVE_COMPILE", "jit"), "server-args"),
+    "log level not among the choices": (put(config, "CAMSERVE_LOG_LEVEL", "LOUD"), "server-args"),
+    "jax backend with graph compile": (both(put(config, "CAMSERVE_BACKEND", "jax"),
+                                            put(config, "CAMSERVE_COMPILE", "graph")), "server-args"),
     "not camserve serve": (put(part(), "command", ["sh", "-c", "camserve serve"]), "server-args"),
     "configmap not in the manifests": (put(part("envFrom", 0, "configMapRef"), "name", "x"),
                                        "server-args"),
@@ -240,7 +245,8 @@ BROKEN: dict[str, tuple[Edit, str]] = {
                        "kubernetes-validate"),
     "named port in a grpc probe": (put(part("livenessProbe", "grpc"), "port", "grpc"), "kubernetes-validate"),
     # removed in 1.25: no schema at any pinned version, and no CRD model either
-    "removed api version": (put(kind("PodDisruptionBudget"), "apiVersion", "policy/v1beta1"), "crds"),
+    "removed api version": (put(kind("PodDisruptionBudget"), "apiVersion", "policy/v1beta1"),
+                            "kubernetes-validate"),
     "servicemonitor typo": (put(kind("ServiceMonitor", "spec", "endpoints", 0), "intervall", "15s"), "crds"),
     "servicemonitor bad duration": (put(kind("ServiceMonitor", "spec", "endpoints", 0), "interval", "15 s"),
                                     "crds"),
@@ -301,21 +307,22 @@ def test_problems_say_what_and_why(gpu_docs: list[Doc]) -> None:
 
 def test_custom_resources_are_validated_or_refused_never_ignored() -> None:
     """kubernetes-validate has no schema for a ServiceMonitor or a PrometheusRule: the models generated
-    from prometheus-operator's CRDs validate them (in the tools environment). A kind with no model
-    (here a KServe InferenceService) is a problem, never skipped."""
+    from prometheus-operator's CRDs validate them. A kind with no model (here a KServe InferenceService)
+    is a problem at every version, never skipped."""
     isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "x"},
             "spec": {"predictor": {}}}
     flowschema = {"apiVersion": "flowcontrol.apiserver.k8s.io/v1beta3", "kind": "FlowSchema",
                   "metadata": {"name": "f"},
                   "spec": {"priorityLevelConfiguration": {"name": "global-default"}}}
     found = check.schema_problems({"example": [isvc, check.prometheus_rule(), flowschema]})
-    assert [(p.rule, p.where) for p in found] == [("kubernetes-validate", "example: FlowSchema/f"),
-                                                  ("crds", "example: InferenceService/x")]
-    assert "not served by Kubernetes 1.37.0" in found[0].message  # served by 1.27, removed since
-    assert "CRD_MODELS" in found[1].message
+    assert [(p.rule, p.where, p.message.split(" does")[0]) for p in found] == [
+        ("kubernetes-validate", "example: InferenceService/x", "Kubernetes 1.27.0"),
+        ("kubernetes-validate", "example: InferenceService/x", "Kubernetes 1.37.0"),
+        ("kubernetes-validate", "example: FlowSchema/f", "Kubernetes 1.37.0")]  # served by 1.27 only
+    assert all("CRD_MODELS has no model" in p.message for p in found)
 
 
-# ---- kustomize, Dockerfiles, YAML, alert rules, monitoring references ------------------------------------
+# ---- kustomize, Dockerfiles, YAML, alert rules (monitoring references: test_deploy_scaleout.py) ----------
 
 def test_kustomize_errors_are_failures(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
@@ -351,20 +358,6 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     broken = tmp_path / "alerts.yaml"
     broken.write_text(check.ALERTS.read_text().replace("> 0.25", "> > 0.25", 1))
     assert check.lint("promtool", "check", "rules", broken) != []
-
-
-def test_monitoring_references(gpu_docs: list[Doc]) -> None:
-    dashboard = json.loads(check.DASHBOARD.read_text())
-    alerts = yaml.safe_load(check.ALERTS.read_text())
-    adapter = yaml.safe_load(check.ADAPTER_VALUES.read_text())
-    assert rules.monitoring_problems(gpu_docs, dashboard, alerts, adapter) == []
-    docs = copy.deepcopy(gpu_docs)
-    obj(docs, "HorizontalPodAutoscaler")["spec"]["metrics"][0]["pods"]["metric"]["name"] = "queue_time"
-    dashboard["panels"][0]["targets"][0]["expr"] = "sum(rate(camserve_request_total[1m]))"
-    found = [str(p) for p in rules.monitoring_problems(docs, dashboard, alerts, adapter)]
-    assert len(found) == 2, found
-    assert "camserve_request_total is not a series camserve exports" in found[0]
-    assert "'queue_time' comes from no prometheus-adapter rule" in found[1]
 
 
 def test_a_missing_tool_is_a_failure_that_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,

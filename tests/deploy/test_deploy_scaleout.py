@@ -3,8 +3,10 @@
 - Two camserve processes behind one `ipv4:` target: with round_robin (what the headless Service +
   `dns:///` gives in a cluster) both get calls; with the default pick_first one gets them all.
 - A real Prometheus scrapes both, the request-duration histogram yields a quantile, every dashboard
-  and alert expression evaluates, and the prometheus-adapter query that feeds the HPA returns one
-  value per pod.
+  and alert expression evaluates, and the prometheus-adapter query of each HPA custom metric returns
+  one value per pod. Every series the dashboard, alerts and adapter rules read (promql-parser's AST of
+  each expression) is one Prometheus scraped from camserve, and quantiles read `_bucket` series: this
+  test owns those rules of deploy/README.md.
 - Scale-in: a SIGTERMed replica reports NOT_SERVING during its pre-stop window, and a client with
   client-side health checking moves every call to the other replica with no error (last test: it
   stops one of the servers).
@@ -29,12 +31,14 @@ from typing import Any
 
 import grpc
 import numpy as np
+import promql_parser
 import pytest
 import yaml
+from camserve.front.metrics import Metrics
 from camserve_proto import explain_pb2, explain_pb2_grpc
 from serverproc import ServerProcess
 
-from deploy import check, rules
+from deploy import check
 
 ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 # What deploy/README.md recommends to clients: round_robin plus client-side health checking.
@@ -121,7 +125,10 @@ class Prometheus:
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
             "rule_files": [str(rule_file)],
-            "scrape_configs": [{"job_name": "camserve", "static_configs": [{"targets": targets}]}],
+            # The labels a ServiceMonitor's Kubernetes discovery adds, which the adapter rule requires.
+            "scrape_configs": [{"job_name": "camserve", "static_configs": [
+                {"targets": [t], "labels": {"namespace": "ml", "pod": f"camserve-{i}"}}
+                for i, t in enumerate(targets)]}],
         }))
         self.log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -195,6 +202,31 @@ def _bucket_upper_bound(seconds: float, metrics_text: str) -> float:
     return next((b for b in bounds if b >= seconds), math.inf)
 
 
+DASHBOARD = check.DEPLOY / "grafana/camserve-dashboard.json"
+ADAPTER_VALUES = check.DEPLOY / "prometheus/prometheus-adapter-values.yaml"
+
+
+def _nodes(tree: promql_parser.Expr, kind: type) -> list[Any]:
+    """Every node of type `kind` in a parsed PromQL expression (promql-parser's AST)."""
+    found: list[Any] = []
+    promql_parser.walk(tree, lambda n: found.append(n) if isinstance(n, kind) else None)
+    return found
+
+
+def read_problems(exprs: list[tuple[str, str]], scraped: set[str]) -> list[str]:
+    """(where, PromQL) -> what is wrong: a series read that Prometheus did not scrape from camserve,
+    a histogram_quantile over a series that is not a `_bucket` one."""
+    out, series = [], promql_parser.VectorSelector
+    for where, text in exprs:
+        tree = promql_parser.parse(text)
+        out += [f"{where}: {v.name} is not a series camserve exports" for v in _nodes(tree, series)
+                if v.name not in scraped]
+        out += [f"{where}: histogram_quantile over {v.name}, not a _bucket series"
+                for q in _nodes(tree, promql_parser.Call) if q.func.name == "histogram_quantile"
+                for v in _nodes(q.args[1], series) if not str(v.name).endswith("_bucket")]
+    return out
+
+
 def test_prometheus_scrapes_and_every_query_evaluates(
         two_servers: Pair, prometheus: Prometheus) -> None:
     a, b = two_servers
@@ -202,40 +234,80 @@ def test_prometheus_scrapes_and_every_query_evaluates(
     # Both targets scraped once before the traffic, so rate() sees the increase.
     up = prometheus.wait_vector('up{job="camserve"} == 1', min_series=2)
     assert len(up) == 2
+    t0 = time.time()  # after a scrape of both, before the calls
     latencies = _call(target, ROUND_ROBIN, 24)
 
     # The acceptance query: a latency quantile over the server's histogram is a number, and no
     # larger than the bucket holding the slowest call the client saw (server time <= client time).
-    expr = ('histogram_quantile(0.9, sum by (le) '
-            '(rate(camserve_request_duration_seconds_bucket{job="camserve"}[20s])))')
+    # Over exactly these calls: the counters now minus their value at t0 (`@`), not rate(), whose
+    # extrapolation differs from bucket to bucket (it stops at zero) and can skew the quantile.
+    def since(selector: str) -> str:
+        return f"({selector} - {selector} @ {t0:.3f})"
+    explains = since('camserve_requests_total{method="Explain"}')
+    prometheus.wait_vector(f"sum{explains} >= {len(latencies)}")  # every call scraped
+    expr = f"histogram_quantile(0.9, sum by (le) {since('camserve_request_duration_seconds_bucket')})"
     p90 = float(prometheus.wait_vector(expr)[0]["value"][1])
     assert 0 < p90 <= _bucket_upper_bound(max(latencies), a.metrics_text()), (p90, max(latencies))
 
-    # Every metric the dashboard, alerts and adapter rule name is really exported and scraped.
-    names = {r["metric"]["__name__"] for r in prometheus.wait_vector(
-        'count by (__name__) ({__name__=~"camserve_.*"})')}
-    wanted = rules.exported_series()
-    assert wanted <= names, f"{wanted - names} not scraped (have {sorted(names)})"
+    # Every series the server's registry declares is scraped (the names below are what Prometheus has).
+    scraped = {r["metric"]["__name__"]
+               for r in prometheus.wait_vector('count by (__name__) ({job="camserve"})')}
+    declared = {s.name for f in Metrics(["m"]).registry.collect() for s in f.samples
+                if not s.name.endswith("_created")}
+    assert declared <= scraped, f"{declared - scraped} not scraped (have {sorted(scraped)})"
 
-    # Every dashboard expression is valid PromQL for this Prometheus; the throughput one has data.
-    dashboard = json.loads(check.DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    for e in exprs:
-        concrete = (e.replace("$__rate_interval", "20s").replace("$namespace", ".*")
-                    .replace("$model", ".*"))
-        reply = prometheus.query(concrete)
-        assert reply["status"] == "success", (concrete, reply)
+    # Every expression of the dashboard, the alerts and the adapter rules reads only scraped camserve
+    # series, quantiles over _bucket; and the check itself catches a misspelt series and a quantile
+    # over a _count.
+    concrete = lambda e: (e.replace("$__rate_interval", "20s").replace("$namespace", ".*")  # noqa: E731
+                          .replace("$model", ".*").replace("<<.LabelMatchers>>", 'job="camserve"')
+                          .replace("<<.GroupBy>>", "instance"))
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [(f"panel {p['title']!r}", concrete(t["expr"]))
+              for p in dashboard["panels"] for t in p["targets"]]
+    adapter_rules = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+    alerts = [(f"alert {r['alert']}", r["expr"]) for g in yaml.safe_load(check.ALERTS.read_text())["groups"]
+              for r in g["rules"]]
+    adapter = [(f"adapter rule {r['name']['as']}", concrete(r[q])) for r in adapter_rules
+               for q in ("seriesQuery", "metricsQuery")]
+    # The dashboard's variables: label_values(selector, label), which Grafana asks Prometheus for.
+    variables = [(v["name"], *re.fullmatch(r"label_values\((.+), *(\w+)\)", v["query"]["query"]).groups())
+                 for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    selectors = [(f"variable {v}", concrete(sel)) for v, sel, _ in variables]
+    assert read_problems(panels + alerts + adapter + selectors, scraped) == []
+    typo = [("typo", panels[0][1].replace("camserve_requests_total", "camserve_request_total")),
+            ("count", "histogram_quantile(0.5, rate(camserve_batch_size_count[1m]))")]
+    assert read_problems(typo, scraped) == ["typo: camserve_request_total is not a series camserve exports",
+                                            "count: histogram_quantile over camserve_batch_size_count, "
+                                            "not a _bucket series"]
+
+    # Every dashboard expression is valid PromQL for this Prometheus; the throughput and the p99
+    # panels have data, and so has each variable and each adapter rule's series query.
+    for (v, sel, label), (_, concrete_sel) in zip(variables, selectors, strict=True):
+        assert prometheus.api(f"/api/v1/label/{label}/values", **{"match[]": concrete_sel})["data"], (v, sel)
+    for r in adapter_rules:
+        assert prometheus.api("/api/v1/series", **{"match[]": r["seriesQuery"]})["data"], r["seriesQuery"]
+    for where, e in panels:
+        reply = prometheus.query(e)
+        assert reply["status"] == "success", (where, e, reply)
+    p99 = [e for where, e in panels if "histogram_quantile(0.99" in e]
+    assert p99, "the dashboard has no p99 latency panel"
+    assert float(prometheus.wait_vector(p99[0])[0]["value"][1]) > 0
     rate = prometheus.wait_vector(
         'sum(rate(camserve_requests_total{namespace=~".*", model=~".*"}[20s]))')
     assert float(rate[0]["value"][1]) > 0
 
-    # The prometheus-adapter rule the HPA depends on: one finite value per pod (target).
-    adapter = yaml.safe_load(check.ADAPTER_VALUES.read_text())["rules"]["custom"][0]
-    q = (adapter["metricsQuery"].replace("<<.LabelMatchers>>", 'job="camserve"')
-         .replace("<<.GroupBy>>", "instance"))
-    per_pod = prometheus.wait_vector(q, min_series=2)
-    assert {r["metric"]["instance"] for r in per_pod} == {f"127.0.0.1:{s.metrics_port}" for s in (a, b)}
-    assert all(float(r["value"][1]) >= 0 for r in per_pod)
+    # Each custom metric the HPA scales on comes from a prometheus-adapter rule whose query gives
+    # one finite value per pod (target).
+    rules_by_metric = {r["name"]["as"]: r for r in adapter_rules}
+    hpa = next(d for d in check.render("gpu") if d["kind"] == "HorizontalPodAutoscaler")
+    custom = [m[m["type"].lower()]["metric"]["name"] for m in hpa["spec"]["metrics"]
+              if m["type"] in ("Pods", "Object", "External")]
+    assert custom and set(custom) <= set(rules_by_metric), (custom, sorted(rules_by_metric))
+    for metric in custom:
+        per_pod = prometheus.wait_vector(concrete(rules_by_metric[metric]["metricsQuery"]), min_series=2)
+        assert {r["metric"]["instance"] for r in per_pod} == {f"127.0.0.1:{s.metrics_port}" for s in (a, b)}
+        assert all(float(r["value"][1]) >= 0 for r in per_pod)
 
     # The alert rules load and evaluate without error against live series; none fires on a
     # healthy pair of servers.
@@ -246,7 +318,7 @@ def test_prometheus_scrapes_and_every_query_evaluates(
             break
         assert time.monotonic() < deadline, loaded
         time.sleep(0.5)
-    assert len(loaded) == 6
+    assert len(loaded) == len(alerts)
     assert all(r["health"] == "ok" for r in loaded), [(r["name"], r.get("lastError")) for r in loaded]
     assert [r["name"] for r in loaded if r["state"] != "inactive"] == []
 

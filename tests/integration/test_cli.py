@@ -80,6 +80,23 @@ def test_environment_defaults_are_checked() -> None:
     one_clear_line(serve("--model-repository", str(FLAT_REPO), env={"CAMSERVE_MAX_BATCH_SIZE": "0"}), ">= 1")
 
 
+def test_every_choice_read_from_the_environment_is_checked(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process (no server start): argparse checks choices on the command line only; parse_args
+    checks those of every flag read from the environment (a bad log level was a traceback)."""
+    from camserve.front.cli import parse_args
+
+    for env, value in (("CAMSERVE_LOG_LEVEL", "LOUD"), ("CAMSERVE_BACKEND", "torch"),
+                       ("CAMSERVE_COMPILE", "jit")):
+        with monkeypatch.context() as m:
+            m.setenv(env, value)
+            with pytest.raises(SystemExit) as exc:
+                parse_args([])
+            assert exc.value.code == 2
+            assert f"{value!r} (from the environment) is not one of" in capsys.readouterr().err
+    assert parse_args(["--log-level", "DEBUG"]).log_level == "DEBUG"
+
+
 def test_missing_tls_file(tmp_path: Path) -> None:
     one_clear_line(serve("--model-repository", str(FLAT_REPO), "--tls-cert", str(tmp_path / "c.pem"),
                          "--tls-key", str(tmp_path / "k.pem")), "--tls-cert")

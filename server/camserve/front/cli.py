@@ -220,21 +220,29 @@ def config_lines(opts: ServerOptions, repository_path: str | None,
     return lines
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """`camserve serve`'s arguments (after 'serve') and CAMSERVE_* environment -> its settings, with
+    what argparse does not check (choices of a default read from the environment; backend against
+    compile mode). Errors exit as argparse's do: SystemExit(2), the usage and one "error:" line on
+    stderr. deploy/rules.py runs a container's arguments and environment through this."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for action in parser._actions:  # argparse checks choices on the command line only
+        if action.choices is not None and (value := getattr(args, action.dest)) not in action.choices:
+            parser.error(f"{action.dest.replace('_', ' ')} {value!r} (from the environment) is not one of "
+                         f"{', '.join(map(str, action.choices))}")
+    if args.backend == "jax" and args.compile_mode == "graph":
+        parser.error("--compile graph is a TensorFlow mode (tf.function); the jax backend compiles only "
+                     "with jax.jit: use --compile xla or auto")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `camserve serve` (argv without the program name; a leading 'serve' is skipped)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
         argv = argv[1:]
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for dest, choices in (("compile_mode", COMPILE_MODES), ("backend", BACKENDS)):
-        value = getattr(args, dest)
-        if value not in choices:  # argparse does not check defaults read from the environment
-            parser.error(f"{dest.replace('_', ' ')} {value!r} (from the environment) is not one of "
-                         f"{', '.join(choices)}")
-    if args.backend == "jax" and args.compile_mode == "graph":
-        parser.error("--compile graph is a TensorFlow mode (tf.function); the jax backend compiles only "
-                     "with jax.jit: use --compile xla or auto")
+    args = parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
