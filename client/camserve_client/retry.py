@@ -35,7 +35,10 @@ class RetryPolicy:
       ``max_backoff_s``), unless the server says how long (``grpc-retry-pushback-ms``); never past
       the call's deadline.
     * ``retry_on``: the status codes retried. A RESOURCE_EXHAUSTED the server marks as permanent
-      (a request or reply too large) is not.
+      (a request or reply too large) is not. CANCELLED is retried only when the server sent it (gRPC
+      never retries a call its caller cancelled): gRPC's core cancels a call it received but had not
+      yet handed to the server's handler when a draining server stops (grpc/grpc#41785); an
+      explanation is idempotent, so asking again (on another replica) is safe.
     * ``wait_for_ready``: while the server cannot be reached at all (restarting, not yet listening),
       a call waits for it until its deadline instead of failing at once, spending no attempt.
     * The retry budget (``budget_tokens``, ``budget_ratio``; gRPC's ``retryThrottling``), per
@@ -49,7 +52,7 @@ class RetryPolicy:
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 2.0
     multiplier: float = 2.0
-    retry_on: tuple[str, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+    retry_on: tuple[str, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED")
     wait_for_ready: bool = True
     budget_tokens: int = 200
     budget_ratio: float = 0.1
