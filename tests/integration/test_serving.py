@@ -287,6 +287,12 @@ def status_cases(images: np.ndarray) -> list[tuple[str, pb.ExplainRequest, str, 
          "INVALID_ARGUMENT", "jpeg_quality"),
         ("bad colormap", request(ok, output=pb.OutputOptions(colormap=77)), "INVALID_ARGUMENT", "colormap"),
         ("long request id", request(ok, request_id="x" * 1000), "INVALID_ARGUMENT", "request_id"),
+        # A caller's 100 KB value is quoted by its start: echoed whole, the status message would pass
+        # every client's trailer limit and the call end RESOURCE_EXHAUSTED "Stream removed".
+        ("100 KB model name", request(ok, model="m" * 100_000), "NOT_FOUND",
+         r"^model 'm{64}'\.\.\. \(100000 characters\) is not served; served models: demo, flat$"),
+        ("100 KB target layer", request(ok, target_layer="\u00e9" * 100_000), "INVALID_ARGUMENT",
+         r"\(100000 characters\).*valid: features"),
         ("CAM without GAP head", request(png(images[0][:32, :32]), model="flat", method=pb.CAM),
          "FAILED_PRECONDITION", "GlobalAveragePooling2D|global average pooling"),
         ("CAM on an inner layer", request(ok, method=pb.CAM, target_layer="block1_conv"),
@@ -305,7 +311,7 @@ def test_every_status_code_row(server: ServerProcess, stub: pb_grpc.ExplainServi
     for label, req, want, words in status_cases(images):
         code, details = code_of(stub.Explain, req)
         if code != want or not re.search(words, details):
-            failures.append(f"{label}: got {code} {details!r}, want {want} matching {words!r}")
+            failures.append(f"{label}: got {code} {details[:300]!r}, want {want} matching {words!r}")
     assert not failures, "\n".join(failures)
     assert server.metric("camserve_requests_total", code="INTERNAL") == 0
     assert code_of(stub.Explain, request(png(images[1])))[0] == "OK"  # still serving

@@ -234,6 +234,13 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
         ("unknown model", {"model": "nope"}, "NOT_FOUND", "served models: demo, flat, held"),
         ("unknown version", {"version": "9"}, "NOT_FOUND", "no version 9"),
         ("version not a number", {"version": "v1"}, "INVALID_ARGUMENT", "not a version number"),
+        ("version of a superscript digit", {"version": "\u00b2"}, "INVALID_ARGUMENT", "not a version number"),
+        ("version of 5,000 digits", {"version": "9" * 5000}, "INVALID_ARGUMENT", "(5000 characters)"),
+        ("top_k of 5,000 digits", {"parameters": {"top_k": "9" * 5000}}, "INVALID_ARGUMENT",
+         "must be an integer"),
+        ("100 KB model name", {"model": "m" * 100_000}, "NOT_FOUND", "(100000 characters) is not served"),
+        ("100 KB method", {"parameters": {"method": "m" * 100_000}}, "INVALID_ARGUMENT",
+         "(100000 characters); valid: cam, gradcam"),
         ("unknown method", {"parameters": {"method": "gradcam+"}}, "INVALID_ARGUMENT",
          "valid: cam, gradcam, gradcam++, layercam, hirescam, xgradcam, eigencam"),
         ("method not a string", {"parameters": {"method": 3}}, "INVALID_ARGUMENT", "must be a string"),
@@ -272,7 +279,8 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
     results = calls(server, *({"op": "infer", "inputs": [ok_image], **call} for _, call, _, _ in cases))
     for (what, _, code, fragment), got in zip(cases, results, strict=True):
         assert not got["ok"], what
-        assert (got["code"], fragment in got["message"]) == (code, True), (what, got)
+        assert (got["code"], fragment in got["message"]) == (code, True), (
+            what, got["code"], got["message"][:300])
 
 
 def test_typed_contents_through_the_generated_stub(server: ServerProcess, images: np.ndarray) -> None:

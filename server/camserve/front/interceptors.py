@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from camserve.front.security import SecurityConfig, SecurityConfigError
-from camserve.front.status import refusal_handler, status_of
+from camserve.front.status import abort, refusal_handler, status_of
 from camserve.records import ErrorKind, Failure
 
 __all__ = [
@@ -150,11 +150,9 @@ def _parse_inside(handler: grpc.RpcMethodHandler, method: str,
         except Exception as e:  # DecodeError, or whatever a custom deserialiser raises
             if on_reject is not None:
                 on_reject(method, status_of(ErrorKind.INVALID_INPUT).name)
-            await context.abort(
-                status_of(ErrorKind.INVALID_INPUT),
+            await abort(context, Failure(
                 f"the request body is not a valid protobuf message for {what} ({type(e).__name__}: {e}); "
-                "send a message serialised from the service's .proto",
-            )
+                "send a message serialised from the service's .proto", ErrorKind.INVALID_INPUT))
 
     if not handler.response_streaming:
         inner = handler.unary_unary

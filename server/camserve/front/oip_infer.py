@@ -10,7 +10,6 @@ with the same :class:`~camserve.records.ItemSpec`.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import struct
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from camserve_proto import vocabulary as wire
 from camserve.front import codec
 from camserve.front.codec import DecodedImage, OutputSpec, encode_map, map_size
 from camserve.front.requests import RequestParser, invalid, output_spec
+from camserve.front.status import shown
 from camserve.front.tensors import bytes_output, output_tensor, read_input
 from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec, ModelSummary
 from camserve.repository import ModelConfig
@@ -32,7 +32,12 @@ from camserve.repository import ModelConfig
 __all__ = ["InferCall", "build_reply", "check_maps", "decode_rows", "parse_infer", "parse_version",
            "rows_hint"]
 
-_INTEGER = re.compile(r"-?[0-9]+")
+# Numbers as text, ASCII only and bounded: Python's int() and float() also take other scripts' digits
+# ("٣", and "²" passes str.isdigit() but not int()), underscores ("0_5") and names ("infinity"), and
+# int() raises past 4,300 digits; none of that is a number a client means to send.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")  # int64 and uint64 values
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+_VERSION = re.compile(r"[0-9]{1,18}")  # below 2**63: camserve.v1's int64 versions
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ class _Parameters:
 
     def _refuse(self, name: str, which: str | None, value: Any) -> Failure:
         return invalid(f"parameter {name!r} must be {self._EXPECTED[oip.PARAMETERS[name]]}; "
-                       f"got {which or 'no value'} {value!r}")
+                       f"got {which or 'no value'} {shown(value)}")
 
     def string(self, name: str) -> str | None:
         which, value = self._get(name)
@@ -93,7 +98,7 @@ class _Parameters:
         if which is None or which in ("int64_param", "uint64_param"):
             return value
         if which == "string_param" and _INTEGER.fullmatch(value.strip()):
-            return int(value)
+            return int(value.strip())
         raise self._refuse(name, which, value)
 
     def float(self, name: str) -> float | None:
@@ -102,18 +107,19 @@ class _Parameters:
             return None
         if which in ("double_param", "int64_param", "uint64_param"):
             return float(value)
-        if which == "string_param":
-            with contextlib.suppress(ValueError):
-                return float(value)
+        if which == "string_param" and len(value) <= 64 and _NUMBER.fullmatch(value.strip()):
+            return float(value.strip())
         raise self._refuse(name, which, value)
 
 
 def parse_version(text: str, field: str = "model_version") -> int:
-    """A protocol version string as camserve's version number ('' = 0, the newest)."""
+    """A protocol version string as camserve's version number ('' = 0, the newest); INVALID_INPUT
+    when it is not 1 to 18 ASCII digits."""
     if text == "":
         return 0
-    if not text.isdigit():
-        raise invalid(f"{field} {text!r} is not a version number; send digits, or empty for the newest")
+    if not _VERSION.fullmatch(text):
+        raise invalid(f"{field} {shown(text)} is not a version number; send up to 18 digits 0-9, or empty "
+                      "for the newest")
     return int(text)
 
 
@@ -127,9 +133,9 @@ def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes]
         valid = (f"valid: {oip.IMAGE} (BYTES [N, 1], encoded images) or {oip.PIXELS} "
                  f"(UINT8 [N, {h}, {w}, {c}])")
         if t is not None:
-            raise invalid(f"unknown input {name!r}; {valid}")
+            raise invalid(f"unknown input {shown(name)}; {valid}")
         names = [x.name for x in inputs]
-        raise invalid(f"the request has {len(names)} inputs {names}; send exactly one: {valid}")
+        raise invalid(f"the request has {len(names)} inputs {shown(names)}; send exactly one: {valid}")
     shape = tuple(t.shape)
     if name == oip.IMAGE:
         ok = t.datatype == "BYTES" and len(shape) in (1, 2) and shape[1:] in ((), (1,))
@@ -138,9 +144,9 @@ def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes]
         ok = t.datatype == "UINT8" and shape[1:] == (h, w, c)
         want = f"UINT8 [N, {h}, {w}, {c}], RGB pixels at the model's input size"
     if not ok:
-        raise invalid(f"input {name!r} must be {want}; got {t.datatype} {list(shape)}")
+        raise invalid(f"input {name!r} must be {want}; got {shown(t.datatype)} {shown(list(shape))}")
     if shape[0] < 1:
-        raise invalid(f"input {name!r} has no rows (shape {list(shape)}); send at least one image")
+        raise invalid(f"input {name!r} has no rows (shape {shown(list(shape))}); send at least one image")
     raw = request.raw_input_contents
     if len(raw) > 1:
         raise invalid(f"raw_input_contents has {len(raw)} entries for 1 input; send one per input")
@@ -153,9 +159,9 @@ def _outputs(request: pb.ModelInferRequest, overlay: str | None) -> tuple[str, .
         return (*oip.DEFAULT_OUTPUTS, oip.OVERLAY) if overlay is not None else oip.DEFAULT_OUTPUTS
     for name in asked:
         if name not in oip.OUTPUTS:
-            raise invalid(f"unknown output {name!r}; valid: {', '.join(oip.OUTPUTS)}")
+            raise invalid(f"unknown output {shown(name)}; valid: {', '.join(oip.OUTPUTS)}")
     if len(set(asked)) != len(asked):
-        raise invalid(f"outputs {asked} name an output twice")
+        raise invalid(f"outputs {shown(asked)} name an output twice")
     return tuple(asked)
 
 
@@ -213,8 +219,8 @@ def check_maps(call: InferCall, images: list[DecodedImage], limit: int) -> None:
         return
     sizes = {map_size(call.output.tensor_at, call.summary.grid, img) for img in images}
     if len(sizes) > 1:
-        shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4])
-        raise invalid(f"HEATMAP at heatmap_size 'original' needs images of one size; the rows are {shown}: "
+        listed = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4])
+        raise invalid(f"HEATMAP at heatmap_size 'original' needs images of one size; the rows are {listed}: "
                       "ask for heatmap_size 'grid' or 'input', or send images of one size per request")
     ((h, w),) = sizes
     need = 4 * h * w * call.spec.top_k * len(images)
