@@ -230,6 +230,33 @@ def test_status_messages_fit_any_client_trailer() -> None:
     assert message_of(Failure("short", ErrorKind.INVALID_INPUT)) == "short"
 
 
+def test_classification_and_shared_memory_parameters(parser: RequestParser) -> None:
+    """Output parameters are read, never ignored: ``classification`` on PROBABILITIES (at most the
+    model's classes); refused elsewhere or below 1; shared-memory placement refused (no extension)."""
+    def asking(name: str, **params: pb.InferParameter) -> pb.ModelInferRequest:
+        request = _infer()
+        out = request.outputs.add(name=name)
+        for key, value in params.items():
+            out.parameters[key].CopyFrom(value)
+        return request
+
+    assert parse_infer(parser, asking("PROBABILITIES", classification=P(int64_param=3))).class_count == 3
+    assert parse_infer(parser, asking("PROBABILITIES", classification=P(uint64_param=99))).class_count == 10
+    assert parse_infer(parser, asking("PROBABILITIES")).class_count == 0
+    for request, words in [(asking("SCORES", classification=P(int64_param=3)), "to PROBABILITIES only"),
+                           (asking("PROBABILITIES", classification=P(int64_param=0)), "must be >= 1"),
+                           (asking("PROBABILITIES", classification=P(bool_param=True)), "must be an integer"),
+                           (asking("HEATMAP", shared_memory_region=P(string_param="r0")), "shared memory")]:
+        with pytest.raises(Failure, match=words) as err:
+            parse_infer(parser, request)
+        assert err.value.kind is ErrorKind.INVALID_INPUT
+    placed = _infer()
+    placed.inputs[0].parameters["shared_memory_region"].CopyFrom(P(string_param="r0"))
+    del placed.raw_input_contents[:]
+    with pytest.raises(Failure, match="input 'IMAGE' is placed in shared memory"):
+        parse_infer(parser, placed)
+
+
 def test_outputs_and_overlay_choice(parser: RequestParser) -> None:
     with_overlay = parse_infer(parser, _infer({"overlay": P(string_param="jpeg")}))
     assert with_overlay.outputs == (*oip.DEFAULT_OUTPUTS, "OVERLAY") and with_overlay.output.overlay == "jpeg"

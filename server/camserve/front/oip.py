@@ -54,8 +54,10 @@ def _version() -> str:
 
 #: The protocol extensions ServerMetadata advertises: only those implemented. "parameters": request
 #: parameters are read (and echoed in the reply's); "model_configuration" and "statistics": Triton's
-#: ModelConfig and ModelStatistics. Not "schedule_policy": ``timeout`` is honoured but ``priority`` is not.
-EXTENSIONS: tuple[str, ...] = ("parameters", "model_configuration", "statistics")
+#: ModelConfig and ModelStatistics; "classification": PROBABILITIES as the best classes' strings
+#: (``camserve_proto.oip.CLASSIFICATION``). Not "schedule_policy": ``timeout`` is honoured but
+#: ``priority`` is not.
+EXTENSIONS: tuple[str, ...] = ("parameters", "model_configuration", "statistics", "classification")
 
 
 class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):

@@ -23,6 +23,7 @@ from camserve_proto import vocabulary as wire
 
 from camserve.front import codec
 from camserve.front.codec import DecodedImage, OutputSpec, encode_map, map_size
+from camserve.front.replies import best_classes
 from camserve.front.requests import RequestParser, invalid, output_spec
 from camserve.front.status import shown
 from camserve.front.tensors import bytes_output, output_tensor, read_input
@@ -53,6 +54,7 @@ class InferCall:
     rows: list[bytes] | np.ndarray  # IMAGE: encoded bytes per row; PIXELS: (N, H, W, C) uint8
     timeout_s: float | None       # the ``timeout`` parameter, in seconds (None = none)
     request_id: str
+    class_count: int = 0          # PROBABILITIES as its best classes' strings (classification); 0 = raw
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -73,8 +75,10 @@ class _Parameters:
                                            "int": "an integer (int64_param)",
                                            "double": "a number (double_param)"}
 
-    def __init__(self, params: Mapping[str, pb.InferParameter]) -> None:
+    def __init__(self, params: Mapping[str, pb.InferParameter],
+                 kinds: Mapping[str, str] = oip.PARAMETERS) -> None:
         self._params = params
+        self._kinds = kinds
 
     def _get(self, name: str) -> tuple[str | None, Any]:
         if name not in self._params:
@@ -84,7 +88,7 @@ class _Parameters:
         return which, (getattr(p, which) if which else None)
 
     def _refuse(self, name: str, which: str | None, value: Any) -> Failure:
-        return invalid(f"parameter {name!r} must be {self._EXPECTED[oip.PARAMETERS[name]]}; "
+        return invalid(f"parameter {name!r} must be {self._EXPECTED[self._kinds[name]]}; "
                        f"got {which or 'no value'} {shown(value)}")
 
     def string(self, name: str) -> str | None:
@@ -145,6 +149,7 @@ def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes]
         want = f"UINT8 [N, {h}, {w}, {c}], RGB pixels at the model's input size"
     if not ok:
         raise invalid(f"input {name!r} must be {want}; got {shown(t.datatype)} {shown(list(shape))}")
+    _no_shared_memory(f"input {name!r}", t.parameters)
     if shape[0] < 1:
         raise invalid(f"input {name!r} has no rows (shape {shown(list(shape))}); send at least one image")
     raw = request.raw_input_contents
@@ -153,16 +158,54 @@ def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes]
     return read_input(t, raw[0] if raw else None, shape).value
 
 
-def _outputs(request: pb.ModelInferRequest, overlay: str | None) -> tuple[str, ...]:
+def _no_shared_memory(what: str, params: Mapping[str, pb.InferParameter]) -> None:
+    if oip.SHARED_MEMORY_REGION in params:
+        raise invalid(f"{what} is placed in shared memory ({oip.SHARED_MEMORY_REGION!r}); camserve serves "
+                      "no shared-memory extension: send inputs in raw_input_contents and read outputs from "
+                      "raw_output_contents")
+
+
+def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor, num_classes: int) -> int:
+    """The ``classification`` count asked of ``output`` (0 = none), at most ``num_classes``."""
+    if oip.CLASSIFICATION not in output.parameters:
+        return 0
+    count = _Parameters(output.parameters, oip.OUTPUT_PARAMETERS).int(oip.CLASSIFICATION)
+    if output.name != oip.PROBABILITIES:
+        raise invalid(f"output {output.name!r}: the {oip.CLASSIFICATION!r} parameter applies to "
+                      f"{oip.PROBABILITIES} only (the model's classes); CLASS_IDS and SCORES are already "
+                      "the explained classes, best first")
+    if count is None or count < 1:
+        raise invalid(f"output {output.name!r}: {oip.CLASSIFICATION} {count} must be >= 1 (how many of the "
+                      "best classes to return)")
+    return min(count, num_classes)
+
+
+def _outputs(request: pb.ModelInferRequest, overlay: str | None,
+             num_classes: int) -> tuple[tuple[str, ...], int]:
+    """The output names in reply order, and the PROBABILITIES classification count (0 = raw)."""
     asked = [o.name for o in request.outputs]
     if not asked:
-        return (*oip.DEFAULT_OUTPUTS, oip.OVERLAY) if overlay is not None else oip.DEFAULT_OUTPUTS
+        return ((*oip.DEFAULT_OUTPUTS, oip.OVERLAY) if overlay is not None else oip.DEFAULT_OUTPUTS), 0
     for name in asked:
         if name not in oip.OUTPUTS:
             raise invalid(f"unknown output {shown(name)}; valid: {', '.join(oip.OUTPUTS)}")
     if len(set(asked)) != len(asked):
         raise invalid(f"outputs {shown(asked)} name an output twice")
-    return tuple(asked)
+    counts = []
+    for o in request.outputs:
+        _no_shared_memory(f"output {o.name!r}", o.parameters)
+        counts.append(_class_count(o, num_classes))
+    return tuple(asked), max(counts)
+
+
+def _classification(probs: np.ndarray, count: int, labels: list[str]) -> list[bytes]:
+    """One row's ``count`` best classes as Triton's classification strings, best first:
+    ``"<probability>:<index>[:<label>]"`` (the value printed like C++ ``std::to_string``: 6 decimals)."""
+    out = []
+    for i in best_classes(probs, count):
+        label = labels[i] if i < len(labels) else ""
+        out.append((f"{probs[i]:f}:{i}" + (f":{label}" if label else "")).encode())
+    return out
 
 
 def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCall:
@@ -177,7 +220,7 @@ def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCa
                                    class_index=params.int("class_index"), top_k=params.int("top_k"),
                                    target_layer=params.string("target_layer"))
     overlay = params.string("overlay")
-    outputs = _outputs(request, overlay)
+    outputs, class_count = _outputs(request, overlay, summary.num_classes)
     fmt = (overlay or "png") if oip.OVERLAY in outputs else overlay
     output = output_spec(params.string("heatmap_size"), tensor=oip.HEATMAP in outputs, overlay=fmt,
                          alpha=params.float("overlay_alpha"), colormap=params.string("colormap"),
@@ -194,7 +237,7 @@ def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCa
                       f"{cfg.name!r} (its queue holds {cfg.batching.max_queue_size}); split the request")
     return InferCall(config=cfg, summary=summary, spec=spec, output=output, target_layer=layer,
                      outputs=outputs, rows=rows, timeout_s=timeout_us / 1e6 if timeout_us else None,
-                     request_id=request.id)
+                     request_id=request.id, class_count=class_count)
 
 
 def decode_rows(call: InferCall, max_pixels: int) -> list[DecodedImage]:
@@ -242,7 +285,11 @@ def build_reply(call: InferCall, images: list[DecodedImage], results: list[ItemR
     # Small outputs are packed with struct: for a few numbers it is several times faster than NumPy,
     # and this runs once per call on the event loop (measured: ~60 us less per single-image call).
     for name in call.outputs:
-        if name == oip.PROBABILITIES:
+        if name == oip.PROBABILITIES and call.class_count:
+            labels = call.config.labels
+            made[name] = bytes_output(name, [_classification(np.asarray(r.probabilities, "<f4"),
+                                                             call.class_count, labels) for r in results])
+        elif name == oip.PROBABILITIES:
             probs = [np.asarray(r.probabilities, "<f4") for r in results]
             made[name] = output_tensor(name, "FP32", (n, probs[0].size), b"".join(p.tobytes() for p in probs))
         elif name == oip.CLASS_IDS:
