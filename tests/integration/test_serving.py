@@ -318,6 +318,21 @@ def test_every_status_code_row(server: ServerProcess, stub: pb_grpc.ExplainServi
     assert server.health() == "SERVING" and server.alive()
 
 
+def test_a_reply_past_the_limit_stops_encoding_at_the_map_that_passes_it(
+        server: ServerProcess, stub: pb_grpc.ExplainServiceStub) -> None:
+    """Ten 1200x1200 images, each map (5.76 MB of float32 at the original size) under the 16 MiB limit,
+    all of them over it: refused TOO_LARGE at the third map, not after encoding all ten (PNG maps and
+    overlays of 20-megapixel originals take seconds each, so a reply that can never be sent must stop
+    costing CPU where it passes the limit)."""
+    big = png(cv2.resize(digit_images(1)[0], (1200, 1200), interpolation=cv2.INTER_NEAREST))
+    batch = pb.ExplainBatchRequest(requests=[request(big, output=pb.OutputOptions(size=pb.ORIGINAL))] * 10)
+    code, details = code_of(stub.ExplainBatch, batch, timeout=120)
+    assert code == "RESOURCE_EXHAUSTED", (code, details[:300])
+    assert "its first 3 map(s) already take 17280000 bytes" in details and "message limit" in details, details
+    two = pb.ExplainBatchRequest(requests=batch.requests[:2])
+    assert code_of(stub.ExplainBatch, two, timeout=120)[0] == "OK"
+
+
 def test_expired_deadlines_are_never_computed(server: ServerProcess, stub: pb_grpc.ExplainServiceStub,
                                               images: np.ndarray) -> None:
     """Calls whose deadline passes while >= 100 images queue ahead of them are dropped, never computed:

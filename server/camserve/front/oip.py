@@ -169,9 +169,10 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
             WorkItem(model=call.config.name, pixels=img.pixels, spec=call.spec, deadline=deadline)
             for img in images])
         if call.output.costly:
-            reply = await self.in_pool(lambda: build_reply(call, images, results, self.clock() - started))
+            reply = await self.in_pool(lambda: build_reply(call, images, results, self.clock() - started,
+                                                           self.max_send_bytes))
         else:
-            reply = build_reply(call, images, results, self.clock() - started)
+            reply = build_reply(call, images, results, self.clock() - started, self.max_send_bytes)
         check_reply(reply, self.max_send_bytes)
         return reply
 

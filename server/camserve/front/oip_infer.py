@@ -22,8 +22,8 @@ from camserve_proto import oip
 from camserve_proto import vocabulary as wire
 
 from camserve.front import codec
-from camserve.front.codec import DecodedImage, OutputSpec, encode_map, map_size
-from camserve.front.replies import best_classes
+from camserve.front.codec import DecodedImage, OutputSpec, map_size
+from camserve.front.replies import ReplyBudget, best_classes
 from camserve.front.requests import RequestParser, invalid, output_spec
 from camserve.front.status import shown
 from camserve.front.tensors import bytes_output, output_tensor, read_input
@@ -274,10 +274,12 @@ def check_maps(call: InferCall, images: list[DecodedImage], limit: int) -> None:
 
 
 def build_reply(call: InferCall, images: list[DecodedImage], results: list[ItemResult],
-                total_s: float) -> pb.ModelInferResponse:
-    """The ModelInferResponse: the asked outputs in ``raw_output_contents``, in the order asked."""
+                total_s: float, limit: int) -> pb.ModelInferResponse:
+    """The ModelInferResponse: the asked outputs in ``raw_output_contents``, in the order asked; a
+    TOO_LARGE Failure as soon as its maps pass ``limit`` bytes."""
     n, k = len(results), call.spec.top_k
-    encoded = [[encode_map(m.heatmap, call.output, img) for m in r.maps]
+    budget = ReplyBudget(limit)
+    encoded = [[budget.encode(m.heatmap, call.output, img) for m in r.maps]
                for img, r in zip(images, results, strict=True)]
     if any(len(row) != k for row in encoded):
         raise RuntimeError(f"the engine returned {[len(row) for row in encoded]} maps per image, not {k}")
