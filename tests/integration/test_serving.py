@@ -234,6 +234,18 @@ def test_unparsable_body_is_invalid_argument_and_counted(server: ServerProcess) 
     assert server.metric("camserve_requests_total", method="Explain", code="INVALID_ARGUMENT") == before + 1
 
 
+def test_unparsable_reflection_message_is_invalid_argument(server: ServerProcess) -> None:
+    """The streaming reflection service too (grpc alone answers UNKNOWN "Unexpected DecodeError"), and
+    reflection still answers afterwards."""
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    with server.channel() as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            list(ch.stream_stream(method)(iter([b"\xff\xff\xff"]), timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert "not a valid protobuf message for grpc.reflection.v1alpha" in err.value.details()
+        assert "camserve.v1.ExplainService" in ProtoReflectionDescriptorDatabase(ch).get_services()
+
+
 # ------------------------------------------------------------------------------------- status codes
 
 
