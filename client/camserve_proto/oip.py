@@ -60,6 +60,16 @@ PARAMETERS: dict[str, str] = {
     "timeout": "int",    # microseconds the request may wait in the queue; 0 = no limit (honoured)
     "priority": "int",   # ignored: camserve has one priority level
 }
+#: Output parameters camserve reads. ``classification`` (Triton's classification extension, what
+#: Triton's image_client and ``InferRequestedOutput(name, class_count=n)`` send): on ``PROBABILITIES``
+#: only, that output as BYTES [N, n], the n best classes of each row, best first, each
+#: ``"<probability>:<index>[:<label>]"`` (n past the number of classes gives them all).
+CLASSIFICATION = "classification"
+OUTPUT_PARAMETERS: dict[str, str] = {CLASSIFICATION: "int"}
+#: The parameter with which Triton clients place an input or output in registered shared memory: camserve
+#: serves no shared-memory extension, so it is refused, never read as an empty tensor.
+SHARED_MEMORY_REGION = "shared_memory_region"
+
 #: Response parameters camserve sets (means over the rows of the request for the times).
 RESPONSE_PARAMETERS: dict[str, str] = {
     "method": "string", "target_layer": "string", "score_kind": "string",  # "logits" | "probability"

@@ -234,6 +234,18 @@ def test_unparsable_body_is_invalid_argument_and_counted(server: ServerProcess) 
     assert server.metric("camserve_requests_total", method="Explain", code="INVALID_ARGUMENT") == before + 1
 
 
+def test_unparsable_reflection_message_is_invalid_argument(server: ServerProcess) -> None:
+    """The streaming reflection service too (grpc alone answers UNKNOWN "Unexpected DecodeError"), and
+    reflection still answers afterwards."""
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    with server.channel() as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            list(ch.stream_stream(method)(iter([b"\xff\xff\xff"]), timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert "not a valid protobuf message for grpc.reflection.v1alpha" in err.value.details()
+        assert "camserve.v1.ExplainService" in ProtoReflectionDescriptorDatabase(ch).get_services()
+
+
 # ------------------------------------------------------------------------------------- status codes
 
 
@@ -287,6 +299,12 @@ def status_cases(images: np.ndarray) -> list[tuple[str, pb.ExplainRequest, str, 
          "INVALID_ARGUMENT", "jpeg_quality"),
         ("bad colormap", request(ok, output=pb.OutputOptions(colormap=77)), "INVALID_ARGUMENT", "colormap"),
         ("long request id", request(ok, request_id="x" * 1000), "INVALID_ARGUMENT", "request_id"),
+        # A caller's 100 KB value is quoted by its start: echoed whole, the status message would pass
+        # every client's trailer limit and the call end RESOURCE_EXHAUSTED "Stream removed".
+        ("100 KB model name", request(ok, model="m" * 100_000), "NOT_FOUND",
+         r"^model 'm{64}'\.\.\. \(100000 characters\) is not served; served models: demo, flat$"),
+        ("100 KB target layer", request(ok, target_layer="\u00e9" * 100_000), "INVALID_ARGUMENT",
+         r"\(100000 characters\).*valid: features"),
         ("CAM without GAP head", request(png(images[0][:32, :32]), model="flat", method=pb.CAM),
          "FAILED_PRECONDITION", "GlobalAveragePooling2D|global average pooling"),
         ("CAM on an inner layer", request(ok, method=pb.CAM, target_layer="block1_conv"),
@@ -305,11 +323,26 @@ def test_every_status_code_row(server: ServerProcess, stub: pb_grpc.ExplainServi
     for label, req, want, words in status_cases(images):
         code, details = code_of(stub.Explain, req)
         if code != want or not re.search(words, details):
-            failures.append(f"{label}: got {code} {details!r}, want {want} matching {words!r}")
+            failures.append(f"{label}: got {code} {details[:300]!r}, want {want} matching {words!r}")
     assert not failures, "\n".join(failures)
     assert server.metric("camserve_requests_total", code="INTERNAL") == 0
     assert code_of(stub.Explain, request(png(images[1])))[0] == "OK"  # still serving
     assert server.health() == "SERVING" and server.alive()
+
+
+def test_a_reply_past_the_limit_stops_encoding_at_the_map_that_passes_it(
+        server: ServerProcess, stub: pb_grpc.ExplainServiceStub) -> None:
+    """Ten 1200x1200 images, each map (5.76 MB of float32 at the original size) under the 16 MiB limit,
+    all of them over it: refused TOO_LARGE at the third map, not after encoding all ten (PNG maps and
+    overlays of 20-megapixel originals take seconds each, so a reply that can never be sent must stop
+    costing CPU where it passes the limit)."""
+    big = png(cv2.resize(digit_images(1)[0], (1200, 1200), interpolation=cv2.INTER_NEAREST))
+    batch = pb.ExplainBatchRequest(requests=[request(big, output=pb.OutputOptions(size=pb.ORIGINAL))] * 10)
+    code, details = code_of(stub.ExplainBatch, batch, timeout=120)
+    assert code == "RESOURCE_EXHAUSTED", (code, details[:300])
+    assert "its first 3 map(s) already take 17280000 bytes" in details and "message limit" in details, details
+    two = pb.ExplainBatchRequest(requests=batch.requests[:2])
+    assert code_of(stub.ExplainBatch, two, timeout=120)[0] == "OK"
 
 
 def test_expired_deadlines_are_never_computed(server: ServerProcess, stub: pb_grpc.ExplainServiceStub,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from camserve.front.oip_infer import parse_infer, rows_hint
 from camserve.front.requests import RequestParser
+from camserve.front.status import MAX_MESSAGE_BYTES, message_of
 from camserve.front.tensors import read_inputs
 from camserve.records import ErrorKind, Failure, LayerInfo, ModelSummary
 from camserve.repository import load_repository
@@ -172,6 +173,90 @@ def test_parameter_kinds(parser: RequestParser) -> None:
             parse_infer(parser, _infer({name: bad}))
 
 
+def test_numbers_as_text_are_ascii_and_bounded(parser: RequestParser) -> None:
+    """Versions and numeric parameters sent as text: ASCII digits only, and no more than an int64
+    holds. Python's own int() takes other scripts' digits ("١"), raises on "²" (which passes
+    str.isdigit()) and past 4,300 digits; each is a caller's mistake, refused INVALID_ARGUMENT."""
+    assert parse_infer(parser, _infer(model_version="01")).config.version == 1
+    assert parse_infer(parser, _infer({"top_k": P(string_param="+3 ")})).spec.top_k == 3
+    alpha = {"overlay_alpha": P(string_param=" .5"), "overlay": P(string_param="png")}
+    assert parse_infer(parser, _infer(alpha, outputs=("OVERLAY",))).output.alpha == 0.5
+    for version in ("\u00b2", "\u0661", "9" * 5000, " 1", "1.0", "-1"):
+        with pytest.raises(Failure, match="not a version number") as err:
+            parse_infer(parser, _infer(model_version=version))
+        assert err.value.kind is ErrorKind.INVALID_INPUT and len(err.value.message) < 300
+    for name, text in [("top_k", "\u0663"), ("top_k", "9" * 5000), ("class_index", "-" + "9" * 20),
+                       ("timeout", "1_000"), ("overlay_alpha", "0_5"), ("overlay_alpha", "infinity"),
+                       ("overlay_alpha", "\u0663"), ("overlay_alpha", "1" * 100)]:
+        with pytest.raises(Failure, match=f"parameter '{name}' must be") as err:
+            parse_infer(parser, _infer({name: P(string_param=text), "overlay": P(string_param="png")}))
+        assert err.value.kind is ErrorKind.INVALID_INPUT and len(err.value.message) < 300, err.value.message
+
+
+def test_echoed_values_are_shortened(parser: RequestParser) -> None:
+    """A caller's long name or value is quoted by its start and length: the message still says what
+    is valid, and stays far below the trailer limits of gRPC clients."""
+    long = "x" * 100_000
+
+    def one_input(**fields: object) -> pb.ModelInferRequest:
+        return pb.ModelInferRequest(model_name="demo", inputs=[Tensor(**fields)])
+
+    unknown_model = _infer()
+    unknown_model.model_name = long
+    cases = [(unknown_model, "served models: demo"),
+             (_infer({"method": P(string_param=long)}), "valid: cam, gradcam"),
+             (_infer({"target_layer": P(string_param=long)}), "valid: features"),
+             (_infer({"heatmap_size": P(string_param=long)}), "valid: grid, input, original"),
+             (_infer({"top_k": P(string_param=long)}), "must be an integer"),
+             (_infer(outputs=(long,)), "valid: PROBABILITIES"),
+             (one_input(name=long, datatype="BYTES", shape=[1, 1]), "valid: IMAGE"),
+             (one_input(name="IMAGE", datatype=long, shape=[1] * 50_000), "must be BYTES"),
+             (pb.ModelInferRequest(model_name="demo", inputs=[Tensor(name="x" * 100)] * 1000),
+              "send exactly one")]
+    for request, words in cases:
+        with pytest.raises(Failure, match=words) as err:
+            parse_infer(parser, request)
+        assert "... (" in err.value.message and len(err.value.message) < 800, err.value.message
+
+
+def test_status_messages_fit_any_client_trailer() -> None:
+    """Whatever a message says, what goes on the wire fits MAX_MESSAGE_BYTES (percent-encoded), and
+    says that it was cut."""
+    for text in ("a" * 5000, "\u00e9" * 5000, "%" * 5000, "\u2603\n" * 3000):
+        sent = message_of(Failure(text, ErrorKind.INVALID_INPUT))
+        wire_bytes = sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in sent.encode())
+        assert wire_bytes <= MAX_MESSAGE_BYTES and sent.endswith("characters in all)") and text.startswith(
+            sent[:10])
+    assert message_of(Failure("short", ErrorKind.INVALID_INPUT)) == "short"
+
+
+def test_classification_and_shared_memory_parameters(parser: RequestParser) -> None:
+    """Output parameters are read, never ignored: ``classification`` on PROBABILITIES (at most the
+    model's classes); refused elsewhere or below 1; shared-memory placement refused (no extension)."""
+    def asking(name: str, **params: pb.InferParameter) -> pb.ModelInferRequest:
+        request = _infer()
+        out = request.outputs.add(name=name)
+        for key, value in params.items():
+            out.parameters[key].CopyFrom(value)
+        return request
+
+    assert parse_infer(parser, asking("PROBABILITIES", classification=P(int64_param=3))).class_count == 3
+    assert parse_infer(parser, asking("PROBABILITIES", classification=P(uint64_param=99))).class_count == 10
+    assert parse_infer(parser, asking("PROBABILITIES")).class_count == 0
+    for request, words in [(asking("SCORES", classification=P(int64_param=3)), "to PROBABILITIES only"),
+                           (asking("PROBABILITIES", classification=P(int64_param=0)), "must be >= 1"),
+                           (asking("PROBABILITIES", classification=P(bool_param=True)), "must be an integer"),
+                           (asking("HEATMAP", shared_memory_region=P(string_param="r0")), "shared memory")]:
+        with pytest.raises(Failure, match=words) as err:
+            parse_infer(parser, request)
+        assert err.value.kind is ErrorKind.INVALID_INPUT
+    placed = _infer()
+    placed.inputs[0].parameters["shared_memory_region"].CopyFrom(P(string_param="r0"))
+    del placed.raw_input_contents[:]
+    with pytest.raises(Failure, match="input 'IMAGE' is placed in shared memory"):
+        parse_infer(parser, placed)
+
+
 def test_outputs_and_overlay_choice(parser: RequestParser) -> None:
     with_overlay = parse_infer(parser, _infer({"overlay": P(string_param="jpeg")}))
     assert with_overlay.outputs == (*oip.DEFAULT_OUTPUTS, "OVERLAY") and with_overlay.output.overlay == "jpeg"
@@ -208,7 +293,11 @@ def test_unready_model_is_unavailable_not_an_error_of_the_caller(parser: Request
 _NAMES = st.sampled_from(["IMAGE", "PIXELS", "INPUT__0", "", "image"])
 _TYPES = st.sampled_from(["BYTES", "UINT8", "FP32", "FP16", "INT64", "BOOL", "COMPLEX", ""])
 _DIMS = st.lists(st.integers(min_value=-3, max_value=70) | st.sampled_from([1 << 40, 64]), max_size=5)
-_PARAM = st.one_of(st.builds(lambda v: pb.InferParameter(string_param=v), st.text(max_size=12)),
+# Text a number parser may choke on: other scripts' digits, superscripts, underscores, 5,000 digits.
+_NUMERIC = (st.text(st.sampled_from("0123456789\u00b2\u0661\u0663\uff11"), min_size=1, max_size=4)
+            | st.text(st.sampled_from("0123456789+-._eE "), max_size=8)
+            | st.builds(lambda n: "9" * n, st.integers(15, 5000)))
+_PARAM = st.one_of(st.builds(lambda v: pb.InferParameter(string_param=v), st.text(max_size=12) | _NUMERIC),
                    st.builds(lambda v: pb.InferParameter(int64_param=v),
                              st.integers(-(1 << 63), (1 << 63) - 1)),
                    st.builds(lambda v: pb.InferParameter(uint64_param=v), st.integers(0, (1 << 64) - 1)),
@@ -220,7 +309,7 @@ _PARAM = st.one_of(st.builds(lambda v: pb.InferParameter(string_param=v), st.tex
 @st.composite
 def _hostile(draw: st.DrawFn) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=draw(st.sampled_from(["demo", "", "nope"])),
-                                   model_version=draw(st.sampled_from(["", "1", "2", "x", "-1"])))
+                                   model_version=draw(st.sampled_from(["", "1", "2", "x", "-1"]) | _NUMERIC))
     for _ in range(draw(st.integers(0, 2))):
         t = request.inputs.add(name=draw(_NAMES), datatype=draw(_TYPES), shape=draw(_DIMS))
         if draw(st.booleans()):

@@ -92,7 +92,7 @@ def test_health_metadata_and_config(server: ServerProcess) -> None:
     assert "served models: demo, flat, held" in r[5]["message"]
     meta = value(r[6])
     assert meta["name"] == "camserve" and meta["version"]
-    assert meta["extensions"] == ["parameters", "model_configuration", "statistics"]
+    assert meta["extensions"] == ["parameters", "model_configuration", "statistics", "classification"]
 
     demo = value(r[7])
     assert demo["name"] == "demo" and demo["versions"] == ["1"] and demo["platform"] == "camserve"
@@ -234,6 +234,13 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
         ("unknown model", {"model": "nope"}, "NOT_FOUND", "served models: demo, flat, held"),
         ("unknown version", {"version": "9"}, "NOT_FOUND", "no version 9"),
         ("version not a number", {"version": "v1"}, "INVALID_ARGUMENT", "not a version number"),
+        ("version of a superscript digit", {"version": "\u00b2"}, "INVALID_ARGUMENT", "not a version number"),
+        ("version of 5,000 digits", {"version": "9" * 5000}, "INVALID_ARGUMENT", "(5000 characters)"),
+        ("top_k of 5,000 digits", {"parameters": {"top_k": "9" * 5000}}, "INVALID_ARGUMENT",
+         "must be an integer"),
+        ("100 KB model name", {"model": "m" * 100_000}, "NOT_FOUND", "(100000 characters) is not served"),
+        ("100 KB method", {"parameters": {"method": "m" * 100_000}}, "INVALID_ARGUMENT",
+         "(100000 characters); valid: cam, gradcam"),
         ("unknown method", {"parameters": {"method": "gradcam+"}}, "INVALID_ARGUMENT",
          "valid: cam, gradcam, gradcam++, layercam, hirescam, xgradcam, eigencam"),
         ("method not a string", {"parameters": {"method": 3}}, "INVALID_ARGUMENT", "must be a string"),
@@ -272,7 +279,36 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
     results = calls(server, *({"op": "infer", "inputs": [ok_image], **call} for _, call, _, _ in cases))
     for (what, _, code, fragment), got in zip(cases, results, strict=True):
         assert not got["ok"], what
-        assert (got["code"], fragment in got["message"]) == (code, True), (what, got)
+        assert (got["code"], fragment in got["message"]) == (code, True), (
+            what, got["code"], got["message"][:300])
+
+
+def test_classification_extension(server: ServerProcess, images: np.ndarray) -> None:
+    """Triton's classification extension, as its image_client asks for it: PROBABILITIES with
+    ``class_count`` comes back as BYTES [N, count] "<probability>:<index>:<label>", best first; a count
+    past the classes gives them all; elsewhere the parameter is refused, never ignored."""
+    rows = image_input([png(images[0]), png(images[1])])
+    def classes(name: str, n: int) -> dict[str, Any]:
+        return {"name": name, "class_count": n}
+
+    r = calls(server, {"op": "infer", "inputs": [rows], "outputs": ["PROBABILITIES"]},
+              {"op": "infer", "inputs": [rows], "outputs": [classes("PROBABILITIES", 3), "CLASS_IDS"]},
+              {"op": "infer", "inputs": [rows], "outputs": [classes("PROBABILITIES", 50)]},
+              {"op": "infer", "inputs": [rows], "outputs": [classes("SCORES", 3)]},
+              {"op": "infer", "inputs": [rows], "outputs": [classes("PROBABILITIES", -2)]})
+    probs = array(value(r[0])["outputs"]["PROBABILITIES"])
+    top = value(r[1])["outputs"]
+    assert top["PROBABILITIES"]["datatype"] == "BYTES" and top["PROBABILITIES"]["shape"] == [2, 3]
+    got = [[s.decode().split(":") for s in row] for row in array(top["PROBABILITIES"])]
+    for row, p in zip(got, probs, strict=True):
+        best = np.argsort(-p, kind="stable")[:3]
+        assert [int(i) for _, i, _ in row] == best.tolist()
+        assert [label for _, _, label in row] == [str(i) for i in best]  # the demo's labels are its digits
+        np.testing.assert_allclose([float(v) for v, _, _ in row], p[best], atol=1e-6)
+    assert array(top["CLASS_IDS"])[:, 0].tolist() == [int(row[0][1]) for row in got]
+    assert value(r[2])["outputs"]["PROBABILITIES"]["shape"] == [2, 10]
+    assert (r[3]["code"], "applies to PROBABILITIES only" in r[3]["message"]) == ("INVALID_ARGUMENT", True)
+    assert (r[4]["code"], "must be >= 1" in r[4]["message"]) == ("INVALID_ARGUMENT", True)
 
 
 def test_typed_contents_through_the_generated_stub(server: ServerProcess, images: np.ndarray) -> None:

@@ -57,7 +57,9 @@ def _infer(client: Any, call: dict[str, Any], headers: dict[str, str]) -> dict[s
         tensor = triton.InferInput(spec["name"], list(value.shape), spec["datatype"])
         tensor.set_data_from_numpy(value)
         inputs.append(tensor)
-    outputs = [triton.InferRequestedOutput(n) for n in call.get("outputs", [])] or None
+    outputs = [triton.InferRequestedOutput(n) if isinstance(n, str)  # a name, or {"name", "class_count"}
+               else triton.InferRequestedOutput(n["name"], class_count=n["class_count"])
+               for n in call.get("outputs", [])] or None
     kwargs = {k: call[k] for k in ("priority", "timeout") if k in call}
     result = client.infer(call.get("model", "demo"), inputs, model_version=call.get("version", ""),
                           outputs=outputs, request_id=call.get("id", ""), parameters=call.get("parameters"),

@@ -24,7 +24,7 @@ import grpc
 from camserve.front import codec
 from camserve.front.metrics import Metrics
 from camserve.front.requests import RequestParser
-from camserve.front.status import failure_of, status_of, trailers_of
+from camserve.front.status import abort, failure_of, status_of, trailers_of
 from camserve.records import ErrorKind, Failure, ItemResult
 from camserve.scheduling.batcher import WorkItem, past_deadline
 
@@ -177,7 +177,7 @@ class CallRunner:
             raise asyncio.CancelledError
         code = status_of(failure.kind)
         self.metrics.record_rpc(model, method, code.name, self.clock() - started, images)
-        await context.abort(code, failure.message, trailing_metadata=trailers_of(failure.kind, context))
+        await abort(context, failure, trailers_of(failure.kind, context))
 
 
 def shed_if_full(dispatcher: Any, model: str, n: int = 1) -> None:

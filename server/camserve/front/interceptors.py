@@ -19,13 +19,13 @@ import hashlib
 import hmac
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
 
 from camserve.front.security import SecurityConfig, SecurityConfigError
-from camserve.front.status import refusal_handler, status_of
+from camserve.front.status import abort, refusal_handler, status_of
 from camserve.records import ErrorKind, Failure
 
 __all__ = [
@@ -51,6 +51,9 @@ def _digest(token: bytes) -> bytes:
 
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+#: Parses one raw request message of a call, ending the call INVALID_ARGUMENT when it is malformed.
+Parse = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -112,8 +115,9 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     Left alone, grpc's aio server answers UNKNOWN ("Unexpected DecodeError") to undecodable bytes, a
     code that tells a caller nothing and that DESIGN.md reserves for nobody. This interceptor swaps the
     handler's deserialiser for the identity and parses inside the handler, where the failure can be
-    mapped. Unary-request handlers only: every camserve RPC is unary, and streaming-request services
-    (reflection) keep grpc's own handling. Wrapped handlers are cached per method.
+    mapped: every unary-request method, and streaming ones whose handler is an async generator
+    (reflection's ServerReflectionInfo, where grpc answered UNKNOWN "Unexpected DecodeError" to a
+    malformed message). Wrapped handlers are cached per method.
     """
 
     def __init__(self, on_reject: RejectHook | None = None) -> None:
@@ -125,9 +129,9 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        """Return the method's handler with parsing moved inside it (unary-request methods only)."""
+        """Return the method's handler with parsing moved inside it."""
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+        if handler is None or handler.request_deserializer is None:
             return handler
         method = handler_call_details.method or ""
         cached = self._cache.get(method)
@@ -150,12 +154,12 @@ def _parse_inside(handler: grpc.RpcMethodHandler, method: str,
         except Exception as e:  # DecodeError, or whatever a custom deserialiser raises
             if on_reject is not None:
                 on_reject(method, status_of(ErrorKind.INVALID_INPUT).name)
-            await context.abort(
-                status_of(ErrorKind.INVALID_INPUT),
+            await abort(context, Failure(
                 f"the request body is not a valid protobuf message for {what} ({type(e).__name__}: {e}); "
-                "send a message serialised from the service's .proto",
-            )
+                "send a message serialised from the service's .proto", ErrorKind.INVALID_INPUT))
 
+    if handler.request_streaming:
+        return _parse_stream_inside(handler, parsed)
     if not handler.response_streaming:
         inner = handler.unary_unary
         if not inspect.iscoroutinefunction(inner):  # sync handlers run in grpc's pool: leave them be
@@ -186,6 +190,25 @@ def _parse_inside(handler: grpc.RpcMethodHandler, method: str,
         return handler
     return grpc.unary_stream_rpc_method_handler(
         behavior, request_deserializer=None, response_serializer=handler.response_serializer)
+
+
+def _parse_stream_inside(handler: grpc.RpcMethodHandler, parsed: Parse) -> grpc.RpcMethodHandler:
+    """A bidirectional-streaming ``handler`` whose requests are parsed one by one as it reads them
+    (async generator handlers only; others are left exactly as registered)."""
+    inner = handler.stream_stream
+    if not handler.response_streaming or not inspect.isasyncgenfunction(inner):
+        return handler
+
+    async def requests(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for message in raw:
+            yield await parsed(message, context)
+
+    async def stream(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for item in inner(requests(raw, context), context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
 def server_interceptors(cfg: SecurityConfig,

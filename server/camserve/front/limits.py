@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from camserve.front.status import refusal_handler, status_of, trailers_of
+from camserve.front.status import abort, refusal_handler, shown, status_of, trailers_of
 from camserve.records import ErrorKind, Failure
 
 __all__ = ["LOG_INTERVAL_S", "REASONS", "LimitsInterceptor", "metadata_bytes"]
@@ -131,7 +131,8 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
             return self._refuse(method, call, "header_too_large", Failure(
                 f"the request metadata is {size / 1024:.1f} KiB, more than this server accepts "
                 f"({self.max_header_bytes / 1024:g} KiB, --max-header-kb; keys, values and 32 bytes per "
-                f"entry); its largest entry is {key!r} ({key_size / 1024:.1f} KiB)", ErrorKind.TOO_LARGE))
+                f"entry); its largest entry is {shown(key)} ({key_size / 1024:.1f} KiB)",
+                ErrorKind.TOO_LARGE))
         if self.max_concurrent_rpcs and self.active >= self.max_concurrent_rpcs:
             return self._refuse(method, call, "concurrency_limit", Failure(
                 f"the server is handling its limit of {self.max_concurrent_rpcs} calls at once "
@@ -165,8 +166,7 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
                                   f"server accepts ({limit / 2**20:g} MiB, --max-message-mb)",
                                   ErrorKind.TOO_LARGE)
                 self._report(method, "message_too_large", failure, context.peer())
-                await context.abort(status_of(failure.kind), failure.message,
-                                    trailing_metadata=trailers_of(failure.kind))
+                await abort(context, failure, trailers_of(failure.kind))
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(

@@ -54,8 +54,10 @@ def _version() -> str:
 
 #: The protocol extensions ServerMetadata advertises: only those implemented. "parameters": request
 #: parameters are read (and echoed in the reply's); "model_configuration" and "statistics": Triton's
-#: ModelConfig and ModelStatistics. Not "schedule_policy": ``timeout`` is honoured but ``priority`` is not.
-EXTENSIONS: tuple[str, ...] = ("parameters", "model_configuration", "statistics")
+#: ModelConfig and ModelStatistics; "classification": PROBABILITIES as the best classes' strings
+#: (``camserve_proto.oip.CLASSIFICATION``). Not "schedule_policy": ``timeout`` is honoured but
+#: ``priority`` is not.
+EXTENSIONS: tuple[str, ...] = ("parameters", "model_configuration", "statistics", "classification")
 
 
 class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
@@ -167,9 +169,10 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
             WorkItem(model=call.config.name, pixels=img.pixels, spec=call.spec, deadline=deadline)
             for img in images])
         if call.output.costly:
-            reply = await self.in_pool(lambda: build_reply(call, images, results, self.clock() - started))
+            reply = await self.in_pool(lambda: build_reply(call, images, results, self.clock() - started,
+                                                           self.max_send_bytes))
         else:
-            reply = build_reply(call, images, results, self.clock() - started)
+            reply = build_reply(call, images, results, self.clock() - started, self.max_send_bytes)
         check_reply(reply, self.max_send_bytes)
         return reply
 

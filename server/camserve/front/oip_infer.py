@@ -10,7 +10,6 @@ with the same :class:`~camserve.records.ItemSpec`.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import struct
 from collections.abc import Mapping
@@ -23,8 +22,10 @@ from camserve_proto import oip
 from camserve_proto import vocabulary as wire
 
 from camserve.front import codec
-from camserve.front.codec import DecodedImage, OutputSpec, encode_map, map_size
+from camserve.front.codec import DecodedImage, OutputSpec, map_size
+from camserve.front.replies import ReplyBudget, best_classes
 from camserve.front.requests import RequestParser, invalid, output_spec
+from camserve.front.status import shown
 from camserve.front.tensors import bytes_output, output_tensor, read_input
 from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec, ModelSummary
 from camserve.repository import ModelConfig
@@ -32,7 +33,12 @@ from camserve.repository import ModelConfig
 __all__ = ["InferCall", "build_reply", "check_maps", "decode_rows", "parse_infer", "parse_version",
            "rows_hint"]
 
-_INTEGER = re.compile(r"-?[0-9]+")
+# Numbers as text, ASCII only and bounded: Python's int() and float() also take other scripts' digits
+# ("٣", and "²" passes str.isdigit() but not int()), underscores ("0_5") and names ("infinity"), and
+# int() raises past 4,300 digits; none of that is a number a client means to send.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")  # int64 and uint64 values
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+_VERSION = re.compile(r"[0-9]{1,18}")  # below 2**63: camserve.v1's int64 versions
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class InferCall:
     rows: list[bytes] | np.ndarray  # IMAGE: encoded bytes per row; PIXELS: (N, H, W, C) uint8
     timeout_s: float | None       # the ``timeout`` parameter, in seconds (None = none)
     request_id: str
+    class_count: int = 0          # PROBABILITIES as its best classes' strings (classification); 0 = raw
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -68,8 +75,10 @@ class _Parameters:
                                            "int": "an integer (int64_param)",
                                            "double": "a number (double_param)"}
 
-    def __init__(self, params: Mapping[str, pb.InferParameter]) -> None:
+    def __init__(self, params: Mapping[str, pb.InferParameter],
+                 kinds: Mapping[str, str] = oip.PARAMETERS) -> None:
         self._params = params
+        self._kinds = kinds
 
     def _get(self, name: str) -> tuple[str | None, Any]:
         if name not in self._params:
@@ -79,8 +88,8 @@ class _Parameters:
         return which, (getattr(p, which) if which else None)
 
     def _refuse(self, name: str, which: str | None, value: Any) -> Failure:
-        return invalid(f"parameter {name!r} must be {self._EXPECTED[oip.PARAMETERS[name]]}; "
-                       f"got {which or 'no value'} {value!r}")
+        return invalid(f"parameter {name!r} must be {self._EXPECTED[self._kinds[name]]}; "
+                       f"got {which or 'no value'} {shown(value)}")
 
     def string(self, name: str) -> str | None:
         which, value = self._get(name)
@@ -93,7 +102,7 @@ class _Parameters:
         if which is None or which in ("int64_param", "uint64_param"):
             return value
         if which == "string_param" and _INTEGER.fullmatch(value.strip()):
-            return int(value)
+            return int(value.strip())
         raise self._refuse(name, which, value)
 
     def float(self, name: str) -> float | None:
@@ -102,18 +111,19 @@ class _Parameters:
             return None
         if which in ("double_param", "int64_param", "uint64_param"):
             return float(value)
-        if which == "string_param":
-            with contextlib.suppress(ValueError):
-                return float(value)
+        if which == "string_param" and len(value) <= 64 and _NUMBER.fullmatch(value.strip()):
+            return float(value.strip())
         raise self._refuse(name, which, value)
 
 
 def parse_version(text: str, field: str = "model_version") -> int:
-    """A protocol version string as camserve's version number ('' = 0, the newest)."""
+    """A protocol version string as camserve's version number ('' = 0, the newest); INVALID_INPUT
+    when it is not 1 to 18 ASCII digits."""
     if text == "":
         return 0
-    if not text.isdigit():
-        raise invalid(f"{field} {text!r} is not a version number; send digits, or empty for the newest")
+    if not _VERSION.fullmatch(text):
+        raise invalid(f"{field} {shown(text)} is not a version number; send up to 18 digits 0-9, or empty "
+                      "for the newest")
     return int(text)
 
 
@@ -127,9 +137,9 @@ def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes]
         valid = (f"valid: {oip.IMAGE} (BYTES [N, 1], encoded images) or {oip.PIXELS} "
                  f"(UINT8 [N, {h}, {w}, {c}])")
         if t is not None:
-            raise invalid(f"unknown input {name!r}; {valid}")
+            raise invalid(f"unknown input {shown(name)}; {valid}")
         names = [x.name for x in inputs]
-        raise invalid(f"the request has {len(names)} inputs {names}; send exactly one: {valid}")
+        raise invalid(f"the request has {len(names)} inputs {shown(names)}; send exactly one: {valid}")
     shape = tuple(t.shape)
     if name == oip.IMAGE:
         ok = t.datatype == "BYTES" and len(shape) in (1, 2) and shape[1:] in ((), (1,))
@@ -138,25 +148,64 @@ def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes]
         ok = t.datatype == "UINT8" and shape[1:] == (h, w, c)
         want = f"UINT8 [N, {h}, {w}, {c}], RGB pixels at the model's input size"
     if not ok:
-        raise invalid(f"input {name!r} must be {want}; got {t.datatype} {list(shape)}")
+        raise invalid(f"input {name!r} must be {want}; got {shown(t.datatype)} {shown(list(shape))}")
+    _no_shared_memory(f"input {name!r}", t.parameters)
     if shape[0] < 1:
-        raise invalid(f"input {name!r} has no rows (shape {list(shape)}); send at least one image")
+        raise invalid(f"input {name!r} has no rows (shape {shown(list(shape))}); send at least one image")
     raw = request.raw_input_contents
     if len(raw) > 1:
         raise invalid(f"raw_input_contents has {len(raw)} entries for 1 input; send one per input")
     return read_input(t, raw[0] if raw else None, shape).value
 
 
-def _outputs(request: pb.ModelInferRequest, overlay: str | None) -> tuple[str, ...]:
+def _no_shared_memory(what: str, params: Mapping[str, pb.InferParameter]) -> None:
+    if oip.SHARED_MEMORY_REGION in params:
+        raise invalid(f"{what} is placed in shared memory ({oip.SHARED_MEMORY_REGION!r}); camserve serves "
+                      "no shared-memory extension: send inputs in raw_input_contents and read outputs from "
+                      "raw_output_contents")
+
+
+def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor, num_classes: int) -> int:
+    """The ``classification`` count asked of ``output`` (0 = none), at most ``num_classes``."""
+    if oip.CLASSIFICATION not in output.parameters:
+        return 0
+    count = _Parameters(output.parameters, oip.OUTPUT_PARAMETERS).int(oip.CLASSIFICATION)
+    if output.name != oip.PROBABILITIES:
+        raise invalid(f"output {output.name!r}: the {oip.CLASSIFICATION!r} parameter applies to "
+                      f"{oip.PROBABILITIES} only (the model's classes); CLASS_IDS and SCORES are already "
+                      "the explained classes, best first")
+    if count is None or count < 1:
+        raise invalid(f"output {output.name!r}: {oip.CLASSIFICATION} {count} must be >= 1 (how many of the "
+                      "best classes to return)")
+    return min(count, num_classes)
+
+
+def _outputs(request: pb.ModelInferRequest, overlay: str | None,
+             num_classes: int) -> tuple[tuple[str, ...], int]:
+    """The output names in reply order, and the PROBABILITIES classification count (0 = raw)."""
     asked = [o.name for o in request.outputs]
     if not asked:
-        return (*oip.DEFAULT_OUTPUTS, oip.OVERLAY) if overlay is not None else oip.DEFAULT_OUTPUTS
+        return ((*oip.DEFAULT_OUTPUTS, oip.OVERLAY) if overlay is not None else oip.DEFAULT_OUTPUTS), 0
     for name in asked:
         if name not in oip.OUTPUTS:
-            raise invalid(f"unknown output {name!r}; valid: {', '.join(oip.OUTPUTS)}")
+            raise invalid(f"unknown output {shown(name)}; valid: {', '.join(oip.OUTPUTS)}")
     if len(set(asked)) != len(asked):
-        raise invalid(f"outputs {asked} name an output twice")
-    return tuple(asked)
+        raise invalid(f"outputs {shown(asked)} name an output twice")
+    counts = []
+    for o in request.outputs:
+        _no_shared_memory(f"output {o.name!r}", o.parameters)
+        counts.append(_class_count(o, num_classes))
+    return tuple(asked), max(counts)
+
+
+def _classification(probs: np.ndarray, count: int, labels: list[str]) -> list[bytes]:
+    """One row's ``count`` best classes as Triton's classification strings, best first:
+    ``"<probability>:<index>[:<label>]"`` (the value printed like C++ ``std::to_string``: 6 decimals)."""
+    out = []
+    for i in best_classes(probs, count):
+        label = labels[i] if i < len(labels) else ""
+        out.append((f"{probs[i]:f}:{i}" + (f":{label}" if label else "")).encode())
+    return out
 
 
 def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCall:
@@ -171,7 +220,7 @@ def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCa
                                    class_index=params.int("class_index"), top_k=params.int("top_k"),
                                    target_layer=params.string("target_layer"))
     overlay = params.string("overlay")
-    outputs = _outputs(request, overlay)
+    outputs, class_count = _outputs(request, overlay, summary.num_classes)
     fmt = (overlay or "png") if oip.OVERLAY in outputs else overlay
     output = output_spec(params.string("heatmap_size"), tensor=oip.HEATMAP in outputs, overlay=fmt,
                          alpha=params.float("overlay_alpha"), colormap=params.string("colormap"),
@@ -188,7 +237,7 @@ def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCa
                       f"{cfg.name!r} (its queue holds {cfg.batching.max_queue_size}); split the request")
     return InferCall(config=cfg, summary=summary, spec=spec, output=output, target_layer=layer,
                      outputs=outputs, rows=rows, timeout_s=timeout_us / 1e6 if timeout_us else None,
-                     request_id=request.id)
+                     request_id=request.id, class_count=class_count)
 
 
 def decode_rows(call: InferCall, max_pixels: int) -> list[DecodedImage]:
@@ -213,8 +262,8 @@ def check_maps(call: InferCall, images: list[DecodedImage], limit: int) -> None:
         return
     sizes = {map_size(call.output.tensor_at, call.summary.grid, img) for img in images}
     if len(sizes) > 1:
-        shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4])
-        raise invalid(f"HEATMAP at heatmap_size 'original' needs images of one size; the rows are {shown}: "
+        listed = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4])
+        raise invalid(f"HEATMAP at heatmap_size 'original' needs images of one size; the rows are {listed}: "
                       "ask for heatmap_size 'grid' or 'input', or send images of one size per request")
     ((h, w),) = sizes
     need = 4 * h * w * call.spec.top_k * len(images)
@@ -225,10 +274,12 @@ def check_maps(call: InferCall, images: list[DecodedImage], limit: int) -> None:
 
 
 def build_reply(call: InferCall, images: list[DecodedImage], results: list[ItemResult],
-                total_s: float) -> pb.ModelInferResponse:
-    """The ModelInferResponse: the asked outputs in ``raw_output_contents``, in the order asked."""
+                total_s: float, limit: int) -> pb.ModelInferResponse:
+    """The ModelInferResponse: the asked outputs in ``raw_output_contents``, in the order asked; a
+    TOO_LARGE Failure as soon as its maps pass ``limit`` bytes."""
     n, k = len(results), call.spec.top_k
-    encoded = [[encode_map(m.heatmap, call.output, img) for m in r.maps]
+    budget = ReplyBudget(limit)
+    encoded = [[budget.encode(m.heatmap, call.output, img) for m in r.maps]
                for img, r in zip(images, results, strict=True)]
     if any(len(row) != k for row in encoded):
         raise RuntimeError(f"the engine returned {[len(row) for row in encoded]} maps per image, not {k}")
@@ -236,7 +287,11 @@ def build_reply(call: InferCall, images: list[DecodedImage], results: list[ItemR
     # Small outputs are packed with struct: for a few numbers it is several times faster than NumPy,
     # and this runs once per call on the event loop (measured: ~60 us less per single-image call).
     for name in call.outputs:
-        if name == oip.PROBABILITIES:
+        if name == oip.PROBABILITIES and call.class_count:
+            labels = call.config.labels
+            made[name] = bytes_output(name, [_classification(np.asarray(r.probabilities, "<f4"),
+                                                             call.class_count, labels) for r in results])
+        elif name == oip.PROBABILITIES:
             probs = [np.asarray(r.probabilities, "<f4") for r in results]
             made[name] = output_tensor(name, "FP32", (n, probs[0].size), b"".join(p.tobytes() for p in probs))
         elif name == oip.CLASS_IDS:

@@ -3,8 +3,10 @@ from a config and its :class:`~camserve.records.ModelSummary`, and the reply-siz
 
 Why the size checks live here: the float32 maps a caller asks for at the original image size can
 exceed the message limit (4 bytes a pixel per class), so the front refuses such a request *before*
-computing it (:func:`check_map_bytes`) and checks the finished reply once more (:func:`check_reply`);
-both refusals are ``TOO_LARGE``, which clients must not retry.
+computing it (:func:`check_map_bytes`), stops encoding a reply's maps as soon as they pass the limit
+(:class:`ReplyBudget`: PNG maps and overlays at a 20-megapixel original size take seconds each, and a
+reply that can never be sent should not take minutes of CPU to refuse), and checks the finished reply
+once more (:func:`check_reply`); every refusal is ``TOO_LARGE``, which clients must not retry.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import numpy as np
 from camserve_proto import explain_pb2 as pb
 from camserve_proto import vocabulary as wire
 
-from camserve.front.codec import DecodedImage, encode_map, map_size
+from camserve.front.codec import DecodedImage, EncodedMap, OutputSpec, encode_map, map_size
 from camserve.front.requests import Prepared
 from camserve.records import ErrorKind, Failure, ItemResult, ModelSummary
 from camserve.repository import ModelConfig
 
-__all__ = ["best_classes", "build_response", "check_map_bytes", "check_reply", "model_info"]
+__all__ = ["ReplyBudget", "best_classes", "build_response", "check_map_bytes", "check_reply", "model_info"]
 
 
 def best_classes(probs: np.ndarray, k: int) -> np.ndarray:
@@ -52,6 +54,30 @@ def check_map_bytes(prep: Prepared, image: DecodedImage, limit: int) -> None:
                       "and resize it, omit_tensor with a PNG, or fewer classes", ErrorKind.TOO_LARGE)
 
 
+class ReplyBudget:
+    """The bytes a reply's encoded maps may take (the server's message limit), spent map by map:
+    :meth:`encode` refuses (``TOO_LARGE``) at the first map that passes it, so a reply that can never be
+    sent stops costing CPU there. One budget per reply (an ExplainBatch or a ModelInfer shares one
+    across its images)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+        self.maps = 0
+
+    def encode(self, heatmap: np.ndarray, spec: OutputSpec, image: DecodedImage) -> EncodedMap:
+        """:func:`~camserve.front.codec.encode_map`, counted against the budget."""
+        enc = encode_map(heatmap, spec, image)
+        self.maps += 1
+        self.spent += len(enc.tensor) + len(enc.png) + len(enc.overlay)
+        if self.spent > self.limit:
+            raise Failure(f"the reply would be over the server's {self.limit}-byte message limit: its first "
+                          f"{self.maps} map(s) already take {self.spent} bytes; ask for smaller heatmaps "
+                          "(CONV_GRID or MODEL_INPUT), JPEG overlays, omit_tensor, fewer classes or fewer "
+                          "images per call", ErrorKind.TOO_LARGE)
+        return enc
+
+
 def check_reply(reply: pb.ExplainResponse | pb.ExplainBatchResponse, limit: int) -> None:
     """Refuse (``TOO_LARGE``) a finished reply over the message limit."""
     size = reply.ByteSize()
@@ -61,9 +87,10 @@ def check_reply(reply: pb.ExplainResponse | pb.ExplainBatchResponse, limit: int)
                       ErrorKind.TOO_LARGE)
 
 
-def build_response(prep: Prepared, image: DecodedImage, result: ItemResult,
-                   total_s: float) -> pb.ExplainResponse:
-    """The ExplainResponse for one computed image; ``total_s`` is the time since the call arrived."""
+def build_response(prep: Prepared, image: DecodedImage, result: ItemResult, total_s: float,
+                   budget: ReplyBudget | None = None) -> pb.ExplainResponse:
+    """The ExplainResponse for one computed image; ``total_s`` is the time since the call arrived.
+    ``budget`` (None: unbounded) is spent by its maps; raises a TOO_LARGE Failure when they pass it."""
     cfg = prep.config
     labels = cfg.labels
     probs = np.asarray(result.probabilities, dtype=np.float32).reshape(-1)
@@ -75,7 +102,8 @@ def build_response(prep: Prepared, image: DecodedImage, result: ItemResult,
                               method=prep.method_enum, target_layer=prep.target_layer,  # type: ignore[arg-type]
                               score_kind=prep.summary.score)
     for m in result.maps:
-        enc = encode_map(m.heatmap, prep.output, image)
+        enc = encode_map(m.heatmap, prep.output, image) if budget is None else budget.encode(
+            m.heatmap, prep.output, image)
         ci = int(m.class_index)
         ex = resp.explanations.add(class_index=ci, label=label(ci),
                                    probability=float(probs[ci]) if 0 <= ci < probs.size else 0.0,

@@ -24,6 +24,7 @@ from camserve_proto import explain_pb2 as pb
 from camserve_proto import vocabulary as wire
 
 from camserve.front.codec import OutputSpec
+from camserve.front.status import shown
 from camserve.records import ErrorKind, Failure, ItemSpec, LayerInfo, ModelSummary
 from camserve.repository import ModelConfig
 
@@ -84,8 +85,8 @@ class RequestParser:
         model = name or self.default_model
         cfg = self.repository.get(model)
         if cfg is None:
-            raise Failure(f"model {name!r} is not served; served models: {_names(list(self.repository))}",
-                          ErrorKind.UNKNOWN_MODEL)
+            raise Failure(f"model {shown(name)} is not served; served models: "
+                          f"{_names(list(self.repository))}", ErrorKind.UNKNOWN_MODEL)
         if version not in (0, cfg.version):
             raise Failure(f"model {model!r} has no version {version}; served version: {cfg.version} "
                           "(0 = the newest)", ErrorKind.UNKNOWN_MODEL)
@@ -133,7 +134,7 @@ class RequestParser:
         """
         method = wire.DEFAULTS["method"] if method is None else method
         if method not in wire.METHODS:
-            raise invalid(f"unknown method {method!r}; valid: {', '.join(wire.METHODS)}")
+            raise invalid(f"unknown method {shown(method)}; valid: {', '.join(wire.METHODS)}")
         n = summary.num_classes
         if class_index is not None:
             if not 0 <= class_index < n:
@@ -176,14 +177,14 @@ class RequestParser:
         if len(nested) == 1:
             return nested[0]
         if len(nested) > 1:
-            raise Failure(f"target_layer {name!r} is ambiguous in model {cfg.name!r}: "
+            raise Failure(f"target_layer {shown(name)} is ambiguous in model {cfg.name!r}: "
                           f"{_names([x.name for x in nested])}; use the full 'outer/inner' path",
                           ErrorKind.UNKNOWN_LAYER)
         if name in summary.addressable or any(a.endswith("/" + name) for a in summary.addressable):
             # A call the model makes but the listing leaves out (a container such as a transformer's
             # encoder, a graph node, a shared layer's ``name@k``): the engine resolves and checks it.
             return LayerInfo(name, (0, 0), 0, False, kind=UNLISTED)
-        raise Failure(f"model {cfg.name!r} has no target layer {name!r} (a layer whose output has a "
+        raise Failure(f"model {cfg.name!r} has no target layer {shown(name)} (a layer whose output has a "
                       f"spatial grid: a conv map or patch tokens); valid: "
                       f"{_names([x.name for x in reversed(summary.layers)])}", ErrorKind.UNKNOWN_LAYER)
 
@@ -222,12 +223,12 @@ def output_spec(size: str | None = None, *, tensor: bool = True, png: bool = Fal
     """
     size = wire.DEFAULTS["heatmap_size"] if size is None else size
     if size not in wire.HEATMAP_SIZES:
-        raise invalid(f"unknown {prefix}size {size!r}; valid: {', '.join(wire.HEATMAP_SIZES)}")
+        raise invalid(f"unknown {prefix}size {shown(size)}; valid: {', '.join(wire.HEATMAP_SIZES)}")
     if overlay is not None and overlay not in wire.IMAGE_FORMATS:
-        raise invalid(f"unknown {prefix}overlay {overlay!r}; valid: {', '.join(wire.IMAGE_FORMATS)}")
+        raise invalid(f"unknown {prefix}overlay {shown(overlay)}; valid: {', '.join(wire.IMAGE_FORMATS)}")
     colormap = wire.DEFAULTS["colormap"] if colormap is None else colormap
     if colormap not in wire.COLORMAPS:
-        raise invalid(f"unknown {prefix}colormap {colormap!r}; valid: {', '.join(wire.COLORMAPS)}")
+        raise invalid(f"unknown {prefix}colormap {shown(colormap)}; valid: {', '.join(wire.COLORMAPS)}")
     alpha = wire.DEFAULTS["overlay_alpha"] if alpha is None else float(alpha)
     if not math.isfinite(alpha) or not 0.0 < alpha <= 1.0:
         raise invalid(f"{prefix}overlay_alpha {alpha} must be in (0, 1] "
@@ -237,6 +238,7 @@ def output_spec(size: str | None = None, *, tensor: bool = True, png: bool = Fal
         raise invalid(f"{prefix}jpeg_quality {quality} must be in 1..100 "
                       f"(unset means {wire.DEFAULTS['jpeg_quality']})")
     if tensor_size is not None and tensor_size not in wire.HEATMAP_SIZES:
-        raise invalid(f"unknown {prefix}tensor_size {tensor_size!r}; valid: {', '.join(wire.HEATMAP_SIZES)}")
+        raise invalid(f"unknown {prefix}tensor_size {shown(tensor_size)}; valid: "
+                      f"{', '.join(wire.HEATMAP_SIZES)}")
     return OutputSpec(size=size, tensor=tensor, png=png, overlay=overlay, alpha=alpha, colormap=colormap,
                       jpeg_quality=quality, tensor_size=tensor_size)

@@ -26,7 +26,7 @@ from camserve.front import codec
 from camserve.front.calls import CallRunner, FrontServicer, compute, shed_if_full
 from camserve.front.codec import DecodedImage
 from camserve.front.metrics import MIXED_MODELS, Metrics
-from camserve.front.replies import build_response, check_map_bytes, check_reply, model_info
+from camserve.front.replies import ReplyBudget, build_response, check_map_bytes, check_reply, model_info
 from camserve.front.requests import Prepared, RequestParser, invalid
 from camserve.records import Failure
 from camserve.scheduling.batcher import WorkItem
@@ -83,9 +83,11 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         shed_if_full(self.dispatcher, prep.config.name)
         image = self.decode(prep) if self._inline(prep) else await self.in_pool(self.decode, prep)
         (result,) = await compute(self.dispatcher, [self._work(prep, image, deadline)])
+        budget = ReplyBudget(self.max_send_bytes)
         if prep.output.costly:
-            return await self.in_pool(lambda: build_response(prep, image, result, self.clock() - started))
-        return build_response(prep, image, result, self.clock() - started)
+            return await self.in_pool(lambda: build_response(prep, image, result, self.clock() - started,
+                                                             budget))
+        return build_response(prep, image, result, self.clock() - started, budget)
 
     async def _decode_at(self, index: int, prep: Prepared) -> DecodedImage:
         if self._inline(prep):
@@ -111,8 +113,10 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
 
         def build() -> pb.ExplainBatchResponse:
             total = self.clock() - started
-            return pb.ExplainBatchResponse(responses=[
-                build_response(p, img, r, total) for p, img, r in zip(preps, images, results, strict=True)])
+            budget = ReplyBudget(self.max_send_bytes)
+            rows = zip(preps, images, results, strict=True)
+            return pb.ExplainBatchResponse(
+                responses=[build_response(p, img, r, total, budget) for p, img, r in rows])
 
         if any(p.output.costly for p in preps):
             return await self.in_pool(build)

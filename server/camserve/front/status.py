@@ -19,6 +19,12 @@ through gRPC's ``grpc-retry-pushback-ms`` trailer:
   shorter than the caller's deadline is ridden out. (While nothing listens at all, the client's
   ``waitForReady`` waits without spending attempts.)
 * nothing otherwise: the client's own exponential back-off applies (a lost worker, a full queue).
+
+A status message travels in the ``grpc-message`` trailer, percent-encoded, and clients refuse trailers
+over 8 KiB (Java, C++'s soft limit) or 16 KiB (every client's hard limit): a message that echoed a
+caller's 100 KB model name would end the call on the client's side as RESOURCE_EXHAUSTED "Stream
+removed", not with its own status. So every message is cut to :data:`MAX_MESSAGE_BYTES` on the wire
+(:func:`message_of`, used by :func:`abort`), and messages quote a caller's values with :func:`shown`.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import grpc
 
 from camserve.records import ErrorKind, Failure
 
-__all__ = ["DRAINING_PUSHBACK_S", "MAX_ATTEMPTS", "NO_RETRY", "STATUS", "failure_of", "refusal_handler",
-           "retry_pushback_ms", "status_of", "trailers_of"]
+__all__ = ["DRAINING_PUSHBACK_S", "MAX_ATTEMPTS", "MAX_MESSAGE_BYTES", "NO_RETRY", "STATUS", "abort",
+           "failure_of", "message_of", "refusal_handler", "retry_pushback_ms", "shown", "status_of",
+           "trailers_of"]
 
 STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -64,6 +71,56 @@ def failure_of(exc: BaseException) -> Failure:
 def status_of(kind: ErrorKind) -> grpc.StatusCode:
     """The gRPC status code for ``kind``."""
     return STATUS[kind]
+
+
+#: The most bytes a status message takes in its ``grpc-message`` trailer (percent-encoded: a byte
+#: outside printable ASCII, or ``%``, takes 3), far under every client's 8 KiB trailer limit.
+MAX_MESSAGE_BYTES = 2048
+#: The most characters of a caller's value :func:`shown` quotes.
+SHOWN_CHARS = 64
+
+
+def _wire_bytes(text: str) -> int:
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in text.encode("utf-8", "replace"))
+
+
+def message_of(failure: Failure) -> str:
+    """``failure.message`` as sent: whole when it fits :data:`MAX_MESSAGE_BYTES` on the wire, else cut
+    and saying so."""
+    text = failure.message
+    if _wire_bytes(text) <= MAX_MESSAGE_BYTES:
+        return text
+    suffix = f" ... (message cut: {len(text)} characters in all)"
+    budget = MAX_MESSAGE_BYTES - len(suffix)
+    end = 0
+    for end, ch in enumerate(text):  # noqa: B007  (end is used after the loop)
+        budget -= _wire_bytes(ch)
+        if budget < 0:
+            break
+    return text[:end] + suffix
+
+
+#: The most items of a caller's list (a shape, names) :func:`shown` lists.
+SHOWN_ITEMS = 8
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A caller's value quoted in a message (``repr``): of a string, its first ``limit`` characters
+    when longer; of a list or tuple (a shape, names), its first :data:`SHOWN_ITEMS` items; each
+    saying how long it is. An echoed name or parameter never crowds out what the message says is valid."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{value[:limit]!r}... ({len(value)} {unit})"
+    if isinstance(value, list | tuple):
+        items = [shown(v, limit // 4) for v in value[:SHOWN_ITEMS]]
+        more = f", ... ({len(value)} items)" if len(value) > SHOWN_ITEMS else ""
+        return f"[{', '.join(items)}{more}]"
+    return repr(value)
+
+
+async def abort(context: Any, failure: Failure, trailing_metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    """End the call with ``failure``: its status code and its message (cut by :func:`message_of`)."""
+    await context.abort(status_of(failure.kind), message_of(failure), trailing_metadata=trailing_metadata)
 
 
 #: gRPC clients make at most this many attempts of one call (gRPC caps ``retryPolicy.maxAttempts`` at 5).
@@ -139,8 +196,7 @@ def refusal_handler(handler: grpc.RpcMethodHandler | None, failure: Failure) -> 
     message and trailers) without deserialising the request."""
 
     async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(status_of(failure.kind), failure.message,
-                            trailing_metadata=trailers_of(failure.kind))
+        await abort(context, failure, trailers_of(failure.kind))
 
     if handler is None or (not handler.request_streaming and not handler.response_streaming):
         return grpc.unary_unary_rpc_method_handler(refuse)

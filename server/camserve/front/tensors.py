@@ -18,6 +18,7 @@ import numpy as np
 from camserve_proto import grpc_service_pb2 as pb
 from camserve_proto import oip
 
+from camserve.front.status import shown
 from camserve.records import ErrorKind, Failure
 
 __all__ = ["Tensor", "bytes_output", "output_tensor", "read_input", "read_inputs"]
@@ -61,18 +62,18 @@ def read_input(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None,
                shape: tuple[int, ...] | None = None) -> Tensor:
     """One input from its raw content (``raw``; None = its typed ``contents``); ``shape`` is
     ``t.shape`` when the caller has it already."""
-    what = f"input {t.name!r}"
+    what = f"input {shown(t.name)}"
     if t.datatype != "BYTES" and t.datatype not in oip.DTYPES:
-        raise _invalid(f"{what} has unknown datatype {t.datatype!r}; valid: "
+        raise _invalid(f"{what} has unknown datatype {shown(t.datatype)}; valid: "
                        f"{', '.join([*oip.DTYPES, 'BYTES'])}")
     shape = tuple(t.shape) if shape is None else shape
     if any(d < 0 for d in shape):
-        raise _invalid(f"{what} has shape {list(shape)}; every dimension must be >= 0")
+        raise _invalid(f"{what} has shape {shown(list(shape))}; every dimension must be >= 0")
     count = 1
     for d in shape:
         count *= d
         if count > MAX_ELEMENTS:
-            raise _invalid(f"{what} claims shape {list(shape)}: more than {MAX_ELEMENTS} elements")
+            raise _invalid(f"{what} claims shape {shown(list(shape))}: more than {MAX_ELEMENTS} elements")
     field = CONTENTS_FIELD.get(t.datatype)
     if raw is not None:
         if field is not None and t.HasField("contents") and t.contents.ListFields():
@@ -82,8 +83,8 @@ def read_input(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None,
         raise _invalid(f"{what} is {t.datatype}, which travels only in raw_input_contents")
     values = getattr(t.contents, field)
     if len(values) != count:
-        raise _invalid(f"{what} has {len(values)} elements in contents.{field}; its shape {list(shape)} "
-                       f"says {count}")
+        raise _invalid(f"{what} has {len(values)} elements in contents.{field}; its shape "
+                       f"{shown(list(shape))} says {count}")
     if t.datatype == "BYTES":
         return Tensor(t.name, t.datatype, shape, list(values))
     dtype = np.dtype(oip.DTYPES[t.datatype])
