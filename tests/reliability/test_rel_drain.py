@@ -137,10 +137,10 @@ def test_sigterm_during_rolling_update_loses_nothing(shared_server: RunningServe
     assert direct_before and fig["direct_lost_while_accepting"] == 0, \
         [(round(r.sent_s, 2), r.code, r.details[:80]) for r in direct_before if r.code != "OK"][:5]
     # ... and afterwards refusals. A CANCELLED may come from gRPC's core (grpc/grpc#41785): a call it held
-    # unmatched when the front end stopped, never accepted (the strict check of that window, whose drain
-    # makes it rare, is test_calls_arriving_as_the_drain_begins_are_served_or_refused_never_cancelled).
+    # unmatched when the front end stopped, so never accepted (every call sent while A accepted is OK,
+    # above); the strict check of that window, whose drain makes it rare, is
+    # test_calls_arriving_as_the_drain_begins_are_served_or_refused_never_cancelled.
     assert set(direct.codes()) <= {"OK", "UNAVAILABLE", "CANCELLED"}, direct.codes()
-    assert all(direct.t0 + r.sent_s >= accepted_until for r in direct.records if r.code == "CANCELLED")
     assert fig["b_served_ok_during_test"] > 0
     assert b.alive()
 
