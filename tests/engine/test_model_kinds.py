@@ -211,3 +211,32 @@ def test_issue_reproduction_one_by_one_classifier() -> None:
         np.testing.assert_allclose(res[i].maps[0].heatmap, want, atol=1e-5)
         assert not res[i].maps[0].all_zero
     np.testing.assert_allclose(res[0].probabilities, model.predict(x, verbose=0)[0], atol=1e-6)
+
+
+def test_grayscale_input_without_a_channel_axis() -> None:
+    """Input((H, W)) then Reshape (the MNIST-tutorial spelling): images are (H, W, 1), the model gets
+    (B, H, W); the library also takes (H, W) and (B, H, W) arrays for any one-channel model."""
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((6, 5))
+    conv = keras.layers.Conv2D(3, 3, activation="relu", name="conv")
+    head = keras.layers.Dense(2, activation="softmax", name="head")
+    a = conv(keras.layers.Reshape((6, 5, 1))(inp))
+    model = keras.Model(inp, head(keras.layers.GlobalAveragePooling2D()(a)))
+    x = np.random.default_rng(6).normal(size=(2, 6, 5)).astype(np.float32)
+    e = Explainer(model, preprocessing="none", max_batch_size=2)
+    assert e.info.input_shape == (6, 5, 1) and e.info.target_layer == "conv" and e.info.grid == (4, 3)
+    res = e.explain_batch(x[..., None], [ItemSpec("gradcam", class_index=1)] * 2)
+    with tf.GradientTape() as tape:  # reference: the layers by hand, the tape watching conv's output
+        a = conv(tf.reshape(tf.constant(x), (2, 6, 5, 1)))
+        tape.watch(a)
+        s = tf.reduce_sum((tf.reduce_mean(a, axis=(1, 2)) @ head.kernel + head.bias)[:, 1])
+    g = tape.gradient(s, a).numpy()
+    for i in range(2):
+        np.testing.assert_allclose(res[i].maps[0].heatmap, _gradcam(a.numpy()[i], g[i]), atol=1e-5)
+    lib = GradCAM(model)
+    maps = np.stack([r.maps[0].heatmap for r in res])
+    np.testing.assert_allclose(lib.compute_heatmaps(x, class_idx=1), maps)
+    np.testing.assert_allclose(lib.compute_heatmap(x[1], class_idx=1), res[1].maps[0].heatmap)
+    pixels = np.random.default_rng(7).integers(0, 256, (1, 6, 5, 1), dtype=np.uint8)
+    assert Explainer(model, preprocessing="tf", max_batch_size=1).explain_batch(pixels, [ItemSpec()])[0].maps
+

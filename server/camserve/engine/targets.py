@@ -93,10 +93,11 @@ class Target:
 
 
 def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int, int]:
-    """(H, W, C): ``given``, else the model's Input, else the shape it was built with.
+    """(H, W, C): ``given``, else the model's Input, else the shape it was built with; a model whose
+    input is (batch, H, W) (grayscale without a channel axis) takes (H, W, 1) images.
 
     Raises ``InvalidInputError`` when none says (a model never called, with no Input) or the shape is
-    not an image's (not 4-D, unknown sizes, several inputs).
+    not an image's (not 3- or 4-D, unknown sizes, several inputs).
     """
     if given is not None:
         try:
@@ -106,6 +107,24 @@ def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int,
         if len(shape) != 3 or min(shape) < 1:
             raise InvalidInputError(f"input_shape must be three positive integers (H, W, C), got {given!r}")
         return shape  # type: ignore[return-value]
+    shape = declared_input_shape(model)
+    if not shape:
+        kind = "Sequential model" if isinstance(model, keras.Sequential) else f"{type(model).__name__}"
+        raise InvalidInputError(
+            f"{kind} {model.name!r} was never called and has no Input, so its input shape is unknown: "
+            "pass input_shape=(H, W, C) (the library API takes it from the first image)"
+        )
+    if len(shape) not in (3, 4) or any(d is None for d in shape[1:]):
+        raise InvalidInputError(
+            f"model input shape {shape} is not (batch, H, W, C) nor (batch, H, W) with known sizes; "
+            "pass input_shape=(H, W, C)"
+        )
+    dims = tuple(int(d) for d in shape[1:])
+    return dims if len(dims) == 3 else (*dims, 1)  # type: ignore[return-value]
+
+
+def declared_input_shape(model: Any) -> tuple[Any, ...]:
+    """The model's input shape with the batch axis, from its Input or its build; () if unknown."""
     inputs = None
     if isinstance(model, keras.Sequential) or is_functional(model):
         try:
@@ -117,30 +136,54 @@ def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int,
             raise InvalidInputError(
                 f"model {model.name!r} has {len(inputs)} inputs; the engine needs one image input"
             )
-        shape = tuple(inputs[0].shape)
-    else:
-        build = model.get_build_config() if hasattr(model, "get_build_config") else None
-        shape = tuple((build or {}).get("input_shape") or ())
-    if not shape:
-        kind = "Sequential model" if isinstance(model, keras.Sequential) else f"{type(model).__name__}"
+        return tuple(inputs[0].shape)
+    build = model.get_build_config() if hasattr(model, "get_build_config") else None
+    return tuple((build or {}).get("input_shape") or ())
+
+
+def _refuse_channels_first(model: Any) -> None:
+    """Raise ``InvalidInputError`` if an image layer computes in channels_first (batch, C, h, w).
+
+    Grids are read as (batch, h, w, C) everywhere (candidates, maps, the input's shape), so a
+    channels_first model would otherwise meet "no layer with a grid" or, worse, a map over its
+    channel axis."""
+    for op in walk(model):
+        if getattr(op, "data_format", None) == "channels_first" and type(op).__name__.endswith("2D"):
+            raise InvalidInputError(
+                f"layer {op.name!r} ({type(op).__name__}) of model {model.name!r} computes in "
+                "channels_first (batch, channels, h, w); the engine reads images and grids as channels_last "
+                "(batch, h, w, channels): rebuild the model with data_format='channels_last' (Keras "
+                "convolution kernels have the same shape in both layouts) and feed (B, H, W, C) images"
+            )
+
+
+def _classes_of(model: Any, y: Any) -> int:
+    """The number of class values per image of the model's output ``y``: (batch, classes), or a
+    fully convolutional head's (batch, 1, ..., 1, classes) (a 1x1 conv after pooling that keeps its
+    dims, with no Flatten). Raises ``InvalidInputError`` for anything else, several outputs included."""
+    flat = keras.tree.flatten(y)
+    shape = tuple(int(d) for d in flat[0].shape) if len(flat) == 1 else ()
+    if len(shape) >= 2 and all(d == 1 for d in shape[1:-1]):
+        return shape[-1]
+    shapes = [tuple(t.shape) for t in flat]
+    if len(flat) > 1:
         raise InvalidInputError(
-            f"{kind} {model.name!r} was never called and has no Input, so its input shape is unknown: "
-            "pass input_shape=(H, W, C) (the library API takes it from the first image)"
+            f"model {model.name!r} returns {len(flat)} outputs {shapes}; the engine needs one (batch, "
+            "classes) output: explain one of them with keras.Model(model.inputs, model.outputs[i])"
         )
-    if len(shape) != 4 or any(d is None for d in shape[1:]):
-        raise InvalidInputError(
-            f"model input shape {shape} is not (batch, H, W, C) with known H, W, C; "
-            "pass input_shape=(H, W, C)"
-        )
-    return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
+    raise InvalidInputError(
+        f"model {model.name!r} returns {shapes}; the engine needs one (batch, classes) output "
+        "(or (batch, 1, 1, classes))"
+    )
 
 
 class ModelGraph:
     """A Keras model's recorded forward pass: candidates, the head, the default target, CAM support.
 
-    Raises ``InvalidInputError`` for a model the engine cannot explain (not a keras.Model, input
-    shape unknown, several inputs or outputs, an output that is not (batch, classes), a forward pass
-    that fails on a (2, H, W, C) batch).
+    Raises ``InvalidInputError`` for a model the engine cannot explain (not a keras.Model, image
+    layers in channels_first, input shape unknown, several inputs or outputs, an output that is not
+    (batch, classes) or (batch, 1, 1, classes), a forward pass that fails on a (2, H, W, C) batch).
+    ``probe_input`` is that batch as the model takes it (``model_input``).
     """
 
     def __init__(
@@ -153,14 +196,19 @@ class ModelGraph:
         if not isinstance(model, keras.Model):
             raise InvalidInputError(f"expected a keras.Model, got {type(model).__name__}")
         self.model = model
+        _refuse_channels_first(model)
         self.input_shape = input_shape_of(model, input_shape)
+        # A (batch, H, W) input is a grayscale image without its channel axis: the engine's images
+        # are (B, H, W, 1), and ``model_input`` drops that axis where the model is called.
+        self.channel_axis = len(declared_input_shape(model)) != 3
         self.layout = token_layout or TokenLayout()
         self._gradients = gradients
         rng = np.random.default_rng(1234)
         dtype = "float32"
         if is_functional(model) and model.inputs:
             dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
-        self.probe_input = rng.normal(size=(PROBE_BATCH, *self.input_shape)).astype(dtype)
+        probe = rng.normal(size=(PROBE_BATCH, *self.input_shape)).astype(dtype)
+        self.probe_input = probe if self.channel_axis else probe[..., 0]  # what the model takes
         try:
             x = keras.ops.convert_to_tensor(self.probe_input)
             if not all(getattr(op, "built", True) for op in [model, *walk(model)]):
@@ -171,17 +219,10 @@ class ModelGraph:
             raise
         except Exception as exc:
             raise InvalidInputError(
-                f"model {model.name!r} failed on a batch of shape {(PROBE_BATCH, *self.input_shape)}: "
+                f"model {model.name!r} failed on a batch of shape {self.probe_input.shape}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        flat = keras.tree.flatten(y)
-        out_shape = tuple(int(d) for d in flat[0].shape) if len(flat) == 1 else ()
-        if len(flat) != 1 or len(out_shape) != 2:
-            shapes = [tuple(t.shape) for t in flat]
-            raise InvalidInputError(
-                f"model {model.name!r} returns {shapes}; the engine needs one (batch, classes) output"
-            )
-        self.head = heads.analyse(self.rec, out_shape[1])
+        self.head = heads.analyse(self.rec, _classes_of(model, y))
         self.rec.forget_values()  # the head is found: the recorded activations are not needed again
         self.num_classes = self.head.classes
         self._cotangent = rng.normal(size=(PROBE_BATCH, self.num_classes)).astype(np.float32)
@@ -192,6 +233,11 @@ class ModelGraph:
             if grid is not None:
                 self._grids[c.key] = grid
         self._targets: dict[CallKey, Target] = {}
+
+    def model_input(self, x: Any) -> Any:
+        """The model's input from (B, H, W, C) images: as they are, or (B, H, W) for a model whose
+        input has no channel axis (``keras.ops``, inside the backends' steps)."""
+        return x if self.channel_axis else keras.ops.squeeze(x, axis=-1)
 
     # ---- candidates -------------------------------------------------------------------------
     @property
