@@ -291,3 +291,13 @@ def test_models_the_engine_cannot_run_are_refused_saying_what_to_do() -> None:
         Explainer(two, preprocessing="none")
     e = Explainer(keras.Model(two.inputs, two.outputs[1]), preprocessing="none", max_batch_size=1)
     assert e.num_classes == 3
+
+
+def test_an_input_named_as_target_is_called_an_input() -> None:
+    """model.summary() lists the Input among the layers; naming it says what it is."""
+    inp = keras.Input((8, 8, 3), name="pixels")
+    model = keras.Model(inp, _tiny(inp, keras.layers.Conv2D(2, 3, name="conv")))
+    with pytest.raises(UnknownLayerError, match=r"'pixels' is an Input of model .*, not a layer call.*conv"):
+        Explainer(model, "pixels", preprocessing="none")
+    with pytest.raises(UnknownLayerError, match="no layer named 'pixel'"):
+        Explainer(model, "pixel", preprocessing="none")

@@ -298,10 +298,16 @@ class ModelGraph:
                 raise UnknownLayerError(
                     f"layer {target_layer!r} is called {len(base)} times in the model; pick one call: {names}"
                 )
-            raise UnknownLayerError(
-                f"no layer named {target_layer!r} in model {self.model.name!r}; layers with a grid are: "
-                f"{self._some_names()}"
+            try:
+                inputs = {t.name for t in self.model.inputs}
+            except (AttributeError, ValueError, TypeError):  # subclassed, or never built
+                inputs = set()
+            what = (
+                f"{target_layer!r} is an Input of model {self.model.name!r}, not a layer call"
+                if wanted.rsplit("/", 1)[-1] in inputs
+                else f"no layer named {target_layer!r} in model {self.model.name!r}"
             )
+            raise UnknownLayerError(f"{what}; layers with a grid are: {self._some_names()}")
         names = sorted({c.name for c in matches})
         if len(names) > 1:
             raise UnknownLayerError(
