@@ -99,7 +99,7 @@ class _BaseCAM:
     def _input_shape_known(self) -> bool:
         """Whether the model can tell its input shape (an Input, a build, or ``load_model``'s hints)."""
         from camserve.engine.loading import hints_for
-        from camserve.engine.targets import input_shape_of
+        from camserve.engine.model_io import input_shape_of
 
         if hints_for(self.model).input_shape is not None:
             return True
@@ -112,7 +112,7 @@ class _BaseCAM:
     def _sizes_open(self) -> bool:
         """Whether the model's declared input leaves its height or width open (None)."""
         from camserve.engine.loading import hints_for
-        from camserve.engine.targets import declared_input_shape
+        from camserve.engine.model_io import declared_input_shape
 
         if hints_for(self.model).input_shape is not None:
             return False
