@@ -75,3 +75,26 @@ def test_never_called_sequential_built_from_first_input() -> None:
     g = GradCAM(model)
     heat = g.compute_heatmap(np.random.default_rng(0).normal(size=(10, 10, 3)).astype(np.float32))
     assert heat.shape == (8, 8) and g.target_layer == "conv"
+
+
+def test_a_model_of_any_size_takes_every_size() -> None:
+    """Input((None, None, C)) (fully convolutional): each image size is explained at its own grid,
+    as that size's Explainer does; a size seen before reuses its compiled step."""
+    from camserve import HiResCAM
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((None, None, 2))
+    a = keras.layers.Conv2D(3, 3, activation="relu", name="conv")(inp)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(a)))
+    lib = HiResCAM(model)
+    rng = np.random.default_rng(4)
+    seen = []
+    for h, w in ((8, 8), (7, 11), (8, 8)):
+        x = rng.normal(size=(2, h, w, 2)).astype(np.float32)
+        maps = lib.compute_heatmaps(x, class_idx=1)
+        e = Explainer(model, preprocessing="none", max_batch_size=2, input_shape=(h, w, 2))
+        want = [r.maps[0].heatmap for r in e.explain_batch(x, [ItemSpec("hirescam", 1)] * 2)]
+        assert maps.shape == (2, h - 2, w - 2) and lib.target_layer == "conv"
+        np.testing.assert_allclose(maps, np.stack(want), atol=1e-6)
+        seen.append(lib.explainer)
+    assert seen[2] is seen[0] and seen[1] is not seen[0]  # (8, 8) again: its first Explainer

@@ -255,3 +255,49 @@ def test_info_is_plain_data(trained: dict) -> None:
     names = [layer.name for layer in info.layers]
     assert "target" in names and all(layer.grid and layer.channels > 0 for layer in info.layers)
     assert [layer.cam_supported for layer in info.layers].count(True) == 1
+
+
+def _tiny(inp: keras.KerasTensor, conv: keras.layers.Layer) -> keras.KerasTensor:
+    x = keras.layers.GlobalAveragePooling2D(data_format=conv.data_format)(conv(inp))
+    return keras.layers.Dense(2, activation="softmax")(x)
+
+
+def test_models_the_engine_cannot_run_are_refused_saying_what_to_do() -> None:
+    """Each refusal names the cause and the way out, before any trace (not a backend traceback)."""
+    gray = keras.Input((8, 8, 1))
+    gray_model = keras.Model(gray, _tiny(gray, keras.layers.Conv2D(2, 3)))
+    for mode in ("caffe", "torch"):  # per-channel ImageNet RGB statistics on one channel
+        with pytest.raises(InvalidInputError, match=rf"preprocessing '{mode}'.*needs 3 channels.*takes 1"):
+            Explainer(gray_model, preprocessing=mode)
+    rgba = keras.Input((8, 8, 4))
+    rgba_model = keras.Model(rgba, _tiny(rgba, keras.layers.Conv2D(2, 3)))
+    with pytest.raises(InvalidInputError, match=r"needs 3 channels.*takes 4"):
+        Explainer(rgba_model, preprocessing="caffe")
+    for model, mode in ((gray_model, "tf"), (rgba_model, "none")):  # any channel count
+        e = Explainer(model, preprocessing=mode, max_batch_size=1)
+        images = np.random.default_rng(0).integers(0, 256, (1, *e.input_shape), dtype=np.uint8)
+        assert e.explain_batch(images, [ItemSpec()])[0].maps[0].heatmap.shape == (6, 6)
+
+    first = keras.Input((3, 8, 8))  # (C, H, W): its grids are not (h, w, C)
+    conv = keras.layers.Conv2D(2, 3, data_format="channels_first", name="cf")
+    with pytest.raises(InvalidInputError, match=r"layer 'cf'.*channels_first.*data_format='channels_last'"):
+        Explainer(keras.Model(first, _tiny(first, conv)), preprocessing="none")
+
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inp))
+    two = keras.Model(inp, [keras.layers.Dense(2)(a), keras.layers.Dense(3)(a)])
+    way_out = r"keras.Model\(model.inputs, model.outputs\[i\]\)"
+    with pytest.raises(InvalidInputError, match=rf"2 outputs.*{way_out}"):
+        Explainer(two, preprocessing="none")
+    e = Explainer(keras.Model(two.inputs, two.outputs[1]), preprocessing="none", max_batch_size=1)
+    assert e.num_classes == 3
+
+
+def test_an_input_named_as_target_is_called_an_input() -> None:
+    """model.summary() lists the Input among the layers; naming it says what it is."""
+    inp = keras.Input((8, 8, 3), name="pixels")
+    model = keras.Model(inp, _tiny(inp, keras.layers.Conv2D(2, 3, name="conv")))
+    with pytest.raises(UnknownLayerError, match=r"'pixels' is an Input of model .*, not a layer call.*conv"):
+        Explainer(model, "pixels", preprocessing="none")
+    with pytest.raises(UnknownLayerError, match="no layer named 'pixel'"):
+        Explainer(model, "pixel", preprocessing="none")

@@ -230,6 +230,23 @@ CASES = {
         _softmax_logits,
         "logits",
     ),
+    # fully convolutional heads end (batch, 1, 1, classes) when nothing flattens them
+    "output_batch_1_1_classes": (
+        lambda: _model(3, "softmax", tail=[keras.layers.Reshape((1, 1, 3))]),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
+    "binary_output_batch_1_1_1": (
+        lambda: _model(1, tail=[keras.layers.Reshape((1, 1, 1)), keras.layers.Activation("sigmoid")]),
+        1,
+        "binary",
+        "logits",
+        _binary,
+        "logits",
+    ),
     "subclassed_tf_nn_outside_layers": (_subclassed, 2, "softmax", "logits", _softmax_logits, "logits"),
     "mixed_precision_float32_softmax": (_mixed, 3, "softmax", "logits", _softmax_logits, "logits"),
     "probability_score_option": (

@@ -211,3 +211,87 @@ def test_issue_reproduction_one_by_one_classifier() -> None:
         np.testing.assert_allclose(res[i].maps[0].heatmap, want, atol=1e-5)
         assert not res[i].maps[0].all_zero
     np.testing.assert_allclose(res[0].probabilities, model.predict(x, verbose=0)[0], atol=1e-6)
+
+
+def test_grayscale_input_without_a_channel_axis() -> None:
+    """Input((H, W)) then Reshape (the MNIST-tutorial spelling): images are (H, W, 1), the model gets
+    (B, H, W); the library also takes (H, W) and (B, H, W) arrays for any one-channel model."""
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((6, 5))
+    conv = keras.layers.Conv2D(3, 3, activation="relu", name="conv")
+    head = keras.layers.Dense(2, activation="softmax", name="head")
+    a = conv(keras.layers.Reshape((6, 5, 1))(inp))
+    model = keras.Model(inp, head(keras.layers.GlobalAveragePooling2D()(a)))
+    x = np.random.default_rng(6).normal(size=(2, 6, 5)).astype(np.float32)
+    e = Explainer(model, preprocessing="none", max_batch_size=2)
+    assert e.info.input_shape == (6, 5, 1) and e.info.target_layer == "conv" and e.info.grid == (4, 3)
+    res = e.explain_batch(x[..., None], [ItemSpec("gradcam", class_index=1)] * 2)
+    with tf.GradientTape() as tape:  # reference: the layers by hand, the tape watching conv's output
+        a = conv(tf.reshape(tf.constant(x), (2, 6, 5, 1)))
+        tape.watch(a)
+        s = tf.reduce_sum((tf.reduce_mean(a, axis=(1, 2)) @ head.kernel + head.bias)[:, 1])
+    g = tape.gradient(s, a).numpy()
+    for i in range(2):
+        np.testing.assert_allclose(res[i].maps[0].heatmap, _gradcam(a.numpy()[i], g[i]), atol=1e-5)
+    lib = GradCAM(model)
+    maps = np.stack([r.maps[0].heatmap for r in res])
+    np.testing.assert_allclose(lib.compute_heatmaps(x, class_idx=1), maps)
+    np.testing.assert_allclose(lib.compute_heatmap(x[1], class_idx=1), res[1].maps[0].heatmap)
+    pixels = np.random.default_rng(7).integers(0, 256, (1, 6, 5, 1), dtype=np.uint8)
+    assert Explainer(model, preprocessing="tf", max_batch_size=1).explain_batch(pixels, [ItemSpec()])[0].maps
+
+
+def _one_by_one_head(kind: str) -> keras.Model:
+    """features (4 channels) -> a GAP + linear classifier spelled ``kind`` (``cls``: the classifier)."""
+    keras.utils.set_random_seed(12)
+    layers = keras.layers
+    inp = keras.Input((7, 6, 2))
+    a = layers.Conv2D(4, 3, activation="relu", name="features")(inp)
+    if kind == "keepdims_flatten_dense":
+        out = layers.Dense(3, activation="softmax", name="cls")(
+            layers.Flatten()(layers.GlobalAveragePooling2D(keepdims=True)(a))
+        )
+    elif kind == "keepdims_conv_flatten_softmax":  # MobileNetV3's classifier spelling, one layer
+        pooled = layers.GlobalAveragePooling2D(keepdims=True)(a)
+        out = layers.Softmax()(layers.Flatten()(layers.Conv2D(3, 1, name="cls")(pooled)))
+    elif kind in ("conv_then_gap", "relu_conv_then_gap"):  # class maps, then pooled (NiN)
+        act = "relu" if kind.startswith("relu") else None
+        maps = layers.Conv2D(3, 1, activation=act, name="cls")(a)
+        out = layers.Softmax()(layers.GlobalAveragePooling2D()(maps))
+    elif kind == "binary_conv":
+        pooled = layers.GlobalAveragePooling2D(keepdims=True)(a)
+        out = layers.Flatten()(layers.Conv2D(1, 1, activation="sigmoid", name="cls")(pooled))
+    else:  # a 3x3 classifier convolution mixes positions: not CAM
+        out = layers.Softmax()(layers.GlobalAveragePooling2D()(layers.Conv2D(3, 3, name="cls")(a)))
+    return keras.Model(inp, out)
+
+
+@pytest.mark.parametrize(
+    "kind, supported",
+    [
+        ("keepdims_flatten_dense", True),
+        ("keepdims_conv_flatten_softmax", True),
+        ("conv_then_gap", True),
+        ("binary_conv", True),
+        ("relu_conv_then_gap", False),
+        ("conv3x3_then_gap", False),
+    ],
+)
+def test_cam_through_any_linear_classifier_after_or_before_the_pooling(kind: str, supported: bool) -> None:
+    """CAM M_k = sum_c W[c, k] A_c (Zhou et al. eq. 2) holds for GAP + one linear classifier however it
+    is spelled: a Dense after pooling that keeps dims, or a 1x1 Conv2D after or before the pooling."""
+    model = _one_by_one_head(kind)
+    e = Explainer(model, "features", preprocessing="none", max_batch_size=2)
+    assert e.info.cam_supported is supported, e.info.cam_reason
+    if not supported:
+        assert "CAM needs" in e.info.cam_reason
+        return
+    x = np.random.default_rng(13).normal(size=(2, 7, 6, 2)).astype(np.float32)
+    cam = e.explain_batch(x, [ItemSpec("cam", class_index=k) for k in (0, 1)])
+    a = keras.ops.convert_to_numpy(model.get_layer("features")(x)).astype(np.float64)
+    w = model.get_layer("cls").get_weights()[0].reshape(4, -1).astype(np.float64)
+    w = np.concatenate([-w, w], axis=1) if w.shape[1] == 1 else w  # one binary unit: class 0 = -z
+    for i, k in enumerate((0, 1)):
+        raw = np.maximum(np.einsum("ijc,c->ij", a[i], w[:, k]), 0.0)
+        want = (raw - raw.min()) / (raw.max() - raw.min())
+        np.testing.assert_allclose(cam[i].maps[0].heatmap, want, atol=1e-5)

@@ -1,6 +1,7 @@
 """The models users bring, through ``camserve serve`` with no target layer: the issue's two
-reproductions, a subclassed model, a ViT-like token model, keras-hub's ViT and a stock
-architecture whose classifier is a 1x1 convolution, from a repository written here (.keras and .h5).
+reproductions, a subclassed model, a ViT-like token model, keras-hub's ViT, a stock
+architecture whose classifier is a 1x1 convolution and a grayscale fully convolutional model (input
+(batch, H, W), output (batch, 1, 1, classes)), from a repository written here (.keras and .h5).
 
 Each served map must equal the library's map for the same file and image (the library's maps are
 checked against independent references in test_zoo / test_heads), the default target must have a
@@ -53,6 +54,16 @@ def _tf_softmax() -> keras.Model:
     return model
 
 
+def _gray_fully_convolutional() -> keras.Model:
+    """Input((H, W)) with no channel axis, and a head that ends (batch, 1, 1, classes)."""
+    keras.utils.set_random_seed(6)
+    layers = keras.layers
+    inp = keras.Input((8, 8))
+    a = layers.Conv2D(3, 3, activation="relu", name="features")(layers.Reshape((8, 8, 1))(inp))
+    pooled = layers.GlobalAveragePooling2D(keepdims=True)(a)
+    return keras.Model(inp, layers.Conv2D(2, 1, activation="softmax", name="classes")(pooled))
+
+
 MODELS = {
     # name: (factory, file, input shape, image)
     "one_by_one": (_one_by_one, "model.h5", (8, 8, 1), None),
@@ -61,6 +72,7 @@ MODELS = {
     "vit_like": (zoo.vit_like, "model.keras", (32, 32, 3), None),
     "keras_hub_vit": (zoo.keras_hub_vit, "model.keras", (32, 32, 3), None),
     "mobilenet_v3": (lambda: zoo.APPLICATIONS["mobilenet_v3"][0](64), "model.keras", (64, 64, 3), None),
+    "gray_fully_convolutional": (_gray_fully_convolutional, "model.keras", (8, 8, 1), None),
 }
 
 
@@ -72,7 +84,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         folder = root / name
         folder.mkdir()
         model = factory()
-        model(np.zeros((1, *shape), np.float32))  # built (the subclassed one was never called)
+        if not model.built:  # the subclassed one was never called
+            model(np.zeros((1, *shape), np.float32))
         model.save(folder / file)
         # custom classes are registered by importing the module that defines them
         imports = ["engine.zoo_models"] if name in ("subclassed", "vit_like") else []
@@ -119,6 +132,8 @@ def test_served_with_defaults_equals_the_library(served, name: str) -> None:
         assert info.head_kind == "softmax"
     if name in ("vit_like", "keras_hub_vit"):
         assert got.heatmap.shape == (4, 4)
+    if name == "gray_fully_convolutional":  # its (H, W, 1) image reaches it as (B, H, W)
+        assert lib.info.target_layer == "features" and lib.info.cam_supported and not got.all_zero
 
 
 def test_a_layer_the_listing_leaves_out_is_still_a_target(served) -> None:

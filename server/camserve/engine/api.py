@@ -11,7 +11,10 @@ Inputs are already preprocessed float arrays (``preprocessing="none"`` by defaul
 to give uint8 RGB instead). Batch buckets compile on first use. Any ``keras.Model`` works (Functional,
 Sequential, nested, subclassed, custom layers with sublayers, vision transformers: ``token_grid`` /
 ``prefix_tokens`` override the patch grid found for (B, N, C) outputs); a model that was never called
-is built from the first input's shape.
+is built from the first input's shape; one whose Input leaves H or W open (None) takes any size (the
+model is recorded and compiled again for each new size). A one-channel model also takes (H, W) and
+(B, H, W) arrays, and a model whose Input is (batch, H, W) (grayscale without a channel axis) is one
+with (H, W, 1).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ def _resize(maps: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     flat = maps.reshape(-1, *maps.shape[-2:])
     out = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in flat])
     return np.clip(out, 0.0, 1.0).reshape(*maps.shape[:-2], height, width).astype(np.float32)
+
+
+#: Image sizes whose Explainer is kept for a model that takes any size (each holds compiled steps).
+MAX_SIZES = 8
 
 
 class _BaseCAM:
@@ -82,13 +89,17 @@ class _BaseCAM:
             prefix_tokens=prefix_tokens,
         )
         self._explainer: Explainer | None = None
+        # A model whose Input leaves H or W open takes any image size: one Explainer per size seen
+        # (each records the model and compiles its own step), the most recent few kept.
+        self._by_size: dict[tuple[int, ...], Explainer] = {}
+        self._any_size = input_shape is None and self._sizes_open()
         if input_shape is not None or self._input_shape_known():
             self._build(input_shape)
 
     def _input_shape_known(self) -> bool:
         """Whether the model can tell its input shape (an Input, a build, or ``load_model``'s hints)."""
         from camserve.engine.loading import hints_for
-        from camserve.engine.targets import input_shape_of
+        from camserve.engine.model_io import input_shape_of
 
         if hints_for(self.model).input_shape is not None:
             return True
@@ -98,6 +109,19 @@ class _BaseCAM:
             return False
         return True
 
+    def _sizes_open(self) -> bool:
+        """Whether the model's declared input leaves its height or width open (None)."""
+        from camserve.engine.loading import hints_for
+        from camserve.engine.model_io import declared_input_shape
+
+        if hints_for(self.model).input_shape is not None:
+            return False
+        try:
+            shape = declared_input_shape(self.model)
+        except InvalidInputError:
+            return False
+        return len(shape) in (3, 4) and any(d is None for d in shape[1:3])
+
     def _build(self, input_shape: tuple[int, ...] | None) -> Explainer:
         explainer = Explainer(self.model, input_shape=input_shape, **self._kwargs)  # type: ignore[arg-type]
         if self.method == "cam" and not explainer.target.cam_supported:
@@ -105,6 +129,10 @@ class _BaseCAM:
                 f"CAM is not available for layer {explainer.target.name!r}: {explainer.target.cam_reason}"
             )
         self._explainer = explainer
+        if self._any_size:
+            self._by_size[explainer.input_shape] = explainer
+            while len(self._by_size) > MAX_SIZES:
+                self._by_size.pop(next(iter(self._by_size)))
         return explainer
 
     @property
@@ -122,16 +150,31 @@ class _BaseCAM:
         """The resolved target layer's name ("outer/inner" inside nested models)."""
         return self.explainer.target.name
 
+    def _gray(self, arr: np.ndarray) -> np.ndarray:
+        """(H, W) or (B, H, W) images of a one-channel model with their channel axis added."""
+        if self._explainer is not None and arr.ndim in (2, 3):
+            h, w, c = self._explainer.input_shape
+            if c == 1 and arr.shape[-2:] == (h, w):
+                return arr[..., None]
+        return arr
+
     def _batch(self, batch: Any) -> np.ndarray:
-        arr = np.asarray(batch)
+        arr = self._gray(np.asarray(batch))
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4:
             raise InvalidInputError(
                 f"expected a batch (B, H, W, C) or one image (H, W, C), got shape {arr.shape}"
             )
+        shape = tuple(int(d) for d in arr.shape[1:])
         if self._explainer is None:
-            self._build(tuple(int(d) for d in arr.shape[1:]))
+            self._build(shape)
+        elif self._any_size and shape != self._explainer.input_shape:
+            known = self._by_size.pop(shape, None)  # re-inserted: the most recent last
+            if known is not None:
+                self._by_size[shape] = self._explainer = known
+            else:
+                self._build(shape)
         return arr
 
     def _specs(self, n: int, class_idx: Any, top_k: int) -> list[ItemSpec]:
@@ -156,7 +199,8 @@ class _BaseCAM:
     def compute_heatmaps(
         self, batch: Any, class_idx: Any = None, size: tuple[int, int] | None = None
     ) -> np.ndarray:
-        """(B, h, w) float32 maps in [0, 1]; class_idx None | int | list (None = that image's top-1)."""
+        """(B, h, w) float32 maps in [0, 1] for (B, H, W, C) images ((B, H, W) for a one-channel
+        model); class_idx None | int | list (None = that image's top-1)."""
         results = self.explain(batch, class_idx)
         maps = np.stack([r.maps[0].heatmap for r in results])
         return _resize(maps, size)
@@ -164,8 +208,9 @@ class _BaseCAM:
     def compute_heatmap(
         self, x: Any, class_idx: int | None = None, size: tuple[int, int] | None = None
     ) -> np.ndarray:
-        """(h, w) float32 map in [0, 1] for one image (H, W, C) or (1, H, W, C)."""
-        arr = np.asarray(x)
+        """(h, w) float32 map in [0, 1] for one image (H, W, C) or (1, H, W, C) ((H, W) for a
+        one-channel model)."""
+        arr = self._gray(np.asarray(x))
         if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[0] == 1)):
             raise InvalidInputError(
                 f"compute_heatmap takes one image (H, W, C) or (1, H, W, C), got {arr.shape}"

@@ -178,7 +178,7 @@ def build_step(
     probe_shape = tuple(int(d) for d in target.shape)
 
     def step(images: Any, targets: Any) -> tuple[Any, ...]:
-        x = preprocess(images, preprocessing, raw=images.dtype == jnp.uint8)
+        x = graph.model_input(preprocess(images, preprocessing, raw=images.dtype == jnp.uint8))
         probe0 = jnp.zeros((images.shape[0], *probe_shape), jnp.float32)
 
         def forward(probe: Any) -> tuple[Any, tuple[Any, Any]]:
@@ -208,7 +208,7 @@ def build_forward(graph: ModelGraph, *, preprocessing: str, jit_compile: bool) -
     model = graph.model
 
     def forward(images: Any) -> Any:
-        x = preprocess(images, preprocessing, raw=images.dtype == jnp.uint8)
+        x = graph.model_input(preprocess(images, preprocessing, raw=images.dtype == jnp.uint8))
         return jnp.asarray(model(x, training=False), jnp.float32)
 
     compiled = _Compiled(model, forward)

@@ -134,7 +134,7 @@ def build_step(
     grid = target.grid
 
     def step(images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        x = preprocess(images, preprocessing, raw=images.dtype == tf.uint8)
+        x = graph.model_input(preprocess(images, preprocessing, raw=images.dtype == tf.uint8))
         captured: dict[str, tf.Tensor] = {}
         tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
         with tape:
@@ -162,7 +162,7 @@ def build_forward(graph: ModelGraph, *, preprocessing: str, jit_compile: bool) -
 
     @tf.function(jit_compile=jit_compile)
     def forward(images: tf.Tensor) -> tf.Tensor:
-        x = preprocess(images, preprocessing, raw=images.dtype == tf.uint8)
+        x = graph.model_input(preprocess(images, preprocessing, raw=images.dtype == tf.uint8))
         return model(x, training=False)
 
     return lambda images: forward(tf.constant(images)).numpy()

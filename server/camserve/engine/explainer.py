@@ -26,7 +26,7 @@ from camserve.engine.errors import (
     InvalidInputError,
     UnknownLayerError,
 )
-from camserve.engine.preprocess import check_mode
+from camserve.engine.preprocess import check_channels, check_mode
 from camserve.engine.targets import ModelGraph
 from camserve.engine.tokens import TokenLayout
 from camserve.records import ClassMap, ItemResult, ItemSpec, ModelSummary
@@ -97,7 +97,8 @@ class Explainer:
     ``images`` for ``explain_batch`` are uint8 (B, H, W, C) RGB at the model's input size (the step
     applies ``preprocessing``), or float32 already preprocessed (passed through unchanged).
 
-    Raises ``InvalidInputError`` (bad option, model the engine cannot run), ``UnknownLayerError``
+    Raises ``InvalidInputError`` (bad option, model the engine cannot run, caffe/torch preprocessing
+    for a model that does not take 3 channels), ``UnknownLayerError``
     (target not found, ambiguous, or without a grid; no automatic target).
     """
 
@@ -137,6 +138,7 @@ class Explainer:
         self.graph = ModelGraph(
             model, input_shape or hints.input_shape, layout, gradients=self._backend.gradients
         )
+        check_channels(preprocessing, self.graph.input_shape[2])
         self.target = self.graph.resolve(target_layer)
         if compile_mode == "auto":
             # Documented rule (ANCHORS.md, measured): XLA convolutions are slower than oneDNN graph

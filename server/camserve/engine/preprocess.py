@@ -31,6 +31,24 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+#: Modes whose arithmetic is per RGB channel (ImageNet means and stds): they need 3-channel images.
+RGB_MODES = ("caffe", "torch")
+
+
+def check_channels(mode: str, channels: int) -> None:
+    """Raise ``InvalidInputError`` when ``mode`` cannot apply to images of ``channels`` channels.
+
+    caffe and torch subtract (and divide by) one ImageNet value per RGB channel, so they need 3
+    channels; tf (x / 127.5 - 1) and none apply to any count.
+    """
+    if mode in RGB_MODES and channels != 3:
+        raise InvalidInputError(
+            f"preprocessing {mode!r} applies ImageNet per-channel RGB statistics and needs 3 channels, "
+            f"but the model takes {channels}; use 'tf' (x / 127.5 - 1) or 'none' (preprocess yourself, "
+            "or inside the model)"
+        )
+
+
 def preprocess(images: Any, mode: str, *, raw: bool) -> Any:
     """float32 model input from ``images`` (B, H, W, C); ``raw`` = uint8 pixels that need ``mode``."""
     ops = keras.ops

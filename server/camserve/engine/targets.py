@@ -33,6 +33,7 @@ from camserve.engine import activations, calls, cam_check, heads
 from camserve.engine.calls import CallKey, LayerCall
 from camserve.engine.errors import EngineError, InvalidInputError, UnknownLayerError
 from camserve.engine.keras_private import call_inference, is_functional, walk
+from camserve.engine.model_io import classes_of, declared_input_shape, input_shape_of, refuse_channels_first
 from camserve.engine.tokens import Grid, TokenLayout, conv_grid, image_like, to_grid_numpy, token_grid
 from camserve.records import LayerInfo
 
@@ -92,55 +93,13 @@ class Target:
         return self.cam_kernel_value
 
 
-def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int, int]:
-    """(H, W, C): ``given``, else the model's Input, else the shape it was built with.
-
-    Raises ``InvalidInputError`` when none says (a model never called, with no Input) or the shape is
-    not an image's (not 4-D, unknown sizes, several inputs).
-    """
-    if given is not None:
-        try:
-            shape = tuple(int(d) for d in given)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"input_shape must be (H, W, C), got {given!r}") from None
-        if len(shape) != 3 or min(shape) < 1:
-            raise InvalidInputError(f"input_shape must be three positive integers (H, W, C), got {given!r}")
-        return shape  # type: ignore[return-value]
-    inputs = None
-    if isinstance(model, keras.Sequential) or is_functional(model):
-        try:
-            inputs = list(model.inputs)
-        except (AttributeError, ValueError):
-            inputs = None
-    if inputs:
-        if len(inputs) != 1:
-            raise InvalidInputError(
-                f"model {model.name!r} has {len(inputs)} inputs; the engine needs one image input"
-            )
-        shape = tuple(inputs[0].shape)
-    else:
-        build = model.get_build_config() if hasattr(model, "get_build_config") else None
-        shape = tuple((build or {}).get("input_shape") or ())
-    if not shape:
-        kind = "Sequential model" if isinstance(model, keras.Sequential) else f"{type(model).__name__}"
-        raise InvalidInputError(
-            f"{kind} {model.name!r} was never called and has no Input, so its input shape is unknown: "
-            "pass input_shape=(H, W, C) (the library API takes it from the first image)"
-        )
-    if len(shape) != 4 or any(d is None for d in shape[1:]):
-        raise InvalidInputError(
-            f"model input shape {shape} is not (batch, H, W, C) with known H, W, C; "
-            "pass input_shape=(H, W, C)"
-        )
-    return tuple(int(d) for d in shape[1:])  # type: ignore[return-value]
-
-
 class ModelGraph:
     """A Keras model's recorded forward pass: candidates, the head, the default target, CAM support.
 
-    Raises ``InvalidInputError`` for a model the engine cannot explain (not a keras.Model, input
-    shape unknown, several inputs or outputs, an output that is not (batch, classes), a forward pass
-    that fails on a (2, H, W, C) batch).
+    Raises ``InvalidInputError`` for a model the engine cannot explain (not a keras.Model, image
+    layers in channels_first, input shape unknown, several inputs or outputs, an output that is not
+    (batch, classes) or (batch, 1, 1, classes), a forward pass that fails on a (2, H, W, C) batch).
+    ``probe_input`` is that batch as the model takes it (``model_input``).
     """
 
     def __init__(
@@ -153,14 +112,19 @@ class ModelGraph:
         if not isinstance(model, keras.Model):
             raise InvalidInputError(f"expected a keras.Model, got {type(model).__name__}")
         self.model = model
+        refuse_channels_first(model)
         self.input_shape = input_shape_of(model, input_shape)
+        # A (batch, H, W) input is a grayscale image without its channel axis: the engine's images
+        # are (B, H, W, 1), and ``model_input`` drops that axis where the model is called.
+        self.channel_axis = len(declared_input_shape(model)) != 3
         self.layout = token_layout or TokenLayout()
         self._gradients = gradients
         rng = np.random.default_rng(1234)
         dtype = "float32"
         if is_functional(model) and model.inputs:
             dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
-        self.probe_input = rng.normal(size=(PROBE_BATCH, *self.input_shape)).astype(dtype)
+        probe = rng.normal(size=(PROBE_BATCH, *self.input_shape)).astype(dtype)
+        self.probe_input = probe if self.channel_axis else probe[..., 0]  # what the model takes
         try:
             x = keras.ops.convert_to_tensor(self.probe_input)
             if not all(getattr(op, "built", True) for op in [model, *walk(model)]):
@@ -171,17 +135,10 @@ class ModelGraph:
             raise
         except Exception as exc:
             raise InvalidInputError(
-                f"model {model.name!r} failed on a batch of shape {(PROBE_BATCH, *self.input_shape)}: "
+                f"model {model.name!r} failed on a batch of shape {self.probe_input.shape}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        flat = keras.tree.flatten(y)
-        out_shape = tuple(int(d) for d in flat[0].shape) if len(flat) == 1 else ()
-        if len(flat) != 1 or len(out_shape) != 2:
-            shapes = [tuple(t.shape) for t in flat]
-            raise InvalidInputError(
-                f"model {model.name!r} returns {shapes}; the engine needs one (batch, classes) output"
-            )
-        self.head = heads.analyse(self.rec, out_shape[1])
+        self.head = heads.analyse(self.rec, classes_of(model, y))
         self.rec.forget_values()  # the head is found: the recorded activations are not needed again
         self.num_classes = self.head.classes
         self._cotangent = rng.normal(size=(PROBE_BATCH, self.num_classes)).astype(np.float32)
@@ -192,6 +149,11 @@ class ModelGraph:
             if grid is not None:
                 self._grids[c.key] = grid
         self._targets: dict[CallKey, Target] = {}
+
+    def model_input(self, x: Any) -> Any:
+        """The model's input from (B, H, W, C) images: as they are, or (B, H, W) for a model whose
+        input has no channel axis (``keras.ops``, inside the backends' steps)."""
+        return x if self.channel_axis else keras.ops.squeeze(x, axis=-1)
 
     # ---- candidates -------------------------------------------------------------------------
     @property
@@ -252,10 +214,16 @@ class ModelGraph:
                 raise UnknownLayerError(
                     f"layer {target_layer!r} is called {len(base)} times in the model; pick one call: {names}"
                 )
-            raise UnknownLayerError(
-                f"no layer named {target_layer!r} in model {self.model.name!r}; layers with a grid are: "
-                f"{self._some_names()}"
+            try:
+                inputs = {t.name for t in self.model.inputs}
+            except (AttributeError, ValueError, TypeError):  # subclassed, or never built
+                inputs = set()
+            what = (
+                f"{target_layer!r} is an Input of model {self.model.name!r}, not a layer call"
+                if wanted.rsplit("/", 1)[-1] in inputs
+                else f"no layer named {target_layer!r} in model {self.model.name!r}"
             )
+            raise UnknownLayerError(f"{what}; layers with a grid are: {self._some_names()}")
         names = sorted({c.name for c in matches})
         if len(names) > 1:
             raise UnknownLayerError(

@@ -1,0 +1,104 @@
+"""What a model takes and gives, as the engine reads it: one channels-last image input and one
+class-score output.
+
+- input: (batch, H, W, C), or (batch, H, W) (a grayscale image without its channel axis, taken as
+  (H, W, 1)); its shape from the model's Input or build, or given;
+- output: (batch, classes), or (batch, 1, ..., 1, classes) (a fully convolutional head);
+- refused with the way out: channels_first image layers, several inputs or outputs.
+
+Keras only (no backend import).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from camserve.engine.errors import InvalidInputError
+from camserve.engine.keras_private import is_functional, walk
+
+
+def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int, int]:
+    """(H, W, C): ``given``, else the model's Input, else the shape it was built with; a model whose
+    input is (batch, H, W) (grayscale without a channel axis) takes (H, W, 1) images.
+
+    Raises ``InvalidInputError`` when none says (a model never called, with no Input) or the shape is
+    not an image's (not 3- or 4-D, unknown sizes, several inputs).
+    """
+    if given is not None:
+        try:
+            shape = tuple(int(d) for d in given)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"input_shape must be (H, W, C), got {given!r}") from None
+        if len(shape) != 3 or min(shape) < 1:
+            raise InvalidInputError(f"input_shape must be three positive integers (H, W, C), got {given!r}")
+        return shape  # type: ignore[return-value]
+    shape = declared_input_shape(model)
+    if not shape:
+        kind = "Sequential model" if isinstance(model, keras.Sequential) else f"{type(model).__name__}"
+        raise InvalidInputError(
+            f"{kind} {model.name!r} was never called and has no Input, so its input shape is unknown: "
+            "pass input_shape=(H, W, C) (the library API takes it from the first image)"
+        )
+    if len(shape) not in (3, 4) or any(d is None for d in shape[1:]):
+        raise InvalidInputError(
+            f"model input shape {shape} is not (batch, H, W, C) nor (batch, H, W) with known sizes; "
+            "pass input_shape=(H, W, C)"
+        )
+    dims = tuple(int(d) for d in shape[1:])
+    return dims if len(dims) == 3 else (*dims, 1)  # type: ignore[return-value]
+
+
+def declared_input_shape(model: Any) -> tuple[Any, ...]:
+    """The model's input shape with the batch axis, from its Input or its build; () if unknown."""
+    inputs = None
+    if isinstance(model, keras.Sequential) or is_functional(model):
+        try:
+            inputs = list(model.inputs)
+        except (AttributeError, ValueError):
+            inputs = None
+    if inputs:
+        if len(inputs) != 1:
+            raise InvalidInputError(
+                f"model {model.name!r} has {len(inputs)} inputs; the engine needs one image input"
+            )
+        return tuple(inputs[0].shape)
+    build = model.get_build_config() if hasattr(model, "get_build_config") else None
+    return tuple((build or {}).get("input_shape") or ())
+
+
+def refuse_channels_first(model: Any) -> None:
+    """Raise ``InvalidInputError`` if an image layer computes in channels_first (batch, C, h, w).
+
+    Grids are read as (batch, h, w, C) everywhere (candidates, maps, the input's shape), so a
+    channels_first model would otherwise meet "no layer with a grid" or, worse, a map over its
+    channel axis."""
+    for op in walk(model):
+        if getattr(op, "data_format", None) == "channels_first" and type(op).__name__.endswith("2D"):
+            raise InvalidInputError(
+                f"layer {op.name!r} ({type(op).__name__}) of model {model.name!r} computes in "
+                "channels_first (batch, channels, h, w); the engine reads images and grids as channels_last "
+                "(batch, h, w, channels): rebuild the model with data_format='channels_last' (Keras "
+                "convolution kernels have the same shape in both layouts) and feed (B, H, W, C) images"
+            )
+
+
+def classes_of(model: Any, y: Any) -> int:
+    """The number of class values per image of the model's output ``y``: (batch, classes), or a
+    fully convolutional head's (batch, 1, ..., 1, classes) (a 1x1 conv after pooling that keeps its
+    dims, with no Flatten). Raises ``InvalidInputError`` for anything else, several outputs included."""
+    flat = keras.tree.flatten(y)
+    shape = tuple(int(d) for d in flat[0].shape) if len(flat) == 1 else ()
+    if len(shape) >= 2 and all(d == 1 for d in shape[1:-1]):
+        return shape[-1]
+    shapes = [tuple(t.shape) for t in flat]
+    if len(flat) > 1:
+        raise InvalidInputError(
+            f"model {model.name!r} returns {len(flat)} outputs {shapes}; the engine needs one (batch, "
+            "classes) output: explain one of them with keras.Model(model.inputs, model.outputs[i])"
+        )
+    raise InvalidInputError(
+        f"model {model.name!r} returns {shapes}; the engine needs one (batch, classes) output "
+        "(or (batch, 1, 1, classes))"
+    )
