@@ -6,10 +6,11 @@ in inference mode, the model's own call, in which a zero "probe" is added to the
 output where that layer is called (``calls.run``) and the logits are taken where ``heads`` found
 them; the score of each requested class (logit by default); the gradients of those scores with
 respect to the probe only (``watch_accessed_variables=False``: no weight gradients, and nothing
-before the target layer is differentiated). Token targets (B, N, C) come back on their patch grid
-(B, h, w, C). ``targets[b, k] >= 0`` is a class index; ``-1 - r`` means the r-th best class of image
-b, resolved inside the step. ``gradients`` is the eager twin ``ModelGraph`` uses to inspect a model.
-This is the only TensorFlow-specific module.
+before the target layer is differentiated), one backward pass per class in a ``tf.while_loop`` whose
+trip count is the number of classes asked, so K is not a traced shape (see ``Step``). Token targets
+(B, N, C) come back on their patch grid (B, h, w, C). ``targets[b, k] >= 0`` is a class index;
+``-1 - r`` means the r-th best class of image b, resolved inside the step. ``gradients`` is the
+eager twin ``ModelGraph`` uses to inspect a model. This is the only TensorFlow-specific module.
 """
 
 from __future__ import annotations
