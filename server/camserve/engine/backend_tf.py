@@ -111,10 +111,25 @@ class Step:
     tensor (the backward loop's trip count), so no K traces anew, in graph mode or under XLA.
     """
 
-    def __init__(self, fn: Any, jit_compile: bool, max_k: int) -> None:
+    def __init__(self, fn: Any, jit_compile: bool, max_k: int, input_shape: tuple[int, ...]) -> None:
         self._fn = fn
         self.jit_compile = jit_compile
         self.max_k = max_k
+        self._input_shape = tuple(int(d) for d in input_shape)
+        self._by_batch: dict[int, Any] = {}
+
+    def _concrete(self, batch: int) -> Any:
+        """The batch size's concrete function, traced on first use from its signature (traced this
+        way, the buckets of a warm-up do not set off tf.function's "excessive retracing" warning)."""
+        found = self._by_batch.get(batch)
+        if found is None:
+            found = self._by_batch[batch] = self._fn.get_concrete_function(
+                tf.TensorSpec((batch, *self._input_shape), tf.float32),
+                tf.TensorSpec((), tf.bool),
+                tf.TensorSpec((batch, self.max_k), tf.int32),
+                tf.TensorSpec((), tf.int32),
+            )
+        return found
 
     def __call__(self, images: np.ndarray, targets: np.ndarray) -> StepOutput:
         raw = images.dtype == np.uint8
@@ -124,7 +139,7 @@ class Step:
             raise ValueError(f"targets ask for {k} classes per image; this step explains 1..{self.max_k}")
         padded = np.full((b, self.max_k), -1, np.int32)
         padded[:, :k] = targets
-        probs, scores, acts, grads, classes = self._fn(
+        probs, scores, acts, grads, classes = self._concrete(b)(
             pixels, tf.constant(raw), tf.constant(padded), tf.constant(k, tf.int32)
         )
         if grads.shape[1] != k:  # XLA's buffer holds max_k classes: an eager slice (no trace) of K
@@ -182,7 +197,7 @@ def build_step(
         return probs, scores, acts, gradients, classes
 
     fn = tf.function(step, jit_compile=jit_compile, reduce_retracing=False)
-    return Step(fn, jit_compile, max_k)
+    return Step(fn, jit_compile, max_k, graph.input_shape)
 
 
 def build_forward(graph: ModelGraph, *, preprocessing: str, jit_compile: bool) -> Callable[[np.ndarray], Any]:
