@@ -179,20 +179,21 @@ def build_step(
         scores = tf.gather(vector, classes, batch_dims=1)
         acts = to_grid(keras.ops, tf.cast(captured["probe_out"], tf.float32), grid)
 
-        def backward(k: tf.Tensor, buffer: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
+        def backward(k: tf.Tensor) -> tf.Tensor:
             # One backward pass from the k-th class's score of every image (images do not interact).
             cotangent = tf.one_hot(classes[:, k], tf.shape(vector)[-1], dtype=vector.dtype)
             g = tape.gradient(vector, captured["probe"], output_gradients=cotangent,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return k + 1, buffer.write(k, to_grid(keras.ops, tf.cast(g, tf.float32), grid))
+            return to_grid(keras.ops, tf.cast(g, tf.float32), grid)
 
         # Only the ``count`` classes asked for are differentiated: a loop with a tensor trip count,
-        # so one trace serves every K (a Python loop or pfor over K would need K static). XLA needs
-        # the buffer's size static (max_k, zero past count); graph mode sizes it to count.
+        # so one trace serves every K (a Python loop or pfor over K would need K static). The first
+        # class is peeled out of the loop, so a top-1 call runs no loop iteration. XLA needs the
+        # buffer's size static (max_k, zero past count); graph mode sizes it to count.
         size = max_k if jit_compile else count
-        buffer = tf.TensorArray(tf.float32, size=size, element_shape=acts.shape)
-        _, buffer = tf.while_loop(lambda k, _: k < count, backward, (tf.constant(0), buffer),
-                                  maximum_iterations=max_k)
+        buffer = tf.TensorArray(tf.float32, size=size, element_shape=acts.shape).write(0, backward(0))
+        _, buffer = tf.while_loop(lambda k, _: k < count, lambda k, b: (k + 1, b.write(k, backward(k))),
+                                  (tf.constant(1), buffer), maximum_iterations=max_k)
         gradients = tf.transpose(buffer.stack(), [1, 0, 2, 3, 4])  # (B, count or max_k, h, w, C)
         return probs, scores, acts, gradients, classes
 
