@@ -30,6 +30,9 @@ WD = RNG.normal(size=(D, N))
 BD = RNG.normal(scale=0.1, size=N)
 WC = RNG.normal(size=(C, N))  # the CAM net's Dense
 X = RNG.normal(size=(3, H, W, CIN))
+NW = 12  # the "wide" net: the "mix" net with more classes, so that top_k 10 can be asked
+WW = RNG.normal(size=(D, NW))
+BW = RNG.normal(scale=0.1, size=NW)
 #: The methods that differentiate the score (all but CAM, which reads the Dense kernel, and Eigen-CAM).
 GRADIENT_METHODS = ["gradcam", "gradcam++", "layercam", "hirescam", "xgradcam"]
 ALL_METHODS = ["cam", *GRADIENT_METHODS, "eigencam"]
@@ -38,18 +41,18 @@ ALL_METHODS = ["cam", *GRADIENT_METHODS, "eigencam"]
 def _conv_net(head: str) -> keras.Model:
     inp = keras.Input((H, W, CIN))
     a = keras.layers.Conv2D(C, 3, padding="same", activation="relu", name="target")(inp)
-    if head == "mix":
+    if head in ("mix", "wide"):
         a = keras.layers.Conv2D(D, 1, activation="relu", name="mix")(a)
         g = keras.layers.GlobalAveragePooling2D()(a)
-        out = keras.layers.Dense(N, activation="softmax", name="out")(g)
+        out = keras.layers.Dense(NW if head == "wide" else N, activation="softmax", name="out")(g)
     else:
         g = keras.layers.GlobalAveragePooling2D()(a)
         out = keras.layers.Dense(N, activation="softmax", name="out")(g)
     model = keras.Model(inp, out)
     model.get_layer("target").set_weights([K1, B1])
-    if head == "mix":
+    if head in ("mix", "wide"):
         model.get_layer("mix").set_weights([V[None, None], BV])
-        model.get_layer("out").set_weights([WD, BD])
+        model.get_layer("out").set_weights([WW, BW] if head == "wide" else [WD, BD])
     else:
         model.get_layer("out").set_weights([WC, BD])
     return model
@@ -63,12 +66,13 @@ def ref_forward(x: np.ndarray, head: str) -> tuple[np.ndarray, np.ndarray, np.nd
         for j in range(W):
             pre[:, i, j, :] = np.einsum("bxyc,xycd->bd", xp[:, i : i + 3, j : j + 3, :], K1) + B1
     a = np.maximum(pre, 0.0)
-    if head == "mix":
+    if head in ("mix", "wide"):
+        wd, bd = (WW, BW) if head == "wide" else (WD, BD)
         zpre = a @ V + BV
         z = np.maximum(zpre, 0.0)
-        logits = z.mean(axis=(1, 2)) @ WD + BD
+        logits = z.mean(axis=(1, 2)) @ wd + bd
         # d logit_k / d A[i,j,c] = sum_d WD[d,k] 1[zpre>0] V[c,d] / (h w)
-        grad = np.einsum("dk,bijd,cd->bkijc", WD, (zpre > 0).astype(float), V) / (H * W)
+        grad = np.einsum("dk,bijd,cd->bkijc", wd, (zpre > 0).astype(float), V) / (H * W)
     else:
         logits = a.mean(axis=(1, 2)) @ WC + BD
         grad = np.broadcast_to(WC.T[None, :, None, None, :], (x.shape[0], N, H, W, C)) / (H * W)
@@ -191,6 +195,45 @@ def check_all_zero_maps_flagged_never_nan(backend: str | None = None) -> None:
         r = e.explain_batch(X[:1].astype(np.float32), [ItemSpec(method)])[0]
         assert r.maps[0].all_zero, method
         assert np.array_equal(r.maps[0].heatmap, np.zeros((H, W), np.float32)), method
+
+
+def check_nothing_compiles_after_warmup(backend: str | None = None, compile_mode: str = "auto") -> None:
+    """After ``warmup()`` every request the server accepts reuses a compiled step, and its maps are
+    the float64 reference of each class asked (as if computed one K at a time): every batch size up
+    to the largest bucket, uint8 pixels (preprocessed in the step) and float32 tensors, items asking
+    top_k 1, 3 and 10 and a class index mixed in one batch, and alone."""
+    e = Explainer(_conv_net("wide"), "target", preprocessing="tf", max_batch_size=4, backend=backend,
+                  compile_mode=compile_mode)
+    e.warmup()
+    count = e.step.trace_count()
+    pixels = np.random.default_rng(3).integers(0, 256, (4, H, W, CIN), dtype=np.uint8)
+    tensors = np.concatenate([X, X[:1] * -0.5]).astype(np.float32)
+    asks = [ItemSpec("hirescam", top_k=3), ItemSpec("gradcam", class_index=7),
+            ItemSpec("hirescam", top_k=10), ItemSpec("gradcam", top_k=1)]
+    for images, model_input in ((pixels, pixels / 127.5 - 1.0), (tensors, tensors.astype(np.float64))):
+        a, logits, grad = ref_forward(model_input, "wide")
+        for size in range(1, e.max_batch_size + 1):
+            batches = [asks[:size]] + [[s] * size for s in asks]  # mixed K in one batch, then each alone
+            for specs in batches:
+                results = e.explain_batch(images[:size], specs)
+                for b, (r, spec) in enumerate(zip(results, specs, strict=True)):
+                    order = np.argsort(-logits[b], kind="stable")
+                    want = [spec.class_index] if spec.class_index is not None else list(order[: spec.top_k])
+                    assert [m.class_index for m in r.maps] == want, (size, spec)
+                    for m in r.maps:
+                        with np.errstate(invalid="ignore"):
+                            ref = ref_map(spec.method, a[b], grad[b, m.class_index])
+                        if np.isnan(ref).all():  # no contrast: the engine flags it instead of NaN
+                            assert m.all_zero and not m.heatmap.any(), (size, spec)
+                            continue
+                        np.testing.assert_allclose(m.heatmap, ref, atol=2e-5, err_msg=f"{size} {spec}")
+                        np.testing.assert_allclose(m.score, logits[b, m.class_index], rtol=1e-4, atol=1e-5)
+    assert e.step.trace_count() == count, "a request compiled after warm-up"
+
+
+@pytest.mark.parametrize("mode", ["graph", "xla"])
+def test_nothing_compiles_after_warmup(mode: str) -> None:
+    check_nothing_compiles_after_warmup(compile_mode=mode)
 
 
 @pytest.fixture(scope="module")

@@ -102,16 +102,22 @@ def set_weights_after_build_is_honoured(_: argparse.Namespace) -> None:
     model.get_layer("target").set_weights([2.0 * ref.K1, 2.0 * ref.B1])
     after = e.step(x, np.array([[0]] * 3, np.int32))
     np.testing.assert_allclose(after.activations, 2.0 * before.activations, rtol=1e-5, atol=1e-5)
-    assert e.step.trace_count() == 1
+    assert e.step.trace_count() == 2  # the step and its gradient take, once
 
 
 # ---- batching, compilation, preprocessing -----------------------------------------------------------
+@check
+def nothing_compiles_after_warmup(_: argparse.Namespace) -> None:
+    """Every batch size, top_k 1/3/10, class indices, uint8 and float32: no compile, reference maps."""
+    ref.check_nothing_compiles_after_warmup(backend="jax")
+
+
 @check
 def batch_equals_one_by_one_and_no_recompile(_: argparse.Namespace) -> None:
     e = Explainer(small_bn_model(), preprocessing="tf", max_batch_size=6, backend="jax")
     e.warmup()
     count = e.step.trace_count()
-    assert count == len(e.buckets) == 4, (count, e.buckets)  # 1, 2, 4, 6
+    assert count == 2 * len(e.buckets) == 8, (count, e.buckets)  # step + take for 1, 2, 4, 6
     pixels = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     for method in ALL_METHODS:
         specs = [ItemSpec(method, c) for c in (None, 3, None, 5, 0)]

@@ -30,6 +30,7 @@ CHECKS = [
     "cam_matches_formula_and_equals_gradcam",
     "all_zero_maps_flagged_never_nan",
     "set_weights_after_build_is_honoured",
+    "nothing_compiles_after_warmup",
     "batch_equals_one_by_one_and_no_recompile",
     "inference_mode_matches_model_predict",
     "preprocessing_inside_the_step",

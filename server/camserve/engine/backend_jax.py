@@ -4,13 +4,16 @@ Keras 3 runs the same ``.keras`` models on JAX when ``KERAS_BACKEND=jax`` is set
 imported (a process cannot switch backends afterwards). The step is one pure function of the model's
 variable values, the images and the targets:
 
-- preprocessing (caffe/tf/torch/none) runs inside the step, so uint8 pixels travel to the device;
+- uint8 pixels travel to the device and are cast to float32 there, before the step; float32 tensors
+  (already preprocessed) reach the same compiled step, whose scalar ``raw`` flag chooses whether
+  the preprocessing (caffe/tf/torch/none) runs: one compile per (batch, K) shape, not per dtype;
 - the model runs once in inference mode (its own call) with the same call-time taps as the TF
   backend (``calls.run``): a zero "probe" added to the target layer's output where it is called,
   the logits taken where ``heads`` found them; token targets come back on their patch grid;
 - ``jax.vjp`` with respect to the probe alone gives d score / d activations; one cotangent per
-  requested class (``jax.vmap`` over K) reuses the same forward pass and nothing before the target
-  layer is differentiated with respect to weights;
+  requested class, pulled back in a loop whose trip count K is traced (so one compile serves every
+  K up to ``max_k``), reuses the same forward pass, and nothing before the target layer is
+  differentiated with respect to weights;
 - the variables enter as jit arguments through ``keras.StatelessScope`` (a public API), so the
   weights are not baked into the compiled program as constants and compile stays fast.
 
@@ -105,28 +108,51 @@ class _Compiled:
 
 
 class Step:
-    """A compiled explanation step for one (model, target layer); one trace per (B, K, dtype)."""
+    """A compiled explanation step for one (model, target layer); one compile per batch size.
 
-    def __init__(self, compiled: _Compiled, jit_compile: bool) -> None:
+    ``images`` (B, H, W, C) uint8 or float32 (see the module docstring); ``targets`` (B, K) int32
+    with any K up to ``max_k``: the step takes targets padded to ``max_k`` and the count K as a
+    traced scalar, so no K compiles anew.
+    """
+
+    def __init__(self, compiled: _Compiled, jit_compile: bool, max_k: int) -> None:
         self._compiled = compiled
         self.jit_compile = jit_compile
-        self.traced: set[tuple[int, int, str]] = set()
+        self.max_k = max_k
+        self._takes = 0
+
+        def take(buffer: Any, k: Any) -> Any:
+            self._takes += 1  # trace time only
+            return jax.lax.dynamic_index_in_dim(buffer, k, axis=0, keepdims=False)
+
+        # One class's gradients out of the step's (max_k, B, h, w, C) buffer, still on the device, so
+        # that only the K maps asked for cross to the host; k is traced: one compile per buffer shape.
+        self._take = jax.jit(take)
 
     def __call__(self, images: np.ndarray, targets: np.ndarray) -> StepOutput:
-        self.traced.add((int(images.shape[0]), int(targets.shape[1]), str(images.dtype)))
-        out = self._compiled(jnp.asarray(images), jnp.asarray(np.asarray(targets, dtype=np.int32)))
-        probs, scores, acts, grads, classes = jax.device_get(out)
+        raw = images.dtype == np.uint8
+        pixels = jnp.asarray(images)  # to the device as is: uint8 pixels are 4x fewer bytes
+        if raw:
+            pixels = pixels.astype(jnp.float32)
+        b, k = targets.shape
+        if not 1 <= k <= self.max_k:
+            raise ValueError(f"targets ask for {k} classes per image; this step explains 1..{self.max_k}")
+        padded = np.full((b, self.max_k), -1, np.int32)
+        padded[:, :k] = targets
+        probs, scores, acts, buffer, classes = self._compiled(pixels, np.bool_(raw), padded, np.int32(k))
+        per_class = [self._take(buffer, np.int32(i)) for i in range(k)]
+        probs, scores, acts, classes, per_class = jax.device_get((probs, scores, acts, classes, per_class))
         return StepOutput(
             probabilities=np.asarray(probs),
-            scores=np.asarray(scores),
+            scores=np.asarray(scores)[:, :k],
             activations=np.asarray(acts),
-            gradients=np.asarray(grads),
-            classes=np.asarray(classes),
+            gradients=np.stack(per_class, axis=1),
+            classes=np.asarray(classes)[:, :k],
         )
 
     def trace_count(self) -> int:
-        """How many times the step was traced (to check that nothing recompiles after warm-up)."""
-        return self._compiled.traces
+        """How many times the step (and its gradient take) was traced: nothing may after warm-up."""
+        return self._compiled.traces + self._takes
 
 
 def _with(taps: dict[CallKey, Tap], key: CallKey, tap: Tap) -> dict[CallKey, Tap]:
@@ -169,7 +195,7 @@ def gradients(
 
 
 def build_step(
-    graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool
+    graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool, max_k: int
 ) -> Step:
     """Compile the step for ``target`` of ``graph``'s model (see the module docstring)."""
     _check_keras_backend()
@@ -177,9 +203,10 @@ def build_step(
     grid = target.grid
     probe_shape = tuple(int(d) for d in target.shape)
 
-    def step(images: Any, targets: Any) -> tuple[Any, ...]:
-        x = graph.model_input(preprocess(images, preprocessing, raw=images.dtype == jnp.uint8))
-        probe0 = jnp.zeros((images.shape[0], *probe_shape), jnp.float32)
+    def step(pixels: Any, raw: Any, targets: Any, count: Any) -> tuple[Any, ...]:
+        x = graph.model_input(
+            jax.lax.cond(raw, lambda p: preprocess(p, preprocessing, raw=True), lambda p: p, pixels))
+        probe0 = jnp.zeros((pixels.shape[0], *probe_shape), jnp.float32)
 
         def forward(probe: Any) -> tuple[Any, tuple[Any, Any]]:
             captured: dict[str, Any] = {}
@@ -189,17 +216,24 @@ def build_step(
             return vector, (probs, captured["act"].astype(jnp.float32))
 
         vector, pullback, (probs, acts) = jax.vjp(forward, probe0, has_aux=True)
-        classes = resolve_targets(targets, probs)
-        scores = jnp.take_along_axis(vector, classes, axis=1)  # (B, K)
+        classes = resolve_targets(targets, probs)  # (B, max_k)
+        scores = jnp.take_along_axis(vector, classes, axis=1)
         # One cotangent per requested class: one-hot rows select score[b, k] for every image b.
-        cotangents = jax.nn.one_hot(classes.T, vector.shape[-1], dtype=vector.dtype)  # (K, B, N)
-        (grads,) = jax.vmap(pullback)(cotangents)  # (K, B, *target shape)
-        k = grads.shape[0]
-        grads = to_grid(jnp, grads.reshape((-1, *probe_shape)).astype(jnp.float32), grid)
-        gradients = jnp.moveaxis(grads.reshape((k, -1, *grads.shape[1:])), 0, 1)  # (B, K, h, w, C)
-        return probs, scores, to_grid(jnp, acts, grid), gradients, classes
+        cotangents = jax.nn.one_hot(classes.T, vector.shape[-1], dtype=vector.dtype)  # (max_k, B, N)
+        acts = to_grid(jnp, acts, grid)
 
-    return Step(_Compiled(graph.model, step), jit_compile)
+        def backward(k: Any, buffer: Any) -> Any:
+            (g,) = pullback(cotangents[k])
+            g = to_grid(jnp, g.astype(jnp.float32), grid)
+            return jax.lax.dynamic_update_index_in_dim(buffer, g, k, axis=0)
+
+        # Only the ``count`` classes asked for are differentiated: a loop with a traced trip count,
+        # so one compiled step serves every K (vmap over K would need K static: a compile per K).
+        buffer = jnp.zeros((max_k, *acts.shape), jnp.float32)
+        buffer = jax.lax.fori_loop(0, count, backward, buffer)
+        return probs, scores, acts, buffer, classes
+
+    return Step(_Compiled(graph.model, step), jit_compile, max_k)
 
 
 def build_forward(graph: ModelGraph, *, preprocessing: str, jit_compile: bool) -> Callable[[np.ndarray], Any]:

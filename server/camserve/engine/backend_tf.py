@@ -6,10 +6,11 @@ in inference mode, the model's own call, in which a zero "probe" is added to the
 output where that layer is called (``calls.run``) and the logits are taken where ``heads`` found
 them; the score of each requested class (logit by default); the gradients of those scores with
 respect to the probe only (``watch_accessed_variables=False``: no weight gradients, and nothing
-before the target layer is differentiated). Token targets (B, N, C) come back on their patch grid
-(B, h, w, C). ``targets[b, k] >= 0`` is a class index; ``-1 - r`` means the r-th best class of image
-b, resolved inside the step. ``gradients`` is the eager twin ``ModelGraph`` uses to inspect a model.
-This is the only TensorFlow-specific module.
+before the target layer is differentiated), one backward pass per class in a ``tf.while_loop`` whose
+trip count is the number of classes asked, so K is not a traced shape (see ``Step``). Token targets
+(B, N, C) come back on their patch grid (B, h, w, C). ``targets[b, k] >= 0`` is a class index;
+``-1 - r`` means the r-th best class of image b, resolved inside the step. ``gradients`` is the
+eager twin ``ModelGraph`` uses to inspect a model. This is the only TensorFlow-specific module.
 """
 
 from __future__ import annotations
@@ -101,24 +102,54 @@ def gradients(
 
 
 class Step:
-    """A compiled explanation step for one (model, target layer); one trace per (B, K, dtype)."""
+    """A compiled explanation step for one (model, target layer): one trace per batch size.
 
-    def __init__(self, fn: Callable[..., Any], jit_compile: bool) -> None:
+    ``images`` (B, H, W, C) uint8 pixels (cast to float32 before the step, on the device the eager
+    cast runs on; the step applies the preprocessing) or float32 already preprocessed (passed
+    through): both reach the same trace, a scalar ``raw`` flag choosing the branch. ``targets``
+    (B, K) with any K up to ``max_k``: the step takes them padded to ``max_k`` and K as a scalar
+    tensor (the backward loop's trip count), so no K traces anew, in graph mode or under XLA.
+    """
+
+    def __init__(self, fn: Any, jit_compile: bool, max_k: int, input_shape: tuple[int, ...]) -> None:
         self._fn = fn
         self.jit_compile = jit_compile
-        self.traced: set[tuple[int, int, str]] = set()
+        self.max_k = max_k
+        self._input_shape = tuple(int(d) for d in input_shape)
+        self._by_batch: dict[int, Any] = {}
+
+    def _concrete(self, batch: int) -> Any:
+        """The batch size's concrete function, traced on first use from its signature (traced this
+        way, the buckets of a warm-up do not set off tf.function's "excessive retracing" warning)."""
+        found = self._by_batch.get(batch)
+        if found is None:
+            found = self._by_batch[batch] = self._fn.get_concrete_function(
+                tf.TensorSpec((batch, *self._input_shape), tf.float32),
+                tf.TensorSpec((), tf.bool),
+                tf.TensorSpec((batch, self.max_k), tf.int32),
+                tf.TensorSpec((), tf.int32),
+            )
+        return found
 
     def __call__(self, images: np.ndarray, targets: np.ndarray) -> StepOutput:
-        self.traced.add((int(images.shape[0]), int(targets.shape[1]), str(images.dtype)))
-        probs, scores, acts, grads, classes = self._fn(
-            tf.constant(images), tf.constant(np.asarray(targets, dtype=np.int32))
+        raw = images.dtype == np.uint8
+        pixels = tf.cast(tf.constant(images), tf.float32) if raw else tf.constant(images, tf.float32)
+        b, k = targets.shape
+        if not 1 <= k <= self.max_k:
+            raise ValueError(f"targets ask for {k} classes per image; this step explains 1..{self.max_k}")
+        padded = np.full((b, self.max_k), -1, np.int32)
+        padded[:, :k] = targets
+        probs, scores, acts, grads, classes = self._concrete(b)(
+            pixels, tf.constant(raw), tf.constant(padded), tf.constant(k, tf.int32)
         )
+        if grads.shape[1] != k:  # XLA's buffer holds max_k classes: an eager slice (no trace) of K
+            grads = grads[:, :k]
         return StepOutput(
             probabilities=probs.numpy(),
-            scores=scores.numpy(),
+            scores=scores.numpy()[:, :k],
             activations=acts.numpy(),
             gradients=grads.numpy(),
-            classes=classes.numpy(),
+            classes=classes.numpy()[:, :k],
         )
 
     def trace_count(self) -> int:
@@ -127,33 +158,48 @@ class Step:
 
 
 def build_step(
-    graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool
+    graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool, max_k: int
 ) -> Step:
-    """Compile the step for ``target`` of ``graph``'s model (see the module docstring)."""
+    """Compile the step for ``target`` of ``graph``'s model (see the module docstring).
+
+    ``max_k`` is the most classes per image a call may ask for (the gradient buffer's first axis).
+    """
     head = graph.head
     grid = target.grid
 
-    def step(images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        x = graph.model_input(preprocess(images, preprocessing, raw=images.dtype == tf.uint8))
+    def step(pixels: tf.Tensor, raw: tf.Tensor, targets: tf.Tensor, count: tf.Tensor) -> tuple[Any, ...]:
+        x = graph.model_input(
+            tf.cond(raw, lambda: preprocess(pixels, preprocessing, raw=True), lambda: pixels))
         captured: dict[str, tf.Tensor] = {}
         tape = tf.GradientTape(persistent=True, watch_accessed_variables=False)
         with tape:
             taps = _with(head.taps(), target.key, _probe_tap(tape, captured, "probe"))
             y, notes = calls.run(graph.model, x, taps)
             probs, vector = head.outputs(notes, y, score)
-            classes = resolve_targets(targets, probs)
-            scores = tf.gather(vector, classes, batch_dims=1)  # (B, K)
-            per_class = [tf.reduce_sum(scores[:, k]) for k in range(targets.shape[1])]
-        grads = [
-            tape.gradient(s, captured["probe"], unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            for s in per_class
-        ]
+        classes = resolve_targets(targets, probs)  # (B, max_k)
+        scores = tf.gather(vector, classes, batch_dims=1)
         acts = to_grid(keras.ops, tf.cast(captured["probe_out"], tf.float32), grid)
-        gradients = tf.stack([to_grid(keras.ops, tf.cast(g, tf.float32), grid) for g in grads], axis=1)
-        return probs, scores, acts, gradients, classes  # gradients (B, K, h, w, C)
+
+        def backward(k: tf.Tensor) -> tf.Tensor:
+            # One backward pass from the k-th class's score of every image (images do not interact).
+            cotangent = tf.one_hot(classes[:, k], tf.shape(vector)[-1], dtype=vector.dtype)
+            g = tape.gradient(vector, captured["probe"], output_gradients=cotangent,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return to_grid(keras.ops, tf.cast(g, tf.float32), grid)
+
+        # Only the ``count`` classes asked for are differentiated: a loop with a tensor trip count,
+        # so one trace serves every K (a Python loop or pfor over K would need K static). The first
+        # class is peeled out of the loop, so a top-1 call runs no loop iteration. XLA needs the
+        # buffer's size static (max_k, zero past count); graph mode sizes it to count.
+        size = max_k if jit_compile else count
+        buffer = tf.TensorArray(tf.float32, size=size, element_shape=acts.shape).write(0, backward(0))
+        _, buffer = tf.while_loop(lambda k, _: k < count, lambda k, b: (k + 1, b.write(k, backward(k))),
+                                  (tf.constant(1), buffer), maximum_iterations=max_k)
+        gradients = tf.transpose(buffer.stack(), [1, 0, 2, 3, 4])  # (B, count or max_k, h, w, C)
+        return probs, scores, acts, gradients, classes
 
     fn = tf.function(step, jit_compile=jit_compile, reduce_retracing=False)
-    return Step(fn, jit_compile)
+    return Step(fn, jit_compile, max_k, graph.input_shape)
 
 
 def build_forward(graph: ModelGraph, *, preprocessing: str, jit_compile: bool) -> Callable[[np.ndarray], Any]:

@@ -1,10 +1,12 @@
 """``Explainer``: one model + one target layer + compiled batch buckets (what the server's worker calls).
 
 All the maps of a batch come from one compiled step: images are padded to the next bucket
-(1, 2, 4, ..., max_batch_size) and the number of classes per image to the next power of two, so after
-``warmup()`` no batch size recompiles (warm-up compiles K = 1 for every bucket; a request for more
-classes per image compiles its K once, on first use). Each item of a batch can ask for a different
-method and classes: the methods are NumPy weightings of the same activations and gradients.
+(1, 2, 4, ..., max_batch_size). The number of classes per image K is not a shape the step compiles
+for (targets are padded to ``max_top_k`` and K is the trip count of the step's backward loop), and
+uint8 pixels and float32 tensors reach the same step, so after ``warmup()`` (one compile per batch
+bucket) no request the server accepts (any batch size, top_k, class index or input dtype) traces
+or compiles again. Each item of a batch can ask for a different method and classes: the methods are
+NumPy weightings of the same activations and gradients.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 
 BACKEND_MODULES = {"tensorflow": "camserve.engine.backend_tf", "jax": "camserve.engine.backend_jax"}
 assert tuple(BACKEND_MODULES) == BACKENDS
-#: Largest top_k a single item may ask for (K is padded to a power of two up to this).
+#: Largest top_k a single item may ask for (the step's gradient buffer holds this many classes).
 MAX_TOP_K = 32
 
 
@@ -48,13 +50,6 @@ def buckets_for(max_batch_size: int) -> list[int]:
         b *= 2
     out.append(max_batch_size)
     return out
-
-
-def _next_pow2(k: int) -> int:
-    p = 1
-    while p < k:
-        p *= 2
-    return p
 
 
 def load_backend(name: str | None) -> Any:
@@ -152,6 +147,7 @@ class Explainer:
         self.backend = self._backend.NAME
         self.max_batch_size = max_batch_size
         self.buckets = buckets_for(max_batch_size)
+        self.max_top_k = min(self.num_classes, MAX_TOP_K)
         self._build_step()
 
     def _build_step(self) -> None:
@@ -161,6 +157,7 @@ class Explainer:
             preprocessing=self.preprocessing,
             score=self.score,
             jit_compile=self.compile_mode == "xla",
+            max_k=self.max_top_k,
         )
         self._cam_kernel = self.target.cam_kernel() if self.target.cam_supported else None
         self._info: ModelSummary | None = None
@@ -205,7 +202,7 @@ class Explainer:
                 preprocessing=self.preprocessing,
                 score=self.score if head.invertible else "probability",
                 methods=tuple(m for m in METHODS if m != "cam" or t.cam_supported),
-                max_top_k=min(self.num_classes, MAX_TOP_K),
+                max_top_k=self.max_top_k,
                 target_reason=t.reason,
                 target_kind=t.grid.kind,
                 prefix_tokens=t.grid.prefix,
@@ -216,15 +213,17 @@ class Explainer:
         return self._info
 
     # ---- compilation ------------------------------------------------------------------------
-    def _raw_dtype(self) -> np.dtype:
-        return np.dtype(np.float32) if self.preprocessing == "none" else np.dtype(np.uint8)
-
     def warmup(self) -> float:
-        """Compile every batch bucket (K = 1) for the input dtype the server sends; returns seconds."""
+        """Compile every batch bucket so that no later request compiles; returns seconds.
+
+        Any K and either input dtype reuse the bucket's step; the input is uint8 so that the
+        backend's uint8 -> float32 cast before the step (an eager op JAX compiles per shape) is
+        warmed too.
+        """
         t0 = time.perf_counter()
         h, w, c = self.input_shape
         for b in self.buckets:
-            self.step(np.zeros((b, h, w, c), self._raw_dtype()), np.full((b, 1), -1, np.int32))
+            self.step(np.zeros((b, h, w, c), np.uint8), np.full((b, 1), -1, np.int32))
         elapsed = time.perf_counter() - t0
         log.info(
             "warm-up of %s (%s, %s) took %.1fs", self.target.name, self.compile_mode, self.buckets, elapsed
@@ -311,7 +310,7 @@ class Explainer:
         b = images.shape[0]
         bucket = next(x for x in self.buckets if x >= b)
         wanted = [1 if s.class_index is not None else int(s.top_k) for s in specs]
-        kb = _next_pow2(max(wanted))
+        kb = max(wanted)  # not a compiled shape: the step pads to max_top_k
         targets = np.full((bucket, kb), -1, np.int32)
         for i, s in enumerate(specs):
             if s.class_index is not None:
