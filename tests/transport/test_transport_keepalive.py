@@ -25,7 +25,9 @@ from transportkit import explain_request, start_toy, wait_for
 
 pytestmark = pytest.mark.timeout(400)
 
-QUEUED_S = 70
+#: gRPC's own policy ends the control's call at the client's fourth ping, 40 s in (the first ping is
+#: allowed, two strikes follow, the third ends it: measured); the camserve call outlives it by 15 s.
+QUEUED_S = 55
 #: A stock grpcio client set up as behind NAT or a cloud load balancer: a ping every 10 s, calls or not,
 #: with no cap on pings between data frames (as Go and Java clients do).
 PINGING_CLIENT = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_permit_without_calls", 1),
@@ -63,7 +65,7 @@ def batches_sent(srv: ServerProcess) -> float:
     return srv.metric("camserve_batch_size_count")
 
 
-def test_a_call_queued_70_s_survives_a_client_that_pings_every_10_s() -> None:
+def test_a_call_queued_55_s_survives_a_client_that_pings_every_10_s() -> None:
     """gRPC's own policy (client pings at most every 5 min, 2 strikes) ends it with too_many_pings; the
     control server, started with that policy (--min-ping-interval-s 300), shows it does."""
     srv, control = start_toy(), start_toy("--min-ping-interval-s", "300")
