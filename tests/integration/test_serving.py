@@ -5,8 +5,10 @@ One server subprocess for the whole module (demo model + a Flatten-head model), 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -347,28 +349,55 @@ def test_a_reply_past_the_limit_stops_encoding_at_the_map_that_passes_it(
 
 def test_expired_deadlines_are_never_computed(server: ServerProcess, stub: pb_grpc.ExplainServiceStub,
                                               images: np.ndarray) -> None:
-    """Calls whose deadline passes while >= 100 images queue ahead of them are dropped, never computed:
-    the batches formed afterwards hold exactly the images of the calls that succeeded."""
+    """Calls whose deadline passes while they queue behind others are dropped, never computed: the
+    batches formed afterwards hold exactly the images of the calls that succeeded. The worker is
+    stopped (SIGSTOP) while they queue, so every short call reaches the queue and expires there however
+    slow the machine (with a 10 ms deadline, a loaded machine sometimes let them expire before they
+    were queued, and nothing was dropped)."""
     computed0 = server.metric("camserve_batch_size_sum", model="demo")
     dropped0 = server.metric("camserve_requests_dropped_total", model="demo")
-    n_load = 230  # the demo's queue holds 256; one ExplainBatch call queues them all at once
-    load = stub.ExplainBatch.future(pb.ExplainBatchRequest(
-        requests=[request(png(images[i % 80])) for i in range(n_load)]), timeout=120)
-    while server.metric("camserve_queue_depth", model="demo") < 100:  # >= 3 full batches ahead
-        assert not load.done(), "the queue never held 100 images"
-    short = [stub.Explain.future(request(png(images[i])), timeout=0.01) for i in range(16)]
-    assert len(load.result().responses) == n_load
-    short_codes = [code_name(f) for f in short]
+    n_load, n_short = 200, 16  # more than the stopped worker takes in (PIPELINE_DEPTH batches); queue: 256
+    pids = server.worker_pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        load = stub.ExplainBatch.future(pb.ExplainBatchRequest(
+            requests=[request(png(images[i % 80])) for i in range(n_load)]), timeout=120)
+        wait_until(lambda: server.metric("camserve_queue_depth", model="demo") > 0, 60)
+        # the batches the pool already handed to the stopped worker have left the queue: wait for quiet
+        queued = _settled(lambda: server.metric("camserve_queue_depth", model="demo"))
+        short = [stub.Explain.future(request(png(images[i])), timeout=5) for i in range(n_short)]
+        wait_until(lambda: server.metric("camserve_queue_depth", model="demo") >= queued + n_short, 5)
+        short_codes = [code_name(f) for f in short]  # each ends at its deadline, still queued
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     assert set(short_codes) == {"DEADLINE_EXCEEDED"}
-    # the short calls queued behind the load have left the queue (dropped or, wrongly, batched)
-    while server.metric("camserve_queue_depth", model="demo") > 0:
-        time.sleep(0.01)
+    assert len(load.result().responses) == n_load
+    wait_until(lambda: server.metric("camserve_queue_depth", model="demo") == 0, 60)
     computed = server.metric("camserve_batch_size_sum", model="demo") - computed0
     dropped = server.metric("camserve_requests_dropped_total", model="demo") - dropped0
     assert computed == n_load, f"{computed} images computed for {n_load} successful calls"
-    assert dropped >= 1
+    assert dropped == n_short
     # An RPC that ended at its deadline is not aborted again (grpc would log a traceback at ERROR).
     assert "ExecuteBatchError" not in server.log(), server.log_tail()
+
+
+def wait_until(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s"
+        time.sleep(0.01)
+
+
+def _settled(read, quiet_s: float = 0.5) -> float:
+    """``read()`` once it has not changed for ``quiet_s``."""
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        time.sleep(0.05)
+        if (now := read()) != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def test_contract_check_passes(server: ServerProcess) -> None:
