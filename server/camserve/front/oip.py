@@ -23,16 +23,16 @@ from camserve_proto import grpc_service_pb2 as pb
 from camserve_proto import grpc_service_pb2_grpc as pb_grpc
 
 from camserve.front import codec
-from camserve.front.calls import CallRunner, FrontServicer, compute, shed_if_full
+from camserve.front.calls import Call, CallRunner, FrontServicer, compute, shed_if_full
 from camserve.front.metrics import Metrics
 from camserve.front.oip_infer import (
     InferCall,
     build_reply,
     check_maps,
+    check_rows,
     decode_rows,
     parse_infer,
     parse_version,
-    rows_hint,
 )
 from camserve.front.oip_models import model_config, model_metadata, model_statistics
 from camserve.front.replies import check_reply
@@ -58,7 +58,6 @@ def _version() -> str:
 #: (``camserve_proto.oip.CLASSIFICATION``). Not "schedule_policy": ``timeout`` is honoured but
 #: ``priority`` is not.
 EXTENSIONS: tuple[str, ...] = ("parameters", "model_configuration", "statistics", "classification")
-
 
 class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
     """The eight RPCs of camserve's Open Inference Protocol endpoint, over a Dispatcher.
@@ -89,10 +88,10 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
                       reply: Callable[[], Any]) -> Any:
         """A call without images: ``reply()`` builds the answer (a Failure ends it with its status)."""
 
-        async def work(_deadline: float | None, _started: float) -> Any:
+        async def work(_call: Call) -> Any:
             return reply()
 
-        return await self.calls.run(context, method, model, 0, work)
+        return await self.calls.run(context, method, model, work)
 
     # ------------------------------------------------------------------------ health and metadata
 
@@ -151,20 +150,23 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ModelInferResponse:
         model = request.model_name or self.parser.default_model
-        return await self.calls.run(context, "ModelInfer", model, rows_hint(request),
-                                    lambda deadline, started: self._infer(request, deadline, started))
+        # Until the request is parsed its row count is a claim: the statistics count it as one image.
+        return await self.calls.run(context, "ModelInfer", model, lambda call: self._infer(request, call),
+                                    images=1)
 
-    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None,
-                     started: float) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, admission: Call) -> pb.ModelInferResponse:
         call = parse_infer(self.parser, request)
+        check_maps(call, check_rows(call, self.max_image_pixels), self.max_send_bytes)
+        admission.admit(len(call))  # the rows it carries, checked: never the count it claims
         shed_if_full(self.dispatcher, call.config.name, len(call))
+        deadline, started = admission.deadline, admission.started
         if call.timeout_s is not None:  # Triton's queue timeout: the earlier of it and the caller's deadline
             deadline = min(deadline or float("inf"), started + call.timeout_s)
         if self._inline(call):
             images = decode_rows(call, self.max_image_pixels)
         else:
             images = await self.in_pool(decode_rows, call, self.max_image_pixels)
-        check_maps(call, images, self.max_send_bytes)
+        check_maps(call, [img.original_size for img in images], self.max_send_bytes)
         results = await compute(self.dispatcher, [
             WorkItem(model=call.config.name, pixels=img.pixels, spec=call.spec, deadline=deadline)
             for img in images])
