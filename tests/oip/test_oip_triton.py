@@ -142,11 +142,43 @@ def test_token_is_required(server: ServerProcess, images: np.ndarray) -> None:
 
 
 def test_unimplemented_methods(server: ServerProcess) -> None:
-    codes = value(calls(server, {"op": "unimplemented"})[0])
-    assert set(codes) == {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
-                          "SystemSharedMemoryStatus", "CudaSharedMemoryStatus", "TraceSetting", "LogSettings",
-                          "ModelStreamInfer"}
-    assert set(codes.values()) == {"UNIMPLEMENTED"}, codes
+    """Every protocol method camserve does not serve is UNIMPLEMENTED at once, saying why and what to do
+    instead (gRPC's own answer was "Method not found!"), the stock client's stream included; so is a name
+    the protocol does not have, whatever the call's shape."""
+    def unimplemented() -> float:
+        return server.metric("camserve_requests_total", method="other", code="UNIMPLEMENTED")
+
+    counted = unimplemented()
+    answers = value(calls(server, {"op": "unimplemented"})[0])
+    assert set(answers) == {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+                            "SystemSharedMemoryStatus", "CudaSharedMemoryStatus", "TraceSetting",
+                            "LogSettings", "ModelStreamInfer"}
+    served = ", ".join(oip.RPC_METHODS)
+    instead = {"Repository": "--model-repository", "SharedMemory": "raw_input_contents", "Trace": "queue_ms",
+               "Log": "--log-level", "ModelStreamInfer": "send each request with ModelInfer"}
+    for method, (code, message) in answers.items():
+        said_why = f"camserve does not serve {method}: no " in message and f"It serves {served}" in message
+        assert (code, said_why) == ("UNIMPLEMENTED", True), (method, code, message)
+        said = [words in message for key, words in instead.items() if key in method]
+        assert said == [True], (method, message)
+    unknown = f"/{oip.SERVICE_NAME}/ModelExplain"
+    with server.channel() as ch:
+        errors = [_refused(lambda: ch.unary_unary(unknown)(b"", timeout=30, metadata=METADATA)),
+                  _refused(lambda: list(ch.stream_stream(unknown)(iter([b""] * 3), timeout=30,
+                                                                  metadata=METADATA)))]
+        no_token = _refused(lambda: ch.unary_unary(f"/{oip.SERVICE_NAME}/RepositoryIndex")(b"", timeout=30))
+    assert no_token.code() == grpc.StatusCode.UNAUTHENTICATED  # the token is checked first, and counted once
+    assert unimplemented() == counted + len(answers) + len(errors)
+    for error in errors:
+        assert error.code() == grpc.StatusCode.UNIMPLEMENTED, error
+        assert f"has no method 'ModelExplain'. camserve serves {served}" in error.details()
+        assert dict(error.trailing_metadata())["grpc-retry-pushback-ms"] == "-1"  # no retry makes it served
+
+
+def _refused(call: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value
 
 
 # ------------------------------------------------------------------------------ inference

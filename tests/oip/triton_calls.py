@@ -10,7 +10,7 @@ result is {"ok": true, "value": ...} or {"ok": false, "code": "INVALID_ARGUMENT"
 infer results carry every output as {"datatype", "shape", "data"} (numbers as nested lists, BYTES as
 base64 strings), the response id and parameters (as plain values). Ops: live, ready, model_ready,
 server_metadata, model_metadata, model_config, statistics, infer, unimplemented (one call per protocol method
-camserve does not serve).
+camserve does not serve: its code and message).
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ def _infer(client: Any, call: dict[str, Any], headers: dict[str, str]) -> dict[s
             "outputs": {o.name: _tensor(result, o.name) for o in response.outputs}}
 
 
-def _unimplemented(client: Any, headers: dict[str, str]) -> dict[str, str]:
-    """Call every protocol method camserve does not serve; {method: status code}."""
-    codes: dict[str, str] = {}
+def _unimplemented(client: Any, headers: dict[str, str]) -> dict[str, list[str]]:
+    """Call every protocol method camserve does not serve; {method: [status code, message]}."""
+    codes: dict[str, list[str]] = {}
     calls = {
         "RepositoryIndex": lambda: client.get_model_repository_index(headers=headers),
         "RepositoryModelLoad": lambda: client.load_model("demo", headers=headers),
@@ -87,9 +87,9 @@ def _unimplemented(client: Any, headers: dict[str, str]) -> dict[str, str]:
     for name, fn in calls.items():
         try:
             fn()
-            codes[name] = "OK"
+            codes[name] = ["OK", ""]
         except InferenceServerException as exc:
-            codes[name] = _code(exc)
+            codes[name] = [_code(exc), exc.message() or ""]
     # The bidirectional stream: its error arrives through the callback.
     errors: queue.Queue[Any] = queue.Queue()
     client.start_stream(callback=lambda result, error: errors.put(error), headers=headers)
@@ -99,7 +99,7 @@ def _unimplemented(client: Any, headers: dict[str, str]) -> dict[str, str]:
         client.async_stream_infer("demo", [tensor])
     error = errors.get(timeout=60)
     client.stop_stream()
-    codes["ModelStreamInfer"] = _code(error) if error is not None else "OK"
+    codes["ModelStreamInfer"] = [_code(error), error.message() or ""] if error is not None else ["OK", ""]
     return codes
 
 
