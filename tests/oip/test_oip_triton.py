@@ -265,6 +265,8 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
     cases = [  # (what, call, code, message fragment)
         ("unknown model", {"model": "nope"}, "NOT_FOUND", "served models: demo, flat, held"),
         ("unknown version", {"version": "9"}, "NOT_FOUND", "no version 9"),
+        ("version 0 (not the newest, as in Triton)", {"version": "0"}, "NOT_FOUND",
+         "no version 0; served version: 1 (an empty model_version asks for the newest)"),
         ("version not a number", {"version": "v1"}, "INVALID_ARGUMENT", "not a version number"),
         ("version of a superscript digit", {"version": "\u00b2"}, "INVALID_ARGUMENT", "not a version number"),
         ("version of 5,000 digits", {"version": "9" * 5000}, "INVALID_ARGUMENT", "(5000 characters)"),

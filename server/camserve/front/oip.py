@@ -33,8 +33,8 @@ from camserve.front.oip_infer import (
     check_maps,
     check_rows,
     decode_rows,
+    model_at,
     parse_infer,
-    parse_version,
 )
 from camserve.front.oip_models import model_config, model_metadata, model_statistics
 from camserve.front.replies import check_reply
@@ -133,7 +133,7 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
 
     def _model(self, name: str, version: str) -> ModelConfig:
         """The served model ``name`` ('' = the default) at ``version`` ('' = newest): NOT_FOUND otherwise."""
-        return self.parser.model(name, parse_version(version, "version"))
+        return model_at(self.parser, name, version, "version")
 
     def _ready(self, model: str | None = None) -> bool:
         return not self.draining() and bool(self.dispatcher.ready(model))

@@ -30,7 +30,7 @@ from camserve.front.tensors import bytes_output, output_tensor, read_input
 from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec, ModelSummary
 from camserve.repository import ModelConfig
 
-__all__ = ["InferCall", "build_reply", "check_maps", "check_rows", "decode_rows", "parse_infer",
+__all__ = ["InferCall", "build_reply", "check_maps", "check_rows", "decode_rows", "model_at", "parse_infer",
            "parse_version"]
 
 # Numbers as text, ASCII only and bounded: Python's int() and float() also take other scripts' digits
@@ -120,6 +120,18 @@ def parse_version(text: str, field: str = "model_version") -> int:
     return int(text)
 
 
+def model_at(parser: RequestParser, name: str, version: str, field: str = "model_version") -> ModelConfig:
+    """The served model ``name`` ('' = the default model) at the protocol's ``version`` string ('' = the
+    newest; unlike camserve.v1's version number, "0" is version 0, as in Triton): NOT_FOUND when it is
+    not served, INVALID_INPUT when ``version`` is not a number."""
+    number = parse_version(version, field)
+    cfg = parser.model(name)
+    if version and number != cfg.version:
+        raise Failure(f"model {cfg.name!r} has no version {number}; served version: {cfg.version} (an empty "
+                      f"{field} asks for the newest)", ErrorKind.UNKNOWN_MODEL)
+    return cfg
+
+
 def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes] | np.ndarray:
     """The rows of the one input (IMAGE or PIXELS), checked against the model's input size."""
     h, w, c = summary.input_shape
@@ -204,7 +216,7 @@ def _classification(probs: np.ndarray, count: int, labels: list[str]) -> list[by
 def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCall:
     """Every check that needs no decoding; raises :class:`Failure` (NOT_FOUND, UNAVAILABLE while the
     model loads, INVALID_ARGUMENT / FAILED_PRECONDITION with what is valid)."""
-    cfg = parser.model(request.model_name, parse_version(request.model_version))
+    cfg = model_at(parser, request.model_name, request.model_version)
     summary = parser.summary(cfg)
     if len(request.id) > wire.MAX_REQUEST_ID_CHARS:
         raise invalid(f"id is {len(request.id)} characters; at most {wire.MAX_REQUEST_ID_CHARS}")
