@@ -210,13 +210,14 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, admission: Call) -> pb.ModelInferResponse:
         call = parse_infer(self.parser, request)
-        check_maps(call, check_rows(call, self.max_image_pixels), self.max_send_bytes)
+        sizes = check_rows(call, self.max_image_pixels)
+        check_maps(call, sizes, self.max_send_bytes)
         admission.admit(len(call))  # the rows it carries, checked: never the count it claims
         shed_if_full(self.dispatcher, call.config.name, len(call))
         deadline, started = admission.deadline, admission.started
         if call.timeout_s is not None:  # Triton's queue timeout: the earlier of it and the caller's deadline
             deadline = min(deadline or float("inf"), started + call.timeout_s)
-        if self._inline(call):
+        if self._inline(call, sizes):
             images = decode_rows(call, self.max_image_pixels)
         else:
             images = await self.in_pool(decode_rows, call, self.max_image_pixels)
@@ -233,8 +234,9 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
         return reply
 
     @staticmethod
-    def _inline(call: InferCall) -> bool:
-        """Pixels need no decoding; one tiny encoded image decodes faster than a hop to the pool."""
+    def _inline(call: InferCall, sizes: list[tuple[int, int]]) -> bool:
+        """Pixels need no decoding; one tiny encoded image (``sizes``: the rows' (h, w) as sent) decodes
+        faster than a hop to the pool."""
         if not isinstance(call.rows, list):
             return True
-        return len(call.rows) == 1 and codec.inline(call.rows[0])
+        return len(sizes) == 1 and codec.inline(*sizes[0])

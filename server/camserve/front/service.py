@@ -55,19 +55,19 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
     def check(self, request: pb.ExplainRequest) -> Prepared:
         """Every check of one request before it is admitted: its fields (``RequestParser.prepare``), its
         image without decoding it (the header, or the tensor's shape, dtype and bytes) and that its maps
-        can fit a reply; raises a Failure (INVALID_INPUT, TOO_LARGE, ...). The Prepared carries a
-        tensor's (H, W, C) for :meth:`decode`."""
+        can fit a reply; raises a Failure (INVALID_INPUT, TOO_LARGE, ...). The Prepared carries the
+        image's shape as sent (``sent_shape``)."""
         prep = self.parser.prepare(request)
         image = prep.image
         if image.WhichOneof("source") == "encoded":
             _, width, height = codec.probe_encoded(image.encoded, self.max_image_pixels)
+            prep = replace(prep, sent_shape=(height, width, 0))
         else:
             t = image.tensor
-            hwc = codec.probe_tensor(_dtype(t), list(t.shape), t.data, prep.summary.input_shape,
-                                     self.max_image_pixels)
-            height, width = hwc[:2]
-            prep = replace(prep, tensor_hwc=hwc)
-        check_map_bytes(prep, (height, width), self.max_send_bytes)
+            shape = codec.probe_tensor(_dtype(t), list(t.shape), t.data, prep.summary.input_shape,
+                                       self.max_image_pixels)
+            prep = replace(prep, sent_shape=shape)
+        check_map_bytes(prep, prep.sent_shape[:2], self.max_send_bytes)
         return prep
 
     def decode(self, prep: Prepared) -> DecodedImage:
@@ -75,20 +75,16 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         cannot be decoded."""
         image = prep.image
         shape = prep.summary.input_shape
-        if prep.tensor_hwc is None:
+        if image.WhichOneof("source") == "encoded":
             return codec.decode_encoded(image.encoded, shape, self.max_image_pixels,
                                         full_size=prep.output.draws_original)
-        return codec.tensor_image(_dtype(image.tensor), prep.tensor_hwc, image.tensor.data, shape)
+        return codec.tensor_image(_dtype(image.tensor), prep.sent_shape, image.tensor.data, shape)
 
     @staticmethod
     def _inline(prep: Prepared) -> bool:
         """Decode on the event loop (see ``codec.inline``); raw tensors too unless large (a copy, or a
         resize)."""
-        image = prep.image
-        if image.WhichOneof("source") == "encoded":
-            return codec.inline(image.encoded)
-        dims = list(image.tensor.shape)
-        return len(dims) < 3 or dims[-3] * dims[-2] <= codec.INLINE_PIXELS
+        return codec.inline(*prep.sent_shape[:2])
 
     def _work(self, prep: Prepared, image: DecodedImage, deadline: float | None) -> WorkItem:
         return WorkItem(model=prep.config.name, pixels=image.pixels, spec=prep.spec, deadline=deadline)
