@@ -11,7 +11,6 @@ code, message and retry pushback must be the same, and never the busy refusal.
 
 from __future__ import annotations
 
-import shutil
 import struct
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from camserve_proto import explain_pb2_grpc as pb_grpc
 from camserve_proto import grpc_service_pb2 as ipb
 from camserve_proto import grpc_service_pb2_grpc as ipb_grpc
 from camserve_proto import oip
-from front_helpers import png
+from front_helpers import png, served
 from serverproc import ServerProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transport"))
@@ -43,15 +42,10 @@ MESSAGE_LIMIT = 1 << 20  # --max-message-mb 1: an ORIGINAL-size map of a 1000x10
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     tmp = Path(tempfile.mkdtemp(prefix="camserve-admission-"))
-    srv = start_toy("--max-inflight", str(MAX_INFLIGHT), "--max-queue-size", str(QUEUE),
-                    "--max-batch-size", "8", "--max-queue-delay-ms", "60000", "--max-message-mb", "1",
-                    repository=toy_repository(tmp / "repo", SHAPE))
-    try:
+    with served(start_toy("--max-inflight", str(MAX_INFLIGHT), "--max-queue-size", str(QUEUE),
+                          "--max-batch-size", "8", "--max-queue-delay-ms", "60000", "--max-message-mb", "1",
+                          repository=toy_repository(tmp / "repo", SHAPE)), tmp) as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-        assert code == 0, srv.log_tail()
 
 
 def _pixels(seed: int = 0, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
