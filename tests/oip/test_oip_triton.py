@@ -149,7 +149,9 @@ def test_unimplemented_methods(server: ServerProcess) -> None:
         return server.metric("camserve_requests_total", method="other", code="UNIMPLEMENTED")
 
     counted = unimplemented()
-    answers = value(calls(server, {"op": "unimplemented"})[0])
+    r = calls(server, {"op": "unimplemented"}, {"op": "aio_stream"})
+    answers, (aio_code, aio_message) = value(r[0]), value(r[1])
+    assert aio_code == "UNIMPLEMENTED" and "nor the aio client's stream_infer" in aio_message, r[1]
     assert set(answers) == {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
                             "SystemSharedMemoryStatus", "CudaSharedMemoryStatus", "TraceSetting",
                             "LogSettings", "ModelStreamInfer"}
@@ -168,7 +170,7 @@ def test_unimplemented_methods(server: ServerProcess) -> None:
                                                                   metadata=METADATA)))]
         no_token = _refused(lambda: ch.unary_unary(f"/{oip.SERVICE_NAME}/RepositoryIndex")(b"", timeout=30))
     assert no_token.code() == grpc.StatusCode.UNAUTHENTICATED  # the token is checked first, and counted once
-    assert unimplemented() == counted + len(answers) + len(errors)
+    assert unimplemented() == counted + len(answers) + 1 + len(errors)
     for error in errors:
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED, error
         assert f"has no method 'ModelExplain'. camserve serves {served}" in error.details()
@@ -213,9 +215,15 @@ def test_image_maps_equal_explain_for_every_method(server: ServerProcess, explai
 def test_pixels_class_index_and_size_equal_explain(server: ServerProcess, explain: Any,
                                                    images: np.ndarray) -> None:
     pixels = images[2:5]
-    got = value(calls(server, {"op": "infer", "inputs": [pixels_input(pixels)],
-                               "parameters": {"class_index": 3, "heatmap_size": "input",
-                                              "method": "layercam"}})[0])
+    call = {"inputs": [pixels_input(pixels)], "parameters": {"class_index": 3, "heatmap_size": "input",
+                                                             "method": "layercam"}}
+    r = calls(server, {"op": "infer", **call}, {"op": "async_infer", "id": "async-7", **call},
+              {"op": "async_infer", **call, "model": "nope"})
+    got, through_callback = value(r[0]), value(r[1])
+    assert through_callback["id"] == "async-7"  # the stock client's async_infer: same answer, id echoed
+    for name, tensor in got["outputs"].items():
+        np.testing.assert_allclose(array(through_callback["outputs"][name]), array(tensor), atol=1e-6)
+    assert (r[2]["code"], "served models" in r[2]["message"]) == ("NOT_FOUND", True)
     out = {name: array(t) for name, t in got["outputs"].items()}
     assert out["HEATMAP"].shape == (3, 1, 64, 64) and out["CLASS_IDS"].tolist() == [[3]] * 3
     for row, rgb in enumerate(pixels):

@@ -70,7 +70,7 @@ _SHARED_MEMORY = ("no shared-memory extension; send inputs in raw_input_contents
 #: Each method of Triton's ``inference.GRPCInferenceService`` camserve does not serve, and why.
 UNSERVED: dict[str, str] = {
     "ModelStreamInfer": "no streaming inference; send each request with ModelInfer (tritonclient: infer or "
-                        "async_infer, not start_stream/async_stream_infer)",
+                        "async_infer, not start_stream/async_stream_infer nor the aio client's stream_infer)",
     "RepositoryIndex": _REPOSITORY,
     "RepositoryModelLoad": _REPOSITORY,
     "RepositoryModelUnload": _REPOSITORY,
