@@ -36,6 +36,7 @@ class ErrorKind(enum.Enum):
     DRAINING = "draining"                    # this server is shutting down: retry (elsewhere, or later)
     WORKER_LOST = "worker_lost"              # the worker computing it died: retry
     UNAUTHENTICATED = "unauthenticated"      # missing or wrong bearer token
+    UNIMPLEMENTED = "unimplemented"          # a protocol method (or extension) this server does not serve
     INTERNAL = "internal"                    # a bug on the server, never the caller's fault
 
 

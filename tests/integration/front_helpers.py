@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import grpc
@@ -32,6 +36,18 @@ def make_repository(root: Path, flat: bool = True) -> Path:
     if flat:
         (root / "flat").symlink_to(FLAT_DIR, target_is_directory=True)
     return root
+
+
+@contextlib.contextmanager
+def served(server: Any, tmp: Path) -> Iterator[Any]:
+    """``server`` (a started ``serverproc.ServerProcess``) for a module's tests; then stopped, which must
+    exit 0, and its temporary folder ``tmp`` removed."""
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        assert code == 0, server.log_tail()
 
 
 def digit_images(n: int, seed: int = 7) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 from camserve_proto import explain_pb2 as pb
 from camserve_proto import explain_pb2_grpc as pb_grpc
-from front_helpers import code_name, digit_images, heatmap, jpeg, make_repository, png, request
+from front_helpers import code_name, digit_images, heatmap, jpeg, make_repository, png, request, served
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from serverproc import ServerProcess, start_server
@@ -39,13 +38,8 @@ ENGINE_NAMES = {pb.CAM: "cam", pb.GRAD_CAM: "gradcam", pb.GRAD_CAM_PLUS_PLUS: "g
 def server() -> ServerProcess:
     tmp = Path(tempfile.mkdtemp(prefix="camserve-it-"))
     repo = make_repository(tmp / "repo")
-    srv = start_server(repository=repo, workers="cpu:1")
-    try:
+    with served(start_server(repository=repo, workers="cpu:1"), tmp) as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-        assert code == 0, srv.log_tail()
 
 
 @pytest.fixture(scope="module")

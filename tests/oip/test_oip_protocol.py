@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from camserve.front.oip_infer import parse_infer, rows_hint
+from camserve.front.oip_infer import parse_infer
 from camserve.front.requests import RequestParser
 from camserve.front.status import MAX_MESSAGE_BYTES, message_of
 from camserve.front.tensors import read_inputs
@@ -276,9 +276,11 @@ def test_request_limits(parser: RequestParser) -> None:
         parse_infer(parser, _infer(id="x" * 257))
     with pytest.raises(Failure, match="no rows"):
         parse_infer(parser, _infer(rows=0))
-    assert rows_hint(_infer(rows=3)) == 3 and rows_hint(pb.ModelInferRequest()) == 1
+    assert len(parse_infer(parser, _infer(rows=3))) == 3  # what admission counts: the rows carried
     huge = pb.ModelInferRequest(inputs=[Tensor(name="IMAGE", datatype="BYTES", shape=[1 << 40, 1])])
-    assert rows_hint(huge) == 1024
+    with pytest.raises(Failure, match="more than 2147483648 elements") as err:  # a claim, refused as one
+        parse_infer(parser, huge)
+    assert err.value.kind is ErrorKind.INVALID_INPUT
 
 
 def test_unready_model_is_unavailable_not_an_error_of_the_caller(parser: RequestParser) -> None:

@@ -142,11 +142,45 @@ def test_token_is_required(server: ServerProcess, images: np.ndarray) -> None:
 
 
 def test_unimplemented_methods(server: ServerProcess) -> None:
-    codes = value(calls(server, {"op": "unimplemented"})[0])
-    assert set(codes) == {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
-                          "SystemSharedMemoryStatus", "CudaSharedMemoryStatus", "TraceSetting", "LogSettings",
-                          "ModelStreamInfer"}
-    assert set(codes.values()) == {"UNIMPLEMENTED"}, codes
+    """Every protocol method camserve does not serve is UNIMPLEMENTED at once, saying why and what to do
+    instead (gRPC's own answer was "Method not found!"), the stock client's stream included; so is a name
+    the protocol does not have, whatever the call's shape."""
+    def unimplemented() -> float:
+        return server.metric("camserve_requests_total", method="other", code="UNIMPLEMENTED")
+
+    counted = unimplemented()
+    r = calls(server, {"op": "unimplemented"}, {"op": "aio_stream"})
+    answers, (aio_code, aio_message) = value(r[0]), value(r[1])
+    assert aio_code == "UNIMPLEMENTED" and "nor the aio client's stream_infer" in aio_message, r[1]
+    assert set(answers) == {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+                            "SystemSharedMemoryStatus", "CudaSharedMemoryStatus", "TraceSetting",
+                            "LogSettings", "ModelStreamInfer"}
+    served = ", ".join(oip.RPC_METHODS)
+    instead = {"Repository": "--model-repository", "SharedMemory": "raw_input_contents", "Trace": "queue_ms",
+               "Log": "--log-level", "ModelStreamInfer": "send each request with ModelInfer"}
+    for method, (code, message) in answers.items():
+        said_why = f"camserve does not serve {method}: no " in message and f"It serves {served}" in message
+        assert (code, said_why) == ("UNIMPLEMENTED", True), (method, code, message)
+        said = [words in message for key, words in instead.items() if key in method]
+        assert said == [True], (method, message)
+    unknown = f"/{oip.SERVICE_NAME}/ModelExplain"
+    with server.channel() as ch:
+        errors = [_refused(lambda: ch.unary_unary(unknown)(b"", timeout=30, metadata=METADATA)),
+                  _refused(lambda: list(ch.stream_stream(unknown)(iter([b""] * 3), timeout=30,
+                                                                  metadata=METADATA)))]
+        no_token = _refused(lambda: ch.unary_unary(f"/{oip.SERVICE_NAME}/RepositoryIndex")(b"", timeout=30))
+    assert no_token.code() == grpc.StatusCode.UNAUTHENTICATED  # the token is checked first, and counted once
+    assert unimplemented() == counted + len(answers) + 1 + len(errors)
+    for error in errors:
+        assert error.code() == grpc.StatusCode.UNIMPLEMENTED, error
+        assert f"has no method 'ModelExplain'. camserve serves {served}" in error.details()
+        assert dict(error.trailing_metadata())["grpc-retry-pushback-ms"] == "-1"  # no retry makes it served
+
+
+def _refused(call: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value
 
 
 # ------------------------------------------------------------------------------ inference
@@ -181,9 +215,15 @@ def test_image_maps_equal_explain_for_every_method(server: ServerProcess, explai
 def test_pixels_class_index_and_size_equal_explain(server: ServerProcess, explain: Any,
                                                    images: np.ndarray) -> None:
     pixels = images[2:5]
-    got = value(calls(server, {"op": "infer", "inputs": [pixels_input(pixels)],
-                               "parameters": {"class_index": 3, "heatmap_size": "input",
-                                              "method": "layercam"}})[0])
+    call = {"inputs": [pixels_input(pixels)], "parameters": {"class_index": 3, "heatmap_size": "input",
+                                                             "method": "layercam"}}
+    r = calls(server, {"op": "infer", **call}, {"op": "async_infer", "id": "async-7", **call},
+              {"op": "async_infer", **call, "model": "nope"})
+    got, through_callback = value(r[0]), value(r[1])
+    assert through_callback["id"] == "async-7"  # the stock client's async_infer: same answer, id echoed
+    for name, tensor in got["outputs"].items():
+        np.testing.assert_allclose(array(through_callback["outputs"][name]), array(tensor), atol=1e-6)
+    assert (r[2]["code"], "served models" in r[2]["message"]) == ("NOT_FOUND", True)
     out = {name: array(t) for name, t in got["outputs"].items()}
     assert out["HEATMAP"].shape == (3, 1, 64, 64) and out["CLASS_IDS"].tolist() == [[3]] * 3
     for row, rgb in enumerate(pixels):
@@ -233,6 +273,8 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
     cases = [  # (what, call, code, message fragment)
         ("unknown model", {"model": "nope"}, "NOT_FOUND", "served models: demo, flat, held"),
         ("unknown version", {"version": "9"}, "NOT_FOUND", "no version 9"),
+        ("version 0 (not the newest, as in Triton)", {"version": "0"}, "NOT_FOUND",
+         "no version 0; served version: 1 (an empty model_version asks for the newest)"),
         ("version not a number", {"version": "v1"}, "INVALID_ARGUMENT", "not a version number"),
         ("version of a superscript digit", {"version": "\u00b2"}, "INVALID_ARGUMENT", "not a version number"),
         ("version of 5,000 digits", {"version": "9" * 5000}, "INVALID_ARGUMENT", "(5000 characters)"),

@@ -9,8 +9,9 @@ A plan: {"target": "host:port", "headers": {...}, "calls": [{"op": ..., ...}, ..
 result is {"ok": true, "value": ...} or {"ok": false, "code": "INVALID_ARGUMENT", "message": ...};
 infer results carry every output as {"datatype", "shape", "data"} (numbers as nested lists, BYTES as
 base64 strings), the response id and parameters (as plain values). Ops: live, ready, model_ready,
-server_metadata, model_metadata, model_config, statistics, infer, unimplemented (one call per protocol method
-camserve does not serve).
+server_metadata, model_metadata, model_config, statistics, infer, async_infer (the same, through
+async_infer's callback), aio_stream (the asyncio client's stream_infer: its code and message),
+unimplemented (one call per protocol method camserve does not serve: its code and message).
 """
 
 from __future__ import annotations
@@ -61,9 +62,18 @@ def _infer(client: Any, call: dict[str, Any], headers: dict[str, str]) -> dict[s
                else triton.InferRequestedOutput(n["name"], class_count=n["class_count"])
                for n in call.get("outputs", [])] or None
     kwargs = {k: call[k] for k in ("priority", "timeout") if k in call}
-    result = client.infer(call.get("model", "demo"), inputs, model_version=call.get("version", ""),
-                          outputs=outputs, request_id=call.get("id", ""), parameters=call.get("parameters"),
-                          headers=headers, client_timeout=call.get("client_timeout", 120), **kwargs)
+    kwargs.update(model_version=call.get("version", ""), outputs=outputs, request_id=call.get("id", ""),
+                  parameters=call.get("parameters"), headers=headers,
+                  client_timeout=call.get("client_timeout", 120))
+    if call["op"] == "infer":
+        result = client.infer(call.get("model", "demo"), inputs, **kwargs)
+    else:  # async_infer: the answer comes through the callback, on another thread
+        answers: queue.Queue[Any] = queue.Queue()
+        client.async_infer(call.get("model", "demo"), inputs,
+                           lambda result, error: answers.put((result, error)), **kwargs)
+        result, error = answers.get(timeout=kwargs["client_timeout"] + 30)
+        if error is not None:
+            raise error
     response = result.get_response()
     return {"id": response.id, "model_name": response.model_name, "model_version": response.model_version,
             "order": [o.name for o in response.outputs],
@@ -72,9 +82,9 @@ def _infer(client: Any, call: dict[str, Any], headers: dict[str, str]) -> dict[s
             "outputs": {o.name: _tensor(result, o.name) for o in response.outputs}}
 
 
-def _unimplemented(client: Any, headers: dict[str, str]) -> dict[str, str]:
-    """Call every protocol method camserve does not serve; {method: status code}."""
-    codes: dict[str, str] = {}
+def _unimplemented(client: Any, headers: dict[str, str]) -> dict[str, list[str]]:
+    """Call every protocol method camserve does not serve; {method: [status code, message]}."""
+    codes: dict[str, list[str]] = {}
     calls = {
         "RepositoryIndex": lambda: client.get_model_repository_index(headers=headers),
         "RepositoryModelLoad": lambda: client.load_model("demo", headers=headers),
@@ -87,9 +97,9 @@ def _unimplemented(client: Any, headers: dict[str, str]) -> dict[str, str]:
     for name, fn in calls.items():
         try:
             fn()
-            codes[name] = "OK"
+            codes[name] = ["OK", ""]
         except InferenceServerException as exc:
-            codes[name] = _code(exc)
+            codes[name] = [_code(exc), exc.message() or ""]
     # The bidirectional stream: its error arrives through the callback.
     errors: queue.Queue[Any] = queue.Queue()
     client.start_stream(callback=lambda result, error: errors.put(error), headers=headers)
@@ -99,8 +109,38 @@ def _unimplemented(client: Any, headers: dict[str, str]) -> dict[str, str]:
         client.async_stream_infer("demo", [tensor])
     error = errors.get(timeout=60)
     client.stop_stream()
-    codes["ModelStreamInfer"] = _code(error) if error is not None else "OK"
+    codes["ModelStreamInfer"] = [_code(error), error.message() or ""] if error is not None else ["OK", ""]
     return codes
+
+
+def _aio_stream(target: str, headers: dict[str, str]) -> list[str]:
+    """The asyncio client's stream_infer of three requests: [status code, message] of how it ended."""
+    import asyncio
+
+    import tritonclient.grpc.aio as aio
+
+    async def stream() -> list[str]:
+        client = aio.InferenceServerClient(target)
+        tensor = triton.InferInput("PIXELS", [1, 1], "UINT8")
+        tensor.set_data_from_numpy(np.zeros((1, 1), np.uint8))
+
+        async def requests() -> Any:
+            for i in range(3):
+                yield {"model_name": "demo", "inputs": [tensor], "request_id": str(i)}
+
+        try:
+            async for _result, error in client.stream_infer(requests(), headers=headers):
+                return ["OK", ""] if error is None else [_code(error), error.message() or ""]
+            return ["OK", ""]
+        except InferenceServerException as exc:
+            return [_code(exc), exc.message() or ""]
+        except Exception as exc:  # the aio client raises gRPC's own error for a failed stream
+            code = getattr(exc, "code", None)
+            return [code().name if callable(code) else type(exc).__name__, getattr(exc, "details", str)()]
+        finally:
+            await client.close()
+
+    return asyncio.run(asyncio.wait_for(stream(), 60))
 
 
 def _code(exc: InferenceServerException) -> str:
@@ -132,10 +172,12 @@ def run(plan: dict[str, Any]) -> list[dict[str, Any]]:
             elif op == "statistics":
                 value = client.get_inference_statistics(call.get("model", ""), version, headers=h,
                                                         as_json=True)
-            elif op == "infer":
+            elif op in ("infer", "async_infer"):
                 value = _infer(client, call, h)
             elif op == "unimplemented":
                 value = _unimplemented(client, h)
+            elif op == "aio_stream":
+                value = _aio_stream(plan["target"], h)
             else:
                 raise SystemExit(f"unknown op {op!r}")
             results.append({"ok": True, "value": value})

@@ -5,9 +5,17 @@ Why one place: camserve.v1 and the Open Inference Protocol share the server's in
 image counts whichever protocol brought it), queue their images the same way (:func:`shed_if_full`
 before decoding, :func:`compute` for the images of one call), end every failure through
 ``status``'s one table, and record every call in the same counters. A servicer hands
-:meth:`CallRunner.run` the work of a call; the runner admits its images, passes the caller's
-deadline, and turns whatever escapes into the status code the table gives (INTERNAL only for bugs,
-logged with the traceback). :class:`FrontServicer` is what each servicer is built from.
+:meth:`CallRunner.run` the work of a call; the runner passes it a :class:`Call` (the caller's
+deadline, and :meth:`Call.admit`), releases what it admitted, and turns whatever escapes into the
+status code the table gives (INTERNAL only for bugs, logged with the traceback).
+:class:`FrontServicer` is what each servicer is built from.
+
+The order every call with images follows: check the whole request (fields, parameters, shapes, each
+image's header: no decoding), then :meth:`Call.admit` its exact image count (the in-flight limit),
+then :func:`shed_if_full` (the queue), then decode and compute. So a malformed request gets the
+status of what is wrong with it whether or not the server is busy, and a request is admitted for the
+images it carries, never for a count it claims. Only what decoding alone finds (pixel data corrupt
+past a valid header) is found after admission.
 """
 
 from __future__ import annotations
@@ -28,12 +36,9 @@ from camserve.front.status import abort, failure_of, status_of, trailers_of
 from camserve.records import ErrorKind, Failure, ItemResult
 from camserve.scheduling.batcher import WorkItem, past_deadline
 
-__all__ = ["CallRunner", "FrontServicer", "compute", "shed_if_full"]
+__all__ = ["Call", "CallRunner", "FrontServicer", "compute", "shed_if_full"]
 
 log = logging.getLogger(__name__)
-
-#: ``work(deadline, started)``: deadline is ``clock()``-based (None = the caller set none).
-Work = Callable[[float | None, float], Awaitable[Any]]
 
 
 class Admission(Protocol):
@@ -58,6 +63,31 @@ class _LocalAdmission:
 
     def release(self, n: int) -> None:
         self.inflight -= n
+
+
+class Call:
+    """One call inside :meth:`CallRunner.run`: when it ``started`` and the caller's ``deadline`` (both
+    on the runner's clock; deadline None = the caller set none), and its images."""
+
+    def __init__(self, runner: CallRunner, started: float, deadline: float | None, images: int) -> None:
+        self._runner = runner
+        self.started = started
+        self.deadline = deadline
+        self.images = images  # what the statistics count: the checked count once admitted
+        self.admitted = 0
+
+    def admit(self, n: int) -> None:
+        """Count this call's ``n`` images against the in-flight limit (BUSY when they do not fit), once
+        the whole request is checked (see the module docstring); released when the call ends."""
+        if self.admitted:
+            raise RuntimeError("a call is admitted once")
+        self.images = n
+        self._runner.admit(n)
+        self.admitted = n
+
+
+#: ``work(call)``: a call's reply, its images admitted through ``call.admit`` once checked.
+Work = Callable[[Call], Awaitable[Any]]
 
 
 class CallRunner:
@@ -95,16 +125,17 @@ class CallRunner:
         remaining = context.time_remaining()
         return None if remaining is None else self.clock() + remaining
 
-    async def run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, images: int,
-                  work: Work) -> Any:
-        """Run ``work`` for one call of ``method`` carrying ``images`` images (0: nothing to admit) and
-        return its reply; on any failure the call ends with its mapped status instead."""
+    async def run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, work: Work,
+                  images: int = 0) -> Any:
+        """Run ``work`` for one call of ``method`` and return its reply; on any failure the call ends with
+        its mapped status instead. ``images``: what the statistics count for the call until ``work``
+        admits its checked count (the images it plainly carries; 0 for calls without images)."""
         self.arrived = self.clock()
         if self.closing is not None:  # draining: refused before it is accepted, so never in progress
             await self.finish(context, method, model, self.arrived, self.closing, images)
         self.active += 1
         try:
-            return await self._run(context, method, model, images, work)
+            return await self._run(context, method, model, work, images)
         finally:
             self.active -= 1
 
@@ -126,27 +157,24 @@ class CallRunner:
                 return
             await asyncio.sleep(wait)  # until the quiet period (or the time allowed) would end
 
-    async def _run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, images: int,
-                   work: Work) -> Any:
+    async def _run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, work: Work,
+                   images: int) -> Any:
         started = self.clock()
         deadline = self.deadline(context)
-        admitted = 0
+        call = Call(self, started, deadline, images)
         try:
-            if images:
-                self.admit(images)
-                admitted = images
-            reply = await work(deadline, started)
+            reply = await work(call)
         except asyncio.CancelledError:  # the caller left: cancelled, or gRPC ended it at its deadline
             self.metrics.record_rpc(model, method, self.ended(deadline, started), self.clock() - started,
-                                    images)
+                                    call.images)
             raise
         except Exception as exc:  # every path ends in a status, see camserve.front.status
-            await self.finish(context, method, model, started, exc, images, deadline)
+            await self.finish(context, method, model, started, exc, call.images, deadline)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
-            if admitted:
-                self.admission.release(admitted)
-        await self.finish(context, method, model, started, None, images)
+            if call.admitted:
+                self.admission.release(call.admitted)
+        await self.finish(context, method, model, started, None, call.images)
         return reply
 
     def ended(self, deadline: float | None, started: float) -> str:

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
           "bound and --max-inflight apply server-wide either way)", D.max_concurrent_rpcs, type=_nonneg_int)
     _flag(t, "--max-inflight", "images being handled at once in calls of either protocol, over all front "
           "ends (Explain counts 1, ExplainBatch its number of images, ModelInfer its rows); beyond it a call "
-          "is refused at once with RESOURCE_EXHAUSTED. Health, metadata and reflection are never limited, "
+          "is refused at once with RESOURCE_EXHAUSTED, once it is checked (a malformed call gets its own "
+          "status whatever the load). Health, metadata and reflection are never limited, "
           "unlike --max-concurrent-rpcs (0 = no limit)", D.max_inflight, type=_nonneg_int)
     _flag(t, "--max-image-pixels", "largest decoded image (width x height) accepted; checked from the header "
           "before decoding, against decompression bombs", D.max_image_pixels, type=_positive_int)

@@ -6,9 +6,10 @@ interceptors (token, malformed bodies), over the same Dispatcher: a request of N
 the model's queue, batched with camserve.v1 callers' images. Calls run through the front process's
 :class:`~camserve.front.calls.CallRunner` (in-flight limit, deadlines, status codes from
 ``status``'s table, ``camserve_requests_total{method=<RPC>}``). ``oip_infer`` maps a ModelInfer
-onto camserve's records; ``oip_models`` describes the models. Methods of the protocol that are not
-here (streaming, repository, shared memory, trace, logging) are not registered, so gRPC answers
-them UNIMPLEMENTED.
+onto camserve's records; ``oip_models`` describes the models. The methods of the protocol that are
+not served (streaming, repository, shared memory, trace, logging: Triton's grpc_service.proto has
+them) are answered by :class:`UnservedMethods`: UNIMPLEMENTED at once, saying what to do instead
+(gRPC's own answer, "Method not found!", says neither).
 """
 
 from __future__ import annotations
@@ -21,26 +22,29 @@ from typing import Any
 import grpc
 from camserve_proto import grpc_service_pb2 as pb
 from camserve_proto import grpc_service_pb2_grpc as pb_grpc
+from camserve_proto import oip as oip_wire
 
 from camserve.front import codec
-from camserve.front.calls import CallRunner, FrontServicer, compute, shed_if_full
+from camserve.front.calls import Call, CallRunner, FrontServicer, compute, shed_if_full
 from camserve.front.metrics import Metrics
 from camserve.front.oip_infer import (
     InferCall,
     build_reply,
     check_maps,
+    check_rows,
     decode_rows,
+    model_at,
     parse_infer,
-    parse_version,
-    rows_hint,
 )
 from camserve.front.oip_models import model_config, model_metadata, model_statistics
 from camserve.front.replies import check_reply
 from camserve.front.requests import RequestParser
+from camserve.front.status import abort, shown, status_of, trailers_of
+from camserve.records import ErrorKind, Failure
 from camserve.repository import ModelConfig
 from camserve.scheduling.batcher import WorkItem
 
-__all__ = ["EXTENSIONS", "SERVER_NAME", "InferenceServicer"]
+__all__ = ["EXTENSIONS", "SERVER_NAME", "UNSERVED", "InferenceServicer", "UnservedMethods"]
 
 SERVER_NAME = "camserve"
 
@@ -58,6 +62,55 @@ def _version() -> str:
 #: (``camserve_proto.oip.CLASSIFICATION``). Not "schedule_policy": ``timeout`` is honoured but
 #: ``priority`` is not.
 EXTENSIONS: tuple[str, ...] = ("parameters", "model_configuration", "statistics", "classification")
+
+_REPOSITORY = ("no model repository extension; the models of --model-repository are loaded when the server "
+               "starts and served until it stops, and ModelStatistics with no name lists them")
+_SHARED_MEMORY = ("no shared-memory extension; send inputs in raw_input_contents and read outputs from "
+                  "raw_output_contents")
+#: Each method of Triton's ``inference.GRPCInferenceService`` camserve does not serve, and why.
+UNSERVED: dict[str, str] = {
+    "ModelStreamInfer": "no streaming inference; send each request with ModelInfer (tritonclient: infer or "
+                        "async_infer, not start_stream/async_stream_infer nor the aio client's stream_infer)",
+    "RepositoryIndex": _REPOSITORY,
+    "RepositoryModelLoad": _REPOSITORY,
+    "RepositoryModelUnload": _REPOSITORY,
+    **{f"{kind}SharedMemory{op}": _SHARED_MEMORY
+       for kind in ("System", "Cuda") for op in ("Status", "Register", "Unregister")},
+    "TraceSetting": "no trace extension; each reply's parameters carry queue_ms, compute_ms, batch_size and "
+                    "total_ms, and /metrics has the server's histograms",
+    "LogSettings": "no logging extension; the log level is set when the server starts (--log-level)",
+}
+
+
+class UnservedMethods(grpc.GenericRpcHandler):
+    """Answers every method of ``inference.GRPCInferenceService`` that camserve does not serve (the
+    :data:`UNSERVED` ones, and names the protocol does not have) with UNIMPLEMENTED at once, saying
+    what is served or what to do instead, whatever the call's streaming kind: a stock client's
+    ModelStreamInfer stream ends with it before a request is read. ``on_reject(method, code)`` counts
+    each such call."""
+
+    def __init__(self, on_reject: Callable[[str, str], None] | None = None) -> None:
+        self._on_reject = on_reject
+        self._prefix = f"/{oip_wire.SERVICE_NAME}/"
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method or ""
+        name = method[len(self._prefix):] if method.startswith(self._prefix) else None
+        if name is None or name in oip_wire.RPC_METHODS:
+            return None
+        why = UNSERVED.get(name)
+        served = ", ".join(oip_wire.RPC_METHODS)
+        message = (f"camserve does not serve {name}: {why}. It serves {served}" if why is not None else
+                   f"{oip_wire.SERVICE_NAME} has no method {shown(name)}. camserve serves {served}")
+        failure = Failure(message, ErrorKind.UNIMPLEMENTED)
+
+        async def refuse(_requests: Any, context: grpc.aio.ServicerContext) -> None:
+            if self._on_reject is not None:  # counted here: a call the token check refused counts once
+                self._on_reject(method, status_of(failure.kind).name)
+            await abort(context, failure, trailers_of(failure.kind))
+
+        # The bidirectional-streaming shape answers a call of any shape: nothing is read before the status.
+        return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
@@ -80,7 +133,7 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
 
     def _model(self, name: str, version: str) -> ModelConfig:
         """The served model ``name`` ('' = the default) at ``version`` ('' = newest): NOT_FOUND otherwise."""
-        return self.parser.model(name, parse_version(version, "version"))
+        return model_at(self.parser, name, version, "version")
 
     def _ready(self, model: str | None = None) -> bool:
         return not self.draining() and bool(self.dispatcher.ready(model))
@@ -89,10 +142,10 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
                       reply: Callable[[], Any]) -> Any:
         """A call without images: ``reply()`` builds the answer (a Failure ends it with its status)."""
 
-        async def work(_deadline: float | None, _started: float) -> Any:
+        async def work(_call: Call) -> Any:
             return reply()
 
-        return await self.calls.run(context, method, model, 0, work)
+        return await self.calls.run(context, method, model, work)
 
     # ------------------------------------------------------------------------ health and metadata
 
@@ -151,20 +204,24 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ModelInferResponse:
         model = request.model_name or self.parser.default_model
-        return await self.calls.run(context, "ModelInfer", model, rows_hint(request),
-                                    lambda deadline, started: self._infer(request, deadline, started))
+        # Until the request is parsed its row count is a claim: the statistics count it as one image.
+        return await self.calls.run(context, "ModelInfer", model, lambda call: self._infer(request, call),
+                                    images=1)
 
-    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None,
-                     started: float) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, admission: Call) -> pb.ModelInferResponse:
         call = parse_infer(self.parser, request)
+        sizes = check_rows(call, self.max_image_pixels)
+        check_maps(call, sizes, self.max_send_bytes)
+        admission.admit(len(call))  # the rows it carries, checked: never the count it claims
         shed_if_full(self.dispatcher, call.config.name, len(call))
+        deadline, started = admission.deadline, admission.started
         if call.timeout_s is not None:  # Triton's queue timeout: the earlier of it and the caller's deadline
             deadline = min(deadline or float("inf"), started + call.timeout_s)
-        if self._inline(call):
+        if self._inline(call, sizes):
             images = decode_rows(call, self.max_image_pixels)
         else:
             images = await self.in_pool(decode_rows, call, self.max_image_pixels)
-        check_maps(call, images, self.max_send_bytes)
+        check_maps(call, [img.original_size for img in images], self.max_send_bytes)
         results = await compute(self.dispatcher, [
             WorkItem(model=call.config.name, pixels=img.pixels, spec=call.spec, deadline=deadline)
             for img in images])
@@ -177,8 +234,9 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
         return reply
 
     @staticmethod
-    def _inline(call: InferCall) -> bool:
-        """Pixels need no decoding; one tiny encoded image decodes faster than a hop to the pool."""
+    def _inline(call: InferCall, sizes: list[tuple[int, int]]) -> bool:
+        """Pixels need no decoding; one tiny encoded image (``sizes``: the rows' (h, w) as sent) decodes
+        faster than a hop to the pool."""
         if not isinstance(call.rows, list):
             return True
-        return len(call.rows) == 1 and codec.inline(call.rows[0])
+        return len(sizes) == 1 and codec.inline(*sizes[0])

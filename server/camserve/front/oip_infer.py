@@ -30,8 +30,8 @@ from camserve.front.tensors import bytes_output, output_tensor, read_input
 from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec, ModelSummary
 from camserve.repository import ModelConfig
 
-__all__ = ["InferCall", "build_reply", "check_maps", "decode_rows", "parse_infer", "parse_version",
-           "rows_hint"]
+__all__ = ["InferCall", "build_reply", "check_maps", "check_rows", "decode_rows", "model_at", "parse_infer",
+           "parse_version"]
 
 # Numbers as text, ASCII only and bounded: Python's int() and float() also take other scripts' digits
 # ("٣", and "²" passes str.isdigit() but not int()), underscores ("0_5") and names ("infinity"), and
@@ -58,13 +58,6 @@ class InferCall:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def rows_hint(request: pb.ModelInferRequest) -> int:
-    """How many images the request says it carries, for admission before any check (1..the batch
-    limit; the exact count is checked by :func:`parse_infer`)."""
-    shape = request.inputs[0].shape if request.inputs else ()
-    return min(max(int(shape[0]) if shape else 1, 1), wire.MAX_BATCH_REQUESTS)
 
 
 class _Parameters:
@@ -125,6 +118,18 @@ def parse_version(text: str, field: str = "model_version") -> int:
         raise invalid(f"{field} {shown(text)} is not a version number; send up to 18 digits 0-9, or empty "
                       "for the newest")
     return int(text)
+
+
+def model_at(parser: RequestParser, name: str, version: str, field: str = "model_version") -> ModelConfig:
+    """The served model ``name`` ('' = the default model) at the protocol's ``version`` string ('' = the
+    newest; unlike camserve.v1's version number, "0" is version 0, as in Triton): NOT_FOUND when it is
+    not served, INVALID_INPUT when ``version`` is not a number."""
+    number = parse_version(version, field)
+    cfg = parser.model(name)
+    if version and number != cfg.version:
+        raise Failure(f"model {cfg.name!r} has no version {number}; served version: {cfg.version} (an empty "
+                      f"{field} asks for the newest)", ErrorKind.UNKNOWN_MODEL)
+    return cfg
 
 
 def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes] | np.ndarray:
@@ -211,7 +216,7 @@ def _classification(probs: np.ndarray, count: int, labels: list[str]) -> list[by
 def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCall:
     """Every check that needs no decoding; raises :class:`Failure` (NOT_FOUND, UNAVAILABLE while the
     model loads, INVALID_ARGUMENT / FAILED_PRECONDITION with what is valid)."""
-    cfg = parser.model(request.model_name, parse_version(request.model_version))
+    cfg = model_at(parser, request.model_name, request.model_version)
     summary = parser.summary(cfg)
     if len(request.id) > wire.MAX_REQUEST_ID_CHARS:
         raise invalid(f"id is {len(request.id)} characters; at most {wire.MAX_REQUEST_ID_CHARS}")
@@ -240,6 +245,25 @@ def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCa
                      request_id=request.id, class_count=class_count)
 
 
+def check_rows(call: InferCall, max_pixels: int) -> list[tuple[int, int]]:
+    """Each row's (h, w) as sent, without decoding: an IMAGE row's header checked (format, size limits;
+    the refusal names the row), a PIXELS row at the model's input size."""
+    if isinstance(call.rows, np.ndarray):
+        return [tuple(call.summary.input_shape[:2])] * len(call.rows)
+    sizes = []
+    for i, data in enumerate(call.rows):
+        try:
+            _, width, height = codec.probe_encoded(data, max_pixels)
+        except Failure as exc:
+            raise _row_failure(i, exc) from None
+        sizes.append((height, width))
+    return sizes
+
+
+def _row_failure(i: int, exc: Failure) -> Failure:
+    return Failure(f"input 'IMAGE' row {i}: {exc.message}", exc.kind)
+
+
 def decode_rows(call: InferCall, max_pixels: int) -> list[DecodedImage]:
     """Each row as the model's uint8 pixels (PIXELS rows are views, not copies); a row that cannot be
     decoded fails the request, naming the row."""
@@ -251,24 +275,26 @@ def decode_rows(call: InferCall, max_pixels: int) -> list[DecodedImage]:
         try:
             out.append(codec.decode_encoded(data, shape, max_pixels, full_size=call.output.draws_original))
         except Failure as exc:
-            raise Failure(f"input 'IMAGE' row {i}: {exc.message}", exc.kind) from None
+            raise _row_failure(i, exc) from None
     return out
 
 
-def check_maps(call: InferCall, images: list[DecodedImage], limit: int) -> None:
-    """Before computing: HEATMAP must be one tensor (rows of one size at ``heatmap_size=original``)
-    that fits the reply (``limit`` bytes; TOO_LARGE otherwise)."""
-    if oip.HEATMAP not in call.outputs or call.output.size == "grid":
+def check_maps(call: InferCall, original_sizes: list[tuple[int, int]], limit: int) -> None:
+    """Before admission (the rows' (h, w) from :func:`check_rows`), and again once decoded (an Exif
+    orientation can turn an image): HEATMAP must be one tensor (rows of one size at
+    ``heatmap_size=original``) that fits the reply (``limit`` bytes; TOO_LARGE otherwise)."""
+    if oip.HEATMAP not in call.outputs or call.output.tensor_at == "grid":
         return
-    sizes = {map_size(call.output.tensor_at, call.summary.grid, img) for img in images}
+    sizes = {map_size(call.output.tensor_at, call.summary.grid, call.summary.input_shape, size)
+             for size in original_sizes}
     if len(sizes) > 1:
         listed = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:4])
         raise invalid(f"HEATMAP at heatmap_size 'original' needs images of one size; the rows are {listed}: "
                       "ask for heatmap_size 'grid' or 'input', or send images of one size per request")
     ((h, w),) = sizes
-    need = 4 * h * w * call.spec.top_k * len(images)
+    need = 4 * h * w * call.spec.top_k * len(original_sizes)
     if need > limit:
-        raise Failure(f"the reply would carry {need} bytes of FP32 heatmaps ({len(images)} x "
+        raise Failure(f"the reply would carry {need} bytes of FP32 heatmaps ({len(original_sizes)} x "
                       f"{call.spec.top_k} x {h}x{w}), over the server's {limit}-byte message limit; ask for "
                       "heatmap_size 'grid' or 'input', fewer rows or fewer classes", ErrorKind.TOO_LARGE)
 

@@ -3,10 +3,11 @@ from a config and its :class:`~camserve.records.ModelSummary`, and the reply-siz
 
 Why the size checks live here: the float32 maps a caller asks for at the original image size can
 exceed the message limit (4 bytes a pixel per class), so the front refuses such a request *before*
-computing it (:func:`check_map_bytes`), stops encoding a reply's maps as soon as they pass the limit
-(:class:`ReplyBudget`: PNG maps and overlays at a 20-megapixel original size take seconds each, and a
-reply that can never be sent should not take minutes of CPU to refuse), and checks the finished reply
-once more (:func:`check_reply`); every refusal is ``TOO_LARGE``, which clients must not retry.
+admitting it (:func:`check_map_bytes`, from the image's header), stops encoding a reply's maps as
+soon as they pass the limit (:class:`ReplyBudget`: PNG maps and overlays at a 20-megapixel original
+size take seconds each, and a reply that can never be sent should not take minutes of CPU to
+refuse), and checks the finished reply once more (:func:`check_reply`); every refusal is
+``TOO_LARGE``, which clients must not retry.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ def best_classes(probs: np.ndarray, k: int) -> np.ndarray:
     return candidates[np.argsort(neg[candidates], kind="stable")[:k]]
 
 
-def check_map_bytes(prep: Prepared, image: DecodedImage, limit: int) -> None:
-    """Refuse (``TOO_LARGE``) before computing when the float32 maps asked for cannot fit one reply."""
+def check_map_bytes(prep: Prepared, original_size: tuple[int, int], limit: int) -> None:
+    """Refuse (``TOO_LARGE``) before admission when the float32 maps asked for cannot fit one reply;
+    ``original_size``: the image's (h, w) as its header or shape says."""
     if not prep.output.tensor or prep.output.tensor_at == "grid":
         return
-    h, w = map_size(prep.output.tensor_at, prep.summary.grid, image)
+    h, w = map_size(prep.output.tensor_at, prep.summary.grid, prep.summary.input_shape, original_size)
     k = prep.spec.top_k
     need = 4 * h * w * k
     if need > limit:

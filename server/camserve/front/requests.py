@@ -64,6 +64,7 @@ class Prepared:
     target_layer: str  # the full path of the layer explained (the default one included)
     request_id: str
     image: pb.Image
+    sent_shape: tuple[int, int, int] = (0, 0, 0)  # (H, W, C) as sent, once checked (C 0: encoded)
 
 
 class RequestParser:

@@ -33,7 +33,7 @@ from camserve.front.calls import CallRunner
 from camserve.front.interceptors import server_interceptors
 from camserve.front.limits import LimitsInterceptor
 from camserve.front.metrics import Metrics
-from camserve.front.oip import InferenceServicer
+from camserve.front.oip import InferenceServicer, UnservedMethods
 from camserve.front.requests import RequestParser
 from camserve.front.security import SecurityConfig
 from camserve.front.service import SERVICE_NAME, ExplainServicer
@@ -211,6 +211,7 @@ def build_grpc_server(repository: dict[str, ModelConfig], opts: ServerOptions, d
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(dispatcher, parser, metrics, executor, calls=calls, draining=draining, **limits),
         server)
+    server.add_generic_rpc_handlers((UnservedMethods(on_reject),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -1,7 +1,8 @@
-"""The ``camserve.v1.ExplainService`` servicer (grpc.aio): admit, validate, decode, queue, reply.
+"""The ``camserve.v1.ExplainService`` servicer (grpc.aio): validate, admit, decode, queue, reply.
 
-``requests`` validates a call against the model's summary (so a bad request fails before it takes a
-queue slot), ``codec`` decodes (tiny images inline on the event loop, where a thread hop would cost
+``requests`` validates a call against the model's summary and ``headers`` each image's header or
+tensor shape (so a bad request fails for what it is before it is admitted or takes a queue slot,
+busy server or not), ``codec`` decodes (tiny images inline on the event loop, where a thread hop would cost
 more than the decode; the rest, and reply encoding that resizes or draws, in the codec thread pool),
 the dispatcher computes, ``replies`` builds the answer, and ``calls`` runs each call (the in-flight
 limit, shared with the Open Inference Protocol service, and the end of every failure through
@@ -15,6 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -23,7 +25,7 @@ from camserve_proto import explain_pb2_grpc as pb_grpc
 from camserve_proto import vocabulary as wire
 
 from camserve.front import codec
-from camserve.front.calls import CallRunner, FrontServicer, compute, shed_if_full
+from camserve.front.calls import Call, CallRunner, FrontServicer, compute, shed_if_full
 from camserve.front.codec import DecodedImage
 from camserve.front.metrics import MIXED_MODELS, Metrics
 from camserve.front.replies import ReplyBudget, build_response, check_map_bytes, check_reply, model_info
@@ -50,69 +52,81 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
 
     # ------------------------------------------------------------------------ per image
 
+    def check(self, request: pb.ExplainRequest) -> Prepared:
+        """Every check of one request before it is admitted: its fields (``RequestParser.prepare``), its
+        image without decoding it (the header, or the tensor's shape, dtype and bytes) and that its maps
+        can fit a reply; raises a Failure (INVALID_INPUT, TOO_LARGE, ...). The Prepared carries the
+        image's shape as sent (``sent_shape``)."""
+        prep = self.parser.prepare(request)
+        image = prep.image
+        if image.WhichOneof("source") == "encoded":
+            _, width, height = codec.probe_encoded(image.encoded, self.max_image_pixels)
+            prep = replace(prep, sent_shape=(height, width, 0))
+        else:
+            t = image.tensor
+            shape = codec.probe_tensor(_dtype(t), list(t.shape), t.data, prep.summary.input_shape,
+                                       self.max_image_pixels)
+            prep = replace(prep, sent_shape=shape)
+        check_map_bytes(prep, prep.sent_shape[:2], self.max_send_bytes)
+        return prep
+
     def decode(self, prep: Prepared) -> DecodedImage:
-        """Decode the image for the model; raises ImageError (INVALID_INPUT) or TOO_LARGE."""
+        """Decode the image :meth:`check` passed; raises ImageError (INVALID_INPUT) for pixel data that
+        cannot be decoded."""
         image = prep.image
         shape = prep.summary.input_shape
         if image.WhichOneof("source") == "encoded":
-            decoded = codec.decode_encoded(image.encoded, shape, self.max_image_pixels,
-                                           full_size=prep.output.draws_original)
-        else:
-            t = image.tensor
-            dtype = wire.name_of(wire.DTYPES, t.dtype) or str(t.dtype)
-            decoded = codec.decode_tensor(dtype, list(t.shape), t.data, shape, self.max_image_pixels)
-        check_map_bytes(prep, decoded, self.max_send_bytes)
-        return decoded
+            return codec.decode_encoded(image.encoded, shape, self.max_image_pixels,
+                                        full_size=prep.output.draws_original)
+        return codec.tensor_image(_dtype(image.tensor), prep.sent_shape, image.tensor.data, shape)
 
     @staticmethod
     def _inline(prep: Prepared) -> bool:
         """Decode on the event loop (see ``codec.inline``); raw tensors too unless large (a copy, or a
         resize)."""
-        image = prep.image
-        if image.WhichOneof("source") == "encoded":
-            return codec.inline(image.encoded)
-        dims = list(image.tensor.shape)
-        return len(dims) < 3 or dims[-3] * dims[-2] <= codec.INLINE_PIXELS
+        return codec.inline(*prep.sent_shape[:2])
 
     def _work(self, prep: Prepared, image: DecodedImage, deadline: float | None) -> WorkItem:
         return WorkItem(model=prep.config.name, pixels=image.pixels, spec=prep.spec, deadline=deadline)
 
-    async def _explain_one(self, request: pb.ExplainRequest, deadline: float | None,
-                           started: float) -> pb.ExplainResponse:
-        prep = self.parser.prepare(request)
+    async def _explain_one(self, request: pb.ExplainRequest, call: Call) -> pb.ExplainResponse:
+        prep = self.check(request)
+        call.admit(1)
         shed_if_full(self.dispatcher, prep.config.name)
         image = self.decode(prep) if self._inline(prep) else await self.in_pool(self.decode, prep)
-        (result,) = await compute(self.dispatcher, [self._work(prep, image, deadline)])
+        (result,) = await compute(self.dispatcher, [self._work(prep, image, call.deadline)])
         budget = ReplyBudget(self.max_send_bytes)
         if prep.output.costly:
-            return await self.in_pool(lambda: build_response(prep, image, result, self.clock() - started,
-                                                             budget))
-        return build_response(prep, image, result, self.clock() - started, budget)
+            return await self.in_pool(lambda: build_response(prep, image, result,
+                                                             self.clock() - call.started, budget))
+        return build_response(prep, image, result, self.clock() - call.started, budget)
 
     async def _decode_at(self, index: int, prep: Prepared) -> DecodedImage:
         if self._inline(prep):
             return _at(index, self.decode, prep)
         return await self.in_pool(_at, index, self.decode, prep)
 
-    async def _explain_batch(self, request: pb.ExplainBatchRequest, deadline: float | None,
-                             started: float) -> pb.ExplainBatchResponse:
+    async def _explain_batch(self, request: pb.ExplainBatchRequest, call: Call) -> pb.ExplainBatchResponse:
         n = len(request.requests)
         if n > wire.MAX_BATCH_REQUESTS:
             raise invalid(f"ExplainBatch carries {n} requests; at most {wire.MAX_BATCH_REQUESTS} per call")
-        preps = [_at(i, self.parser.prepare, r) for i, r in enumerate(request.requests)]
+        preps = [_at(i, self.check, r) for i, r in enumerate(request.requests)]
         configs = {p.config.name: p.config for p in preps}
-        for name, count in Counter(p.config.name for p in preps).items():
+        counts = Counter(p.config.name for p in preps)
+        for name, count in counts.items():
             limit = configs[name].batching.max_queue_size
             if count > limit:  # could never fit, so not QUEUE_FULL (which clients retry)
                 raise invalid(f"ExplainBatch carries {count} images for model {name!r}, more than its "
                               f"queue holds ({limit}); split the call")
+        call.admit(n)
+        for name, count in counts.items():
             shed_if_full(self.dispatcher, name, count)
         images = await asyncio.gather(*(self._decode_at(i, p) for i, p in enumerate(preps)))
-        results = await compute(self.dispatcher,
-                                [self._work(p, img, deadline) for p, img in zip(preps, images, strict=True)])
+        results = await compute(self.dispatcher, [self._work(p, img, call.deadline)
+                                                  for p, img in zip(preps, images, strict=True)])
 
         def build() -> pb.ExplainBatchResponse:
-            total = self.clock() - started
+            total = self.clock() - call.started
             budget = ReplyBudget(self.max_send_bytes)
             rows = zip(preps, images, results, strict=True)
             return pb.ExplainBatchResponse(
@@ -127,16 +141,16 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
     async def Explain(self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext
                       ) -> pb.ExplainResponse:
         model = request.model or self.parser.default_model
-        return await self.calls.run(context, "Explain", model, 1, lambda deadline, started: self._checked(
-            self._explain_one(request, deadline, started)))
+        return await self.calls.run(context, "Explain", model,
+                                    lambda call: self._checked(self._explain_one(request, call)), images=1)
 
     async def ExplainBatch(self, request: pb.ExplainBatchRequest, context: grpc.aio.ServicerContext
                            ) -> pb.ExplainBatchResponse:
         models = {r.model or self.parser.default_model for r in request.requests}
         model = next(iter(models)) if len(models) == 1 else (MIXED_MODELS if models else None)
-        return await self.calls.run(context, "ExplainBatch", model, len(request.requests),
-                                    lambda deadline, started: self._checked(
-                                        self._explain_batch(request, deadline, started)))
+        return await self.calls.run(context, "ExplainBatch", model,
+                                    lambda call: self._checked(self._explain_batch(request, call)),
+                                    images=len(request.requests))
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ListModelsResponse:
@@ -164,6 +178,11 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
     def _info(self, cfg: Any) -> pb.ModelInfo:
         return model_info(cfg, self.dispatcher.model_summary(cfg.name), bool(self.dispatcher.ready(cfg.name)),
                           self.backend)
+
+
+def _dtype(t: pb.Tensor) -> str:
+    """A camserve.v1 tensor's dtype in the wire's words (the number itself when it names none)."""
+    return wire.name_of(wire.DTYPES, t.dtype) or str(t.dtype)
 
 
 def _at(index: int, fn: Callable[[Any], Any], arg: Any) -> Any:

@@ -8,7 +8,8 @@ bugs.
 A failure also tells a client's gRPC retry policy (service config ``retryPolicy``) when to retry,
 through gRPC's ``grpc-retry-pushback-ms`` trailer:
 
-* ``-1`` on refusals no retry can fix (:data:`NO_RETRY`: a request or reply too large stays too large);
+* ``-1`` on refusals no retry can fix (:data:`NO_RETRY`: a request or reply too large stays too large,
+  a method the server does not serve stays unserved);
 * on DRAINING (this server is shutting down), :data:`DRAINING_PUSHBACK_S`: a front end refuses new
   calls for at most that long before it stops gRPC, so the retry finds another replica, or (a
   restart) nothing listening, where the client's ``waitForReady`` waits without spending attempts;
@@ -53,12 +54,13 @@ STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.DRAINING: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.WORKER_LOST: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 assert set(STATUS) == set(ErrorKind), "every ErrorKind needs a status code"
 
 #: Kinds no retry can fix: answered with ``grpc-retry-pushback-ms: -1``.
-NO_RETRY: frozenset[ErrorKind] = frozenset({ErrorKind.TOO_LARGE})
+NO_RETRY: frozenset[ErrorKind] = frozenset({ErrorKind.TOO_LARGE, ErrorKind.UNIMPLEMENTED})
 
 
 def failure_of(exc: BaseException) -> Failure:
