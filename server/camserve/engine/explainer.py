@@ -90,7 +90,8 @@ class Explainer:
     Unset options fall back to the ones ``load_model`` recorded for this model.
 
     ``images`` for ``explain_batch`` are uint8 (B, H, W, C) RGB at the model's input size (the step
-    applies ``preprocessing``), or float32 already preprocessed (passed through unchanged).
+    applies ``preprocessing``), or float32 already preprocessed (passed through unchanged). Integer
+    images of other dtypes are pixels too (taken as uint8 when in 0..255, see ``_integer_pixels``).
 
     Raises ``InvalidInputError`` (bad option, model the engine cannot run, caffe/torch preprocessing
     for a model that does not take 3 channels), ``UnknownLayerError``
@@ -268,12 +269,30 @@ class Explainer:
             raise InvalidInputError("images must hold at least one image")
         if arr.dtype == np.uint8:
             return arr
-        if arr.dtype.kind in "fiu":
+        if arr.dtype.kind in "iu":
+            return self._integer_pixels(arr)
+        if arr.dtype.kind == "f":
             arr = arr.astype(np.float32, copy=False)
             if not np.isfinite(arr).all():
                 raise InvalidInputError("float images contain NaN or infinity")
             return arr
         raise InvalidInputError(f"images must be uint8 or float32, got {arr.dtype}")
+
+    def _integer_pixels(self, arr: np.ndarray) -> np.ndarray:
+        """Integer images of another dtype than uint8 (int32/int64 from ``np.array(.., dtype=int)`` or
+        a cast, uint16 from a 16-bit file) are pixels, never "already preprocessed" values: under
+        preprocessing 'none' cast to float32 as uint8 is; under tf/caffe/torch, which take 8-bit
+        pixels, taken as uint8 when every value is in 0..255 and refused otherwise."""
+        if self.preprocessing == "none":
+            return arr.astype(np.float32)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise InvalidInputError(
+                f"{arr.dtype} images hold values {lo}..{hi}, but preprocessing {self.preprocessing!r} "
+                "takes 8-bit pixels 0..255: scale them to uint8, or preprocess them yourself and pass "
+                "float32 (taken as already preprocessed)"
+            )
+        return arr.astype(np.uint8)
 
     # ---- the batch API ----------------------------------------------------------------------
     def explain_batch(
@@ -281,7 +300,8 @@ class Explainer:
     ) -> list[ItemResult]:
         """Explain each image with its spec; one compiled step per chunk of at most max_batch_size.
 
-        ``images``: (B, H, W, C) uint8 at the model's input size, or float already preprocessed.
+        ``images``: (B, H, W, C) uint8 at the model's input size (other integer dtypes: pixels in
+        0..255), or float already preprocessed.
         Returns one :class:`ItemResult` per image, in order. With ``return_errors`` an invalid spec
         gives that item an ``ItemResult`` whose ``error``/``message`` say why (the other items are
         computed); otherwise the first invalid spec raises its :class:`EngineError`.

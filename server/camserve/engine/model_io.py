@@ -41,10 +41,10 @@ def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int,
             f"{kind} {model.name!r} was never called and has no Input, so its input shape is unknown: "
             "pass input_shape=(H, W, C) (the library API takes it from the first image)"
         )
-    if len(shape) not in (3, 4) or any(d is None for d in shape[1:]):
+    refuse_non_image(model, shape)
+    if any(d is None for d in shape[1:]):
         raise InvalidInputError(
-            f"model input shape {shape} is not (batch, H, W, C) nor (batch, H, W) with known sizes; "
-            "pass input_shape=(H, W, C)"
+            f"model input shape {shape} leaves its sizes open; pass input_shape=(H, W, C)"
         )
     dims = tuple(int(d) for d in shape[1:])
     return dims if len(dims) == 3 else (*dims, 1)  # type: ignore[return-value]
@@ -61,11 +61,24 @@ def declared_input_shape(model: Any) -> tuple[Any, ...]:
     if inputs:
         if len(inputs) != 1:
             raise InvalidInputError(
-                f"model {model.name!r} has {len(inputs)} inputs; the engine needs one image input"
+                f"model {model.name!r} has {len(inputs)} inputs; the engine needs one image input: explain "
+                "the image alone through a model that takes only it and supplies the other inputs itself "
+                "(a keras.Model subclass whose call(image) returns model([image, other]))"
             )
         return tuple(inputs[0].shape)
     build = model.get_build_config() if hasattr(model, "get_build_config") else None
     return tuple((build or {}).get("input_shape") or ())
+
+
+def refuse_non_image(model: Any, shape: tuple[Any, ...]) -> None:
+    """Raise ``InvalidInputError`` unless ``shape`` (with its batch axis) is an image's: (batch, H, W,
+    C) or (batch, H, W). No ``input_shape`` changes that, so the message does not offer one."""
+    if len(shape) not in (3, 4):
+        raise InvalidInputError(
+            f"model {model.name!r} takes {shape}, not images: the engine explains one 2-D image per "
+            "item, (batch, H, W, C) or (batch, H, W); models over frames or volumes (batch, T, H, W, C) "
+            "(TimeDistributed, Conv3D) or over vectors are not supported"
+        )
 
 
 def refuse_channels_first(model: Any) -> None:
