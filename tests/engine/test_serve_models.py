@@ -1,7 +1,8 @@
 """The models users bring, through ``camserve serve`` with no target layer: the issue's two
-reproductions, a subclassed model, a ViT-like token model, keras-hub's ViT, a stock
-architecture whose classifier is a 1x1 convolution and a grayscale fully convolutional model (input
-(batch, H, W), output (batch, 1, 1, classes)), from a repository written here (.keras and .h5).
+reproductions, a subclassed model, a ViT-like token model, keras-hub's ViT (carrying its own
+preprocessor), a stock architecture whose classifier is a 1x1 convolution and a grayscale fully
+convolutional model (input (batch, H, W), output (batch, 1, 1, classes)), from a repository written
+here (.keras and .h5).
 
 Each served map must equal the library's map for the same file and image (the library's maps are
 checked against independent references in test_zoo / test_heads), the default target must have a
@@ -70,7 +71,9 @@ MODELS = {
     "tf_softmax": (_tf_softmax, "model.keras", (3, 3, 1), np.ones((3, 3, 1), np.float32)),
     "subclassed": (zoo.subclassed, "model.keras", (32, 32, 3), None),
     "vit_like": (zoo.vit_like, "model.keras", (32, 32, 3), None),
-    "keras_hub_vit": (zoo.keras_hub_vit, "model.keras", (32, 32, 3), None),
+    # with its own preprocessor (pixels -> [-1, 1]), which predict() applies and call() does not
+    "keras_hub_vit": (lambda: zoo.keras_hub_vit(preprocessor=True), "model.keras", (32, 32, 3),
+                      np.random.default_rng(9).integers(0, 256, (32, 32, 3), dtype=np.uint8)),
     "mobilenet_v3": (lambda: zoo.APPLICATIONS["mobilenet_v3"][0](64), "model.keras", (64, 64, 3), None),
     "gray_fully_convolutional": (_gray_fully_convolutional, "model.keras", (8, 8, 1), None),
 }
@@ -132,6 +135,11 @@ def test_served_with_defaults_equals_the_library(served, name: str) -> None:
         assert info.head_kind == "softmax"
     if name in ("vit_like", "keras_hub_vit"):
         assert got.heatmap.shape == (4, 4)
+    if name == "keras_hub_vit":  # the probabilities of the task's predict(), its preprocessor applied
+        predicted = model.predict(images[name][None].astype(np.float32), verbose=0)[0]
+        assert got.probability == pytest.approx(float(predicted[got.class_index]), abs=1e-5)
+        best = [p.class_index for p in r.top_predictions]
+        assert best == list(np.argsort(-predicted)[: len(best)])
     if name == "gray_fully_convolutional":  # its (H, W, 1) image reaches it as (B, H, W)
         assert lib.info.target_layer == "features" and lib.info.cam_supported and not got.all_zero
 

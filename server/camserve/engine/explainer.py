@@ -28,6 +28,7 @@ from camserve.engine.errors import (
     InvalidInputError,
     UnknownLayerError,
 )
+from camserve.engine.model_io import own_preprocessing
 from camserve.engine.preprocess import check_channels, check_mode
 from camserve.engine.targets import ModelGraph
 from camserve.engine.tokens import TokenLayout
@@ -135,6 +136,9 @@ class Explainer:
             model, input_shape or hints.input_shape, layout, gradients=self._backend.gradients
         )
         check_channels(preprocessing, self.graph.input_shape[2])
+        # A keras-hub task's preprocessor (applied by its predict(), not by call()) runs on the host
+        # before the step, as predict() runs it, so the maps and probabilities are predict()'s.
+        self._own_preprocessing = own_preprocessing(model, preprocessing, self.graph.input_shape)
         self.target = self.graph.resolve(target_layer)
         if compile_mode == "auto":
             # Documented rule (ANCHORS.md, measured): XLA convolutions are slower than oneDNN graph
@@ -337,6 +341,8 @@ class Explainer:
                 targets[i, :] = int(s.class_index)
             else:
                 targets[i, :] = -1 - np.minimum(np.arange(kb), wanted[i] - 1)
+        if self._own_preprocessing is not None:
+            images = np.asarray(self._own_preprocessing(images.astype(np.float32)), np.float32)
         if bucket > b:
             pad = np.zeros((bucket - b, *images.shape[1:]), images.dtype)
             images = np.concatenate([images, pad])

@@ -4,13 +4,17 @@ class-score output.
 - input: (batch, H, W, C), or (batch, H, W) (a grayscale image without its channel axis, taken as
   (H, W, 1)); its shape from the model's Input or build, or given;
 - output: (batch, classes), or (batch, 1, ..., 1, classes) (a fully convolutional head);
-- refused with the way out: channels_first image layers, several inputs or outputs.
+- refused with the way out: channels_first image layers, several inputs or outputs;
+- a keras-hub task's own ``preprocessor``, which its ``predict`` applies and its ``call`` does not:
+  the engine applies it too (``own_preprocessing``), so maps and probabilities are those of
+  ``predict``.
 
 Keras only (no backend import).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -115,3 +119,32 @@ def classes_of(model: Any, y: Any) -> int:
         f"model {model.name!r} returns {shapes}; the engine needs one (batch, classes) output "
         "(or (batch, 1, 1, classes))"
     )
+
+
+def own_preprocessing(
+    model: Any, preprocessing: str, input_shape: tuple[int, int, int]
+) -> Callable[[Any], Any] | None:
+    """The preprocessing a keras-hub task applies to images in ``predict``/``fit`` but not in its
+    ``call`` (its ``preprocessor``, run through the task's own ``preprocess_samples``); None for a
+    model without one (plain Keras models preprocess inside ``call``, e.g. with ``Rescaling``).
+
+    Raises ``InvalidInputError`` when camserve's ``preprocessing`` is not ``"none"`` (the images would
+    be preprocessed twice) or the preprocessor resizes images to another size than ``input_shape``.
+    """
+    run = getattr(model, "preprocess_samples", None)
+    if getattr(model, "preprocessor", None) is None or not callable(run):
+        return None
+    name = f"{type(model.preprocessor).__name__} of model {model.name!r}"
+    if preprocessing != "none":
+        raise InvalidInputError(
+            f"the model carries its own preprocessor ({name}), which the engine applies as its predict() "
+            f"does; preprocessing {preprocessing!r} would preprocess the images twice: use 'none'"
+        )
+    size = getattr(getattr(model.preprocessor, "image_converter", None), "image_size", None)
+    if size is not None and tuple(int(d) for d in size) != tuple(input_shape[:2]):
+        raise InvalidInputError(
+            f"the model's own preprocessor ({name}) resizes images to {tuple(size)}, but the engine "
+            f"explains {tuple(input_shape[:2])} images: use input_shape=({size[0]}, {size[1]}, "
+            f"{input_shape[2]})"
+        )
+    return run
