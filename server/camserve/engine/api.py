@@ -2,7 +2,7 @@
 
 ```python
 from camserve import GradCAM
-gradcam = GradCAM(model, target_layer="block5_conv3")     # target_layer optional
+gradcam = GradCAM(model, target_layer="block5_conv3")     # optional; a name, path or the layer
 heatmap = gradcam.compute_heatmap(x, class_idx=None)       # (H,W,C) or (1,H,W,C) -> (h,w) in [0,1]
 heatmaps = gradcam.compute_heatmaps(batch, class_idx=[3, None, 7])  # (B,h,w); None = top-1
 results = gradcam.explain(batch, top_k=3)                  # ItemResults: probabilities + maps
@@ -81,7 +81,7 @@ class _BaseCAM:
     def __init__(
         self,
         model: Any,
-        target_layer: str | None = None,
+        target_layer: Any = None,
         *,
         score: str = "logits",
         preprocessing: str = "none",

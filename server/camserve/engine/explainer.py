@@ -84,10 +84,11 @@ class Explainer:
     ``model``: any ``keras.Model`` (Functional, Sequential, subclassed, with custom layers) with one
     image input and one (batch, classes) output. ``target_layer``: None (automatic: the last layer
     on the way to the output whose grid is larger than 1x1 and that the score depends on; ``info.
-    target_reason`` says why), a layer name, an ``outer/inner/sub`` path, or ``name@k`` for the k-th
-    call of a layer called several times. ``input_shape`` (H, W, C) is needed only when the model
-    cannot tell (never called, or an Input with unknown sizes). ``token_grid`` (h, w) and
-    ``prefix_tokens`` override how (B, N, C) token outputs map to the patch grid (``tokens``).
+    target_reason`` says why), a layer name, an ``outer/inner/sub`` path, ``name@k`` for the k-th
+    call of a layer called several times, or the layer object (called once). ``input_shape`` (H, W,
+    C) is needed only when the model cannot tell (never called, or an Input with unknown sizes).
+    ``token_grid`` (h, w) and ``prefix_tokens`` override how (B, N, C) token outputs map to the patch
+    grid (``tokens``).
     Unset options fall back to the ones ``load_model`` recorded for this model.
 
     ``images`` for ``explain_batch`` are uint8 (B, H, W, C) RGB at the model's input size (the step
@@ -102,7 +103,7 @@ class Explainer:
     def __init__(
         self,
         model: Any,
-        target_layer: str | None = None,
+        target_layer: Any = None,
         preprocessing: str = "tf",
         compile_mode: str = "auto",
         max_batch_size: int = 32,
@@ -167,7 +168,7 @@ class Explainer:
         self._cam_kernel = self.target.cam_kernel() if self.target.cam_supported else None
         self._info: ModelSummary | None = None
 
-    def with_target(self, target_layer: str) -> Explainer:
+    def with_target(self, target_layer: Any) -> Explainer:
         """An Explainer of the same model and settings for another target layer, reusing this one's
         recording of the model (building a second one would run the model again). Its buckets
         compile on first use. Raises ``UnknownLayerError`` as the constructor does."""
