@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -65,6 +66,18 @@ def _gray_fully_convolutional() -> keras.Model:
     return keras.Model(inp, layers.Conv2D(2, 1, activation="softmax", name="classes")(pooled))
 
 
+def _non_square_rescaling() -> keras.Model:
+    """A 6x10 input scaled inside the model (Rescaling: it takes 0..255 pixels), a Dropout that must be
+    off at inference, and a 3x5 grid: orientation kept from input to grid to every size."""
+    keras.utils.set_random_seed(7)
+    layers = keras.layers
+    inp = keras.Input((6, 10, 3))
+    a = layers.Conv2D(4, 3, padding="same", activation="relu")(layers.Rescaling(1 / 255)(inp))
+    a = layers.Conv2D(4, 3, padding="same", activation="relu", name="features")(layers.MaxPooling2D()(a))
+    pooled = layers.Dropout(0.5)(layers.GlobalAveragePooling2D()(a))
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(pooled))
+
+
 MODELS = {
     # name: (factory, file, input shape, image)
     "one_by_one": (_one_by_one, "model.h5", (8, 8, 1), None),
@@ -76,6 +89,8 @@ MODELS = {
                       np.random.default_rng(9).integers(0, 256, (32, 32, 3), dtype=np.uint8)),
     "mobilenet_v3": (lambda: zoo.APPLICATIONS["mobilenet_v3"][0](64), "model.keras", (64, 64, 3), None),
     "gray_fully_convolutional": (_gray_fully_convolutional, "model.keras", (8, 8, 1), None),
+    "non_square_rescaling": (_non_square_rescaling, "model.keras", (6, 10, 3),
+                             np.random.default_rng(5).integers(0, 256, (6, 10, 3), dtype=np.uint8)),
 }
 
 
@@ -140,6 +155,15 @@ def test_served_with_defaults_equals_the_library(served, name: str) -> None:
         assert got.probability == pytest.approx(float(predicted[got.class_index]), abs=1e-5)
         best = [p.class_index for p in r.top_predictions]
         assert best == list(np.argsort(-predicted)[: len(best)])
+    if name == "non_square_rescaling":  # (h, w) = (3, 5) at the grid, (6, 10) at the input size
+        assert lib.info.target_layer == "features" and got.heatmap.shape == (3, 5) and not got.all_zero
+        assert got.probability == pytest.approx(float(model.predict(images[name][None], verbose=0)[0][
+            got.class_index]), abs=1e-5)  # uint8 pixels reach Rescaling as they are; Dropout is off
+        at_input = client.explain(images[name], model=name, output={"size": "input"}).heatmap
+        want = cv2.resize(got.heatmap, (10, 6), interpolation=cv2.INTER_LINEAR)  # OpenCV: (width, height)
+        np.testing.assert_allclose(at_input, np.clip(want, 0, 1), atol=1e-6)
+        sent = cv2.resize(images[name], (15, 9), interpolation=cv2.INTER_LINEAR)  # 9x15, back at 9x15
+        assert client.explain(sent, model=name, output={"size": "original"}).heatmap.shape == (9, 15)
     if name == "gray_fully_convolutional":  # its (H, W, 1) image reaches it as (B, H, W)
         assert lib.info.target_layer == "features" and lib.info.cam_supported and not got.all_zero
 
