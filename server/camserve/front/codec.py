@@ -19,6 +19,7 @@ import numpy as np
 import simplejpeg
 
 from camserve.engine import overlay as render  # NumPy + cv2 only, no TensorFlow
+from camserve.engine.pixels import display_pixels  # NumPy only
 from camserve.records import ErrorKind, Failure
 
 #: Default bound on the decoded pixel count of one image (about 25 megapixels, 75 MB as RGB).
@@ -247,12 +248,14 @@ def decode_encoded(data: bytes, input_shape: tuple[int, int, int],
 
 
 def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
-                  input_shape: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+                  input_shape: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
+                  preprocessing: str = "none") -> DecodedImage:
     """Check and convert a raw tensor: UINT8 (H,W,C)/(1,H,W,C) any size, or FLOAT32 at the input size.
 
-    FLOAT32 is taken as already preprocessed for the model, so it must match the input shape exactly
-    and be finite; UINT8 is gray (C=1), gray + alpha (2), RGB (3) or RGBA (4) pixels of any size,
-    resized like decoded images. Alpha is dropped, never composited: the rule for encoded images with
+    FLOAT32 is taken as already preprocessed for the model (with its ``preprocessing``, which overlays
+    undo to draw on the pixels it came from), so it must match the input shape exactly and be finite;
+    UINT8 is gray (C=1), gray + alpha (2), RGB (3) or RGBA (4) pixels of any size, resized like
+    decoded images. Alpha is dropped, never composited: the rule for encoded images with
     alpha (OpenCV's decoder drops it), and what Keras' ``load_img`` and PIL's ``convert("RGB")`` do
     to the images a model is trained on.
     """
@@ -292,14 +295,13 @@ def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
     arr = np.frombuffer(data, dtype="<f4").reshape(h, w, c).astype(np.float32)
     if not np.isfinite(arr).all():
         raise ImageError("the FLOAT32 tensor contains NaN or infinite values")
-    return DecodedImage(pixels=arr, original=_display_from_float(arr))
+    return DecodedImage(pixels=arr, original=_display_from_float(arr, preprocessing))
 
 
-def _display_from_float(arr: np.ndarray) -> np.ndarray:
-    """A viewable uint8 RGB version of a preprocessed float image (min-max), for overlays only."""
-    lo, hi = float(arr.min()), float(arr.max())
-    scaled = np.zeros(arr.shape, np.uint8) if hi <= lo else ((arr - lo) * (255.0 / (hi - lo))).round()
-    rgb = scaled.astype(np.uint8)
+def _display_from_float(arr: np.ndarray, preprocessing: str) -> np.ndarray:
+    """The uint8 RGB pixels a preprocessed float image came from, for overlays only (caffe's BGR back
+    to RGB; a min-max stretch for 'none', whose scale only the model knows)."""
+    rgb = display_pixels(arr, preprocessing)
     return np.ascontiguousarray(np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb)
 
 

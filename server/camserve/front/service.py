@@ -60,7 +60,8 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         else:
             t = image.tensor
             dtype = wire.name_of(wire.DTYPES, t.dtype) or str(t.dtype)
-            decoded = codec.decode_tensor(dtype, list(t.shape), t.data, shape, self.max_image_pixels)
+            decoded = codec.decode_tensor(dtype, list(t.shape), t.data, shape, self.max_image_pixels,
+                                          preprocessing=prep.summary.preprocessing)
         check_map_bytes(prep, decoded, self.max_send_bytes)
         return decoded
 
