@@ -315,7 +315,13 @@ def test_models_the_engine_cannot_run_are_refused_saying_what_to_do() -> None:
     per_frame = keras.layers.TimeDistributed(keras.layers.Conv2D(2, 3))(frames)
     clip = keras.Model(frames, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling3D()(per_frame)))
     vector = keras.Input((10,))
+    steps = keras.Input((16, 16))  # 16 steps of 16 features: not a 16x16 gray image folded into 4x4
+    signal = keras.Model(steps, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(
+        keras.layers.Conv1D(4, 3, padding="same", name="c1d")(steps))))
+    recurrent = keras.Model(steps, keras.layers.Dense(2)(keras.layers.LSTM(3)(steps)))
     for model, why in (
+        (signal, r"takes \(None, 16, 16\), not images.*sequences \(batch, steps, features\) \(Conv1D 'c1d'"),
+        (recurrent, r"takes \(None, 16, 16\), not images.*sequences.*LSTM"),
         (two_in, r"2 inputs.*one image input.*call\(image\) returns model\(\[image, other\]\)"),
         (clip, r"takes \(None, 4, 8, 8, 3\), not images.*TimeDistributed"),
         (keras.Model(vector, keras.layers.Dense(2)(vector)), r"takes \(None, 10\), not images"),

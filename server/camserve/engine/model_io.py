@@ -74,14 +74,31 @@ def declared_input_shape(model: Any) -> tuple[Any, ...]:
     return tuple((build or {}).get("input_shape") or ())
 
 
+#: Layers that read a (batch, steps, features) input as a sequence, and image layers that read 2-D grids.
+_SEQUENCE_LAYERS = (keras.layers.Conv1D, keras.layers.SeparableConv1D, keras.layers.DepthwiseConv1D,
+                    keras.layers.Conv1DTranspose, keras.layers.RNN, keras.layers.LSTM, keras.layers.GRU,
+                    keras.layers.SimpleRNN, keras.layers.Bidirectional)
+_IMAGE_LAYERS = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D,
+                 keras.layers.Conv2DTranspose, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+
+
 def refuse_non_image(model: Any, shape: tuple[Any, ...]) -> None:
     """Raise ``InvalidInputError`` unless ``shape`` (with its batch axis) is an image's: (batch, H, W,
-    C) or (batch, H, W). No ``input_shape`` changes that, so the message does not offer one."""
+    C), or (batch, H, W) read as a grayscale image, not as a sequence (a model of 1-D convolutions or
+    recurrent layers and no 2-D image layer, whose maps would be a sequence folded into a grid). No
+    ``input_shape`` changes that, so the message does not offer one."""
+    what = ""
     if len(shape) not in (3, 4):
+        what = "frames or volumes (batch, T, H, W, C) (TimeDistributed, Conv3D) or vectors"
+    elif len(shape) == 3:
+        ops = list(walk(model))
+        sequence = next((op for op in ops if isinstance(op, _SEQUENCE_LAYERS)), None)
+        if sequence is not None and not any(isinstance(op, _IMAGE_LAYERS) for op in ops):
+            what = f"sequences (batch, steps, features) ({type(sequence).__name__} {sequence.name!r})"
+    if what:
         raise InvalidInputError(
             f"model {model.name!r} takes {shape}, not images: the engine explains one 2-D image per "
-            "item, (batch, H, W, C) or (batch, H, W); models over frames or volumes (batch, T, H, W, C) "
-            "(TimeDistributed, Conv3D) or over vectors are not supported"
+            f"item, (batch, H, W, C) or (batch, H, W); models over {what} are not supported"
         )
 
 
