@@ -4,7 +4,8 @@ class-score output.
 - input: (batch, H, W, C), or (batch, H, W) (a grayscale image without its channel axis, taken as
   (H, W, 1)); its shape from the model's Input or build, or given;
 - output: (batch, classes), or (batch, 1, ..., 1, classes) (a fully convolutional head);
-- refused with the way out: channels_first image layers, several inputs or outputs;
+- refused with the way out: channels_first image layers, several inputs or outputs; refused as what
+  they are: inputs that are not 2-D images (frames, volumes, vectors, sequences);
 - a keras-hub task's own ``preprocessor``, which its ``predict`` applies and its ``call`` does not:
   the engine applies it too (``own_preprocessing``), so maps and probabilities are those of
   ``predict``.
