@@ -6,6 +6,7 @@ the sync and asyncio clients and by the load generator.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -187,16 +188,29 @@ def build_request(image: ImageLike | pb.Image, *, model: str | None = None, mode
     """One ExplainRequest from Python arguments (validation a client can do without the model)."""
     if top_k is None or int(top_k) < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if class_index is not None and (isinstance(class_index, bool) or int(class_index) < 0):
-        raise ValueError(f"class_index must be a non-negative int or None, got {class_index!r}")
+    class_index = _class_index(class_index)
     req = pb.ExplainRequest(
         model=model or "", model_version=int(model_version or 0),
         image=image if isinstance(image, pb.Image) else image_to_proto(image),
         method=method_enum(method), top_k=int(top_k), target_layer=target_layer or "",
         output=OutputOptions.coerce(output).to_proto(), request_id=request_id or "")
     if class_index is not None:
-        req.class_index = int(class_index)
+        req.class_index = class_index
     return req
+
+
+def _class_index(value: Any) -> int | None:
+    """An int, a NumPy integer or a 0-d integer array or tensor (``np.argmax``, ``tf.argmax``), >= 0;
+    a float or a bool is refused (``int(3.7)`` would ask for class 3)."""
+    if value is None:
+        return None
+    try:
+        index = -1 if isinstance(value, (bool, np.bool_)) else operator.index(value)
+    except TypeError:
+        index = -1
+    if index < 0:
+        raise ValueError(f"class_index must be a non-negative int or None, got {value!r}")
+    return index
 
 
 @dataclass(frozen=True)
@@ -348,7 +362,10 @@ def parse_model_info(m: pb.ModelInfo) -> ModelInfo:
 
 
 def per_image(value: Any, n: int, name: str) -> Sequence[Any]:
-    """Broadcast a scalar option to n images, or check a per-image sequence has length n."""
+    """Broadcast a scalar option to n images, or check a per-image sequence (a list, tuple or 1-D
+    array or tensor) has length n."""
+    if not isinstance(value, (list, tuple, str, bytes)) and np.ndim(value) == 1:
+        value = list(value)
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise ValueError(f"{name} has {len(value)} entries for {n} images")

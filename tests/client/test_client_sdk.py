@@ -113,6 +113,8 @@ def test_omitted_tensor_gives_none_and_class_index_unset_by_default(fake) -> Non
     ({"method": "scorecam"}, "unknown method"),
     ({"top_k": 0}, "top_k"),
     ({"class_index": -1}, "class_index"),
+    ({"class_index": 3.7}, "class_index"),  # not class 3
+    ({"class_index": True}, "class_index"),
     ({"output": {"size": "huge"}}, "size"),
     ({"output": {"overlay": "gif"}}, "overlay"),
     ({"output": {"alpha": 0}}, "alpha"),
@@ -262,7 +264,12 @@ def test_list_get_model_and_batch(fake) -> None:
             client.explain_batch([imgs[0], np.zeros((4, 4), np.int32)])
         with pytest.raises(ValueError, match="class_index has 2 entries for 3 images"):
             client.explain_batch(imgs, class_index=[1, 2])
-    assert fake.service.attempts["ExplainBatch"] == 1
+        # NumPy: one index per image as a 1-D array (np.argmax(p, axis=1)), or one for all
+        rs = client.explain_batch(imgs, class_index=np.array([2, 0, 5]))
+        assert [r.class_index for r in rs] == [2, 0, 5]
+        assert [r.class_index for r in client.explain_batch(imgs, class_index=np.int64(4))] == [4, 4, 4]
+        assert client.explain(imgs[0], class_index=np.array(6)).class_index == 6
+    assert fake.service.attempts["ExplainBatch"] == 3  # the first and the two NumPy ones
 
 
 def test_health_matches_the_stock_health_service(fake) -> None:

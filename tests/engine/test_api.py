@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import cv2
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from camserve.engine import CamNotSupportedError, ClassIndexError, Explainer, InvalidInputError
 from camserve.records import ItemSpec
 
@@ -42,6 +44,22 @@ def test_readme_api(trained: dict, digits: tuple) -> None:
     )
     big = gradcam.compute_heatmap(x[0], size=(24, 24))
     assert big.shape == (24, 24) and big.min() >= 0 and big.max() <= 1
+    wide = gradcam.compute_heatmap(x[0], size=(18, 30))  # (height, width): OpenCV takes (width, height)
+    np.testing.assert_allclose(wide, cv2.resize(one, (30, 18), interpolation=cv2.INTER_LINEAR), atol=1e-6)
+    # A class index as NumPy and tensor scalars: np.argmax, Keras' Grad-CAM example's
+    # tf.argmax(preds[0]), keras.ops.argmax; per image as a 1-D array or tensor.
+    scores = np.eye(10, dtype=np.float32)[3]
+    for ci in (np.int64(3), np.array(3), np.argmax(scores), tf.argmax(scores), keras.ops.argmax(scores)):
+        np.testing.assert_array_equal(gradcam.compute_heatmap(x[0], class_idx=ci), many[0], err_msg=repr(ci))
+    np.testing.assert_array_equal(gradcam.compute_heatmaps(x, class_idx=tf.constant([3, 3, 3])),
+                                  gradcam.compute_heatmaps(x, class_idx=tf.constant(3)))
+    np.testing.assert_array_equal(gradcam.compute_heatmaps(x, class_idx=np.array([3, 0, 7]))[[0, 2]],
+                                  many[[0, 2]])
+    for bad in (3.0, True, np.array([3]), tf.constant(3.0), "3"):
+        with pytest.raises(InvalidInputError, match="class_idx must be an int or None"):
+            gradcam.compute_heatmap(x[0], class_idx=bad)
+    with pytest.raises(InvalidInputError, match="class_idx entries must be an int or None"):
+        gradcam.compute_heatmaps(x, class_idx=[3, 0.5, None])
     res = gradcam.explain(x, top_k=2)
     assert [len(r.maps) for r in res] == [2, 2, 2]
     np.testing.assert_allclose(gradcam.predict(x), model.predict(x, verbose=0), atol=1e-5)

@@ -7,6 +7,7 @@ import pickle
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from camserve.engine import (
     CamNotSupportedError,
     ClassIndexError,
@@ -112,6 +113,17 @@ def test_preprocessing_inside_the_step(trained: dict, digits: tuple) -> None:
         # float input to an Explainer with preprocessing is taken as already preprocessed
         c = inside.explain_batch(outside, [ItemSpec("gradcam")] * 3)
         np.testing.assert_allclose(_maps(c), _maps(b), atol=1e-5, err_msg=mode)
+        # integer pixels of other dtypes (np.array(img, dtype=int), a cast, a 16-bit file) are pixels
+        for dtype in (np.int64, np.int32, np.uint16):
+            d = inside.explain_batch(pixels.astype(dtype), [ItemSpec("gradcam")] * 3)
+            np.testing.assert_allclose(_maps(d), _maps(a), atol=1e-6, err_msg=f"{mode} {dtype}")
+        with pytest.raises(InvalidInputError, match=rf"uint16 images hold values 15..4095.*'{mode}'.*0..255"):
+            inside.explain_batch((pixels.astype(np.uint16) * 16 + 15)[:1], [ItemSpec()])
+    # with no preprocessing any integer range is the model's own business: cast, as uint8 is
+    wide = pixels.astype(np.uint16) * 16
+    ref = Explainer(model, preprocessing="none", max_batch_size=4)
+    np.testing.assert_allclose(_maps(ref.explain_batch(wide, [ItemSpec()] * 3)),
+                               _maps(ref.explain_batch(wide.astype(np.float32), [ItemSpec()] * 3)), atol=1e-6)
 
 
 def _flat_and_nested(called: bool) -> tuple[keras.Model, keras.Model]:
@@ -291,6 +303,55 @@ def test_models_the_engine_cannot_run_are_refused_saying_what_to_do() -> None:
         Explainer(two, preprocessing="none")
     e = Explainer(keras.Model(two.inputs, two.outputs[1]), preprocessing="none", max_batch_size=1)
     assert e.num_classes == 3
+
+    # Refused by the library classes too, at construction: not "the input shape is unknown until the
+    # first image", which no image can fix.
+    from camserve import GradCAM
+
+    meta = keras.Input((5,))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3, name="conv")(inp))
+    two_in = keras.Model([inp, meta], keras.layers.Dense(2)(keras.layers.Concatenate()([pooled, meta])))
+    frames = keras.Input((4, 8, 8, 3))
+    per_frame = keras.layers.TimeDistributed(keras.layers.Conv2D(2, 3))(frames)
+    clip = keras.Model(frames, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling3D()(per_frame)))
+    vector = keras.Input((10,))
+    steps = keras.Input((16, 16))  # 16 steps of 16 features: not a 16x16 gray image folded into 4x4
+    signal = keras.Model(steps, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(
+        keras.layers.Conv1D(4, 3, padding="same", name="c1d")(steps))))
+    recurrent = keras.Model(steps, keras.layers.Dense(2)(keras.layers.LSTM(3)(steps)))
+    for model, why in (
+        (signal, r"takes \(None, 16, 16\), not images.*sequences \(batch, steps, features\) \(Conv1D 'c1d'"),
+        (recurrent, r"takes \(None, 16, 16\), not images.*sequences.*LSTM"),
+        (two_in, r"2 inputs.*one image input.*call\(image\) returns model\(\[image, other\]\)"),
+        (clip, r"takes \(None, 4, 8, 8, 3\), not images.*TimeDistributed"),
+        (keras.Model(vector, keras.layers.Dense(2)(vector)), r"takes \(None, 10\), not images"),
+    ):
+        for build in (lambda m: Explainer(m, preprocessing="none"), GradCAM):
+            with pytest.raises(InvalidInputError, match=why) as refused:
+                build(model)
+            assert "input_shape" not in str(refused.value)
+
+    class ImageOnly(keras.Model):
+        """The way out the two-input refusal names: the other input supplied by the model itself."""
+
+        def __init__(self, model: keras.Model, other: np.ndarray) -> None:
+            super().__init__()
+            self.model, self.other = model, keras.ops.convert_to_tensor(other)
+
+        def call(self, image):
+            other = keras.ops.broadcast_to(self.other, (keras.ops.shape(image)[0], self.other.shape[-1]))
+            return self.model([image, other])
+
+    image = np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32)
+    extra = np.linspace(-1, 1, 5, dtype=np.float32)[None]
+    heat = GradCAM(ImageOnly(two_in, extra), input_shape=(8, 8, 3)).compute_heatmap(image, 1)
+    with tf.GradientTape() as tape:  # the reference: the model run by hand from the conv
+        a = two_in.get_layer("conv")(image[None])
+        tape.watch(a)
+        z = two_in.layers[-1](keras.ops.concatenate([keras.ops.mean(a, axis=(1, 2)), extra], axis=-1))[:, 1]
+    g = tape.gradient(z, a).numpy()[0]
+    raw = np.maximum(np.einsum("ijc,c->ij", a.numpy()[0], g.mean(axis=(0, 1))), 0)
+    np.testing.assert_allclose(heat, (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-5)
 
 
 def test_an_input_named_as_target_is_called_an_input() -> None:

@@ -94,6 +94,15 @@ def test_a_layer_called_twice_is_two_targets() -> None:
     assert auto.info.target_layer == "relu@1" and auto.info.cam_supported
     first = Explainer(model, "relu@0", preprocessing="none", max_batch_size=2, input_shape=(8, 8, 3))
     res = first.explain_batch(x, [ItemSpec("gradcam", class_index=2)] * 2)
+    # The layer object itself, as pytorch-grad-cam users pass it: its one call, or the choice of calls
+    assert first.with_target(model.c2).target.name == "c2"
+    with pytest.raises(UnknownLayerError, match=r"'relu' is called 2 times.*relu@0, relu@1"):
+        first.with_target(model.relu)
+    with pytest.raises(UnknownLayerError, match=r"'stray' is not called when model .* runs"):
+        first.with_target(keras.layers.ReLU(name="stray"))
+    for wrong in (["relu@0"], -1):  # pytorch-grad-cam's target_layers list; tf-keras-vis' layer index
+        with pytest.raises(UnknownLayerError, match=r"a layer's name or path, or the layer.*None chooses"):
+            first.with_target(wrong)
     with tf.GradientTape() as tape:
         a = model.relu(model.c1(tf.constant(x)))
         tape.watch(a)

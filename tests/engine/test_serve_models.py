@@ -1,7 +1,8 @@
 """The models users bring, through ``camserve serve`` with no target layer: the issue's two
-reproductions, a subclassed model, a ViT-like token model, keras-hub's ViT, a stock
-architecture whose classifier is a 1x1 convolution and a grayscale fully convolutional model (input
-(batch, H, W), output (batch, 1, 1, classes)), from a repository written here (.keras and .h5).
+reproductions, a subclassed model, a ViT-like token model, keras-hub's ViT (carrying its own
+preprocessor), a stock architecture whose classifier is a 1x1 convolution and a grayscale fully
+convolutional model (input (batch, H, W), output (batch, 1, 1, classes)), from a repository written
+here (.keras and .h5).
 
 Each served map must equal the library's map for the same file and image (the library's maps are
 checked against independent references in test_zoo / test_heads), the default target must have a
@@ -14,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -64,15 +66,31 @@ def _gray_fully_convolutional() -> keras.Model:
     return keras.Model(inp, layers.Conv2D(2, 1, activation="softmax", name="classes")(pooled))
 
 
+def _non_square_rescaling() -> keras.Model:
+    """A 6x10 input scaled inside the model (Rescaling: it takes 0..255 pixels), a Dropout that must be
+    off at inference, and a 3x5 grid: orientation kept from input to grid to every size."""
+    keras.utils.set_random_seed(7)
+    layers = keras.layers
+    inp = keras.Input((6, 10, 3))
+    a = layers.Conv2D(4, 3, padding="same", activation="relu")(layers.Rescaling(1 / 255)(inp))
+    a = layers.Conv2D(4, 3, padding="same", activation="relu", name="features")(layers.MaxPooling2D()(a))
+    pooled = layers.Dropout(0.5)(layers.GlobalAveragePooling2D()(a))
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(pooled))
+
+
 MODELS = {
     # name: (factory, file, input shape, image)
     "one_by_one": (_one_by_one, "model.h5", (8, 8, 1), None),
     "tf_softmax": (_tf_softmax, "model.keras", (3, 3, 1), np.ones((3, 3, 1), np.float32)),
     "subclassed": (zoo.subclassed, "model.keras", (32, 32, 3), None),
     "vit_like": (zoo.vit_like, "model.keras", (32, 32, 3), None),
-    "keras_hub_vit": (zoo.keras_hub_vit, "model.keras", (32, 32, 3), None),
+    # with its own preprocessor (pixels -> [-1, 1]), which predict() applies and call() does not
+    "keras_hub_vit": (lambda: zoo.keras_hub_vit(preprocessor=True), "model.keras", (32, 32, 3),
+                      np.random.default_rng(9).integers(0, 256, (32, 32, 3), dtype=np.uint8)),
     "mobilenet_v3": (lambda: zoo.APPLICATIONS["mobilenet_v3"][0](64), "model.keras", (64, 64, 3), None),
     "gray_fully_convolutional": (_gray_fully_convolutional, "model.keras", (8, 8, 1), None),
+    "non_square_rescaling": (_non_square_rescaling, "model.keras", (6, 10, 3),
+                             np.random.default_rng(5).integers(0, 256, (6, 10, 3), dtype=np.uint8)),
 }
 
 
@@ -132,6 +150,20 @@ def test_served_with_defaults_equals_the_library(served, name: str) -> None:
         assert info.head_kind == "softmax"
     if name in ("vit_like", "keras_hub_vit"):
         assert got.heatmap.shape == (4, 4)
+    if name == "keras_hub_vit":  # the probabilities of the task's predict(), its preprocessor applied
+        predicted = model.predict(images[name][None].astype(np.float32), verbose=0)[0]
+        assert got.probability == pytest.approx(float(predicted[got.class_index]), abs=1e-5)
+        best = [p.class_index for p in r.top_predictions]
+        assert best == list(np.argsort(-predicted)[: len(best)])
+    if name == "non_square_rescaling":  # (h, w) = (3, 5) at the grid, (6, 10) at the input size
+        assert lib.info.target_layer == "features" and got.heatmap.shape == (3, 5) and not got.all_zero
+        assert got.probability == pytest.approx(float(model.predict(images[name][None], verbose=0)[0][
+            got.class_index]), abs=1e-5)  # uint8 pixels reach Rescaling as they are; Dropout is off
+        at_input = client.explain(images[name], model=name, output={"size": "input"}).heatmap
+        want = cv2.resize(got.heatmap, (10, 6), interpolation=cv2.INTER_LINEAR)  # OpenCV: (width, height)
+        np.testing.assert_allclose(at_input, np.clip(want, 0, 1), atol=1e-6)
+        sent = cv2.resize(images[name], (15, 9), interpolation=cv2.INTER_LINEAR)  # 9x15, back at 9x15
+        assert client.explain(sent, model=name, output={"size": "original"}).heatmap.shape == (9, 15)
     if name == "gray_fully_convolutional":  # its (H, W, 1) image reaches it as (B, H, W)
         assert lib.info.target_layer == "features" and lib.info.cam_supported and not got.all_zero
 

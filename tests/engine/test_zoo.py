@@ -14,7 +14,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from camserve.engine import Explainer
+from camserve.engine import Explainer, InvalidInputError
 from camserve.records import ItemSpec
 
 from engine import zoo_models as zoo
@@ -96,3 +96,21 @@ def test_keras_hub_vit_classifier() -> None:
     last = model.backbone.get_layer("vit_encoder").encoder_layers[-1]
     assert e.info.target_layer == f"{model.backbone.name}/vit_encoder/{last.name}/{last.layer_norm_1.name}"
     assert e.info.target_kind == "tokens" and e.info.grid == (4, 4) and e.info.prefix_tokens == 1
+
+    # The same classifier carrying its own preprocessor (pixels -> [-1, 1]), as a preset's does: its
+    # predict() applies it and its call() does not; the engine explains what predict() computes.
+    own = zoo.keras_hub_vit(preprocessor=True)
+    pixels = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    with_own = Explainer(own, preprocessing="none", max_batch_size=2)
+    got = with_own.explain_batch(pixels, [ItemSpec("gradcam", top_k=2)] * 2)
+    np.testing.assert_allclose(np.stack([r.probabilities for r in got]),
+                               own.predict(pixels.astype(np.float32), verbose=0), atol=1e-5)
+    want = e.explain_batch(pixels / np.float32(127.5) - 1, [ItemSpec("gradcam", top_k=2)] * 2)
+    for r, w in zip(got, want, strict=True):
+        assert [m.class_index for m in r.maps] == [m.class_index for m in w.maps]
+        for m, n in zip(r.maps, w.maps, strict=True):
+            np.testing.assert_allclose(m.heatmap, n.heatmap, atol=1e-5)
+    with pytest.raises(InvalidInputError, match=r"own preprocessor \(ViTImageClassifierPreprocessor.*twice"):
+        Explainer(own, preprocessing="tf")
+    with pytest.raises(InvalidInputError, match=r"resizes images to \(24, 24\).*input_shape=\(24, 24, 3\)"):
+        Explainer(zoo.keras_hub_vit(preprocessor=True, image_size=24), preprocessing="none")

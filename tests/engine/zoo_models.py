@@ -264,15 +264,23 @@ def vit_like(size: int = 32, patch: int = 8, dim: int = 16, classes: int = 3) ->
 
 
 # ---- keras-hub ViT --------------------------------------------------------------------------------
-def keras_hub_vit(size: int = 32) -> keras.Model:
+def keras_hub_vit(size: int = 32, preprocessor: bool = False, image_size: int | None = None) -> keras.Model:
+    """keras-hub's ViT classifier; with ``preprocessor`` it carries the task's own preprocessor (pixels
+    to [-1, 1], resized to ``image_size``, default ``size``), which its predict() applies and its call()
+    does not, as a preset's classifier does."""
     import keras_hub
 
     keras.utils.set_random_seed(5)
     backbone = keras_hub.models.ViTBackbone(
         image_shape=(size, size, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
     )
+    pre = None
+    if preprocessor:
+        side = image_size or size
+        converter = keras_hub.layers.ViTImageConverter(image_size=(side, side), scale=1 / 127.5, offset=-1.0)
+        pre = keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
     return keras_hub.models.ViTImageClassifier(
-        backbone=backbone, num_classes=3, activation="softmax", preprocessor=None
+        backbone=backbone, num_classes=3, activation="softmax", preprocessor=pre
     )
 
 

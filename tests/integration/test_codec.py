@@ -145,6 +145,15 @@ def test_float_tensor_must_be_at_input_size_and_finite() -> None:
     assert img.original.dtype == np.uint8 and img.original.shape == INPUT
     with pytest.raises(ImageError, match="input shape"):
         codec.decode_tensor("FLOAT32", [32, 32, 3], arr[:32, :32].tobytes(), INPUT)
+    # Overlays over a FLOAT32 tensor are drawn on the pixels it was preprocessed from: the model's
+    # preprocessing undone, caffe's BGR back to RGB (a min-max of the BGR floats swapped red and blue).
+    from camserve.engine.pixels import preprocess_numpy
+
+    pixels = (skdata.chelsea()[:64, :64] // 2 + 40).astype(np.uint8)  # not spanning 0..255
+    for mode in ("tf", "caffe", "torch"):
+        sent = preprocess_numpy(pixels, mode).astype("<f4")
+        img = codec.decode_tensor("FLOAT32", [64, 64, 3], sent.tobytes(), INPUT, preprocessing=mode)
+        assert np.abs(img.original.astype(int) - pixels).max() <= 1, mode
     bad = arr.copy()
     bad[3, 3, 1] = np.nan
     with pytest.raises(ImageError, match="NaN"):

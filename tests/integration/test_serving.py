@@ -172,6 +172,13 @@ def test_inputs_tensor_and_encoded_agree(stub: pb_grpc.ExplainServiceStub, image
     for other in (b, c):
         assert other.explanations[0].class_index == 3
         np.testing.assert_allclose(heatmap(other.explanations[0]), heatmap(a.explanations[0]), atol=1e-5)
+    # An overlay over the FLOAT32 tensor (alpha ~0: the image alone) shows the pixels it came from
+    dim = (img // 2 + 40).astype(np.uint8)
+    opts = pb.OutputOptions(size=pb.MODEL_INPUT, overlay=pb.PNG, overlay_alpha=0.001)
+    sent = dim.astype(np.float32) / 127.5 - 1.0  # the demo model's 'tf' preprocessing
+    over = stub.Explain(request(sent, output=opts), timeout=30).explanations[0].overlay
+    drawn = cv2.cvtColor(cv2.imdecode(np.frombuffer(over, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.abs(drawn.astype(int) - dim).max() <= 1
     gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     d = stub.Explain(request(gray[:, :, None], class_index=3), timeout=30)
     e = stub.Explain(request(png(np.dstack([gray] * 3)), class_index=3), timeout=30)

@@ -2,7 +2,7 @@
 
 ```python
 from camserve import GradCAM
-gradcam = GradCAM(model, target_layer="block5_conv3")     # target_layer optional
+gradcam = GradCAM(model, target_layer="block5_conv3")     # optional; a name, path or the layer
 heatmap = gradcam.compute_heatmap(x, class_idx=None)       # (H,W,C) or (1,H,W,C) -> (h,w) in [0,1]
 heatmaps = gradcam.compute_heatmaps(batch, class_idx=[3, None, 7])  # (B,h,w); None = top-1
 results = gradcam.explain(batch, top_k=3)                  # ItemResults: probabilities + maps
@@ -47,6 +47,21 @@ def _resize(maps: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).reshape(*maps.shape[:-2], height, width).astype(np.float32)
 
 
+def class_index(value: Any, what: str = "class_idx") -> int | None:
+    """A class index as an int: None, an int, a NumPy integer, or a 0-d integer array or tensor (what
+    ``np.argmax``, ``tf.argmax(preds[0])`` and ``keras.ops.argmax`` return). Raises
+    ``InvalidInputError`` for anything else (bools, floats, arrays of several values)."""
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value)
+    except Exception:  # any object NumPy cannot read is not an index
+        arr = np.asarray(None)
+    if arr.ndim != 0 or arr.dtype.kind not in "iu":
+        raise InvalidInputError(f"{what} must be an int or None, got {value!r}")
+    return int(arr)
+
+
 #: Image sizes whose Explainer is kept for a model that takes any size (each holds compiled steps).
 MAX_SIZES = 8
 
@@ -66,7 +81,7 @@ class _BaseCAM:
     def __init__(
         self,
         model: Any,
-        target_layer: str | None = None,
+        target_layer: Any = None,
         *,
         score: str = "logits",
         preprocessing: str = "none",
@@ -97,17 +112,22 @@ class _BaseCAM:
             self._build(input_shape)
 
     def _input_shape_known(self) -> bool:
-        """Whether the model can tell its input shape (an Input, a build, or ``load_model``'s hints)."""
+        """Whether the model can tell its input shape (an Input, a build, or ``load_model``'s hints).
+
+        False only when the first image must tell (a model never called, or an Input that leaves H or
+        W open); a model the engine cannot take (several inputs, no image input) raises its refusal
+        here, at construction, rather than as a wrong hint about the input shape later.
+        """
         from camserve.engine.loading import hints_for
-        from camserve.engine.model_io import input_shape_of
+        from camserve.engine.model_io import declared_input_shape, refuse_non_image
 
         if hints_for(self.model).input_shape is not None:
             return True
-        try:
-            input_shape_of(self.model, None)
-        except InvalidInputError:
+        shape = declared_input_shape(self.model)  # raises for several inputs
+        if not shape:
             return False
-        return True
+        refuse_non_image(self.model, shape)
+        return not any(d is None for d in shape[1:])
 
     def _sizes_open(self) -> bool:
         """Whether the model's declared input leaves its height or width open (None)."""
@@ -178,21 +198,17 @@ class _BaseCAM:
         return arr
 
     def _specs(self, n: int, class_idx: Any, top_k: int) -> list[ItemSpec]:
-        if class_idx is None or isinstance(class_idx, (int, np.integer)):
+        if class_idx is None or np.ndim(class_idx) == 0:  # one index (or None) for every image
             per_item: Sequence[Any] = [class_idx] * n
         else:
             per_item = list(class_idx)
             if len(per_item) != n:
                 raise InvalidInputError(f"class_idx has {len(per_item)} entries for a batch of {n} images")
-        specs = []
-        for ci in per_item:
-            if ci is not None and (isinstance(ci, bool) or not isinstance(ci, (int, np.integer))):
-                raise InvalidInputError(f"class_idx entries must be int or None, got {ci!r}")
-            specs.append(ItemSpec(self.method, None if ci is None else int(ci), top_k))
-        return specs
+        return [ItemSpec(self.method, class_index(ci, "class_idx entries"), top_k) for ci in per_item]
 
     def explain(self, batch: Any, class_idx: Any = None, top_k: int = 1) -> list[ItemResult]:
-        """Full results per image: probabilities and one ClassMap per class (top_k best if no index)."""
+        """Full results per image: probabilities and one ClassMap per class (top_k best if no index;
+        class_idx as for :meth:`compute_heatmaps`)."""
         arr = self._batch(batch)
         return self.explainer.explain_batch(arr, self._specs(arr.shape[0], class_idx, top_k))
 
@@ -200,7 +216,9 @@ class _BaseCAM:
         self, batch: Any, class_idx: Any = None, size: tuple[int, int] | None = None
     ) -> np.ndarray:
         """(B, h, w) float32 maps in [0, 1] for (B, H, W, C) images ((B, H, W) for a one-channel
-        model); class_idx None | int | list (None = that image's top-1)."""
+        model). class_idx: None (each image's top-1), one index for every image, or one per image (a
+        list, which may hold None, or a 1-D integer array or tensor); an index is an int, a NumPy
+        integer or a 0-d integer array or tensor (``tf.argmax(preds[0])``), see :func:`class_index`."""
         results = self.explain(batch, class_idx)
         maps = np.stack([r.maps[0].heatmap for r in results])
         return _resize(maps, size)
@@ -215,9 +233,7 @@ class _BaseCAM:
             raise InvalidInputError(
                 f"compute_heatmap takes one image (H, W, C) or (1, H, W, C), got {arr.shape}"
             )
-        if class_idx is not None and not isinstance(class_idx, (int, np.integer)):
-            raise InvalidInputError(f"class_idx must be an int or None, got {class_idx!r}")
-        return self.compute_heatmaps(arr, class_idx, size)[0]
+        return self.compute_heatmaps(arr, class_index(class_idx, "class_idx"), size)[0]
 
     def predict(self, batch: Any) -> np.ndarray:
         """(B, N) class probabilities from the same compiled step."""

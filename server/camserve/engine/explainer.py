@@ -28,6 +28,7 @@ from camserve.engine.errors import (
     InvalidInputError,
     UnknownLayerError,
 )
+from camserve.engine.model_io import own_preprocessing
 from camserve.engine.preprocess import check_channels, check_mode
 from camserve.engine.targets import ModelGraph
 from camserve.engine.tokens import TokenLayout
@@ -83,14 +84,16 @@ class Explainer:
     ``model``: any ``keras.Model`` (Functional, Sequential, subclassed, with custom layers) with one
     image input and one (batch, classes) output. ``target_layer``: None (automatic: the last layer
     on the way to the output whose grid is larger than 1x1 and that the score depends on; ``info.
-    target_reason`` says why), a layer name, an ``outer/inner/sub`` path, or ``name@k`` for the k-th
-    call of a layer called several times. ``input_shape`` (H, W, C) is needed only when the model
-    cannot tell (never called, or an Input with unknown sizes). ``token_grid`` (h, w) and
-    ``prefix_tokens`` override how (B, N, C) token outputs map to the patch grid (``tokens``).
+    target_reason`` says why), a layer name, an ``outer/inner/sub`` path, ``name@k`` for the k-th
+    call of a layer called several times, or the layer object (called once). ``input_shape`` (H, W,
+    C) is needed only when the model cannot tell (never called, or an Input with unknown sizes).
+    ``token_grid`` (h, w) and ``prefix_tokens`` override how (B, N, C) token outputs map to the patch
+    grid (``tokens``).
     Unset options fall back to the ones ``load_model`` recorded for this model.
 
     ``images`` for ``explain_batch`` are uint8 (B, H, W, C) RGB at the model's input size (the step
-    applies ``preprocessing``), or float32 already preprocessed (passed through unchanged).
+    applies ``preprocessing``), or float32 already preprocessed (passed through unchanged). Integer
+    images of other dtypes are pixels too (taken as uint8 when in 0..255, see ``_integer_pixels``).
 
     Raises ``InvalidInputError`` (bad option, model the engine cannot run, caffe/torch preprocessing
     for a model that does not take 3 channels), ``UnknownLayerError``
@@ -100,7 +103,7 @@ class Explainer:
     def __init__(
         self,
         model: Any,
-        target_layer: str | None = None,
+        target_layer: Any = None,
         preprocessing: str = "tf",
         compile_mode: str = "auto",
         max_batch_size: int = 32,
@@ -134,6 +137,9 @@ class Explainer:
             model, input_shape or hints.input_shape, layout, gradients=self._backend.gradients
         )
         check_channels(preprocessing, self.graph.input_shape[2])
+        # A keras-hub task's preprocessor (applied by its predict(), not by call()) runs on the host
+        # before the step, as predict() runs it, so the maps and probabilities are predict()'s.
+        self._own_preprocessing = own_preprocessing(model, preprocessing, self.graph.input_shape)
         self.target = self.graph.resolve(target_layer)
         if compile_mode == "auto":
             # Documented rule (ANCHORS.md, measured): XLA convolutions are slower than oneDNN graph
@@ -162,7 +168,7 @@ class Explainer:
         self._cam_kernel = self.target.cam_kernel() if self.target.cam_supported else None
         self._info: ModelSummary | None = None
 
-    def with_target(self, target_layer: str) -> Explainer:
+    def with_target(self, target_layer: Any) -> Explainer:
         """An Explainer of the same model and settings for another target layer, reusing this one's
         recording of the model (building a second one would run the model again). Its buckets
         compile on first use. Raises ``UnknownLayerError`` as the constructor does."""
@@ -268,12 +274,30 @@ class Explainer:
             raise InvalidInputError("images must hold at least one image")
         if arr.dtype == np.uint8:
             return arr
-        if arr.dtype.kind in "fiu":
+        if arr.dtype.kind in "iu":
+            return self._integer_pixels(arr)
+        if arr.dtype.kind == "f":
             arr = arr.astype(np.float32, copy=False)
             if not np.isfinite(arr).all():
                 raise InvalidInputError("float images contain NaN or infinity")
             return arr
         raise InvalidInputError(f"images must be uint8 or float32, got {arr.dtype}")
+
+    def _integer_pixels(self, arr: np.ndarray) -> np.ndarray:
+        """Integer images of another dtype than uint8 (int32/int64 from ``np.array(.., dtype=int)`` or
+        a cast, uint16 from a 16-bit file) are pixels, never "already preprocessed" values: under
+        preprocessing 'none' cast to float32 as uint8 is; under tf/caffe/torch, which take 8-bit
+        pixels, taken as uint8 when every value is in 0..255 and refused otherwise."""
+        if self.preprocessing == "none":
+            return arr.astype(np.float32)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise InvalidInputError(
+                f"{arr.dtype} images hold values {lo}..{hi}, but preprocessing {self.preprocessing!r} "
+                "takes 8-bit pixels 0..255: scale them to uint8, or preprocess them yourself and pass "
+                "float32 (taken as already preprocessed)"
+            )
+        return arr.astype(np.uint8)
 
     # ---- the batch API ----------------------------------------------------------------------
     def explain_batch(
@@ -281,7 +305,8 @@ class Explainer:
     ) -> list[ItemResult]:
         """Explain each image with its spec; one compiled step per chunk of at most max_batch_size.
 
-        ``images``: (B, H, W, C) uint8 at the model's input size, or float already preprocessed.
+        ``images``: (B, H, W, C) uint8 at the model's input size (other integer dtypes: pixels in
+        0..255), or float already preprocessed.
         Returns one :class:`ItemResult` per image, in order. With ``return_errors`` an invalid spec
         gives that item an ``ItemResult`` whose ``error``/``message`` say why (the other items are
         computed); otherwise the first invalid spec raises its :class:`EngineError`.
@@ -317,6 +342,8 @@ class Explainer:
                 targets[i, :] = int(s.class_index)
             else:
                 targets[i, :] = -1 - np.minimum(np.arange(kb), wanted[i] - 1)
+        if self._own_preprocessing is not None:
+            images = np.asarray(self._own_preprocessing(images.astype(np.float32)), np.float32)
         if bucket > b:
             pad = np.zeros((bucket - b, *images.shape[1:]), images.dtype)
             images = np.concatenate([images, pad])

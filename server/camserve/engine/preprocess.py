@@ -6,7 +6,8 @@ same arithmetic as ``keras.applications.imagenet_utils.preprocess_input``:
 - tf: x / 127.5 - 1;
 - torch: x / 255, then subtract the ImageNet RGB means and divide by their std;
 - none: cast only.
-Float inputs are taken as already preprocessed and pass through unchanged.
+Float inputs are taken as already preprocessed and pass through unchanged. The NumPy twin and its
+inverse live in ``pixels`` (no Keras there, for the front end).
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
 
 from camserve.engine.errors import InvalidInputError
+from camserve.engine.pixels import CAFFE_MEAN_BGR, TORCH_MEAN, TORCH_STD, preprocess_numpy
 from camserve.vocabulary import PREPROCESSING
 
-_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
-_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+__all__ = ["RGB_MODES", "check_channels", "check_mode", "preprocess", "preprocess_numpy"]
 
 
 def check_mode(mode: str) -> str:
@@ -58,19 +57,7 @@ def preprocess(images: Any, mode: str, *, raw: bool) -> Any:
     if mode == "tf":
         return x / 127.5 - 1.0
     if mode == "torch":
-        return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
+        return (x / 255.0 - TORCH_MEAN) / TORCH_STD
     if mode == "caffe":
-        return ops.flip(x, axis=-1) - _CAFFE_MEAN_BGR
+        return ops.flip(x, axis=-1) - CAFFE_MEAN_BGR
     raise InvalidInputError(f"unknown preprocessing {mode!r}; valid: {', '.join(PREPROCESSING)}")
-
-
-def preprocess_numpy(images: np.ndarray, mode: str) -> np.ndarray:
-    """NumPy twin of ``preprocess`` for uint8 images (used by tests and by callers that need floats)."""
-    x = np.asarray(images, dtype=np.float32)
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "torch":
-        return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
-    if mode == "caffe":
-        return x[..., ::-1] - _CAFFE_MEAN_BGR
-    return x

@@ -192,16 +192,23 @@ class ModelGraph:
         return infos
 
     # ---- resolution -------------------------------------------------------------------------
-    def resolve(self, target_layer: str | None) -> Target:
-        """The target: None = automatic (module docstring); else a name, ``outer/inner`` path, ``name@k``.
+    def resolve(self, target_layer: Any) -> Target:
+        """The target: None = automatic (module docstring); else a name, ``outer/inner`` path, ``name@k``,
+        or the layer object itself (``model.get_layer("conv")``, as pytorch-grad-cam users pass it).
 
         Raises ``UnknownLayerError`` (not found, ambiguous, a layer called several times without
         ``@k``, an output without a grid, no automatic target).
         """
         if target_layer is None:
             return self._default()
+        if isinstance(target_layer, keras.layers.Layer):
+            target_layer = self._name_of(target_layer)
         if not isinstance(target_layer, str) or not target_layer.strip("/"):
-            raise UnknownLayerError(f"target layer must be a non-empty name, got {target_layer!r}")
+            hint = " (one target per explainer)" if isinstance(target_layer, (list, tuple)) else ""
+            raise UnknownLayerError(
+                f"target layer must be a layer's name or path, or the layer, got {target_layer!r}{hint}; "
+                "None chooses it automatically (tf-keras-vis' penultimate_layer=-1)"
+            )
         wanted = target_layer.strip("/")
         layer_calls = self.rec.calls
         matches = [c for c in layer_calls if c.name == wanted]
@@ -238,6 +245,22 @@ class ModelGraph:
                 f"layers with a grid are: {self._some_names()}"
             )
         return self._with_reason(self.target_for(c), "requested")
+
+    def _name_of(self, layer: Any) -> str:
+        """The path of the one call of ``layer`` in the recorded forward pass (``name@k`` choices
+        when it is called several times)."""
+        names = list(dict.fromkeys(c.name for c in self.rec.calls if c.op is layer))
+        if not names:
+            raise UnknownLayerError(
+                f"layer {layer.name!r} is not called when model {self.model.name!r} runs; layers with a "
+                f"grid are: {self._some_names()}"
+            )
+        if len(names) > 1:
+            raise UnknownLayerError(
+                f"layer {layer.name!r} is called {len(names)} times in the model; pick one call: "
+                f"{', '.join(names[:8])}"
+            )
+        return names[0]
 
     def _shape_text(self, c: LayerCall) -> str:
         return (

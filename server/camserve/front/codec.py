@@ -20,6 +20,7 @@ import numpy as np
 import simplejpeg
 
 from camserve.engine import overlay as render  # NumPy + cv2 only, no TensorFlow
+from camserve.engine.pixels import display_pixels  # NumPy only
 from camserve.front.headers import (  # re-exported: what codec's callers check and catch
     DEFAULT_MAX_PIXELS,
     FORMATS,
@@ -142,36 +143,39 @@ def decode_encoded(data: bytes, input_shape: tuple[int, int, int],
 
 
 def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
-                  input_shape: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+                  input_shape: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
+                  preprocessing: str = "none") -> DecodedImage:
     """Check (:func:`probe_tensor`) and convert a raw tensor: UINT8 (H,W,C)/(1,H,W,C) any size, or
     FLOAT32 at the input size.
 
-    FLOAT32 is taken as already preprocessed for the model, so it must match the input shape exactly
-    and be finite; UINT8 is gray (C=1), gray + alpha (2), RGB (3) or RGBA (4) pixels of any size,
+    FLOAT32 is taken as already preprocessed for the model (with its ``preprocessing``, which overlays
+    undo to draw on the pixels it came from), so it must match the input shape exactly and be finite;
+    UINT8 is gray (C=1), gray + alpha (2), RGB (3) or RGBA (4) pixels of any size,
     resized like decoded images. Alpha is dropped, never composited: the rule for encoded images with
     alpha (OpenCV's decoder drops it), and what Keras' ``load_img`` and PIL's ``convert("RGB")`` do
     to the images a model is trained on.
     """
-    return tensor_image(dtype, probe_tensor(dtype, shape, data, input_shape, max_pixels), data, input_shape)
+    return tensor_image(dtype, probe_tensor(dtype, shape, data, input_shape, max_pixels), data, input_shape,
+                        preprocessing)
 
 
 def tensor_image(dtype: str, hwc: tuple[int, int, int], data: bytes,
-                 input_shape: tuple[int, int, int]) -> DecodedImage:
-    """A tensor :func:`probe_tensor` passed (its ``hwc``) as the model's image (UINT8 resized)."""
+                 input_shape: tuple[int, int, int], preprocessing: str = "none") -> DecodedImage:
+    """A tensor :func:`probe_tensor` passed (its ``hwc``) as the model's image (UINT8 resized; FLOAT32
+    shown in overlays as the pixels the model's ``preprocessing`` made it from)."""
     h, w, c = hwc
     if dtype == "UINT8":
         img = np.frombuffer(data, dtype=np.uint8).reshape(h, w, c)
         rgb = np.ascontiguousarray(np.repeat(img[:, :, :1], 3, axis=2) if c <= 2 else img[:, :, :3])
         return DecodedImage(pixels=_model_pixels(rgb, input_shape), original=rgb)
     arr = np.frombuffer(data, dtype="<f4").reshape(h, w, c).astype(np.float32)
-    return DecodedImage(pixels=arr, original=_display_from_float(arr))
+    return DecodedImage(pixels=arr, original=_display_from_float(arr, preprocessing))
 
 
-def _display_from_float(arr: np.ndarray) -> np.ndarray:
-    """A viewable uint8 RGB version of a preprocessed float image (min-max), for overlays only."""
-    lo, hi = float(arr.min()), float(arr.max())
-    scaled = np.zeros(arr.shape, np.uint8) if hi <= lo else ((arr - lo) * (255.0 / (hi - lo))).round()
-    rgb = scaled.astype(np.uint8)
+def _display_from_float(arr: np.ndarray, preprocessing: str) -> np.ndarray:
+    """The uint8 RGB pixels a preprocessed float image came from, for overlays only (caffe's BGR back
+    to RGB; a min-max stretch for 'none', whose scale only the model knows)."""
+    rgb = display_pixels(arr, preprocessing)
     return np.ascontiguousarray(np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb)
 
 

@@ -78,7 +78,8 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         if image.WhichOneof("source") == "encoded":
             return codec.decode_encoded(image.encoded, shape, self.max_image_pixels,
                                         full_size=prep.output.draws_original)
-        return codec.tensor_image(_dtype(image.tensor), prep.sent_shape, image.tensor.data, shape)
+        return codec.tensor_image(_dtype(image.tensor), prep.sent_shape, image.tensor.data, shape,
+                                  prep.summary.preprocessing)
 
     @staticmethod
     def _inline(prep: Prepared) -> bool:
