@@ -28,10 +28,10 @@ from camserve_proto import grpc_service_pb2 as ipb
 from camserve_proto import grpc_service_pb2_grpc as ipb_grpc
 from camserve_proto import oip
 from front_helpers import png, served
-from serverproc import ServerProcess
+from serverproc import ServerProcess, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transport"))
-from transportkit import start_toy, toy_repository, wait_for
+from transportkit import start_toy, toy_repository
 
 SHAPE = (16, 16, 3)
 QUEUE = 2

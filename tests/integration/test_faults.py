@@ -21,7 +21,7 @@ import grpc
 import pytest
 from camserve_proto import explain_pb2_grpc as pb_grpc
 from front_helpers import digit_images, make_repository, png, request
-from serverproc import ServerProcess, start_server
+from serverproc import ServerProcess, start_server, wait_for
 
 PRE_STOP_S = 1.0
 OK_CALLS = {"n": 0}  # OK replies received by this module's clients before the SIGTERM test
@@ -100,15 +100,6 @@ class Load:
     def count_ok(self) -> None:
         """Add this load's OK calls to the module's tally (the server's own count must match)."""
         OK_CALLS["n"] += sum(c.code == "OK" for c in self.calls)
-
-
-def wait_for(predicate, timeout: float, poll: float = 0.05) -> float:
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        time.sleep(poll)
-    return time.monotonic() - t0
 
 
 def test_kill_9_worker_under_load(server: ServerProcess) -> None:

@@ -24,7 +24,7 @@ from camserve_proto import explain_pb2_grpc as pb_grpc
 from front_helpers import code_name, digit_images, heatmap, jpeg, make_repository, png, request, served
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from serverproc import ServerProcess, start_server
+from serverproc import ServerProcess, start_server, wait_for
 from shared_dir import contract_check
 
 ALL_METHODS = (pb.CAM, pb.GRAD_CAM, pb.GRAD_CAM_PLUS_PLUS, pb.LAYER_CAM, pb.HIRES_CAM, pb.XGRAD_CAM,
@@ -364,31 +364,24 @@ def test_expired_deadlines_are_never_computed(server: ServerProcess, stub: pb_gr
     try:
         load = stub.ExplainBatch.future(pb.ExplainBatchRequest(
             requests=[request(png(images[i % 80])) for i in range(n_load)]), timeout=120)
-        wait_until(lambda: server.metric("camserve_queue_depth", model="demo") > 0, 60)
+        wait_for(lambda: server.metric("camserve_queue_depth", model="demo") > 0, 60)
         # the batches the pool already handed to the stopped worker have left the queue: wait for quiet
         queued = _settled(lambda: server.metric("camserve_queue_depth", model="demo"))
         short = [stub.Explain.future(request(png(images[i])), timeout=5) for i in range(n_short)]
-        wait_until(lambda: server.metric("camserve_queue_depth", model="demo") >= queued + n_short, 5)
+        wait_for(lambda: server.metric("camserve_queue_depth", model="demo") >= queued + n_short, 5)
         short_codes = [code_name(f) for f in short]  # each ends at its deadline, still queued
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     assert set(short_codes) == {"DEADLINE_EXCEEDED"}
     assert len(load.result().responses) == n_load
-    wait_until(lambda: server.metric("camserve_queue_depth", model="demo") == 0, 60)
+    wait_for(lambda: server.metric("camserve_queue_depth", model="demo") == 0, 60)
     computed = server.metric("camserve_batch_size_sum", model="demo") - computed0
     dropped = server.metric("camserve_requests_dropped_total", model="demo") - dropped0
     assert computed == n_load, f"{computed} images computed for {n_load} successful calls"
     assert dropped == n_short
     # An RPC that ended at its deadline is not aborted again (grpc would log a traceback at ERROR).
     assert "ExecuteBatchError" not in server.log(), server.log_tail()
-
-
-def wait_until(condition, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s"
-        time.sleep(0.01)
 
 
 def _settled(read, quiet_s: float = 0.5) -> float:

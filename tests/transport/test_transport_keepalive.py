@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 import pytest
 from camserve_proto import explain_pb2_grpc as pb_grpc
-from serverproc import ServerProcess
-from transportkit import explain_request, start_toy, wait_for
+from serverproc import ServerProcess, wait_for
+from transportkit import explain_request, start_toy
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -20,8 +20,8 @@ import pytest
 from camserve_proto import explain_pb2 as pb
 from camserve_proto import explain_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serverproc import ServerProcess
-from transportkit import explain_request, start_toy, wait_for
+from serverproc import ServerProcess, wait_for
+from transportkit import explain_request, start_toy
 
 pytestmark = pytest.mark.timeout(300)
 

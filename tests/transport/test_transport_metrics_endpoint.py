@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from transportkit import descriptors, start_toy, threads, wait_for
+from serverproc import wait_for
+from transportkit import descriptors, start_toy, threads
 
 pytestmark = pytest.mark.timeout(300)
 

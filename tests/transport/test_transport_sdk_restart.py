@@ -18,7 +18,8 @@ import camserve_client as cc
 import numpy as np
 import pytest
 from camserve.front.status import DRAINING_PUSHBACK_S
-from transportkit import start_toy, wait_for
+from serverproc import wait_for
+from transportkit import start_toy
 
 pytestmark = pytest.mark.timeout(300)
 

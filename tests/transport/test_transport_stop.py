@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from camserve.repository import load_repository
 from camserve.scheduling.dispatcher import Dispatcher
-from transportkit import TOY_RUNNER, log_has, start_toy, toy_repository, wait_for
+from serverproc import wait_for
+from transportkit import TOY_RUNNER, log_has, start_toy, toy_repository
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +56,6 @@ def threads(pid: int) -> int:
         if line.startswith("Threads:"):
             return int(line.split()[1])
     raise RuntimeError(f"no thread count for {pid}")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, poll: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something true (returned) or ``timeout`` passes (TimeoutError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout:.1f} s")
-        time.sleep(poll)
 
 
 def log_has(server: ServerProcess, text: str) -> bool:
