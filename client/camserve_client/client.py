@@ -11,6 +11,7 @@ stops retrying when the channel's retry budget is spent (``retryThrottling``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -26,10 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from camserve_client import __version__
 from camserve_client.connection import (
-    PROBE_TIMEOUT_S,
     diagnosed,
     health_not_found,
-    probe_details,
+    probe,
     resolve_targets,
     worth_a_probe,
 )
@@ -204,13 +204,8 @@ class Client(_ClientBase):
                                   self._timeout(timeout)) from None
 
     def _probe(self) -> str | None:
-        """gRPC's connection error, asked without waiting (see connection.py); None if a server answers."""
-        try:
-            self._health.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_S,
-                               metadata=self._metadata)
-        except grpc.RpcError as exc:
-            return probe_details(exc)
-        return None
+        """gRPC's connection error, asked without waiting (connection.probe); None if a server answers."""
+        return probe(self.target, self._credentials, self._options, self._metadata)
 
     def explain(self, image: ImageLike, model: str | None = None, method: str = "gradcam",
                 class_index: int | None = None, top_k: int = 1, target_layer: str | None = None,
@@ -310,13 +305,8 @@ class AsyncClient(_ClientBase):
                                   self._timeout(timeout)) from None
 
     async def _probe(self) -> str | None:
-        """See Client._probe."""
-        try:
-            await self._health.Check(health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_S,
-                                     metadata=self._metadata)
-        except grpc.RpcError as exc:
-            return probe_details(exc)
-        return None
+        """See Client._probe (a blocking check of at most a few seconds, off the event loop)."""
+        return await asyncio.to_thread(probe, self.target, self._credentials, self._options, self._metadata)
 
     async def explain(self, image: ImageLike, model: str | None = None, method: str = "gradcam",
                       class_index: int | None = None, top_k: int = 1, target_layer: str | None = None,

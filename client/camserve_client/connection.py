@@ -17,12 +17,15 @@ import ipaddress
 import re
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
+from grpc_health.v1.health_pb2 import HealthCheckRequest
+from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from camserve_client.errors import CamserveError, NotFound, error_from_rpc
 
-__all__ = ["PROBE_TIMEOUT_S", "advice", "diagnosed", "health_not_found", "is_connection_failure",
+__all__ = ["PROBE_TIMEOUT_S", "advice", "diagnosed", "health_not_found", "is_connection_failure", "probe",
            "probe_details", "resolve_targets", "worth_a_probe"]
 
 #: How long the follow-up probe may take (only after a call already failed).
@@ -50,7 +53,7 @@ _RULES: list[tuple[str, bool | None, str]] = [
     ("Socket closed|Connection reset", True,
      "the server closed the connection during set-up: if it requires mutual TLS, give a client "
      "certificate and key (TLSConfig(certificate_chain=..., private_key=...), --cert/--key)"),
-    (r"http1\.x server|HTTP/1", None,
+    (r"Failed parsing HTTP/2|http1\.x server", None,
      "that port answers HTTP/1, not gRPC (camserve's /metrics port?): use the gRPC port (50051 unless "
      "the server was started with --grpc-port)"),
     ("Connection refused", None,
@@ -83,6 +86,8 @@ def _has_port(target: str) -> bool:
     return bool(re.search(r":\d+$", last))
 
 
+# Targets gRPC resolves itself (name resolver schemes): probed as they are.
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 # A URL where gRPC wants host:port (gRPC's own schemes, dns: ipv4: ipv6: unix: ..., pass through).
 _URL = re.compile(r"^(https?|grpcs?|tcp)://", re.IGNORECASE)
 
@@ -149,6 +154,47 @@ def probe_details(exc: grpc.RpcError) -> str | None:
         return (f"no connection within {PROBE_TIMEOUT_S:g} s to a health check either (or the server "
                 "is stalled)")
     return None
+
+
+def _check(target: str, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]],
+           metadata: Sequence[tuple[str, str]]) -> str | None:
+    """:func:`probe_details` of one health check on a fresh channel, sent without waiting."""
+    channel = (grpc.secure_channel(target, credentials, options=options) if credentials is not None
+               else grpc.insecure_channel(target, options=options))
+    try:
+        HealthStub(channel).Check(HealthCheckRequest(), timeout=PROBE_TIMEOUT_S, metadata=metadata)
+    except grpc.RpcError as exc:
+        return probe_details(exc)
+    finally:
+        channel.close()
+    return None
+
+
+def probe(target: str, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]],
+          metadata: Sequence[tuple[str, str]]) -> str | None:
+    """Why ``target`` cannot be reached (gRPC's words), or None when a server answers a health check.
+
+    gRPC reports only the last address it tried, and its resolver may find more than the system's:
+    for ``localhost`` that may be ``[::1]``, refused, while the server on 127.0.0.1 refused the TLS
+    handshake. So a refusal of a host name is asked again of each address the system resolves it
+    to, and a refusal is reported only if each of those refused too.
+    """
+    details = _check(target, credentials, options, metadata)
+    if not details or "Connection refused" not in details or target.startswith(_SCHEMES):
+        return details
+    try:
+        host, port = _split_host_port(target)
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)}
+    except (ValueError, OSError):  # no port, an unknown name: gRPC's words are all there is
+        return details
+    pinned = [*options, ("grpc.ssl_target_name_override", host), ("grpc.default_authority", target)]
+    for address in sorted(addresses):
+        ip = ipaddress.ip_address(address)
+        one = f"ipv4:{ip}:{port}" if ip.version == 4 else f"ipv6:[{ip}]:{port}"
+        other = _check(one, credentials, pinned, metadata)
+        if other is None or "Connection refused" not in other:
+            return other or details
+    return details
 
 
 def diagnosed(err: CamserveError, probe: str | None, waited: float | None, target: str,

@@ -89,10 +89,10 @@ class LoadGenerator:
         """Wait until the model is SERVING, read its facts, and serialize the payloads (unless given)."""
         cfg = self.cfg
         deadline = clock() + cfg.ready_timeout_s
-        status, said = "no answer", ""
+        status, said, failure = "no answer", "", None
         while True:  # wait until the server (and the model) is SERVING
             try:
-                status = await client.health(cfg.model, timeout=5)
+                status, failure = await client.health(cfg.model, timeout=5), None
                 if status == "SERVING":
                     break
             except CamserveError as exc:
@@ -102,8 +102,10 @@ class LoadGenerator:
                     not exc.unreachable or "Connection refused" in exc.details)
                 if not waits:
                     raise
-                status = str(exc)
+                status, failure = str(exc), exc
             if clock() > deadline:
+                if failure is not None:
+                    raise failure
                 raise RuntimeError(f"{cfg.target} not SERVING after {cfg.ready_timeout_s:g} s: {status}")
             if status != said and not cfg.quiet:
                 print(f"waiting up to {cfg.ready_timeout_s:g} s for {cfg.target} to serve: {status}",

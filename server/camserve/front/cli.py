@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(camserve.v1.ExplainService and, on the same port, the Open Inference Protocol "
                     "inference.GRPCInferenceService for Triton/KServe clients; grpc.health.v1, "
                     "reflection), with Prometheus metrics.",
-        epilog="Every flag also reads the environment variable shown in brackets; the flag wins.",
+        epilog="Every flag also reads the environment variable shown in brackets; the flag wins. "
+               f"exit status: 0 stopped by a signal with every accepted call answered; 2 a start-up error "
+               f"(bad flag, repository, certificate, busy port); {EXIT_DRAIN_LOST} calls were still in "
+               "progress at the end of --drain-seconds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("models")
