@@ -177,8 +177,19 @@ def _status_name(resp: health_pb2.HealthCheckResponse) -> str:
 class Client(_ClientBase):
     """Blocking camserve client; thread-safe (one channel, many threads).
 
+    ``target``: "host:port", a list or comma-separated string of them (round-robin), or
+    "dns:///host:port" (a URL is refused: ValueError). ``model``: the default model name (None: the
+    server's). ``timeout``: seconds per call (None or <= 0: none); a call waits this long for a server
+    it cannot reach yet. ``retries``: 0..4 or a :class:`RetryPolicy`. ``tls``: True (system roots) or
+    a :class:`TLSConfig`; ``token``: sent as "authorization: Bearer <token>". Message limits in MiB.
+
+    Every call raises a :class:`~camserve_client.errors.CamserveError` subclass for a status
+    (NotFound, InvalidArgument, FailedPrecondition, ResourceExhausted, DeadlineExceeded, Unavailable,
+    Unauthenticated; ``unreachable`` set when no server was reached), and ValueError / TypeError /
+    FileNotFoundError for arguments refused before sending.
+
     >>> with Client("localhost:50051") as c:
-    ...     r = c.explain("cat.jpg", method="gradcam", output={"overlay": "png"})
+    ...     r = c.explain("digit6.png", method="gradcam", output={"overlay": "png"})
     ...     r.heatmap.shape, r.label, r.timing.batch_size
     """
 
@@ -211,7 +222,10 @@ class Client(_ClientBase):
                 class_index: int | None = None, top_k: int = 1, target_layer: str | None = None,
                 output: OutputLike = None, timeout: float | None = None,
                 request_id: str | None = None, model_version: int = 0) -> ExplainResult:
-        """Explain one image: a path, encoded bytes, a buffer, or an (H,W,C) uint8/float32 array."""
+        """Explain one image: a path, encoded bytes (JPEG/PNG/WebP/BMP), a buffer, or an (H,W[,C])
+        uint8 array (raw pixels) or float32 array (preprocessed, at the model's input size).
+        ``class_index`` (0-based) or ``top_k`` (not both); ``output``: :class:`OutputOptions` or a dict.
+        Returns an :class:`ExplainResult` (maps (h, w) float32 in [0, 1] at ``output["size"]``)."""
         req = self._request(image, model, method=method, class_index=class_index, top_k=top_k,
                             target_layer=target_layer, output=output, request_id=request_id,
                             model_version=model_version)
@@ -224,7 +238,8 @@ class Client(_ClientBase):
                       target_layer: str | None = None, output: OutputLike = None,
                       timeout: float | None = None, request_ids: Sequence[str] | None = None,
                       model_version: int = 0) -> list[ExplainResult]:
-        """Explain many images in one call; class_index may be one value or one per image."""
+        """Explain many images in one call (one result each, in order); class_index may be one value or
+        one per image. One refused image fails the call (its index in the message)."""
         req = self._batch_request(images, model, method, class_index, top_k, target_layer, output,
                                   request_ids, model_version)
         t0 = time.perf_counter()
@@ -233,10 +248,12 @@ class Client(_ClientBase):
         return [parse_response(r, ms, output) for r in resp.responses]
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
+        """Every served model, with its input shape, classes, layers, methods and batching."""
         resp = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [parse_model_info(m) for m in resp.models]
 
     def get_model(self, name: str | None = None, version: int = 0, timeout: float | None = None) -> ModelInfo:
+        """One model (None: the client's, else the server's default; version 0: newest); NotFound."""
         req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
         return parse_model_info(self._call(self._stub.GetModel, req, timeout))
 

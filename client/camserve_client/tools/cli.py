@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from camserve_client.tools.common import (
     EXIT_CODES,
+    EXIT_FAILED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     UsageError,
@@ -47,7 +49,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"  default target layer: {m.default_target_layer}"
               + (f" ({m.default_target_reason})" if m.default_target_reason else ""))
         if m.head:
-            print(f"  output head: {m.head}; scores are {m.score_kind}")
+            print(f"  output head: {m.head} [maps of the {m.score_kind}]")
         for la in m.layers:
             cam = "  CAM" if la.cam_supported else ""
             tokens = f"  tokens (+{la.prefix_tokens} prefix)" if la.kind == "tokens" else ""
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camserve", description="Class Activation Maps over gRPC: client commands, and `serve`.",
         epilog="`camserve COMMAND --help` explains each; `camserve serve --help` lists the server's flags "
-               "(needs camserve[server]). Client commands: " + EXIT_CODES + ".")
+               "(needs camserve[server]). The client commands' " + EXIT_CODES + ".")
     parser.add_argument("--version", action="version", version=f"camserve {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="run the server (needs the server extra; see `camserve serve --help`)",
@@ -183,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CamserveError as exc:
         print(f"camserve {args.command}: {error_line(exc, args)}", file=sys.stderr)
         return exit_status(exc)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except (OSError, ValueError) as exc:
         print(f"camserve {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -38,7 +38,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every client command (also used by `camserve bench`)."""
     g = parser.add_argument_group("connection")
     g.add_argument("--target", default=os.environ.get("CAMSERVE_TARGET", "localhost:50051"),
-                   help="server address host:port, a comma-separated list (round-robin), or dns:///name "
+                   help="server address host:port, a comma-separated list (round-robin), or dns:///host:port "
                         "(env CAMSERVE_TARGET; default %(default)s)")
     g.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="deadline per call in seconds; a call waits this long for a server it cannot reach "
