@@ -38,6 +38,7 @@ from camserve_client.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    Unavailable,
     error_from_code,
     error_from_rpc,
 )
@@ -267,6 +268,12 @@ class Client(_ClientBase):
         except NotFound as exc:
             raise health_not_found(exc, model) from None
 
+    def connection_error(self) -> str | None:
+        """Why no server at the target can be reached now (the fix, then gRPC's words), or None when one
+        answers a health check; takes at most a few seconds. For a call that is still waiting."""
+        details = self._probe()
+        return None if details is None else self._diagnosed(Unavailable(""), details, None).details
+
     def wait_ready(self, timeout: float = 60.0, model: str | None = None, poll_s: float = 0.2) -> None:
         """Block until health is SERVING, waiting for an unreachable server too; DeadlineExceeded after
         ``timeout``, NotFound at once for a model the server does not serve."""
@@ -358,6 +365,11 @@ class AsyncClient(_ClientBase):
                         timeout: float | None = None) -> ModelInfo:
         req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
         return parse_model_info(await self._call(self._stub.GetModel, req, timeout))
+
+    async def connection_error(self) -> str | None:
+        """See Client.connection_error."""
+        details = await self._probe()
+        return None if details is None else self._diagnosed(Unavailable(""), details, None).details
 
     async def health(self, model: str | None = None, timeout: float | None = None) -> str:
         """See Client.health."""

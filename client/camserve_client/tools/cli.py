@@ -24,6 +24,7 @@ from camserve_client.tools.common import (
     client_kwargs,
     error_line,
     exit_status,
+    unreachable_notice,
 )
 from camserve_client.tools.explaincmd import cmd_explain
 
@@ -33,7 +34,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from camserve_client import Client
 
-    with Client(args.target, **client_kwargs(args)) as client:
+    with Client(args.target, **client_kwargs(args)) as client, unreachable_notice(client, args):
         models = [client.get_model(args.name)] if args.name else client.list_models()
     if args.json:
         print(json.dumps([asdict(m) for m in models], indent=2))
@@ -66,7 +67,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     from camserve_client import Client
 
-    with Client(args.target, **client_kwargs(args)) as client:
+    with Client(args.target, **client_kwargs(args)) as client, unreachable_notice(client, args):
         if args.wait:
             client.wait_ready(timeout=args.wait, model=args.model)
         status = client.health(args.model)

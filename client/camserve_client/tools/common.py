@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +84,30 @@ def client_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 class UsageError(Exception):
     """Bad flags or input files: exit 2 with the message."""
+
+
+#: Seconds a command waits for an answer before it checks whether the server is reachable at all.
+NOTICE_AFTER_S = 3.0
+
+
+@contextmanager
+def unreachable_notice(client: Any, args: argparse.Namespace) -> Iterator[None]:
+    """While the block runs: if no answer came within NOTICE_AFTER_S and no server can be reached,
+    say so once on stderr, with the fix, instead of waiting out --timeout in silence (calls wait for
+    a server that is not there yet: gRPC's waitForReady)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        if done.wait(NOTICE_AFTER_S):
+            return
+        why = client.connection_error()
+        if why and not done.is_set():
+            print(f"camserve {args.command}: no answer yet, still waiting (Ctrl-C stops): {why} "
+                  f"[server address: --target or CAMSERVE_TARGET, now {args.target}]", file=sys.stderr)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()

@@ -16,7 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from camserve_client.tools.common import EXIT_FAILED, UsageError, client_kwargs, error_line, exit_status
+from camserve_client.tools.common import (
+    EXIT_FAILED,
+    UsageError,
+    client_kwargs,
+    error_line,
+    exit_status,
+    unreachable_notice,
+)
 
 
 def _out_path(spec: str | None, image: str, suffix: str, many: bool, used: set[Path]) -> Path | None:
@@ -170,7 +177,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   f"latency={r.timing.latency_ms:.1f}ms")
 
     bar = progress_bar(len(images), "explain", unit="img", enabled=many and not args.quiet)
-    with client, bar, ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool:
+    with client, unreachable_notice(client, args), bar, \
+            ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool:
         for _ in pool.map(one, plan):
             bar.update()
     if args.json:
