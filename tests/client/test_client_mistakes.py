@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import json
 import sys
 import threading
 from pathlib import Path
@@ -159,6 +160,12 @@ def test_cli_says_which_flag_fixes_it_and_exits_3_when_unreachable(png, tmp_path
         assert main(["explain", str(png), "--class", "3", "--top-k", "2", *target]) == 2
         assert "not both" in capsys.readouterr().err
         assert fake.service.attempts["Explain"] == calls  # neither was sent
+        # a folder of one image answers as a folder does (a JSON list, outputs named by stem)
+        capsys.readouterr()
+        assert main(["explain", str(png.parent), "--json", "--quiet", "--overlay", str(tmp_path / "ov.png"),
+                     *target]) == 0
+        assert [Path(r["image"]).name for r in json.loads(capsys.readouterr().out)] == ["x.png"]
+        assert (tmp_path / "ov_x.png").exists()
 
 
 def test_every_flag_of_every_command_explains_itself(capsys) -> None:

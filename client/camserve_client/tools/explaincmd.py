@@ -101,7 +101,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise UsageError(f"image not found: {item}")
     if not images:
         raise UsageError("no images given (folders are searched for .jpg .jpeg .png .webp .bmp)")
-    many = len(images) > 1
+    # A folder is many images whatever it holds today: the same output names and JSON list for one.
+    many = len(images) > 1 or any(Path(item).is_dir() for item in args.images)
     from camserve_client.types import method_enum
 
     try:
