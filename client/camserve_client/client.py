@@ -11,9 +11,8 @@ stops retrying when the channel's retry budget is spent (``retryThrottling``).
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
 import json
-import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,10 +26,19 @@ from camserve_proto import explain_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from camserve_client import __version__
+from camserve_client.connection import (
+    diagnosed,
+    health_not_found,
+    probe,
+    resolve_targets,
+    worth_a_probe,
+)
 from camserve_client.errors import (
     CamserveError,
     DeadlineExceeded,
     InvalidArgument,
+    NotFound,
+    Unavailable,
     error_from_code,
     error_from_rpc,
 )
@@ -47,6 +55,8 @@ from camserve_client.types import (
 )
 
 MiB = 1024 * 1024
+
+
 def _read_pem(value: bytes | str | Path | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
@@ -79,50 +89,6 @@ class TLSConfig:
             raise ValueError("mutual TLS needs both certificate_chain and private_key")
         return grpc.ssl_channel_credentials(
             root_certificates=_read_pem(self.root_certificates), private_key=key, certificate_chain=chain)
-
-
-def _split_host_port(address: str) -> tuple[str, str]:
-    if address.startswith("["):
-        host, _, port = address[1:].partition("]:")
-        return host, port
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"target {address!r} must be host:port")
-    return host, port
-
-
-def resolve_targets(target: str | Sequence[str]) -> tuple[str, bool]:
-    """Return (gRPC target string, use round_robin).
-
-    A list (or a comma-separated string) of host:port becomes one `ipv4:` / `ipv6:` target that
-    gRPC balances over; a `dns:///name` target is balanced over its A/AAAA records.
-    """
-    if isinstance(target, str):
-        if "," not in target or ":///" in target or target.startswith(("ipv4:", "ipv6:")):
-            return target, target.startswith(("dns:", "ipv4:", "ipv6:"))
-        target = [t.strip() for t in target.split(",") if t.strip()]
-    items = list(target)
-    if not items:
-        raise ValueError("no target given")
-    if len(items) == 1:
-        return resolve_targets(items[0])
-    v4: list[str] = []
-    v6: list[str] = []
-    for item in items:
-        host, port = _split_host_port(item)
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            try:
-                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                raise ValueError(f"cannot resolve {host!r}: {exc}") from None
-            infos.sort(key=lambda info: info[0] != socket.AF_INET)  # prefer IPv4
-            ip = ipaddress.ip_address(infos[0][4][0])
-        (v4 if ip.version == 4 else v6).append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
-    if v4 and v6:
-        raise ValueError("a target list must be all IPv4 or all IPv6; use a dns:/// name for mixed")
-    return ("ipv4:" + ",".join(v4)) if v4 else ("ipv6:" + ",".join(v6)), True
 
 
 class _ClientBase:
@@ -200,6 +166,10 @@ class _ClientBase:
         timeout = self.timeout if timeout is None else timeout
         return None if timeout is None or timeout <= 0 else timeout
 
+    def _diagnosed(self, err: CamserveError, probe: str | None, waited: float | None) -> CamserveError:
+        """``err`` in the caller's words when no connection was made (connection.diagnosed)."""
+        return diagnosed(err, probe, waited, self.target, self._credentials is not None)
+
 
 def _status_name(resp: health_pb2.HealthCheckResponse) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
@@ -208,8 +178,19 @@ def _status_name(resp: health_pb2.HealthCheckResponse) -> str:
 class Client(_ClientBase):
     """Blocking camserve client; thread-safe (one channel, many threads).
 
+    ``target``: "host:port", a list or comma-separated string of them (round-robin), or
+    "dns:///host:port" (a URL is refused: ValueError). ``model``: the default model name (None: the
+    server's). ``timeout``: seconds per call (None or <= 0: none); a call waits this long for a server
+    it cannot reach yet. ``retries``: 0..4 or a :class:`RetryPolicy`. ``tls``: True (system roots) or
+    a :class:`TLSConfig`; ``token``: sent as "authorization: Bearer <token>". Message limits in MiB.
+
+    Every call raises a :class:`~camserve_client.errors.CamserveError` subclass for a status
+    (NotFound, InvalidArgument, FailedPrecondition, ResourceExhausted, DeadlineExceeded, Unavailable,
+    Unauthenticated; ``unreachable`` set when no server was reached), and ValueError / TypeError /
+    FileNotFoundError for arguments refused before sending.
+
     >>> with Client("localhost:50051") as c:
-    ...     r = c.explain("cat.jpg", method="gradcam", output={"overlay": "png"})
+    ...     r = c.explain("digit6.png", method="gradcam", output={"overlay": "png"})
     ...     r.heatmap.shape, r.label, r.timing.batch_size
     """
 
@@ -230,13 +211,22 @@ class Client(_ClientBase):
         try:
             return fn(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            err = error_from_rpc(exc)
+            raise self._diagnosed(err, self._probe() if worth_a_probe(err) else None,
+                                  self._timeout(timeout)) from None
+
+    def _probe(self) -> str | None:
+        """gRPC's connection error, asked without waiting (connection.probe); None if a server answers."""
+        return probe(self.target, self._credentials, self._options, self._metadata)
 
     def explain(self, image: ImageLike, model: str | None = None, method: str = "gradcam",
                 class_index: int | None = None, top_k: int = 1, target_layer: str | None = None,
                 output: OutputLike = None, timeout: float | None = None,
                 request_id: str | None = None, model_version: int = 0) -> ExplainResult:
-        """Explain one image: a path, encoded bytes, a buffer, or an (H,W,C) uint8/float32 array."""
+        """Explain one image: a path, encoded bytes (JPEG/PNG/WebP/BMP), a buffer, or an (H,W[,C])
+        uint8 array (raw pixels) or float32 array (preprocessed, at the model's input size).
+        ``class_index`` (0-based) or ``top_k`` (not both); ``output``: :class:`OutputOptions` or a dict.
+        Returns an :class:`ExplainResult` (maps (h, w) float32 in [0, 1] at ``output["size"]``)."""
         req = self._request(image, model, method=method, class_index=class_index, top_k=top_k,
                             target_layer=target_layer, output=output, request_id=request_id,
                             model_version=model_version)
@@ -249,7 +239,8 @@ class Client(_ClientBase):
                       target_layer: str | None = None, output: OutputLike = None,
                       timeout: float | None = None, request_ids: Sequence[str] | None = None,
                       model_version: int = 0) -> list[ExplainResult]:
-        """Explain many images in one call; class_index may be one value or one per image."""
+        """Explain many images in one call (one result each, in order); class_index may be one value or
+        one per image. One refused image fails the call (its index in the message)."""
         req = self._batch_request(images, model, method, class_index, top_k, target_layer, output,
                                   request_ids, model_version)
         t0 = time.perf_counter()
@@ -258,18 +249,30 @@ class Client(_ClientBase):
         return [parse_response(r, ms, output) for r in resp.responses]
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
+        """Every served model, with its input shape, classes, layers, methods and batching."""
         resp = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [parse_model_info(m) for m in resp.models]
 
     def get_model(self, name: str | None = None, version: int = 0, timeout: float | None = None) -> ModelInfo:
+        """One model (None: the client's, else the server's default; version 0: newest); NotFound."""
         req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
         return parse_model_info(self._call(self._stub.GetModel, req, timeout))
 
     def health(self, model: str | None = None, timeout: float | None = None) -> str:
         """'SERVING', 'NOT_SERVING', ... for the whole server (model=None) or one model (grpc.health.v1
-        Check, never retried); NotFound for a model the server does not serve."""
-        return _status_name(self._call(self._health.Check, health_pb2.HealthCheckRequest(service=model or ""),
-                                       timeout))
+        Check, never retried); NotFound for a model the server does not serve, Unavailable (with
+        ``unreachable`` set and the fix in its message) when no connection can be made."""
+        try:
+            return _status_name(self._call(self._health.Check,
+                                           health_pb2.HealthCheckRequest(service=model or ""), timeout))
+        except NotFound as exc:
+            raise health_not_found(exc, model) from None
+
+    def connection_error(self) -> str | None:
+        """Why no server at the target can be reached now (the fix, then gRPC's words), or None when one
+        answers a health check; takes at most a few seconds. For a call that is still waiting."""
+        details = self._probe()
+        return None if details is None else self._diagnosed(Unavailable(""), details, None).details
 
     def wait_ready(self, timeout: float = 60.0, model: str | None = None, poll_s: float = 0.2) -> None:
         """Block until health is SERVING, waiting for an unreachable server too; DeadlineExceeded after
@@ -286,10 +289,12 @@ class Client(_ClientBase):
             except grpc.RpcError as exc:
                 err = error_from_rpc(exc)
                 if err.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise err from None
+                    raise health_not_found(err, model) from None
                 last = err.code.name
             time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-        raise DeadlineExceeded(f"{self.target} not SERVING after {timeout:.0f} s (last: {last})")
+        err = DeadlineExceeded(f"{self.target} not SERVING after {timeout:g} s (last: {last})")
+        probe = self._probe() if last != "NOT_SERVING" else None
+        raise self._diagnosed(err, probe, timeout) from None
 
     def close(self) -> None:
         self.channel.close()
@@ -319,7 +324,13 @@ class AsyncClient(_ClientBase):
         try:
             return await fn(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            err = error_from_rpc(exc)
+            raise self._diagnosed(err, await self._probe() if worth_a_probe(err) else None,
+                                  self._timeout(timeout)) from None
+
+    async def _probe(self) -> str | None:
+        """See Client._probe (a blocking check of at most a few seconds, off the event loop)."""
+        return await asyncio.to_thread(probe, self.target, self._credentials, self._options, self._metadata)
 
     async def explain(self, image: ImageLike, model: str | None = None, method: str = "gradcam",
                       class_index: int | None = None, top_k: int = 1, target_layer: str | None = None,
@@ -355,10 +366,18 @@ class AsyncClient(_ClientBase):
         req = pb.GetModelRequest(model=name or self.model or "", model_version=version)
         return parse_model_info(await self._call(self._stub.GetModel, req, timeout))
 
+    async def connection_error(self) -> str | None:
+        """See Client.connection_error."""
+        details = await self._probe()
+        return None if details is None else self._diagnosed(Unavailable(""), details, None).details
+
     async def health(self, model: str | None = None, timeout: float | None = None) -> str:
         """See Client.health."""
         request = health_pb2.HealthCheckRequest(service=model or "")
-        return _status_name(await self._call(self._health.Check, request, timeout))
+        try:
+            return _status_name(await self._call(self._health.Check, request, timeout))
+        except NotFound as exc:
+            raise health_not_found(exc, model) from None
 
     async def close(self) -> None:
         await self.channel.close()

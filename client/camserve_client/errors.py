@@ -6,9 +6,16 @@ import grpc
 
 
 class CamserveError(Exception):
-    """A failed camserve call. `code` is the grpc.StatusCode, `details` the server's message."""
+    """A failed camserve call. `code` is the grpc.StatusCode, `details` the server's message.
+
+    ``unreachable`` is True when the call failed because no connection to the server was made
+    (UNAVAILABLE at once with ``retries=0``, or DEADLINE_EXCEEDED after waiting for it); ``details``
+    then names the target, what gRPC saw (connection refused, TLS mismatch, unknown host, ...) and
+    the fix.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    unreachable: bool = False
 
     def __init__(self, details: str, code: grpc.StatusCode | None = None) -> None:
         if code is not None:

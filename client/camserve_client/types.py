@@ -215,6 +215,8 @@ def _class_index(value: Any) -> int | None:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One of the model's best classes: index (0-based), label, probability in [0, 1]."""
+
     class_index: int
     label: str
     probability: float
@@ -247,6 +249,10 @@ class Timing:
 
 @dataclass(frozen=True)
 class ExplainResult:
+    """One image's answer: ``explanations`` (one per explained class, best first), the model's
+    ``top_predictions``, ``timing`` (server side, ms) and what ran (model, method, target_layer).
+    ``heatmap``, ``overlay``, ``label``, ``class_index``: the first explanation's."""
+
     request_id: str
     model: str
     model_version: int

@@ -133,15 +133,19 @@ class FakeExplain(pb_grpc.ExplainServiceServicer):
 
 
 class FakeServer:
-    """A threaded grpc server with FakeExplain + the stock health servicer on a free loopback port."""
+    """A threaded grpc server with FakeExplain + the stock health servicer on a free loopback port
+    (over TLS with ``credentials``)."""
 
-    def __init__(self, name: str = "fake", port: int = 0) -> None:
+    def __init__(self, name: str = "fake", port: int = 0,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         self.service = FakeExplain(name)
         self.health = health.HealthServicer()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         pb_grpc.add_ExplainServiceServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        address = f"127.0.0.1:{port}"
+        self.port = (self.server.add_secure_port(address, credentials) if credentials is not None
+                     else self.server.add_insecure_port(address))
         self.target = f"127.0.0.1:{self.port}"
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -222,6 +222,30 @@ def test_cli_against_the_server(server, images, tmp_path: Path, capsys) -> None:
     assert "FAILED_PRECONDITION" in capsys.readouterr().err
 
 
+def test_the_readme_sdk_snippet_runs_as_written(server, images, tmp_path: Path, monkeypatch) -> None:
+    """README.md's client SDK block, run against this module's server: only the address, the model
+    (tiny, 32x32, for the demo's 64x64) and the files are swapped; a swap that no longer finds its
+    text fails, so the README cannot drift from what the SDK does."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## The client SDK and CLI", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "server/camserve/demo/samples").mkdir(parents=True)
+    (tmp_path / "server/camserve/demo/samples/digit6.png").write_bytes(encode_png(images[0]))
+    for old, new in (('"localhost:50051"', repr(server.srv.target)), ('"demo"', '"tiny"'),
+                     ("(64, 64, 3)", "(32, 32, 3)")):
+        assert old in code, f"README's SDK snippet no longer has {old}"
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)  # the snippet's relative paths: the sample image, overlay.png
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md (client SDK)", "exec"), scope)
+    r = scope["r"]
+    assert r.heatmap.shape == (32, 32) and r.heatmap.dtype == np.float32  # "original": the image's size
+    assert r.heatmap.min() >= 0.0 and r.heatmap.max() <= 1.0 and len(r.explanations) == 2
+    assert (tmp_path / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.fixture(scope="module")
 def phone_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-megapixel JPEG as a phone writes one: a bundled photograph at 4000x3000 with sensor-like noise."""

@@ -4,6 +4,6 @@
 progress bars (:mod:`.progress`).
 
 Kept out of the SDK (``camserve_client``) so that importing the client loads none of it. It needs
-only what the SDK needs; ``pip install 'camserve[tools]'`` adds tqdm for progress bars, and
-matplotlib, when installed, draws the load generator's plot.
+only what the SDK needs; ``pip install 'camserve[tools]'`` adds tqdm for progress bars and matplotlib
+for the load generator's plot (without it the plot is skipped, saying so).
 """

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import platform
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from camserve_proto import oip
 
 from camserve_client import __version__
 from camserve_client.client import AsyncClient
+from camserve_client.errors import CamserveError
 from camserve_client.tools.loadreport import Sample, Window, clock, summarize
 from camserve_client.tools.progress import bar as progress_bar
 from camserve_client.tools.testimages import encode_png, folder_images, generated
@@ -87,16 +89,28 @@ class LoadGenerator:
         """Wait until the model is SERVING, read its facts, and serialize the payloads (unless given)."""
         cfg = self.cfg
         deadline = clock() + cfg.ready_timeout_s
-        status = "no answer"
+        status, said, failure = "no answer", "", None
         while True:  # wait until the server (and the model) is SERVING
             try:
-                status = await client.health(cfg.model, timeout=5)
+                status, failure = await client.health(cfg.model, timeout=5), None
                 if status == "SERVING":
                     break
-            except Exception as exc:  # keep polling while the server starts
-                status = str(getattr(exc, "code", exc))
+            except CamserveError as exc:
+                # Wait only for what a starting server goes through: nothing listening yet, or not
+                # ready. An unknown model, a token or a TLS mismatch will not mend: say so at once.
+                waits = exc.code == grpc.StatusCode.UNAVAILABLE and (
+                    not exc.unreachable or "Connection refused" in exc.details)
+                if not waits:
+                    raise
+                status, failure = str(exc), exc
             if clock() > deadline:
-                raise RuntimeError(f"{cfg.target} not SERVING after {cfg.ready_timeout_s:.0f} s ({status})")
+                if failure is not None:
+                    raise failure
+                raise RuntimeError(f"{cfg.target} not SERVING after {cfg.ready_timeout_s:g} s: {status}")
+            if status != said and not cfg.quiet:
+                print(f"waiting up to {cfg.ready_timeout_s:g} s for {cfg.target} to serve: {status}",
+                      file=sys.stderr)
+                said = status
             await asyncio.sleep(0.5)
         info = await client.get_model(cfg.model)
         self.model_info = {"name": info.name, "version": info.version, "input_shape": list(info.input_shape),

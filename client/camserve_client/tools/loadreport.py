@@ -179,7 +179,8 @@ def write_plot(series: dict[str, Sequence[dict[str, Any]]], path: str | Path, ti
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"matplotlib is not installed: skipping the plot {path}", file=sys.stderr)
+        print(f"matplotlib is not installed: skipping the plot {path} (pip install 'camserve[tools]')",
+              file=sys.stderr)
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for name, steps in series.items():

@@ -78,6 +78,13 @@ def _flag(group: Any, flag: str, help: str, default: Any = None, **kwargs: Any) 
                        **kwargs)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except None: those flags' help says what unset means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `camserve serve` argument parser (every default from a CAMSERVE_* variable when set)."""
     p = argparse.ArgumentParser(
@@ -86,14 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "(camserve.v1.ExplainService and, on the same port, the Open Inference Protocol "
                     "inference.GRPCInferenceService for Triton/KServe clients; grpc.health.v1, "
                     "reflection), with Prometheus metrics.",
-        epilog="Every flag also reads the environment variable shown in brackets; the flag wins.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Every flag also reads the environment variable shown in brackets; the flag wins. "
+               f"exit status: 0 stopped by a signal with every accepted call answered; 2 a start-up error "
+               f"(bad flag, repository, certificate, busy port); {EXIT_DRAIN_LOST} calls were still in "
+               "progress at the end of --drain-seconds.",
+        formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("models")
     _flag(g, "--model-repository", "folder with one sub-folder per model (config.json + model.keras + "
           "labels.txt); unset = the bundled demo model", metavar="DIR")
-    _flag(g, "--workers", "worker processes: auto (one per visible GPU, else CPU), cpu:N, gpu (every "
-          "visible GPU), gpu:0,1 (these GPUs)", D.workers, type=_workers)
+    _flag(g, "--workers", "worker processes: auto (one per visible GPU, else one CPU worker using every "
+          "core), cpu:N (N CPU workers), gpu (every visible GPU), gpu:0,1 (these GPUs)", D.workers,
+          type=_workers)
     _flag(g, "--compile", "compiled step: xla (jit_compile), graph (tf.function), or auto (graph on CPU, "
           "xla on GPU)", D.compile_mode, dest="compile_mode", choices=COMPILE_MODES)
     _flag(g, "--backend", "Keras backend of the workers; with jax the only compiled mode is xla (jax.jit), "
@@ -104,12 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--startup-timeout-s", "a worker not ready (models loaded, every bucket compiled) this long "
           "after it started is killed and restarted", D.startup_timeout_s, type=_seconds)
     b = p.add_argument_group("batching (override every model's config.json)")
-    _flag(b, "--max-batch-size", "most images per batch, also the largest compiled bucket",
-          type=_positive_int)
-    _flag(b, "--max-queue-delay-ms", "longest wait after the oldest queued image for a batch to fill",
-          type=_nonneg_float)
+    _flag(b, "--max-batch-size", "most images per batch, also the largest compiled bucket (unset: each "
+          "model's config.json)", type=_positive_int)
+    _flag(b, "--max-queue-delay-ms", "longest wait after the oldest queued image for a batch to fill "
+          "(unset: each model's config.json)", type=_nonneg_float)
     _flag(b, "--max-queue-size", "queued images per model beyond which requests are refused at once with "
-          "RESOURCE_EXHAUSTED", type=_positive_int)
+          "RESOURCE_EXHAUSTED (unset: each model's config.json)", type=_positive_int)
     n = p.add_argument_group("network")
     _flag(n, "--host", "address to listen on (gRPC and metrics)", D.host)
     _flag(n, "--grpc-port", "gRPC port (0 = any free port, logged)", D.grpc_port, type=_port)
@@ -179,14 +190,15 @@ def add_security_arguments(parser: argparse.ArgumentParser) -> None:
     """--tls-cert, --tls-key, --tls-client-ca and --auth-token-file (read by security_config_from_args)."""
     g = parser.add_argument_group("security", "TLS, mutual TLS and bearer-token auth for the gRPC port "
                                   "(all off by default)")
-    _flag(g, "--tls-cert", "server certificate chain (PEM); with --tls-key serves the gRPC port over TLS",
-          metavar="PEM")
+    _flag(g, "--tls-cert", "server certificate chain (PEM); with --tls-key serves the gRPC port over TLS "
+          "(unset: plaintext)", metavar="PEM")
     _flag(g, "--tls-key", "server private key (PEM) for --tls-cert", metavar="PEM")
     _flag(g, "--tls-client-ca", "mutual TLS: require every client to present a certificate signed by this "
-          "CA bundle (PEM); needs --tls-cert/--tls-key", metavar="PEM")
+          "CA bundle (PEM); needs --tls-cert/--tls-key (unset: no client certificate asked for)",
+          metavar="PEM")
     _flag(g, "--auth-token-file", "require 'authorization: Bearer <token>' metadata on every RPC except "
           "health and reflection; FILE holds the accepted tokens, one per line ('#' comments and blank "
-          "lines ignored)", metavar="FILE")
+          "lines ignored) (unset: no token needed)", metavar="FILE")
 
 
 def options_from_args(args: argparse.Namespace) -> ServerOptions:
