@@ -263,8 +263,8 @@ class Supervisor:
         """
         self._stopping = True
         log.info("answered RPCs at drain start: %s", json.dumps(self.metrics.rpc_totals()))
-        log.info("draining: health NOT_SERVING; front ends that reported SERVING serve %.1f s more "
-                 "(pre-stop)", self.opts.pre_stop_s)
+        log.info("draining: health NOT_SERVING; %s", "pre-stop window skipped (SIGINT)" if self._hurry else
+                 f"front ends that reported SERVING serve {self.opts.pre_stop_s:.1f} s more (pre-stop)")
         self.hub.drain(hurry=self._hurry)
         budget = self.opts.pre_stop_s + self.opts.drain_s + 10.0
         procs = [f.process for f in self._fronts if f.process is not None and f.process.poll() is None]
