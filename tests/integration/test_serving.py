@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -365,11 +364,10 @@ def test_expired_deadlines_are_never_computed(server: ServerProcess, stub: pb_gr
         load = stub.ExplainBatch.future(pb.ExplainBatchRequest(
             requests=[request(png(images[i % 80])) for i in range(n_load)]), timeout=120)
         wait_for(lambda: server.metric("camserve_queue_depth", model="demo") > 0, 60)
-        # the batches the pool already handed to the stopped worker have left the queue: wait for quiet
-        queued = _settled(lambda: server.metric("camserve_queue_depth", model="demo"))
+        # 5 s reaches the queue on any machine; nothing leaves it while the worker is stopped, so
+        # each ends at its deadline there (dropped == n_short below fails if one expired before)
         short = [stub.Explain.future(request(png(images[i])), timeout=5) for i in range(n_short)]
-        wait_for(lambda: server.metric("camserve_queue_depth", model="demo") >= queued + n_short, 5)
-        short_codes = [code_name(f) for f in short]  # each ends at its deadline, still queued
+        short_codes = [code_name(f) for f in short]
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
@@ -382,16 +380,6 @@ def test_expired_deadlines_are_never_computed(server: ServerProcess, stub: pb_gr
     assert dropped == n_short
     # An RPC that ended at its deadline is not aborted again (grpc would log a traceback at ERROR).
     assert "ExecuteBatchError" not in server.log(), server.log_tail()
-
-
-def _settled(read, quiet_s: float = 0.5) -> float:
-    """``read()`` once it has not changed for ``quiet_s``."""
-    value, since = read(), time.monotonic()
-    while time.monotonic() - since < quiet_s:
-        time.sleep(0.05)
-        if (now := read()) != value:
-            value, since = now, time.monotonic()
-    return value
 
 
 def test_contract_check_passes(server: ServerProcess) -> None:
