@@ -8,17 +8,19 @@ heatmaps = gradcam.compute_heatmaps(batch, class_idx=[3, None, 7])  # (B,h,w); N
 results = gradcam.explain(batch, top_k=3)                  # ItemResults: probabilities + maps
 ```
 Inputs are already preprocessed float arrays (``preprocessing="none"`` by default; pass another mode
-to give uint8 RGB instead). Batch buckets compile on first use. Any ``keras.Model`` works (Functional,
-Sequential, nested, subclassed, custom layers with sublayers, vision transformers: ``token_grid`` /
-``prefix_tokens`` override the patch grid found for (B, N, C) outputs); a model that was never called
-is built from the first input's shape; one whose Input leaves H or W open (None) takes any size (the
-model is recorded and compiled again for each new size). A one-channel model also takes (H, W) and
-(B, H, W) arrays, and a model whose Input is (batch, H, W) (grayscale without a channel axis) is one
-with (H, W, 1).
+to give uint8 RGB instead). Batch buckets compile on first use, and instances on the same model with
+the same settings share what was compiled (one ``GradCAM(...)`` per image in a loop compiles once).
+Any ``keras.Model`` works (Functional, Sequential, nested, subclassed, custom layers with sublayers,
+vision transformers: ``token_grid`` / ``prefix_tokens`` override the patch grid found for (B, N, C)
+outputs); a model that was never called is built from the first input's shape; one whose Input leaves H
+or W open (None) takes any size (the model is recorded and compiled again for each new size). A
+one-channel model also takes (H, W) and (B, H, W) arrays, and a model whose Input is (batch, H, W)
+(grayscale without a channel axis) is one with (H, W, 1).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -64,6 +66,48 @@ def class_index(value: Any, what: str = "class_idx") -> int | None:
 
 #: Image sizes whose Explainer is kept for a model that takes any size (each holds compiled steps).
 MAX_SIZES = 8
+#: Explainers kept on one model object (each holds its compiled steps), least recently used dropped.
+MAX_SHARED = 8
+_SHARED = "_camserve_explainers"
+
+
+def _structure(model: Any) -> tuple[tuple[int, int], ...]:
+    """Identity of every operation the model can run and of its activation: a layer swapped, added
+    or given another activation (``model.layers[-1].activation = None``, Keras' own Grad-CAM
+    recipe) changes what a step traced before computes, so such a step must not be reused."""
+    from camserve.engine.keras_private import walk
+
+    return tuple((id(op), id(getattr(op, "activation", None))) for op in walk(model))
+
+
+def _shared_explainer(model: Any, input_shape: tuple[int, ...] | None, kwargs: dict[str, Any]) -> Explainer:
+    """The Explainer for (model, input shape, settings): built once, kept on the model object.
+
+    Why: ``for x in images: GradCAM(model, layer).compute_heatmap(x)`` is how users of the Keras
+    example and of pytorch-grad-cam write it, and tracing a step costs ~0.3 CPU-s even for a tiny
+    model, 50x the call itself; so a new instance reuses the steps an earlier one compiled. Kept on
+    the model (an attribute Keras neither tracks nor saves), they live exactly as long as the model.
+    Weights are read when a step runs, so training between calls is seen; a changed structure is
+    another key (``_structure``). An object that takes no attributes gets a new Explainer each time.
+    """
+    settings = tuple(
+        (k, v if isinstance(v, (str, int, tuple, type(None))) else id(v)) for k, v in sorted(kwargs.items())
+    )
+    key = (input_shape, settings, _structure(model))
+    shared = getattr(model, "__dict__", {}).get(_SHARED)
+    if shared is not None and (found := shared.get(key)) is not None:
+        shared.move_to_end(key)
+        return found
+    explainer = Explainer(model, input_shape=input_shape, **kwargs)
+    if shared is None:
+        try:  # object.__setattr__: Keras' own __setattr__ would track the dict as model state
+            object.__setattr__(model, _SHARED, shared := OrderedDict())
+        except (AttributeError, TypeError):
+            return explainer
+    shared[key] = explainer
+    while len(shared) > MAX_SHARED:
+        shared.popitem(last=False)
+    return explainer
 
 
 class _BaseCAM:
@@ -143,7 +187,7 @@ class _BaseCAM:
         return len(shape) in (3, 4) and any(d is None for d in shape[1:3])
 
     def _build(self, input_shape: tuple[int, ...] | None) -> Explainer:
-        explainer = Explainer(self.model, input_shape=input_shape, **self._kwargs)  # type: ignore[arg-type]
+        explainer = _shared_explainer(self.model, input_shape, self._kwargs)
         if self.method == "cam" and not explainer.target.cam_supported:
             raise CamNotSupportedError(
                 f"CAM is not available for layer {explainer.target.name!r}: {explainer.target.cam_reason}"
