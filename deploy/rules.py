@@ -96,7 +96,7 @@ def _container(docs: list[Doc], where: str, tpl: Doc, c: Doc) -> Iterator[Proble
     s, errors = server_settings(c, docs)
     yield from (Problem("server-args", where, e) for e in errors)
     if s is not None:
-        for rule in (_ports_and_probes, _shutdown, _volumes):
+        for rule in (_ports_and_probes, _servicemonitor, _shutdown, _volumes):
             yield from rule(where, docs, tpl, c, s)
 
 
@@ -112,8 +112,7 @@ Settings = argparse.Namespace
 def _ports_and_probes(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Iterator[Problem]:
     """Declared ports are the ones camserve listens on; the three probes are native gRPC probes that
     resolve to that port (health is NOT_SERVING while compiling and draining: TCP cannot see it);
-    the startup budget covers compiling; Services target declared ports, gRPC ones with appProtocol,
-    the one named metrics (checkov's CKV2_CAMSERVE_8 has ServiceMonitors scrape it) the metrics port."""
+    the startup budget covers compiling; Services target declared ports, gRPC ones with appProtocol."""
     resolve = _ports(c)
     for port, want in (("grpc", s.grpc_port), ("metrics", s.metrics_port)):
         if resolve.get(port) != want:
@@ -135,11 +134,23 @@ def _ports_and_probes(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings
         for p in svc["spec"].get("ports") or []:
             if (target := resolve.get(p.get("targetPort", p["port"]))) is None:
                 yield Problem("ports", name(svc), f"port {p.get('name')!r} targets no port of {where}")
-            elif p.get("name") == "metrics" and target != s.metrics_port:
-                yield Problem("ports", name(svc), f"port 'metrics' (ServiceMonitors scrape it) targets "
-                                                  f"{target}, not the metrics port {s.metrics_port}")
             elif target == s.grpc_port and p.get("appProtocol") != "grpc":
                 yield Problem("ports", name(svc), f"port {p.get('name')!r} is gRPC: set appProtocol: grpc")
+
+
+def _servicemonitor(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Iterator[Problem]:
+    """A ServiceMonitor selects exactly one Service (two would scrape every pod twice), and its
+    endpoint port reaches the port camserve serves /metrics on."""
+    services = [d for d in docs if d["kind"] == "Service"]
+    for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        picked = [v for v in services if selects(sm["spec"].get("selector"), v["metadata"].get("labels"))]
+        if len(picked) != 1:
+            yield Problem("servicemonitor", name(sm), f"selects {len(picked)} Services, not one")
+        for ep, svc in ((ep, v) for ep in sm["spec"]["endpoints"] for v in picked):
+            sp = next((p for p in svc["spec"]["ports"] if p.get("name") == ep.get("port")), {"port": None})
+            if _ports(c).get(sp.get("targetPort", sp["port"])) != s.metrics_port:
+                yield Problem("servicemonitor", name(sm), f"port {ep.get('port')!r} of {name(svc)} does "
+                                                          f"not reach the metrics port {s.metrics_port}")
 
 
 def _shutdown(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Iterator[Problem]:

@@ -170,11 +170,18 @@ BROKEN: dict[str, tuple[Edit, str]] = {
                                        "matchLabels", {"app": "x"}), "selectors"),
     "hpa targets nothing": (put(kind("HorizontalPodAutoscaler", "spec", "scaleTargetRef"), "name", "x"),
                             "selectors"),
-    "metrics target port": (put(lambda d: service()(d)["ports"][1], "targetPort", 9465), "ports"),
+    "servicemonitor selects both services": (put(kind("ServiceMonitor", "spec", "selector", "matchLabels"),
+                                                 "app.kubernetes.io/component"), "servicemonitor"),
+    "servicemonitor selects no service": (put(kind("ServiceMonitor", "spec", "selector", "matchLabels"),
+                                              "app.kubernetes.io/component", "x"), "servicemonitor"),
+    "servicemonitor port missing": (put(kind("ServiceMonitor", "spec", "endpoints", 0), "port", "http"),
+                                    "servicemonitor"),
+    "service without the metrics port": (lambda d: service()(d)["ports"].pop(1), "servicemonitor"),
+    "metrics target port": (put(lambda d: service()(d)["ports"][1], "targetPort", 9465), "servicemonitor"),
     "metrics port targets the grpc port": (put(lambda d: service()(d)["ports"][1], "targetPort", "grpc"),
-                                           "ports"),
+                                           "servicemonitor"),
     "metrics port moved by arg": (put(part(), ARGS, ["serve", "--grpc-port=50051", "--metrics-port=9100"]),
-                                  "ports"),
+                                  "servicemonitor"),
     "probe on another port": (put(part("readinessProbe", "grpc"), "port", 50052), "probes"),
     "probe of a named service": (put(part("livenessProbe", "grpc"), "service", "x"), "probes"),
     "tcp startup probe": (put(part(), "startupProbe", {"tcpSocket": {"port": 50051}, "failureThreshold": 60}),
@@ -226,13 +233,6 @@ BROKEN: dict[str, tuple[Edit, str]] = {
     "gpu pod on any node": (put(pod, "nodeSelector"), "CKV2_CAMSERVE_6"),
     "no writable /tmp": (without(part(), "volumeMounts", "/tmp"), "CKV2_CAMSERVE_7"),
     "scrape path": (put(kind("ServiceMonitor", "spec", "endpoints", 0), "path", "/"), "CKV2_CAMSERVE_8"),
-    "servicemonitor selects both services": (put(kind("ServiceMonitor", "spec", "selector", "matchLabels"),
-                                                 "app.kubernetes.io/component"), "CKV2_CAMSERVE_9"),
-    "servicemonitor selects no service": (put(kind("ServiceMonitor", "spec", "selector", "matchLabels"),
-                                              "app.kubernetes.io/component", "x"), "CKV2_CAMSERVE_9"),
-    "servicemonitor port missing": (put(kind("ServiceMonitor", "spec", "endpoints", 0), "port", "http"),
-                                    "CKV2_CAMSERVE_8"),
-    "service without the metrics port": (lambda d: service()(d)["ports"].pop(1), "CKV2_CAMSERVE_9"),
     # checkov: its built-in checks
     "root": (put(lambda d: pod(d)["securityContext"], "runAsUser", 0), "CKV_K8S_40"),
     "privilege escalation": (put(SEC, "allowPrivilegeEscalation", True), "CKV_K8S_20"),
@@ -393,10 +393,13 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
 
 
 def test_a_missing_tool_is_a_failure_that_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(check, "TOOLS", tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(check.ToolMissing, match="make deploy-tools"):
         check.tool("checkov")
     with pytest.raises(check.ToolMissing, match="make system-deps"):
         check.tool("promtool")
+    assert check.main([]) == 1  # before any tool starts
+    assert "not found" in capsys.readouterr().out
