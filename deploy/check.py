@@ -106,7 +106,7 @@ def start(name: str, *args: str | Path) -> subprocess.Popen[str]:
 
 def finish(proc: subprocess.Popen[str]) -> list[Problem]:
     """The tool's own report, a problem a line, when it exits non-zero."""
-    lines = [ln for ln in "".join(proc.communicate(timeout=600)).splitlines() if ln.strip()]
+    lines = [ln for ln in "\n".join(proc.communicate(timeout=600)).splitlines() if ln.strip()]
     lines = lines or [f"exit {proc.returncode}"]
     return [Problem(Path(proc.args[0]).name, "", line) for line in lines] if proc.returncode else []
 
