@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import shutil
 import subprocess
@@ -25,7 +24,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -61,14 +59,10 @@ def tool(name: str) -> str:
     raise ToolMissing(f"{name} not found in {TOOLS / 'bin'} or on PATH: run `{INSTALL[name]}`")
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"}  # offline
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-
-
 def render(overlay: str | Path) -> list[Doc]:
     """`kubectl kustomize` of an overlay name or folder (deploy one with `kubectl apply -k`)."""
-    proc = _run([tool("kubectl"), "kustomize", str(OVERLAYS.get(str(overlay), overlay))])
+    proc = subprocess.run([tool("kubectl"), "kustomize", str(OVERLAYS.get(str(overlay), overlay))],
+                          capture_output=True, text=True, timeout=600)
     if proc.returncode:
         raise ValueError(f"kubectl kustomize {overlay}: {proc.stderr.strip()}")
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
@@ -103,24 +97,24 @@ def schema_problems(overlays: dict[str, list[Doc]], versions: tuple[str, ...] = 
     return out
 
 
-def checkov_problems(paths: list[Path]) -> list[Problem]:
+def start(name: str, *args: str | Path) -> subprocess.Popen[str]:
+    """Start a tool in its own process, offline; `finish` waits for it."""
+    env = {**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"}
+    return subprocess.Popen([tool(name), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=env)
+
+
+def finish(proc: subprocess.Popen[str]) -> list[Problem]:
+    """The tool's own report, a problem a line, when it exits non-zero."""
+    lines = [ln for ln in "\n".join(proc.communicate(timeout=600)).splitlines() if ln.strip()]
+    lines = lines or [f"exit {proc.returncode}"]
+    return [Problem(Path(proc.args[0]).name, "", line) for line in lines] if proc.returncode else []
+
+
+def checkov(paths: list[Path], *options: str) -> subprocess.Popen[str]:
     """checkov with deploy/checkov.yaml over rendered manifests and Dockerfiles."""
-    proc = _run([tool("checkov"), "--config-file", str(DEPLOY / "checkov.yaml"), "-o", "json",
-                 *[a for p in paths for a in ("-f", str(p))]])
-    try:
-        reports = json.loads(proc.stdout)
-    except ValueError:
-        return [Problem("checkov", "-", f"exit {proc.returncode}: {(proc.stdout + proc.stderr)[-2000:]}")]
-    return [Problem("checkov", f"{c['file_path']} {c['resource']}", f"{c['check_id']} {c['check_name']}")
-            for r in (reports if isinstance(reports, list) else [reports])
-            for c in r.get("results", {}).get("failed_checks", [])]
-
-
-def lint(name: str, *args: str | Path) -> list[Problem]:
-    """A linter's output lines as problems when it exits non-zero."""
-    proc = _run([tool(name), *map(str, args)])
-    lines = (proc.stdout + proc.stderr).strip().splitlines() or [f"exit {proc.returncode}"]
-    return [Problem(name, " ".join(map(str, args[:2])), line) for line in lines] if proc.returncode else []
+    return start("checkov", "--config-file", DEPLOY / "checkov.yaml", *options,
+                 *[a for p in paths for a in ("-f", p)])
 
 
 def prometheus_rule() -> Doc:
@@ -131,40 +125,33 @@ def prometheus_rule() -> Doc:
 
 
 def run_all(tmp: Path, log: Callable[[str], None] = print) -> int:
-    """Render; run camserve's rules and the KServe example's (they swap os.environ for the server's
-    parser, so before any thread starts), then the tools in parallel; log each step; count the problems."""
+    """Render every overlay; start the tools on what was rendered; while they run, check schemas,
+    camserve's rules and the KServe example's here; log each step's problems; count the failed steps."""
+    for needed in INSTALL:  # all there before any starts
+        tool(needed)
     docs = {overlay: render(overlay) for overlay in OVERLAYS}
     for overlay, objs in docs.items():
         (tmp / f"{overlay}.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
         log(f"ok   kubectl kustomize {overlay}: {len(objs)} objects")
     dockerfiles = list(DOCKERFILES.values())
+    tools = {  # checkov: what is deployed, the overlays (the base's image is a placeholder they replace)
+        "checkov": [checkov([tmp / "gpu.yaml", tmp / "cpu.yaml", *dockerfiles], "--compact", "--quiet")],
+        "yamllint, hadolint, promtool": [
+            start("yamllint", "-f", "parsable", "-c", DEPLOY / "yamllint.yaml", DEPLOY),
+            start("hadolint", "--no-color", *dockerfiles), start("promtool", "check", "rules", ALERTS),
+            start("promtool", "test", "rules", ALERT_TESTS)]}
     camserve = ([p._replace(where=f"{o}: {p.where}") for o, d in docs.items() for p in project_problems(d)]
                 + [p for kind, f in DOCKERFILES.items() for p in dockerfile_problems(f, gpu=kind == "gpu")])
-    in_kserve = [Problem("kserve", "deploy/kserve", m) for m in kserve.problems(kserve.load())]
-    steps: dict[str, Callable[[], list[Problem]]] = {
+    steps = {
         f"kubernetes-validate --strict {' '.join(VERSIONS)}, custom resources":
-            lambda: schema_problems({**docs, "alerts": [prometheus_rule()]}),
-        # What is deployed: the overlays (the base's image is a placeholder they replace).
-        "checkov": lambda: checkov_problems([tmp / "gpu.yaml", tmp / "cpu.yaml", *dockerfiles]),
-        "camserve rules": lambda: camserve,
-        "KServe example (deploy/kserve: KServe CRD schemas, its pod, camserve rules)": lambda: in_kserve,
-        "yamllint, hadolint, promtool": lambda: (
-            lint("yamllint", "-f", "parsable", "-c", DEPLOY / "yamllint.yaml", DEPLOY)
-            + lint("hadolint", "--no-color", *dockerfiles) + lint("promtool", "check", "rules", ALERTS)
-            + lint("promtool", "test", "rules", ALERT_TESTS)),
-    }
-
-    def attempt(step: Callable[[], list[Problem]]) -> list[Problem]:
-        try:
-            return step()
-        except ToolMissing as exc:
-            return [Problem("tool", "missing", str(exc))]
-
-    with ThreadPoolExecutor(len(steps)) as pool:
-        results = list(pool.map(attempt, steps.values()))
-    for title, problems in zip(steps, results, strict=True):
+            schema_problems({**docs, "alerts": [prometheus_rule()]}),
+        "camserve rules": camserve,
+        "KServe example (deploy/kserve: KServe CRD schemas, its pod, camserve rules)":
+            [Problem("kserve", "deploy/kserve", m) for m in kserve.problems(kserve.load())],
+        **{title: [p for proc in procs for p in finish(proc)] for title, procs in tools.items()}}
+    for title, problems in steps.items():
         log(f"{'FAIL' if problems else 'ok  '} {title}" + "".join(f"\n     {p}" for p in problems))
-    return sum(map(len, results))
+    return sum(1 for problems in steps.values() if problems)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="deploy-check-") as tmp:
         try:
-            n = run_all(Path(tmp))
+            failed = run_all(Path(tmp))
         except (ToolMissing, ValueError) as exc:
             print(f"FAIL {exc}")
-            n = 1
-    print(f"deploy-check {f'FAILED: {n} problem(s)' if n else 'passed'} in {time.perf_counter() - t0:.0f}s")
-    return 1 if n else 0
+            failed = 1
+    verdict = f"FAILED: {failed} step(s)" if failed else "passed"
+    print(f"deploy-check {verdict} in {time.perf_counter() - t0:.0f}s")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

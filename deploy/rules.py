@@ -36,7 +36,7 @@ class Problem(NamedTuple):
     message: str
 
     def __str__(self) -> str:
-        return f"[{self.rule}] {self.where}: {self.message}"
+        return f"[{self.rule}] {self.where + ': ' if self.where else ''}{self.message}"
 
 
 def name(d: Doc) -> str:
@@ -66,7 +66,7 @@ def server_settings(c: Doc, docs: list[Doc]) -> tuple[argparse.Namespace | None,
     if Path(command[0]).name != "camserve" or args[:1] != ["serve"]:
         return None, [*errors, f"{command} {args} is not `camserve serve ...` (the image's ENTRYPOINT)"]
     environ = {**{k: v for k, v in os.environ.items() if not k.startswith("CAMSERVE_")}, **env}
-    # The parser reads CAMSERVE_* defaults when built: swap os.environ (not thread-safe; see check.run_all).
+    # The parser reads CAMSERVE_* defaults when built: swap os.environ (not thread-safe).
     with mock.patch.dict(os.environ, environ, clear=True), contextlib.redirect_stderr(io.StringIO()) as err:
         try:
             return parse_args(args[1:]), errors

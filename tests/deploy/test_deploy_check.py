@@ -172,9 +172,14 @@ BROKEN: dict[str, tuple[Edit, str]] = {
                             "selectors"),
     "servicemonitor selects both services": (put(kind("ServiceMonitor", "spec", "selector", "matchLabels"),
                                                  "app.kubernetes.io/component"), "servicemonitor"),
+    "servicemonitor selects no service": (put(kind("ServiceMonitor", "spec", "selector", "matchLabels"),
+                                              "app.kubernetes.io/component", "x"), "servicemonitor"),
     "servicemonitor port missing": (put(kind("ServiceMonitor", "spec", "endpoints", 0), "port", "http"),
                                     "servicemonitor"),
+    "service without the metrics port": (lambda d: service()(d)["ports"].pop(1), "servicemonitor"),
     "metrics target port": (put(lambda d: service()(d)["ports"][1], "targetPort", 9465), "servicemonitor"),
+    "metrics port targets the grpc port": (put(lambda d: service()(d)["ports"][1], "targetPort", "grpc"),
+                                           "servicemonitor"),
     "metrics port moved by arg": (put(part(), ARGS, ["serve", "--grpc-port=50051", "--metrics-port=9100"]),
                                   "servicemonitor"),
     "probe on another port": (put(part("readinessProbe", "grpc"), "port", 50052), "probes"),
@@ -274,13 +279,40 @@ def findings(gpu_docs: list[Doc], tmp_path_factory: pytest.TempPathFactory) -> d
         found[p.where.split(":")[0]].add(p.rule)
     folder, files = tmp_path_factory.mktemp("checkov"), {}
     for i, (case, docs) in enumerate(owned("checkov").items()):
-        for d in docs:  # one namespace per case, so checkov's graph keeps the cases apart
-            d.setdefault("metadata", {})["namespace"] = f"case-{i}"
+        apart(docs, f"case-{i}")
         files[f"case-{i}.yaml"] = case
         (folder / f"case-{i}.yaml").write_text(yaml.safe_dump_all(docs))
-    for p in check.checkov_problems(sorted(folder.iterdir())):
-        found[files[Path(p.where.split()[0]).name]].add(p.message.split()[0])
+    for case, check_id in checkov_failures(sorted(folder.iterdir())):
+        found[files[case]].add(check_id)
     return found
+
+
+def apart(docs: list[Doc], case: str) -> None:
+    """Keep one case's objects apart from the others' in checkov's graph: their ids by a namespace,
+    and the edges it draws from selectors to labels (across namespaces) by one more label in each."""
+    for d in docs:
+        meta = d.setdefault("metadata", {})
+        meta["namespace"] = case
+        meta.setdefault("labels", {})["case"] = case
+        spec = d.get("spec") or {}
+        if isinstance(spec.get("template"), dict):
+            spec["template"]["metadata"].setdefault("labels", {})["case"] = case
+        if isinstance(spec.get("selector"), dict):
+            (spec["selector"] if d["kind"] == "Service" else spec["selector"].setdefault("matchLabels", {}))[
+                "case"] = case
+
+
+def checkov_failures(paths: list[Path]) -> list[tuple[str, str]]:
+    """(file name, check id) of each check checkov fails, from its JSON report."""
+    out, _ = check.checkov(paths, "-o", "json").communicate(timeout=600)
+    reports = json.loads(out)
+    return [(Path(c["file_path"]).name, c["check_id"])
+            for r in (reports if isinstance(reports, list) else [reports])
+            for c in r.get("results", {}).get("failed_checks", [])]
+
+
+def lint(*args: Any) -> list[rules.Problem]:
+    return check.finish(check.start(*args))
 
 
 def test_the_pristine_overlays_pass_every_rule(findings: dict[str, set[str]], cpu_docs: list[Doc]) -> None:
@@ -334,10 +366,10 @@ def test_dockerfiles(tmp_path: Path) -> None:
     """The shipped ones pass; hadolint, checkov and the two camserve rules each catch theirs."""
     for k, f in check.DOCKERFILES.items():
         assert rules.dockerfile_problems(f, gpu=k == "gpu") == []
-    assert check.lint("hadolint", *check.DOCKERFILES.values()) == []
+    assert lint("hadolint", *check.DOCKERFILES.values()) == []
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN apt-get install curl\nUSER root\nENTRYPOINT camserve serve\n")
-    hadolint = " ".join(p.message for p in check.lint("hadolint", bad))
+    hadolint = " ".join(p.message for p in lint("hadolint", bad))
     for code in ("DL3006", "DL3008", "DL3002", "DL3066", "DL3025"):  # tag, pins, root, numeric uid, exec form
         assert code in hadolint, hadolint
     assert {p.message for p in rules.dockerfile_problems(bad, gpu=True)} == {
@@ -345,26 +377,29 @@ def test_dockerfiles(tmp_path: Path) -> None:
         "GPU image without NVIDIA_DRIVER_CAPABILITIES=compute,utility"}
     no_user = tmp_path / "Dockerfile.nouser"
     no_user.write_text('FROM python:3.11-slim\nENTRYPOINT ["camserve"]\n')
-    assert {p.message.split()[0] for p in check.checkov_problems([no_user])} == {"CKV_DOCKER_3"}
+    assert {check_id for _, check_id in checkov_failures([no_user])} == {"CKV_DOCKER_3"}
 
 
 def test_yamllint_catches_duplicate_keys(tmp_path: Path) -> None:
     bad = tmp_path / "dup.yaml"
     bad.write_text("a: 1\na: 2\n")
-    assert any("duplication" in p.message for p in check.lint("yamllint", bad))
+    assert any("duplication" in p.message for p in lint("yamllint", bad))
 
 
 def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     broken = tmp_path / "alerts.yaml"
     broken.write_text(check.ALERTS.read_text().replace("> 0.25", "> > 0.25", 1))
-    assert check.lint("promtool", "check", "rules", broken) != []
+    assert lint("promtool", "check", "rules", broken) != []
 
 
 def test_a_missing_tool_is_a_failure_that_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(check, "TOOLS", tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(check.ToolMissing, match="make deploy-tools"):
         check.tool("checkov")
     with pytest.raises(check.ToolMissing, match="make system-deps"):
         check.tool("promtool")
+    assert check.main([]) == 1  # before any tool starts
+    assert "not found" in capsys.readouterr().out
