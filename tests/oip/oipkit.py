@@ -30,7 +30,8 @@ if str(ROOT / "tests" / "integration") not in sys.path:  # the integration tests
 
 from front_helpers import digit_images, png  # noqa: E402  (re-exported for the tests here)
 
-__all__ = ["array", "b64", "digit_images", "image_input", "make_repository", "pixels_input", "png", "triton",
+__all__ = ["array", "b64", "digit_images", "image_input", "make_repository", "perf_analyzer",
+           "perf_analyzer_binary", "perf_analyzer_data", "pixels_input", "png", "triton",
            "triton_descriptors", "triton_python"]
 
 
@@ -50,6 +51,45 @@ def triton_python() -> Path:
     pytest.fail("the stock tritonclient environment is missing (looked for "
                 f"{', '.join(map(str, candidates))}); `make tritonclient` makes it (`make test` does it "
                 "first), or set CAMSERVE_TRITONCLIENT_PYTHON to a Python with tritonclient[grpc]==2.73.0")
+
+
+def perf_analyzer_binary() -> Path:
+    """Triton's perf_analyzer (``make perf-analyzer``: ``.venv/perf-analyzer``, beside the Python running
+    the tests, or ``CAMSERVE_PERF_ANALYZER``); fails the test (never skips) when it is missing."""
+    env = os.environ.get("CAMSERVE_PERF_ANALYZER")
+    candidates = [Path(env)] if env else [Path(sys.prefix) / "perf-analyzer" / "bin" / "perf_analyzer",
+                                          ROOT / ".venv" / "perf-analyzer" / "bin" / "perf_analyzer"]
+    for path in candidates:
+        if path.exists():
+            return path
+    pytest.fail(f"perf_analyzer is missing (looked for {', '.join(map(str, candidates))}); "
+                "`make perf-analyzer` makes it (`make test` does it first), or set CAMSERVE_PERF_ANALYZER "
+                "to a perf_analyzer 2.60")
+
+
+def perf_analyzer(target: str, model: str, *args: str, headers: dict[str, str] | None = None,
+                  timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``perf_analyzer -m model -i grpc -u target`` with ``args`` (its exit status is the caller's to
+    judge); ``headers`` travel as gRPC metadata (its -H)."""
+    command = [str(perf_analyzer_binary()), "-m", model, "-i", "grpc", "-u", target, *args]
+    for key, val in (headers or {}).items():
+        command += ["-H", f"{key}:{val}"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def perf_analyzer_data(path: Path, name: str, rows: list[bytes] | np.ndarray, *,
+                       length_prefix: bool = True) -> Path:
+    """An --input-data JSON file for perf_analyzer: one step per row of ``name``, nothing for the other
+    input. IMAGE rows (encoded images) go as {"b64": ...} of the raw BYTES form, each with its 4-byte
+    length (``length_prefix`` False leaves it out, the mistake the server names); PIXELS rows as flat
+    uint8 lists."""
+    if name == "IMAGE":
+        prefix = (lambda r: len(r).to_bytes(4, "little")) if length_prefix else (lambda r: b"")
+        steps = [{name: {"b64": b64(prefix(r) + r)}} for r in rows]
+    else:
+        steps = [{name: np.asarray(r, np.uint8).reshape(-1).tolist()} for r in rows]
+    path.write_text(json.dumps({"data": steps}))
+    return path
 
 
 def triton(target: str, calls: list[dict[str, Any]], headers: dict[str, str] | None = None,
