@@ -153,8 +153,9 @@ def test_token_is_required(server: ServerProcess, images: np.ndarray) -> None:
 
 def test_unimplemented_methods(server: ServerProcess) -> None:
     """Every protocol method camserve does not serve is UNIMPLEMENTED at once, saying why and what to do
-    instead (gRPC's own answer was "Method not found!"), the stock client's stream included; so is a name
-    the protocol does not have, whatever the call's shape."""
+    instead (gRPC's own answer was "Method not found!"), the stock client's stream included (which also
+    says it in a reply's error_message first, as Triton reports stream errors); so is a name the protocol
+    does not have, whatever the call's shape."""
     def unimplemented() -> float:
         return server.metric("camserve_requests_total", method="other", code="UNIMPLEMENTED")
 
@@ -500,12 +501,15 @@ def test_perf_analyzer_measures_images_and_pixels(server: ServerProcess, images:
 def test_perf_analyzer_mistakes_are_named(server: ServerProcess, images: np.ndarray, tmp_path: Path) -> None:
     """What perf_analyzer users get wrong ends at the first request with a message saying what to do,
     never a hang: its generated data (it fills every input, and random bytes are no image), and an image
-    given as "b64" without the raw BYTES form's length prefix."""
+    given as "b64" without the raw BYTES form's length prefix, --streaming (camserve serves no stream)."""
     unprefixed = perf_analyzer_data(tmp_path / "bare.json", "IMAGE", [png(images[0])], length_prefix=False)
+    good = perf_analyzer_data(tmp_path / "images.json", "IMAGE", [png(images[0])])
     for args, words in [((), "perf_analyzer fills every input with generated data; give it --input-data"),
-                        (("--input-data", str(unprefixed)), "the content is an encoded image itself")]:
+                        (("--input-data", str(unprefixed)), "the content is an encoded image itself"),
+                        # its C++ client ignores a stream's status: before the error_message reply it hung
+                        (("--input-data", str(good), "--streaming"), "perf_analyzer: without --streaming")]:
         run = perf_analyzer(server.target, "demo", *args, "--measurement-mode", "count_windows",
-                            "--measurement-request-count", "5", headers=AUTH)
+                            "--measurement-request-count", "5", headers=AUTH, timeout=120)
         assert run.returncode != 0 and words in run.stdout + run.stderr, (args, run.stdout[-2000:])
 
 
