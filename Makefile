@@ -18,7 +18,7 @@ TEST_JOBS ?= 2
 
 BENCH_FIGURES := engine serve protocols frontend load localization micro
 
-.PHONY: system-deps deploy-tools venv tritonclient serve test protos protos-check lint bench bench-quick \
+.PHONY: system-deps deploy-tools venv tritonclient kserve-client perf-analyzer serve test protos protos-check lint bench bench-quick \
 	$(addprefix bench-,$(BENCH_FIGURES)) bench-gpu deploy-check soak clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -32,7 +32,7 @@ venv: $(STAMP)  ## create .venv and install camserve with the server and dev ext
 serve: venv  ## serve the bundled demo model on gRPC :50051, metrics on :9464
 	$(BIN)/camserve serve --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: venv system-deps tritonclient  ## the whole suite (what CI runs), on TEST_JOBS processes
+test: venv system-deps tritonclient kserve-client perf-analyzer  ## the whole suite (what CI runs), on TEST_JOBS processes
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 # Every package pinned in tests/oip/tritonclient.txt, installed without resolving (--no-deps) so the
@@ -46,6 +46,27 @@ $(TRITON_STAMP): tests/oip/tritonclient.txt $(STAMP)
 	touch $(TRITON_STAMP)
 
 tritonclient: $(TRITON_STAMP)  ## .venv/tritonclient: the stock tritonclient[grpc] the protocol tests drive
+
+# KServe's Python SDK, every package pinned in tests/oip/kserve_client.txt, like tritonclient above but
+# not compiled whole (~30 CPU-s): its first import compiles what the SDK loads (~6 CPU-s) and keeps it.
+KSERVE := $(VENV)/kserve
+$(KSERVE)/.installed-stamp: tests/oip/kserve_client.txt $(STAMP)
+	test -x $(KSERVE)/bin/python || $(UV) venv -q --python $(PYTHON) $(KSERVE)
+	$(UV) pip install -q --python $(KSERVE)/bin/python --no-deps -r tests/oip/kserve_client.txt
+	$(UV) pip check -q --python $(KSERVE)/bin/python
+	env -u PYTHONDONTWRITEBYTECODE $(KSERVE)/bin/python -c "import kserve, kserve.protocol.infer_type"
+	touch $@
+
+kserve-client: $(KSERVE)/.installed-stamp  ## .venv/kserve: KServe's Python SDK the protocol tests drive
+
+# Triton's perf_analyzer (PyPI perf-analyzer, pinned in tests/oip/perf_analyzer.txt): a binary that needs
+# glibc >= 2.38; on older systems the script runs it under Debian 13's C/C++ runtime (it says how).
+PERF_ANALYZER := $(VENV)/perf-analyzer
+$(PERF_ANALYZER)/.installed-stamp: tests/oip/perf_analyzer.txt tests/oip/perf_analyzer_env.sh $(STAMP)
+	sh tests/oip/perf_analyzer_env.sh $(PERF_ANALYZER) $(PYTHON) $(UV)
+	touch $@
+
+perf-analyzer: $(PERF_ANALYZER)/.installed-stamp  ## .venv/perf-analyzer: the perf_analyzer the protocol tests drive
 
 # What the suite needs beyond pyproject: Debian's prometheus (promtool, and the server the scrape test
 # runs) and the deploy check's own tools. Missing and not installable is an error, never a skip.

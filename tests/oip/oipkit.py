@@ -1,10 +1,12 @@
-"""Helpers of the Open Inference Protocol tests: the stock tritonclient environment, the served
-repository, images.
+"""Helpers of the Open Inference Protocol tests: the stock clients (tritonclient, KServe's SDK,
+perf_analyzer) in their environments, the served repository, images.
 
-The stock client lives in its own virtual environment (tritonclient 2.73 pins protobuf < 7; the
-server needs 7), made by `make tritonclient` at ``.venv/tritonclient``. The tests find it beside the
-Python running them (``sys.prefix/tritonclient``), or at ``CAMSERVE_TRITONCLIENT_PYTHON``; without it
-they fail, saying how to make it: they never skip.
+Each stock client lives in its own virtual environment (tritonclient 2.73 pins protobuf < 7; the
+server needs 7; KServe's SDK brings its whole model server): `make tritonclient` makes
+``.venv/tritonclient``, `make kserve-client` ``.venv/kserve``, `make perf-analyzer`
+``.venv/perf-analyzer``. The tests find them beside the Python running them (``sys.prefix/<name>``),
+or where ``CAMSERVE_TRITONCLIENT_PYTHON``, ``CAMSERVE_KSERVE_PYTHON`` and ``CAMSERVE_PERF_ANALYZER``
+say; without them they fail, saying how to make them: they never skip.
 """
 
 from __future__ import annotations
@@ -30,41 +32,103 @@ if str(ROOT / "tests" / "integration") not in sys.path:  # the integration tests
 
 from front_helpers import digit_images, png  # noqa: E402  (re-exported for the tests here)
 
-__all__ = ["array", "b64", "digit_images", "image_input", "make_repository", "pixels_input", "png", "triton",
+__all__ = ["array", "b64", "digit_images", "image_input", "kserve", "kserve_python", "make_repository",
+           "perf_analyzer", "perf_analyzer_binary", "perf_analyzer_data", "pixels_input", "png", "triton",
            "triton_descriptors", "triton_python"]
 
 
-def triton_python() -> Path:
-    """The Python of the tritonclient environment; fails the test (never skips) when it is missing."""
-    env = os.environ.get("CAMSERVE_TRITONCLIENT_PYTHON")
-    candidates = [Path(env)] if env else [Path(sys.prefix) / "tritonclient" / "bin" / "python",
-                                          ROOT / ".venv" / "tritonclient" / "bin" / "python"]
+def _stock_python(folder: str, variable: str, module: str, target: str, pin: str) -> Path:
+    """The Python of a stock client's environment (``.venv/<folder>``, beside the Python running the
+    tests, or ``$variable``) that imports ``module``; fails the test (never skips) when it is missing."""
+    env = os.environ.get(variable)
+    candidates = [Path(env)] if env else [Path(sys.prefix) / folder / "bin" / "python",
+                                          ROOT / ".venv" / folder / "bin" / "python"]
     for path in candidates:
         if path.exists():
-            probe = subprocess.run([str(path), "-c", "import tritonclient.grpc"], capture_output=True,
-                                   text=True, timeout=120)
+            probe = subprocess.run([str(path), "-c", f"import {module}"], capture_output=True, text=True,
+                                   timeout=120)
             if probe.returncode != 0:
-                pytest.fail(f"{path} cannot import tritonclient.grpc:\n{probe.stderr[-2000:]}\n"
-                            "rebuild it with `make tritonclient`")
+                pytest.fail(f"{path} cannot import {module}:\n{probe.stderr[-2000:]}\n"
+                            f"rebuild it with `make {target}`")
             return path
-    pytest.fail("the stock tritonclient environment is missing (looked for "
-                f"{', '.join(map(str, candidates))}); `make tritonclient` makes it (`make test` does it "
-                "first), or set CAMSERVE_TRITONCLIENT_PYTHON to a Python with tritonclient[grpc]==2.73.0")
+    pytest.fail(f"the stock client environment {folder} is missing (looked for "
+                f"{', '.join(map(str, candidates))}); `make {target}` makes it (`make test` does it "
+                f"first), or set {variable} to a Python with {pin}")
+
+
+def triton_python() -> Path:
+    """The Python of the tritonclient environment (``make tritonclient``)."""
+    return _stock_python("tritonclient", "CAMSERVE_TRITONCLIENT_PYTHON", "tritonclient.grpc", "tritonclient",
+                         "tritonclient[grpc]==2.73.0")
+
+
+def kserve_python() -> Path:
+    """The Python of KServe's SDK environment (``make kserve-client``)."""
+    return _stock_python("kserve", "CAMSERVE_KSERVE_PYTHON", "kserve", "kserve-client", "kserve==0.21.0")
+
+
+def perf_analyzer_binary() -> Path:
+    """Triton's perf_analyzer (``make perf-analyzer``: ``.venv/perf-analyzer``, beside the Python running
+    the tests, or ``CAMSERVE_PERF_ANALYZER``); fails the test (never skips) when it is missing."""
+    env = os.environ.get("CAMSERVE_PERF_ANALYZER")
+    candidates = [Path(env)] if env else [Path(sys.prefix) / "perf-analyzer" / "bin" / "perf_analyzer",
+                                          ROOT / ".venv" / "perf-analyzer" / "bin" / "perf_analyzer"]
+    for path in candidates:
+        if path.exists():
+            return path
+    pytest.fail(f"perf_analyzer is missing (looked for {', '.join(map(str, candidates))}); "
+                "`make perf-analyzer` makes it (`make test` does it first), or set CAMSERVE_PERF_ANALYZER "
+                "to a perf_analyzer 2.60")
+
+
+def perf_analyzer(target: str, model: str, *args: str, headers: dict[str, str] | None = None,
+                  timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``perf_analyzer -m model -i grpc -u target`` with ``args`` (its exit status is the caller's to
+    judge); ``headers`` travel as gRPC metadata (its -H)."""
+    command = [str(perf_analyzer_binary()), "-m", model, "-i", "grpc", "-u", target, *args]
+    for key, val in (headers or {}).items():
+        command += ["-H", f"{key}:{val}"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def perf_analyzer_data(path: Path, name: str, rows: list[bytes] | np.ndarray, *,
+                       length_prefix: bool = True) -> Path:
+    """An --input-data JSON file for perf_analyzer: one step per row of ``name``, nothing for the other
+    input. IMAGE rows (encoded images) go as {"b64": ...} of the raw BYTES form, each with its 4-byte
+    length (``length_prefix`` False leaves it out, the mistake the server names); PIXELS rows as flat
+    uint8 lists."""
+    if name == "IMAGE":
+        prefix = (lambda r: len(r).to_bytes(4, "little")) if length_prefix else (lambda r: b"")
+        steps = [{name: {"b64": b64(prefix(r) + r)}} for r in rows]
+    else:
+        steps = [{name: np.asarray(r, np.uint8).reshape(-1).tolist()} for r in rows]
+    path.write_text(json.dumps({"data": steps}))
+    return path
+
+
+def _run_plan(python: Path, script: list[str], plan: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="camserve-oip-") as tmp:
+        plan_path, out = Path(tmp, "plan.json"), Path(tmp, "out.json")
+        plan_path.write_text(json.dumps(plan))
+        proc = subprocess.run([str(python), *script, str(plan_path), str(out)], capture_output=True,
+                              text=True, timeout=timeout)
+        assert proc.returncode == 0, f"{script[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        results: list[dict[str, Any]] = json.loads(out.read_text())
+    assert len(results) == len(plan["calls"])
+    return results
 
 
 def triton(target: str, calls: list[dict[str, Any]], headers: dict[str, str] | None = None,
            timeout: float = 300) -> list[dict[str, Any]]:
     """Run ``calls`` (see triton_calls.py) with the stock tritonclient; one result per call."""
-    python = triton_python()
-    with tempfile.TemporaryDirectory(prefix="camserve-oip-") as tmp:
-        plan, out = Path(tmp, "plan.json"), Path(tmp, "out.json")
-        plan.write_text(json.dumps({"target": target, "headers": headers or {}, "calls": calls}))
-        proc = subprocess.run([str(python), str(CALLS), "run", str(plan), str(out)], capture_output=True,
-                              text=True, timeout=timeout)
-        assert proc.returncode == 0, f"tritonclient run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        results: list[dict[str, Any]] = json.loads(out.read_text())
-    assert len(results) == len(calls)
-    return results
+    return _run_plan(triton_python(), [str(CALLS), "run"],
+                     {"target": target, "headers": headers or {}, "calls": calls}, timeout)
+
+
+def kserve(target: str, calls: list[dict[str, Any]], timeout: float = 300) -> list[dict[str, Any]]:
+    """Run ``calls`` (see kserve_calls.py) with KServe's SDK; one result per call."""
+    return _run_plan(kserve_python(), [str(HERE / "kserve_calls.py")], {"target": target, "calls": calls},
+                     timeout)
 
 
 def triton_descriptors() -> dict[str, Any]:

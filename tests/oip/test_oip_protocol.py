@@ -139,6 +139,22 @@ def P(**kind: object) -> pb.InferParameter:
     return pb.InferParameter(**kind)
 
 
+def test_encoded_image_without_length_prefix_is_named(parser: RequestParser) -> None:
+    """An encoded image sent as IMAGE's raw content without the raw BYTES form's length prefix (what
+    perf_analyzer sends for {"b64": <the image>}) is refused saying so, not only "claims N bytes"."""
+    image = b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rIHDR" + b"\0\0\0\x40" * 2 + b"\0" * 40
+    request = _infer()
+    request.raw_input_contents[0] = image
+    words = r"claims 1196314761 bytes.*an encoded image itself.*--input-data"
+    with pytest.raises(Failure, match=words) as err:
+        parse_infer(parser, request)
+    assert err.value.kind is ErrorKind.INVALID_INPUT
+    request.raw_input_contents[0] = b"\x05\0\0\0ab"  # not an image: the plain refusal
+    with pytest.raises(Failure, match="claims 5 bytes") as err:
+        parse_infer(parser, request)
+    assert "encoded image" not in err.value.message
+
+
 def test_parameters_map_onto_the_item_spec(parser: RequestParser) -> None:
     call = parse_infer(parser, _infer({"method": P(string_param="layercam"), "top_k": P(int64_param=3),
                                        "target_layer": P(string_param="block1"),

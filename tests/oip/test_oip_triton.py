@@ -27,7 +27,17 @@ from camserve_proto import grpc_service_pb2_grpc as ipb_grpc
 from camserve_proto import oip
 from camserve_proto import vocabulary as wire
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from oipkit import array, digit_images, image_input, make_repository, pixels_input, png, triton
+from oipkit import (
+    array,
+    digit_images,
+    image_input,
+    make_repository,
+    perf_analyzer,
+    perf_analyzer_data,
+    pixels_input,
+    png,
+    triton,
+)
 from serverproc import ServerProcess, start_server
 
 TOKEN = "oip-test-token"
@@ -143,8 +153,9 @@ def test_token_is_required(server: ServerProcess, images: np.ndarray) -> None:
 
 def test_unimplemented_methods(server: ServerProcess) -> None:
     """Every protocol method camserve does not serve is UNIMPLEMENTED at once, saying why and what to do
-    instead (gRPC's own answer was "Method not found!"), the stock client's stream included; so is a name
-    the protocol does not have, whatever the call's shape."""
+    instead (gRPC's own answer was "Method not found!"), the stock client's stream included (which also
+    says it in a reply's error_message first, as Triton reports stream errors); so is a name the protocol
+    does not have, whatever the call's shape."""
     def unimplemented() -> float:
         return server.metric("camserve_requests_total", method="other", code="UNIMPLEMENTED")
 
@@ -305,7 +316,10 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
          "valid: PROBABILITIES, HEATMAP, CLASS_IDS, SCORES, OVERLAY"),
         ("unknown input", {"inputs": [{**ok_pixels, "name": "INPUT__0"}]}, "INVALID_ARGUMENT",
          "unknown input 'INPUT__0'"),
-        ("two inputs", {"inputs": [ok_image, ok_pixels]}, "INVALID_ARGUMENT", "send exactly one"),
+        # What perf_analyzer's generated data sends (it fills every input): the way out is named.
+        ("two inputs", {"inputs": [ok_image, ok_pixels]}, "INVALID_ARGUMENT",
+         "send exactly one: valid: IMAGE (BYTES [N, 1], encoded images) or PIXELS (UINT8 [N, 64, 64, 3]) "
+         "(perf_analyzer fills every input with generated data; give it --input-data"),
         ("pixels of another size", {"inputs": [pixels_input(images[:1, :32, :32])]}, "INVALID_ARGUMENT",
          "UINT8 [N, 64, 64, 3]"),
         ("pixels as FP32", {"inputs": [pixels_input(images[:1].astype(np.float32), datatype="FP32")]},
@@ -313,7 +327,8 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
         ("image as UINT8", {"inputs": [pixels_input(images[:1], name="IMAGE")]}, "INVALID_ARGUMENT",
          "must be BYTES [N, 1]"),
         ("not an image", {"inputs": [image_input([b"GIF89a not really"])]}, "INVALID_ARGUMENT",
-         "row 0: not a supported image"),
+         "row 0: not a supported image: the bytes start with b'GIF89a n'; send JPEG, PNG, WebP, BMP "
+         "(or the PIXELS input: UINT8 pixels)"),
         ("original maps of two sizes", {"inputs": [image_input([png(images[0]), png(images[1][:40])])],
                                         "parameters": {"heatmap_size": "original"}},
          "INVALID_ARGUMENT", "needs images of one size"),
@@ -440,6 +455,13 @@ def test_statistics_and_metrics_count_images(server: ServerProcess, images: np.n
         counted = n(after, "inference_stats", part, "count") - n(before, "inference_stats", part, "count")
         assert counted == 3, part
         assert n(after, "inference_stats", part, "ns") > n(before, "inference_stats", part, "ns"), part
+    # Triton counts its three compute phases alike, and perf_analyzer aborts when they differ
+    # ("Server side statistics compute counts must be the same"): decoding and encoding are not timed
+    # apart, so compute_input and compute_output carry compute_infer's count and no time.
+    computed = n(after, "inference_stats", "compute_infer", "count")
+    for part in ("compute_input", "compute_output"):
+        assert n(after, "inference_stats", part, "count") == computed, part
+        assert n(after, "inference_stats", part, "ns") == 0, part
     assert n(after, "inference_stats", "fail", "count") - n(before, "inference_stats", "fail", "count") == 1
     assert int(after["last_inference"]) >= int(before.get("last_inference", 0))
     ok_after = server.metric("camserve_requests_total", model="demo", method="ModelInfer", code="OK")
@@ -449,6 +471,46 @@ def test_statistics_and_metrics_count_images(server: ServerProcess, images: np.n
     assert server.metric("camserve_requests_total", method="ModelStatistics", code="OK") >= 2
     every = value(calls(server, {"op": "statistics"})[0])["model_stats"]
     assert [s["name"] for s in every] == ["demo", "flat", "held"]
+
+
+# ------------------------------------------------------------------------------ perf_analyzer
+
+
+def test_perf_analyzer_measures_images_and_pixels(server: ServerProcess, images: np.ndarray,
+                                                  tmp_path: Path) -> None:
+    """Triton's perf_analyzer, as a Triton user runs it: real images for IMAGE, then pixels for PIXELS
+    (--input-data naming one input: generated data cannot be an image), at concurrency 1 and 3. It reads
+    ServerMetadata, ModelMetadata, ModelConfig and ModelStatistics around each window, and completes with
+    the server-side split (it aborted on unequal compute counts before)."""
+    data = [perf_analyzer_data(tmp_path / "images.json", "IMAGE", [png(im) for im in images[:4]]),
+            perf_analyzer_data(tmp_path / "pixels.json", "PIXELS", images[:4])]
+    for i, path in enumerate(data):
+        report = tmp_path / f"report{i}.csv"
+        # Few requests per window and any spread counts as stable: this checks the protocol, not speed.
+        run = perf_analyzer(server.target, "demo", "--input-data", str(path), "--concurrency-range", "1:3:2",
+                            "--measurement-mode", "count_windows", "--measurement-request-count", "10",
+                            "--stability-percentage", "1000", "--max-trials", "3", "-f", str(report),
+                            headers=AUTH)
+        assert run.returncode == 0, f"{path.name}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        assert "compute counts must be the same" not in run.stdout + run.stderr
+        rows = report.read_text().splitlines()
+        assert [r.split(",")[0] for r in rows[1:]] == ["1", "3"], rows
+        assert "Server:" in run.stdout and "compute infer" in run.stdout, run.stdout[-2000:]
+
+
+def test_perf_analyzer_mistakes_are_named(server: ServerProcess, images: np.ndarray, tmp_path: Path) -> None:
+    """What perf_analyzer users get wrong ends at the first request with a message saying what to do,
+    never a hang: its generated data (it fills every input, and random bytes are no image), and an image
+    given as "b64" without the raw BYTES form's length prefix, --streaming (camserve serves no stream)."""
+    unprefixed = perf_analyzer_data(tmp_path / "bare.json", "IMAGE", [png(images[0])], length_prefix=False)
+    good = perf_analyzer_data(tmp_path / "images.json", "IMAGE", [png(images[0])])
+    for args, words in [((), "perf_analyzer fills every input with generated data; give it --input-data"),
+                        (("--input-data", str(unprefixed)), "the content is an encoded image itself"),
+                        # its C++ client ignores a stream's status: before the error_message reply it hung
+                        (("--input-data", str(good), "--streaming"), "perf_analyzer: without --streaming")]:
+        run = perf_analyzer(server.target, "demo", *args, "--measurement-mode", "count_windows",
+                            "--measurement-request-count", "5", headers=AUTH, timeout=120)
+        assert run.returncode != 0 and words in run.stdout + run.stderr, (args, run.stdout[-2000:])
 
 
 # ----------------------------------------------------------------------- drain (last: it stops the server)

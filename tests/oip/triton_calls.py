@@ -107,14 +107,20 @@ def _unimplemented(client: Any, headers: dict[str, str]) -> dict[str, list[str]]
     tensor.set_data_from_numpy(np.zeros((1, 1), np.uint8))
     with contextlib.suppress(InferenceServerException):  # the stream may have failed already
         client.async_stream_infer("demo", [tensor])
-    error = errors.get(timeout=60)
-    client.stop_stream()
-    codes["ModelStreamInfer"] = [_code(error), error.message() or ""] if error is not None else ["OK", ""]
+    first = errors.get(timeout=60)
+    client.stop_stream()  # joins the thread that reads the stream: every error is in the queue
+    seen = [first, *(errors.get_nowait() for _ in range(errors.qsize()))]
+    if first is None:
+        codes["ModelStreamInfer"] = ["OK", ""]
+    else:  # the first error's message (a reply's error_message), and the status the stream ended with
+        ended = [_code(e) for e in seen if e is not None and e.status()]
+        codes["ModelStreamInfer"] = [ended[-1] if ended else "UNKNOWN", first.message() or ""]
     return codes
 
 
 def _aio_stream(target: str, headers: dict[str, str]) -> list[str]:
-    """The asyncio client's stream_infer of three requests: [status code, message] of how it ended."""
+    """The asyncio client's stream_infer of three requests: [the status code it ended with, the first
+    error message it saw]."""
     import asyncio
 
     import tritonclient.grpc.aio as aio
@@ -128,15 +134,19 @@ def _aio_stream(target: str, headers: dict[str, str]) -> list[str]:
             for i in range(3):
                 yield {"model_name": "demo", "inputs": [tensor], "request_id": str(i)}
 
+        said = ""  # the first error a reply carried (its error_message)
         try:
             async for _result, error in client.stream_infer(requests(), headers=headers):
-                return ["OK", ""] if error is None else [_code(error), error.message() or ""]
-            return ["OK", ""]
+                if error is None:
+                    return ["OK", ""]
+                said = said or error.message() or ""
+            return ["OK", said]
         except InferenceServerException as exc:
-            return [_code(exc), exc.message() or ""]
+            return [_code(exc), said or exc.message() or ""]
         except Exception as exc:  # the aio client raises gRPC's own error for a failed stream
             code = getattr(exc, "code", None)
-            return [code().name if callable(code) else type(exc).__name__, getattr(exc, "details", str)()]
+            return [code().name if callable(code) else type(exc).__name__,
+                    said or getattr(exc, "details", str)()]
         finally:
             await client.close()
 

@@ -9,7 +9,8 @@ the model's queue, batched with camserve.v1 callers' images. Calls run through t
 onto camserve's records; ``oip_models`` describes the models. The methods of the protocol that are
 not served (streaming, repository, shared memory, trace, logging: Triton's grpc_service.proto has
 them) are answered by :class:`UnservedMethods`: UNIMPLEMENTED at once, saying what to do instead
-(gRPC's own answer, "Method not found!", says neither).
+(gRPC's own answer, "Method not found!", says neither); ModelStreamInfer says it in a reply's
+``error_message`` first, as Triton reports errors on a stream.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ _SHARED_MEMORY = ("no shared-memory extension; send inputs in raw_input_contents
 #: Each method of Triton's ``inference.GRPCInferenceService`` camserve does not serve, and why.
 UNSERVED: dict[str, str] = {
     "ModelStreamInfer": "no streaming inference; send each request with ModelInfer (tritonclient: infer or "
-                        "async_infer, not start_stream/async_stream_infer nor the aio client's stream_infer)",
+                        "async_infer, not start_stream/async_stream_infer nor the aio client's stream_infer; "
+                        "perf_analyzer: without --streaming)",
     "RepositoryIndex": _REPOSITORY,
     "RepositoryModelLoad": _REPOSITORY,
     "RepositoryModelUnload": _REPOSITORY,
@@ -107,10 +109,26 @@ class UnservedMethods(grpc.GenericRpcHandler):
         async def refuse(_requests: Any, context: grpc.aio.ServicerContext) -> None:
             if self._on_reject is not None:  # counted here: a call the token check refused counts once
                 self._on_reject(method, status_of(failure.kind).name)
+            if name == "ModelStreamInfer":
+                # Triton's C++ client (perf_analyzer --streaming) drops a stream's final status and would
+                # wait for replies forever: like Triton, say it in a reply's error_message first.
+                await context.write(_stream_error(message))
             await abort(context, failure, trailers_of(failure.kind))
 
         # The bidirectional-streaming shape answers a call of any shape: nothing is read before the status.
         return grpc.stream_stream_rpc_method_handler(refuse)
+
+
+def _stream_error(message: str) -> bytes:
+    """A serialized ModelStreamInferResponse holding only ``error_message`` (field 1, a string, in Triton's
+    grpc_service.proto); camserve's copy of the proto leaves streaming out, and a refusal needs no more."""
+    data = message.encode()
+    size, length = len(data), bytearray()
+    while size > 0x7F:  # the length as a protobuf varint
+        length.append(0x80 | (size & 0x7F))
+        size >>= 7
+    length.append(size)
+    return b"\x0a" + bytes(length) + data
 
 
 class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):

@@ -23,6 +23,7 @@ from camserve_proto import vocabulary as wire
 
 from camserve.front import codec
 from camserve.front.codec import DecodedImage, OutputSpec, map_size
+from camserve.front.headers import ImageError, image_header
 from camserve.front.replies import ReplyBudget, best_classes
 from camserve.front.requests import RequestParser, invalid, output_spec
 from camserve.front.status import shown
@@ -144,7 +145,11 @@ def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes]
         if t is not None:
             raise invalid(f"unknown input {shown(name)}; {valid}")
         names = [x.name for x in inputs]
-        raise invalid(f"the request has {len(names)} inputs {shown(names)}; send exactly one: {valid}")
+        hint = ""
+        if set(names) >= set(oip.INPUTS):  # every input filled: what a load generator's made-up data does
+            hint = (" (perf_analyzer fills every input with generated data; give it --input-data with a JSON "
+                    f"file whose steps name one of {' or '.join(oip.INPUTS)})")
+        raise invalid(f"the request has {len(names)} inputs {shown(names)}; send exactly one: {valid}{hint}")
     shape = tuple(t.shape)
     if name == oip.IMAGE:
         ok = t.datatype == "BYTES" and len(shape) in (1, 2) and shape[1:] in ((), (1,))
@@ -160,7 +165,24 @@ def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes]
     raw = request.raw_input_contents
     if len(raw) > 1:
         raise invalid(f"raw_input_contents has {len(raw)} entries for 1 input; send one per input")
-    return read_input(t, raw[0] if raw else None, shape).value
+    try:
+        return read_input(t, raw[0] if raw else None, shape).value
+    except Failure as exc:
+        if name == oip.IMAGE and raw and _is_image(raw[0]):
+            raise invalid(f"{exc.message}: the content is an encoded image itself, not the raw BYTES form, "
+                          "which puts each element's length (uint32, little-endian) before its bytes; "
+                          "perf_analyzer's --input-data {\"b64\": ...} for a BYTES input must include that "
+                          "length (tritonclient's and KServe's set_data_from_numpy add it)") from None
+        raise
+
+
+def _is_image(data: bytes) -> bool:
+    """Whether ``data`` starts with a supported image's header."""
+    try:
+        image_header(data)
+    except ImageError:
+        return False
+    return True
 
 
 def _no_shared_memory(what: str, params: Mapping[str, pb.InferParameter]) -> None:
@@ -260,8 +282,13 @@ def check_rows(call: InferCall, max_pixels: int) -> list[tuple[int, int]]:
     return sizes
 
 
+#: What camserve.v1's image refusals offer instead of an encoded image; here that is the PIXELS input.
+_V1_ALTERNATIVE = "(or a raw tensor)"
+
+
 def _row_failure(i: int, exc: Failure) -> Failure:
-    return Failure(f"input 'IMAGE' row {i}: {exc.message}", exc.kind)
+    message = exc.message.replace(_V1_ALTERNATIVE, f"(or the {oip.PIXELS} input: UINT8 pixels)")
+    return Failure(f"input {oip.IMAGE!r} row {i}: {message}", exc.kind)
 
 
 def decode_rows(call: InferCall, max_pixels: int) -> list[DecodedImage]:

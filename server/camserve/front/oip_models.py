@@ -87,10 +87,18 @@ def _duration(d: Duration) -> pb.StatisticDuration:
 
 
 def model_statistics(cfg: ModelConfig, counters: ModelCounters) -> pb.ModelStatistics:
-    """One model's cumulative statistics (see ``camserve.front.statistics`` for what each counts)."""
+    """One model's cumulative statistics (see ``camserve.front.statistics`` for what each counts).
+
+    Triton records its three compute phases once per computed request, so their counts are equal, and
+    perf_analyzer stops ("Server side statistics compute counts must be the same") when they are not.
+    camserve does not time decoding and reply building apart from the call: ``compute_input`` and
+    ``compute_output`` carry ``compute_infer``'s count and 0 ns (that time is in ``success``).
+    """
+    untimed = pb.StatisticDuration(count=counters.compute_infer.count, ns=0)
     return pb.ModelStatistics(
         name=cfg.name, version=str(cfg.version), last_inference=counters.last_inference_ms,
         inference_count=counters.inference_count, execution_count=counters.execution_count,
         inference_stats=pb.InferStatistics(success=_duration(counters.success), fail=_duration(counters.fail),
-                                           queue=_duration(counters.queue),
-                                           compute_infer=_duration(counters.compute_infer)))
+                                           queue=_duration(counters.queue), compute_input=untimed,
+                                           compute_infer=_duration(counters.compute_infer),
+                                           compute_output=untimed))
