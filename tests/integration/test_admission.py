@@ -206,12 +206,13 @@ def test_malformed_requests_get_the_same_status_while_the_model_loads(server: Se
             answers = [_answer(stubs[method], request) for method, request in MALFORMED]
             assert loading.health() == "NOT_SERVING"  # every answer above came while it loaded
     wrong = []
-    for (method, request), (code, details, _), (ready_code, ready_details, _) in zip(MALFORMED, answers, ready,
-                                                                                     strict=True):
+    for (method, request), (code, details, _), (ready_code, ready_details, _) in zip(
+            MALFORMED, answers, ready, strict=True):
         if id(request) in NEEDS_MODEL:
             ok = code == "UNAVAILABLE" and "still loading" in details
         else:
             ok = (code, details) == (ready_code, ready_details)
         if not ok:
-            wrong.append(f"{method} {str(request)[:100]!r}: loading {code} {details[:80]!r}, ready {ready_code}")
+            wrong.append(f"{method} {str(request)[:100]!r}: loading {code} {details[:80]!r}, "
+                         f"ready {ready_code}")
     assert not wrong, f"{len(wrong)} of {len(MALFORMED)} answers while loading:\n" + "\n".join(wrong)
