@@ -336,7 +336,7 @@ class ModelInfo:
     version: int
     ready: bool
     input_shape: tuple[int, ...]
-    preprocessing: str
+    preprocessing: str  # caffe | tf | torch | none, or own:<class> (the model's own, e.g. keras-hub's)
     num_classes: int
     labels: list[str]
     default_target_layer: str

@@ -179,7 +179,7 @@ class ModelSummary:
     buckets: tuple[int, ...]
     compile_mode: str  # the resolved mode: "xla" or "graph"
     backend: str
-    preprocessing: str
+    preprocessing: str  # what runs: caffe | tf | torch | none, or own:<class> (vocabulary.OWN_PREPROCESSOR)
     score: str  # what ClassMap.score holds: "logits" or "probability" (forced when head_kind says so)
     methods: tuple[str, ...]
     max_top_k: int

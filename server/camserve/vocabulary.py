@@ -15,6 +15,10 @@ from pathlib import Path
 METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam")
 #: Preprocessing applied inside the compiled step to uint8 RGB pixels (Keras applications' names).
 PREPROCESSING: tuple[str, ...] = ("caffe", "tf", "torch", "none")
+#: What a model reports as its preprocessing (``ModelSummary.preprocessing``, GetModel) when it carries
+#: its own preprocessor, which the engine runs on pixels 0..255 (a keras-hub task's, whose config says
+#: "none"): ``own:<the preprocessor's class>``, e.g. ``own:ViTImageClassifierPreprocessor``.
+OWN_PREPROCESSOR = "own"
 #: What the maps differentiate: the pre-softmax logit (default) or the probability.
 SCORES: tuple[str, ...] = ("logits", "probability")
 #: How the step is compiled: ``auto`` = graph on CPU, XLA on GPU (and always XLA on JAX).

@@ -63,6 +63,13 @@ def test_list_get_model_and_health(server) -> None:
             client.get_model("nope")
         with pytest.raises(cc.NotFound):
             client.health("nope")
+    # /metrics: a call that names no model carries an empty model label (Prometheus: no label), a
+    # name nobody serves `_unknown`; neither is mistaken for the other.
+    srv = server.srv
+    assert _count(srv, "OK", "ListModels") == srv.metric("camserve_requests_total", method="ListModels",
+                                                         model="") >= 1
+    assert srv.metric("camserve_requests_total", method="GetModel", model="_unknown", code="NOT_FOUND") >= 1
+    assert srv.metric("camserve_requests_total", model="_unknown", code="OK") == 0
 
 
 def test_every_input_kind_gives_the_same_map(server, images, tmp_path: Path) -> None:
@@ -185,6 +192,50 @@ def test_caller_errors_are_typed_and_never_retried(server, images) -> None:
     for code in before:
         sent = sum(1 for *_, c in bad if c == code)
         assert _count(srv, code) - before[code] == sent, code  # the server saw each call exactly once
+
+
+def test_float_pixels_for_a_tf_model_are_refused_not_explained(server, images) -> None:
+    """A FLOAT32 tensor is taken as preprocessed: pixels 0..255 as floats (Keras' img_to_array) for a
+    model whose preprocessing is tf ([-1, 1]) are refused before admission, saying what to send."""
+    srv = server.srv
+    before = _count(srv, "INVALID_ARGUMENT")
+    with cc.Client(srv.target, model="tiny") as client:
+        with pytest.raises(cc.InvalidArgument, match=r"\(here 'tf', which gives values -1\.\.1\), but this "
+                                                     r"holds \d+\.\.\d+: it looks like pixels 0\.\.255"):
+            client.explain(images[0].astype(np.float32))
+        with pytest.raises(cc.InvalidArgument, match=r"neither pixels 0\.\.255 nor input preprocessed"):
+            client.explain(images[0].astype(np.float32) / 255 * 5 - 2.5)  # another scale: not tf's
+    assert _count(srv, "INVALID_ARGUMENT") - before == 2
+
+
+def test_a_cpu_worker_starts_quietly_and_says_so(server) -> None:
+    """On a machine without a GPU driver TensorFlow's CUDA probe logs "failed call to cuInit ... (303)"
+    at ERROR; a CPU worker expects that outcome, so the line is left out and the worker says why."""
+    log = server.srv.log()
+    assert "device cpu" in log and "cuInit" not in log, server.srv.log_tail()
+    if "CUDA probe failed" in log:  # a machine without a driver (with one, there is nothing to say)
+        assert "as expected here" in log and "computing on the CPU" in log
+
+
+def test_the_cli_prints_only_its_own_message_and_the_sdk_leaves_grpc_logging_alone(server) -> None:
+    """A TLS handshake refused (--tls to a plaintext port): the command prints its one line, without
+    gRPC's "ssl_transport_security.cc ... Handshake failed" line first; importing and using the SDK
+    does not choose gRPC's log verbosity for its user."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    cli = subprocess.run([sys.executable, "-m", "camserve_client.tools.cli", "models", "--target",
+                          server.srv.target, "--tls", "--timeout", "5", "--retries", "0"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    lines = cli.stderr.splitlines()
+    assert cli.returncode == 3 and len(lines) == 1, cli.stderr
+    assert lines[0].startswith("camserve models: UNAVAILABLE") and "does not speak TLS" in lines[0], lines
+    sdk = ("import os, camserve_client\n"
+           f"c = camserve_client.Client({server.srv.target!r}, model='tiny')\n"
+           "assert c.list_models()\n"
+           "assert 'GRPC_VERBOSITY' not in os.environ, os.environ['GRPC_VERBOSITY']\n")
+    subprocess.run([sys.executable, "-c", sdk], check=True, timeout=120, env=env)
 
 
 def test_deadline_exceeded(server, images) -> None:

@@ -116,3 +116,34 @@ def test_a_model_of_any_size_takes_every_size() -> None:
         np.testing.assert_allclose(maps, np.stack(want), atol=1e-6)
         seen.append(lib.explainer)
     assert seen[2] is seen[0] and seen[1] is not seen[0]  # (8, 8) again: its first Explainer
+
+
+def test_float_values_a_preprocessing_cannot_give_are_refused() -> None:
+    """Float input is taken as already preprocessed; float pixels 0..255 (Keras' ``img_to_array``)
+    given to a model whose preprocessing is tf ([-1, 1]) or torch are refused, saying what to send,
+    never silently explained as if preprocessed; so is input preprocessed for another mode. caffe
+    overlaps pixels: bright pixels are caught, a dark image's pixels cannot be told apart and pass."""
+    from camserve import GradCAM
+    from camserve.engine.pixels import preprocess_numpy
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    pixels = np.random.default_rng(6).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
+    as_float = pixels.astype(np.float32)  # what img_to_array gives
+    for mode in ("tf", "torch", "caffe"):
+        g = GradCAM(model, preprocessing=mode, max_batch_size=1)
+        refused = rf"here {mode!r}, which gives .*but this holds 0\.\.25\d: it looks like pixels 0\.\.255"
+        with pytest.raises(InvalidInputError, match=refused):
+            g.compute_heatmaps(as_float)
+        # input preprocessed for another mode, where that mode's range is not inside this one's
+        for other in {"tf": ("torch", "caffe"), "torch": ("caffe",), "caffe": ()}[mode]:
+            with pytest.raises(InvalidInputError, match=r"neither pixels 0\.\.255 nor input preprocessed"):
+                g.compute_heatmaps(preprocess_numpy(pixels, other))
+        g.explainer._check_images(preprocess_numpy(pixels, mode))  # its own preprocessing: taken
+    g = GradCAM(model, preprocessing="tf", max_batch_size=1)
+    np.testing.assert_allclose(g.compute_heatmaps(preprocess_numpy(pixels, "tf")), g.compute_heatmaps(pixels),
+                               atol=1e-5)  # preprocessed floats and uint8 pixels: one map
+    dark = (pixels // 4).astype(np.float32)  # every value < 64: inside caffe's range, cannot be told apart
+    GradCAM(model, preprocessing="caffe", max_batch_size=1).explainer._check_images(dark)
+    GradCAM(model, preprocessing="none", max_batch_size=1).explainer._check_images(as_float)  # any float

@@ -134,6 +134,9 @@ def test_served_with_defaults_equals_the_library(served, name: str) -> None:
     # GetModel says which target and why, and how the head was read (what the scores are).
     assert info.default_target_reason == lib.info.target_reason != ""
     assert (info.score_kind, info.head_kind, info.head) == (lib.info.score, lib.info.head_kind, lib.info.head)
+    # ... and what preprocessing runs: a keras-hub task's own preprocessor, not its config's "none"
+    assert info.preprocessing == lib.info.preprocessing == (
+        "own:ViTImageClassifierPreprocessor" if name == "keras_hub_vit" else "none")
     assert lib.info.grid[0] * lib.info.grid[1] > 1, lib.info.target_reason
     r = client.explain(images[name], model=name, output={"size": "grid"})  # no target layer
     assert r.target_layer == lib.info.target_layer and r.score_kind == lib.info.score

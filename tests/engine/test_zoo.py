@@ -102,6 +102,7 @@ def test_keras_hub_vit_classifier() -> None:
     own = zoo.keras_hub_vit(preprocessor=True)
     pixels = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     with_own = Explainer(own, preprocessing="none", max_batch_size=2)
+    assert with_own.info.preprocessing == "own:ViTImageClassifierPreprocessor"  # what runs, not "none"
     got = with_own.explain_batch(pixels, [ItemSpec("gradcam", top_k=2)] * 2)
     np.testing.assert_allclose(np.stack([r.probabilities for r in got]),
                                own.predict(pixels.astype(np.float32), verbose=0), atol=1e-5)

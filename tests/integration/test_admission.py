@@ -37,14 +37,14 @@ SHAPE = (16, 16, 3)
 QUEUE = 2
 MAX_INFLIGHT = 3
 MESSAGE_LIMIT = 1 << 20  # --max-message-mb 1: an ORIGINAL-size map of a 1000x1000 image cannot fit
+FLAGS = ("--max-inflight", str(MAX_INFLIGHT), "--max-queue-size", str(QUEUE), "--max-batch-size", "8",
+         "--max-queue-delay-ms", "60000", "--max-message-mb", str(MESSAGE_LIMIT >> 20))
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     tmp = Path(tempfile.mkdtemp(prefix="camserve-admission-"))
-    with served(start_toy("--max-inflight", str(MAX_INFLIGHT), "--max-queue-size", str(QUEUE),
-                          "--max-batch-size", "8", "--max-queue-delay-ms", "60000", "--max-message-mb", "1",
-                          repository=toy_repository(tmp / "repo", SHAPE)), tmp) as srv:
+    with served(start_toy(*FLAGS, repository=toy_repository(tmp / "repo", SHAPE)), tmp) as srv:
         yield srv
 
 
@@ -91,6 +91,16 @@ def _pixels_infer(pixels: np.ndarray) -> ipb.ModelInferRequest:
 
 P = ipb.InferParameter
 NAN = np.full(SHAPE, np.nan, "<f4").tobytes()
+PIXELS_AS_FLOAT = _pixels().astype("<f4").tobytes()  # 0..255: not what the model's "tf" preprocessing gives
+#: The malformed requests (by id) that only the loaded model can judge: classes, top-k, map sizes.
+NEEDS_MODEL: set[int] = set()
+
+
+def _needs_model(request: Any) -> Any:
+    NEEDS_MODEL.add(id(request))
+    return request
+
+
 BOMB = _png_header(100_000, 100_000)
 BIG = _png_header(1000, 1000)  # a valid header: refused for its map's size before it is decoded
 ORIGINAL = pb.OutputOptions(size=pb.ORIGINAL)
@@ -98,8 +108,8 @@ ORIGINAL = pb.OutputOptions(size=pb.ORIGINAL)
 MALFORMED: list[tuple[str, Any]] = [
     ("Explain", _explain(model="nope")),
     ("Explain", _explain(method=999)),
-    ("Explain", _explain(class_index=7)),
-    ("Explain", _explain(top_k=9)),
+    ("Explain", _needs_model(_explain(class_index=7))),
+    ("Explain", _needs_model(_explain(top_k=9))),
     ("Explain", pb.ExplainRequest(model="toy")),
     ("Explain", _explain(b"GIF89a not an image")),
     ("Explain", _explain(BOMB)),
@@ -107,11 +117,15 @@ MALFORMED: list[tuple[str, Any]] = [
     ("Explain", _explain(_tensor(pb.UINT8, [16, 16, 3], b"\x00" * 7))),
     ("Explain", _explain(_tensor(pb.UINT8, [2, 16, 16, 3], b"\x00" * 1536))),
     ("Explain", _explain(_tensor(pb.FLOAT32, list(SHAPE), NAN))),
-    ("Explain", _explain(BIG, output=ORIGINAL)),
+    ("Explain", _explain(_tensor(pb.FLOAT32, list(SHAPE), PIXELS_AS_FLOAT))),
+    ("Explain", _explain(output=pb.OutputOptions(colormap=99))),
+    ("Explain", _explain(class_index=1, top_k=3)),
+    ("Explain", _needs_model(_explain(BIG, output=ORIGINAL))),
     ("ExplainBatch", pb.ExplainBatchRequest(requests=[_explain(), _explain(b"not an image")])),
-    ("ExplainBatch", pb.ExplainBatchRequest(requests=[_explain(), _explain(class_index=-2)])),
+    ("ExplainBatch", _needs_model(pb.ExplainBatchRequest(requests=[_explain(), _explain(class_index=-2)]))),
+    ("ExplainBatch", pb.ExplainBatchRequest(requests=[_explain(class_index=-2), _explain(method=999)])),
     ("ExplainBatch", pb.ExplainBatchRequest(requests=[_explain()] * (QUEUE + 1))),
-    ("ExplainBatch", pb.ExplainBatchRequest(requests=[_explain(BIG, output=ORIGINAL)] * 2)),
+    ("ExplainBatch", _needs_model(pb.ExplainBatchRequest(requests=[_explain(BIG, output=ORIGINAL)] * 2))),
     ("ModelInfer", _infer(model_name="nope")),
     ("ModelInfer", _infer(model_version="2")),
     ("ModelInfer", _infer(params={"method": P(string_param="gradcam+")})),
@@ -122,8 +136,9 @@ MALFORMED: list[tuple[str, Any]] = [
     ("ModelInfer", _infer([GOOD, b"GIF89a"])),
     ("ModelInfer", _infer([BOMB])),
     ("ModelInfer", _infer([GOOD] * (QUEUE + 1))),
-    ("ModelInfer", _infer([GOOD, BIG], params={"heatmap_size": P(string_param="original")})),
-    ("ModelInfer", _infer([BIG, BIG], params={"heatmap_size": P(string_param="original")})),
+    ("ModelInfer", _needs_model(_infer([GOOD, BIG], params={"heatmap_size": P(string_param="original")}))),
+    ("ModelInfer", _needs_model(_infer([BIG, BIG], params={"heatmap_size": P(string_param="original")}))),
+    ("ModelInfer", _infer(params={"colormap": P(string_param="rainbow")})),
     ("ModelInfer", _pixels_infer(_pixels(shape=(2, 8, 8, 3)))),
     ("ModelInfer", _infer(outputs=[ipb.ModelInferRequest.InferRequestedOutputTensor(name="LOGITS")])),
 ]
@@ -172,3 +187,32 @@ def test_malformed_requests_get_the_same_status_busy_or_idle(server: ServerProce
         assert code in ("INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED"), (what, code, details)
         if code == "RESOURCE_EXHAUSTED":  # the message limit: TOO_LARGE, which no retry can fix
             assert "message limit" in details and pushback == "-1", (what, details, pushback)
+
+
+def test_malformed_requests_get_the_same_status_while_the_model_loads(server: ServerProcess) -> None:
+    """The admission order: check the whole request first. While the model loads, a request malformed
+    in a way its config can judge (fields, options, image headers and tensors) is refused as it is
+    once the model is ready (INVALID_ARGUMENT: retrying cannot fix it), not told UNAVAILABLE (retry)
+    only to be refused then. What only the loaded model can judge (classes, top-k, map sizes) waits
+    for it: UNAVAILABLE, retryable."""
+    with server.channel() as channel:
+        ready = [_answer(_stubs(channel)[method], request) for method, request in MALFORMED]
+    tmp = Path(tempfile.mkdtemp(prefix="camserve-loading-"))
+    with served(start_toy(*FLAGS, repository=toy_repository(tmp / "repo", SHAPE), wait=False,
+                          env={"CAMSERVE_TOY_LOAD_S": "300"}), tmp) as loading:
+        wait_for(lambda: loading.health() == "NOT_SERVING", timeout=60)  # the port answers; still loading
+        with loading.channel() as channel:
+            stubs = _stubs(channel)
+            answers = [_answer(stubs[method], request) for method, request in MALFORMED]
+            assert loading.health() == "NOT_SERVING"  # every answer above came while it loaded
+    wrong = []
+    for (method, request), (code, details, _), (ready_code, ready_details, _) in zip(
+            MALFORMED, answers, ready, strict=True):
+        if id(request) in NEEDS_MODEL:
+            ok = code == "UNAVAILABLE" and "still loading" in details
+        else:
+            ok = (code, details) == (ready_code, ready_details)
+        if not ok:
+            wrong.append(f"{method} {str(request)[:100]!r}: loading {code} {details[:80]!r}, "
+                         f"ready {ready_code}")
+    assert not wrong, f"{len(wrong)} of {len(MALFORMED)} answers while loading:\n" + "\n".join(wrong)

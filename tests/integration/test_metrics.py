@@ -55,6 +55,7 @@ def test_observer_and_service_records() -> None:
     m.model_ready("other", True)
     m.record_rpc("demo", "Explain", "OK", 0.02)
     m.record_rpc("no-such-model", "Explain", "NOT_FOUND", 0.001)
+    m.record_rpc(None, "ListModels", "OK", 0.001)  # a call that names no model
     m.record_result("demo", 0.004, 0.010)
     s = samples(m)
     assert s[("camserve_batch_size_count", (("model", "demo"),))] == 3
@@ -71,6 +72,10 @@ def test_observer_and_service_records() -> None:
     assert s[("camserve_requests_total", (("code", "NOT_FOUND"), ("method", "Explain"),
                                           ("model", "_unknown")))] == 1
     assert not any(dict(labels).get("model") == "no-such-model" for _, labels in s)
+    # A call that names no model is not a call for an unknown one: its model label is empty.
+    assert s[("camserve_requests_total", (("code", "OK"), ("method", "ListModels"), ("model", "")))] == 1
+    assert not any(dict(labels).get("method") == "ListModels" and dict(labels).get("model") == "_unknown"
+                   for _, labels in s)
     assert s[("camserve_queue_duration_seconds_sum", (("model", "demo"),))] == 0.004
     assert len(changes) == 2  # workers_alive and model_ready trigger a health refresh
 

@@ -79,6 +79,24 @@ def test_health_and_reflection_with_stock_clients(server: ServerProcess) -> None
                 "grpc.reflection.v1alpha.ServerReflection"} <= services
         desc = db.FindFileContainingSymbol("camserve.v1.ExplainService")
         assert desc.package == "camserve.v1"
+        # grpc.reflection.v1, which grpcurl and other stock tools ask first: the same answers
+        from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+        v1 = ch.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                              request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                              response_deserializer=rpb.ServerReflectionResponse.FromString)
+        listed, own, ours = v1(iter([
+            rpb.ServerReflectionRequest(list_services=""),
+            rpb.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+            rpb.ServerReflectionRequest(file_containing_symbol="camserve.v1.ExplainService")]), timeout=10)
+        assert {s.name for s in listed.list_services_response.service} == services | {
+            "grpc.reflection.v1.ServerReflection"}
+        from google.protobuf import descriptor_pb2
+
+        for answer, package in ((own, "grpc.reflection.v1"), (ours, "camserve.v1")):
+            files = [descriptor_pb2.FileDescriptorProto.FromString(b)
+                     for b in answer.file_descriptor_response.file_descriptor_proto]
+            assert files and files[0].package == package, answer
 
 
 def test_parent_process_never_loads_tensorflow(server: ServerProcess) -> None:
@@ -239,13 +257,14 @@ def test_unparsable_body_is_invalid_argument_and_counted(server: ServerProcess) 
 def test_unparsable_reflection_message_is_invalid_argument(server: ServerProcess) -> None:
     """The streaming reflection service too (grpc alone answers UNKNOWN "Unexpected DecodeError"), and
     reflection still answers afterwards."""
-    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-    with server.channel() as ch:
-        with pytest.raises(grpc.RpcError) as err:
-            list(ch.stream_stream(method)(iter([b"\xff\xff\xff"]), timeout=10))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
-        assert "not a valid protobuf message for grpc.reflection.v1alpha" in err.value.details()
-        assert "camserve.v1.ExplainService" in ProtoReflectionDescriptorDatabase(ch).get_services()
+    for version in ("v1alpha", "v1"):
+        method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+        with server.channel() as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                list(ch.stream_stream(method)(iter([b"\xff\xff\xff"]), timeout=10))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+            assert f"not a valid protobuf message for grpc.reflection.{version}." in err.value.details()
+            assert "camserve.v1.ExplainService" in ProtoReflectionDescriptorDatabase(ch).get_services()
 
 
 # ------------------------------------------------------------------------------------- status codes

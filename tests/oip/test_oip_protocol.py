@@ -4,6 +4,9 @@ over the bundled demo model's config and a summary like the one its worker repor
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from camserve.front.oip_infer import parse_infer
@@ -124,11 +127,21 @@ def parser() -> RequestParser:
     return RequestParser(repository, lambda name: summary if name == "demo" else None)
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its signature and IHDR: parse_infer reads each IMAGE row's header, no more."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+
+
+ROW = _png_header(64, 64)
+
+
 def _infer(params: dict[str, pb.InferParameter] | None = None, rows: int = 1, outputs: tuple[str, ...] = (),
            **fields: object) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(
         model_name="demo", inputs=[Tensor(name="IMAGE", datatype="BYTES", shape=[rows, 1])],
-        raw_input_contents=[oip.pack_bytes([b"png"] * rows)],
+        raw_input_contents=[oip.pack_bytes([ROW] * rows)],
         outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs], **fields)
     for key, value in (params or {}).items():
         request.parameters[key].CopyFrom(value)
@@ -165,7 +178,7 @@ def test_parameters_map_onto_the_item_spec(parser: RequestParser) -> None:
     assert (call.spec.method, call.spec.top_k, call.spec.class_index, call.spec.target_layer) == (
         "layercam", 3, None, "block1")
     assert call.output.size == "input" and call.output.tensor and call.output.overlay is None
-    assert call.timeout_s == 0.25 and call.request_id == "r1" and call.rows == [b"png", b"png"]
+    assert call.timeout_s == 0.25 and call.request_id == "r1" and call.rows == [ROW, ROW]
     assert call.outputs == oip.DEFAULT_OUTPUTS
     default = parse_infer(parser, _infer())
     assert (default.spec.method, default.spec.top_k, default.target_layer, default.timeout_s) == (

@@ -157,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_grpc_logging() -> None:
+    """Leave gRPC's own log lines below ERROR out of a client command's stderr: each failure already
+    prints one line saying what went wrong and what fixes it (``error_line``), and gRPC's C core would
+    print its details first (a refused TLS handshake writes "ssl_transport_security.cc ... Handshake
+    failed ..." before the command's message). gRPC reads ``GRPC_VERBOSITY`` once, on import, so it is
+    set before anything imports grpc (the package imports it lazily for that reason), only as a
+    default (a caller's own value wins), and only here: importing the SDK changes nothing."""
+    if "grpc" not in sys.modules:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
@@ -167,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         return serve_main(argv[1:])
+    quiet_grpc_logging()
     if argv and argv[0] == "bench":
         from camserve_client.tools.benchcmd import main as bench_main
 

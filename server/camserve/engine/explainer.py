@@ -29,11 +29,12 @@ from camserve.engine.errors import (
     UnknownLayerError,
 )
 from camserve.engine.model_io import own_preprocessing
+from camserve.engine.pixels import check_preprocessed
 from camserve.engine.preprocess import check_channels, check_mode
 from camserve.engine.targets import ModelGraph
 from camserve.engine.tokens import TokenLayout
 from camserve.records import ClassMap, ItemResult, ItemSpec, ModelSummary
-from camserve.vocabulary import BACKENDS, COMPILE_MODES, METHODS, SCORES
+from camserve.vocabulary import BACKENDS, COMPILE_MODES, METHODS, OWN_PREPROCESSOR, SCORES
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,9 @@ class Explainer:
     Unset options fall back to the ones ``load_model`` recorded for this model.
 
     ``images`` for ``explain_batch`` are uint8 (B, H, W, C) RGB at the model's input size (the step
-    applies ``preprocessing``), or float32 already preprocessed (passed through unchanged). Integer
+    applies ``preprocessing``), or float32 already preprocessed (passed through unchanged; values the
+    preprocessing cannot give, such as float pixels 0..255 under tf, are refused: ``pixels.
+    check_preprocessed``). Integer
     images of other dtypes are pixels too (taken as uint8 when in 0..255, see ``_integer_pixels``).
 
     Raises ``InvalidInputError`` (bad option, model the engine cannot run, caffe/torch preprocessing
@@ -140,6 +143,9 @@ class Explainer:
         # A keras-hub task's preprocessor (applied by its predict(), not by call()) runs on the host
         # before the step, as predict() runs it, so the maps and probabilities are predict()'s.
         self._own_preprocessing = own_preprocessing(model, preprocessing, self.graph.input_shape)
+        # What info reports: the preprocessing that runs (the task's own one, not the config's "none").
+        self._applied = (preprocessing if self._own_preprocessing is None
+                         else f"{OWN_PREPROCESSOR}:{type(model.preprocessor).__name__}")
         self.target = self.graph.resolve(target_layer)
         if compile_mode == "auto":
             # Documented rule (ANCHORS.md, measured): XLA convolutions are slower than oneDNN graph
@@ -205,7 +211,7 @@ class Explainer:
                 buckets=tuple(self.buckets),
                 compile_mode=self.compile_mode,
                 backend=self.backend,
-                preprocessing=self.preprocessing,
+                preprocessing=self._applied,
                 score=self.score if head.invertible else "probability",
                 methods=tuple(m for m in METHODS if m != "cam" or t.cam_supported),
                 max_top_k=self.max_top_k,
@@ -280,6 +286,7 @@ class Explainer:
             arr = arr.astype(np.float32, copy=False)
             if not np.isfinite(arr).all():
                 raise InvalidInputError("float images contain NaN or infinity")
+            check_preprocessed(arr, self.preprocessing)  # float pixels 0..255 for a tf model, ...
             return arr
         raise InvalidInputError(f"images must be uint8 or float32, got {arr.dtype}")
 

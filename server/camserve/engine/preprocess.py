@@ -6,8 +6,9 @@ same arithmetic as ``keras.applications.imagenet_utils.preprocess_input``:
 - tf: x / 127.5 - 1;
 - torch: x / 255, then subtract the ImageNet RGB means and divide by their std;
 - none: cast only.
-Float inputs are taken as already preprocessed and pass through unchanged. The NumPy twin and its
-inverse live in ``pixels`` (no Keras there, for the front end).
+Float inputs are taken as already preprocessed and pass through unchanged (``pixels.check_preprocessed``
+refuses values the mode cannot give before they get here). The NumPy twin, its inverse and that check
+live in ``pixels`` (no Keras there, for the front end).
 """
 
 from __future__ import annotations

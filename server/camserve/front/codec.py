@@ -149,14 +149,15 @@ def decode_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
     FLOAT32 at the input size.
 
     FLOAT32 is taken as already preprocessed for the model (with its ``preprocessing``, which overlays
-    undo to draw on the pixels it came from), so it must match the input shape exactly and be finite;
+    undo to draw on the pixels it came from), so it must match the input shape exactly, be finite and
+    hold only values that preprocessing gives (float pixels 0..255 for a tf model are refused);
     UINT8 is gray (C=1), gray + alpha (2), RGB (3) or RGBA (4) pixels of any size,
     resized like decoded images. Alpha is dropped, never composited: the rule for encoded images with
     alpha (OpenCV's decoder drops it), and what Keras' ``load_img`` and PIL's ``convert("RGB")`` do
     to the images a model is trained on.
     """
-    return tensor_image(dtype, probe_tensor(dtype, shape, data, input_shape, max_pixels), data, input_shape,
-                        preprocessing)
+    return tensor_image(dtype, probe_tensor(dtype, shape, data, input_shape, max_pixels, preprocessing), data,
+                        input_shape, preprocessing)
 
 
 def tensor_image(dtype: str, hwc: tuple[int, int, int], data: bytes,

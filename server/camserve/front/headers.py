@@ -15,6 +15,8 @@ import struct
 
 import numpy as np
 
+from camserve.engine.errors import InvalidInputError  # NumPy-free, no TensorFlow
+from camserve.engine.pixels import check_preprocessed  # NumPy only
 from camserve.records import ErrorKind, Failure
 
 __all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "MAX_SIDE", "ImageError", "check_size", "image_header",
@@ -147,12 +149,14 @@ def probe_encoded(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[st
 
 
 def probe_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
-                 input_shape: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_PIXELS
-                 ) -> tuple[int, int, int]:
+                 input_shape: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
+                 preprocessing: str = "none") -> tuple[int, int, int]:
     """Every check of ``codec.decode_tensor``, without converting anything: the image's (H, W, C)
     or raises :class:`ImageError`. The front runs it before the in-flight limit and the queue are
-    consulted, like :func:`probe_encoded` (a FLOAT32 tensor's values are read for NaN here: it is at
-    the model's small input size, and a non-finite value is as malformed as a wrong shape)."""
+    consulted, like :func:`probe_encoded` (a FLOAT32 tensor's values are read here: it is at the
+    model's small input size, and a non-finite value, or one the model's ``preprocessing`` cannot
+    give, such as pixels 0..255 for a tf model, is as malformed as a wrong shape: see
+    ``engine.pixels.check_preprocessed``)."""
     dims = [int(d) for d in shape]
     expected_desc = "(H, W, C) or (1, H, W, C) with C = 1 (gray), 2 (gray, alpha), 3 (RGB) or 4 (RGBA)"
     if len(dims) == 4:
@@ -182,6 +186,11 @@ def probe_tensor(dtype: str, shape: list[int] | tuple[int, ...], data: bytes,
             raise ImageError(f"a FLOAT32 tensor must already be preprocessed at the model's input shape "
                              f"{list(input_shape)}, got {[h, w, c]}; send UINT8 pixels to have "
                              "the server resize them")
-        if not np.isfinite(np.frombuffer(data, dtype="<f4")).all():
+        values = np.frombuffer(data, dtype="<f4").reshape(h, w, c)
+        if not np.isfinite(values).all():
             raise ImageError("the FLOAT32 tensor contains NaN or infinite values")
+        try:
+            check_preprocessed(values, preprocessing)
+        except InvalidInputError as exc:
+            raise ImageError(exc.message) from None
     return h, w, c

@@ -4,7 +4,10 @@ Why one class: it is both what the service records into (request/queue/compute d
 codes) and the Dispatcher's `Observer` (`batch_formed`, `queue_depth`, `workers_alive`,
 `worker_restarted`, `request_dropped`, `model_ready`, exactly as ARCHITECTURE.md names them), over
 its own `CollectorRegistry` so tests and several servers in one process never collide. Label
-values stay low-cardinality: a model name a caller made up is recorded as `_unknown`, never as itself.
+values stay low-cardinality: `model` is a served model's name, `_unknown` for a name a caller made up
+(never the name itself), `_mixed` for a batch naming several models, and empty for a call that names
+no model (ListModels, health, server metadata, calls refused before their request was read):
+Prometheus reads an empty label as an absent one, which is what such a call has.
 
 Several processes record: each front end its calls (`record_rpc`), the supervisor everything the
 scheduler knows (queue and compute times, batch sizes, drops, gauges). Front ends run
@@ -77,6 +80,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 
 
 UNKNOWN_MODEL = "_unknown"
 MIXED_MODELS = "_mixed"
+NO_MODEL = ""  # the label of a call that names no model (Prometheus: the same as no label)
 #: RPC names counted under their own name in `camserve_requests_total{method}` (others: "other").
 RPC_METHODS = ("Explain", "ExplainBatch", "ListModels", "GetModel", *oip.RPC_METHODS)
 #: RPCs that carry images: their durations are observed, and they feed the inference statistics.
@@ -170,7 +174,10 @@ class Metrics:
     # --- label hygiene -------------------------------------------------------------------------
 
     def model_label(self, model: str | None) -> str:
-        """The model name if served, else `_unknown` (caller-chosen strings never become labels)."""
+        """The model name if served, empty for no model (None), else `_unknown` (caller-chosen strings
+        never become labels)."""
+        if model is None:
+            return NO_MODEL
         return model if model in self.models else UNKNOWN_MODEL
 
     # --- what the service records -------------------------------------------------------------

@@ -32,7 +32,6 @@ from camserve.front.oip_infer import (
     InferCall,
     build_reply,
     check_maps,
-    check_rows,
     decode_rows,
     model_at,
     parse_infer,
@@ -227,8 +226,8 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
                                     images=1)
 
     async def _infer(self, request: pb.ModelInferRequest, admission: Call) -> pb.ModelInferResponse:
-        call = parse_infer(self.parser, request)
-        sizes = check_rows(call, self.max_image_pixels)
+        call = parse_infer(self.parser, request, self.max_image_pixels)
+        sizes = call.sizes
         check_maps(call, sizes, self.max_send_bytes)
         admission.admit(len(call))  # the rows it carries, checked: never the count it claims
         shed_if_full(self.dispatcher, call.config.name, len(call))

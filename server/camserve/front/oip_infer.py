@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,7 +31,7 @@ from camserve.front.tensors import bytes_output, output_tensor, read_input
 from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec, ModelSummary
 from camserve.repository import ModelConfig
 
-__all__ = ["InferCall", "build_reply", "check_maps", "check_rows", "decode_rows", "model_at", "parse_infer",
+__all__ = ["InferCall", "build_reply", "check_maps", "decode_rows", "model_at", "parse_infer",
            "parse_version"]
 
 # Numbers as text, ASCII only and bounded: Python's int() and float() also take other scripts' digits
@@ -56,6 +56,7 @@ class InferCall:
     timeout_s: float | None       # the ``timeout`` parameter, in seconds (None = none)
     request_id: str
     class_count: int = 0          # PROBABILITIES as its best classes' strings (classification); 0 = raw
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # each row's (h, w) as sent
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -133,9 +134,9 @@ def model_at(parser: RequestParser, name: str, version: str, field: str = "model
     return cfg
 
 
-def _source(request: pb.ModelInferRequest, summary: ModelSummary) -> list[bytes] | np.ndarray:
+def _source(request: pb.ModelInferRequest, input_shape: tuple[int, int, int]) -> list[bytes] | np.ndarray:
     """The rows of the one input (IMAGE or PIXELS), checked against the model's input size."""
-    h, w, c = summary.input_shape
+    h, w, c = input_shape
     inputs = request.inputs
     t = inputs[0] if len(inputs) == 1 else None
     name = t.name if t is not None else ""
@@ -192,8 +193,9 @@ def _no_shared_memory(what: str, params: Mapping[str, pb.InferParameter]) -> Non
                       "raw_output_contents")
 
 
-def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor, num_classes: int) -> int:
-    """The ``classification`` count asked of ``output`` (0 = none), at most ``num_classes``."""
+def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
+    """The ``classification`` count asked of ``output`` (0 = none; the caller caps it at the model's
+    classes)."""
     if oip.CLASSIFICATION not in output.parameters:
         return 0
     count = _Parameters(output.parameters, oip.OUTPUT_PARAMETERS).int(oip.CLASSIFICATION)
@@ -204,11 +206,10 @@ def _class_count(output: pb.ModelInferRequest.InferRequestedOutputTensor, num_cl
     if count is None or count < 1:
         raise invalid(f"output {output.name!r}: {oip.CLASSIFICATION} {count} must be >= 1 (how many of the "
                       "best classes to return)")
-    return min(count, num_classes)
+    return count
 
 
-def _outputs(request: pb.ModelInferRequest, overlay: str | None,
-             num_classes: int) -> tuple[tuple[str, ...], int]:
+def _outputs(request: pb.ModelInferRequest, overlay: str | None) -> tuple[tuple[str, ...], int]:
     """The output names in reply order, and the PROBABILITIES classification count (0 = raw)."""
     asked = [o.name for o in request.outputs]
     if not asked:
@@ -221,7 +222,7 @@ def _outputs(request: pb.ModelInferRequest, overlay: str | None,
     counts = []
     for o in request.outputs:
         _no_shared_memory(f"output {o.name!r}", o.parameters)
-        counts.append(_class_count(o, num_classes))
+        counts.append(_class_count(o))
     return tuple(asked), max(counts)
 
 
@@ -235,19 +236,24 @@ def _classification(probs: np.ndarray, count: int, labels: list[str]) -> list[by
     return out
 
 
-def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCall:
+def parse_infer(parser: RequestParser, request: pb.ModelInferRequest,
+                max_pixels: int = codec.DEFAULT_MAX_PIXELS) -> InferCall:
     """Every check that needs no decoding; raises :class:`Failure` (NOT_FOUND, UNAVAILABLE while the
-    model loads, INVALID_ARGUMENT / FAILED_PRECONDITION with what is valid)."""
+    model loads, INVALID_ARGUMENT / FAILED_PRECONDITION with what is valid).
+
+    What the model's config alone can judge (parameters' types and values, outputs, rows and each
+    IMAGE row's header against ``max_pixels``) is checked first, so a malformed request is refused
+    for what it is even while the model loads; only then the worker's report (NOT_READY until there
+    is one) for what needs it: classes, layers, CAM support."""
     cfg = model_at(parser, request.model_name, request.model_version)
-    summary = parser.summary(cfg)
     if len(request.id) > wire.MAX_REQUEST_ID_CHARS:
         raise invalid(f"id is {len(request.id)} characters; at most {wire.MAX_REQUEST_ID_CHARS}")
     params = _Parameters(request.parameters)
-    spec, layer = parser.item_spec(cfg, summary, method=params.string("method"),
-                                   class_index=params.int("class_index"), top_k=params.int("top_k"),
-                                   target_layer=params.string("target_layer"))
+    method, class_index, top_k = params.string("method"), params.int("class_index"), params.int("top_k")
+    parser.check_choice(method, class_index, top_k)
+    target_layer = params.string("target_layer")
     overlay = params.string("overlay")
-    outputs, class_count = _outputs(request, overlay, summary.num_classes)
+    outputs, classification = _outputs(request, overlay)
     fmt = (overlay or "png") if oip.OVERLAY in outputs else overlay
     output = output_spec(params.string("heatmap_size"), tensor=oip.HEATMAP in outputs, overlay=fmt,
                          alpha=params.float("overlay_alpha"), colormap=params.string("colormap"),
@@ -257,23 +263,29 @@ def parse_infer(parser: RequestParser, request: pb.ModelInferRequest) -> InferCa
     timeout_us = params.int("timeout")  # Triton's: microseconds in the queue; 0 = no limit
     if timeout_us is not None and timeout_us < 0:
         raise invalid(f"parameter 'timeout' is {timeout_us} microseconds; it must be >= 0 (0 = no limit)")
-    rows = _source(request, summary)
+    rows = _source(request, cfg.input_shape)
     limit = min(wire.MAX_BATCH_REQUESTS, cfg.batching.max_queue_size)
     if len(rows) > limit:  # could never fit, so not QUEUE_FULL (which clients retry)
         raise invalid(f"the request carries {len(rows)} images; at most {limit} per request for model "
                       f"{cfg.name!r} (its queue holds {cfg.batching.max_queue_size}); split the request")
+    sizes = _row_sizes(rows, cfg.input_shape, max_pixels)
+    summary = parser.summary(cfg)
+    spec, layer = parser.item_spec(cfg, summary, method=method, class_index=class_index, top_k=top_k,
+                                   target_layer=target_layer)
     return InferCall(config=cfg, summary=summary, spec=spec, output=output, target_layer=layer,
                      outputs=outputs, rows=rows, timeout_s=timeout_us / 1e6 if timeout_us else None,
-                     request_id=request.id, class_count=class_count)
+                     request_id=request.id, class_count=min(classification, summary.num_classes),
+                     sizes=sizes)
 
 
-def check_rows(call: InferCall, max_pixels: int) -> list[tuple[int, int]]:
+def _row_sizes(rows: list[bytes] | np.ndarray, input_shape: tuple[int, int, int],
+               max_pixels: int) -> list[tuple[int, int]]:
     """Each row's (h, w) as sent, without decoding: an IMAGE row's header checked (format, size limits;
     the refusal names the row), a PIXELS row at the model's input size."""
-    if isinstance(call.rows, np.ndarray):
-        return [tuple(call.summary.input_shape[:2])] * len(call.rows)
+    if isinstance(rows, np.ndarray):
+        return [(int(input_shape[0]), int(input_shape[1]))] * len(rows)
     sizes = []
-    for i, data in enumerate(call.rows):
+    for i, data in enumerate(rows):
         try:
             _, width, height = codec.probe_encoded(data, max_pixels)
         except Failure as exc:
@@ -307,7 +319,7 @@ def decode_rows(call: InferCall, max_pixels: int) -> list[DecodedImage]:
 
 
 def check_maps(call: InferCall, original_sizes: list[tuple[int, int]], limit: int) -> None:
-    """Before admission (the rows' (h, w) from :func:`check_rows`), and again once decoded (an Exif
+    """Before admission (the rows' (h, w) as sent: ``InferCall.sizes``), and again once decoded (an Exif
     orientation can turn an image): HEATMAP must be one tensor (rows of one size at
     ``heatmap_size=original``) that fits the reply (``limit`` bytes; TOO_LARGE otherwise)."""
     if oip.HEATMAP not in call.outputs or call.output.tensor_at == "grid":

@@ -74,7 +74,8 @@ def model_config(cfg: ModelConfig, summary: ModelSummary | None) -> pb.ModelConf
     params = {"preprocessing": cfg.preprocessing, "score": cfg.score,
               "target_layer": cfg.target_layer or ""}
     if summary is not None:
-        params.update(target_layer=summary.target_layer, compile_mode=summary.compile_mode,
+        params.update(preprocessing=summary.preprocessing, target_layer=summary.target_layer,
+                      compile_mode=summary.compile_mode,
                       backend=summary.backend, methods=",".join(summary.methods),
                       max_top_k=str(summary.max_top_k))
     for key, value in params.items():

@@ -143,6 +143,7 @@ def model_info(cfg: ModelConfig, summary: ModelSummary | None, ready: bool, back
     info.backend = summary.backend
     info.batch_buckets.extend(summary.buckets)
     info.default_target_reason = summary.target_reason
+    info.preprocessing = summary.preprocessing  # what runs (a keras-hub task's own preprocessor: own:<class>)
     info.score_kind = summary.score
     info.head = summary.head
     info.head_kind = summary.head_kind

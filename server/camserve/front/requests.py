@@ -100,16 +100,17 @@ class RequestParser:
                           ErrorKind.NOT_READY)
         return summary
 
-    def prepare(self, request: pb.ExplainRequest) -> Prepared:
-        """Every check that needs no pixels; raises :class:`Failure` with a clear message."""
+    def fields(self, request: pb.ExplainRequest) -> tuple[ModelConfig, OutputSpec]:
+        """Every check of ``request`` that needs no worker's report (its model, enums, options,
+        request id, that it has an image): the model's config and the output options. Run before
+        :meth:`prepare`, so a malformed request is refused for what it is (INVALID_ARGUMENT) even
+        while its model loads, not told to retry (UNAVAILABLE) only to be refused then."""
         cfg = self.model(request.model, request.model_version)
-        summary = self.summary(cfg)
         if request.method != pb.METHOD_UNSPECIFIED and request.method not in _METHOD:
             raise invalid(f"unknown method {request.method}; valid: {_enum_names(pb.Method, _METHOD)}")
-        spec, layer = self.item_spec(
-            cfg, summary, method=_METHOD.get(request.method),
-            class_index=request.class_index if request.HasField("class_index") else None,
-            top_k=request.top_k or None, target_layer=request.target_layer)
+        self.check_choice(_METHOD.get(request.method),
+                          request.class_index if request.HasField("class_index") else None,
+                          request.top_k or None)
         output = self._output(request.output)
         rid = request.request_id
         if len(rid) > wire.MAX_REQUEST_ID_CHARS:
@@ -117,9 +118,33 @@ class RequestParser:
         if request.image.WhichOneof("source") is None:
             raise invalid("the request has no image: set image.encoded (JPEG/PNG/WebP/BMP bytes) "
                           "or image.tensor")
+        return cfg, output
+
+    def prepare(self, request: pb.ExplainRequest,
+                fields: tuple[ModelConfig, OutputSpec] | None = None) -> Prepared:
+        """Every check that needs no pixels; raises :class:`Failure` with a clear message. ``fields``:
+        what :meth:`fields` returned for this request (None = run it here); then the checks that need
+        the worker's report (NOT_READY while there is none)."""
+        cfg, output = self.fields(request) if fields is None else fields
+        summary = self.summary(cfg)
+        spec, layer = self.item_spec(
+            cfg, summary, method=_METHOD.get(request.method),
+            class_index=request.class_index if request.HasField("class_index") else None,
+            top_k=request.top_k or None, target_layer=request.target_layer)
         return Prepared(config=cfg, summary=summary, spec=spec, output=output,
                         method_enum=wire.METHODS[spec.method], target_layer=layer,
-                        request_id=rid or uuid.uuid4().hex, image=request.image)
+                        request_id=request.request_id or uuid.uuid4().hex, image=request.image)
+
+    @staticmethod
+    def check_choice(method: str | None, class_index: int | None, top_k: int | None) -> str:
+        """The checks of :meth:`item_spec` that need no model: the method's name (None = gradcam,
+        returned as its name) and not both ``class_index`` and a ``top_k`` other than 1."""
+        method = wire.DEFAULTS["method"] if method is None else method
+        if method not in wire.METHODS:
+            raise invalid(f"unknown method {shown(method)}; valid: {', '.join(wire.METHODS)}")
+        if class_index is not None and top_k not in (None, 1):
+            raise invalid("set class_index to explain one class, or top_k to explain the k best; not both")
+        return method
 
     def item_spec(self, cfg: ModelConfig, summary: ModelSummary, *, method: str | None = None,
                   class_index: int | None = None, top_k: int | None = None,
@@ -133,17 +158,12 @@ class RequestParser:
         full path of the layer explained. Raises :class:`Failure`: INVALID_INPUT, CLASS_INDEX,
         UNKNOWN_LAYER or CAM_NOT_SUPPORTED, the message naming what is valid.
         """
-        method = wire.DEFAULTS["method"] if method is None else method
-        if method not in wire.METHODS:
-            raise invalid(f"unknown method {shown(method)}; valid: {', '.join(wire.METHODS)}")
+        method = self.check_choice(method, class_index, top_k)
         n = summary.num_classes
         if class_index is not None:
             if not 0 <= class_index < n:
                 raise Failure(f"class_index {class_index} is out of range: model {cfg.name!r} has "
                               f"{n} classes (0..{n - 1})", ErrorKind.CLASS_INDEX)
-            if top_k not in (None, 1):
-                raise invalid("set class_index to explain one class, or top_k to explain the k best; "
-                              "not both")
             top_k = 1
         elif top_k is None:
             top_k = wire.DEFAULTS["top_k"]

@@ -26,7 +26,6 @@ from camserve_proto import explain_pb2_grpc as pb_grpc
 from camserve_proto import grpc_service_pb2_grpc as oip_grpc
 from camserve_proto import oip as oip_wire
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from camserve.front import codec
 from camserve.front.calls import CallRunner
@@ -34,6 +33,7 @@ from camserve.front.interceptors import server_interceptors
 from camserve.front.limits import LimitsInterceptor
 from camserve.front.metrics import Metrics
 from camserve.front.oip import InferenceServicer, UnservedMethods
+from camserve.front.reflection import add_reflection
 from camserve.front.requests import RequestParser
 from camserve.front.security import SecurityConfig
 from camserve.front.service import SERVICE_NAME, ExplainServicer
@@ -213,9 +213,7 @@ def build_grpc_server(repository: dict[str, ModelConfig], opts: ServerOptions, d
         server)
     server.add_generic_rpc_handlers((UnservedMethods(on_reject),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server)
+    add_reflection(server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     return server
 
 

@@ -26,11 +26,12 @@ from camserve_proto import vocabulary as wire
 
 from camserve.front import codec
 from camserve.front.calls import Call, CallRunner, FrontServicer, compute, shed_if_full
-from camserve.front.codec import DecodedImage
+from camserve.front.codec import DecodedImage, OutputSpec
 from camserve.front.metrics import MIXED_MODELS, Metrics
 from camserve.front.replies import ReplyBudget, build_response, check_map_bytes, check_reply, model_info
 from camserve.front.requests import Prepared, RequestParser, invalid
 from camserve.records import Failure
+from camserve.repository import ModelConfig
 from camserve.scheduling.batcher import WorkItem
 
 log = logging.getLogger(__name__)
@@ -56,18 +57,30 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         """Every check of one request before it is admitted: its fields (``RequestParser.prepare``), its
         image without decoding it (the header, or the tensor's shape, dtype and bytes) and that its maps
         can fit a reply; raises a Failure (INVALID_INPUT, TOO_LARGE, ...). The Prepared carries the
-        image's shape as sent (``sent_shape``)."""
-        prep = self.parser.prepare(request)
-        image = prep.image
+        image's shape as sent (``sent_shape``). What needs no worker's report comes first
+        (:meth:`check_request`), so a malformed request is refused as such while its model loads."""
+        return self.complete(request, *self.check_request(request))
+
+    def check_request(self, request: pb.ExplainRequest
+                      ) -> tuple[tuple[ModelConfig, OutputSpec], tuple[int, int, int]]:
+        """The checks of :meth:`check` that the model's config can judge alone: the request's fields
+        (``RequestParser.fields``) and its image (header, or tensor against the configured input
+        shape and preprocessing). Returns those fields and the image's (H, W, C) as sent (C 0:
+        encoded)."""
+        fields = self.parser.fields(request)
+        cfg, image = fields[0], request.image
         if image.WhichOneof("source") == "encoded":
             _, width, height = codec.probe_encoded(image.encoded, self.max_image_pixels)
-            prep = replace(prep, sent_shape=(height, width, 0))
-        else:
-            t = image.tensor
-            shape = codec.probe_tensor(_dtype(t), list(t.shape), t.data, prep.summary.input_shape,
-                                       self.max_image_pixels)
-            prep = replace(prep, sent_shape=shape)
-        check_map_bytes(prep, prep.sent_shape[:2], self.max_send_bytes)
+            return fields, (height, width, 0)
+        t = image.tensor
+        return fields, codec.probe_tensor(_dtype(t), list(t.shape), t.data, cfg.input_shape,
+                                          self.max_image_pixels, cfg.preprocessing)
+
+    def complete(self, request: pb.ExplainRequest, fields: tuple[ModelConfig, OutputSpec],
+                 sent_shape: tuple[int, int, int]) -> Prepared:
+        """The rest of :meth:`check`, with the worker's report (NOT_READY while there is none)."""
+        prep = replace(self.parser.prepare(request, fields), sent_shape=sent_shape)
+        check_map_bytes(prep, sent_shape[:2], self.max_send_bytes)
         return prep
 
     def decode(self, prep: Prepared) -> DecodedImage:
@@ -111,14 +124,17 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         n = len(request.requests)
         if n > wire.MAX_BATCH_REQUESTS:
             raise invalid(f"ExplainBatch carries {n} requests; at most {wire.MAX_BATCH_REQUESTS} per call")
-        preps = [_at(i, self.check, r) for i, r in enumerate(request.requests)]
-        configs = {p.config.name: p.config for p in preps}
-        counts = Counter(p.config.name for p in preps)
+        # The whole call first as far as the configs can judge it, then what needs the models' reports.
+        checked = [_at(i, self.check_request, r) for i, r in enumerate(request.requests)]
+        configs = {fields[0].name: fields[0] for fields, _ in checked}
+        counts = Counter(fields[0].name for fields, _ in checked)
         for name, count in counts.items():
             limit = configs[name].batching.max_queue_size
             if count > limit:  # could never fit, so not QUEUE_FULL (which clients retry)
                 raise invalid(f"ExplainBatch carries {count} images for model {name!r}, more than its "
                               f"queue holds ({limit}); split the call")
+        preps = [_at(i, self.complete, r, *c) for i, (r, c) in enumerate(zip(request.requests, checked,
+                                                                              strict=True))]
         call.admit(n)
         for name, count in counts.items():
             shed_if_full(self.dispatcher, name, count)
@@ -186,9 +202,9 @@ def _dtype(t: pb.Tensor) -> str:
     return wire.name_of(wire.DTYPES, t.dtype) or str(t.dtype)
 
 
-def _at(index: int, fn: Callable[[Any], Any], arg: Any) -> Any:
-    """``fn(arg)`` for item ``index`` of an ExplainBatch: a refusal names the item (``requests[i]: ...``)."""
+def _at(index: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` for item ``index`` of an ExplainBatch: its refusal names it (``requests[i]: ...``)."""
     try:
-        return fn(arg)
+        return fn(*args)
     except Failure as exc:
         raise Failure(f"requests[{index}]: {exc.message}", exc.kind) from None

@@ -52,7 +52,7 @@ def _make_runner(spec: dict[str, Any]) -> Runner:
               "threads": spec.get("threads"), "index": spec["index"]}
     target = spec.get("runner")
     if not target:
-        return KerasRunner(spec["repository"], **kwargs)
+        return KerasRunner(spec["repository"], device=spec.get("device", "cpu"), **kwargs)
     module, _, attr = str(target).partition(":")
     factory = getattr(importlib.import_module(module), attr)
     return factory(spec["repository"], **kwargs)

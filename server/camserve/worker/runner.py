@@ -19,6 +19,7 @@ import numpy as np
 
 from camserve.records import ErrorKind, Failure, ItemResult, ItemSpec, ModelSummary
 from camserve.repository import ModelConfig
+from camserve.worker.cuda_probe import tensorflow_on_cpu
 from camserve.worker.slab import stacked
 
 __all__ = ["ExplainerLike", "KerasRunner", "Runner", "explain_items", "log"]
@@ -131,8 +132,11 @@ class KerasRunner:
     """The real compute: Keras models + ``camserve.engine.Explainer`` (TF or JAX backend)."""
 
     def __init__(self, repository: dict[str, ModelConfig], *, compile_mode: str = "auto",
-                 backend: str = "tensorflow", threads: int | None = None, index: int = 0) -> None:
+                 backend: str = "tensorflow", threads: int | None = None, index: int = 0,
+                 device: str = "cpu") -> None:
+        """``device``: where placement put this worker ("cpu" or "gpu:N")."""
         self.repository = repository
+        self.device = device
         self.compile_mode = compile_mode
         self.backend = backend
         self.threads = threads
@@ -153,7 +157,12 @@ class KerasRunner:
                 if pinned is not None:
                     flags = os.environ["XLA_FLAGS"]
                     log(self.index, f"JAX CPU worker pinned to cores {pinned}; XLA_FLAGS={flags}")
+        on_cpu = self.device == "cpu"
+        if on_cpu and self.backend == "jax":
+            os.environ.setdefault("JAX_PLATFORMS", "cpu")  # placed on the CPU: JAX need not look for GPUs
         if self.backend != "jax":
+            if on_cpu:
+                tensorflow_on_cpu(lambda message: log(self.index, message))
             import tensorflow as tf
 
             if self.threads:

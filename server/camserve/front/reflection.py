@@ -1,0 +1,64 @@
+"""Server reflection under both names stock tools ask for: ``grpc.reflection.v1`` and ``v1alpha``.
+
+Why our own few lines: grpcurl, grpcui, Postman and Java/Go clients ask ``grpc.reflection.v1`` first
+(v1alpha is deprecated in gRPC-Java), but grpcio-reflection serves only v1alpha, up to the newest
+release of our grpcio line (grpc/grpc#38576 asks for v1 in Python and is open). The two protocols
+are one .proto under two package names: the same messages with the same field numbers, so the same
+bytes. v1 is served by the same servicer, through a handler with the v1alpha message classes,
+and its own descriptor (v1alpha's with the package renamed) is added to the pool, so that a client
+can also ask reflection about ``grpc.reflection.v1`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2 as messages
+
+__all__ = ["SERVICE_NAMES", "V1_SERVICE_NAME", "add_reflection"]
+
+V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
+#: Both reflection services, newest first.
+SERVICE_NAMES = (V1_SERVICE_NAME, reflection.SERVICE_NAME)
+_V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+def _register_v1(pool: descriptor_pool.DescriptorPool) -> None:
+    """Add ``grpc.reflection.v1``'s file to ``pool``: v1alpha's, its package renamed (once)."""
+    try:
+        pool.FindFileByName(_V1_FILE)
+        return
+    except KeyError:
+        pass
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    proto = descriptor_pb2.FileDescriptorProto()
+    messages.DESCRIPTOR.CopyToProto(proto)
+    proto.name, proto.package = _V1_FILE, "grpc.reflection.v1"
+    proto.options.Clear()  # v1alpha's java/objc options name v1alpha packages
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name.startswith(old):
+                field.type_name = new + field.type_name[len(old):]
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = new + method.input_type[len(old):]
+            method.output_type = new + method.output_type[len(old):]
+    pool.Add(proto)
+
+
+def add_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
+    """Serve reflection on ``server`` (not started) under v1 and v1alpha, listing ``service_names``
+    and both reflection services."""
+    pool = descriptor_pool.Default()
+    _register_v1(pool)
+    servicer = reflection.aio.ReflectionServicer((*service_names, *SERVICE_NAMES), pool=pool)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=messages.ServerReflectionRequest.FromString,
+        response_serializer=messages.ServerReflectionResponse.SerializeToString)
+    for name in SERVICE_NAMES:
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler}),))
