@@ -26,8 +26,8 @@ from camserve.records import ItemSpec
 from camserve.vocabulary import METHODS
 
 from engine import zoo_models as zoo
+from engine.sweep_report import reference_check, verdict
 
-TOL = 1e-3
 SIZES = {"InceptionV3": 139, "InceptionResNetV2": 139, "Xception": 71}
 SLOW = ["ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge", "EfficientNetB5", "EfficientNetB6",
         "EfficientNetB7", "EfficientNetV2M", "EfficientNetV2L", "NASNetLarge", "ResNet152", "ResNet152V2",
@@ -65,15 +65,10 @@ def sweep(name: str) -> str:
             warnings.simplefilter("ignore")
             a, g = zoo.functional_reference(model, x, info.target_layer)
         want = zoo.reference_gradcam(a, g, prefix=info.prefix_tokens)
-        err = max(
-            float(np.abs(m.heatmap - want[i, m.class_index]).max()) for i, r in enumerate(res) for m in r.maps
-        )
-        notes.append(f"ref_err={err:.1e}")
+        reference_check(res, want, bad, notes)
         if info.grid[0] * info.grid[1] <= 1:
             bad.append("1x1 target")
-        if err > TOL:
-            bad.append("Grad-CAM differs from the reference")
-        return ("FAULT " + "; ".join(bad) + " | " if bad else "ok | ") + " ".join(notes)
+        return verdict(bad, notes)
     except Exception as exc:
         return f"FAULT {type(exc).__name__}: {str(exc)[:300]}"
 

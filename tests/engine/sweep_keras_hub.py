@@ -24,8 +24,8 @@ from camserve.records import ItemSpec
 
 from engine import hub_zoo
 from engine import zoo_models as zoo
+from engine.sweep_report import reference_check, verdict
 
-TOL = 1e-3
 CLASSES = {
     c.method: c
     for c in vars(api).values()
@@ -72,13 +72,8 @@ def sweep(name: str, pre: bool) -> str:
         res = explainer.explain_batch(x, [ItemSpec("gradcam", top_k=3)] * 2)
         a, g = hub_zoo.hub_reference(model, xf, info.target_layer)
         want = zoo.reference_gradcam(a, g, prefix=info.prefix_tokens)
-        err = max(
-            float(np.abs(m.heatmap - want[i, m.class_index]).max()) for i, r in enumerate(res) for m in r.maps
-        )
-        notes.append(f"ref_err={err:.1e}")
-        if err > TOL:
-            bad.append("Grad-CAM differs from the reference")
-        return ("FAULT " + "; ".join(bad) + " | " if bad else "ok | ") + " ".join(notes)
+        reference_check(res, want, bad, notes)
+        return verdict(bad, notes)
     except Exception as exc:
         return f"FAULT {type(exc).__name__}: {str(exc)[:300]}"
 
