@@ -32,14 +32,27 @@ MODEL_SUFFIXES: tuple[str, ...] = (".keras", ".h5", ".hdf5")
 
 
 def saved_model_refusal(path: Path) -> str:
-    """The message for a TensorFlow SavedModel directory: why not, and the conversion that works."""
-    return (
+    """The message for a TensorFlow SavedModel directory: why not, and the conversion that works.
+
+    tf.keras 2 wrote ``keras_metadata.pb`` beside the graph, and tf.keras 2 can re-open its layers;
+    Keras 3's ``model.export()`` (and ``tf.saved_model.save``) keep only the traced functions, so the
+    only way out there is to save the Keras model itself."""
+    why = (
         f"{path} is a TensorFlow SavedModel directory; Keras 3 cannot re-open a SavedModel as a model "
         "with layers (only as an inference-only TFSMLayer, which has nothing to put a target on). "
-        "Convert it once where it was made (TensorFlow 2.x with tf.keras 2, e.g. tf_keras): "
-        "`m = tf.keras.models.load_model(DIR); m.save('model.h5')` "
-        "(or `m.save('model.keras')` with Keras 3), "
-        "then point model_file at that file"
+    )
+    if (path / "keras_metadata.pb").is_file():
+        return why + (
+            "Convert it once where it was made (TensorFlow 2.x with tf.keras 2, e.g. tf_keras): "
+            "`m = tf.keras.models.load_model(DIR); m.save('model.h5')` "
+            "(or `m.save('model.keras')` with Keras 3), "
+            "then point model_file at that file"
+        )
+    return why + (
+        "It has no keras_metadata.pb, so it was written by Keras 3's model.export() or tf.saved_model.save, "
+        "which keep the traced functions and no layers: nothing can turn it back into a Keras model. Save "
+        "the model itself where it is built, `model.save('model.keras')` (export() is for serving "
+        "predictions, not for explaining them), then point model_file at that file"
     )
 
 

@@ -70,19 +70,92 @@ def test_h5_written_by_keras_3(tmp_path: Path) -> None:
 
 
 def test_saved_model_directory_is_refused_with_the_conversion(tmp_path: Path) -> None:
+    """Keras 3's export() keeps no layers (only save() can help); tf.keras 2's SavedModel can be
+    converted where it was made (its keras_metadata.pb says which is which)."""
     model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten()])
     model.export(str(tmp_path / "sm"), verbose=False)
     assert (tmp_path / "sm" / "saved_model.pb").is_file()
-    with pytest.raises(
-        InvalidInputError, match=r"SavedModel.*TFSMLayer.*load_model\(DIR\).*save\('model.h5'\)"
-    ):
+    says = r"SavedModel.*TFSMLayer.*export\(\).*model\.save\('model\.keras'\)"
+    with pytest.raises(InvalidInputError, match=says) as info:
         load_model(tmp_path / "sm")
+    assert "load_model(DIR)" not in str(info.value)  # tf.keras 2 cannot re-open an export() either
+    tf2 = tmp_path / "tf2"
+    tf2.mkdir()
+    for name in ("saved_model.pb", "keras_metadata.pb"):  # what tf.keras 2's model.save(DIR) writes
+        (tf2 / name).write_bytes(b"")
+    with pytest.raises(InvalidInputError, match=r"SavedModel.*load_model\(DIR\).*save\('model.h5'\)"):
+        load_model(tf2)
     folder = tmp_path / "repo" / "m"
     folder.mkdir(parents=True)
     (folder / "sm").symlink_to(tmp_path / "sm")
     (folder / "config.json").write_text(json.dumps({"model_file": "sm", "input_shape": [4, 4, 1]}))
-    with pytest.raises(RepositoryError, match=r"field 'model_file'.*SavedModel.*save\('model.h5'\)"):
+    with pytest.raises(RepositoryError, match=r"field 'model_file'.*SavedModel.*save\('model.keras'\)"):
         load_model_config(folder)
+
+
+def _gap_model() -> keras.Model:
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3, name="conv")(inp))
+    return keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x))
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "says"),
+    [
+        ("m.weights.h5", lambda p: _gap_model().save_weights(p), r"weights only.*save\('model\.keras'\)"),
+        ("m.keras", lambda p: p.write_bytes(b"not a zip"), r"not a \.keras archive.*truncated, corrupt"),
+        ("m.keras", "truncate", r"not a \.keras archive.*truncated, corrupt"),
+        ("m.h5", lambda p: p.write_bytes(b""), r"not an HDF5 file.*truncated, corrupt"),
+        ("m.h5", lambda p: p.write_bytes(b"\x00" * 64), r"not an HDF5 file"),
+    ],
+)
+def test_files_that_hold_no_model_are_refused_with_what_to_do(tmp_path: Path, name, write, says) -> None:
+    """Keras alone says "File not found" for a broken .keras, OSError for a broken .h5 and "No model
+    config found" for weights: the engine names the file, what it is and what to do."""
+    path = tmp_path / name
+    if write == "truncate":
+        _gap_model().save(tmp_path / "whole.keras")
+        path.write_bytes((tmp_path / "whole.keras").read_bytes()[:300])
+    else:
+        write(path)
+    with pytest.raises(InvalidInputError, match=says):
+        load_model(path)
+
+
+def test_unregistered_custom_class_says_how_to_register_it(tmp_path: Path) -> None:
+    class Doubler(keras.layers.Layer):  # not registered: Keras cannot find it again
+        def call(self, x):
+            return x * 2.0
+
+    inp = keras.Input((8, 8, 3))
+    x = Doubler(name="double")(keras.layers.Conv2D(2, 3)(inp))
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    model.save(tmp_path / "m.keras")
+    model.save(tmp_path / "m.h5")
+    with pytest.raises(InvalidInputError, match=r"know the class or function 'Doubler'.*'imports'") as e:
+        load_model(tmp_path / "m.keras")
+    assert "legacy" not in str(e.value) and len(str(e.value)) < 600  # not Keras' config dump
+    with pytest.raises(InvalidInputError, match=r"'Doubler'.*legacy \.h5.*save\('model\.keras'\).*'imports'"):
+        load_model(tmp_path / "m.h5")
+    assert load_model(tmp_path / "m.keras", custom_objects={"Doubler": Doubler}).get_layer("double")
+
+
+def test_input_shape_that_contradicts_the_models_input_is_refused(tmp_path: Path) -> None:
+    """A repository's input_shape must be the saved model's (the forward pass would fail with Keras'
+    shape error otherwise); sizes the Input leaves open, and subclassed models, take any."""
+    model = _gap_model()
+    with pytest.raises(InvalidInputError, match=r"input_shape \(16, 16, 3\) does not fit.*takes \(8, 8, 3\)"):
+        Explainer(model, preprocessing="none", input_shape=(16, 16, 3))
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(InvalidInputError, match=r"does not fit.*config\.json 'input_shape'"):
+        Explainer(load_model(tmp_path / "m.keras", input_shape=(8, 8, 1)), preprocessing="none")
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3, name="conv")(inp))
+    open_size = keras.Model(inp, keras.layers.Dense(3)(x))
+    assert Explainer(open_size, preprocessing="none", input_shape=(12, 10, 3)).info.grid == (10, 8)
+    built = zoo.subclassed()
+    built(np.zeros((1, 32, 32, 3), np.float32))  # built at 32: not a limit
+    assert Explainer(built, preprocessing="none", input_shape=(16, 16, 3)).info.grid == (8, 8)
 
 
 def test_load_errors(tmp_path: Path) -> None:

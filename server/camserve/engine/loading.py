@@ -11,7 +11,11 @@ user can call too. Formats:
 - ``.h5`` / ``.hdf5`` (tf.keras 2 / Keras 2 "legacy" HDF5 with the architecture): Keras 3's own
   loader reads them (``keras.saving.load_model`` dispatches on the suffix).
 - A TensorFlow **SavedModel** directory is refused with the conversion to run: Keras 3 can open one
-  only as an inference-only ``keras.layers.TFSMLayer``, which has no layers to put a target on.
+  only as an inference-only ``keras.layers.TFSMLayer``, which has no layers to put a target on (one
+  written by Keras 3's ``model.export()`` cannot be converted at all: save the model itself).
+- A file that holds no model (a truncated or corrupt file, weights alone from ``save_weights``) and a
+  class Keras cannot find are refused before or as Keras reads them, saying what to do, never with
+  Keras' own "File not found" or OSError.
 - ``application``: a ``keras.applications`` constructor name with a weights file (or None for random
   weights: benchmarks) at the configured input shape.
 
@@ -23,8 +27,10 @@ caller passing them again. Nothing is downloaded.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import weakref
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,8 +79,9 @@ def load_model(
     remembered as the model's hints (``hints_for``). ``imports``: modules imported first (they
     register custom classes).
 
-    Raises ``InvalidInputError`` naming the file and the problem (missing file, unknown suffix,
-    SavedModel directory, unknown application name); Keras' own errors for a corrupt file pass through.
+    Raises ``InvalidInputError`` naming the file, the problem and what to do: missing file, unknown
+    suffix, SavedModel directory, a file that is no model (corrupt, truncated, weights only), a class
+    Keras cannot find (register it: ``imports``), unknown application name.
     """
     if hasattr(source, "application") and hasattr(source, "model_path"):
         cfg = source
@@ -124,8 +131,75 @@ def _load_file(path: Path, custom_objects: dict[str, Any] | None) -> Any:
             f"{path}: unknown model file type {path.suffix!r}; use a Keras 3 '.keras' file or a legacy "
             "'.h5' file (tf.keras 2)"
         )
+    _check_container(path)
     objects = {**_saved_function_names(), **(custom_objects or {})}
-    return keras.saving.load_model(path, custom_objects=objects, compile=False)
+    try:
+        return keras.saving.load_model(path, custom_objects=objects, compile=False)
+    except Exception as exc:
+        raise InvalidInputError(_load_failure(path, exc)) from exc
+
+
+#: The first bytes of an HDF5 file (the superblock signature at offset 0, where Keras writes it).
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_container(path: Path) -> None:
+    """Refuse, before Keras reads it, a file that cannot hold a model: not the zip a ``.keras`` is, not
+    HDF5, or an HDF5 file of weights alone (``save_weights``: no architecture to rebuild). Keras would
+    say "File not found" for a corrupt ``.keras`` and raise OSError or "No model config" for the rest."""
+    if path.suffix.lower() == ".keras":
+        if not zipfile.is_zipfile(path):
+            raise InvalidInputError(
+                f"{path} is not a .keras archive (the zip Keras 3 writes with model.save('model.keras')): "
+                "the file is truncated, corrupt or in another format; copy or save it again"
+            )
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                raise InvalidInputError(
+                    f"{path} is a zip without the model's config.json, not a saved Keras model: save "
+                    "the whole model with model.save('model.keras')"
+                )
+        return
+    with path.open("rb") as f:
+        if f.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
+            raise InvalidInputError(
+                f"{path} is not an HDF5 file (what model.save('model.h5') writes): the file is truncated, "
+                "corrupt or in another format; copy or save it again"
+            )
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        weights_only = "model_config" not in f.attrs
+    if weights_only:
+        raise InvalidInputError(
+            f"{path} holds weights only (model.save_weights), not the model's architecture: save the whole "
+            "model with model.save('model.keras'), or, for a keras.applications model, name it in "
+            "config.json ('application', with this file as 'weights')"
+        )
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """What to do when Keras cannot rebuild a saved model: most often a class it does not know."""
+    text = str(exc)
+    unknown = re.search(r"Could not locate (?:class|function) '([^']+)'|Unknown \w+: '([^']+)'", text)
+    if unknown is not None:
+        name = unknown.group(1) or unknown.group(2)
+        what = f"{path}: Keras cannot rebuild the model: it does not know the class or function {name!r}."
+        register = (
+            "A class of your own must be registered before loading: decorate it with "
+            "@keras.saving.register_keras_serializable() and list the module that defines it in "
+            "config.json 'imports' (library: load_model(path, imports=[...]) or custom_objects="
+            f"{{{name!r}: ...}})."
+        )
+        if path.suffix.lower() != ".keras":
+            register = (
+                "The legacy .h5 format keeps no module names, so a library's classes (keras-hub's models, "
+                "for one) cannot be found in it: save such a model with model.save('model.keras'). "
+                + register
+            )
+        return f"{what} {register}"
+    first = text.strip().splitlines()[0][:300] if text.strip() else ""
+    return f"{path}: Keras could not open the model: {type(exc).__name__}: {first}"
 
 
 def _saved_function_names() -> dict[str, Any]:

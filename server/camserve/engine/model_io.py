@@ -38,6 +38,7 @@ def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int,
             raise InvalidInputError(f"input_shape must be (H, W, C), got {given!r}") from None
         if len(shape) != 3 or min(shape) < 1:
             raise InvalidInputError(f"input_shape must be three positive integers (H, W, C), got {given!r}")
+        _refuse_conflict(model, shape)
         return shape  # type: ignore[return-value]
     shape = declared_input_shape(model)
     if not shape:
@@ -53,6 +54,25 @@ def input_shape_of(model: Any, given: tuple[int, ...] | None) -> tuple[int, int,
         )
     dims = tuple(int(d) for d in shape[1:])
     return dims if len(dims) == 3 else (*dims, 1)  # type: ignore[return-value]
+
+
+def _refuse_conflict(model: Any, given: tuple[int, ...]) -> None:
+    """Raise ``InvalidInputError`` when ``given`` (H, W, C) contradicts a size the model's Input fixes
+    (a repository's ``input_shape`` that is not the saved model's): the forward pass would otherwise
+    fail with Keras' shape error, which names neither the setting nor its value."""
+    if not (isinstance(model, keras.Sequential) or is_functional(model)):
+        return  # a subclassed model's build shape is where it was first called, not a limit
+    declared = declared_input_shape(model)
+    if len(declared) not in (3, 4):
+        return
+    dims = tuple(declared[1:]) if len(declared) == 4 else (*declared[1:], 1)
+    if any(d is not None and int(d) != g for d, g in zip(dims, given, strict=True)):
+        fixed = tuple(d if d is not None else "any" for d in dims)
+        raise InvalidInputError(
+            f"input_shape {tuple(given)} does not fit model {model.name!r}, whose Input takes {fixed} "
+            "images: set input_shape (config.json 'input_shape') to the model's, or rebuild the model "
+            "for the other size"
+        )
 
 
 def declared_input_shape(model: Any) -> tuple[Any, ...]:
