@@ -32,7 +32,10 @@ venv: $(STAMP)  ## create .venv and install camserve with the server and dev ext
 serve: venv  ## serve the bundled demo model on gRPC :50051, metrics on :9464
 	$(BIN)/camserve serve --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: venv system-deps tritonclient kserve-client perf-analyzer  ## the whole suite (what CI runs), on TEST_JOBS processes
+# The test-only environments install side by side once .venv exists (their uv comes from it): mostly
+# downloads and unpacking, so on CI's 2 cores in parallel they take about as long as the longest alone.
+test: venv  ## the whole suite (what CI runs), on TEST_JOBS processes
+	$(MAKE) --no-print-directory -j4 system-deps tritonclient kserve-client perf-analyzer
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 # Every package pinned in tests/oip/tritonclient.txt, installed without resolving (--no-deps) so the

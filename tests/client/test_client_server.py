@@ -1,7 +1,8 @@
 """The client SDK against the real camserve server (subprocess on loopback, tiny models).
 
-One server serves the module; the restart test comes last and restarts it on the same port. The
-server's own Prometheus counter of answered RPCs is the independent count of attempts.
+One server serves the module. (SDK calls riding out a server restart on the same port are
+tests/transport/test_transport_sdk_restart.py, on the NumPy stand-in runner, which restarts in seconds.)
+The server's own Prometheus counter of answered RPCs is the independent count of attempts.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 class Holder:
-    """The module's server; the restart test swaps in a new process on the same port."""
+    """The module's server and its model repository."""
 
     srv: ServerProcess
     repo: Path
@@ -352,45 +351,3 @@ def test_cli_explains_a_12_megapixel_photo(server, phone_photo: Path, tmp_path: 
     capsys.readouterr()
     assert main(["explain", str(huge), "--target", server.srv.target, "--model", "tiny"]) == 1
     assert "over the server's 16 MiB message limit: resize or recompress it" in capsys.readouterr().err
-
-
-def test_calls_survive_a_server_restart_on_the_same_port(server, images) -> None:
-    """Runs last: SIGTERM the server, start it again on the same port; no call is lost. (TensorFlow's
-    start takes tens of seconds here, hence the long deadline; tests/transport has the short one.)"""
-    srv = server.srv
-    results: list[cc.ExplainResult] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def caller() -> None:
-        with cc.Client(srv.target, model="tiny", timeout=240) as client:
-            while not stop.is_set():
-                try:
-                    results.append(client.explain(images[len(results) % len(images)]))
-                except BaseException as exc:
-                    errors.append(exc)
-                time.sleep(0.02)
-
-    threads = [threading.Thread(target=caller) for _ in range(2)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 60
-    while len(results) < 4 and not errors:  # a few calls answered before the stop
-        assert time.monotonic() < deadline, "no call answered in 60 s"
-        time.sleep(0.02)
-    assert srv.stop() == 0
-    down_at = len(results)
-    new = start_server(repository=server.repo, grpc_port=srv.grpc_port, wait=False)
-    server.srv = new
-    new.wait_serving()
-    deadline = time.monotonic() + 60
-    while len(results) < down_at + 10 and time.monotonic() < deadline and not errors:
-        time.sleep(0.1)
-    stop.set()
-    for t in threads:
-        t.join(timeout=250)
-    assert not errors, errors[:3]
-    assert len(results) >= down_at + 10
-    not_ready = _count(new, "UNAVAILABLE")  # answered while the new server warmed up, then retried
-    assert not_ready >= 1
-    print(f"calls: {len(results)}, NOT_READY answers retried: {not_ready:.0f}", file=sys.stderr)
