@@ -58,8 +58,12 @@ def test_half_sent_requests_cannot_exhaust_descriptors_or_threads(server: Any) -
             socks.append(s)
             peak_fds = max(peak_fds, descriptors(server.pid))
             peak_threads = max(peak_threads, threads(server.pid))
-        # open ones, plus those accepted in one wake-up or closed but not yet released (see metrics_http)
-        assert peak_fds <= base_fds + 3 * MAX_CONNECTIONS + 4, (base_fds, peak_fds)
+        # Open ones, plus those accepted but not yet admitted (the listen backlog, MAX_CONNECTIONS, per
+        # wake-up of the loop; a loop slowed by a loaded machine makes a few wake-ups before the first
+        # admission runs) or closed but not yet released (see metrics_http): a few times
+        # MAX_CONNECTIONS (74 over the baseline seen once on a loaded 2-core machine), whatever FLOOD is;
+        # one descriptor per connection would be FLOOD.
+        assert peak_fds <= base_fds + 6 * MAX_CONNECTIONS, (base_fds, peak_fds)
         assert peak_threads <= base_threads + 2, (base_threads, peak_threads)
         # The newest connections are still open; they too are closed once the timeout passes.
         wait_for(lambda: descriptors(server.pid) <= base_fds + 1, TIMEOUT_S + 10)

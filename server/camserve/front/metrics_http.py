@@ -9,9 +9,10 @@ thread) and bounds what a client can hold:
 * the request must arrive whole within ``timeout_s`` of the connection opening, else it is closed;
 * at most ``max_connections`` are served at once; one more closes the oldest that has not sent its
   whole request yet (a scraper sends its request at once, so it is not the one closed), or itself if
-  all are being answered. With those accepted in one wake-up of the loop (at most the listen backlog,
-  ``max_connections``) and those closed but not yet released, the endpoint holds at most about three
-  times ``max_connections`` descriptors, however many clients connect;
+  all are being answered. With those accepted but not yet admitted (at most the listen backlog,
+  ``max_connections``, per wake-up of the loop; a loop slowed by a loaded machine can make a few
+  wake-ups before admitting) and those closed but not yet released, the endpoint holds a few times
+  ``max_connections`` descriptors, however many clients connect;
 * the response must be taken within ``timeout_s`` too; one request per connection (``Connection: close``).
 
 The body is prometheus-client's exposition (``choose_encoder``: OpenMetrics when the scraper asks for
