@@ -162,7 +162,11 @@ def test_unimplemented_methods(server: ServerProcess) -> None:
     counted = unimplemented()
     r = calls(server, {"op": "unimplemented"}, {"op": "aio_stream"})
     answers, (aio_code, aio_message) = value(r[0]), value(r[1])
-    assert aio_code == "UNIMPLEMENTED" and "nor the aio client's stream_infer" in aio_message, r[1]
+    # The refusal's words reach the aio client in the reply's error_message. The stream's status is
+    # UNIMPLEMENTED, or INTERNAL when requests the client is still sending race the stream's end (gRPC
+    # resets a stream ended before its requests were read; seen once in a full suite run).
+    assert aio_code in ("UNIMPLEMENTED", "INTERNAL"), r[1]
+    assert "nor the aio client's stream_infer" in aio_message, r[1]
     assert set(answers) == {"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
                             "SystemSharedMemoryStatus", "CudaSharedMemoryStatus", "TraceSetting",
                             "LogSettings", "ModelStreamInfer"}
