@@ -93,6 +93,7 @@ def bench_cell(
     """Compile forward and Grad-CAM for one (model, mode, batch) and time them interleaved."""
     from camserve.engine import Explainer
     from camserve.engine.backend_tf import build_forward
+    from camserve.engine.methods import CODES
     from camserve.records import ItemSpec
 
     explainer = Explainer(model, target, preprocessing=prep, compile_mode=mode, max_batch_size=batch)
@@ -100,16 +101,17 @@ def bench_cell(
     images = np.random.default_rng(0).integers(0, 256, (batch, *shape), dtype=np.uint8)
     specs = [ItemSpec("gradcam")] * batch
     targets = np.full((batch, 1), -1, np.int32)
+    codes = np.full(batch, CODES["gradcam"], np.int32)
 
     def gradcam(x: np.ndarray) -> None:
         explainer.explain_batch(x, specs)
 
     def step(x: np.ndarray) -> None:
-        explainer.step(x, targets)
+        explainer.step(x, targets, codes)
 
     t0 = time.perf_counter()
     forward(images)
-    explainer.step(images, targets)
+    explainer.step(images, targets, codes)
     compile_s = time.perf_counter() - t0
     first = _time(forward, images) + _time(gradcam, images) + _time(step, images)
     iters = max(min_iters, int(budget_s / max(first, 1e-6)))

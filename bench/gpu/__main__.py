@@ -97,6 +97,28 @@ def machine() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ engine
+def transfer_gbps(mib: int = 64, repeats: int = 5) -> dict[str, float]:
+    """Host -> device and device -> host copy rates of one NumPy array (GB/s, median of ``repeats``).
+
+    What a step's inputs (uint8 pixels) and outputs cross each call; on the lent GPU these copies,
+    not the device's arithmetic, bound a step that returns big tensors (see methods.py).
+    """
+    import jax
+    import numpy as np
+
+    host = np.random.default_rng(0).integers(0, 256, mib << 20, dtype=np.uint8)
+    h2d, d2h = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dev = jax.device_put(host).block_until_ready()
+        h2d.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        jax.device_get(dev)
+        d2h.append(time.perf_counter() - t0)
+    size = host.nbytes / 1e9
+    return {"h2d": size / statistics.median(h2d), "d2h": size / statistics.median(d2h)}
+
+
 def build_model(name: str, size: int, precision: str) -> Any:
     """A keras.applications model (or "tiny") with random weights under the given dtype policy."""
     import keras
@@ -124,14 +146,16 @@ def bench_cell(explainer: Any, forward: Callable[[Any], Any], batch: int, size: 
                min_iters: int) -> dict[str, Any]:
     """Compile forward and Grad-CAM at one batch size and time them interleaved (median per call)."""
     import numpy as np
+    from camserve.engine.methods import CODES
     from camserve.records import ItemSpec
 
     images = np.random.default_rng(batch).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     specs = [ItemSpec("gradcam")] * batch
     targets = np.full((batch, 1), -1, np.int32)
+    codes = np.full(batch, CODES["gradcam"], np.int32)
     calls = {
         "forward": lambda: forward(images),
-        "step": lambda: explainer.step(images, targets),
+        "step": lambda: explainer.step(images, targets, codes),
         "gradcam": lambda: explainer.explain_batch(images, specs),
     }
     t0 = time.perf_counter()
@@ -172,6 +196,9 @@ def run_engine(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"part": "engine", "cpu_mode": args.cpu, "machine": machine(), "settings": s,
                               "rows": [], "skipped": [], "errors": []}
     print(f"engine on {report['machine']['device']} ({report['machine']['device_platform']})", flush=True)
+    report["transfer_gbps"] = transfer_gbps(8 if args.cpu else 64)
+    print("host->device {h2d:.2f} GB/s, device->host {d2h:.2f} GB/s (one array)".format(
+        **report["transfer_gbps"]), flush=True)
     # Breadth first: every (model, precision) at the most important batch size before the next size,
     # so a run cut short by the budget still covers both models and both precisions.
     cells: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -278,6 +305,9 @@ def summary_markdown(engine: dict[str, Any] | None, serve: dict[str, Any] | None
             lines.append(f"| {r['model']} {r['input']} | {r['precision']} | {r['batch']} | "
                          f"{r['forward_ips']:.1f} | {r['step_ips']:.1f} | {r['gradcam_ips']:.1f} | "
                          f"{r['ratio']:.3f} |")
+        if "transfer_gbps" in engine:
+            lines.append("- copies: host->device {h2d:.2f} GB/s, device->host {d2h:.2f} GB/s".format(
+                **engine["transfer_gbps"]))
         lines += [f"- skipped: {s}" for s in engine.get("skipped", [])]
         lines += [f"- failed: {e}" for e in engine.get("errors", [])]
         lines.append("")

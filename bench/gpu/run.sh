@@ -2,7 +2,7 @@
 # camserve GPU proof through Keras-on-JAX (see bench/gpu/README.md).
 #   bench/gpu/run.sh            on a lent GPU machine: results under $OUT (JSON + summary.md + logs)
 #   bench/gpu/run.sh --cpu      the same end to end on CPU with tiny settings (a check that it works)
-# Carried wheels in .whl/ (keras, namex, optree, grpcio, grpcio-health-checking, grpcio-reflection,
+# Carried wheels in .whl/ (keras, namex, optree, grpcio, grpcio-health-checking, grpcio-reflection, simplejpeg,
 # protobuf) are installed into a temporary folder first; nothing is downloaded.
 set -uo pipefail
 cd "$(dirname "$0")/../.."

@@ -14,6 +14,8 @@ variable values, the images and the targets:
   requested class, pulled back in a loop whose trip count K is traced (so one compile serves every
   K up to ``max_k``), reuses the same forward pass, and nothing before the target layer is
   differentiated with respect to weights;
+- each image's raw map is computed from those tensors in the step (``methods.raw_maps``), so a
+  served batch fetches K maps per image, not the activations and gradients;
 - the variables enter as jit arguments through ``keras.StatelessScope`` (a public API), so the
   weights are not baked into the compiled program as constants and compile stays fast.
 
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from camserve.engine import calls
+from camserve.engine import calls, methods
 from camserve.engine.calls import CallKey, LayerCall, Site, Tap
 from camserve.engine.keras_private import CallFn
 from camserve.engine.preprocess import preprocess
@@ -112,24 +114,23 @@ class Step:
 
     ``images`` (B, H, W, C) uint8 or float32 (see the module docstring); ``targets`` (B, K) int32
     with any K up to ``max_k``: the step takes targets padded to ``max_k`` and the count K as a
-    traced scalar, so no K compiles anew.
+    traced scalar, so no K compiles anew. ``methods`` (B,) int32 (``methods.CODES``): each image's
+    raw maps come back and the activations and gradients stay on the device; without it, those
+    tensors come back instead (tests, inspection). The same compiled program serves both.
     """
 
-    def __init__(self, compiled: _Compiled, jit_compile: bool, max_k: int) -> None:
+    def __init__(
+        self, compiled: _Compiled, jit_compile: bool, max_k: int, cam_kernel: np.ndarray | None
+    ) -> None:
         self._compiled = compiled
         self.jit_compile = jit_compile
         self.max_k = max_k
-        self._takes = 0
+        # On the device once (a jit argument, not a constant baked into every compiled bucket).
+        self._cam_kernel = None if cam_kernel is None else jnp.asarray(cam_kernel, jnp.float32)
 
-        def take(buffer: Any, k: Any) -> Any:
-            self._takes += 1  # trace time only
-            return jax.lax.dynamic_index_in_dim(buffer, k, axis=0, keepdims=False)
-
-        # One class's gradients out of the step's (max_k, B, h, w, C) buffer, still on the device, so
-        # that only the K maps asked for cross to the host; k is traced: one compile per buffer shape.
-        self._take = jax.jit(take)
-
-    def __call__(self, images: np.ndarray, targets: np.ndarray) -> StepOutput:
+    def __call__(
+        self, images: np.ndarray, targets: np.ndarray, methods: np.ndarray | None = None
+    ) -> StepOutput:
         raw = images.dtype == np.uint8
         pixels = jnp.asarray(images)  # to the device as is: uint8 pixels are 4x fewer bytes
         if raw:
@@ -139,20 +140,23 @@ class Step:
             raise ValueError(f"targets ask for {k} classes per image; this step explains 1..{self.max_k}")
         padded = np.full((b, self.max_k), -1, np.int32)
         padded[:, :k] = targets
-        probs, scores, acts, buffer, classes = self._compiled(pixels, np.bool_(raw), padded, np.int32(k))
-        per_class = [self._take(buffer, np.int32(i)) for i in range(k)]
-        probs, scores, acts, classes, per_class = jax.device_get((probs, scores, acts, classes, per_class))
-        return StepOutput(
-            probabilities=np.asarray(probs),
-            scores=np.asarray(scores)[:, :k],
-            activations=np.asarray(acts),
-            gradients=np.stack(per_class, axis=1),
-            classes=np.asarray(classes)[:, :k],
-        )
+        codes = np.zeros(b, np.int32) if methods is None else np.asarray(methods, np.int32)
+        probs, scores, classes, maps, acts, grads = self._compiled(
+            pixels, np.bool_(raw), padded, np.int32(k), codes, self._cam_kernel)
+        # Only what is fetched crosses to the host: the maps (K x h x w per image) when serving.
+        wanted = (maps,) if methods is not None else (acts, grads)
+        probs, scores, classes, *tensors = jax.device_get((probs, scores, classes, *wanted))
+        out = StepOutput(probabilities=np.asarray(probs), scores=np.asarray(scores)[:, :k],
+                         classes=np.asarray(classes)[:, :k])
+        if methods is not None:
+            out.maps = np.asarray(tensors[0])[:, :k]
+        else:
+            out.activations, out.gradients = np.asarray(tensors[0]), np.asarray(tensors[1])[:, :k]
+        return out
 
     def trace_count(self) -> int:
-        """How many times the step (and its gradient take) was traced: nothing may after warm-up."""
-        return self._compiled.traces + self._takes
+        """How many times the step was traced: nothing may after warm-up."""
+        return self._compiled.traces
 
 
 def _with(taps: dict[CallKey, Tap], key: CallKey, tap: Tap) -> dict[CallKey, Tap]:
@@ -195,15 +199,17 @@ def gradients(
 
 
 def build_step(
-    graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool, max_k: int
+    graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool, max_k: int,
+    cam_kernel: np.ndarray | None = None,
 ) -> Step:
-    """Compile the step for ``target`` of ``graph``'s model (see the module docstring)."""
+    """Compile the step for ``target`` of ``graph``'s model (see the module docstring and backend_tf's
+    ``build_step``: the same arguments and outputs)."""
     _check_keras_backend()
     head = graph.head
     grid = target.grid
     probe_shape = tuple(int(d) for d in target.shape)
 
-    def step(pixels: Any, raw: Any, targets: Any, count: Any) -> tuple[Any, ...]:
+    def step(pixels: Any, raw: Any, targets: Any, count: Any, codes: Any, kernel: Any) -> tuple[Any, ...]:
         x = graph.model_input(
             jax.lax.cond(raw, lambda p: preprocess(p, preprocessing, raw=True), lambda p: p, pixels))
         probe0 = jnp.zeros((pixels.shape[0], *probe_shape), jnp.float32)
@@ -231,9 +237,10 @@ def build_step(
         # so one compiled step serves every K (vmap over K would need K static: a compile per K).
         buffer = jnp.zeros((max_k, *acts.shape), jnp.float32)
         buffer = jax.lax.fori_loop(0, count, backward, buffer)
-        return probs, scores, acts, buffer, classes
+        grads = jnp.moveaxis(buffer, 0, 1)  # (B, max_k, h, w, C)
+        return probs, scores, classes, methods.raw_maps(codes, acts, grads, classes, kernel), acts, grads
 
-    return Step(_Compiled(graph.model, step), jit_compile, max_k)
+    return Step(_Compiled(graph.model, step), jit_compile, max_k, cam_kernel)
 
 
 def build_forward(graph: ModelGraph, *, preprocessing: str, jit_compile: bool) -> Callable[[np.ndarray], Any]:

@@ -1,13 +1,16 @@
 """TensorFlow backend: the one compiled step everything else is computed from.
 
-``build_step`` returns a ``Step``: ``step(images (B,H,W,C), targets (B,K) int32) -> StepOutput``.
+``build_step`` returns a ``Step``: ``step(images (B,H,W,C), targets (B,K) int32, methods (B,) int32)
+-> StepOutput``.
 Inside one ``tf.function`` (optionally ``jit_compile=True`` = XLA): preprocessing; one forward pass
 in inference mode, the model's own call, in which a zero "probe" is added to the target layer's
 output where that layer is called (``calls.run``) and the logits are taken where ``heads`` found
 them; the score of each requested class (logit by default); the gradients of those scores with
 respect to the probe only (``watch_accessed_variables=False``: no weight gradients, and nothing
 before the target layer is differentiated), one backward pass per class in a ``tf.while_loop`` whose
-trip count is the number of classes asked, so K is not a traced shape (see ``Step``). Token targets
+trip count is the number of classes asked, so K is not a traced shape (see ``Step``); then each
+image's raw map by its method (``methods.raw_maps``), so that a served batch copies K maps per image
+off the device, not the activations and gradients. Token targets
 (B, N, C) come back on their patch grid (B, h, w, C). ``targets[b, k] >= 0`` is a class index;
 ``-1 - r`` means the r-th best class of image b, resolved inside the step. ``gradients`` is the
 eager twin ``ModelGraph`` uses to inspect a model. This is the only TensorFlow-specific module.
@@ -22,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from camserve.engine import calls
+from camserve.engine import calls, methods
 from camserve.engine.calls import CallKey, LayerCall, Site, Tap
 from camserve.engine.keras_private import CallFn
 from camserve.engine.preprocess import preprocess
@@ -128,10 +131,16 @@ class Step:
                 tf.TensorSpec((), tf.bool),
                 tf.TensorSpec((batch, self.max_k), tf.int32),
                 tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((batch,), tf.int32),
             )
         return found
 
-    def __call__(self, images: np.ndarray, targets: np.ndarray) -> StepOutput:
+    def __call__(
+        self, images: np.ndarray, targets: np.ndarray, methods: np.ndarray | None = None
+    ) -> StepOutput:
+        """``methods`` (B,) int32 (``methods.CODES``): each image's raw maps come back and the
+        activations and gradients stay on the device; without it, those tensors come back instead
+        (tests, inspection). The same trace serves both."""
         raw = images.dtype == np.uint8
         pixels = tf.cast(tf.constant(images), tf.float32) if raw else tf.constant(images, tf.float32)
         b, k = targets.shape
@@ -139,18 +148,19 @@ class Step:
             raise ValueError(f"targets ask for {k} classes per image; this step explains 1..{self.max_k}")
         padded = np.full((b, self.max_k), -1, np.int32)
         padded[:, :k] = targets
-        probs, scores, acts, grads, classes = self._concrete(b)(
-            pixels, tf.constant(raw), tf.constant(padded), tf.constant(k, tf.int32)
+        codes = np.zeros(b, np.int32) if methods is None else np.asarray(methods, np.int32)
+        probs, scores, classes, maps, acts, grads = self._concrete(b)(
+            pixels, tf.constant(raw), tf.constant(padded), tf.constant(k, tf.int32), tf.constant(codes)
         )
-        if grads.shape[1] != k:  # XLA's buffer holds max_k classes: an eager slice (no trace) of K
-            grads = grads[:, :k]
-        return StepOutput(
-            probabilities=probs.numpy(),
-            scores=scores.numpy()[:, :k],
-            activations=acts.numpy(),
-            gradients=grads.numpy(),
-            classes=classes.numpy()[:, :k],
+        out = StepOutput(
+            probabilities=probs.numpy(), scores=scores.numpy()[:, :k], classes=classes.numpy()[:, :k]
         )
+        # .numpy() is the copy to the host: only what the caller uses makes it.
+        if methods is not None:
+            out.maps = maps[:, :k].numpy()  # XLA's buffer holds max_k classes: an eager slice (no trace)
+        else:
+            out.activations, out.gradients = acts.numpy(), grads[:, :k].numpy()
+        return out
 
     def trace_count(self) -> int:
         """How many concrete functions exist (to check that nothing recompiles after warm-up)."""
@@ -158,16 +168,20 @@ class Step:
 
 
 def build_step(
-    graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool, max_k: int
+    graph: ModelGraph, target: Target, *, preprocessing: str, score: str, jit_compile: bool, max_k: int,
+    cam_kernel: np.ndarray | None = None,
 ) -> Step:
     """Compile the step for ``target`` of ``graph``'s model (see the module docstring).
 
-    ``max_k`` is the most classes per image a call may ask for (the gradient buffer's first axis).
+    ``max_k`` is the most classes per image a call may ask for (the gradient buffer's first axis);
+    ``cam_kernel`` (C, N) float32 the CAM weights (``Target.cam_kernel``), None where CAM does not apply.
     """
+    kernel = None if cam_kernel is None else tf.constant(cam_kernel, tf.float32)  # captured once
     head = graph.head
     grid = target.grid
 
-    def step(pixels: tf.Tensor, raw: tf.Tensor, targets: tf.Tensor, count: tf.Tensor) -> tuple[Any, ...]:
+    def step(pixels: tf.Tensor, raw: tf.Tensor, targets: tf.Tensor, count: tf.Tensor,
+             codes: tf.Tensor) -> tuple[Any, ...]:
         x = graph.model_input(
             tf.cond(raw, lambda: preprocess(pixels, preprocessing, raw=True), lambda: pixels))
         captured: dict[str, tf.Tensor] = {}
@@ -196,7 +210,8 @@ def build_step(
         _, buffer = tf.while_loop(lambda k, _: k < count, lambda k, b: (k + 1, b.write(k, backward(k))),
                                   (tf.constant(1), buffer), maximum_iterations=max_k)
         gradients = tf.transpose(buffer.stack(), [1, 0, 2, 3, 4])  # (B, count or max_k, h, w, C)
-        return probs, scores, acts, gradients, classes
+        maps = methods.raw_maps(codes, acts, gradients, classes[:, :size], kernel)
+        return probs, scores, classes, maps, acts, gradients
 
     # Without AutoGraph: the step spells its control flow as tf.cond/tf.while_loop, and Keras 3 runs a
     # model's call() as it is (a call() that branches in Python on a tensor fails in Keras' own

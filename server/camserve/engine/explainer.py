@@ -170,8 +170,8 @@ class Explainer:
             score=self.score,
             jit_compile=self.compile_mode == "xla",
             max_k=self.max_top_k,
+            cam_kernel=self.target.cam_kernel() if self.target.cam_supported else None,
         )
-        self._cam_kernel = self.target.cam_kernel() if self.target.cam_supported else None
         self._info: ModelSummary | None = None
 
     def with_target(self, target_layer: Any) -> Explainer:
@@ -235,7 +235,8 @@ class Explainer:
         t0 = time.perf_counter()
         h, w, c = self.input_shape
         for b in self.buckets:
-            self.step(np.zeros((b, h, w, c), np.uint8), np.full((b, 1), -1, np.int32))
+            codes = np.full(b, methods.CODES["gradcam"], np.int32)
+            self.step(np.zeros((b, h, w, c), np.uint8), np.full((b, 1), -1, np.int32), codes)
         elapsed = time.perf_counter() - t0
         log.info(
             "warm-up of %s (%s, %s) took %.1fs", self.target.name, self.compile_mode, self.buckets, elapsed
@@ -354,21 +355,13 @@ class Explainer:
         if bucket > b:
             pad = np.zeros((bucket - b, *images.shape[1:]), images.dtype)
             images = np.concatenate([images, pad])
-        out = self.step(np.ascontiguousarray(images), targets)
-        acts = out.activations[:b]
-        grads = out.gradients[:b]
+        codes = np.full(bucket, methods.CODES["gradcam"], np.int32)  # the padding's: any will do
+        codes[:b] = [methods.CODES[s.method] for s in specs]
+        out = self.step(np.ascontiguousarray(images), targets, codes)
         classes = out.classes[:b]
-        raw_by_method: dict[str, np.ndarray] = {}
-        for name in {s.method for s in specs}:
-            if name == "eigencam":
-                raw_by_method[name] = methods.eigencam(acts, kb)
-            elif name == "cam":
-                raw_by_method[name] = methods.cam(acts, self._cam_kernel, classes)
-            else:
-                raw_by_method[name] = methods.GRADIENT_METHODS[name](acts, grads)
         results = []
-        for i, s in enumerate(specs):
-            maps, flat = methods.normalise(raw_by_method[s.method][i, : wanted[i]])
+        for i in range(b):
+            maps, flat = methods.normalise(out.maps[i, : wanted[i]])
             results.append(
                 ItemResult(
                     probabilities=out.probabilities[i].astype(np.float32, copy=True),

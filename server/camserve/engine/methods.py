@@ -1,11 +1,15 @@
-"""The CAM family as small NumPy functions over one compiled step's output.
+"""The CAM family as small ``keras.ops`` functions, run inside the compiled step on the device.
 
 Each gradient method only decides how the target activations ``A`` (B, h, w, C) are weighted, given
 the gradients ``G`` (B, K, h, w, C) of each explained class's score with respect to ``A``; the raw maps
-(B, K, h, w) then share one normalisation (``normalise``): ReLU, then per-map min-max to [0, 1], with
-maps that carry no contrast returned as zeros and flagged instead of NaN. The weighting runs in
-float32 (the step's precision; mixed-precision outputs are cast up in the step), Eigen-CAM's SVD and
-the normalisation in float64.
+(B, K, h, w) then share one normalisation on the host (``normalise``): ReLU, then per-map min-max to
+[0, 1], with maps that carry no contrast returned as zeros and flagged instead of NaN.
+
+Why on the device: only the (B, K, h, w) maps then leave it, not A and G. For ResNet50 at 224 those
+are 0.8 MB per image (7 x 7 x 2048 float32 each); on a lent H200 shipping them to the host held
+Grad-CAM to 0.3-0.4 of a plain forward pass (README, "GPU"). ``keras.ops`` is the one spelling both
+backends' steps compile (TensorFlow graph/XLA, ``jax.jit``). Everything runs in float32 (the step's
+precision; mixed-precision outputs are cast up in the step); ``normalise`` runs in float64.
 
 Equations (S = the map, c = channel, ij = position, Z = h*w):
 - Grad-CAM (Selvaraju et al. 2017, eq. 1-2): w_c = 1/Z sum_ij G_cij ; S = sum_c w_c A_c
@@ -28,95 +32,80 @@ Equations (S = the map, c = channel, ij = position, Z = h*w):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+from keras import ops
+
+from camserve.vocabulary import METHODS
 
 EPS_XGRAD = 1e-7  # as pytorch-grad-cam, so maps are comparable
 EPS_PLUSPLUS = 1e-6  # as pytorch-grad-cam
 #: A map whose range is below this fraction of its largest magnitude has no contrast (rounding noise).
 FLAT_TOLERANCE = 1e-6
+#: Each method's number in the step's per-image ``methods`` (B,) int32 argument.
+CODES: dict[str, int] = {name: i for i, name in enumerate(METHODS)}
 
 
-def _as64(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64)
-
-
-def _f32(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
-
-
-def _weighted_sum(activations: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _weighted_sum(activations: Any, weights: Any) -> Any:
     """sum_c w[b,k,c] * A[b,:,:,c] -> (B, K, h, w)."""
-    return np.einsum("bijc,bkc->bkij", _f32(activations), _f32(weights))
+    return ops.einsum("bijc,bkc->bkij", activations, weights)
 
 
-def gradcam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+def gradcam(activations: Any, gradients: Any) -> Any:
     """Grad-CAM: channel weights are the spatially averaged gradients."""
-    weights = _f32(gradients).mean(axis=(2, 3))  # (B, K, C)
+    return _weighted_sum(activations, ops.mean(gradients, axis=(2, 3)))
+
+
+def hirescam(activations: Any, gradients: Any) -> Any:
+    """HiResCAM: element-wise gradient x activation, summed over channels (no averaging)."""
+    return ops.einsum("bkijc,bijc->bkij", gradients, activations)
+
+
+def xgradcam(activations: Any, gradients: Any) -> Any:
+    """XGrad-CAM: weights are gradient x activation normalised by the channel's total activation."""
+    num = ops.einsum("bkijc,bijc->bkc", gradients, activations)
+    den = ops.expand_dims(ops.sum(activations, axis=(1, 2)), 1) + EPS_XGRAD
+    return _weighted_sum(activations, num / den)
+
+
+def layercam(activations: Any, gradients: Any) -> Any:
+    """LayerCAM: positive gradients weight each activation element-wise."""
+    return ops.einsum("bkijc,bijc->bkij", ops.relu(gradients), activations)
+
+
+def gradcam_plus_plus(activations: Any, gradients: Any) -> Any:
+    """Grad-CAM++ closed form (the paper's eq. 19, as pytorch-grad-cam computes it)."""
+    g = gradients
+    g2 = g * g
+    sum_a = ops.sum(activations, axis=(1, 2))[:, None, None, None, :]  # (B, 1, 1, 1, C)
+    alpha = ops.where(g != 0.0, g2 / (2.0 * g2 + sum_a * g2 * g + EPS_PLUSPLUS), 0.0)
+    weights = ops.sum(alpha * ops.relu(g), axis=(2, 3))  # (B, K, C)
     return _weighted_sum(activations, weights)
 
 
-def hirescam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-    """HiResCAM: element-wise gradient x activation, summed over channels (no averaging)."""
-    return np.einsum("bkijc,bijc->bkij", _f32(gradients), _f32(activations))
-
-
-def xgradcam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-    """XGrad-CAM: weights are gradient x activation normalised by the channel's total activation."""
-    a = _f32(activations)
-    num = np.einsum("bkijc,bijc->bkc", _f32(gradients), a)
-    den = a.sum(axis=(1, 2))[:, None, :] + EPS_XGRAD
-    return _weighted_sum(a, num / den)
-
-
-def layercam(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-    """LayerCAM: positive gradients weight each activation element-wise."""
-    return np.einsum("bkijc,bijc->bkij", np.maximum(_f32(gradients), 0.0), _f32(activations))
-
-
-def gradcam_plus_plus(activations: np.ndarray, gradients: np.ndarray) -> np.ndarray:
-    """Grad-CAM++ closed form (the paper's eq. 19, as pytorch-grad-cam computes it)."""
-    a = _f32(activations)
-    g = _f32(gradients)
-    g2 = g * g
-    g3 = g2 * g
-    sum_a = a.sum(axis=(1, 2))[:, None, None, None, :]  # (B, 1, 1, 1, C)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        alpha = g2 / (2.0 * g2 + sum_a * g3 + EPS_PLUSPLUS)
-    alpha = np.where(g != 0.0, alpha, 0.0)
-    weights = (alpha * np.maximum(g, 0.0)).sum(axis=(2, 3))  # (B, K, C)
-    return _weighted_sum(a, weights)
-
-
-def eigencam(activations: np.ndarray, num_maps: int) -> np.ndarray:
+def eigencam(activations: Any) -> Any:
     """Eigen-CAM: first principal component of the activations (class-independent), sign-fixed.
 
-    Returns (B, num_maps, h, w), the same map repeated for each requested class.
+    Returns (B, h, w): the same map serves every class asked.
     """
-    a = _as64(activations)
-    b, h, w, c = a.shape
-    out = np.zeros((b, h, w), dtype=np.float64)
-    for i in range(b):
-        m = a[i].reshape(h * w, c)
-        mean = m.mean(axis=0)
-        centred = m - mean
-        if not np.any(centred):
-            continue  # constant activations: no component, the map stays flat
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        v = vt[0]
-        if float(mean @ v) < 0.0:
-            v = -v
-        out[i] = (centred @ v).reshape(h, w)
-    return np.repeat(out[:, None], num_maps, axis=1)
+    shape = ops.shape(activations)
+    m = ops.reshape(activations, (shape[0], shape[1] * shape[2], shape[3]))  # (B, hw, C)
+    mean = ops.mean(m, axis=1, keepdims=True)  # (B, 1, C)
+    centred = m - mean
+    _, _, vh = ops.svd(centred, full_matrices=False)
+    v = vh[:, 0, :]  # (B, C): first right singular vector (all-zero input: any v, the map stays 0)
+    sign = ops.where(ops.sum(mean[:, 0, :] * v, axis=-1) < 0.0, -1.0, 1.0)  # (B,)
+    projection = ops.einsum("bpc,bc->bp", centred, v) * sign[:, None]
+    return ops.reshape(projection, (shape[0], shape[1], shape[2]))
 
 
-def cam(activations: np.ndarray, dense_kernel: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """CAM: the Dense kernel's column of each class weights the (pre-pooling) activations."""
-    weights = _as64(dense_kernel).T[np.asarray(classes)]  # (B, K, C)
-    return _weighted_sum(activations, weights)
+def cam(activations: Any, kernel: Any, classes: Any) -> Any:
+    """CAM: the Dense kernel's (C, N) column of each class (B, K) weights the activations."""
+    return _weighted_sum(activations, ops.take(ops.transpose(kernel), classes, axis=0))
 
 
-GRADIENT_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+GRADIENT_METHODS: dict[str, Callable[[Any, Any], Any]] = {
     "gradcam": gradcam,
     "gradcam++": gradcam_plus_plus,
     "layercam": layercam,
@@ -125,12 +114,33 @@ GRADIENT_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
+def raw_maps(codes: Any, activations: Any, gradients: Any, classes: Any, cam_kernel: Any | None) -> Any:
+    """Each image's raw map(s) by its method: (B, K, h, w) float32, inside the compiled step.
+
+    ``codes`` (B,) int32 (``CODES``); ``activations`` (B, h, w, C) and ``gradients`` (B, K, h, w, C)
+    float32; ``classes`` (B, K) int32 and ``cam_kernel`` (C, N) float32 for CAM (None: the model has
+    no CAM head, and no image may ask for it). The gradient methods are a few element-wise passes
+    and run for every batch; Eigen-CAM's SVD only when an image of the batch asks for it.
+    """
+    select = codes[:, None, None, None]
+    maps = ops.zeros_like(gradients[..., 0])  # (B, K, h, w)
+    for name, method in GRADIENT_METHODS.items():
+        maps = ops.where(select == CODES[name], method(activations, gradients), maps)
+    if cam_kernel is not None:
+        maps = ops.where(select == CODES["cam"], cam(activations, cam_kernel, classes), maps)
+    eigen = CODES["eigencam"]
+    flat = ops.zeros_like(activations[:, None, :, :, 0])  # (B, 1, h, w)
+    eigen_maps = ops.cond(ops.any(codes == eigen), lambda: ops.expand_dims(eigencam(activations), 1),
+                          lambda: flat)
+    return ops.where(select == eigen, eigen_maps, maps)
+
+
 def normalise(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ReLU then per-map min-max to [0, 1] over the last two axes; flat maps become zeros + flag.
 
     Returns (maps float32 of raw's shape, all_zero bool of raw.shape[:-2]).
     """
-    r = np.maximum(_as64(raw), 0.0)
+    r = np.maximum(np.asarray(raw, dtype=np.float64), 0.0)
     lo = r.min(axis=(-2, -1), keepdims=True)
     hi = r.max(axis=(-2, -1), keepdims=True)
     rng = hi - lo

@@ -17,10 +17,14 @@ class StepOutput:
 
     ``classes`` (B, K) int32 are the class indices the step resolved (``targets`` of ``-1 - r`` mean
     the r-th best class); they come from the step so that ties are resolved once, on the device.
+    Called with per-image ``methods``, the step returns each image's raw ``maps`` and leaves the
+    activations and gradients on the device (``None`` here); called without, it returns those
+    tensors instead (``maps`` is ``None``): the view tests and model inspection need.
     """
 
     probabilities: np.ndarray  # (B, N) float32
     scores: np.ndarray  # (B, K) float32
-    activations: np.ndarray  # (B, h, w, C) float32
-    gradients: np.ndarray  # (B, K, h, w, C) float32
     classes: np.ndarray  # (B, K) int32
+    maps: np.ndarray | None = None  # (B, K, h, w) float32, raw (before ``methods.normalise``)
+    activations: np.ndarray | None = None  # (B, h, w, C) float32
+    gradients: np.ndarray | None = None  # (B, K, h, w, C) float32
