@@ -62,6 +62,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("budget_s", "cell_s"):
         if getattr(args, key, None) is not None:
             s[key] = getattr(args, key)
+    if getattr(args, "concurrency", None):
+        s["concurrency"] = [int(c) for c in args.concurrency.split(",")]
     if getattr(args, "batches", None):
         s["batches"] = [int(b) for b in args.batches.split(",")]
     if getattr(args, "models", None):
@@ -256,14 +258,16 @@ def make_repository(root: Path, model: str, size: int, max_batch: int) -> Path:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from camserve_client.tools.loadgen import LoadConfig, run_load
+    from camserve_client.tools.loadgen import LoadConfig
     from camserve_client.tools.loadreport import json_safe, step_problems
 
     from bench import start_server
+    from bench.gpu.clients import load_from_processes
 
     s = _settings(args)
     out_dir = Path(args.out)
-    report: dict[str, Any] = {"part": "serve", "cpu_mode": args.cpu, "machine": machine(), "settings": s}
+    report: dict[str, Any] = {"part": "serve", "cpu_mode": args.cpu, "machine": machine(), "settings": s,
+                              "clients": args.clients, "batch_per_call": args.batch_per_call}
     with tempfile.TemporaryDirectory(prefix="camserve-gpu-bench-") as tmp:
         repo = make_repository(Path(tmp) / "repo", s["serve_model"], s["serve_size"], s["serve_batch"])
         with start_server("--backend", "jax", "--compile", "xla", "--drain-seconds", "10", repository=repo,
@@ -273,8 +277,9 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"server SERVING after {server.startup_s:.1f} s", flush=True)
             cfg = LoadConfig(target=server.target, method="gradcam", size="grid",
                              concurrency=s["concurrency"], duration_s=s["duration_s"], warmup_s=s["warmup_s"],
-                             images="auto", image_count=64, payload="jpeg", quiet=True)
-            load = run_load(cfg)
+                             images="auto", image_count=64, payload="jpeg", quiet=True,
+                             batch_per_call=args.batch_per_call)
+            load = load_from_processes(cfg, args.clients)
     report["load"] = json_safe(load)
     for step in load["steps"]:
         lat = step["latency_ms"]
@@ -317,7 +322,8 @@ def summary_markdown(engine: dict[str, Any] | None, serve: dict[str, Any] | None
         model = serve["load"].get("model", {})
         lines += [f"### Served on {m['device']} ({st['serve_model']} {st['serve_size']}, "
                   f"workers {st['workers']}, max batch {st['serve_batch']}, JPEG, Grad-CAM at the conv grid, "
-                  "backend "
+                  f"{serve.get('clients', 1)} client process(es), {serve.get('batch_per_call', 1)} image(s) "
+                  "per call, backend "
                   f"{model.get('backend')}/{model.get('compile_mode')})", "",
                   "| concurrency | img/s | p50 ms | p90 ms | p99 ms | queue p50 ms | compute p50 ms "
                   "| mean batch |",
@@ -361,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="engine part: stop starting cells after this many seconds")
     parser.add_argument("--cell-s", dest="cell_s", type=float, default=None, help="timing seconds per cell")
     parser.add_argument("--batches", default=None, help="engine batch sizes, comma list (priority order)")
+    parser.add_argument("--concurrency", default=None, help="serve part: calls in flight, comma list")
+    parser.add_argument("--clients", type=int, default=1,
+                        help="serve part: load-generator processes (each at concurrency / clients)")
+    parser.add_argument("--batch-per-call", dest="batch_per_call", type=int, default=1,
+                        help="serve part: images per call (> 1: ExplainBatch)")
     parser.add_argument("--models", default=None,
                         help="engine models, comma list (ResNet50,MobileNetV2; tiny: a check)")
     args = parser.parse_args(argv)
