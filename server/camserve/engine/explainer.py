@@ -359,9 +359,10 @@ class Explainer:
         codes[:b] = [methods.CODES[s.method] for s in specs]
         out = self.step(np.ascontiguousarray(images), targets, codes)
         classes = out.classes[:b]
+        all_maps, all_flat = methods.normalise(out.maps[:b])  # one pass per batch, each map on its own
         results = []
         for i in range(b):
-            maps, flat = methods.normalise(out.maps[i, : wanted[i]])
+            maps, flat = all_maps[i], all_flat[i]
             results.append(
                 ItemResult(
                     probabilities=out.probabilities[i].astype(np.float32, copy=True),
