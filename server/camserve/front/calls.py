@@ -67,23 +67,30 @@ class _LocalAdmission:
 
 class Call:
     """One call inside :meth:`CallRunner.run`: when it ``started`` and the caller's ``deadline`` (both
-    on the runner's clock; deadline None = the caller set none), and its images."""
+    on the runner's clock; deadline None = the caller set none), and, once its images are computed,
+    their mean ``timing`` (queue, compute seconds): what the inference statistics count per call."""
 
-    def __init__(self, runner: CallRunner, started: float, deadline: float | None, images: int) -> None:
+    def __init__(self, runner: CallRunner, started: float, deadline: float | None) -> None:
         self._runner = runner
         self.started = started
         self.deadline = deadline
-        self.images = images  # what the statistics count: the checked count once admitted
         self.admitted = 0
+        self.timing: tuple[float, float] | None = None
 
     def admit(self, n: int) -> None:
         """Count this call's ``n`` images against the in-flight limit (BUSY when they do not fit), once
         the whole request is checked (see the module docstring); released when the call ends."""
         if self.admitted:
             raise RuntimeError("a call is admitted once")
-        self.images = n
         self._runner.admit(n)
         self.admitted = n
+
+    def computed(self, results: Sequence[ItemResult]) -> None:
+        """The call's images came back from the workers: keep their mean queue and compute times (a
+        call's images can run in several batches; Triton's statistics time each request once)."""
+        ok = [r for r in results if r.error is None]
+        if ok:
+            self.timing = (sum(r.queue_s for r in ok) / len(ok), sum(r.compute_s for r in ok) / len(ok))
 
 
 #: ``work(call)``: a call's reply, its images admitted through ``call.admit`` once checked.
@@ -125,17 +132,15 @@ class CallRunner:
         remaining = context.time_remaining()
         return None if remaining is None else self.clock() + remaining
 
-    async def run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, work: Work,
-                  images: int = 0) -> Any:
+    async def run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, work: Work) -> Any:
         """Run ``work`` for one call of ``method`` and return its reply; on any failure the call ends with
-        its mapped status instead. ``images``: what the statistics count for the call until ``work``
-        admits its checked count (the images it plainly carries; 0 for calls without images)."""
+        its mapped status instead."""
         self.arrived = self.clock()
         if self.closing is not None:  # draining: refused before it is accepted, so never in progress
-            await self.finish(context, method, model, self.arrived, self.closing, images)
+            await self.finish(context, method, model, self.arrived, self.closing)
         self.active += 1
         try:
-            return await self._run(context, method, model, work, images)
+            return await self._run(context, method, model, work)
         finally:
             self.active -= 1
 
@@ -157,24 +162,23 @@ class CallRunner:
                 return
             await asyncio.sleep(wait)  # until the quiet period (or the time allowed) would end
 
-    async def _run(self, context: grpc.aio.ServicerContext, method: str, model: str | None, work: Work,
-                   images: int) -> Any:
+    async def _run(self, context: grpc.aio.ServicerContext, method: str, model: str | None,
+                   work: Work) -> Any:
         started = self.clock()
         deadline = self.deadline(context)
-        call = Call(self, started, deadline, images)
+        call = Call(self, started, deadline)
         try:
             reply = await work(call)
         except asyncio.CancelledError:  # the caller left: cancelled, or gRPC ended it at its deadline
-            self.metrics.record_rpc(model, method, self.ended(deadline, started), self.clock() - started,
-                                    call.images)
+            self.metrics.record_rpc(model, method, self.ended(deadline, started), self.clock() - started)
             raise
         except Exception as exc:  # every path ends in a status, see camserve.front.status
-            await self.finish(context, method, model, started, exc, call.images, deadline)
+            await self.finish(context, method, model, started, exc, deadline)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
             if call.admitted:
                 self.admission.release(call.admitted)
-        await self.finish(context, method, model, started, None, call.images)
+        await self.finish(context, method, model, started, None, timing=call.timing)
         return reply
 
     def ended(self, deadline: float | None, started: float) -> str:
@@ -184,11 +188,12 @@ class CallRunner:
         return "DEADLINE_EXCEEDED" if past_deadline(deadline, self.clock(), started) else "CANCELLED"
 
     async def finish(self, context: grpc.aio.ServicerContext, method: str, model: str | None,
-                     started: float, exc: BaseException | None, images: int = 0,
-                     deadline: float | None = None) -> None:
-        """Record the RPC and, on error, abort it with the mapped code (never a traceback to the caller)."""
+                     started: float, exc: BaseException | None, deadline: float | None = None,
+                     timing: tuple[float, float] | None = None) -> None:
+        """Record the RPC (with its images' mean ``timing`` when OK) and, on error, abort it with the
+        mapped code (never a traceback to the caller)."""
         if exc is None:
-            self.metrics.record_rpc(model, method, "OK", self.clock() - started, images)
+            self.metrics.record_rpc(model, method, "OK", self.clock() - started, timing)
             return
         failure = failure_of(exc)
         if failure.kind is ErrorKind.INTERNAL:
@@ -200,11 +205,10 @@ class CallRunner:
             # microseconds apart); aborting an ended RPC makes grpc log "ExecuteBatchError raised in
             # core" at ERROR. A shorter deadline of the protocol's own (Triton's ``timeout``
             # parameter) is not the RPC's: that call is aborted DEADLINE_EXCEEDED below.
-            self.metrics.record_rpc(model, method, self.ended(deadline, started), self.clock() - started,
-                                    images)
+            self.metrics.record_rpc(model, method, self.ended(deadline, started), self.clock() - started)
             raise asyncio.CancelledError
         code = status_of(failure.kind)
-        self.metrics.record_rpc(model, method, code.name, self.clock() - started, images)
+        self.metrics.record_rpc(model, method, code.name, self.clock() - started)
         await abort(context, failure, trailers_of(failure.kind, context))
 
 

@@ -191,15 +191,16 @@ class Metrics:
         return child
 
     def record_rpc(self, model: str | None, method: str, code: str, seconds: float | None,
-                   images: int = 0) -> None:
-        """One answered RPC: its status code and, for calls carrying ``images`` images that reached
-        the servicer, its duration (None for calls refused before it, e.g. by the token check)."""
+                   timing: tuple[float, float] | None = None) -> None:
+        """One answered RPC: its status code and, for calls that reached the servicer, its duration
+        (None for calls refused before it, e.g. by the token check); ``timing``: the mean queue and
+        compute seconds of its images, for a call whose images were computed."""
         label = model if model == MIXED_MODELS else self.model_label(model)
         method = method if method in RPC_METHODS else "other"
         self._child(self.requests, label, method, code).inc()
         if seconds is not None and method in INFER_METHODS:
             self._child(self.request_duration, label, method).observe(seconds)
-            self.statistics.call(model, code == "OK", seconds, images)
+            self.statistics.call(model, code == "OK", seconds, timing)
 
     def record_refusal(self, method: str, reason: str, code: str | None) -> None:
         """A call refused before a handler read it (``camserve.front.limits``): counted by reason, and as
@@ -209,11 +210,11 @@ class Metrics:
             self.record_rpc(None, method.rsplit("/", 1)[-1], code, None)
 
     def record_result(self, model: str, queue_s: float, compute_s: float) -> None:
-        """Server-side split of one computed image."""
+        """Server-side split of one computed image (the histograms count images; the statistics
+        count calls, see ``record_rpc``)."""
         label = self.model_label(model)
         self._child(self.queue_duration, label).observe(max(0.0, queue_s))
         self._child(self.compute_duration, label).observe(max(0.0, compute_s))
-        self.statistics.image(model, queue_s, compute_s)
 
     # --- the Dispatcher's Observer protocol ----------------------------------------------------
 

@@ -221,9 +221,7 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ModelInferResponse:
         model = request.model_name or self.parser.default_model
-        # Until the request is parsed its row count is a claim: the statistics count it as one image.
-        return await self.calls.run(context, "ModelInfer", model, lambda call: self._infer(request, call),
-                                    images=1)
+        return await self.calls.run(context, "ModelInfer", model, lambda call: self._infer(request, call))
 
     async def _infer(self, request: pb.ModelInferRequest, admission: Call) -> pb.ModelInferResponse:
         call = parse_infer(self.parser, request, self.max_image_pixels)
@@ -242,6 +240,7 @@ class InferenceServicer(FrontServicer, pb_grpc.GRPCInferenceServiceServicer):
         results = await compute(self.dispatcher, [
             WorkItem(model=call.config.name, pixels=img.pixels, spec=call.spec, deadline=deadline)
             for img in images])
+        admission.computed(results)
         if call.output.costly:
             reply = await self.in_pool(lambda: build_reply(call, images, results, self.clock() - started,
                                                            self.max_send_bytes))

@@ -109,6 +109,7 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         shed_if_full(self.dispatcher, prep.config.name)
         image = self.decode(prep) if self._inline(prep) else await self.in_pool(self.decode, prep)
         (result,) = await compute(self.dispatcher, [self._work(prep, image, call.deadline)])
+        call.computed([result])
         budget = ReplyBudget(self.max_send_bytes)
         if prep.output.costly:
             return await self.in_pool(lambda: build_response(prep, image, result,
@@ -141,6 +142,7 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
         images = await asyncio.gather(*(self._decode_at(i, p) for i, p in enumerate(preps)))
         results = await compute(self.dispatcher, [self._work(p, img, call.deadline)
                                                   for p, img in zip(preps, images, strict=True)])
+        call.computed(results)
 
         def build() -> pb.ExplainBatchResponse:
             total = self.clock() - call.started
@@ -159,15 +161,14 @@ class ExplainServicer(FrontServicer, pb_grpc.ExplainServiceServicer):
                       ) -> pb.ExplainResponse:
         model = request.model or self.parser.default_model
         return await self.calls.run(context, "Explain", model,
-                                    lambda call: self._checked(self._explain_one(request, call)), images=1)
+                                    lambda call: self._checked(self._explain_one(request, call)))
 
     async def ExplainBatch(self, request: pb.ExplainBatchRequest, context: grpc.aio.ServicerContext
                            ) -> pb.ExplainBatchResponse:
         models = {r.model or self.parser.default_model for r in request.requests}
         model = next(iter(models)) if len(models) == 1 else (MIXED_MODELS if models else None)
         return await self.calls.run(context, "ExplainBatch", model,
-                                    lambda call: self._checked(self._explain_batch(request, call)),
-                                    images=len(request.requests))
+                                    lambda call: self._checked(self._explain_batch(request, call)))
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ListModelsResponse:

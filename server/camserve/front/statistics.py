@@ -4,14 +4,16 @@ Why beside the Prometheus histograms: ``perf_analyzer`` and other Triton tools r
 split (queue, compute) from ModelStatistics as cumulative counts and nanosecond sums, and take
 differences between two readings; Prometheus histograms cannot be read back that way without
 parsing the exposition. :class:`~camserve.front.metrics.Metrics` feeds both from the same events,
-so /metrics and ModelStatistics always agree.
+so /metrics and ModelStatistics always agree on what happened.
 
-Everything counts images, the unit the batcher schedules: a call carrying N images (ExplainBatch, or
-a ModelInfer of N rows) adds N to ``success`` (or ``fail``), each with the call's duration, N
-queue and compute samples (one per image, with its own times), and its images to
-``inference_count``. Calls of either protocol count alike. ``compute_infer`` is the compiled step of
-the batch the image ran in; decoding and reply building (``compute_input``, ``compute_output`` in
-Triton) are not measured apart and show as the rest of ``success``.
+As Triton counts (its statistics extension): ``success``, ``fail``, ``queue`` and ``compute_infer``
+count requests, a call carrying N images (ExplainBatch, or a ModelInfer of N rows) once, with the
+call's duration and its images' mean queue and compute times (the images of one call can run in
+several batches); ``inference_count`` counts images computed (batch rows) and ``execution_count``
+batches. Calls of either protocol count alike. ``compute_infer`` is the compiled step of the batch an
+image ran in; decoding and reply building (``compute_input``, ``compute_output`` in Triton) are not
+measured apart and show as the rest of ``success``. (The Prometheus queue and compute histograms
+observe each image.)
 
 Several processes record: each front end its calls, the supervisor its queue, compute and batch
 events. So the counters are a table shared by every process of the server (:func:`shared_table`, a
@@ -51,10 +53,10 @@ class Duration:
 class ModelCounters:
     """One model's cumulative counters since the server started, summed over its processes."""
 
-    success: Duration      # images of calls answered OK, with the call's duration
-    fail: Duration         # images of calls that failed
-    queue: Duration        # waiting for a batch and a worker
-    compute_infer: Duration  # the batch's compiled step
+    success: Duration      # calls answered OK, with the call's duration
+    fail: Duration         # calls that failed
+    queue: Duration        # calls computed: their images' mean wait for a batch and a worker
+    compute_infer: Duration  # calls computed: their images' mean compiled step
     inference_count: int   # images computed (batch rows, padding excluded)
     execution_count: int   # batches run
     last_inference_ms: int  # milliseconds since the epoch of the last batch; 0 = never
@@ -91,21 +93,21 @@ class InferenceStatistics:
     def __contains__(self, model: object) -> bool:
         return model in self._index
 
-    def _add(self, model: str | None, count: str, ns: str, seconds: float, n: int) -> None:
+    def _add(self, model: str | None, count: str, ns: str, seconds: float) -> None:
         i = self._index.get(model or "")
-        if i is not None and n > 0:
-            self._row[i, _F[count]] += n
-            self._row[i, _F[ns]] += n * max(0, int(seconds * 1e9))
+        if i is not None:
+            self._row[i, _F[count]] += 1
+            self._row[i, _F[ns]] += max(0, int(seconds * 1e9))
 
-    def call(self, model: str | None, ok: bool, seconds: float, images: int) -> None:
-        """A call carrying ``images`` images of ``model`` ended, OK or not, after ``seconds``."""
+    def call(self, model: str | None, ok: bool, seconds: float,
+             timing: tuple[float, float] | None = None) -> None:
+        """A call of ``model`` ended, OK or not, after ``seconds``; ``timing``: its images' mean queue
+        and compute seconds, when it is OK and they were computed."""
         kind = "success" if ok else "fail"
-        self._add(model, f"{kind}_count", f"{kind}_ns", seconds, images)
-
-    def image(self, model: str, queue_s: float, compute_s: float) -> None:
-        """One computed image's queue and compute times."""
-        self._add(model, "queue_count", "queue_ns", queue_s, 1)
-        self._add(model, "compute_count", "compute_ns", compute_s, 1)
+        self._add(model, f"{kind}_count", f"{kind}_ns", seconds)
+        if ok and timing is not None:
+            self._add(model, "queue_count", "queue_ns", timing[0])
+            self._add(model, "compute_count", "compute_ns", timing[1])
 
     def batch(self, model: str, size: int) -> None:
         """A batch of ``size`` images of ``model`` went to a worker."""
