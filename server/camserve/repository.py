@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from camserve.vocabulary import MODEL_SUFFIXES, PREPROCESSING, SCORES, is_saved_model_dir, saved_model_refusal
+from camserve.vocabulary import MODEL_SUFFIXES, PREPROCESSING, SCORES, saved_model_dir, saved_model_refusal
 
 __all__ = [
     "BatchingConfig",
@@ -247,8 +247,9 @@ def _parse(raw: Any, folder: Path, where: Path) -> ModelConfig:
     if model_file is not None:
         if weights is not None:
             raise _fail(where, "weights", "only used with 'application'; a .keras file holds its own weights")
-        if is_saved_model_dir(folder / model_file):
-            raise _fail(where, "model_file", saved_model_refusal(folder / model_file))
+        saved = saved_model_dir(folder / model_file)
+        if saved is not None:
+            raise _fail(where, "model_file", saved_model_refusal(saved))
         if not model_file.lower().endswith(MODEL_SUFFIXES):
             raise _fail(
                 where,

@@ -56,6 +56,14 @@ def saved_model_refusal(path: Path) -> str:
     )
 
 
-def is_saved_model_dir(path: Path) -> bool:
-    """A directory holding saved_model.pb or saved_model.pbtxt."""
-    return path.is_dir() and any((path / n).is_file() for n in ("saved_model.pb", "saved_model.pbtxt"))
+SAVED_MODEL_FILES: tuple[str, ...] = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def saved_model_dir(path: Path) -> Path | None:
+    """The TensorFlow SavedModel directory ``path`` is, or whose graph file it names (a user pointing
+    at ``DIR/saved_model.pb``); None otherwise."""
+    if path.name in SAVED_MODEL_FILES and path.is_file():
+        return path.parent
+    if path.is_dir() and any((path / n).is_file() for n in SAVED_MODEL_FILES):
+        return path
+    return None

@@ -76,9 +76,10 @@ def test_saved_model_directory_is_refused_with_the_conversion(tmp_path: Path) ->
     model.export(str(tmp_path / "sm"), verbose=False)
     assert (tmp_path / "sm" / "saved_model.pb").is_file()
     says = r"SavedModel.*TFSMLayer.*export\(\).*model\.save\('model\.keras'\)"
-    with pytest.raises(InvalidInputError, match=says) as info:
-        load_model(tmp_path / "sm")
-    assert "load_model(DIR)" not in str(info.value)  # tf.keras 2 cannot re-open an export() either
+    for path in (tmp_path / "sm", tmp_path / "sm" / "saved_model.pb"):  # the folder, or its graph file
+        with pytest.raises(InvalidInputError, match=says) as info:
+            load_model(path)
+        assert "load_model(DIR)" not in str(info.value)  # tf.keras 2 cannot re-open an export() either
     tf2 = tmp_path / "tf2"
     tf2.mkdir()
     for name in ("saved_model.pb", "keras_metadata.pb"):  # what tf.keras 2's model.save(DIR) writes
@@ -88,9 +89,10 @@ def test_saved_model_directory_is_refused_with_the_conversion(tmp_path: Path) ->
     folder = tmp_path / "repo" / "m"
     folder.mkdir(parents=True)
     (folder / "sm").symlink_to(tmp_path / "sm")
-    (folder / "config.json").write_text(json.dumps({"model_file": "sm", "input_shape": [4, 4, 1]}))
-    with pytest.raises(RepositoryError, match=r"field 'model_file'.*SavedModel.*save\('model.keras'\)"):
-        load_model_config(folder)
+    for model_file in ("sm", "sm/saved_model.pb"):
+        (folder / "config.json").write_text(json.dumps({"model_file": model_file, "input_shape": [4, 4, 1]}))
+        with pytest.raises(RepositoryError, match=r"field 'model_file'.*SavedModel.*save\('model.keras'\)"):
+            load_model_config(folder)
 
 
 def _gap_model() -> keras.Model:

@@ -37,7 +37,7 @@ from typing import Any
 
 from camserve.engine.errors import InvalidInputError
 from camserve.engine.tokens import TokenLayout
-from camserve.vocabulary import MODEL_SUFFIXES, is_saved_model_dir, saved_model_refusal
+from camserve.vocabulary import MODEL_SUFFIXES, saved_model_dir, saved_model_refusal
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,9 @@ def _load_file(path: Path, custom_objects: dict[str, Any] | None) -> Any:
     import keras
 
     path = path.expanduser()
-    if is_saved_model_dir(path):
-        raise InvalidInputError(saved_model_refusal(path))
+    saved = saved_model_dir(path)
+    if saved is not None:
+        raise InvalidInputError(saved_model_refusal(saved))
     if not path.exists():
         raise InvalidInputError(f"model file {path} does not exist")
     if path.is_dir():
