@@ -14,8 +14,9 @@ variable values, the images and the targets:
   requested class, pulled back in a loop whose trip count K is traced (so one compile serves every
   K up to ``max_k``), reuses the same forward pass, and nothing before the target layer is
   differentiated with respect to weights;
-- each image's raw map is computed from those tensors in the step (``methods.raw_maps``), so a
-  served batch fetches K maps per image, not the activations and gradients;
+- each image's raw map is computed from those tensors in the step, class by class in the same loop
+  (``methods.gradient_maps``; Eigen-CAM once, after it), so a served batch fetches K maps per image,
+  not the activations and gradients;
 - the variables enter as jit arguments through ``keras.StatelessScope`` (a public API), so the
   weights are not baked into the compiled program as constants and compile stays fast.
 
@@ -151,7 +152,8 @@ class Step:
         if methods is not None:
             out.maps = np.asarray(tensors[0])[:, :k]
         else:
-            out.activations, out.gradients = np.asarray(tensors[0]), np.asarray(tensors[1])[:, :k]
+            out.activations = np.asarray(tensors[0])
+            out.gradients = np.moveaxis(np.asarray(tensors[1])[:k], 0, 1)  # (B, K, h, w, C)
         return out
 
     def trace_count(self) -> int:
@@ -228,17 +230,24 @@ def build_step(
         cotangents = jax.nn.one_hot(classes.T, vector.shape[-1], dtype=vector.dtype)  # (max_k, B, N)
         acts = to_grid(jnp, acts, grid)
 
-        def backward(k: Any, buffer: Any) -> Any:
+        def backward(k: Any, buffers: tuple[Any, Any]) -> tuple[Any, Any]:
+            grads, maps = buffers
             (g,) = pullback(cotangents[k])
-            g = to_grid(jnp, g.astype(jnp.float32), grid)
-            return jax.lax.dynamic_update_index_in_dim(buffer, g, k, axis=0)
+            g = to_grid(jnp, g.astype(jnp.float32), grid)  # (B, h, w, C)
+            # The k-th class's maps here, from this class's gradients alone: the methods' work is
+            # K classes', not max_k's.
+            m = methods.gradient_maps(codes, acts, g[:, None], jax.lax.dynamic_slice_in_dim(classes, k, 1, 1),
+                                      kernel)[:, 0]
+            return (jax.lax.dynamic_update_index_in_dim(grads, g, k, axis=0),
+                    jax.lax.dynamic_update_index_in_dim(maps, m, k, axis=0))
 
         # Only the ``count`` classes asked for are differentiated: a loop with a traced trip count,
         # so one compiled step serves every K (vmap over K would need K static: a compile per K).
-        buffer = jnp.zeros((max_k, *acts.shape), jnp.float32)
-        buffer = jax.lax.fori_loop(0, count, backward, buffer)
-        grads = jnp.moveaxis(buffer, 0, 1)  # (B, max_k, h, w, C)
-        return probs, scores, classes, methods.raw_maps(codes, acts, grads, classes, kernel), acts, grads
+        buffers = (jnp.zeros((max_k, *acts.shape), jnp.float32),
+                   jnp.zeros((max_k, *acts.shape[:3]), jnp.float32))
+        grads, maps = jax.lax.fori_loop(0, count, backward, buffers)  # (max_k, B, ...): k first
+        maps = methods.with_eigencam(codes, acts, jnp.moveaxis(maps, 0, 1))  # (B, max_k, h, w)
+        return probs, scores, classes, maps, acts, grads
 
     return Step(_Compiled(graph.model, step), jit_compile, max_k, cam_kernel)
 

@@ -9,7 +9,8 @@ them; the score of each requested class (logit by default); the gradients of tho
 respect to the probe only (``watch_accessed_variables=False``: no weight gradients, and nothing
 before the target layer is differentiated), one backward pass per class in a ``tf.while_loop`` whose
 trip count is the number of classes asked, so K is not a traced shape (see ``Step``); then each
-image's raw map by its method (``methods.raw_maps``), so that a served batch copies K maps per image
+image's raw map by its method (``methods.gradient_maps`` per class in that loop, Eigen-CAM after it), so
+that a served batch copies K maps per image
 off the device, not the activations and gradients. Token targets
 (B, N, C) come back on their patch grid (B, h, w, C). ``targets[b, k] >= 0`` is a class index;
 ``-1 - r`` means the r-th best class of image b, resolved inside the step. ``gradients`` is the
@@ -159,7 +160,7 @@ class Step:
         if methods is not None:
             out.maps = maps[:, :k].numpy()  # XLA's buffer holds max_k classes: an eager slice (no trace)
         else:
-            out.activations, out.gradients = acts.numpy(), grads[:, :k].numpy()
+            out.activations, out.gradients = acts.numpy(), np.moveaxis(grads[:k].numpy(), 0, 1)
         return out
 
     def trace_count(self) -> int:
@@ -194,24 +195,28 @@ def build_step(
         scores = tf.gather(vector, classes, batch_dims=1)
         acts = to_grid(keras.ops, tf.cast(captured["probe_out"], tf.float32), grid)
 
-        def backward(k: tf.Tensor) -> tf.Tensor:
-            # One backward pass from the k-th class's score of every image (images do not interact).
+        def backward(k: tf.Tensor, arrays: tuple[tf.TensorArray, tf.TensorArray]) -> tuple[Any, Any]:
+            # One backward pass from the k-th class's score of every image (images do not interact),
+            # and that class's maps from its gradients alone (the methods' work is K classes').
             cotangent = tf.one_hot(classes[:, k], tf.shape(vector)[-1], dtype=vector.dtype)
             g = tape.gradient(vector, captured["probe"], output_gradients=cotangent,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return to_grid(keras.ops, tf.cast(g, tf.float32), grid)
+            g = to_grid(keras.ops, tf.cast(g, tf.float32), grid)  # (B, h, w, C)
+            m = methods.gradient_maps(codes, acts, g[:, None], classes[:, k : k + 1], kernel)[:, 0]
+            return arrays[0].write(k, g), arrays[1].write(k, m)
 
         # Only the ``count`` classes asked for are differentiated: a loop with a tensor trip count,
         # so one trace serves every K (a Python loop or pfor over K would need K static). The first
         # class is peeled out of the loop, so a top-1 call runs no loop iteration. XLA needs the
-        # buffer's size static (max_k, zero past count); graph mode sizes it to count.
+        # buffers' size static (max_k, zero past count); graph mode sizes them to count.
         size = max_k if jit_compile else count
-        buffer = tf.TensorArray(tf.float32, size=size, element_shape=acts.shape).write(0, backward(0))
-        _, buffer = tf.while_loop(lambda k, _: k < count, lambda k, b: (k + 1, b.write(k, backward(k))),
-                                  (tf.constant(1), buffer), maximum_iterations=max_k)
-        gradients = tf.transpose(buffer.stack(), [1, 0, 2, 3, 4])  # (B, count or max_k, h, w, C)
-        maps = methods.raw_maps(codes, acts, gradients, classes[:, :size], kernel)
-        return probs, scores, classes, maps, acts, gradients
+        empty = (tf.TensorArray(tf.float32, size=size, element_shape=acts.shape),
+                 tf.TensorArray(tf.float32, size=size, element_shape=acts.shape[:3]))
+        arrays = backward(tf.constant(0), empty)
+        _, arrays = tf.while_loop(lambda k, _: k < count, lambda k, a: (k + 1, backward(k, a)),
+                                  (tf.constant(1), arrays), maximum_iterations=max_k)
+        maps = methods.with_eigencam(codes, acts, tf.transpose(arrays[1].stack(), [1, 0, 2, 3]))
+        return probs, scores, classes, maps, acts, arrays[0].stack()  # gradients (count or max_k, B, ...)
 
     # Without AutoGraph: the step spells its control flow as tf.cond/tf.while_loop, and Keras 3 runs a
     # model's call() as it is (a call() that branches in Python on a tensor fails in Keras' own

@@ -114,25 +114,36 @@ GRADIENT_METHODS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-def raw_maps(codes: Any, activations: Any, gradients: Any, classes: Any, cam_kernel: Any | None) -> Any:
-    """Each image's raw map(s) by its method: (B, K, h, w) float32, inside the compiled step.
+def gradient_maps(codes: Any, activations: Any, gradients: Any, classes: Any, cam_kernel: Any | None) -> Any:
+    """Each image's raw map(s) by its method, all but Eigen-CAM: (B, K, h, w) float32, in the step.
 
     ``codes`` (B,) int32 (``CODES``); ``activations`` (B, h, w, C) and ``gradients`` (B, K, h, w, C)
     float32; ``classes`` (B, K) int32 and ``cam_kernel`` (C, N) float32 for CAM (None: the model has
-    no CAM head, and no image may ask for it). The gradient methods are a few element-wise passes
-    and run for every batch; Eigen-CAM's SVD only when an image of the batch asks for it.
+    no CAM head, and no image may ask for it). A method runs only when an image of the batch asks for
+    it (a ``cond`` per method: a batch of Grad-CAM calls pays for Grad-CAM alone); an image whose
+    method is Eigen-CAM gets zeros here (``with_eigencam``).
     """
     select = codes[:, None, None, None]
     maps = ops.zeros_like(gradients[..., 0])  # (B, K, h, w)
-    for name, method in GRADIENT_METHODS.items():
-        maps = ops.where(select == CODES[name], method(activations, gradients), maps)
+    chosen = dict(GRADIENT_METHODS)
     if cam_kernel is not None:
-        maps = ops.where(select == CODES["cam"], cam(activations, cam_kernel, classes), maps)
+        chosen["cam"] = lambda a, _: cam(a, cam_kernel, classes)
+    for name, method in chosen.items():
+        code = CODES[name]
+        raw = ops.cond(ops.any(codes == code), lambda m=method: m(activations, gradients),
+                       lambda z=maps: z)
+        maps = ops.where(select == code, raw, maps)
+    return maps
+
+
+def with_eigencam(codes: Any, activations: Any, maps: Any) -> Any:
+    """``maps`` (B, K, h, w) with Eigen-CAM's map in every slot of the images whose code asks for it;
+    its SVD runs only when one does."""
     eigen = CODES["eigencam"]
     flat = ops.zeros_like(activations[:, None, :, :, 0])  # (B, 1, h, w)
     eigen_maps = ops.cond(ops.any(codes == eigen), lambda: ops.expand_dims(eigencam(activations), 1),
                           lambda: flat)
-    return ops.where(select == eigen, eigen_maps, maps)
+    return ops.where(codes[:, None, None, None] == eigen, eigen_maps, maps)
 
 
 def normalise(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
