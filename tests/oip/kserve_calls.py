@@ -4,7 +4,9 @@ the SDK got. It imports nothing of camserve, so it sees the server exactly as a 
 
     python kserve_calls.py PLAN.json OUT.json
 
-A plan: {"target": "host:port", "calls": [{"op": ..., ...}, ...]}. Each result is {"ok": true, "value":
+A plan: {"target": "host:port", "headers": {name: value}, "calls": [{"op": ..., ...}, ...]}: the
+headers (gRPC metadata, e.g. a bearer token) go with every call as the SDK's ``headers=``; a call's own
+"headers" replace them. Each result is {"ok": true, "value":
 ...} or {"ok": false, "code": "INVALID_ARGUMENT", "message": ...}. Ops: live, ready, model_ready
 ({"model"}), infer ({"model", "inputs", "parameters", "outputs", "version", "id"}). An input is
 {"name", "datatype", "data", "shape"?, "binary"?}: BYTES data are base64 strings; ``binary`` false sends
@@ -56,20 +58,21 @@ def _parameter(p: Any) -> Any:
     return getattr(p, which) if which else None
 
 
-async def _call(client: InferenceGRPCClient, call: dict[str, Any]) -> Any:
+async def _call(client: InferenceGRPCClient, call: dict[str, Any], headers: dict[str, str]) -> Any:
     op = call["op"]
+    metadata = tuple(call.get("headers", headers).items())
     if op == "live":
-        return await client.is_server_live()
+        return await client.is_server_live(headers=metadata)
     if op == "ready":
-        return await client.is_server_ready()
+        return await client.is_server_ready(headers=metadata)
     if op == "model_ready":
-        return await client.is_model_ready(call["model"])
+        return await client.is_model_ready(call["model"], headers=metadata)
     if op == "infer":
         outputs = [RequestedOutput(o["name"], o.get("parameters")) for o in call.get("outputs", [])]
         request = InferRequest(call.get("model", "demo"), [_input(s) for s in call["inputs"]],
                                request_id=call.get("id"), parameters=call.get("parameters"),
                                request_outputs=outputs or None, model_version=call.get("version"))
-        response = await client.infer(request)
+        response = await client.infer(request, headers=metadata)
         return {"id": response.id, "model_name": response.model_name,
                 "outputs": {o.name: _output(o) for o in response.outputs},
                 "parameters": {k: _parameter(v) for k, v in (response.parameters or {}).items()}}
@@ -81,7 +84,7 @@ async def run(plan: dict[str, Any]) -> list[dict[str, Any]]:
     async with InferenceGRPCClient(plan["target"], timeout=120, retries=0) as client:
         for call in plan["calls"]:
             try:
-                results.append({"ok": True, "value": await _call(client, call)})
+                results.append({"ok": True, "value": await _call(client, call, plan.get("headers", {}))})
             except grpc.RpcError as exc:
                 results.append({"ok": False, "code": exc.code().name, "message": exc.details()})
     return results

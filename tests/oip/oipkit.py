@@ -125,10 +125,12 @@ def triton(target: str, calls: list[dict[str, Any]], headers: dict[str, str] | N
                      {"target": target, "headers": headers or {}, "calls": calls}, timeout)
 
 
-def kserve(target: str, calls: list[dict[str, Any]], timeout: float = 300) -> list[dict[str, Any]]:
-    """Run ``calls`` (see kserve_calls.py) with KServe's SDK; one result per call."""
-    return _run_plan(kserve_python(), [str(HERE / "kserve_calls.py")], {"target": target, "calls": calls},
-                     timeout)
+def kserve(target: str, calls: list[dict[str, Any]], timeout: float = 300,
+           headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Run ``calls`` (see kserve_calls.py) with KServe's SDK, ``headers`` sent with each; one result per
+    call."""
+    return _run_plan(kserve_python(), [str(HERE / "kserve_calls.py")],
+                     {"target": target, "headers": headers or {}, "calls": calls}, timeout)
 
 
 def triton_descriptors() -> dict[str, Any]:

@@ -3,7 +3,8 @@
 One server for the module (demo, flat, and ``held``: the demo model with batches that form only when
 full), one CPU worker, bearer-token auth on (every RPC but grpc.health and reflection needs it) and a
 60 s pre-stop window, which the last test uses to watch readiness during a drain. tritonclient runs
-in its own environment (oipkit.triton); camserve.v1 calls made here give the reference maps.
+in its own environment (oipkit.triton); camserve.v1 calls made here give the reference maps. KServe's
+Python SDK drives the same server (kserve_sdk_cases.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import cv2
 import grpc
+import kserve_sdk_cases
 import numpy as np
 import pytest
 from camserve.repository import bundled_repository_path
@@ -518,6 +520,21 @@ def test_perf_analyzer_mistakes_are_named(server: ServerProcess, images: np.ndar
         run = perf_analyzer(server.target, "demo", *args, "--measurement-mode", "count_windows",
                             "--measurement-request-count", "5", headers=AUTH, timeout=120)
         assert run.returncode != 0 and words in run.stdout + run.stderr, (args, run.stdout[-2000:])
+
+
+# ----------------------------------------------------------------------- KServe's Python SDK
+
+
+@pytest.fixture(scope="module")
+def kserve_results(server: ServerProcess) -> dict[str, list[dict]]:
+    return kserve_sdk_cases.run_cases(server.target, AUTH)  # every case's calls, one SDK process
+
+
+@pytest.mark.parametrize("case", list(kserve_sdk_cases.CASES))
+def test_kserve_sdk(case: str, kserve_results: dict[str, list[dict]]) -> None:
+    """kserve_sdk_cases.py: what KServe's SDK, as its users call it, gets from this server."""
+    _, check = kserve_sdk_cases.CASES[case]
+    check(kserve_results[case])
 
 
 # ----------------------------------------------------------------------- drain (last: it stops the server)
