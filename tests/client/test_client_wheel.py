@@ -2,6 +2,11 @@
 venv with only grpcio, grpcio-health-checking, protobuf and numpy, prove TensorFlow is absent, and use
 it against a server.
 
+The server is the real `camserve serve` with the NumPy stand-in engine (tests/transport/transportkit.py:
+the front end, scheduling and worker processes are the real ones): what is under test is the light
+client, and a TensorFlow worker would add a model build and ~12 CPU-s of start to prove nothing more
+(tests/client/test_client_server.py drives the client against TensorFlow workers).
+
 Offline and fast: the wheel is built without isolation from a copy of the sources, installed with
 `--no-deps --no-index`, and the base dependencies are the dev venv's own installed copies (exactly the
 pinned versions), linked in through a .pth file that names only them.
@@ -21,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from camserve_client.tools.testimages import encode_png, generated
-from client_repo import make_repository
-from serverproc import ROOT, start_server
+from serverproc import ROOT
+
+sys.path.insert(0, str(ROOT / "tests" / "transport"))
+from transportkit import start_toy, toy_repository
 
 pytestmark = pytest.mark.timeout(300)
 BASE_DEPS = ("grpcio", "grpcio-health-checking", "protobuf", "numpy")
@@ -87,8 +94,8 @@ def link_base_deps(venv_python: Path, stage: Path) -> list[str]:
 
 
 def test_light_install_has_no_tensorflow_and_talks_to_a_server(tmp_path: Path) -> None:
-    repo = make_repository(tmp_path / "repo")
-    srv = start_server(repository=repo, wait=False)  # starts while the wheel builds
+    # the stand-in serves model "toy" (32x32x3) with maps at the input size (grid 32x32)
+    srv = start_toy(repository=toy_repository(tmp_path / "repo", (32, 32, 3)), wait=False)
     try:
         wheel = build_wheel(tmp_path)
         with zipfile.ZipFile(wheel) as z:
@@ -124,17 +131,17 @@ def test_light_install_has_no_tensorflow_and_talks_to_a_server(tmp_path: Path) -
         script = f"""
 import asyncio, sys, numpy as np
 import camserve_client as cc
-with cc.Client({srv.target!r}, model="tiny") as c:
-    assert c.health("tiny") == "SERVING"
+with cc.Client({srv.target!r}, model="toy") as c:
+    assert c.health("toy") == "SERVING"
     r = c.explain({str(tmp_path / "x.png")!r}, output={{"overlay": "png"}})
-    assert r.heatmap.shape == (7, 7) and r.overlay[:4] == b"\\x89PNG", r
+    assert r.heatmap.shape == (32, 32) and r.overlay[:4] == b"\\x89PNG", r
     assert len(c.explain_batch([np.zeros((32, 32, 3), np.uint8)] * 3)) == 3
     try:
         c.explain(b"junk")
     except cc.InvalidArgument as e:
         print("invalid:", e.code.name)
 async def go():
-    async with cc.AsyncClient({srv.target!r}, model="tiny") as a:
+    async with cc.AsyncClient({srv.target!r}, model="toy") as a:
         return await asyncio.gather(*(a.explain(np.zeros((32, 32, 3), np.uint8)) for _ in range(4)))
 assert len(asyncio.run(go())) == 4
 assert not any(m.split(".")[0] in ("tensorflow", "keras", "cv2") for m in sys.modules)
@@ -145,15 +152,17 @@ print("ok", cc.__file__)
         assert "invalid: INVALID_ARGUMENT" in run.stdout and str(venv) in run.stdout
 
         cli = venv / "bin" / "camserve"
-        run = _run([str(cli), "explain", str(tmp_path / "x.png"), "--target", srv.target, "--model", "tiny",
-                    "--heatmap", str(tmp_path / "h.npy")])
+        # a 40x48 photo: the map travels at the grid (32x32) and the light client resizes it to the photo
+        (tmp_path / "photo.png").write_bytes(encode_png(generated(1, 48, "noise")[0][0][:40]))
+        run = _run([str(cli), "explain", str(tmp_path / "photo.png"), "--target", srv.target,
+                    "--model", "toy", "--heatmap", str(tmp_path / "h.npy")])
         assert run.returncode == 0, run.stdout + run.stderr
-        assert np.load(tmp_path / "h.npy").shape == (32, 32)
+        assert np.load(tmp_path / "h.npy").shape == (40, 48)
         assert _run([str(py), "-c", "import tqdm"]).returncode != 0  # tqdm is the tools extra's
         run = _run([str(cli), "explain", str(tmp_path / "x.png"), str(tmp_path / "x.png"), "--target",
-                    srv.target, "--model", "tiny"])  # several images want a progress bar: runs without
+                    srv.target, "--model", "toy"])  # several images want a progress bar: runs without
         assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout + run.stderr
-        run = _run([str(cli), "bench", "--target", srv.target, "--model", "tiny", "--concurrency", "2",
+        run = _run([str(cli), "bench", "--target", srv.target, "--model", "toy", "--concurrency", "2",
                     "--duration", "1", "--warmup", "0.5", "--images", "noise", "--quiet",
                     "--json", str(tmp_path / "b.json")])
         assert run.returncode == 0, run.stdout + run.stderr
