@@ -1,14 +1,13 @@
 """Fixtures of the deployment tests: a small served model and two real servers on loopback.
 
-These tests check routing, metrics and scraping, not heatmaps: any small GAP classifier will do, with
-batches up to 4 so that warm-up (every bucket compiled) takes seconds.
+These tests check routing, metrics and scraping, not heatmaps: the servers are the real `camserve
+serve` (supervisor, front end, scheduling, worker processes) with the NumPy stand-in engine
+(tests/transport/transportkit.py), which starts in about a second where a TensorFlow worker takes ~12
+CPU-s; the served models' maps are the engine and integration tests' business.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,70 +17,37 @@ import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+for folder in (TESTS, TESTS / "transport"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
-from serverproc import ServerProcess, start_server  # noqa: E402
+from serverproc import ServerProcess  # noqa: E402
+from transportkit import start_toy, toy_repository  # noqa: E402
 
 INPUT = (32, 32, 3)
-CLASSES = 4
-
-_BUILD = """
-import sys
-import keras
-inputs = keras.Input(shape={shape})
-x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
-x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-outputs = keras.layers.Dense({classes}, activation="softmax", name="head")(x)
-keras.utils.set_random_seed(0)
-keras.Model(inputs, outputs).save(sys.argv[1])
-"""
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the servers serve: repository (None = the bundled demo), model name, input shape."""
+    """What the servers serve: repository, model name, input shape."""
 
-    repository: Path | None
+    repository: Path
     name: str
     input_shape: tuple[int, int, int]
 
 
-def _bundled_demo() -> ServedModel | None:
-    config = ROOT / "server" / "camserve" / "demo" / "repository" / "demo" / "config.json"
-    if not (config.is_file() and (config.parent / "model.keras").is_file()):
-        return None
-    cfg = json.loads(config.read_text())
-    return ServedModel(None, cfg["name"], tuple(cfg["input_shape"]))  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory: pytest.TempPathFactory) -> ServedModel:
-    """The bundled demo model when it is trained (no build cost), else a tiny GAP classifier
-    built here in a subprocess (no TensorFlow in the pytest process)."""
-    demo = _bundled_demo()
-    if demo is not None:
-        return demo
-    repo = tmp_path_factory.mktemp("repository")
-    folder = repo / "tiny"
-    folder.mkdir()
-    subprocess.run([sys.executable, "-c", _BUILD.format(shape=INPUT, classes=CLASSES),
-                    str(folder / "model.keras")], check=True, timeout=180,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    (folder / "labels.txt").write_text("\n".join(f"class{i}" for i in range(CLASSES)) + "\n")
-    (folder / "config.json").write_text(json.dumps({
-        "name": "tiny", "version": 1, "model_file": "model.keras", "input_shape": list(INPUT),
-        "preprocessing": "tf", "target_layer": "conv", "labels_file": "labels.txt", "score": "logits",
-        "batching": {"max_batch_size": 4, "max_queue_delay_ms": 1.0, "max_queue_size": 64}}))
-    return ServedModel(repo, "tiny", INPUT)
+    """The stand-in engine's one model, "toy", at 32x32x3."""
+    return ServedModel(toy_repository(tmp_path_factory.mktemp("repository"), INPUT), "toy", INPUT)
 
 
 @pytest.fixture(scope="module")
 def two_servers(served_model: ServedModel) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two independent camserve processes (one CPU worker, batches up to 4): the replicas of a
     scaled-out Deployment. The second keeps serving 3 s after SIGTERM (its pre-stop window)."""
-    servers = [start_server("--max-batch-size", "4", repository=served_model.repository, wait=False,
-                            pre_stop_seconds=p) for p in (0.0, 3.0)]
+    servers = [start_toy("--max-batch-size", "4", repository=served_model.repository, wait=False,
+                         pre_stop_seconds=p) for p in (0.0, 3.0)]
     try:
         for s in servers:
             s.wait_serving(timeout=180)
