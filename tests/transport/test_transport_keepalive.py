@@ -125,11 +125,16 @@ def test_a_connection_closed_for_its_age_lets_a_long_call_finish() -> None:
     results: dict[str, list[str]] = {"kept": [], "cut": []}
     try:
         with workers_stopped(kept), workers_stopped(cut):
-            threads = [call_in_thread(s, (), 60, results[name]) for name, s in (("kept", kept), ("cut", cut))]
+            threads = {name: call_in_thread(s, (), 60, results[name])
+                       for name, s in (("kept", kept), ("cut", cut))}
             for s in (kept, cut):
                 wait_for(lambda s=s: batches_sent(s) >= 1, 60)
-            time.sleep(5)  # the connection's age (1 s) and the cut server's grace (1 s) pass meanwhile
-        for t in threads:
+            # The event: the cut server's call ended, its connection's age (1 s, gRPC adds up to 10%) and
+            # grace (1 s) past. The kept call, on the same age and the old grace (--drain-seconds 1), goes
+            # on waiting 1 s more: the thing under test.
+            threads["cut"].join(30)
+            time.sleep(1)
+        for t in threads.values():
             t.join(60)
     finally:
         assert kept.stop() == 0 and cut.stop() == 0
