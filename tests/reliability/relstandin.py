@@ -9,7 +9,7 @@ pool tests (``tests/scheduling/sched_toy_runner.py``), slowed to the rel model's
 
 :class:`SlowToyRunner` holds each batch ``BATCH_S + ITEM_S`` per item in the worker (a sleep: the
 compute's duration is what the scenarios need, and a sleeping worker leaves the 2 cores to the load
-generator, so its capacity is the same on a loaded machine): ~40 images/s at full batches of 8, the
+generator, so its capacity depends little on the machine's load): ~40 images/s at full batches of 8, the
 "few dozen images/s" the scenarios are sized for (make_models.py). The answers are the stand-in's
 (tests/scheduling checks them against a NumPy reference).
 
