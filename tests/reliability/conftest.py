@@ -1,9 +1,10 @@
 """Fixtures of the reliability tests: one shared server for the suites that need no special flags.
 
-The shared server (``--max-message-mb 4 --max-concurrent-rpcs 12``, one front-end process) serves the
-fuzz suite (whose calls are sequential, so the RPC limit never binds there), the in-flight-limit
-overload variant, and plays the surviving replica in the drain test. Starting a TensorFlow worker
-costs 10-20 s on 2 cores, so sharing keeps the room inside its CI budget.
+The shared server (``--max-message-mb 4 --max-concurrent-rpcs 12``, one front-end process, the
+TensorFlow rel model) serves the fuzz suite (whose calls are sequential, so the RPC limit never binds
+there). Starting a TensorFlow worker costs 10-20 s on 2 cores; the scenarios whose subject is the
+serving machinery (drain, overload, worker faults) run their own servers on the stand-in engine
+(relstandin.py) instead.
 """
 
 from __future__ import annotations

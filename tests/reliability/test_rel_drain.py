@@ -1,7 +1,11 @@
 """Drain: SIGTERM under load loses no accepted call, and the exit code says when a drain did lose some.
 
+Every server here runs the stand-in engine (relstandin.py): the drain is the front ends' and the
+supervisor's, whatever computes. (SIGTERM under load on a TensorFlow server:
+tests/integration/test_faults.py.)
+
 1. A rolling update. Two replicas: A (started here, ``--pre-stop-seconds 2``, one or two front ends:
-   the drain runs across front-end processes) and B (the session's shared server). Two clients run
+   the drain runs across front-end processes) and B (this module's replica). Two clients run
    open-loop load at once (sized from B's capacity, measured first in the same run):
 
    * the fleet client: one channel over both targets (``ipv4:A,B``), round_robin, client-side health
@@ -33,6 +37,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -40,7 +45,7 @@ import pytest
 from camserve.front.server import EXIT_DRAIN_LOST
 from camserve_proto import explain_pb2_grpc
 from relkit import SOAK, LoadResult, closed_loop, encode, open_loop, photo, report, valid_request, worker_pids
-from relserver import DEFECT, FRONTENDS, MODEL, RunningServer, start_server
+from relserver import DEFECT, FRONTENDS, MODEL, SHARED_ARGS, RunningServer, start_server
 
 pytestmark = pytest.mark.timeout(600 if SOAK else 240)
 
@@ -93,14 +98,21 @@ async def _scenario(a: RunningServer, b: RunningServer, fleet_rps: float) -> dic
             "not_serving_after_s": round(t_not_serving, 2), "a_served_ok_before_term": a_served_before}
 
 
+@pytest.fixture(scope="module")
+def replica_b() -> Iterator[RunningServer]:
+    """Replica B of the rolling update, which stays up (the flags of conftest.py's shared server)."""
+    with start_server("drain-B", SHARED_ARGS, standin=True) as srv:
+        yield srv
+
+
 @pytest.mark.parametrize("frontends", FRONTENDS, ids=[f"frontends{n}" for n in FRONTENDS])
-def test_sigterm_during_rolling_update_loses_nothing(shared_server: RunningServer, frontends: int) -> None:
-    b = shared_server
+def test_sigterm_during_rolling_update_loses_nothing(replica_b: RunningServer, frontends: int) -> None:
+    b = replica_b
     args = ["--drain-seconds", str(DRAIN_S)]
     capacity = asyncio.run(closed_loop(b.target, lambda i: REQUEST, 4, 3.0, DEADLINE_S)).summary()
     fleet_rps = min(MAX_FLEET_RPS, LOAD_SHARE * capacity["goodput_rps"])
     b_before = b.metric("camserve_requests_total", code="OK")
-    with start_server("drain-A", args, pre_stop_seconds=PRE_STOP_S, frontends=frontends) as a:
+    with start_server("drain-A", args, pre_stop_seconds=PRE_STOP_S, frontends=frontends, standin=True) as a:
         a_port = a.grpc_port
         out = asyncio.run(_scenario(a, b, fleet_rps))
     fleet: LoadResult = out.pop("fleet")
@@ -122,7 +134,7 @@ def test_sigterm_during_rolling_update_loses_nothing(shared_server: RunningServe
         "b_served_ok_during_test": b.metric("camserve_requests_total", code="OK") - b_before,
     }
     if SOAK:  # second half of a rolling update: a replacement on A's port wins traffic back
-        with start_server("drain-A2", [], grpc_port=a_port, frontends=frontends) as a2:
+        with start_server("drain-A2", [], grpc_port=a_port, frontends=frontends, standin=True) as a2:
             res = asyncio.run(_load(f"ipv4:127.0.0.1:{a_port},127.0.0.1:{b.grpc_port}", fleet_rps,
                                     [("grpc.service_config", SERVICE_CONFIG)]))
             fig["replacement"] = {"load": res.summary(),
@@ -195,7 +207,7 @@ def test_drain_exit_code_says_whether_accepted_calls_were_lost(drain_s: float) -
     loses = drain_s == 0.0
     if DEFECT == "drain-loses-calls":
         drain_s = 0.0
-    with start_server("drain-queued", ["--drain-seconds", str(drain_s)], frontends=2) as srv:
+    with start_server("drain-queued", ["--drain-seconds", str(drain_s)], frontends=2, standin=True) as srv:
         code, codes = asyncio.run(_queued_then_sigterm(srv))
         log = srv.log()
     logged = [int(n) for n in re.findall(r"front end \d+: (\d+) accepted call\(s\) still in progress", log)]
@@ -224,7 +236,8 @@ def test_calls_arriving_as_the_drain_begins_are_served_or_refused_never_cancelle
     call it holds but has not handed over (the front end stops gRPC only once callers are quiet), and
     the exit status is 0."""
     drain_s = 0.0 if DEFECT == "drain-loses-calls" else 120.0
-    with start_server("drain-arriving", ["--drain-seconds", str(drain_s)], frontends=2) as srv:
+    with start_server("drain-arriving", ["--drain-seconds", str(drain_s)], frontends=2,
+                      standin=True) as srv:
         code, codes = asyncio.run(_queued_then_sigterm(srv, term_at=QUEUED_CALLS // 3))
     report("drain_arriving", {"server_flags": f"--drain-seconds {drain_s} --frontends 2 --pre-stop-seconds 0",
                               "calls": len(codes), "codes": {c: codes.count(c) for c in sorted(set(codes))},

@@ -1,5 +1,8 @@
 """Worker faults under load, against a real server with two CPU worker processes (``--workers cpu:2``,
-watchdog ``--batch-timeout-s 3``).
+watchdog ``--batch-timeout-s 3``) running the stand-in engine (relstandin.py): the faults are the
+pool's to handle (deaths, restarts, back-off, watchdog), and a stand-in worker restarts in a fraction
+of a TensorFlow one's 10-20 s. The kill -9 of a TensorFlow worker under load is
+tests/integration/test_faults.py.
 
 The load is open loop at a quarter of the capacity measured at the start of the same run (so the
 surviving worker can carry it alone on any machine), with deadlines far above the watchdog. Three
@@ -46,6 +49,7 @@ from relkit import (
     worker_pids,
 )
 from relserver import MODEL, RunningServer, start_server
+from relstandin import RUNNER
 
 pytestmark = pytest.mark.timeout(900 if SOAK else 300)
 
@@ -228,14 +232,14 @@ def _hang_worker_under_load(srv: RunningServer, rate: float) -> dict[str, Any]:
 
 def test_worker_faults_under_load() -> None:
     args = ["--batch-timeout-s", str(WATCHDOG_S)]
-    with start_server("faults", args, workers="cpu:2") as srv:
+    with start_server("faults", args, workers="cpu:2", standin=True) as srv:
         # SERVING needs one warm worker: wait for the second too, or the first fault may hit a worker
         # still loading (and "one worker alive" would be true before any fault)
         _wait_workers(srv, 2, 120)
         restarts0 = srv.metric("camserve_worker_restarts_total")
         capacity = asyncio.run(closed_loop(srv.target, lambda i: REQUEST, 4, 3.0, DEADLINE_S)).summary()
         rate = max(1.0, min(MAX_RATE_RPS, LOAD_SHARE * capacity["goodput_rps"]))
-        flags = f"--workers cpu:2 --frontends {srv.frontends} " + " ".join(args)
+        flags = f"--workers cpu:2 --frontends {srv.frontends} --runner {RUNNER} " + " ".join(args)
         fig: dict[str, Any] = {"server_flags": flags, "capacity": capacity, "load_rps": round(rate, 1),
                                "deadline_s": DEADLINE_S}
 

@@ -1,4 +1,7 @@
-"""Open-loop overload at ~3x measured capacity against a real server subprocess.
+"""Open-loop overload at ~3x measured capacity against a real server subprocess, whose worker runs the
+stand-in engine (relstandin.py): shedding is the front end's and the scheduler's, and a sleeping
+stand-in leaves the 2 cores to the load generator. (Shedding by a TensorFlow server:
+tests/integration/test_overload.py.)
 
 Two servers, one per shedding mechanism:
 
@@ -27,6 +30,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from relkit import SOAK, RssSampler, closed_loop, encode, open_loop, photo, report, tree_rss, valid_request
 from relserver import MODEL, RunningServer, start_server
+from relstandin import RUNNER
 
 pytestmark = pytest.mark.timeout(900 if SOAK else 240)
 
@@ -132,9 +136,10 @@ def _check_storm(fig: dict[str, Any], capacity: float, min_goodput: float) -> No
 
 def test_overload_queue_sheds_at_once_and_recovers() -> None:
     args = ["--max-queue-size", str(QUEUE)]
-    with start_server("overload-queue", args) as srv:
+    with start_server("overload-queue", args, standin=True) as srv:
         fig = asyncio.run(_queue_scenario(srv))
-        fig["server_flags"] = " ".join(args) + f" --workers cpu:1 --frontends {srv.frontends}"
+        fig["server_flags"] = (" ".join(args) + f" --workers cpu:1 --frontends {srv.frontends} "
+                               f"--runner {RUNNER}")
         fig["worker_restarts"] = srv.metric("camserve_worker_restarts_total")
         report("overload_queue", fig)
         _check_storm(fig, fig["capacity_rps"], 0.5)
@@ -151,10 +156,10 @@ def test_overload_inflight_limit_keeps_health_answering() -> None:
     capacity = CAPACITY[-1] if CAPACITY else 40.0
     frontends = 2
     args = ["--max-inflight", "12"]
-    with start_server("overload-inflight", args, frontends=frontends) as srv:
+    with start_server("overload-inflight", args, frontends=frontends, standin=True) as srv:
         fig = asyncio.run(_storm(srv, FACTOR * capacity))
         fig["capacity_rps_from_queue_test"] = capacity
-        fig["server_flags"] = (" ".join(args) + f" --workers cpu:1 --frontends {frontends} "
+        fig["server_flags"] = (" ".join(args) + f" --workers cpu:1 --frontends {frontends} --runner {RUNNER} "
                                "(queue 64 from config.json)")
         report("overload_inflight", fig)
         _check_storm(fig, capacity, 0.25)

@@ -25,12 +25,18 @@ from transportkit import explain_request, start_toy
 
 pytestmark = pytest.mark.timeout(400)
 
-#: gRPC's own policy ends the control's call at the client's fourth ping, 40 s in (the first ping is
-#: allowed, two strikes follow, the third ends it: measured); the camserve call outlives it by 15 s.
-QUEUED_S = 55
-#: A stock grpcio client set up as behind NAT or a cloud load balancer: a ping every 10 s, calls or not,
-#: with no cap on pings between data frames (as Go and Java clients do).
-PINGING_CLIENT = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_permit_without_calls", 1),
+#: The client's keepalive period. gRPC's own server policy (client pings at most every 5 min with calls,
+#: 2 strikes) ends a call at the client's fourth ping, the first being allowed (measured: 40 s in with a
+#: 10 s period). camserve accepts pings every --min-ping-interval-s (5 s by default), with or without
+#: calls; a client pinging every 6 s is above it, and gRPC's server measures each interval from the ping
+#: before, which the client sends a period after that ping's ack, so no interval it sees is shorter.
+#: Go and Java clients ping at most every 10 s (their floor), so what a 6 s client keeps, they keep.
+PING_S = 6
+#: How long the camserve call is held after the control's call ended: two more of the client's pings.
+HELD_AFTER_CONTROL_S = 2 * PING_S
+#: A stock grpcio client set up as behind NAT or a cloud load balancer: a ping every PING_S, calls or
+#: not, with no cap on pings between data frames (as Go and Java clients do).
+PINGING_CLIENT = [("grpc.keepalive_time_ms", PING_S * 1000), ("grpc.keepalive_permit_without_calls", 1),
                   ("grpc.http2.max_pings_without_data", 0)]
 
 
@@ -65,25 +71,28 @@ def batches_sent(srv: ServerProcess) -> float:
     return srv.metric("camserve_batch_size_count")
 
 
-def test_a_call_queued_55_s_survives_a_client_that_pings_every_10_s() -> None:
-    """gRPC's own policy (client pings at most every 5 min, 2 strikes) ends it with too_many_pings; the
-    control server, started with that policy (--min-ping-interval-s 300), shows it does."""
+def test_a_queued_call_outlives_the_pings_that_end_it_under_grpcs_own_policy() -> None:
+    """A call queued while its client pings every PING_S s: gRPC's own policy (client pings at most every
+    5 min, 2 strikes) ends it with too_many_pings, as the control server, started with that policy
+    (--min-ping-interval-s 300), shows; camserve's call is still waiting two pings later, and is
+    answered OK once its worker resumes."""
     srv, control = start_toy(), start_toy("--min-ping-interval-s", "300")
     results: dict[str, list[str]] = {"camserve": [], "control": []}
     try:
         with workers_stopped(srv), workers_stopped(control):
-            threads = [call_in_thread(s, PINGING_CLIENT, QUEUED_S + 60, results[name])
-                       for name, s in (("camserve", srv), ("control", control))]
+            threads = {name: call_in_thread(s, PINGING_CLIENT, 300, results[name])
+                       for name, s in (("camserve", srv), ("control", control))}
             for s in (srv, control):
                 wait_for(lambda s=s: batches_sent(s) >= 1, 60)  # the call waits on the server now
-            time.sleep(QUEUED_S)
-        for t in threads:
+            threads["control"].join(30 * PING_S)  # the event: the control's call ended (its 4th ping)
+            time.sleep(HELD_AFTER_CONTROL_S)  # the camserve call goes on waiting: the thing under test
+        for t in threads.values():
             t.join(120)
     finally:
         assert srv.stop() == 0 and control.stop() == 0
-    assert results["camserve"] == ["OK"], results
     (control_result,) = results["control"]
     assert control_result.startswith("UNAVAILABLE") and "ping" in control_result.lower(), control_result
+    assert results["camserve"] == ["OK"], results
 
 
 def test_the_server_finds_a_client_that_stopped_answering() -> None:
@@ -116,11 +125,16 @@ def test_a_connection_closed_for_its_age_lets_a_long_call_finish() -> None:
     results: dict[str, list[str]] = {"kept": [], "cut": []}
     try:
         with workers_stopped(kept), workers_stopped(cut):
-            threads = [call_in_thread(s, (), 60, results[name]) for name, s in (("kept", kept), ("cut", cut))]
+            threads = {name: call_in_thread(s, (), 60, results[name])
+                       for name, s in (("kept", kept), ("cut", cut))}
             for s in (kept, cut):
                 wait_for(lambda s=s: batches_sent(s) >= 1, 60)
-            time.sleep(5)  # the connection's age (1 s) and the cut server's grace (1 s) pass meanwhile
-        for t in threads:
+            # The event: the cut server's call ended, its connection's age (1 s, gRPC adds up to 10%) and
+            # grace (1 s) past. The kept call, on the same age and the old grace (--drain-seconds 1), goes
+            # on waiting 1 s more: the thing under test.
+            threads["cut"].join(30)
+            time.sleep(1)
+        for t in threads.values():
             t.join(60)
     finally:
         assert kept.stop() == 0 and cut.stop() == 0
