@@ -15,8 +15,8 @@ variable values, the images and the targets:
   K up to ``max_k``), reuses the same forward pass, and nothing before the target layer is
   differentiated with respect to weights;
 - each image's raw map is computed from those tensors in the step, class by class in the same loop
-  (``methods.gradient_maps``; Eigen-CAM once, after it), so a served batch fetches K maps per image,
-  not the activations and gradients;
+  (``methods.gradient_maps``), so a served batch fetches K maps per image, not the activations and
+  gradients (the activations only when an image asks for Eigen-CAM, which runs on the host);
 - the variables enter as jit arguments through ``keras.StatelessScope`` (a public API), so the
   weights are not baked into the compiled program as constants and compile stays fast.
 
@@ -41,7 +41,7 @@ from camserve.engine import calls, methods
 from camserve.engine.calls import CallKey, LayerCall, Site, Tap
 from camserve.engine.keras_private import CallFn
 from camserve.engine.preprocess import preprocess
-from camserve.engine.records import StepOutput
+from camserve.engine.records import StepOutput, wants_activations
 from camserve.engine.targets import ModelGraph, Target
 from camserve.engine.tokens import to_grid
 
@@ -145,12 +145,13 @@ class Step:
         probs, scores, classes, maps, acts, grads = self._compiled(
             pixels, np.bool_(raw), padded, np.int32(k), codes, self._cam_kernel)
         # Only what is fetched crosses to the host: the maps (K x h x w per image) when serving.
-        wanted = (maps,) if methods is not None else (acts, grads)
+        wanted = (acts, grads) if methods is None else (maps, acts) if wants_activations(codes) else (maps,)
         probs, scores, classes, *tensors = jax.device_get((probs, scores, classes, *wanted))
         out = StepOutput(probabilities=np.asarray(probs), scores=np.asarray(scores)[:, :k],
                          classes=np.asarray(classes)[:, :k])
         if methods is not None:
             out.maps = np.asarray(tensors[0])[:, :k]
+            out.activations = np.asarray(tensors[1]) if len(tensors) > 1 else None
         else:
             out.activations = np.asarray(tensors[0])
             out.gradients = np.moveaxis(np.asarray(tensors[1])[:k], 0, 1)  # (B, K, h, w, C)
@@ -246,7 +247,7 @@ def build_step(
         buffers = (jnp.zeros((max_k, *acts.shape), jnp.float32),
                    jnp.zeros((max_k, *acts.shape[:3]), jnp.float32))
         grads, maps = jax.lax.fori_loop(0, count, backward, buffers)  # (max_k, B, ...): k first
-        maps = methods.with_eigencam(codes, acts, jnp.moveaxis(maps, 0, 1))  # (B, max_k, h, w)
+        maps = jnp.moveaxis(maps, 0, 1)  # (B, max_k, h, w)
         return probs, scores, classes, maps, acts, grads
 
     return Step(_Compiled(graph.model, step), jit_compile, max_k, cam_kernel)

@@ -9,8 +9,8 @@ them; the score of each requested class (logit by default); the gradients of tho
 respect to the probe only (``watch_accessed_variables=False``: no weight gradients, and nothing
 before the target layer is differentiated), one backward pass per class in a ``tf.while_loop`` whose
 trip count is the number of classes asked, so K is not a traced shape (see ``Step``); then each
-image's raw map by its method (``methods.gradient_maps`` per class in that loop, Eigen-CAM after it), so
-that a served batch copies K maps per image
+image's raw map by its method (``methods.gradient_maps`` per class in that loop), so that a served
+batch copies K maps per image (and the activations only for Eigen-CAM, which runs on the host)
 off the device, not the activations and gradients. Token targets
 (B, N, C) come back on their patch grid (B, h, w, C). ``targets[b, k] >= 0`` is a class index;
 ``-1 - r`` means the r-th best class of image b, resolved inside the step. ``gradients`` is the
@@ -30,7 +30,7 @@ from camserve.engine import calls, methods
 from camserve.engine.calls import CallKey, LayerCall, Site, Tap
 from camserve.engine.keras_private import CallFn
 from camserve.engine.preprocess import preprocess
-from camserve.engine.records import StepOutput
+from camserve.engine.records import StepOutput, wants_activations
 from camserve.engine.targets import ModelGraph, Target
 from camserve.engine.tokens import to_grid
 
@@ -159,6 +159,8 @@ class Step:
         # .numpy() is the copy to the host: only what the caller uses makes it.
         if methods is not None:
             out.maps = maps[:, :k].numpy()  # XLA's buffer holds max_k classes: an eager slice (no trace)
+            if wants_activations(codes):
+                out.activations = acts.numpy()
         else:
             out.activations, out.gradients = acts.numpy(), np.moveaxis(grads[:k].numpy(), 0, 1)
         return out
@@ -215,7 +217,7 @@ def build_step(
         arrays = backward(tf.constant(0), empty)
         _, arrays = tf.while_loop(lambda k, _: k < count, lambda k, a: (k + 1, backward(k, a)),
                                   (tf.constant(1), arrays), maximum_iterations=max_k)
-        maps = methods.with_eigencam(codes, acts, tf.transpose(arrays[1].stack(), [1, 0, 2, 3]))
+        maps = tf.transpose(arrays[1].stack(), [1, 0, 2, 3])  # (B, count or max_k, h, w)
         return probs, scores, classes, maps, acts, arrays[0].stack()  # gradients (count or max_k, B, ...)
 
     # Without AutoGraph: the step spells its control flow as tf.cond/tf.while_loop, and Keras 3 runs a

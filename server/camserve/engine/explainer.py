@@ -359,7 +359,12 @@ class Explainer:
         codes[:b] = [methods.CODES[s.method] for s in specs]
         out = self.step(np.ascontiguousarray(images), targets, codes)
         classes = out.classes[:b]
-        all_maps, all_flat = methods.normalise(out.maps[:b])  # one pass per batch, each map on its own
+        raw = out.maps[:b]
+        eigen = [i for i, s in enumerate(specs) if s.method == "eigencam"]
+        if eigen:  # made on the host from the activations the step returned for them (methods.eigencam)
+            raw = raw.copy()
+            raw[eigen] = methods.eigencam(out.activations[eigen], raw.shape[1])
+        all_maps, all_flat = methods.normalise(raw)  # one pass per batch, each map on its own
         results = []
         for i in range(b):
             maps, flat = all_maps[i], all_flat[i]

@@ -9,7 +9,8 @@ Why on the device: only the (B, K, h, w) maps then leave it, not A and G. For Re
 are 0.8 MB per image (7 x 7 x 2048 float32 each); on a lent H200 shipping them to the host held
 Grad-CAM to 0.3-0.4 of a plain forward pass (README, "GPU"). ``keras.ops`` is the one spelling both
 backends' steps compile (TensorFlow graph/XLA, ``jax.jit``). Everything runs in float32 (the step's
-precision; mixed-precision outputs are cast up in the step); ``normalise`` runs in float64.
+precision; mixed-precision outputs are cast up in the step); ``normalise`` runs in float64, and so does
+Eigen-CAM, on the host (see ``eigencam``).
 
 Equations (S = the map, c = channel, ij = position, Z = h*w):
 - Grad-CAM (Selvaraju et al. 2017, eq. 1-2): w_c = 1/Z sum_ij G_cij ; S = sum_c w_c A_c
@@ -84,20 +85,25 @@ def gradcam_plus_plus(activations: Any, gradients: Any) -> Any:
     return _weighted_sum(activations, weights)
 
 
-def eigencam(activations: Any) -> Any:
-    """Eigen-CAM: first principal component of the activations (class-independent), sign-fixed.
-
-    Returns (B, h, w): the same map serves every class asked.
-    """
-    shape = ops.shape(activations)
-    m = ops.reshape(activations, (shape[0], shape[1] * shape[2], shape[3]))  # (B, hw, C)
-    mean = ops.mean(m, axis=1, keepdims=True)  # (B, 1, C)
-    centred = m - mean
-    _, _, vh = ops.svd(centred, full_matrices=False)
-    v = vh[:, 0, :]  # (B, C): first right singular vector (all-zero input: any v, the map stays 0)
-    sign = ops.where(ops.sum(mean[:, 0, :] * v, axis=-1) < 0.0, -1.0, 1.0)  # (B,)
-    projection = ops.einsum("bpc,bc->bp", centred, v) * sign[:, None]
-    return ops.reshape(projection, (shape[0], shape[1], shape[2]))
+def eigencam(activations: np.ndarray, num_maps: int) -> np.ndarray:
+    """Eigen-CAM on the host, in float64: (B, h, w, C) -> (B, num_maps, h, w), the same map for every
+    class asked. Not in the step: an SVD compiles slowly under XLA (TF: about 4 s more per batch
+    bucket on 2 cores), and the activations leave the device only for batches that ask for it."""
+    a = np.asarray(activations, dtype=np.float64)
+    b, h, w, c = a.shape
+    out = np.zeros((b, h, w), dtype=np.float64)
+    for i in range(b):
+        m = a[i].reshape(h * w, c)
+        mean = m.mean(axis=0)
+        centred = m - mean
+        if not np.any(centred):
+            continue  # constant activations: no component, the map stays flat
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        v = vt[0]
+        if float(mean @ v) < 0.0:
+            v = -v
+        out[i] = (centred @ v).reshape(h, w)
+    return np.repeat(out[:, None], num_maps, axis=1)
 
 
 def cam(activations: Any, kernel: Any, classes: Any) -> Any:
@@ -121,7 +127,7 @@ def gradient_maps(codes: Any, activations: Any, gradients: Any, classes: Any, ca
     float32; ``classes`` (B, K) int32 and ``cam_kernel`` (C, N) float32 for CAM (None: the model has
     no CAM head, and no image may ask for it). A method runs only when an image of the batch asks for
     it (a ``cond`` per method: a batch of Grad-CAM calls pays for Grad-CAM alone); an image whose
-    method is Eigen-CAM gets zeros here (``with_eigencam``).
+    method is Eigen-CAM gets zeros here (``eigencam`` runs on the host).
     """
     select = codes[:, None, None, None]
     maps = ops.zeros_like(gradients[..., 0])  # (B, K, h, w)
@@ -134,16 +140,6 @@ def gradient_maps(codes: Any, activations: Any, gradients: Any, classes: Any, ca
                        lambda z=maps: z)
         maps = ops.where(select == code, raw, maps)
     return maps
-
-
-def with_eigencam(codes: Any, activations: Any, maps: Any) -> Any:
-    """``maps`` (B, K, h, w) with Eigen-CAM's map in every slot of the images whose code asks for it;
-    its SVD runs only when one does."""
-    eigen = CODES["eigencam"]
-    flat = ops.zeros_like(activations[:, None, :, :, 0])  # (B, 1, h, w)
-    eigen_maps = ops.cond(ops.any(codes == eigen), lambda: ops.expand_dims(eigencam(activations), 1),
-                          lambda: flat)
-    return ops.where(codes[:, None, None, None] == eigen, eigen_maps, maps)
 
 
 def normalise(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from camserve.vocabulary import METHODS
+
 
 @dataclass
 class StepOutput:
@@ -18,8 +20,10 @@ class StepOutput:
     ``classes`` (B, K) int32 are the class indices the step resolved (``targets`` of ``-1 - r`` mean
     the r-th best class); they come from the step so that ties are resolved once, on the device.
     Called with per-image ``methods``, the step returns each image's raw ``maps`` and leaves the
-    activations and gradients on the device (``None`` here); called without, it returns those
-    tensors instead (``maps`` is ``None``): the view tests and model inspection need.
+    activations and gradients on the device (``None`` here), except the activations when an image
+    asks for Eigen-CAM (``wants_activations``: its SVD runs on the host, and its maps here are
+    zeros); called without, it returns those tensors instead (``maps`` is ``None``): the view tests
+    and model inspection need.
     """
 
     probabilities: np.ndarray  # (B, N) float32
@@ -28,3 +32,9 @@ class StepOutput:
     maps: np.ndarray | None = None  # (B, K, h, w) float32, raw (before ``methods.normalise``)
     activations: np.ndarray | None = None  # (B, h, w, C) float32
     gradients: np.ndarray | None = None  # (B, K, h, w, C) float32
+
+
+def wants_activations(codes: np.ndarray) -> bool:
+    """Whether a batch's method codes (``methods.CODES``) ask for Eigen-CAM, made on the host from the
+    activations."""
+    return bool(np.any(np.asarray(codes) == METHODS.index("eigencam")))
