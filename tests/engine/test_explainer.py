@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import keras
 import numpy as np
@@ -69,7 +70,8 @@ def test_warmup_compiles_every_bucket_and_nothing_recompiles(trained: dict, digi
     e = Explainer(trained["plain_gap"], preprocessing="tf", max_batch_size=6)
     e.warmup()
     count = e.step.trace_count()
-    assert count == len(e.buckets) == 4  # 1, 2, 4, 6
+    assert e.buckets == [1, 2, 4, 6] and e.info.compile_mode == "graph"
+    assert count == 1  # graph mode: one trace runs every batch size
     pixels = np.uint8((digits[0][:6] + 1) * 127.5)
     for b in range(1, 7):
         e.explain_batch(pixels[:b], [ItemSpec("gradcam")] * b)
@@ -362,3 +364,25 @@ def test_an_input_named_as_target_is_called_an_input() -> None:
         Explainer(model, "pixels", preprocessing="none")
     with pytest.raises(UnknownLayerError, match="no layer named 'pixel'"):
         Explainer(model, "pixel", preprocessing="none")
+
+
+def test_graph_mode_runs_a_batch_unpadded_and_xla_pads_it_to_its_bucket(trained: dict, digits: tuple) -> None:
+    """Graph mode's one trace takes any batch size, so 3 images compute 3 rows, not bucket 4's;
+    XLA compiles static shapes and pads to the bucket. The maps agree either way."""
+    class Rows:  # the step, noting how many rows each call gives it
+        def __init__(self, step: Any) -> None:
+            self.step, self.any_batch, self.rows = step, step.any_batch, []
+
+        def __call__(self, images: np.ndarray, *rest: Any) -> Any:
+            self.rows.append(len(images))
+            return self.step(images, *rest)
+
+    x = digits[0][:3]
+    seen, out = {}, {}
+    for mode in ("graph", "xla"):
+        e = Explainer(trained["plain_gap"], preprocessing="none", compile_mode=mode, max_batch_size=4)
+        assert e.step.any_batch == (mode == "graph")
+        e.step = seen[mode] = Rows(e.step)
+        out[mode] = e.explain_batch(x, [ItemSpec("gradcam")] * 3)
+    assert {mode: s.rows for mode, s in seen.items()} == {"graph": [3], "xla": [4]}
+    np.testing.assert_allclose(_maps(out["graph"]), _maps(out["xla"]), atol=1e-5)

@@ -192,7 +192,7 @@ def test_no_recompile_after_warmup_for_new_model_kinds() -> None:
         e = Explainer(model, preprocessing="tf", max_batch_size=4, **kw)
         e.warmup()
         count = e.step.trace_count()
-        assert count == len(e.buckets) == 3
+        assert count == 1 and len(e.buckets) == 3  # graph mode: one trace runs every bucket
         h, w, c = e.input_shape
         pixels = np.random.default_rng(1).integers(0, 256, (4, h, w, c), dtype=np.uint8)
         for b in range(1, 5):

@@ -125,6 +125,7 @@ class Step:
     ) -> None:
         self._compiled = compiled
         self.jit_compile = jit_compile
+        self.any_batch = False  # jit compiles static shapes: the caller pads to its batch buckets
         self.max_k = max_k
         # On the device once (a jit argument, not a constant baked into every compiled bucket).
         self._cam_kernel = None if cam_kernel is None else jnp.asarray(cam_kernel, jnp.float32)

@@ -1,12 +1,14 @@
 """``Explainer``: one model + one target layer + compiled batch buckets (what the server's worker calls).
 
-All the maps of a batch come from one compiled step: images are padded to the next bucket
-(1, 2, 4, ..., max_batch_size). The number of classes per image K is not a shape the step compiles
-for (targets are padded to ``max_top_k`` and K is the trip count of the step's backward loop), and
-uint8 pixels and float32 tensors reach the same step, so after ``warmup()`` (one compile per batch
-bucket) no request the server accepts (any batch size, top_k, class index or input dtype) traces
-or compiles again. Each item of a batch can ask for a different method and classes: the methods are
-NumPy weightings of the same activations and gradients.
+All the maps of a batch come from one compiled step. Under XLA (TF ``xla``, JAX) a step is
+compiled per batch shape, so images are padded to the next bucket (1, 2, 4, ..., max_batch_size);
+TF graph mode traces one step for every batch size and runs a batch unpadded (``Step.any_batch``).
+The number of classes per image K is not a shape the step compiles for (targets are padded to
+``max_top_k`` and K is the trip count of the step's backward loop), and uint8 pixels and float32
+tensors reach the same step, so after ``warmup()`` (which runs every bucket once) no request the
+server accepts (any batch size, top_k, class index or input dtype) traces or compiles again. Each
+item of a batch can ask for a different method and classes: the step computes each image's maps by
+its own method (``methods.gradient_maps``; Eigen-CAM on the host, ``methods.eigencam``).
 """
 
 from __future__ import annotations
@@ -226,11 +228,12 @@ class Explainer:
 
     # ---- compilation ------------------------------------------------------------------------
     def warmup(self) -> float:
-        """Compile every batch bucket so that no later request compiles; returns seconds.
+        """Run every batch bucket once, so that no later request compiles; returns seconds.
 
-        Any K and either input dtype reuse the bucket's step; the input is uint8 so that the
-        backend's uint8 -> float32 cast before the step (an eager op JAX compiles per shape) is
-        warmed too.
+        That compiles each bucket's step under XLA, and traces graph mode's one step (the other
+        buckets then run it, priming its kernels for their shapes). Any K and either input dtype
+        reuse the step; the input is uint8 so that the backend's uint8 -> float32 cast before the
+        step (an eager op JAX compiles per shape) is warmed too.
         """
         t0 = time.perf_counter()
         h, w, c = self.input_shape
@@ -341,7 +344,7 @@ class Explainer:
 
     def _run_chunk(self, images: np.ndarray, specs: list[ItemSpec]) -> list[ItemResult]:
         b = images.shape[0]
-        bucket = next(x for x in self.buckets if x >= b)
+        bucket = b if self.step.any_batch else next(x for x in self.buckets if x >= b)
         wanted = [1 if s.class_index is not None else int(s.top_k) for s in specs]
         kb = max(wanted)  # not a compiled shape: the step pads to max_top_k
         targets = np.full((bucket, kb), -1, np.int32)
