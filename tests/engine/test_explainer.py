@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from typing import Any
 
 import keras
 import numpy as np
@@ -365,24 +364,3 @@ def test_an_input_named_as_target_is_called_an_input() -> None:
     with pytest.raises(UnknownLayerError, match="no layer named 'pixel'"):
         Explainer(model, "pixel", preprocessing="none")
 
-
-def test_graph_mode_runs_a_batch_unpadded_and_xla_pads_it_to_its_bucket(trained: dict, digits: tuple) -> None:
-    """Graph mode's one trace takes any batch size, so 3 images compute 3 rows, not bucket 4's;
-    XLA compiles static shapes and pads to the bucket. The maps agree either way."""
-    class Rows:  # the step, noting how many rows each call gives it
-        def __init__(self, step: Any) -> None:
-            self.step, self.any_batch, self.rows = step, step.any_batch, []
-
-        def __call__(self, images: np.ndarray, *rest: Any) -> Any:
-            self.rows.append(len(images))
-            return self.step(images, *rest)
-
-    x = digits[0][:3]
-    seen, out = {}, {}
-    for mode in ("graph", "xla"):
-        e = Explainer(trained["plain_gap"], preprocessing="none", compile_mode=mode, max_batch_size=4)
-        assert e.step.any_batch == (mode == "graph")
-        e.step = seen[mode] = Rows(e.step)
-        out[mode] = e.explain_batch(x, [ItemSpec("gradcam")] * 3)
-    assert {mode: s.rows for mode, s in seen.items()} == {"graph": [3], "xla": [4]}
-    np.testing.assert_allclose(_maps(out["graph"]), _maps(out["xla"]), atol=1e-5)

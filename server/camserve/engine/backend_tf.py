@@ -19,6 +19,7 @@ eager twin ``ModelGraph`` uses to inspect a model. This is the only TensorFlow-s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -110,7 +111,8 @@ class Step:
 
     Graph mode traces once, with the batch dimension unknown, and runs any batch size as it is
     (``any_batch``: the caller need not pad); XLA compiles static shapes, so it traces once per batch
-    size and the caller pads to its buckets.
+    size and the caller pads to its buckets, as graph mode does for a model whose call needs its
+    batch size static.
 
     ``images`` (B, H, W, C) uint8 pixels (cast to float32 before the step, on the device the eager
     cast runs on; the step applies the preprocessing) or float32 already preprocessed (passed
@@ -125,16 +127,36 @@ class Step:
         self.max_k = max_k
         self._input_shape = tuple(int(d) for d in input_shape)
         # Why one graph-mode trace: tracing is nearly all of a warm-up (MobileNetV2 at 160, buckets
-        # 1..32: 15.3 -> 4.8 CPU-s), while the step with an unknown batch dimension ran within 2% of a
-        # static one (MobileNetV2, ResNet50), and an unpadded partial batch computes only its images.
-        self.any_batch = not jit_compile
+        # 1..32: 15.3 -> 4.8 CPU-s), while the step with an unknown batch dimension ran as fast as a
+        # static one, within noise (bench.engine.any_batch), and an unpadded partial batch computes
+        # only its images.
+        self._any_batch: bool | None = False if jit_compile else None
         self._by_batch: dict[int | None, Any] = {}
 
+    @property
+    def any_batch(self) -> bool:
+        """Whether one trace runs every batch size: in graph mode, unless the model's call needs its
+        batch size static (user code such as ``ops.reshape(x, (x.shape[0], -1))`` fails on an
+        unknown batch dimension; Keras' own ``predict`` retraces such a model with one too). Then
+        the step traces per batch size, as under XLA. The first access traces the step."""
+        if self._any_batch is None:
+            try:
+                self._trace(None)
+                self._any_batch = True
+            except Exception as exc:  # the model's own call: whatever error it raises
+                logging.getLogger(__name__).info(
+                    "the model's call needs a static batch size (%s: %s): one trace per batch bucket",
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                self._any_batch = False
+        return self._any_batch
+
     def _concrete(self, batch: int) -> Any:
-        """The concrete function for ``batch`` images (every batch size's in graph mode), traced on
-        first use from its signature (so a warm-up does not set off tf.function's "excessive
-        retracing" warning)."""
-        key = None if self.any_batch else batch
+        """The concrete function for ``batch`` images (every batch size's when ``any_batch``)."""
+        return self._trace(None if self.any_batch else batch)
+
+    def _trace(self, key: int | None) -> Any:
+        """The concrete function for batch size ``key`` (None: unknown), traced on first use from its
+        signature (so a warm-up does not set off tf.function's "excessive retracing" warning)."""
         found = self._by_batch.get(key)
         if found is None:
             found = self._by_batch[key] = self._fn.get_concrete_function(
