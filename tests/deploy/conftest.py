@@ -1,4 +1,5 @@
-"""Fixtures of the deployment tests: a small served model and two real servers on loopback.
+"""Fixtures of the deployment tests: `make` and the overlays it renders; a small served model and two real
+servers on loopback.
 
 These tests check routing, metrics and scraping, not heatmaps: the servers are the real `camserve
 serve` (supervisor, front end, scheduling, worker processes) with the NumPy stand-in engine
@@ -8,12 +9,15 @@ CPU-s; the served models' maps are the engine and integration tests' business.
 
 from __future__ import annotations
 
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -25,6 +29,27 @@ from serverproc import ServerProcess  # noqa: E402
 from transportkit import start_toy, toy_repository  # noqa: E402
 
 INPUT = (32, 32, 3)
+Doc = dict[str, Any]
+
+
+def make(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`make ARGS` at the repository root with this interpreter's environment as the venv (BIN), as
+    `make deploy-check` runs its targets once the environments exist; stdout and stderr together."""
+    return subprocess.run(["make", "--no-print-directory", f"BIN={Path(sys.executable).parent}", *args],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+                          env=env)
+
+
+@pytest.fixture(scope="session")
+def render(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[Doc]]:
+    """overlay (base, gpu, cpu) -> its objects, rendered by make deploy-check's rule (kubectl kustomize)."""
+    out = tmp_path_factory.mktemp("rendered")
+
+    def objects(overlay: str) -> list[Doc]:
+        proc = make(f"DEPLOY_OUT={out}", f"{out}/{overlay}.yaml")
+        assert proc.returncode == 0, proc.stdout
+        return [d for d in yaml.safe_load_all((out / f"{overlay}.yaml").read_text()) if d]
+    return objects
 
 
 @dataclass(frozen=True)
