@@ -1,5 +1,5 @@
-"""Fixtures of the deployment tests: `make` and the overlays it renders; a small served model and two real
-servers on loopback.
+"""Fixtures of the deployment tests: the overlays as `make deploy-check` renders them; a small served
+model and two real servers on loopback.
 
 These tests check routing, metrics and scraping, not heatmaps: the servers are the real `camserve
 serve` (supervisor, front end, scheduling, worker processes) with the NumPy stand-in engine
@@ -9,7 +9,6 @@ CPU-s; the served models' maps are the engine and integration tests' business.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,23 +20,16 @@ import yaml
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
-for folder in (TESTS, TESTS / "transport"):
+for folder in (TESTS, TESTS / "transport", TESTS / "deploy"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
+from deploymake import make  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 from transportkit import start_toy, toy_repository  # noqa: E402
 
 INPUT = (32, 32, 3)
 Doc = dict[str, Any]
-
-
-def make(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`make ARGS` at the repository root with this interpreter's environment as the venv (BIN), as
-    `make deploy-check` runs its targets once the environments exist; stdout and stderr together."""
-    return subprocess.run(["make", "--no-print-directory", f"BIN={Path(sys.executable).parent}", *args],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-                          env=env)
 
 
 @pytest.fixture(scope="session")

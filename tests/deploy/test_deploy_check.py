@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import make
+from deploymake import make
 
 from deploy import check, rules
 
