@@ -84,8 +84,8 @@ system-deps: deploy-tools
 	    exit 1; }
 
 # kubectl (kustomize) and checkov, pinned in deploy/tools.txt, in their own environment (checkov's pins
-# clash with the dev tools'); deploy/check.py finds them there.
-DEPLOY_TOOLS := $(VENV)/deploy-tools
+# clash with the dev tools'); make deploy-check finds them there ($CAMSERVE_DEPLOY_TOOLS if set).
+DEPLOY_TOOLS := $(or $(CAMSERVE_DEPLOY_TOOLS),$(VENV)/deploy-tools)
 $(DEPLOY_TOOLS)/.installed-stamp: deploy/tools.txt $(STAMP)
 	test -x $(DEPLOY_TOOLS)/bin/python || $(UV) venv -q --python $(PYTHON) $(DEPLOY_TOOLS)
 	$(UV_INSTALL) --python $(DEPLOY_TOOLS)/bin/python -r deploy/tools.txt
@@ -119,8 +119,49 @@ $(addprefix bench-,$(BENCH_FIGURES)): bench-%: venv  ## one README figure: make 
 bench-gpu:  ## the GPU figures on a machine with a GPU and JAX (bench/gpu/README.md)
 	bench/gpu/run.sh
 
-deploy-check: venv system-deps  ## render and validate deploy/ offline
-	$(BIN)/python -m deploy.check
+# make deploy-check, offline: kubectl kustomize renders each overlay into $(DEPLOY_OUT); then each stock
+# tool is a target of its own, run side by side (-k: every one reports, in its own words; -O: one report
+# at a time), beside `python -m deploy.check` over the rendered overlays (what only Python can check).
+# deploy/README.md says which tool owns which rule. The tests point the inputs below at broken copies
+# (python -m deploy.check takes the rendered overlays; it reads deploy/'s own Dockerfiles).
+DEPLOY_OUT := build/deploy
+DEPLOY_K8S := deploy/k8s
+DEPLOY_DOCKERFILES := deploy/docker/Dockerfile deploy/docker/Dockerfile.cpu
+DEPLOY_ALERTS := deploy/prometheus/alerts.yaml
+DEPLOY_YAML := deploy
+DEPLOY_CHECKS := $(addprefix deploy-check-,checkov yamllint hadolint promtool python)
+.PHONY: deploy-checks $(DEPLOY_CHECKS)
+# $(call deploy-tool,NAME,INSTALL): NAME from the deploy tools, the venv or PATH; else stop, saying how.
+deploy-tool = $(or $(shell PATH="$(DEPLOY_TOOLS)/bin:$(BIN):$$PATH" command -v $(1)),\
+  $(error $(1) not found: run `$(2)`))
+
+deploy-check: venv system-deps  ## render deploy/ with kustomize, then check it with every tool side by side
+	@$(MAKE) --no-print-directory -k -j4 -Otarget deploy-checks
+
+deploy-checks: $(DEPLOY_CHECKS)
+
+$(DEPLOY_OUT)/%.yaml: $(wildcard $(DEPLOY_K8S)/*/*.yaml $(DEPLOY_K8S)/overlays/*/*.yaml)
+	@mkdir -p $(@D)
+	$(call deploy-tool,kubectl,make deploy-tools) kustomize \
+	  $(DEPLOY_K8S)/$(if $(filter base,$*),base,overlays/$*) >$@.tmp && mv $@.tmp $@
+
+# What is deployed: the overlays (the base's image is a placeholder they replace).
+deploy-check-checkov: $(DEPLOY_OUT)/gpu.yaml $(DEPLOY_OUT)/cpu.yaml
+	CKV_SKIP_PACKAGE_UPDATE_CHECK=true BC_SKIP_MAPPING=TRUE $(call deploy-tool,checkov,make deploy-tools) \
+	  --config-file deploy/checkov.yaml --compact --quiet $(addprefix -f ,$^ $(DEPLOY_DOCKERFILES))
+
+deploy-check-yamllint:
+	$(call deploy-tool,yamllint,make venv) -f parsable -c deploy/yamllint.yaml $(DEPLOY_YAML)
+
+deploy-check-hadolint:
+	$(call deploy-tool,hadolint,make venv) --no-color $(DEPLOY_DOCKERFILES)
+
+deploy-check-promtool:
+	$(call deploy-tool,promtool,make system-deps) check rules $(DEPLOY_ALERTS)
+	$(call deploy-tool,promtool,make system-deps) test rules deploy/prometheus/alerts_test.yaml
+
+deploy-check-python: $(addprefix $(DEPLOY_OUT)/,base.yaml gpu.yaml cpu.yaml)
+	$(or $(wildcard $(BIN)/python),$(error $(BIN)/python not found: run `make venv`)) -m deploy.check $^
 
 soak: venv  ## the long reliability run (not part of make test)
 	CAMSERVE_SOAK=1 $(BIN)/python -m pytest tests/reliability -x

@@ -1,8 +1,8 @@
-"""camserve's own deployment rules: what no maintained tool can check, because it needs the server's
-CLI parser, worker placement or slab sizing; and two Dockerfile rules that require an instruction to
-exist (hadolint takes no custom rules; checkov's policies test each instruction that is there).
-Pure functions over rendered objects (`kubectl kustomize` output) and the Dockerfiles;
-deploy/README.md maps every rule to its owner.
+"""camserve's own deployment rules: what no maintained tool can check, because it needs the server's CLI
+parser, worker placement or slab sizing; and two Dockerfile rules that require an instruction to exist
+(hadolint takes no custom rules; checkov's policies test each instruction that is there). Pure functions
+over rendered objects (`kubectl kustomize` output) and the Dockerfiles; deploy/README.md maps every rule
+to its owner. `python -m deploy.check` runs them (in `make deploy-check`).
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ from camserve.scheduling.pool import PIPELINE_DEPTH
 from camserve.worker.slab import slab_bytes_for
 
 Doc = dict[str, Any]
+Settings = argparse.Namespace  # camserve serve's, from the server's own parser
 GPU = "nvidia.com/gpu"
 MIN_STARTUP_S = {"cpu": 120, "gpu": 300}  # startup probe budget: load and compile every batch bucket
 SIZED_FOR_INPUT = (512, 512, 3)  # the largest model input /dev/shm is sized for (README, Sizing)
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Problem(NamedTuple):
-    rule: str  # the tool or camserve rule that found it
+    rule: str  # the camserve rule, or the check ("kubernetes-validate", "crds", "kserve"), that found it
     where: str
     message: str
 
     def __str__(self) -> str:
-        return f"[{self.rule}] {self.where + ': ' if self.where else ''}{self.message}"
+        return f"[{self.rule}] {self.where}: {self.message}"
 
 
 def name(d: Doc) -> str:
@@ -49,7 +49,7 @@ def selects(selector: Doc | None, labels: Doc | None) -> bool:
     return bool(sel) and sel.items() <= (labels or {}).items()
 
 
-def server_settings(c: Doc, docs: list[Doc]) -> tuple[argparse.Namespace | None, list[str]]:
+def server_settings(c: Doc, docs: list[Doc]) -> tuple[Settings | None, list[str]]:
     """What `camserve serve` runs with in container `c`: its args and CAMSERVE_* environment (envFrom
     ConfigMaps, then env) through the server's own parser. Returns (settings or None, errors)."""
     configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "ConfigMap"}
@@ -84,29 +84,24 @@ def project_problems(docs: list[Doc]) -> list[Problem]:
     for wl in docs:
         tpl = (wl.get("spec") or {}).get("template") or {}
         for c in (tpl.get("spec") or {}).get("containers") or []:
-            if "camserve" in str(c.get("image", "")).rsplit("/", 1)[-1]:
-                out += _container(docs, f"{name(wl)} container {c['name']}", tpl, c)
+            if "camserve" not in str(c.get("image", "")).rsplit("/", 1)[-1]:
+                continue
+            where = f"{name(wl)} container {c['name']}"
+            out += [Problem("selectors", where, "a topologySpreadConstraint does not select its own pods")
+                    for t in tpl["spec"].get("topologySpreadConstraints") or []
+                    if not selects(t.get("labelSelector"), tpl["metadata"]["labels"])]
+            s, errors = server_settings(c, docs)
+            out += [Problem("server-args", where, e) for e in errors]
+            if s is not None:
+                out += [p for rule in (_ports_and_probes, _servicemonitor, _shutdown, _volumes)
+                        for p in rule(where, docs, tpl, c, s)]
     return out
-
-
-def _container(docs: list[Doc], where: str, tpl: Doc, c: Doc) -> Iterator[Problem]:
-    if any(not selects(t.get("labelSelector"), tpl["metadata"]["labels"])
-           for t in tpl["spec"].get("topologySpreadConstraints") or []):
-        yield Problem("selectors", where, "a topologySpreadConstraint does not select its own pods")
-    s, errors = server_settings(c, docs)
-    yield from (Problem("server-args", where, e) for e in errors)
-    if s is not None:
-        for rule in (_ports_and_probes, _servicemonitor, _shutdown, _volumes):
-            yield from rule(where, docs, tpl, c, s)
 
 
 def _ports(c: Doc) -> dict[Any, Any]:
     """A port reference (a name or a number) -> the declared container port it resolves to."""
     named = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
     return {**{n: n for n in named.values()}, **named}
-
-
-Settings = argparse.Namespace
 
 
 def _ports_and_probes(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings) -> Iterator[Problem]:
@@ -117,7 +112,7 @@ def _ports_and_probes(where: str, docs: list[Doc], tpl: Doc, c: Doc, s: Settings
     for port, want in (("grpc", s.grpc_port), ("metrics", s.metrics_port)):
         if resolve.get(port) != want:
             yield Problem("ports", where, f"port {port!r} is {resolve.get(port)}; camserve listens on {want}")
-    if s.host in LOOPBACK:
+    if s.host in ("127.0.0.1", "localhost", "::1"):
         yield Problem("ports", where, f"--host {s.host} is loopback: kubelet and Services cannot reach it")
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         g = (c.get(kind) or {}).get("grpc") or {}

@@ -1,4 +1,5 @@
-"""Fixtures of the deployment tests: a small served model and two real servers on loopback.
+"""Fixtures of the deployment tests: the overlays as `make deploy-check` renders them; a small served
+model and two real servers on loopback.
 
 These tests check routing, metrics and scraping, not heatmaps: the servers are the real `camserve
 serve` (supervisor, front end, scheduling, worker processes) with the NumPy stand-in engine
@@ -9,22 +10,38 @@ CPU-s; the served models' maps are the engine and integration tests' business.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
-for folder in (TESTS, TESTS / "transport"):
+for folder in (TESTS, TESTS / "transport", TESTS / "deploy"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
+from deploymake import make  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 from transportkit import start_toy, toy_repository  # noqa: E402
 
 INPUT = (32, 32, 3)
+Doc = dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def render(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], list[Doc]]:
+    """overlay (base, gpu, cpu) -> its objects, rendered by make deploy-check's rule (kubectl kustomize)."""
+    out = tmp_path_factory.mktemp("rendered")
+
+    def objects(overlay: str) -> list[Doc]:
+        proc = make(f"DEPLOY_OUT={out}", f"{out}/{overlay}.yaml")
+        assert proc.returncode == 0, proc.stdout
+        return [d for d in yaml.safe_load_all((out / f"{overlay}.yaml").read_text()) if d]
+    return objects
 
 
 @dataclass(frozen=True)

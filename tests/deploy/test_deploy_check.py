@@ -1,19 +1,21 @@
-"""deploy.check: the shipped files pass, and every rule catches the mistake it exists for, whichever
+"""make deploy-check: the shipped files pass, and every rule catches the mistake it exists for, whichever
 tool owns it (kubectl kustomize, kubernetes-validate, the CRD models, checkov, hadolint, yamllint,
-promtool or camserve's own deploy/rules.py). The dashboard, alerts and adapter rules are checked against
-a real Prometheus scraping real servers, in test_deploy_scaleout.py.
+promtool or camserve's own deploy/rules.py), each failing in its own words. The dashboard, alerts and
+adapter rules are checked against a real Prometheus scraping real servers, in test_deploy_scaleout.py.
 
 Every broken case starts from the real rendered overlay and breaks one thing the way an operator
 would; the test asserts that the owner named in BROKEN reports it. The pristine overlay runs through
 the same tools and reports nothing, so a rule that fires on everything fails here too. A tool that
-is missing fails these tests with the command that installs it (`make deploy-tools`,
-`make system-deps`); nothing is skipped.
+is missing fails `make deploy-check` (and these tests) with the command that installs it
+(`make deploy-tools`, `make venv`, `make system-deps`); nothing is skipped.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,21 +24,24 @@ from typing import Any
 
 import pytest
 import yaml
+from deploymake import make
 
 from deploy import check, rules
 
 ROOT = Path(__file__).resolve().parents[2]
 Doc = dict[str, Any]
+#: What `make deploy-check` runs once .venv and the tools exist (its recipe).
+DEPLOY_CHECKS = ("-k", "-j4", "-Otarget", "deploy-checks")
 
 
 @pytest.fixture(scope="module")
-def gpu_docs() -> list[Doc]:
-    return check.render("gpu")
+def gpu_docs(render: Callable[[str], list[Doc]]) -> list[Doc]:
+    return render("gpu")
 
 
 @pytest.fixture(scope="module")
-def cpu_docs() -> list[Doc]:
-    return check.render("cpu")
+def cpu_docs(render: Callable[[str], list[Doc]]) -> list[Doc]:
+    return render("cpu")
 
 
 def obj(docs: list[Doc], kind: str, name: str = "camserve") -> Doc:
@@ -55,17 +60,43 @@ def config(docs: list[Doc]) -> Doc:
     return obj(docs, "ConfigMap", "camserve-config")["data"]
 
 
-def test_deploy_check_command_passes() -> None:
-    """`python -m deploy.check` (what `make deploy-check` runs) exits 0 on the shipped files, having
-    run every tool."""
-    proc = subprocess.run([sys.executable, "-m", "deploy.check"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    for step in ("kubectl kustomize base", "kubectl kustomize gpu", "kubectl kustomize cpu",
-                 "kubernetes-validate --strict 1.27.0 1.37.0, custom resources", "checkov", "camserve rules",
-                 "yamllint, hadolint, promtool"):
-        assert f"ok   {step}" in proc.stdout, proc.stdout
-    assert "deploy-check passed" in proc.stdout
+def test_deploy_check_passes(tmp_path: Path) -> None:
+    """make deploy-check's targets exit 0 on the shipped files, having run every tool."""
+    proc = make(f"DEPLOY_OUT={tmp_path}", *DEPLOY_CHECKS)
+    assert proc.returncode == 0, proc.stdout
+    for overlay in ("base", "overlays/gpu", "overlays/cpu"):
+        assert f"deploy/k8s/{overlay} >{tmp_path}/{Path(overlay).name}.yaml.tmp" in proc.stdout, proc.stdout
+    assert proc.stdout.count("Failed checks: 0,") == 2, proc.stdout  # checkov: Kubernetes, Dockerfiles
+    for ran in ("yamllint -f parsable", "hadolint --no-color",
+                "promtool check rules", "promtool test rules", "ok   camserve rules", "ok   KServe example",
+                "ok   kubernetes-validate --strict 1.27.0 1.37.0, custom resources"):
+        assert ran in proc.stdout, proc.stdout
+
+
+def test_each_tool_fails_in_its_own_words(tmp_path: Path) -> None:
+    """make deploy-check over broken copies: every tool runs (-k) and reports in its own words, and
+    make names each failed target."""
+    shutil.copytree(ROOT / "deploy/k8s", tmp_path / "k8s")
+    deployment = tmp_path / "k8s/base/deployment.yaml"
+    deployment.write_text(deployment.read_text().replace("runAsUser: 10001", "runAsUser: 0")
+                          .replace("terminationGracePeriodSeconds: 60", "terminationGracePeriodSeconds: 45"))
+    (tmp_path / "Dockerfile").write_text("FROM python\nRUN apt-get install curl\nUSER root\n"
+                                         "ENTRYPOINT camserve serve\n")
+    (tmp_path / "Dockerfile.nouser").write_text('FROM python:3.11-slim\nENTRYPOINT ["camserve"]\n')
+    (tmp_path / "yaml").mkdir()
+    (tmp_path / "yaml/dup.yaml").write_text("a: 1\na: 2\n")
+    (tmp_path / "alerts.yaml").write_text(check.ALERTS.read_text().replace("> 0.25", "> > 0.25", 1))
+    proc = make(*DEPLOY_CHECKS, f"DEPLOY_OUT={tmp_path}/out", f"DEPLOY_K8S={tmp_path}/k8s",
+                f"DEPLOY_YAML={tmp_path}/yaml", f"DEPLOY_ALERTS={tmp_path}/alerts.yaml",
+                f"DEPLOY_DOCKERFILES={tmp_path}/Dockerfile {tmp_path}/Dockerfile.nouser")
+    assert proc.returncode != 0
+    hadolint = ("DL3006", "DL3008", "DL3002", "DL3066", "DL3025")  # tag, pins, root, numeric uid, exec form
+    for words in (*hadolint, "CKV_DOCKER_3", "CKV_DOCKER_8", "CKV_K8S_40",  # checkov: no USER, root, uid 0
+                  "duplication of key", "could not parse expression",  # yamllint, promtool
+                  "[shutdown] gpu: Deployment/camserve container camserve: terminationGracePeriodSeconds 45"):
+        assert words in proc.stdout, proc.stdout
+    for tool in ("checkov", "yamllint", "hadolint", "promtool", "python"):
+        assert f": deploy-check-{tool}] Error 1" in proc.stdout, proc.stdout
 
 
 def test_prometheus_rule_wraps_the_alerts() -> None:
@@ -302,22 +333,30 @@ def apart(docs: list[Doc], case: str) -> None:
                 "case"] = case
 
 
+def where(tool: str) -> str:
+    """The tool make deploy-check runs (its deploy-tool function: the deploy tools, the venv, PATH)."""
+    proc = make("-s", "--eval", f"where: ; @echo $(call deploy-tool,{tool},make deploy-tools)", "where")
+    assert proc.returncode == 0, proc.stdout
+    return proc.stdout.strip()
+
+
 def checkov_failures(paths: list[Path]) -> list[tuple[str, str]]:
-    """(file name, check id) of each check checkov fails, from its JSON report."""
-    out, _ = check.checkov(paths, "-o", "json").communicate(timeout=600)
-    reports = json.loads(out)
+    """(file name, check id) of each check checkov fails, from its JSON report: checkov as make
+    deploy-check runs it (deploy/checkov.yaml, offline)."""
+    env = {**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"}
+    proc = subprocess.run([where("checkov"), "--config-file", "deploy/checkov.yaml", "-o", "json",
+                           *[a for p in paths for a in ("-f", str(p))]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    reports = json.loads(proc.stdout)
     return [(Path(c["file_path"]).name, c["check_id"])
             for r in (reports if isinstance(reports, list) else [reports])
             for c in r.get("results", {}).get("failed_checks", [])]
 
 
-def lint(*args: Any) -> list[rules.Problem]:
-    return check.finish(check.start(*args))
-
-
-def test_the_pristine_overlays_pass_every_rule(findings: dict[str, set[str]], cpu_docs: list[Doc]) -> None:
+def test_the_pristine_overlays_pass_every_rule(findings: dict[str, set[str]], cpu_docs: list[Doc],
+                                               render: Callable[[str], list[Doc]]) -> None:
     assert findings["pristine"] == set()
-    assert rules.project_problems(cpu_docs) == [] and rules.project_problems(check.render("base")) == []
+    assert rules.project_problems(cpu_docs) == [] and rules.project_problems(render("base")) == []
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
@@ -357,49 +396,41 @@ def test_custom_resources_are_validated_or_refused_never_ignored() -> None:
 # ---- kustomize, Dockerfiles, YAML, alert rules (monitoring references: test_deploy_scaleout.py) ----------
 
 def test_kustomize_errors_are_failures(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: [missing.yaml]\n")
-    with pytest.raises(ValueError, match=r"missing\.yaml"):
-        check.render(tmp_path)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base/kustomization.yaml").write_text("resources: [missing.yaml]\n")
+    proc = make(f"DEPLOY_OUT={tmp_path}/out", f"DEPLOY_K8S={tmp_path}", f"{tmp_path}/out/base.yaml")
+    assert proc.returncode != 0 and "missing.yaml" in proc.stdout, proc.stdout
+    assert not (tmp_path / "out/base.yaml").exists()  # nothing half-rendered that a rerun would take
 
 
 def test_dockerfiles(tmp_path: Path) -> None:
-    """The shipped ones pass; hadolint, checkov and the two camserve rules each catch theirs."""
+    """The two camserve rules; hadolint's and checkov's are in test_each_tool_fails_in_its_own_words."""
     for k, f in check.DOCKERFILES.items():
         assert rules.dockerfile_problems(f, gpu=k == "gpu") == []
-    assert lint("hadolint", *check.DOCKERFILES.values()) == []
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python\nRUN apt-get install curl\nUSER root\nENTRYPOINT camserve serve\n")
-    hadolint = " ".join(p.message for p in lint("hadolint", bad))
-    for code in ("DL3006", "DL3008", "DL3002", "DL3066", "DL3025"):  # tag, pins, root, numeric uid, exec form
-        assert code in hadolint, hadolint
+    bad.write_text('FROM python:3.11-slim\nUSER 10001\nENTRYPOINT ["camserve"]\n')
     assert {p.message for p in rules.dockerfile_problems(bad, gpu=True)} == {
         "two stages: a build, then a runtime without compilers",
         "GPU image without NVIDIA_DRIVER_CAPABILITIES=compute,utility"}
-    no_user = tmp_path / "Dockerfile.nouser"
-    no_user.write_text('FROM python:3.11-slim\nENTRYPOINT ["camserve"]\n')
-    assert {check_id for _, check_id in checkov_failures([no_user])} == {"CKV_DOCKER_3"}
 
 
-def test_yamllint_catches_duplicate_keys(tmp_path: Path) -> None:
-    bad = tmp_path / "dup.yaml"
-    bad.write_text("a: 1\na: 2\n")
-    assert any("duplication" in p.message for p in lint("yamllint", bad))
-
-
-def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
-    broken = tmp_path / "alerts.yaml"
-    broken.write_text(check.ALERTS.read_text().replace("> 0.25", "> > 0.25", 1))
-    assert lint("promtool", "check", "rules", broken) != []
-
-
-def test_a_missing_tool_is_a_failure_that_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
-                                                                tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(check, "TOOLS", tmp_path)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(check.ToolMissing, match="make deploy-tools"):
-        check.tool("checkov")
-    with pytest.raises(check.ToolMissing, match="make system-deps"):
-        check.tool("promtool")
-    assert check.main([]) == 1  # before any tool starts
-    assert "not found" in capsys.readouterr().out
+def test_a_missing_tool_is_a_failure_that_says_how_to_install_it(tmp_path: Path) -> None:
+    """No tool anywhere (but kubectl where a target renders first): each target stops make with the
+    command that installs its tool."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/kubectl").symlink_to(where("kubectl"))
+    (tmp_path / "utils").mkdir()  # the PATH: what the recipes use besides the tools
+    for name in ("mkdir", "mv"):
+        (tmp_path / "utils" / name).symlink_to(str(shutil.which(name)))
+    none, hint = tmp_path / "none", "not found: run `make"
+    for target, tools, words in (("deploy-checks", none, hint),
+                                 (f"{tmp_path}/out/gpu.yaml", none, f"kubectl {hint} deploy-tools`"),
+                                 ("deploy-check-python", tmp_path, f"{none}/python {hint} venv`"),
+                                 ("deploy-check-checkov", tmp_path, f"checkov {hint} deploy-tools`"),
+                                 ("deploy-check-yamllint", none, f"yamllint {hint} venv`"),
+                                 ("deploy-check-hadolint", none, f"hadolint {hint} venv`"),
+                                 ("deploy-check-promtool", none, f"promtool {hint} system-deps`")):
+        proc = subprocess.run([shutil.which("make") or "make", target, f"BIN={none}", f"DEPLOY_TOOLS={tools}",
+                               f"DEPLOY_OUT={tmp_path}/out"], cwd=ROOT, env={"PATH": str(tmp_path / "utils")},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and words in proc.stderr, (target, proc.stderr)

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,7 @@ def read_problems(exprs: list[tuple[str, str]], scraped: set[str]) -> list[str]:
 
 
 def test_prometheus_scrapes_and_every_query_evaluates(
-        two_servers: Pair, prometheus: Prometheus) -> None:
+        two_servers: Pair, prometheus: Prometheus, render: Callable[[str], list[Any]]) -> None:
     a, b = two_servers
     target = f"ipv4:127.0.0.1:{a.grpc_port},127.0.0.1:{b.grpc_port}"
     # Both targets scraped once before the traffic, so rate() sees the increase.
@@ -300,7 +300,7 @@ def test_prometheus_scrapes_and_every_query_evaluates(
     # Each custom metric the HPA scales on comes from a prometheus-adapter rule whose query gives
     # one finite value per pod (target).
     rules_by_metric = {r["name"]["as"]: r for r in adapter_rules}
-    hpa = next(d for d in check.render("gpu") if d["kind"] == "HorizontalPodAutoscaler")
+    hpa = next(d for d in render("gpu") if d["kind"] == "HorizontalPodAutoscaler")
     custom = [m[m["type"].lower()]["metric"]["name"] for m in hpa["spec"]["metrics"]
               if m["type"] in ("Pods", "Object", "External")]
     assert custom and set(custom) <= set(rules_by_metric), (custom, sorted(rules_by_metric))
