@@ -41,7 +41,7 @@ from camserve.engine import calls, methods
 from camserve.engine.calls import CallKey, LayerCall, Site, Tap
 from camserve.engine.keras_private import CallFn
 from camserve.engine.preprocess import preprocess
-from camserve.engine.records import StepOutput, wants_activations
+from camserve.engine.records import StepOutput, step_inputs, wants_activations
 from camserve.engine.targets import ModelGraph, Target
 from camserve.engine.tokens import to_grid
 
@@ -137,12 +137,8 @@ class Step:
         pixels = jnp.asarray(images)  # to the device as is: uint8 pixels are 4x fewer bytes
         if raw:
             pixels = pixels.astype(jnp.float32)
-        b, k = targets.shape
-        if not 1 <= k <= self.max_k:
-            raise ValueError(f"targets ask for {k} classes per image; this step explains 1..{self.max_k}")
-        padded = np.full((b, self.max_k), -1, np.int32)
-        padded[:, :k] = targets
-        codes = np.zeros(b, np.int32) if methods is None else np.asarray(methods, np.int32)
+        k = targets.shape[1]
+        padded, codes = step_inputs(targets, methods, self.max_k)
         probs, scores, classes, maps, acts, grads = self._compiled(
             pixels, np.bool_(raw), padded, np.int32(k), codes, self._cam_kernel)
         # Only what is fetched crosses to the host: the maps (K x h x w per image) when serving.

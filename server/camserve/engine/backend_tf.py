@@ -31,7 +31,7 @@ from camserve.engine import calls, methods
 from camserve.engine.calls import CallKey, LayerCall, Site, Tap
 from camserve.engine.keras_private import CallFn
 from camserve.engine.preprocess import preprocess
-from camserve.engine.records import StepOutput, wants_activations
+from camserve.engine.records import StepOutput, step_inputs, wants_activations
 from camserve.engine.targets import ModelGraph, Target
 from camserve.engine.tokens import to_grid
 
@@ -177,11 +177,7 @@ class Step:
         raw = images.dtype == np.uint8
         pixels = tf.cast(tf.constant(images), tf.float32) if raw else tf.constant(images, tf.float32)
         b, k = targets.shape
-        if not 1 <= k <= self.max_k:
-            raise ValueError(f"targets ask for {k} classes per image; this step explains 1..{self.max_k}")
-        padded = np.full((b, self.max_k), -1, np.int32)
-        padded[:, :k] = targets
-        codes = np.zeros(b, np.int32) if methods is None else np.asarray(methods, np.int32)
+        padded, codes = step_inputs(targets, methods, self.max_k)
         probs, scores, classes, maps, acts, grads = self._concrete(b)(
             pixels, tf.constant(raw), tf.constant(padded), tf.constant(k, tf.int32), tf.constant(codes)
         )

@@ -34,6 +34,18 @@ class StepOutput:
     gradients: np.ndarray | None = None  # (B, K, h, w, C) float32
 
 
+def step_inputs(targets: np.ndarray, methods: np.ndarray | None, max_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """What both backends' steps take besides the images: ``targets`` (B, K) padded with -1 to
+    (B, max_k) int32 (K is a traced scalar, not a shape), and the (B,) int32 method codes (zeros,
+    any method, when None). Raises ``ValueError`` unless 1 <= K <= max_k."""
+    b, k = targets.shape
+    if not 1 <= k <= max_k:
+        raise ValueError(f"targets ask for {k} classes per image; this step explains 1..{max_k}")
+    padded = np.full((b, max_k), -1, np.int32)
+    padded[:, :k] = targets
+    return padded, np.zeros(b, np.int32) if methods is None else np.asarray(methods, np.int32)
+
+
 def wants_activations(codes: np.ndarray) -> bool:
     """Whether a batch's method codes (``methods.CODES``) ask for Eigen-CAM, made on the host from the
     activations."""
