@@ -337,7 +337,7 @@ def where(tool: str) -> str:
     """The tool make deploy-check runs (its deploy-tool function: the deploy tools, the venv, PATH)."""
     proc = make("-s", "--eval", f"where: ; @echo $(call deploy-tool,{tool},make deploy-tools)", "where")
     assert proc.returncode == 0, proc.stdout
-    return proc.stdout.strip()
+    return str(ROOT / proc.stdout.strip())  # absolute: the Makefile's own paths are relative to it
 
 
 def checkov_failures(paths: list[Path]) -> list[tuple[str, str]]:
