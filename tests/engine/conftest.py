@@ -1,13 +1,16 @@
 """Small models for the engine tests: fixed-weight toys and briefly trained digit classifiers.
 
 Trained models use scikit-learn's digits (shipped with the package, nothing downloaded) upscaled to
-24x24 RGB, so that the maps are not degenerate; each trains in a few seconds on 2 cores, once per
-session.
+24x24 RGB, so that the maps are not degenerate; each trains in about 10-15 CPU-s, once per test run:
+the first test process that needs one trains it and saves it where the run's other pytest-xdist
+processes load it (training is deterministic, so a loaded model is the model they would have trained).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -87,16 +90,36 @@ def train(name: str, epochs: int = 10) -> keras.Model:
     return model
 
 
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every test process of this pytest run shares (pytest-xdist workers' base temp
+    folders are siblings under one per-run folder; without xdist, the run's own base temp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def trained_once(name: str, folder: Path) -> keras.Model:
+    """``train(name)`` once per ``folder``: the first caller trains and saves, under an exclusive
+    lock on ``name``.lock, and every later caller (another process included) loads the saved file."""
+    path = folder / f"trained-{name}.keras"
+    with open(folder / f"trained-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if path.is_file():
+            return keras.saving.load_model(path, compile=False)
+        model = train(name)
+        model.save(path.with_suffix(".tmp.keras"))
+        path.with_suffix(".tmp.keras").rename(path)  # a crash never leaves a half-written model
+        return model
+
+
 @pytest.fixture(scope="session")
-def trained() -> dict[str, keras.Model]:
-    """The three trained architectures (trained lazily, once)."""
-    cache: dict[str, keras.Model] = {}
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, keras.Model]:
+    """The three trained architectures (trained lazily, once per run: ``trained_once``)."""
+    folder = run_folder(tmp_path_factory)
 
     class Lazy(dict):
         def __missing__(self, key: str) -> keras.Model:
-            cache[key] = train(key)
-            self[key] = cache[key]
-            return cache[key]
+            self[key] = trained_once(key, folder)
+            return self[key]
 
     return Lazy()
 

@@ -25,6 +25,13 @@ def _maps(results: list) -> np.ndarray:
     return np.stack([m.heatmap for r in results for m in r.maps])
 
 
+@pytest.fixture(scope="module")
+def plain4(trained: dict) -> Explainer:
+    """The trained plain_gap model, preprocessing 'none', buckets 1, 2, 4: one Explainer (one
+    recording, one compile per bucket) for the tests that read it and need none of their own."""
+    return Explainer(trained["plain_gap"], preprocessing="none", max_batch_size=4)
+
+
 def test_batch_equals_one_by_one(trained: dict, digits: tuple) -> None:
     model = trained["residual_bn"]
     x = digits[0][:5]  # padded to bucket 8
@@ -48,11 +55,10 @@ def test_chunks_larger_than_max_batch(trained: dict, digits: tuple) -> None:
     assert e.buckets == [1, 2, 3]
 
 
-def test_xla_equals_graph(trained: dict, digits: tuple) -> None:
-    model = trained["plain_gap"]
+def test_xla_equals_graph(trained: dict, digits: tuple, plain4: Explainer) -> None:
     x = digits[0][:4]
-    xla = Explainer(model, preprocessing="none", compile_mode="xla", max_batch_size=4)
-    graph = Explainer(model, preprocessing="none", compile_mode="graph", max_batch_size=4)
+    xla = Explainer(trained["plain_gap"], preprocessing="none", compile_mode="xla", max_batch_size=4)
+    graph = plain4  # compile_mode "auto": graph on CPU (asserted below and by the next test)
     assert xla.info.compile_mode == "xla" and graph.info.compile_mode == "graph"
     for method in ALL_METHODS:
         specs = [ItemSpec(method, top_k=2)] * 4
@@ -78,8 +84,8 @@ def test_warmup_compiles_every_bucket_and_nothing_recompiles(trained: dict, digi
     assert e.step.trace_count() == count
 
 
-def test_top_k_and_class_index(trained: dict, digits: tuple) -> None:
-    e = Explainer(trained["plain_gap"], preprocessing="none", max_batch_size=4)
+def test_top_k_and_class_index(digits: tuple, plain4: Explainer) -> None:
+    e = plain4
     x = digits[0][:3]
     res = e.explain_batch(
         x, [ItemSpec("gradcam", top_k=3), ItemSpec("gradcam", class_index=4), ItemSpec("cam")]
@@ -97,17 +103,17 @@ def test_top_k_and_class_index(trained: dict, digits: tuple) -> None:
         assert r.probabilities.shape == (10,) and abs(float(r.probabilities.sum()) - 1) < 1e-5
 
 
-def test_preprocessing_inside_the_step(trained: dict, digits: tuple) -> None:
+def test_preprocessing_inside_the_step(trained: dict, plain4: Explainer) -> None:
     """uint8 pixels + in-step preprocessing == keras' own preprocess_input applied outside."""
     from keras.applications import imagenet_utils
 
     model = trained["plain_gap"]
+    ref = plain4  # preprocessing "none": takes the preprocessed floats as they are
     pixels = np.random.default_rng(3).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
     for mode in ("tf", "torch", "caffe"):
         outside = imagenet_utils.preprocess_input(pixels.astype(np.float32), mode=mode)
         np.testing.assert_allclose(preprocess_numpy(pixels, mode), outside, atol=1e-4)
         inside = Explainer(model, preprocessing=mode, max_batch_size=4)
-        ref = Explainer(model, preprocessing="none", max_batch_size=4)
         a = inside.explain_batch(pixels, [ItemSpec("gradcam")] * 3)
         b = ref.explain_batch(outside, [ItemSpec("gradcam")] * 3)
         np.testing.assert_allclose(_maps(a), _maps(b), atol=1e-5, err_msg=mode)
@@ -122,7 +128,6 @@ def test_preprocessing_inside_the_step(trained: dict, digits: tuple) -> None:
             inside.explain_batch((pixels.astype(np.uint16) * 16 + 15)[:1], [ItemSpec()])
     # with no preprocessing any integer range is the model's own business: cast, as uint8 is
     wide = pixels.astype(np.uint16) * 16
-    ref = Explainer(model, preprocessing="none", max_batch_size=4)
     np.testing.assert_allclose(_maps(ref.explain_batch(wide, [ItemSpec()] * 3)),
                                _maps(ref.explain_batch(wide.astype(np.float32), [ItemSpec()] * 3)), atol=1e-6)
 

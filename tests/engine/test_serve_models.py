@@ -122,12 +122,26 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         yield root, images, client
 
 
+@pytest.fixture(scope="module")
+def library(served) -> dict[str, tuple[keras.Model, Explainer]]:
+    """name -> (the model loaded from the served file, its library Explainer with defaults), built
+    on first use and shared by this module's tests (loading and recording a model once)."""
+    root = served[0]
+
+    class Lazy(dict):
+        def __missing__(self, name: str) -> tuple[keras.Model, Explainer]:
+            _, file, shape, _ = MODELS[name]
+            model = load_model(root / name / file, input_shape=shape)
+            self[name] = model, Explainer(model, preprocessing="none", max_batch_size=1)
+            return self[name]
+
+    return Lazy()
+
+
 @pytest.mark.parametrize("name", list(MODELS))
-def test_served_with_defaults_equals_the_library(served, name: str) -> None:
-    root, images, client = served
-    _, file, shape, _ = MODELS[name]
-    model = load_model(root / name / file, input_shape=shape)
-    lib = Explainer(model, preprocessing="none", max_batch_size=1)
+def test_served_with_defaults_equals_the_library(served, library, name: str) -> None:
+    _, images, client = served
+    model, lib = library[name]
     want = lib.explain_batch(images[name][None], [ItemSpec("gradcam")])[0]
     info = client.get_model(name)
     assert info.default_target_layer == lib.info.target_layer
@@ -171,16 +185,15 @@ def test_served_with_defaults_equals_the_library(served, name: str) -> None:
         assert lib.info.target_layer == "features" and lib.info.cam_supported and not got.all_zero
 
 
-def test_a_layer_the_listing_leaves_out_is_still_a_target(served) -> None:
+def test_a_layer_the_listing_leaves_out_is_still_a_target(served, library) -> None:
     """keras-hub's encoder is one layer holding every block: not listed (its output is the class
     token's sequence), yet a named target the engine resolves; a name the model never calls is refused
     at the front with the listed layers."""
-    root, images, client = served
+    _, images, client = served
     info = client.get_model("keras_hub_vit")
     listed = {la.name for la in info.layers}
     assert listed and all(la.kind == "tokens" for la in info.layers if "encoder" in la.name)
-    model = load_model(root / "keras_hub_vit" / "model.keras", input_shape=(32, 32, 3))
-    lib = Explainer(model, preprocessing="none", max_batch_size=1)
+    _, lib = library["keras_hub_vit"]
     unlisted = next(c.name for c in lib.graph.rec.calls
                     if c.name not in listed and lib.graph._grid_of(c) is not None)
     want = lib.with_target(unlisted).explain_batch(images["keras_hub_vit"][None], [ItemSpec("gradcam")])[0]

@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from jax_env import JAX_TEST_ENV
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def test_engine_part_and_report_on_cpu(tmp_path: Path) -> None:
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONUNBUFFERED="1", **JAX_TEST_ENV,
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     run = [sys.executable, "-m", "bench.gpu"]
     # "tiny" (four layers): the same code path as the real networks in seconds; MobileNetV2's XLA

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from jax_env import JAX_TEST_ENV
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -123,7 +124,7 @@ def jax_results(cross: tuple[Path, dict[str, np.ndarray]]) -> dict[str, dict[str
     """Run every JAX check once in a fresh process with KERAS_BACKEND=jax."""
     root, _ = cross
     out = root / "results.json"
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONUNBUFFERED="1", **JAX_TEST_ENV)
     proc = subprocess.run(
         [sys.executable, str(HERE / "jax_checks.py"), "--out", str(out), "--cross", str(root)],
         capture_output=True, text=True, timeout=480, env=env, cwd=ROOT,

@@ -17,6 +17,7 @@ import pytest
 from camserve.repository import load_repository
 from camserve_proto import explain_pb2 as pb
 from camserve_proto import explain_pb2_grpc as pb_grpc
+from jax_env import JAX_TEST_ENV
 from serverproc import ServerProcess, start_server
 from shared_dir import contract_check
 
@@ -24,7 +25,7 @@ from shared_dir import contract_check
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     srv = start_server("--backend", "jax", repository=None, workers="cpu:1",
-                       env={"JAX_PLATFORMS": "cpu"})
+                       env=dict(JAX_TEST_ENV))
     try:
         yield srv
     finally:
