@@ -8,8 +8,9 @@ heatmaps = gradcam.compute_heatmaps(batch, class_idx=[3, None, 7])  # (B,h,w); N
 results = gradcam.explain(batch, top_k=3)                  # ItemResults: probabilities + maps
 ```
 Inputs are already preprocessed float arrays (``preprocessing="none"`` by default; pass another mode
-to give uint8 RGB instead). Batch buckets compile on first use, and instances on the same model with
-the same settings share what was compiled (one ``GradCAM(...)`` per image in a loop compiles once).
+to give uint8 RGB instead). The step compiles on first use (in graph mode, the CPU default, once for
+every batch size; under XLA once per batch bucket), and instances on the same model with the same
+settings share what was compiled (one ``GradCAM(...)`` per image in a loop compiles once).
 Any ``keras.Model`` works (Functional, Sequential, nested, subclassed, custom layers with sublayers,
 vision transformers: ``token_grid`` / ``prefix_tokens`` override the patch grid found for (B, N, C)
 outputs); a model that was never called is built from the first input's shape; one whose Input leaves H
