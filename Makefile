@@ -18,7 +18,7 @@ TEST_JOBS ?= 2
 
 BENCH_FIGURES := engine serve protocols frontend load localization micro
 
-.PHONY: system-deps deploy-tools venv tritonclient kserve-client perf-analyzer serve test protos protos-check lint bench bench-quick \
+.PHONY: native-floor system-deps deploy-tools venv tritonclient kserve-client perf-analyzer serve test protos protos-check lint bench bench-quick \
 	$(addprefix bench-,$(BENCH_FIGURES)) bench-gpu deploy-check soak clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -115,6 +115,26 @@ bench-quick: venv  ## every bench command, tiny (a check, about two minutes)
 
 $(addprefix bench-,$(BENCH_FIGURES)): bench-%: venv  ## one README figure: make bench-engine, bench-serve, ...
 	$(BIN)/python -m bench $*
+
+# The C++ gRPC server `python -m bench.frontend.floor --native` measures beside grpc.aio (a bench tool, not
+# part of camserve): Debian's gRPC 1.51 and libjpeg-turbo, installed here when missing and run as root.
+NATIVE_FLOOR := build/native-floor
+NATIVE_DEBS := libgrpc++-dev libprotobuf-dev protobuf-compiler-grpc libturbojpeg0-dev pkg-config
+native-floor: $(NATIVE_FLOOR)/floor  ## build the C++ gRPC floor server of bench/frontend/native
+
+$(NATIVE_FLOOR)/floor: bench/frontend/native/floor.cc protos/camserve/v1/explain.proto
+	@command -v grpc_cpp_plugin >/dev/null && pkg-config --exists grpc++ protobuf libturbojpeg || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq --no-install-recommends $(NATIVE_DEBS) >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && \
+	        apt-get install -y -qq --no-install-recommends $(NATIVE_DEBS) >/dev/null 2>&1; }; }; } || \
+	  { echo "error: the native floor needs, as root: apt-get install $(NATIVE_DEBS)" >&2; exit 1; }
+	mkdir -p $(NATIVE_FLOOR)/gen
+	protoc -Iprotos --cpp_out=$(NATIVE_FLOOR)/gen --grpc_out=$(NATIVE_FLOOR)/gen \
+	  --plugin=protoc-gen-grpc=$$(command -v grpc_cpp_plugin) protos/camserve/v1/explain.proto
+	$(CXX) -O2 -std=c++17 -I$(NATIVE_FLOOR)/gen -o $@ bench/frontend/native/floor.cc \
+	  $(NATIVE_FLOOR)/gen/camserve/v1/explain.pb.cc $(NATIVE_FLOOR)/gen/camserve/v1/explain.grpc.pb.cc \
+	  $$(pkg-config --cflags --libs grpc++ protobuf libturbojpeg)
 
 bench-gpu:  ## the GPU figures on a machine with a GPU and JAX (bench/gpu/README.md)
 	bench/gpu/run.sh

@@ -1,4 +1,4 @@
-"""The gRPC floor under ``bench/frontend``'s load: what a bare grpc.aio server costs per call.
+"""The gRPC floor under ``bench/frontend``'s load: what a bare gRPC server costs per call, in Python and C++.
 
 The same load generator, callers and messages as ``python -m bench.frontend`` (64 callers of 224x224
 JPEG, one per Explain), against one grpc.aio process whose Explain does nothing camserve does (no
@@ -10,7 +10,14 @@ does (simplejpeg, on the event loop). The server's CPU-ms per call is then the f
 Python aio server (its Cython layer, C core and system calls) and the decode set for camserve's front
 end on this machine; ``bench/frontend`` minus this is camserve's own work.
 
+``--native`` adds the same server in C++ (``bench/frontend/native/floor.cc``, built by ``make
+native-floor`` from Debian's gRPC and libjpeg-turbo): gRPC's C++ server, bare and with the decode. The
+difference between the two languages' rows is what a front end outside Python could save per call.
+``--rounds`` alternates every variant that many times (the machine's speed drifts: compare the rows of
+one round).
+
     python -m bench.frontend.floor                   # bare gRPC, + interceptors, + JPEG decode
+    python -m bench.frontend.floor --native --rounds 2
 """
 
 from __future__ import annotations
@@ -93,17 +100,23 @@ class _Server:
     pid: int
 
 
-def run_floor(decode: bool, intercepted: bool, duration_s: float, warmup_s: float, callers: int,
-              clients: int) -> dict[str, Any]:
+ROOT = Path(__file__).resolve().parents[2]
+NATIVE = ROOT / "build" / "native-floor" / "floor"
+
+
+def run_floor(cmd: list[str], duration_s: float, warmup_s: float, callers: int, clients: int
+              ) -> dict[str, Any]:
+    """Start the floor server ``cmd`` (``cmd + [PORT_FILE]``: it writes the port it bound there), load it
+    as ``bench/frontend`` does, stop it; the measured row."""
     port_file = Path(tempfile.gettempdir()) / f"camserve-floor-{os.getpid()}"
     port_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bench.frontend.floor", "--serve", str(port_file)]
-    cmd += (["--decode"] if decode else []) + (["--intercepted"] if intercepted else [])
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen([*cmd, str(port_file)], cwd=ROOT)
     try:
         for _ in range(600):
             if port_file.exists() and port_file.read_text():
                 break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the floor server {cmd} exited with {proc.returncode}")
             time.sleep(0.05)
         row = measure(_Server(f"127.0.0.1:{port_file.read_text()}", proc.pid), "jpeg224", clients, callers,
                       warmup_s, duration_s)
@@ -114,12 +127,26 @@ def run_floor(decode: bool, intercepted: bool, duration_s: float, warmup_s: floa
     return row
 
 
+def variants(native: bool) -> list[tuple[str, list[str]]]:
+    """(what, server command) of every floor measured, in the order of a round."""
+    py = [sys.executable, "-m", "bench.frontend.floor"]
+    rows = [("grpc.aio bare", py), ("+ camserve interceptors", [*py, "--intercepted"]),
+            ("+ JPEG decode", [*py, "--intercepted", "--decode"])]
+    if native:
+        rows += [("C++ gRPC bare", [str(NATIVE), "bare"]),
+                 ("C++ gRPC + JPEG decode", [str(NATIVE), "decode"])]
+    return [(what, [*cmd, "--serve"] if cmd[0] == sys.executable else cmd) for what, cmd in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.frontend.floor", description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--warmup", type=float, default=2.5)
     ap.add_argument("--callers", type=int, default=64)
     ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--native", action="store_true",
+                    help="also gRPC's C++ server, bare and with the decode (built by make native-floor)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate every variant this many times")
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--decode", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--intercepted", action="store_true", help=argparse.SUPPRESS)
@@ -127,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.decode, args.intercepted)
         return 0
-    variants = (("bare gRPC", False, False), ("+ camserve interceptors", False, True),
-                ("+ JPEG decode", True, True))
-    for what, decode, intercepted in variants:
-        row = run_floor(decode, intercepted, args.duration, args.warmup, args.callers, args.clients)
-        print(f"{what:<24} {row['images_per_s']:6.0f} calls/s  p50 {row['p50_ms']:6.1f} ms  server CPU "
-              f"{row['cpu_ms_per_image']:.3f} ms/call ({row['server_cores_busy']:.2f} cores busy, errors "
-              f"{row['errors']})", flush=True)
+    if args.native:
+        subprocess.run(["make", "--no-print-directory", "native-floor"], cwd=ROOT, check=True)
+    for _ in range(max(1, args.rounds)):
+        for what, cmd in variants(args.native):
+            row = run_floor(cmd, args.duration, args.warmup, args.callers, args.clients)
+            print(f"{what:<24} {row['images_per_s']:6.0f} calls/s  p50 {row['p50_ms']:6.1f} ms  server CPU "
+                  f"{row['cpu_ms_per_image']:.3f} ms/call ({row['server_cores_busy']:.2f} cores busy, errors "
+                  f"{row['errors']})", flush=True)
     return 0
 
 
