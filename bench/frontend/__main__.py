@@ -3,8 +3,9 @@
 A real ``camserve serve`` (real gRPC front ends, real scheduler, a real worker process) whose model
 step is a stand-in of fixed cost (``bench/frontend/standin.py``: a 2 ms sleep per batch, 1,000
 classes, 7x7 maps), so the front end sets the pace. The project's load generator
-(``camserve_client.tools.loadgen``) runs in ``--clients`` processes (each its own connections: the kernel
-spreads connections, not calls, over the front ends), 64 callers in all, closed loop. For each
+(``camserve_client.tools.loadgen``) runs in ``--clients`` processes of 8 connections each
+(``client.CONNECTIONS``: the kernel spreads connections, not calls, over the front ends), 64 callers in
+all, closed loop. For each
 ``--frontends`` value and each case it prints images/s, p50/p99 and the CPU time of every server
 process (supervisor, front ends, worker; from /proc) per image, over one window: the calls counted are
 those that complete inside it (``loadreport.Window``). Exits 1 when a case had an error or no success.

@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(n, "--metrics-timeout-s", "a /metrics connection whose request has not fully arrived this long "
           "after it opened is closed", D.metrics_timeout_s, type=_seconds)
     _flag(n, "--frontends", "front-end processes sharing the gRPC port (each terminates gRPC, validates "
-          "and decodes; batches still fill across all of them). 0 = auto: one per two cores, at most 8, "
+          "and decodes; batches still fill across all of them; the kernel gives each client connection to "
+          "one of them, so one connection uses one). 0 = auto: one per two cores, at most 8, "
           "when workers run on GPUs (the front end sets the pace there; cores = CPU affinity capped by a "
           "cgroup CPU limit); 1 with CPU workers",
           D.frontends, type=_nonneg_int)
