@@ -21,32 +21,27 @@ CONNECTIONS = 8
 
 def load_process(target: str, model: str, case: str, concurrency: int, warmup_s: float, duration_s: float,
                  queue: Any, barrier: Any, connections: int = CONNECTIONS) -> None:
-    """One load-generator process: ``connections`` channels of their own (separate subchannel pools, so
-    separate TCP connections), connected and payloads serialized, then wait at ``barrier`` (every client
-    ready), then one continuous closed loop of ``warmup_s + duration_s`` with ``concurrency`` callers
-    shared out over the connections; puts all its samples (``camserve_client.tools.loadreport.Sample``,
-    on its shared clock) on ``queue``: the parent counts the ones that complete inside the window it
-    measured CPU over."""
-    from camserve_client.client import AsyncClient
+    """One load-generator process: ``connections`` TCP connections (``LoadGenerator.clients``), connected
+    and payloads serialized, then wait at ``barrier`` (every client ready), then one continuous closed
+    loop of ``warmup_s + duration_s`` with ``concurrency`` callers shared out over the connections; puts
+    all its samples (``camserve_client.tools.loadreport.Sample``, on its shared clock) on ``queue``: the
+    parent counts the ones that complete inside the window it measured CPU over."""
     from camserve_client.tools.loadgen import LoadConfig, LoadGenerator
 
     side, payload, per_call = CASES[case]
-    n = max(1, min(connections, concurrency))
 
     async def run() -> list[Any]:
         gen = LoadGenerator(LoadConfig(target=target, model=model, payload=payload, images="photos",
-                                       image_size=side, batch_per_call=per_call, quiet=True))
-        own_connection = [("grpc.use_local_subchannel_pool", 1)]
-        clients = [AsyncClient(target, model=model, retries=0, options=own_connection) for _ in range(n)]
+                                       image_size=side, batch_per_call=per_call, quiet=True,
+                                       connections=min(connections, concurrency)))
+        clients = gen.clients()
         try:
             await gen.prepare(clients[0])
             await asyncio.gather(*(c.channel.channel_ready() for c in clients))
-            calls = [gen.rpc(c) for c in clients]
+            calls = gen.rpcs(clients)
             await asyncio.to_thread(barrier.wait)  # every client and the parent's clock start together
-            shares = [concurrency // n + (i < concurrency % n) for i in range(n)]
-            runs = await asyncio.gather(*(gen.closed(call, None, k, warmup_s, duration_s)
-                                          for call, k in zip(calls, shares, strict=True)))
-            return [s for samples, _ in runs for s in samples]
+            samples, _ = await gen.closed(calls, None, concurrency, warmup_s, duration_s)
+            return samples
         finally:
             await asyncio.gather(*(c.close() for c in clients))
 

@@ -267,7 +267,8 @@ def run_serve(args: argparse.Namespace) -> int:
     s = _settings(args)
     out_dir = Path(args.out)
     report: dict[str, Any] = {"part": "serve", "cpu_mode": args.cpu, "machine": machine(), "settings": s,
-                              "clients": args.clients, "batch_per_call": args.batch_per_call}
+                              "clients": args.clients, "connections": args.connections,
+                              "batch_per_call": args.batch_per_call}
     with tempfile.TemporaryDirectory(prefix="camserve-gpu-bench-") as tmp:
         repo = make_repository(Path(tmp) / "repo", s["serve_model"], s["serve_size"], s["serve_batch"])
         with start_server("--backend", "jax", "--compile", "xla", "--drain-seconds", "10", repository=repo,
@@ -278,7 +279,7 @@ def run_serve(args: argparse.Namespace) -> int:
             cfg = LoadConfig(target=server.target, method="gradcam", size="grid",
                              concurrency=s["concurrency"], duration_s=s["duration_s"], warmup_s=s["warmup_s"],
                              images="auto", image_count=64, payload="jpeg", quiet=True,
-                             batch_per_call=args.batch_per_call)
+                             batch_per_call=args.batch_per_call, connections=args.connections)
             load = load_from_processes(cfg, args.clients)
     report["load"] = json_safe(load)
     for step in load["steps"]:
@@ -370,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default=None, help="serve part: calls in flight, comma list")
     parser.add_argument("--clients", type=int, default=1,
                         help="serve part: load-generator processes (each at concurrency / clients)")
+    parser.add_argument("--connections", type=int, default=8,
+                        help="serve part: TCP connections per load-generator process (the kernel gives "
+                             "connections, not calls, to the server's front ends; default 8)")
     parser.add_argument("--batch-per-call", dest="batch_per_call", type=int, default=1,
                         help="serve part: images per call (> 1: ExplainBatch)")
     parser.add_argument("--models", default=None,

@@ -45,6 +45,7 @@ class FakeExplain(pb_grpc.ExplainServiceServicer):
         self.attempts: dict[str, int] = defaultdict(int)
         self.requests: list[pb.ExplainRequest] = []
         self.metadata: list[dict[str, str]] = []
+        self.peers: set[str] = set()  # the client address:port of every scripted call (one per connection)
         self.lock = threading.Lock()
         self.in_flight = 0  # Explain/ExplainBatch calls inside the handler now, and the most at once
         self.max_in_flight = 0
@@ -54,6 +55,7 @@ class FakeExplain(pb_grpc.ExplainServiceServicer):
         with self.lock:
             self.attempts[method] += 1
             self.metadata.append(dict(context.invocation_metadata()))
+            self.peers.add(context.peer())
             if self.script.only is not None and method not in self.script.only:
                 return
             failure = self.script.failures.pop(0) if self.script.failures else self.script.always

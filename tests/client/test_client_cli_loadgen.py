@@ -173,6 +173,21 @@ def test_loadgen_closed_and_open_loop(fake, tmp_path) -> None:
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_loadgen_shares_callers_out_over_its_connections(fake) -> None:
+    # A server with several front-end processes gives each TCP connection to one of them: the callers
+    # must really use `connections` connections (channels alike in one process would share one).
+    fake.service.script.only = {"Explain"}
+    cfg = LoadConfig(target=fake.target, concurrency=[6], duration_s=0.4, warmup_s=0.1, images="noise",
+                     image_count=4, quiet=True, connections=3)
+    (step,) = run_load(cfg)["steps"]
+    assert step["requests_ok"] > 0 and step["errors"] == {}
+    assert len(fake.service.peers) == 3
+    fake.service.peers.clear()
+    cfg.connections = 1
+    run_load(cfg)
+    assert len(fake.service.peers) == 1
+
+
 def test_one_counting_rule_a_call_counts_when_it_completes_inside_the_window() -> None:
     """perf_analyzer's rule: completion time inside [start, end], whenever the call started."""
     window = Window(10.0, 12.0)

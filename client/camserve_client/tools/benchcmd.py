@@ -64,6 +64,9 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inflight", type=int, default=4096,
                         help="open loop: calls in flight at most; arrivals beyond it count as "
                              "CLIENT_OVERLOAD errors (default 4096)")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="TCP connections the callers are shared out over (default 1); a server with "
+                             "several front-end processes serves each connection in one of them")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images and arrivals")
     parser.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                         help="wait up to SECONDS for the server and model to report SERVING before the "
@@ -86,6 +89,7 @@ def config_from_args(args: argparse.Namespace, client_kwargs: dict[str, Any]) ->
         batch_per_call=args.batch_per_call, protocol=args.protocol,
         timeout_s=client_kwargs.get("timeout") or 30.0,
         max_inflight=args.max_inflight, ready_timeout_s=args.wait, seed=args.seed, quiet=args.quiet,
+        connections=max(1, args.connections),
         client={k: v for k, v in client_kwargs.items() if k in ("tls", "token")})
     if args.quick:
         cfg.concurrency = [1, 4] if args.concurrency is None and not args.rate else cfg.concurrency

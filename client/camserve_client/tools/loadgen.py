@@ -67,10 +67,11 @@ class LoadConfig:
     seed: int = 0
     quiet: bool = False
     client: dict[str, Any] = field(default_factory=dict)  # TLS / token kwargs for AsyncClient
+    connections: int = 1            # TCP connections the callers are shared out over
 
 
 class LoadGenerator:
-    """Runs the steps of a LoadConfig against one server over one grpc.aio channel.
+    """Runs the steps of a LoadConfig against one server over ``config.connections`` grpc.aio channels.
 
     ``payloads``: requests already serialized for the configured protocol and ``batch_per_call`` (a
     benchmark that made its own images); otherwise they are made from ``config.images``."""
@@ -160,6 +161,22 @@ class LoadGenerator:
         raise ValueError(f"unknown payload {cfg.payload!r}: png, jpeg or raw")
 
     # -- calls -------------------------------------------------------------------------------
+    def clients(self) -> list[AsyncClient]:
+        """``config.connections`` clients, each on a TCP connection of its own (a subchannel pool of its
+        own; channels alike in one process otherwise share one connection). Why several: a server with
+        several front-end processes gives each *connection* to one of them, so one connection exercises
+        one front end, as one caller of many would."""
+        cfg = self.cfg
+        kwargs = dict(cfg.client)
+        if cfg.connections > 1:
+            kwargs["options"] = [*kwargs.get("options", ()), ("grpc.use_local_subchannel_pool", 1)]
+        return [AsyncClient(cfg.target, model=cfg.model, retries=0, **kwargs)
+                for _ in range(max(1, cfg.connections))]
+
+    def rpcs(self, clients: Sequence[AsyncClient]) -> list[Any]:
+        """One multi-callable per client (see :meth:`rpc`)."""
+        return [self.rpc(client) for client in clients]
+
     def rpc(self, client: AsyncClient) -> Any:
         """The multi-callable the payloads go to (pre-serialized bytes in, the parsed reply out)."""
         if self.cfg.protocol == "oip":
@@ -186,12 +203,13 @@ class LoadGenerator:
         t = resp.responses[0].timing if self._images_per_call > 1 else resp.timing
         return Sample(start, latency, "OK", t.queue_ms, t.compute_ms, t.total_ms, t.batch_size)
 
-    async def closed(self, call: Any, metadata: Any, concurrency: int, warmup_s: float, duration_s: float,
-                     bar: Any = None) -> tuple[list[Sample], Window]:
+    async def closed(self, calls: Sequence[Any], metadata: Any, concurrency: int, warmup_s: float,
+                     duration_s: float, bar: Any = None) -> tuple[list[Sample], Window]:
         """Closed loop: ``concurrency`` callers back to back from now until the window
         ``[now + warmup_s, now + warmup_s + duration_s]`` has closed, in one continuous run, so the
-        window sees steady load. Returns every call as a :class:`Sample` (warm-up included; calls in
-        flight at the end finish first) and the window: :func:`summarize` counts by completion time."""
+        window sees steady load; caller k sends on ``calls[k % len(calls)]`` (one per connection, from
+        :meth:`rpcs`). Returns every call as a :class:`Sample` (warm-up included; calls in flight at
+        the end finish first) and the window: :func:`summarize` counts by completion time."""
         samples: list[Sample] = []
         t0 = clock()
         window = Window(t0 + warmup_s, t0 + warmup_s + duration_s)
@@ -199,6 +217,7 @@ class LoadGenerator:
 
         async def caller(k: int) -> None:
             i = k * 7919
+            call = calls[k % len(calls)]
             while clock() < window.end:
                 s = await self._one(call, payloads[i % len(payloads)], clock(), metadata)
                 i += 1
@@ -209,10 +228,11 @@ class LoadGenerator:
         await asyncio.gather(*(caller(k) for k in range(concurrency)))
         return samples, window
 
-    async def open(self, call: Any, metadata: Any, rate: float, warmup_s: float, duration_s: float,
+    async def open(self, calls: Sequence[Any], metadata: Any, rate: float, warmup_s: float, duration_s: float,
                    bar: Any = None) -> tuple[list[Sample], Window]:
         """Open loop: Poisson arrivals at ``rate`` per second from now until the window
-        ``[now + warmup_s, now + warmup_s + duration_s]`` closes; arrivals beyond ``max_inflight`` calls
+        ``[now + warmup_s, now + warmup_s + duration_s]`` closes, the i-th sent on
+        ``calls[i % len(calls)]``; arrivals beyond ``max_inflight`` calls
         in flight are CLIENT_OVERLOAD samples at their arrival time. Calls still in flight when the window
         closes are cancelled (they could count in no window). Returns every sample and the window."""
         samples: list[Sample] = []
@@ -235,8 +255,9 @@ class LoadGenerator:
             if len(tasks) >= self.cfg.max_inflight:
                 samples.append(Sample(next_t, 0.0, "CLIENT_OVERLOAD"))
             else:
-                task = asyncio.ensure_future(self._one(call, self._payloads[i % len(self._payloads)],
-                                                       next_t, metadata))
+                task = asyncio.ensure_future(self._one(calls[i % len(calls)],
+                                                       self._payloads[i % len(self._payloads)], next_t,
+                                                       metadata))
                 task.add_done_callback(done)
                 tasks.add(task)
             i += 1
@@ -255,11 +276,11 @@ class LoadGenerator:
         cfg = self.cfg
         if not cfg.concurrency and not cfg.rates:
             raise ValueError("nothing to run: give --concurrency and/or --rate")
-        client = AsyncClient(cfg.target, model=cfg.model, retries=0, **cfg.client)
+        clients = self.clients()
         try:
-            await self.prepare(client)
-            call = self.rpc(client)
-            metadata = client._metadata
+            await self.prepare(clients[0])
+            calls = self.rpcs(clients)
+            metadata = clients[0]._metadata
             steps: list[dict[str, Any]] = []
             plan = [("closed", float(c)) for c in cfg.concurrency] + [("open", float(r)) for r in cfg.rates]
             for mode, level in plan:
@@ -267,14 +288,14 @@ class LoadGenerator:
                 runner = self.closed if mode == "closed" else self.open
                 arg: Any = int(level) if mode == "closed" else level
                 bar = progress_bar(cfg.duration_s, f"{mode} {label}", unit="s", enabled=not cfg.quiet)
-                samples, window = await runner(call, metadata, arg, cfg.warmup_s, cfg.duration_s, bar)
+                samples, window = await runner(calls, metadata, arg, cfg.warmup_s, cfg.duration_s, bar)
                 step = summarize(samples, window, self._images_per_call, mode, level)
                 _advance(bar, cfg.duration_s, f"{step['throughput_img_s']:.1f} img/s p99 "
                          f"{step['latency_ms']['p99']:.1f} ms errors {step['requests_failed']}")
                 bar.close()
                 steps.append(step)
         finally:
-            await client.close()
+            await asyncio.gather(*(client.close() for client in clients))
         return {
             "tool": "camserve bench", "version": __version__,
             "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
