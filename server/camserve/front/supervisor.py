@@ -85,14 +85,25 @@ class _Observer:
         self.metrics = metrics
         self.board: Board | None = None
         self.hub: Hub | None = None
+        self._depths: dict[str, int] = {}  # the gauge's values still to write, this event-loop turn
 
     def batch_formed(self, model: str, size: int) -> None:
         self.metrics.batch_formed(model, size)
 
     def queue_depth(self, model: str, depth: int) -> None:
+        # The board at once (front ends shed on it); the gauge once per event-loop turn: every image
+        # queued or taken changes the depth, and a gauge write in multiprocess mode (a lock and a
+        # write to its file) per image is work no scrape can tell from one write per turn.
         if self.board is not None:
             self.board.set_depth(model, depth)
-        self.metrics.queue_depth(model, depth)
+        if not self._depths:
+            asyncio.get_running_loop().call_soon(self._write_depths)
+        self._depths[model] = depth
+
+    def _write_depths(self) -> None:
+        depths, self._depths = self._depths, {}
+        for model, depth in depths.items():
+            self.metrics.queue_depth(model, depth)
 
     def workers_alive(self, n: int) -> None:
         self.metrics.workers_alive(n)
