@@ -8,8 +8,12 @@ bytes. v1 is served by the same servicer, through a handler with the v1alpha mes
 and its own descriptor (v1alpha's with the package renamed) is added to the pool, so that a client
 can also ask reflection about ``grpc.reflection.v1`` itself.
 
-One more repair of grpcio-reflection's servicer (:class:`ReflectionServicer`):
+Two more repairs of grpcio-reflection's servicer (:class:`ReflectionServicer`):
 
+* ``file_containing_symbol`` of a method (``inference.GRPCInferenceService.ModelInfer``, what
+  ``grpcurl describe SERVICE.METHOD`` sends) answered NOT_FOUND: protobuf's
+  ``DescriptorPool.FindFileContainingSymbol`` finds services, messages, fields and enum values but
+  not methods (grpc/grpc#34743, open). A method's file is its service's.
 * A reflection stream lives as long as its client keeps it open (grpcurl's and grpcui's clients
   reuse one), and one still open when a draining front end stops gRPC held the stop for all of
   ``--drain-seconds``. It now ends, UNAVAILABLE with the drain's retry pushback, when the front end
@@ -61,13 +65,25 @@ def _register_v1(pool: descriptor_pool.DescriptorPool) -> None:
 
 
 class ReflectionServicer(reflection.aio.ReflectionServicer):
-    """grpcio-reflection's asyncio servicer over ``pool`` whose streams end when ``streams`` ends (see the
-    module docstring)."""
+    """grpcio-reflection's asyncio servicer over ``pool``, which also finds a method's file and whose
+    streams end when ``streams`` ends (see the module docstring)."""
 
     def __init__(self, service_names: Iterable[str], pool: descriptor_pool.DescriptorPool,
                  streams: StreamsEnd | None = None) -> None:
         super().__init__(service_names, pool=pool)
+        self._descriptors = pool
         self.streams = streams if streams is not None else StreamsEnd()
+
+    def _file_containing_symbol(self, request: messages.ServerReflectionRequest,
+                                fully_qualified_name: str) -> messages.ServerReflectionResponse:
+        answer = super()._file_containing_symbol(request, fully_qualified_name)
+        if not answer.HasField("error_response"):
+            return answer
+        try:
+            method = self._descriptors.FindMethodByName(fully_qualified_name)
+        except KeyError:
+            return answer
+        return super()._file_containing_symbol(request, method.containing_service.full_name)
 
     async def ServerReflectionInfo(self, request_iterator: AsyncIterator[messages.ServerReflectionRequest],
                                    context: grpc.aio.ServicerContext
