@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import numbers
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -55,6 +57,21 @@ from camserve_client.types import (
 )
 
 MiB = 1024 * 1024
+#: The longest deadline a call is given, in seconds (about 31.7 years). gRPC Python overflows its clock
+#: on longer ones and ends the call at once, DEADLINE_EXCEEDED "Deadline Exceeded", without sending it
+#: (grpcio 1.85: a timeout of 3e9 s works, 1e10 s or ``float("inf")`` fails at once); a timeout
+#: longer than this, infinite included, is no deadline, which is what it means.
+MAX_TIMEOUT_S = 1e9
+
+
+def call_timeout(seconds: float | None) -> float | None:
+    """``seconds`` as gRPC's ``timeout=``: None (no deadline) for None, <= 0, infinity and anything past
+    :data:`MAX_TIMEOUT_S`; ValueError for NaN or a value that is not a number."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or math.isnan(seconds):
+        raise ValueError(f"timeout must be a number of seconds (or None for no deadline); got {seconds!r}")
+    return None if seconds <= 0 or seconds > MAX_TIMEOUT_S else float(seconds)
 
 
 def _read_pem(value: bytes | str | Path | None) -> bytes | None:
@@ -102,6 +119,7 @@ class _ClientBase:
                  metadata: Sequence[tuple[str, str]] = (), interceptors: Sequence[Any] = ()) -> None:
         self.target, balanced = resolve_targets(target)
         self.model = model
+        call_timeout(timeout)  # NaN or not a number: refused here, not at the first call
         self.timeout = timeout
         self.retry = RetryPolicy.coerce(retries)
         self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
@@ -162,9 +180,9 @@ class _ClientBase:
         return pb.ExplainBatchRequest(requests=reqs)
 
     def _timeout(self, timeout: float | None) -> float | None:
-        """The call's timeout in seconds (None: no deadline); an explicit <= 0 means none."""
-        timeout = self.timeout if timeout is None else timeout
-        return None if timeout is None or timeout <= 0 else timeout
+        """The call's timeout in seconds (None: no deadline); an explicit <= 0, infinity or more than
+        :data:`MAX_TIMEOUT_S` means none (:func:`call_timeout`)."""
+        return call_timeout(self.timeout if timeout is None else timeout)
 
     def _diagnosed(self, err: CamserveError, probe: str | None, waited: float | None) -> CamserveError:
         """``err`` in the caller's words when no connection was made (connection.diagnosed)."""
@@ -180,8 +198,8 @@ class Client(_ClientBase):
 
     ``target``: "host:port", a list or comma-separated string of them (round-robin), or
     "dns:///host:port" (a URL is refused: ValueError). ``model``: the default model name (None: the
-    server's). ``timeout``: seconds per call (None or <= 0: none); a call waits this long for a server
-    it cannot reach yet. ``retries``: 0..4 or a :class:`RetryPolicy`. ``tls``: True (system roots) or
+    server's). ``timeout``: seconds per call (None, <= 0 or infinite: none); a call waits this long for a
+    server it cannot reach yet. ``retries``: 0..4 or a :class:`RetryPolicy`. ``tls``: True (system roots) or
     a :class:`TLSConfig`; ``token``: sent as "authorization: Bearer <token>". Message limits in MiB.
 
     Every call raises a :class:`~camserve_client.errors.CamserveError` subclass for a status
@@ -276,14 +294,15 @@ class Client(_ClientBase):
 
     def wait_ready(self, timeout: float = 60.0, model: str | None = None, poll_s: float = 0.2) -> None:
         """Block until health is SERVING, waiting for an unreachable server too; DeadlineExceeded after
-        ``timeout``, NotFound at once for a model the server does not serve."""
+        ``timeout`` (infinite: none), NotFound at once for a model the server does not serve."""
+        call_timeout(timeout)  # NaN or not a number: ValueError
         deadline = time.monotonic() + timeout
         last = "no answer"
         request = health_pb2.HealthCheckRequest(service=model or "")
         while (left := deadline - time.monotonic()) > 0:
             try:
-                last = _status_name(self._health.Check(request, timeout=left, wait_for_ready=True,
-                                                       metadata=self._metadata))
+                last = _status_name(self._health.Check(request, timeout=call_timeout(left),
+                                                       wait_for_ready=True, metadata=self._metadata))
                 if last == "SERVING":
                     return
             except grpc.RpcError as exc:
@@ -389,4 +408,5 @@ class AsyncClient(_ClientBase):
         await self.close()
 
 
-__all__ = ["AsyncClient", "Client", "TLSConfig", "error_from_code", "resolve_targets"]
+__all__ = ["MAX_TIMEOUT_S", "AsyncClient", "Client", "TLSConfig", "call_timeout", "error_from_code",
+           "resolve_targets"]
