@@ -86,6 +86,47 @@ def _read_pem(value: bytes | str | Path | None) -> bytes | None:
         raise ValueError(f"cannot read TLS file {text}: {exc.strerror}") from None
 
 
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def _refused_character(value: str | bytes) -> tuple[int, str] | None:
+    """(index, repr) of the first character of a text metadata value HTTP/2 refuses, else None."""
+    for i, ch in enumerate(value.decode("latin-1") if isinstance(value, bytes) else value):
+        if not " " <= ch <= "~":
+            return i, repr(ch)
+    return None
+
+
+def checked_metadata(metadata: Sequence[tuple[str, str | bytes]],
+                     token: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
+    """``metadata`` (and ``token`` as ``authorization: Bearer <token>``, surrounding whitespace removed,
+    as the server removes it) as gRPC will send them; ValueError naming the entry gRPC would refuse.
+
+    gRPC Python refuses such metadata only when a call starts, as INTERNAL "Invalid metadata" with the
+    reason in its C core's log (grpc/grpc#3042): keys are lowercase letters, digits, ``-``, ``_`` and
+    ``.`` (HTTP/2 header names, RFC 9113 8.2.1); values printable ASCII, except under a key ending in
+    ``-bin`` (binary, sent base64-encoded). A token read from a file with its newline was refused so."""
+    entries = list(metadata)
+    for key, value in entries:
+        if not isinstance(key, str) or not key or not set(key) <= _KEY_CHARS:
+            raise ValueError(f"metadata key {key!r} is not a gRPC metadata key: use lowercase letters, "
+                             "digits, '-', '_' and '.' (HTTP/2 header names are lowercase)")
+        if not isinstance(value, str | bytes):
+            raise ValueError(f"metadata {key!r} has a {type(value).__name__} value: send a str (bytes under "
+                             "a key ending in '-bin')")
+        bad = None if key.endswith("-bin") else _refused_character(value)
+        if bad is not None:
+            raise ValueError(f"metadata {key!r} holds {bad[1]} at {bad[0]}: a metadata value is printable "
+                             "ASCII (binary data goes under a key ending in '-bin')")
+    token = (token or "").strip()  # empty: no token, as before
+    if token:
+        bad = _refused_character(token)
+        if bad is not None:
+            raise ValueError(f"the token holds {bad[1]} at {bad[0]}: a bearer token is printable ASCII")
+        entries.append(("authorization", f"Bearer {token}"))
+    return tuple(entries)
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """TLS settings. Each PEM is a path, PEM text or bytes.
@@ -122,9 +163,7 @@ class _ClientBase:
         call_timeout(timeout)  # NaN or not a number: refused here, not at the first call
         self.timeout = timeout
         self.retry = RetryPolicy.coerce(retries)
-        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
-        if token:
-            self._metadata += (("authorization", f"Bearer {token}"),)
+        self._metadata: tuple[tuple[str, str], ...] = checked_metadata(metadata, token)
         send_bytes = int(max_send_message_mb * MiB)
         policy = load_balancing or ("round_robin" if balanced else None)
         opts: dict[str, Any] = {
@@ -408,5 +447,5 @@ class AsyncClient(_ClientBase):
         await self.close()
 
 
-__all__ = ["MAX_TIMEOUT_S", "AsyncClient", "Client", "TLSConfig", "call_timeout", "error_from_code",
-           "resolve_targets"]
+__all__ = ["MAX_TIMEOUT_S", "AsyncClient", "Client", "TLSConfig", "call_timeout", "checked_metadata",
+           "error_from_code", "resolve_targets"]

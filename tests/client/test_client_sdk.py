@@ -240,11 +240,31 @@ def test_deadline_exceeded(fake) -> None:
 
 
 def test_token_and_metadata_are_sent(fake) -> None:
-    with cc.Client(fake.target, token="s3cret", metadata=[("x-team", "vision")]) as client:
+    """A token read from a file with its newline is sent without it (gRPC refused the whole call as
+    INTERNAL "Invalid metadata"); -bin metadata travels as bytes."""
+    with cc.Client(fake.target, token="s3cret\n", metadata=[("x-team", "vision"), ("x-trace-bin", b"\0\xff")]
+                   ) as client:
         client.list_models()
     md = fake.service.metadata[0]
     assert md["authorization"] == "Bearer s3cret" and md["x-team"] == "vision"
+    assert md["x-trace-bin"] == b"\0\xff"
     assert md["user-agent"].startswith("camserve-client/")
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"metadata": [("X-Team", "vision")]}, "metadata key 'X-Team' is not a gRPC metadata key"),
+    ({"metadata": [(":path", "/x")]}, "metadata key ':path'"),
+    ({"metadata": [("x-team", "a\nb")]}, "metadata 'x-team' holds '\\n' at 1"),
+    ({"metadata": [("x-team", 7)]}, "has a int value"),
+    ({"token": "t\u00f6ken"}, "the token holds '\u00f6' at 1"),
+])
+def test_metadata_grpc_would_refuse_is_refused_before_sending(kwargs: dict, says: str) -> None:
+    """gRPC Python refused such metadata only at the call, INTERNAL "Invalid metadata" (the reason in its
+    log, grpc/grpc#3042); both clients name the entry when they are made."""
+    for make in (cc.Client, cc.AsyncClient):
+        with pytest.raises(ValueError) as exc:
+            make("localhost:1", **kwargs)
+        assert says in str(exc.value)
 
 
 def test_list_get_model_and_batch(fake) -> None:
