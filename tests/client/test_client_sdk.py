@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -366,6 +367,14 @@ def test_target_resolution() -> None:
     assert resolve_targets(["[::1]:1", "[::1]:2"]) == ("ipv6:[::1]:1,[::1]:2", True)
     with pytest.raises(ValueError, match="host:port"):
         resolve_targets(["a", "b"])
+    # An IPv6 address without brackets: gRPC read "::1:50051" as a host name that does not resolve, and
+    # "::1" as an address without a port (it dialled 443).
+    for target, fix in (("::1:50051", "write [::1]:50051"), ("::1", "write [::1]:PORT"),
+                        (["[::1]:1", "::1:2"], "write [::1]:2 or [::1:2]:PORT"),
+                        ("2001:db8::7", "[2001:db8::7]:PORT")):
+        with pytest.raises(ValueError, match=re.escape(fix)):
+            resolve_targets(target)
+    assert resolve_targets("ipv6:[::1]:1") == ("ipv6:[::1]:1", True)
 
 
 def test_async_client_retries_and_explains(fake) -> None:
