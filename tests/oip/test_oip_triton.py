@@ -9,6 +9,7 @@ Python SDK drives the same server (kserve_sdk_cases.py).
 
 from __future__ import annotations
 
+import base64
 import shutil
 import signal
 import tempfile
@@ -315,6 +316,7 @@ def test_target_layer_and_cam_on_flat_model(server: ServerProcess, explain: Any,
 def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray) -> None:
     ok_image = image_input([png(images[0])])
     ok_pixels = pixels_input(images[:1])
+    as_base64 = base64.b64encode(png(images[0]))
     cases = [  # (what, call, code, message fragment)
         ("unknown model", {"model": "nope"}, "NOT_FOUND", "served models: demo, flat, held"),
         ("unknown version", {"version": "9"}, "NOT_FOUND", "no version 9"),
@@ -363,6 +365,11 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
         ("not an image", {"inputs": [image_input([b"GIF89a not really"])]}, "INVALID_ARGUMENT",
          "row 0: not a supported image: the bytes start with b'GIF89a n'; send JPEG, PNG, WebP, BMP "
          "(or the PIXELS input: UINT8 pixels)"),
+        # A caller used to JSON APIs base64-encodes the image (or sends a data: URI): the fix is named.
+        ("base64 text of a PNG", {"inputs": [image_input([as_base64])]}, "INVALID_ARGUMENT",
+         "row 0: the bytes are base64 text of a PNG image"),
+        ("a data: URI", {"inputs": [image_input([b"data:image/png;base64," + as_base64])]},
+         "INVALID_ARGUMENT", "send the image's bytes themselves"),
         ("original maps of two sizes", {"inputs": [image_input([png(images[0]), png(images[1][:40])])],
                                         "parameters": {"heatmap_size": "original"}},
          "INVALID_ARGUMENT", "needs images of one size"),
