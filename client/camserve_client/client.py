@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import numbers
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -55,6 +57,21 @@ from camserve_client.types import (
 )
 
 MiB = 1024 * 1024
+#: The longest deadline a call is given, in seconds (about 31.7 years). gRPC Python overflows its clock
+#: on longer ones and ends the call at once, DEADLINE_EXCEEDED "Deadline Exceeded", without sending it
+#: (grpcio 1.85: a timeout of 3e9 s works, 1e10 s or ``float("inf")`` fails at once); a timeout
+#: longer than this, infinite included, is no deadline, which is what it means.
+MAX_TIMEOUT_S = 1e9
+
+
+def call_timeout(seconds: float | None) -> float | None:
+    """``seconds`` as gRPC's ``timeout=``: None (no deadline) for None, <= 0, infinity and anything past
+    :data:`MAX_TIMEOUT_S`; ValueError for NaN or a value that is not a number."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or math.isnan(seconds):
+        raise ValueError(f"timeout must be a number of seconds (or None for no deadline); got {seconds!r}")
+    return None if seconds <= 0 or seconds > MAX_TIMEOUT_S else float(seconds)
 
 
 def _read_pem(value: bytes | str | Path | None) -> bytes | None:
@@ -67,6 +84,47 @@ def _read_pem(value: bytes | str | Path | None) -> bytes | None:
         return Path(text).read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read TLS file {text}: {exc.strerror}") from None
+
+
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def _refused_character(value: str | bytes) -> tuple[int, str] | None:
+    """(index, repr) of the first character of a text metadata value HTTP/2 refuses, else None."""
+    for i, ch in enumerate(value.decode("latin-1") if isinstance(value, bytes) else value):
+        if not " " <= ch <= "~":
+            return i, repr(ch)
+    return None
+
+
+def checked_metadata(metadata: Sequence[tuple[str, str | bytes]],
+                     token: str | None = None) -> tuple[tuple[str, str | bytes], ...]:
+    """``metadata`` (and ``token`` as ``authorization: Bearer <token>``, surrounding whitespace removed,
+    as the server removes it) as gRPC will send them; ValueError naming the entry gRPC would refuse.
+
+    gRPC Python refuses such metadata only when a call starts, as INTERNAL "Invalid metadata" with the
+    reason in its C core's log (grpc/grpc#3042): keys are lowercase letters, digits, ``-``, ``_`` and
+    ``.`` (HTTP/2 header names, RFC 9113 8.2.1); values printable ASCII, except under a key ending in
+    ``-bin`` (binary, sent base64-encoded). A token read from a file with its newline was refused so."""
+    entries = list(metadata)
+    for key, value in entries:
+        if not isinstance(key, str) or not key or not set(key) <= _KEY_CHARS:
+            raise ValueError(f"metadata key {key!r} is not a gRPC metadata key: use lowercase letters, "
+                             "digits, '-', '_' and '.' (HTTP/2 header names are lowercase)")
+        if not isinstance(value, str | bytes):
+            raise ValueError(f"metadata {key!r} has a {type(value).__name__} value: send a str (bytes under "
+                             "a key ending in '-bin')")
+        bad = None if key.endswith("-bin") else _refused_character(value)
+        if bad is not None:
+            raise ValueError(f"metadata {key!r} holds {bad[1]} at {bad[0]}: a metadata value is printable "
+                             "ASCII (binary data goes under a key ending in '-bin')")
+    token = (token or "").strip()  # empty: no token, as before
+    if token:
+        bad = _refused_character(token)
+        if bad is not None:
+            raise ValueError(f"the token holds {bad[1]} at {bad[0]}: a bearer token is printable ASCII")
+        entries.append(("authorization", f"Bearer {token}"))
+    return tuple(entries)
 
 
 @dataclass(frozen=True)
@@ -102,11 +160,10 @@ class _ClientBase:
                  metadata: Sequence[tuple[str, str]] = (), interceptors: Sequence[Any] = ()) -> None:
         self.target, balanced = resolve_targets(target)
         self.model = model
+        call_timeout(timeout)  # NaN or not a number: refused here, not at the first call
         self.timeout = timeout
         self.retry = RetryPolicy.coerce(retries)
-        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
-        if token:
-            self._metadata += (("authorization", f"Bearer {token}"),)
+        self._metadata: tuple[tuple[str, str], ...] = checked_metadata(metadata, token)
         send_bytes = int(max_send_message_mb * MiB)
         policy = load_balancing or ("round_robin" if balanced else None)
         opts: dict[str, Any] = {
@@ -162,9 +219,9 @@ class _ClientBase:
         return pb.ExplainBatchRequest(requests=reqs)
 
     def _timeout(self, timeout: float | None) -> float | None:
-        """The call's timeout in seconds (None: no deadline); an explicit <= 0 means none."""
-        timeout = self.timeout if timeout is None else timeout
-        return None if timeout is None or timeout <= 0 else timeout
+        """The call's timeout in seconds (None: no deadline); an explicit <= 0, infinity or more than
+        :data:`MAX_TIMEOUT_S` means none (:func:`call_timeout`)."""
+        return call_timeout(self.timeout if timeout is None else timeout)
 
     def _diagnosed(self, err: CamserveError, probe: str | None, waited: float | None) -> CamserveError:
         """``err`` in the caller's words when no connection was made (connection.diagnosed)."""
@@ -180,8 +237,8 @@ class Client(_ClientBase):
 
     ``target``: "host:port", a list or comma-separated string of them (round-robin), or
     "dns:///host:port" (a URL is refused: ValueError). ``model``: the default model name (None: the
-    server's). ``timeout``: seconds per call (None or <= 0: none); a call waits this long for a server
-    it cannot reach yet. ``retries``: 0..4 or a :class:`RetryPolicy`. ``tls``: True (system roots) or
+    server's). ``timeout``: seconds per call (None, <= 0 or infinite: none); a call waits this long for a
+    server it cannot reach yet. ``retries``: 0..4 or a :class:`RetryPolicy`. ``tls``: True (system roots) or
     a :class:`TLSConfig`; ``token``: sent as "authorization: Bearer <token>". Message limits in MiB.
 
     Every call raises a :class:`~camserve_client.errors.CamserveError` subclass for a status
@@ -276,14 +333,15 @@ class Client(_ClientBase):
 
     def wait_ready(self, timeout: float = 60.0, model: str | None = None, poll_s: float = 0.2) -> None:
         """Block until health is SERVING, waiting for an unreachable server too; DeadlineExceeded after
-        ``timeout``, NotFound at once for a model the server does not serve."""
+        ``timeout`` (infinite: none), NotFound at once for a model the server does not serve."""
+        call_timeout(timeout)  # NaN or not a number: ValueError
         deadline = time.monotonic() + timeout
         last = "no answer"
         request = health_pb2.HealthCheckRequest(service=model or "")
         while (left := deadline - time.monotonic()) > 0:
             try:
-                last = _status_name(self._health.Check(request, timeout=left, wait_for_ready=True,
-                                                       metadata=self._metadata))
+                last = _status_name(self._health.Check(request, timeout=call_timeout(left),
+                                                       wait_for_ready=True, metadata=self._metadata))
                 if last == "SERVING":
                     return
             except grpc.RpcError as exc:
@@ -389,4 +447,5 @@ class AsyncClient(_ClientBase):
         await self.close()
 
 
-__all__ = ["AsyncClient", "Client", "TLSConfig", "error_from_code", "resolve_targets"]
+__all__ = ["MAX_TIMEOUT_S", "AsyncClient", "Client", "TLSConfig", "call_timeout", "checked_metadata",
+           "error_from_code", "resolve_targets"]

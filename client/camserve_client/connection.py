@@ -102,6 +102,28 @@ def _split_host_port(address: str) -> tuple[str, str]:
     return host, port
 
 
+def _bare_ipv6(address: str) -> None:
+    """ValueError for an IPv6 address written without brackets (``::1:50051``, ``::1``): gRPC reads it as
+    a host name that does not resolve, or as an address without a port (and dials 443)."""
+    if address.startswith(("[", *_SCHEMES)) or address.count(":") < 2:
+        return
+    host, _, port = address.rpartition(":")
+    readings = [f"[{host}]:{port}"] if port.isdigit() and _is_ipv6(host) else []
+    if _is_ipv6(address):  # '::1', or '::1:2', which also reads as [::1]:2
+        readings.append(f"[{address}]:PORT")
+    if readings:
+        raise ValueError(f"target {address!r} is an IPv6 address without brackets: write "
+                         f"{' or '.join(readings)}")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def resolve_targets(target: str | Sequence[str]) -> tuple[str, bool]:
     """Return (gRPC target string, use round_robin).
 
@@ -112,6 +134,8 @@ def resolve_targets(target: str | Sequence[str]) -> tuple[str, bool]:
         if _URL.match(item.strip()):
             raise ValueError(f"target {item!r} is a URL: give host:port (e.g. localhost:50051) or "
                              "dns:///host:port; TLS is tls=... (CLI --tls), not https://")
+        for one in item.split(","):
+            _bare_ipv6(one.strip())
     if isinstance(target, str):
         if "," not in target or ":///" in target or target.startswith(("ipv4:", "ipv6:")):
             return target, target.startswith(("dns:", "ipv4:", "ipv6:"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -240,11 +241,31 @@ def test_deadline_exceeded(fake) -> None:
 
 
 def test_token_and_metadata_are_sent(fake) -> None:
-    with cc.Client(fake.target, token="s3cret", metadata=[("x-team", "vision")]) as client:
+    """A token read from a file with its newline is sent without it (gRPC refused the whole call as
+    INTERNAL "Invalid metadata"); -bin metadata travels as bytes."""
+    with cc.Client(fake.target, token="s3cret\n", metadata=[("x-team", "vision"), ("x-trace-bin", b"\0\xff")]
+                   ) as client:
         client.list_models()
     md = fake.service.metadata[0]
     assert md["authorization"] == "Bearer s3cret" and md["x-team"] == "vision"
+    assert md["x-trace-bin"] == b"\0\xff"
     assert md["user-agent"].startswith("camserve-client/")
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"metadata": [("X-Team", "vision")]}, "metadata key 'X-Team' is not a gRPC metadata key"),
+    ({"metadata": [(":path", "/x")]}, "metadata key ':path'"),
+    ({"metadata": [("x-team", "a\nb")]}, "metadata 'x-team' holds '\\n' at 1"),
+    ({"metadata": [("x-team", 7)]}, "has a int value"),
+    ({"token": "t\u00f6ken"}, "the token holds '\u00f6' at 1"),
+])
+def test_metadata_grpc_would_refuse_is_refused_before_sending(kwargs: dict, says: str) -> None:
+    """gRPC Python refused such metadata only at the call, INTERNAL "Invalid metadata" (the reason in its
+    log, grpc/grpc#3042); both clients name the entry when they are made."""
+    for make in (cc.Client, cc.AsyncClient):
+        with pytest.raises(ValueError) as exc:
+            make("localhost:1", **kwargs)
+        assert says in str(exc.value)
 
 
 def test_list_get_model_and_batch(fake) -> None:
@@ -346,6 +367,14 @@ def test_target_resolution() -> None:
     assert resolve_targets(["[::1]:1", "[::1]:2"]) == ("ipv6:[::1]:1,[::1]:2", True)
     with pytest.raises(ValueError, match="host:port"):
         resolve_targets(["a", "b"])
+    # An IPv6 address without brackets: gRPC read "::1:50051" as a host name that does not resolve, and
+    # "::1" as an address without a port (it dialled 443).
+    for target, fix in (("::1:50051", "write [::1]:50051"), ("::1", "write [::1]:PORT"),
+                        (["[::1]:1", "::1:2"], "write [::1]:2 or [::1:2]:PORT"),
+                        ("2001:db8::7", "[2001:db8::7]:PORT")):
+        with pytest.raises(ValueError, match=re.escape(fix)):
+            resolve_targets(target)
+    assert resolve_targets("ipv6:[::1]:1") == ("ipv6:[::1]:1", True)
 
 
 def test_async_client_retries_and_explains(fake) -> None:

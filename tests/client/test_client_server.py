@@ -16,6 +16,7 @@ from typing import Any
 import camserve_client as cc
 import numpy as np
 import pytest
+from camserve_client.client import MAX_TIMEOUT_S
 from camserve_client.retry import RetryPolicy
 from camserve_client.tools.testimages import encode_png, generated
 from client_repo import LABELS, make_repository
@@ -240,6 +241,27 @@ def test_the_cli_prints_only_its_own_message_and_the_sdk_leaves_grpc_logging_alo
 def test_deadline_exceeded(server, images) -> None:
     with cc.Client(server.srv.target, model="tiny") as client, pytest.raises(cc.DeadlineExceeded):
         client.explain(images[0], timeout=0.0005)
+
+
+def test_a_deadline_too_far_for_grpc_is_no_deadline(server, images) -> None:
+    """gRPC Python ends a call whose deadline overflows its clock at once, DEADLINE_EXCEEDED, without
+    sending it (a timeout of 1e10 s or infinity): the SDK gives such a call no deadline, which is what
+    it means, in both clients and in wait_ready; NaN is refused before anything is sent."""
+    far = (float("inf"), 1e10, MAX_TIMEOUT_S * 10)
+    for timeout in far:
+        with cc.Client(server.srv.target, model="tiny", timeout=timeout) as client:
+            client.wait_ready(timeout=timeout)
+            assert client.explain(images[0]).heatmap.shape == (7, 7)
+            assert client.health(timeout=timeout) == "SERVING"
+
+    async def go() -> str:
+        async with cc.AsyncClient(server.srv.target, model="tiny", timeout=float("inf")) as client:
+            return (await client.explain(images[0], timeout=1e10)).label
+
+    assert asyncio.run(go()) in LABELS
+    for bad in (float("nan"), "30"):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+            cc.Client(server.srv.target, timeout=bad)
 
 
 def test_async_client_concurrent_calls_batch(server, images) -> None:

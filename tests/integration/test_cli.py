@@ -121,6 +121,13 @@ def test_busy_port_fails_before_any_worker_starts(which: str) -> None:
     assert "worker 0 started" not in proc.stderr
 
 
+def test_a_host_that_is_no_address_is_named_with_what_host_takes() -> None:
+    """A unix: socket or an unknown name was refused as "[Errno -2] Name or service not known" alone."""
+    for host in ("unix:/tmp/camserve.sock", "nosuchhost.invalid"):
+        one_clear_line(serve("--model-repository", str(FLAT_REPO), "--host", host, "--grpc-port", "0",
+                             timeout=60), f"cannot listen on {host}:0", "--host takes an IP address")
+
+
 def test_server_modules_do_not_import_tensorflow() -> None:
     code = ("import sys, camserve.front.cli, camserve.front.server, camserve.front.service, "
             "camserve.front.codec, camserve.front.metrics, camserve.front.requests, camserve.front.replies, "

@@ -9,6 +9,7 @@ Python SDK drives the same server (kserve_sdk_cases.py).
 
 from __future__ import annotations
 
+import base64
 import shutil
 import signal
 import tempfile
@@ -28,6 +29,9 @@ from camserve_proto import grpc_service_pb2 as ipb
 from camserve_proto import grpc_service_pb2_grpc as ipb_grpc
 from camserve_proto import oip
 from camserve_proto import vocabulary as wire
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from oipkit import (
     array,
@@ -134,7 +138,10 @@ def test_health_metadata_and_config(server: ServerProcess) -> None:
     assert held["max_batch_size"] == 4 and held["dynamic_batching"]["preferred_batch_size"] == [1, 2, 4]
 
 
-def test_reflection_lists_both_services(server: ServerProcess) -> None:
+def test_reflection_and_health_answer_what_stock_tools_ask(server: ServerProcess) -> None:
+    """grpcurl's `list`, `describe SERVICE` and `describe SERVICE.METHOD` (file_containing_symbol of the
+    method, which grpcio-reflection answered NOT_FOUND: grpc/grpc#34743) under both reflection names, for
+    every listed service; and grpc.health.v1's List (which reflection lists too), with every name."""
     with server.channel() as ch:
         db = ProtoReflectionDescriptorDatabase(ch)
         services = set(db.get_services())
@@ -142,8 +149,30 @@ def test_reflection_lists_both_services(server: ServerProcess) -> None:
         file = db.FindFileContainingSymbol(oip.SERVICE_NAME)
         assert file.package == "inference"
         methods = {m.name: m.input_type for s in file.service for m in s.method}
+        described = {}
+        for path in ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"):
+            ask = ch.stream_stream(f"/{path}/ServerReflectionInfo",
+                                   request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                   response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+            for service in sorted(services):
+                owner = db.FindFileContainingSymbol(service)
+                (proto,) = [x for x in owner.service if f"{owner.package}.{x.name}" == service]
+                symbols = [f"{service}.{m.name}" for m in proto.method]
+                answers = list(ask(iter(reflection_pb2.ServerReflectionRequest(file_containing_symbol=sym)
+                                        for sym in symbols), timeout=30, metadata=METADATA))
+                for sym, answer in zip(symbols, answers, strict=True):
+                    files = answer.file_descriptor_response.file_descriptor_proto
+                    described[path, sym] = [descriptor_pb2.FileDescriptorProto.FromString(f).name
+                                            for f in files][:1] == [owner.name]
+        listed = health_pb2_grpc.HealthStub(ch).List(health_pb2.HealthListRequest(), timeout=30)
     assert set(methods) == set(oip.RPC_METHODS)
     assert methods["ModelInfer"] == ".inference.ModelInferRequest"
+    assert ("grpc.reflection.v1.ServerReflection", f"{oip.SERVICE_NAME}.ModelInfer") in described
+    assert [key for key, ok in described.items() if not ok] == []
+    statuses = {name: health_pb2.HealthCheckResponse.ServingStatus.Name(x.status)
+                for name, x in listed.statuses.items()}
+    names = ("", "camserve.v1.ExplainService", oip.SERVICE_NAME, "demo", "flat", "held")
+    assert statuses == dict.fromkeys(names, "SERVING")
 
 
 def test_token_is_required(server: ServerProcess, images: np.ndarray) -> None:
@@ -287,6 +316,7 @@ def test_target_layer_and_cam_on_flat_model(server: ServerProcess, explain: Any,
 def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray) -> None:
     ok_image = image_input([png(images[0])])
     ok_pixels = pixels_input(images[:1])
+    as_base64 = base64.b64encode(png(images[0]))
     cases = [  # (what, call, code, message fragment)
         ("unknown model", {"model": "nope"}, "NOT_FOUND", "served models: demo, flat, held"),
         ("unknown version", {"version": "9"}, "NOT_FOUND", "no version 9"),
@@ -335,6 +365,11 @@ def test_bad_requests_get_clear_codes(server: ServerProcess, images: np.ndarray)
         ("not an image", {"inputs": [image_input([b"GIF89a not really"])]}, "INVALID_ARGUMENT",
          "row 0: not a supported image: the bytes start with b'GIF89a n'; send JPEG, PNG, WebP, BMP "
          "(or the PIXELS input: UINT8 pixels)"),
+        # A caller used to JSON APIs base64-encodes the image (or sends a data: URI): the fix is named.
+        ("base64 text of a PNG", {"inputs": [image_input([as_base64])]}, "INVALID_ARGUMENT",
+         "row 0: the bytes are base64 text of a PNG image"),
+        ("a data: URI", {"inputs": [image_input([b"data:image/png;base64," + as_base64])]},
+         "INVALID_ARGUMENT", "send the image's bytes themselves"),
         ("original maps of two sizes", {"inputs": [image_input([png(images[0]), png(images[1][:40])])],
                                         "parameters": {"heatmap_size": "original"}},
          "INVALID_ARGUMENT", "needs images of one size"),

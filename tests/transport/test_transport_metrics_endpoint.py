@@ -2,10 +2,14 @@
 leave its descriptors and threads near their baseline, and gRPC health answers throughout.
 
 (prometheus-client's own server gave each such connection a thread and a descriptor for ever.)
+
+And it listens where gRPC does: ``--host ::`` is both address families to gRPC, and was IPv6 only to
+/metrics (asyncio binds ``::`` with IPV6_V6ONLY), so IPv4 scrapers of a dual-stack server were refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import urllib.request
@@ -13,7 +17,9 @@ from typing import Any
 
 import grpc
 import pytest
+from camserve.front.metrics_http import MetricsHTTPServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter
 from serverproc import wait_for
 from transportkit import descriptors, start_toy, threads
 
@@ -90,3 +96,27 @@ def test_a_scrape_gets_through_a_flood_of_idle_connections(server: Any) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def _scrape(address: str, port: int) -> str:
+    with socket.create_connection((address, port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        return b"".join(iter(lambda: s.recv(65536), b"")).decode()
+
+
+def test_a_wildcard_host_serves_both_address_families_as_grpc_does() -> None:
+    registry = CollectorRegistry()
+    Counter("camserve_probe", "a sample", registry=registry).inc()
+
+    async def scrape_both(host: str) -> list[str]:
+        endpoint = MetricsHTTPServer(registry)
+        port = await endpoint.start(host, 0)
+        try:
+            return await asyncio.gather(*(asyncio.to_thread(_scrape, a, port) for a in ("127.0.0.1", "::1")))
+        finally:
+            endpoint.close()
+
+    for host in ("::", "[::]", ""):
+        for reply in asyncio.run(asyncio.wait_for(scrape_both(host), 30)):
+            assert reply.startswith("HTTP/1.1 200"), (host, reply[:200])
+            assert "camserve_probe_total 1.0" in reply, (host, reply[-300:])

@@ -34,7 +34,7 @@ from camserve_proto import grpc_service_pb2 as ipb
 from camserve_proto import oip
 
 from camserve_client import __version__
-from camserve_client.client import AsyncClient
+from camserve_client.client import AsyncClient, call_timeout
 from camserve_client.errors import CamserveError
 from camserve_client.tools.loadreport import Sample, Window, clock, summarize
 from camserve_client.tools.progress import bar as progress_bar
@@ -189,7 +189,7 @@ class LoadGenerator:
 
     async def _one(self, call: Any, payload: bytes, start: float, metadata: Any) -> Sample:
         try:
-            resp = await call(payload, timeout=self.cfg.timeout_s, metadata=metadata)
+            resp = await call(payload, timeout=call_timeout(self.cfg.timeout_s), metadata=metadata)
         except grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else None
             return Sample(start, (clock() - start) * 1e3, code.name if code else "UNKNOWN")

@@ -10,8 +10,9 @@ every front end accepts calls, every model is warm on a live worker and the serv
 
 Drain (the supervisor's ``drain`` message after SIGTERM): NOT_SERVING at once, keep serving for the
 pre-stop window (skipped if this front end never reported SERVING: no balancer routes to it), then
-refuse new calls in the handlers (UNAVAILABLE with a retry pushback) until callers are quiet (a second
-at most), stop gRPC and let the calls in progress finish (`server.stop(grace)`), exit 0; or exit
+refuse new calls in the handlers (UNAVAILABLE with a retry pushback) and end the health Watch and
+reflection streams (`camserve.front.health`) until callers are quiet (a second at most), stop gRPC
+and let the calls in progress finish (`server.stop(grace)`), exit 0; or exit
 ``EXIT_DRAIN_LOST`` when calls were still in progress at the end of the drain window (gRPC cancels
 them: accepted calls lost, which the supervisor's own exit status then reports). If the supervisor
 disappears, the process stops at once (its calls cannot be answered any more).
@@ -29,9 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 
 from camserve.front.calls import CallRunner
+from camserve.front.health import HealthServicer, StreamsEnd
 from camserve.front.metrics import Metrics
 from camserve.front.security import add_listening_port
 from camserve.front.server import (
@@ -85,7 +87,8 @@ class FrontEnd:
         self.calls = CallRunner(self.metrics, max_inflight=opts.max_inflight, admission=self.dispatcher)
         self.executor = ThreadPoolExecutor(max_workers=max(1, opts.codec_threads),
                                            thread_name_prefix="camserve-codec")
-        self.health = health.aio.HealthServicer()
+        self.streams = StreamsEnd()  # ends health Watch and reflection streams when the drain refuses calls
+        self.health = HealthServicer(self.streams)
         self.names = ["", *SERVICE_NAMES, *repository]
         self._health: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -107,7 +110,7 @@ class FrontEnd:
         server = build_grpc_server(self.repository, self.opts, self.dispatcher, self.metrics, self.executor,
                                    self.health, self._count_rejected,
                                    draining=lambda: self.dispatcher.state.draining or self._drain.done(),
-                                   calls=self.calls)
+                                   calls=self.calls, streams=self.streams)
         add_listening_port(server, listen_address(self.opts, self.port), self.opts.security)
         await server.start()
         self.dispatcher.serving(True)
@@ -158,6 +161,9 @@ class FrontEnd:
         drain_end = loop.time() + self.opts.drain_s
         self.calls.closing = Failure("the server is shutting down; retry on another replica or after the "
                                      "restart", ErrorKind.DRAINING)
+        # Watch and reflection streams stay open as long as their clients like: left open, they would hold
+        # server.stop() to the end of the drain window. Watchers were told NOT_SERVING at the drain's start.
+        self.streams.end()
         await self.calls.quiet(DRAIN_QUIET_S, min(DRAINING_PUSHBACK_S, self.opts.drain_s))
         grace = max(0.0, drain_end - loop.time())
         left: list[int] = []

@@ -11,6 +11,7 @@ is valid.
 
 from __future__ import annotations
 
+import base64
 import struct
 
 import numpy as np
@@ -123,8 +124,31 @@ def image_header(data: bytes) -> tuple[str, int, int]:
         else:
             width, height = struct.unpack("<ii", data[18:26])
         return "BMP", abs(width), abs(height)
+    encoded = _base64_image(data)
+    if encoded is not None:
+        raise ImageError(f"the bytes are base64 text of a {encoded} image (they start with {data[:12]!r}); "
+                         "send the image's bytes themselves: gRPC carries bytes, base64 is JSON's form "
+                         "(KServe/Triton REST)")
     raise ImageError(f"not a supported image: the bytes start with {data[:8]!r}; "
                      f"send {', '.join(FORMATS)} (or a raw tensor)")
+
+
+#: Each format's first bytes, for naming what base64 text holds.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"RIFF", "WebP"), (b"BM", "BMP"))
+
+
+def _base64_image(data: bytes) -> str | None:
+    """The format of the image whose base64 text (or ``data:`` URI) ``data`` starts with, else None: the
+    mistake of a caller used to JSON APIs, which would otherwise read as "not a supported image"."""
+    head = data[:256]
+    if head.startswith(b"data:") and b"," in head:
+        head = head[head.index(b",") + 1:]
+    head = head[:64]
+    try:
+        decoded = base64.b64decode(head[:len(head) // 4 * 4], validate=True)
+    except ValueError:  # binascii.Error is a ValueError
+        return None
+    return next((fmt for signature, fmt in _SIGNATURES if decoded.startswith(signature)), None)
 
 
 def check_size(width: int, height: int, max_pixels: int, what: str = "image") -> None:

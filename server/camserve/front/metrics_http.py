@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import gzip
 import logging
+import socket
 from collections import OrderedDict
 
 from prometheus_client import CollectorRegistry
@@ -36,6 +37,26 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_HEAD = 16 << 10  # request line + headers; a scraper sends a few hundred bytes
 PATHS = ("/metrics", "/")
+
+
+def _dual_stack(port: int) -> socket.socket:
+    """A TCP socket bound to ``port`` on every IPv6 and IPv4 address (IPv4 only where the machine has no
+    IPv6)."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        else:
+            sock.bind(("0.0.0.0", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class MetricsHTTPServer:
@@ -52,10 +73,17 @@ class MetricsHTTPServer:
         self._waiting: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()  # oldest first
 
     async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0 = a free port); returns the port. Raises OSError (e.g. in use)."""
+        """Listen on ``host:port`` (0 = a free port); returns the port. Raises OSError (e.g. in use).
+
+        ``::`` (or ``[::]``, or empty) is every address of both families, as it is to gRPC on the same
+        ``--host``: asyncio alone binds ``::`` IPv6-only (it sets IPV6_V6ONLY), which refused IPv4
+        scrapers of a server whose gRPC port took IPv4 calls."""
         # The backlog also caps how many connections one wake-up accepts before any is admitted.
-        self._server = await asyncio.start_server(self._serve, host or None, port, limit=MAX_REQUEST_HEAD,
-                                                  backlog=self.max_connections)
+        kwargs = {"limit": MAX_REQUEST_HEAD, "backlog": self.max_connections}
+        if host.strip("[]") in ("", "::"):
+            self._server = await asyncio.start_server(self._serve, sock=_dual_stack(port), **kwargs)
+        else:
+            self._server = await asyncio.start_server(self._serve, host, port, **kwargs)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 

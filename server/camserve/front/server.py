@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from camserve.front import codec
 from camserve.front.calls import CallRunner
+from camserve.front.health import StreamsEnd
 from camserve.front.interceptors import server_interceptors
 from camserve.front.limits import LimitsInterceptor
 from camserve.front.metrics import Metrics
@@ -186,8 +187,12 @@ def build_grpc_server(repository: dict[str, ModelConfig], opts: ServerOptions, d
                       metrics: Metrics, executor: Executor, health_servicer: Any,
                       on_reject: Callable[[str, str], None],
                       draining: Callable[[], bool] = lambda: False,
-                      calls: CallRunner | None = None) -> grpc.aio.Server:
+                      calls: CallRunner | None = None, streams: StreamsEnd | None = None) -> grpc.aio.Server:
     """A front end's aio server with every service on it (not bound, not started).
+
+    ``health_servicer`` is a :class:`camserve.front.health.HealthServicer` (or grpcio-health-checking's);
+    the reflection streams end when ``streams`` ends, as a draining front end ends them together with
+    its health Watch streams.
 
     Both protocols share one :class:`CallRunner` (``calls``, or a new one), so ``--max-inflight``
     counts their images together (server-wide through the dispatcher's board) and the front end's
@@ -213,7 +218,8 @@ def build_grpc_server(repository: dict[str, ModelConfig], opts: ServerOptions, d
         server)
     server.add_generic_rpc_handlers((UnservedMethods(on_reject),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    add_reflection(server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
+    add_reflection(server, (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+                   streams)
     return server
 
 

@@ -66,7 +66,11 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
     Raises OSError naming the address when it is in use by anything else.
     """
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:  # its text alone ("Name or service not known") names no address
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}; --host takes an IP address (0.0.0.0 "
+                      "every IPv4 address, :: every address) or a host name of this machine") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
