@@ -34,7 +34,8 @@ from camserve_proto import grpc_service_pb2 as ipb
 from camserve_proto import oip
 
 from camserve_client import __version__
-from camserve_client.client import AsyncClient, call_timeout
+from camserve_client.callargs import call_timeout
+from camserve_client.client import AsyncClient
 from camserve_client.errors import CamserveError
 from camserve_client.tools.loadreport import Sample, Window, clock, summarize
 from camserve_client.tools.progress import bar as progress_bar
