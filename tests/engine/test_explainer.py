@@ -310,6 +310,20 @@ def test_models_the_engine_cannot_run_are_refused_saying_what_to_do() -> None:
     e = Explainer(keras.Model(two.inputs, two.outputs[1]), preprocessing="none", max_batch_size=1)
     assert e.num_classes == 3
 
+    class LogitsAndFeatures(keras.Model):
+        """A subclassed model has no model.outputs to pick from: the way out is another call()."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = keras.layers.Conv2D(2, 3), keras.layers.Dense(3)
+
+        def call(self, x):
+            features = keras.ops.mean(self.conv(x), axis=(1, 2))
+            return self.head(features), features
+
+    with pytest.raises(InvalidInputError, match=r"2 outputs.*subclass whose call\(image\) returns that one"):
+        Explainer(LogitsAndFeatures(), preprocessing="none", input_shape=(8, 8, 3))
+
     # Refused by the library classes too, at construction: not "the input shape is unknown until the
     # first image", which no image can fix.
     from camserve import GradCAM
