@@ -383,3 +383,31 @@ def test_an_input_named_as_target_is_called_an_input() -> None:
     with pytest.raises(UnknownLayerError, match="no layer named 'pixel'"):
         Explainer(model, "pixel", preprocessing="none")
 
+
+
+def test_an_answer_that_would_hold_nan_is_refused_for_that_image_alone() -> None:
+    """A model whose output (log of 0) or whose gradient (sqrt at 0) is not finite for an image: that
+    image is refused saying which, never answered with NaN maps; the others are explained.
+
+    Hand reference: features A (4x4, one channel) -> f(A) -> GAP -> Dense kernel [[1, -1]], so for
+    f = log or sqrt the gradient of z_0 is f'(A)/16 > 0 at every position and Grad-CAM of class 0 is
+    mean(f'(A))/16 * A: the image itself, normalised."""
+    good = np.linspace(0.5, 2.0, 16, dtype=np.float32).reshape(1, 4, 4, 1)
+    zero = good.copy()
+    zero[0, 1, 2, 0] = 0.0
+    for f, fails in ((keras.ops.log, "the model's output for this image is not finite"),
+                     (keras.ops.sqrt, "the gradient of class 0's score at layer 'features' is not finite")):
+        inp = keras.Input((4, 4, 1))
+        a = keras.layers.Identity(name="features")(inp)
+        dense = keras.layers.Dense(2, name="head")
+        model = keras.Model(inp, dense(keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(f)(a))))
+        dense.set_weights([np.array([[1.0, -1.0]]), np.zeros(2)])
+        e = Explainer(model, "features", preprocessing="none", max_batch_size=2)
+        for method in ("gradcam", "hirescam", "gradcam++"):
+            res = e.explain_batch(np.concatenate([zero, good]), [ItemSpec(method, 0)] * 2, return_errors=True)
+            assert res[0].error is ErrorKind.INVALID_INPUT and fails in res[0].message and not res[0].maps
+            assert res[1].error is None
+            if method == "gradcam":
+                np.testing.assert_allclose(res[1].maps[0].heatmap, (good[0, ..., 0] - 0.5) / 1.5, atol=1e-6)
+        with pytest.raises(InvalidInputError, match=f"image 0 of the batch: {fails}"):
+            e.explain_batch(np.concatenate([zero, good]), [ItemSpec("gradcam", 0)] * 2)
