@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from camserve.engine.errors import CamNotSupportedError, InvalidInputError
-from camserve.engine.explainer import Explainer
+from camserve.engine.explainer import Explainer, image_array
 from camserve.records import ItemResult, ItemSpec
 from camserve.vocabulary import METHODS
 
@@ -233,7 +233,7 @@ class _BaseCAM:
     def _batch(self, batch: Any) -> tuple[np.ndarray, Explainer]:
         """The batch as (B, H, W, C) and the Explainer for its size. That Explainer is returned,
         not only kept: another thread may switch ``self._explainer`` to another size meanwhile."""
-        arr = self._gray(np.asarray(batch))
+        arr = self._gray(image_array(batch))
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4:
@@ -282,7 +282,7 @@ class _BaseCAM:
     ) -> np.ndarray:
         """(h, w) float32 map in [0, 1] for one image (H, W, C) or (1, H, W, C) ((H, W) for a
         one-channel model)."""
-        arr = self._gray(np.asarray(x))
+        arr = self._gray(image_array(x))
         if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[0] == 1)):
             raise InvalidInputError(
                 f"compute_heatmap takes one image (H, W, C) or (1, H, W, C), got {arr.shape}"

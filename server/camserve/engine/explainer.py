@@ -81,6 +81,25 @@ def load_backend(name: str | None) -> Any:
         raise
 
 
+def image_array(images: Any) -> np.ndarray:
+    """``images`` (an array, a tensor, or a list of images) as one NumPy array.
+
+    Raises ``InvalidInputError`` when a list holds images of different shapes (NumPy alone says
+    "inhomogeneous shape"), naming them: a batch is of one size, the model's.
+    """
+    try:
+        return np.asarray(images)
+    except ValueError as exc:
+        try:
+            shapes = sorted({tuple(np.shape(im)) for im in images}, key=str)
+        except Exception:  # whatever the object is, NumPy's own reason is the one left to give
+            raise InvalidInputError(f"images cannot be read as an array: {exc}") from exc
+        raise InvalidInputError(
+            f"images of different shapes {shapes} cannot form one batch: resize them to the model's "
+            "input size first"
+        ) from exc
+
+
 class Explainer:
     """CAM-family explanations for one Keras model and target layer, batched and compiled.
 
@@ -276,7 +295,7 @@ class Explainer:
                 raise ClassIndexError(f"top_k {k!r} is out of range: valid 1..{limit}")
 
     def _check_images(self, images: Any) -> np.ndarray:
-        arr = np.asarray(images)
+        arr = image_array(images)
         h, w, c = self.input_shape
         if arr.ndim != 4 or tuple(arr.shape[1:]) != (h, w, c):
             raise InvalidInputError(f"images must have shape (batch, {h}, {w}, {c}), got {arr.shape}")
