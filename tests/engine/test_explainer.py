@@ -411,3 +411,22 @@ def test_an_answer_that_would_hold_nan_is_refused_for_that_image_alone() -> None
                 np.testing.assert_allclose(res[1].maps[0].heatmap, (good[0, ..., 0] - 0.5) / 1.5, atol=1e-6)
         with pytest.raises(InvalidInputError, match=f"image 0 of the batch: {fails}"):
             e.explain_batch(np.concatenate([zero, good]), [ItemSpec("gradcam", 0)] * 2)
+
+
+def test_a_model_xla_cannot_compile_is_refused_saying_to_use_graph_mode() -> None:
+    """tf.numpy_function in a Lambda layer (tf.keras-era code) has no XLA kernel: under XLA (asked
+    for, or 'auto' on a GPU) the step's first run says which operation and what to use instead, not
+    TensorFlow's InvalidArgumentError; graph mode explains the same model."""
+    keras.utils.set_random_seed(14)
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    host = keras.layers.Lambda(lambda t: t + 0.0 * tf.stop_gradient(tf.ensure_shape(
+        tf.numpy_function(lambda v: v, [t], tf.float32, stateful=False), t.shape)), name="host")(a)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(host)))
+    x = np.random.default_rng(15).normal(size=(1, 8, 8, 3)).astype(np.float32)
+    xla = Explainer(model, "conv", preprocessing="none", max_batch_size=1, compile_mode="xla")
+    refused = r"XLA cannot compile \(PyFuncStateless at .*host.*compile_mode='graph'"
+    with pytest.raises(InvalidInputError, match=refused):
+        xla.explain_batch(x, [ItemSpec()])
+    graph = Explainer(model, "conv", preprocessing="none", max_batch_size=1, compile_mode="graph")
+    assert graph.explain_batch(x, [ItemSpec()])[0].maps[0].heatmap.shape == (6, 6)
