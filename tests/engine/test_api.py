@@ -70,6 +70,8 @@ def test_readme_api(trained: dict, digits: tuple) -> None:
         gradcam.compute_heatmaps(x, class_idx=[1, 2])
     with pytest.raises(InvalidInputError, match="one image"):
         gradcam.compute_heatmap(x)
+    with pytest.raises(InvalidInputError, match=r"different shapes \[\(20, 24, 3\), \(24, 24, 3\)\]"):
+        gradcam.compute_heatmaps([x[0], x[1, :20]])  # a list of images of several sizes
 
 
 def test_cam_class_refuses_flatten_fc(trained: dict) -> None:

@@ -310,6 +310,20 @@ def test_models_the_engine_cannot_run_are_refused_saying_what_to_do() -> None:
     e = Explainer(keras.Model(two.inputs, two.outputs[1]), preprocessing="none", max_batch_size=1)
     assert e.num_classes == 3
 
+    class LogitsAndFeatures(keras.Model):
+        """A subclassed model has no model.outputs to pick from: the way out is another call()."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = keras.layers.Conv2D(2, 3), keras.layers.Dense(3)
+
+        def call(self, x):
+            features = keras.ops.mean(self.conv(x), axis=(1, 2))
+            return self.head(features), features
+
+    with pytest.raises(InvalidInputError, match=r"2 outputs.*subclass whose call\(image\) returns that one"):
+        Explainer(LogitsAndFeatures(), preprocessing="none", input_shape=(8, 8, 3))
+
     # Refused by the library classes too, at construction: not "the input shape is unknown until the
     # first image", which no image can fix.
     from camserve import GradCAM
@@ -369,3 +383,50 @@ def test_an_input_named_as_target_is_called_an_input() -> None:
     with pytest.raises(UnknownLayerError, match="no layer named 'pixel'"):
         Explainer(model, "pixel", preprocessing="none")
 
+
+
+def test_an_answer_that_would_hold_nan_is_refused_for_that_image_alone() -> None:
+    """A model whose output (log of 0) or whose gradient (sqrt at 0) is not finite for an image: that
+    image is refused saying which, never answered with NaN maps; the others are explained.
+
+    Hand reference: features A (4x4, one channel) -> f(A) -> GAP -> Dense kernel [[1, -1]], so for
+    f = log or sqrt the gradient of z_0 is f'(A)/16 > 0 at every position and Grad-CAM of class 0 is
+    mean(f'(A))/16 * A: the image itself, normalised."""
+    good = np.linspace(0.5, 2.0, 16, dtype=np.float32).reshape(1, 4, 4, 1)
+    zero = good.copy()
+    zero[0, 1, 2, 0] = 0.0
+    for f, fails in ((keras.ops.log, "the model's output for this image is not finite"),
+                     (keras.ops.sqrt, "the gradient of class 0's score at layer 'features' is not finite")):
+        inp = keras.Input((4, 4, 1))
+        a = keras.layers.Identity(name="features")(inp)
+        dense = keras.layers.Dense(2, name="head")
+        model = keras.Model(inp, dense(keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(f)(a))))
+        dense.set_weights([np.array([[1.0, -1.0]]), np.zeros(2)])
+        e = Explainer(model, "features", preprocessing="none", max_batch_size=2)
+        for method in ("gradcam", "hirescam", "gradcam++"):
+            res = e.explain_batch(np.concatenate([zero, good]), [ItemSpec(method, 0)] * 2, return_errors=True)
+            assert res[0].error is ErrorKind.INVALID_INPUT and fails in res[0].message and not res[0].maps
+            assert res[1].error is None
+            if method == "gradcam":
+                np.testing.assert_allclose(res[1].maps[0].heatmap, (good[0, ..., 0] - 0.5) / 1.5, atol=1e-6)
+        with pytest.raises(InvalidInputError, match=f"image 0 of the batch: {fails}"):
+            e.explain_batch(np.concatenate([zero, good]), [ItemSpec("gradcam", 0)] * 2)
+
+
+def test_a_model_xla_cannot_compile_is_refused_saying_to_use_graph_mode() -> None:
+    """tf.numpy_function in a Lambda layer (tf.keras-era code) has no XLA kernel: under XLA (asked
+    for, or 'auto' on a GPU) the step's first run says which operation and what to use instead, not
+    TensorFlow's InvalidArgumentError; graph mode explains the same model."""
+    keras.utils.set_random_seed(14)
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    host = keras.layers.Lambda(lambda t: t + 0.0 * tf.stop_gradient(tf.ensure_shape(
+        tf.numpy_function(lambda v: v, [t], tf.float32, stateful=False), t.shape)), name="host")(a)
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(host)))
+    x = np.random.default_rng(15).normal(size=(1, 8, 8, 3)).astype(np.float32)
+    xla = Explainer(model, "conv", preprocessing="none", max_batch_size=1, compile_mode="xla")
+    refused = r"XLA cannot compile \(PyFuncStateless at .*host.*compile_mode='graph'"
+    with pytest.raises(InvalidInputError, match=refused):
+        xla.explain_batch(x, [ItemSpec()])
+    graph = Explainer(model, "conv", preprocessing="none", max_batch_size=1, compile_mode="graph")
+    assert graph.explain_batch(x, [ItemSpec()])[0].maps[0].heatmap.shape == (6, 6)

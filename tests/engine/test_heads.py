@@ -113,8 +113,15 @@ class SubclassedHead(ConvGapDense):
         return tf.nn.softmax(self.head(self.gap(self.conv(x))))
 
 
-def _subclassed() -> keras.Model:
-    m = SubclassedHead()
+class TupleHead(SubclassedHead):
+    """Logits returned alone in a tuple (as ``return logits, features`` models do, minus the rest)."""
+
+    def call(self, x):
+        return (self.head(self.gap(self.conv(x))),)
+
+
+def _subclassed(cls: type[ConvGapDense] = SubclassedHead) -> keras.Model:
+    m = cls()
     m(X)
     m.conv.set_weights([CONV_K, CONV_B])
     m.head.set_weights(list(_weights(2)))
@@ -258,6 +265,18 @@ CASES = {
         "probability",
     ),
     "no_activation_is_logits": (lambda: _model(3), 3, "softmax", "logits", _softmax_logits, "logits"),
+    # the one output in a container: a Functional's outputs={"name": z}, a subclassed return (z,)
+    "logits_in_a_dict": (
+        lambda: _model(3, tail=[lambda t: {"logits": t}]),
+        3,
+        "softmax",
+        "logits",
+        _softmax_logits,
+        "logits",
+    ),
+    "subclassed_logits_in_a_tuple": (
+        lambda: _subclassed(TupleHead), 2, "softmax", "logits", _softmax_logits, "logits"
+    ),
     "sigmoid_multilabel": (lambda: _model(3, "sigmoid"), 3, "sigmoid", "logits", _multilabel, "logits"),
     "sigmoid_tf_nn_layer": (
         lambda: _model(3, tail=[keras.layers.Activation(tf.nn.sigmoid)]),

@@ -78,6 +78,16 @@ def _non_square_rescaling() -> keras.Model:
     return keras.Model(inp, layers.Dense(3, activation="softmax")(pooled))
 
 
+def _logits_in_a_dict() -> keras.Model:
+    """Its one output in a dict (outputs={"logits": z}), with no softmax: the output is the logits;
+    an exp after the features overflows on inputs far outside a normal image's range."""
+    keras.utils.set_random_seed(8)
+    layers = keras.layers
+    inp = keras.Input((6, 6, 1))
+    a = keras.ops.exp(layers.Conv2D(3, 3, name="features")(inp))
+    return keras.Model(inp, {"logits": layers.Dense(2)(layers.GlobalAveragePooling2D()(a))})
+
+
 MODELS = {
     # name: (factory, file, input shape, image)
     "one_by_one": (_one_by_one, "model.h5", (8, 8, 1), None),
@@ -91,6 +101,7 @@ MODELS = {
     "gray_fully_convolutional": (_gray_fully_convolutional, "model.keras", (8, 8, 1), None),
     "non_square_rescaling": (_non_square_rescaling, "model.keras", (6, 10, 3),
                              np.random.default_rng(5).integers(0, 256, (6, 10, 3), dtype=np.uint8)),
+    "logits_in_a_dict": (_logits_in_a_dict, "model.keras", (6, 6, 1), None),
 }
 
 
@@ -203,3 +214,12 @@ def test_a_layer_the_listing_leaves_out_is_still_a_target(served, library) -> No
     np.testing.assert_allclose(r.heatmap, want.maps[0].heatmap, atol=1e-4)
     with pytest.raises(InvalidArgument, match="has no target layer 'no_such_layer'"):
         client.explain(images["keras_hub_vit"], model="keras_hub_vit", target_layer="no_such_layer")
+
+
+def test_an_image_the_model_cannot_answer_finitely_is_invalid_argument(served) -> None:
+    """A float32 tensor the model overflows on (exp of its features is infinite): INVALID_ARGUMENT
+    saying so, never a reply of NaN maps; the next image is answered as before."""
+    _, images, client = served
+    with pytest.raises(InvalidArgument, match="the model's output for this image is not finite"):
+        client.explain(np.full((6, 6, 1), 1e4, np.float32), model="logits_in_a_dict")
+    assert np.isfinite(client.explain(images["logits_in_a_dict"], model="logits_in_a_dict").heatmap).all()

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 
 from camserve.engine.calls import Site, Tap
-from camserve.engine.keras_private import CallFn, ops_node_kind
+from camserve.engine.keras_private import CallFn, on_this_thread, ops_node_kind
 
 #: Layers that do not change a class vector's values at inference (noise and dropout are off).
 _PASS_LAYERS = (
@@ -117,7 +117,9 @@ def pre_activation_tap(call: CallFn, args: tuple[Any, ...], kwargs: dict[str, An
     """
     op = site.op
     act = op.activation
-    object.__setattr__(op, "activation", keras.activations.linear)
+    # Linear on this thread only: another thread calling the same layer meanwhile (``intercept``
+    # lets its calls through) must still get the layer's activation.
+    object.__setattr__(op, "activation", on_this_thread(keras.activations.linear, act))
     try:
         z = call(*args, **kwargs)
     finally:

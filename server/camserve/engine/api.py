@@ -21,6 +21,7 @@ one-channel model also takes (H, W) and (B, H, W) arrays, and a model whose Inpu
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from camserve.engine.errors import CamNotSupportedError, InvalidInputError
-from camserve.engine.explainer import Explainer
+from camserve.engine.explainer import Explainer, image_array
 from camserve.records import ItemResult, ItemSpec
 from camserve.vocabulary import METHODS
 
@@ -91,24 +92,29 @@ def _shared_explainer(model: Any, input_shape: tuple[int, ...] | None, kwargs: d
     Weights are read when a step runs, so training between calls is seen; a changed structure is
     another key (``_structure``). An object that takes no attributes gets a new Explainer each time.
     """
+    from camserve.engine.keras_private import exclusive
+
     settings = tuple(
         (k, v if isinstance(v, (str, int, tuple, type(None))) else id(v)) for k, v in sorted(kwargs.items())
     )
-    key = (input_shape, settings, _structure(model))
-    shared = getattr(model, "__dict__", {}).get(_SHARED)
-    if shared is not None and (found := shared.get(key)) is not None:
-        shared.move_to_end(key)
-        return found
-    explainer = Explainer(model, input_shape=input_shape, **kwargs)
-    if shared is None:
-        try:  # object.__setattr__: Keras' own __setattr__ would track the dict as model state
-            object.__setattr__(model, _SHARED, shared := OrderedDict())
-        except (AttributeError, TypeError):
-            return explainer
-    shared[key] = explainer
-    while len(shared) > MAX_SHARED:
-        shared.popitem(last=False)
-    return explainer
+    # Under the lock every recording and trace takes: the structure is read while no other thread
+    # has the model's layers patched, and threads asking for the same Explainer at once build one.
+    with exclusive():
+        key = (input_shape, settings, _structure(model))
+        shared = getattr(model, "__dict__", {}).get(_SHARED)
+        if shared is not None and (found := shared.get(key)) is not None:
+            shared.move_to_end(key)
+            return found
+        explainer = Explainer(model, input_shape=input_shape, **kwargs)
+        if shared is None:
+            try:  # object.__setattr__: Keras' own __setattr__ would track the dict as model state
+                object.__setattr__(model, _SHARED, shared := OrderedDict())
+            except (AttributeError, TypeError):
+                return explainer
+        shared[key] = explainer
+        while len(shared) > MAX_SHARED:
+            shared.popitem(last=False)
+        return explainer
 
 
 class _BaseCAM:
@@ -149,6 +155,7 @@ class _BaseCAM:
             prefix_tokens=prefix_tokens,
         )
         self._explainer: Explainer | None = None
+        self._lock = threading.Lock()  # one instance may serve several threads (a web server's)
         # A model whose Input leaves H or W open takes any image size: one Explainer per size seen
         # (each records the model and compiles its own step), the most recent few kept.
         self._by_size: dict[tuple[int, ...], Explainer] = {}
@@ -223,8 +230,10 @@ class _BaseCAM:
                 return arr[..., None]
         return arr
 
-    def _batch(self, batch: Any) -> np.ndarray:
-        arr = self._gray(np.asarray(batch))
+    def _batch(self, batch: Any) -> tuple[np.ndarray, Explainer]:
+        """The batch as (B, H, W, C) and the Explainer for its size. That Explainer is returned,
+        not only kept: another thread may switch ``self._explainer`` to another size meanwhile."""
+        arr = self._gray(image_array(batch))
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4:
@@ -232,15 +241,15 @@ class _BaseCAM:
                 f"expected a batch (B, H, W, C) or one image (H, W, C), got shape {arr.shape}"
             )
         shape = tuple(int(d) for d in arr.shape[1:])
-        if self._explainer is None:
-            self._build(shape)
-        elif self._any_size and shape != self._explainer.input_shape:
-            known = self._by_size.pop(shape, None)  # re-inserted: the most recent last
-            if known is not None:
+        with self._lock:
+            if self._explainer is None:
+                return arr, self._build(shape)
+            if self._any_size and shape != self._explainer.input_shape:
+                known = self._by_size.pop(shape, None)  # re-inserted: the most recent last
+                if known is None:
+                    return arr, self._build(shape)
                 self._by_size[shape] = self._explainer = known
-            else:
-                self._build(shape)
-        return arr
+            return arr, self._explainer
 
     def _specs(self, n: int, class_idx: Any, top_k: int) -> list[ItemSpec]:
         if class_idx is None or np.ndim(class_idx) == 0:  # one index (or None) for every image
@@ -254,8 +263,8 @@ class _BaseCAM:
     def explain(self, batch: Any, class_idx: Any = None, top_k: int = 1) -> list[ItemResult]:
         """Full results per image: probabilities and one ClassMap per class (top_k best if no index;
         class_idx as for :meth:`compute_heatmaps`)."""
-        arr = self._batch(batch)
-        return self.explainer.explain_batch(arr, self._specs(arr.shape[0], class_idx, top_k))
+        arr, explainer = self._batch(batch)
+        return explainer.explain_batch(arr, self._specs(arr.shape[0], class_idx, top_k))
 
     def compute_heatmaps(
         self, batch: Any, class_idx: Any = None, size: tuple[int, int] | None = None
@@ -273,7 +282,7 @@ class _BaseCAM:
     ) -> np.ndarray:
         """(h, w) float32 map in [0, 1] for one image (H, W, C) or (1, H, W, C) ((H, W) for a
         one-channel model)."""
-        arr = self._gray(np.asarray(x))
+        arr = self._gray(image_array(x))
         if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[0] == 1)):
             raise InvalidInputError(
                 f"compute_heatmap takes one image (H, W, C) or (1, H, W, C), got {arr.shape}"

@@ -20,6 +20,7 @@ eager twin ``ModelGraph`` uses to inspect a model. This is the only TensorFlow-s
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ import tensorflow as tf
 
 from camserve.engine import calls, methods
 from camserve.engine.calls import CallKey, LayerCall, Site, Tap
+from camserve.engine.errors import InvalidInputError
 from camserve.engine.keras_private import CallFn
 from camserve.engine.preprocess import preprocess
 from camserve.engine.records import StepOutput, step_inputs, wants_activations
@@ -106,6 +108,25 @@ def gradients(
     return out
 
 
+#: How XLA says, at a step's first run, that it cannot compile the graph (ops it has no kernel for,
+#: such as tf.numpy_function in a Lambda layer; shapes that depend on values).
+_XLA_CANNOT = ("Detected unsupported operations when trying to compile", "must be a compile-time constant")
+
+
+def _not_compilable(exc: Exception) -> InvalidInputError | None:
+    """The refusal, saying what to do, for an XLA compile failure of the model's graph; else None."""
+    text = str(exc)
+    if not any(marker in text for marker in _XLA_CANNOT):
+        return None
+    ops = sorted(set(re.findall(r"No registered '([^']+)' OpKernel", text)))
+    nodes = sorted(set(re.findall(r"\{\{node ([^}]+)\}\}", text)))[:3]
+    where = f" ({', '.join(ops)}" + (f" at {', '.join(nodes)})" if nodes else ")") if ops else ""
+    return InvalidInputError(
+        f"the model uses operations XLA cannot compile{where}: explain it with compile_mode='graph' "
+        "(the server's --compile graph); compile_mode 'auto' picks XLA where TensorFlow sees a GPU"
+    )
+
+
 class Step:
     """A compiled explanation step for one (model, target layer).
 
@@ -178,9 +199,15 @@ class Step:
         pixels = tf.cast(tf.constant(images), tf.float32) if raw else tf.constant(images, tf.float32)
         b, k = targets.shape
         padded, codes = step_inputs(targets, methods, self.max_k)
-        probs, scores, classes, maps, acts, grads = self._concrete(b)(
-            pixels, tf.constant(raw), tf.constant(padded), tf.constant(k, tf.int32), tf.constant(codes)
-        )
+        try:
+            probs, scores, classes, maps, acts, grads = self._concrete(b)(
+                pixels, tf.constant(raw), tf.constant(padded), tf.constant(k, tf.int32), tf.constant(codes)
+            )
+        except tf.errors.InvalidArgumentError as exc:
+            refusal = _not_compilable(exc) if self.jit_compile else None
+            if refusal is None:
+                raise
+            raise refusal from exc
         out = StepOutput(
             probabilities=probs.numpy(), scores=scores.numpy()[:, :k], classes=classes.numpy()[:, :k]
         )

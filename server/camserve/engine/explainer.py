@@ -35,7 +35,7 @@ from camserve.engine.pixels import check_preprocessed
 from camserve.engine.preprocess import check_channels, check_mode
 from camserve.engine.targets import ModelGraph
 from camserve.engine.tokens import TokenLayout
-from camserve.records import ClassMap, ItemResult, ItemSpec, ModelSummary
+from camserve.records import ClassMap, ErrorKind, ItemResult, ItemSpec, ModelSummary
 from camserve.vocabulary import BACKENDS, COMPILE_MODES, METHODS, OWN_PREPROCESSOR, SCORES
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,25 @@ def load_backend(name: str | None) -> Any:
         if exc.name == BACKEND_MODULES[name]:
             raise InvalidInputError(f"backend {name!r} is not available in this build") from exc
         raise
+
+
+def image_array(images: Any) -> np.ndarray:
+    """``images`` (an array, a tensor, or a list of images) as one NumPy array.
+
+    Raises ``InvalidInputError`` when a list holds images of different shapes (NumPy alone says
+    "inhomogeneous shape"), naming them: a batch is of one size, the model's.
+    """
+    try:
+        return np.asarray(images)
+    except ValueError as exc:
+        try:
+            shapes = sorted({tuple(np.shape(im)) for im in images}, key=str)
+        except Exception:  # whatever the object is, NumPy's own reason is the one left to give
+            raise InvalidInputError(f"images cannot be read as an array: {exc}") from exc
+        raise InvalidInputError(
+            f"images of different shapes {shapes} cannot form one batch: resize them to the model's "
+            "input size first"
+        ) from exc
 
 
 class Explainer:
@@ -276,7 +295,7 @@ class Explainer:
                 raise ClassIndexError(f"top_k {k!r} is out of range: valid 1..{limit}")
 
     def _check_images(self, images: Any) -> np.ndarray:
-        arr = np.asarray(images)
+        arr = image_array(images)
         h, w, c = self.input_shape
         if arr.ndim != 4 or tuple(arr.shape[1:]) != (h, w, c):
             raise InvalidInputError(f"images must have shape (batch, {h}, {w}, {c}), got {arr.shape}")
@@ -339,6 +358,8 @@ class Explainer:
         for start in range(0, len(valid), self.max_batch_size):
             chunk = valid[start : start + self.max_batch_size]
             for i, res in zip(chunk, self._run_chunk(arr[chunk], [specs[i] for i in chunk]), strict=True):
+                if res.error is not None and not return_errors:
+                    raise InvalidInputError(f"image {i} of the batch: {res.message}")
                 results[i] = res
         return results
 
@@ -366,10 +387,19 @@ class Explainer:
         eigen = [i for i, s in enumerate(specs) if s.method == "eigencam"]
         if eigen:  # made on the host from the activations the step returned for them (methods.eigencam)
             raw = raw.copy()
-            raw[eigen] = methods.eigencam(out.activations[eigen], raw.shape[1])
+            acts = out.activations[eigen]
+            finite = np.isfinite(acts).all(axis=(1, 2, 3))  # an SVD of NaN raises: left NaN, refused below
+            raw[eigen] = np.nan
+            raw[np.asarray(eigen)[finite]] = methods.eigencam(acts[finite], raw.shape[1])
         all_maps, all_flat = methods.normalise(raw)  # one pass per batch, each map on its own
         results = []
         for i in range(b):
+            k = wanted[i]
+            why = self._not_finite(out.probabilities[i], out.scores[i, :k], raw[i, :k], classes[i, :k],
+                                   specs[i])
+            if why is not None:
+                results.append(ItemResult.failed(ErrorKind.INVALID_INPUT, why))
+                continue
             maps, flat = all_maps[i], all_flat[i]
             results.append(
                 ItemResult(
@@ -381,3 +411,25 @@ class Explainer:
                 )
             )
         return results
+
+    def _not_finite(self, probabilities: np.ndarray, scores: np.ndarray, raw: np.ndarray,
+                    classes: np.ndarray, spec: ItemSpec) -> str | None:
+        """Why one image's answer holds NaN or infinity (then it is refused: a map is never NaN), or
+        None. Its probabilities and scores come from the model's output; its raw maps (K, h, w)
+        also from the gradients (and the target's activations)."""
+        if not (np.isfinite(probabilities).all() and np.isfinite(scores).all()):
+            return (
+                "the model's output for this image is not finite (NaN or infinity), so there is nothing "
+                "to explain: check that the image is preprocessed as the model was trained (values far "
+                "outside that range overflow, float16 first) and that the model's weights are finite"
+            )
+        bad = [int(c) for c, m in zip(classes, raw, strict=True) if not np.isfinite(m).all()]
+        if not bad:
+            return None
+        what = "activations" if spec.method == "eigencam" else f"gradient of class {bad[0]}'s score"
+        return (
+            f"the {what} at layer {self.target.name!r} is not finite (NaN or infinity) for this image, "
+            f"although the model's output is, so its {spec.method} map cannot be computed: an operation "
+            "between that layer and the output has no finite derivative at these values (such as sqrt or "
+            "log at 0)"
+        )

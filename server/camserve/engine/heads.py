@@ -95,9 +95,11 @@ class Head:
         """(probabilities (B, classes), score vector (B, classes)) as float32 ``keras.ops`` tensors.
 
         ``score`` "logits" or "probability"; a head that is not invertible always scores probabilities.
+        ``y`` is the model's output as its call returns it: one tensor, or that tensor alone in a
+        list, tuple or dict (``outputs={"logits": z}``, a subclassed ``return [z]``).
         """
         ops = keras.ops
-        t = y if self.capture == "model" else notes["logits"]
+        t = keras.tree.flatten(y)[0] if self.capture == "model" else notes["logits"]
         t = ops.cast(ops.reshape(t, (-1, self.units)), "float32")
         if self.kind == "softmax":
             probs, logits = ops.softmax(t, axis=-1), t

@@ -11,6 +11,8 @@ What is relied on (Keras 3.15):
   ``self.quantized_call`` for a quantized layer) on the *instance* at call time, so an instance
   attribute of that name intercepts every call of that one layer, however it is reached (a Functional
   graph's node, ``Sequential``, a subclassed model's ``call()``, a custom layer calling its sublayers).
+  Such an attribute is seen by every thread, so ``intercept`` lets one thread patch at a time and
+  passes other threads' calls through to the layer's own ``call``.
 - ``Layer._flatten_layers(include_self=False, recursive=False)`` lists the sublayers a layer tracks
   (attributes, lists and dicts of layers), which is how custom layers' blocks are found.
 - ``Functional.operations`` (public) also lists the non-layer operations of a graph (``x[:, 0]``,
@@ -22,6 +24,7 @@ Backend-neutral: no TensorFlow or JAX import.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -74,29 +77,60 @@ def _call_attrs(op: Any) -> tuple[str, ...]:
     return ("call",)
 
 
+#: Held while a thread intercepts a model's calls (``intercept``), and by whatever must not see a
+#: model half-patched (``exclusive``). Re-entrant: a thread may intercept inside its own intercept.
+_LOCK = threading.RLock()
+
+
+def exclusive() -> threading.RLock:
+    """The process-wide lock ``intercept`` holds; hold it to read a model's layers (their ``call``,
+    their ``activation``) while no other thread has them patched."""
+    return _LOCK
+
+
+def on_this_thread(wrapped: CallFn, original: CallFn) -> CallFn:
+    """``wrapped`` for calls made on the thread that created this, ``original`` on every other one.
+
+    Why: a patch is an attribute of a layer object, which every thread shares; a web server that
+    runs ``model.predict`` for one request while camserve records or traces the same model for
+    another must get the model's own result, not the engine's taps (nor feed its calls into the
+    engine's recording). Tracing (tf.function, jax.jit) runs the Python call on the calling thread.
+    """
+    owner = threading.get_ident()
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return wrapped(*args, **kwargs) if threading.get_ident() == owner else original(*args, **kwargs)
+
+    return call
+
+
 @contextlib.contextmanager
 def intercept(ops: Sequence[Any], make: Callable[[Any, CallFn], CallFn]) -> Iterator[None]:
-    """While inside, every call of each op in ``ops`` goes through ``make(op, original_call)``.
+    """While inside, every call of each op in ``ops`` made on this thread goes through
+    ``make(op, original_call)``.
 
     The wrapper receives the call's ``(*args, **kwargs)`` exactly as ``call`` would (after Keras has
     converted dtypes, built the layer and resolved ``training``). Restored on exit, even on error.
-    Not thread-safe: another thread calling the same layers meanwhile is intercepted too.
+    Thread-safe: one thread intercepts at a time (``exclusive``: another thread's intercept waits,
+    so patches never interleave and each is undone in the order it was made), and calls the other
+    threads make meanwhile run the layers' own ``call`` (``on_this_thread``).
     """
     patched: list[tuple[Any, str, bool, Any]] = []
-    try:
-        for op in ops:
-            for attr in _call_attrs(op):
-                had_own = attr in vars(op)
-                original = getattr(op, attr)
-                object.__setattr__(op, attr, make(op, original))
-                patched.append((op, attr, had_own, original))
-        yield
-    finally:
-        for op, attr, had_own, original in reversed(patched):
-            if had_own:
-                object.__setattr__(op, attr, original)
-            else:
-                object.__delattr__(op, attr)
+    with _LOCK:
+        try:
+            for op in ops:
+                for attr in _call_attrs(op):
+                    had_own = attr in vars(op)
+                    original = getattr(op, attr)
+                    object.__setattr__(op, attr, on_this_thread(make(op, original), original))
+                    patched.append((op, attr, had_own, original))
+            yield
+        finally:
+            for op, attr, had_own, original in reversed(patched):
+                if had_own:
+                    object.__setattr__(op, attr, original)
+                else:
+                    object.__delattr__(op, attr)
 
 
 def call_inference(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -145,13 +145,15 @@ def gradient_maps(codes: Any, activations: Any, gradients: Any, classes: Any, ca
 def normalise(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ReLU then per-map min-max to [0, 1] over the last two axes; flat maps become zeros + flag.
 
-    Returns (maps float32 of raw's shape, all_zero bool of raw.shape[:-2]).
+    Returns (maps float32 of raw's shape, all_zero bool of raw.shape[:-2]). A map holding NaN or
+    infinity comes out NaN, quietly (``Explainer`` refuses its image, saying why).
     """
     r = np.maximum(np.asarray(raw, dtype=np.float64), 0.0)
     lo = r.min(axis=(-2, -1), keepdims=True)
     hi = r.max(axis=(-2, -1), keepdims=True)
-    rng = hi - lo
-    flat = rng <= FLAT_TOLERANCE * hi  # also true for all-zero maps (0 <= 0)
-    safe = np.where(flat, 1.0, rng)
-    out = np.where(flat, 0.0, (r - lo) / safe)
+    with np.errstate(invalid="ignore"):  # inf - inf in a map that is not finite
+        rng = hi - lo
+        flat = rng <= FLAT_TOLERANCE * hi  # also true for all-zero maps (0 <= 0)
+        safe = np.where(flat, 1.0, rng)
+        out = np.where(flat, 0.0, (r - lo) / safe)
     return out.astype(np.float32), flat[..., 0, 0]

@@ -149,9 +149,16 @@ def classes_of(model: Any, y: Any) -> int:
         return shape[-1]
     shapes = [tuple(t.shape) for t in flat]
     if len(flat) > 1:
+        # keras.Model(model.inputs, model.outputs[i]) needs a graph: a subclassed model has neither
+        way_out = (
+            "keras.Model(model.inputs, model.outputs[i])"
+            if isinstance(model, keras.Sequential) or is_functional(model)
+            else "a keras.Model subclass whose call(image) returns that one output of model(image) "
+            "(its [i] or ['name'])"
+        )
         raise InvalidInputError(
             f"model {model.name!r} returns {len(flat)} outputs {shapes}; the engine needs one (batch, "
-            "classes) output: explain one of them with keras.Model(model.inputs, model.outputs[i])"
+            f"classes) output: explain one of them with {way_out}"
         )
     raise InvalidInputError(
         f"model {model.name!r} returns {shapes}; the engine needs one (batch, classes) output "
