@@ -29,7 +29,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from camserve.engine.errors import CamNotSupportedError, InvalidInputError
-from camserve.engine.explainer import Explainer, image_array
+from camserve.engine.explainer import Explainer
+from camserve.engine.pixels import image_array
 from camserve.records import ItemResult, ItemSpec
 from camserve.vocabulary import METHODS
 

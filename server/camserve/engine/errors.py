@@ -45,3 +45,17 @@ class InvalidInputError(EngineError):
     """Images, methods or options of the wrong shape, type or value."""
 
     kind = ErrorKind.INVALID_INPUT
+
+
+def not_finite_reason(bad_class: int | None, layer: str, method: str) -> str:
+    """Why one image's answer cannot be given because it holds NaN or infinity: its model output
+    (``bad_class`` None), or the map of class ``bad_class`` made at ``layer`` by ``method`` from
+    gradients (Eigen-CAM: activations) that are not finite although the output is."""
+    if bad_class is None:
+        return ("the model's output for this image is not finite (NaN or infinity), so there is nothing "
+                "to explain: check that the image is preprocessed as the model was trained (values far "
+                "outside that range overflow, float16 first) and that the model's weights are finite")
+    what = "activations" if method == "eigencam" else f"gradient of class {bad_class}'s score"
+    return (f"the {what} at layer {layer!r} is not finite (NaN or infinity) for this image, although the "
+            f"model's output is, so its {method} map cannot be computed: an operation between that layer "
+            "and the output has no finite derivative at these values (such as sqrt or log at 0)")

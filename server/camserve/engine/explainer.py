@@ -29,9 +29,10 @@ from camserve.engine.errors import (
     EngineError,
     InvalidInputError,
     UnknownLayerError,
+    not_finite_reason,
 )
 from camserve.engine.model_io import own_preprocessing
-from camserve.engine.pixels import check_preprocessed
+from camserve.engine.pixels import check_preprocessed, image_array
 from camserve.engine.preprocess import check_channels, check_mode
 from camserve.engine.targets import ModelGraph
 from camserve.engine.tokens import TokenLayout
@@ -79,25 +80,6 @@ def load_backend(name: str | None) -> Any:
         if exc.name == BACKEND_MODULES[name]:
             raise InvalidInputError(f"backend {name!r} is not available in this build") from exc
         raise
-
-
-def image_array(images: Any) -> np.ndarray:
-    """``images`` (an array, a tensor, or a list of images) as one NumPy array.
-
-    Raises ``InvalidInputError`` when a list holds images of different shapes (NumPy alone says
-    "inhomogeneous shape"), naming them: a batch is of one size, the model's.
-    """
-    try:
-        return np.asarray(images)
-    except ValueError as exc:
-        try:
-            shapes = sorted({tuple(np.shape(im)) for im in images}, key=str)
-        except Exception:  # whatever the object is, NumPy's own reason is the one left to give
-            raise InvalidInputError(f"images cannot be read as an array: {exc}") from exc
-        raise InvalidInputError(
-            f"images of different shapes {shapes} cannot form one batch: resize them to the model's "
-            "input size first"
-        ) from exc
 
 
 class Explainer:
@@ -392,12 +374,17 @@ class Explainer:
             raw[eigen] = np.nan
             raw[np.asarray(eigen)[finite]] = methods.eigencam(acts[finite], raw.shape[1])
         all_maps, all_flat = methods.normalise(raw)  # one pass per batch, each map on its own
+        # A map is never NaN (DESIGN.md): an image whose output, or one of its maps, is not finite is
+        # refused alone. One pass over the batch; a reason is worded only for such an image.
+        output_finite = np.isfinite(out.probabilities).all(axis=1)
+        scores_finite, maps_finite = np.isfinite(out.scores), np.isfinite(raw).all(axis=(2, 3))
         results = []
         for i in range(b):
             k = wanted[i]
-            why = self._not_finite(out.probabilities[i], out.scores[i, :k], raw[i, :k], classes[i, :k],
-                                   specs[i])
-            if why is not None:
+            output_ok = output_finite[i] and scores_finite[i, :k].all()
+            if not (output_ok and maps_finite[i, :k].all()):
+                bad = int(classes[i, :k][~maps_finite[i, :k]][0]) if output_ok else None
+                why = not_finite_reason(bad, self.target.name, specs[i].method)
                 results.append(ItemResult.failed(ErrorKind.INVALID_INPUT, why))
                 continue
             maps, flat = all_maps[i], all_flat[i]
@@ -411,25 +398,3 @@ class Explainer:
                 )
             )
         return results
-
-    def _not_finite(self, probabilities: np.ndarray, scores: np.ndarray, raw: np.ndarray,
-                    classes: np.ndarray, spec: ItemSpec) -> str | None:
-        """Why one image's answer holds NaN or infinity (then it is refused: a map is never NaN), or
-        None. Its probabilities and scores come from the model's output; its raw maps (K, h, w)
-        also from the gradients (and the target's activations)."""
-        if not (np.isfinite(probabilities).all() and np.isfinite(scores).all()):
-            return (
-                "the model's output for this image is not finite (NaN or infinity), so there is nothing "
-                "to explain: check that the image is preprocessed as the model was trained (values far "
-                "outside that range overflow, float16 first) and that the model's weights are finite"
-            )
-        bad = [int(c) for c, m in zip(classes, raw, strict=True) if not np.isfinite(m).all()]
-        if not bad:
-            return None
-        what = "activations" if spec.method == "eigencam" else f"gradient of class {bad[0]}'s score"
-        return (
-            f"the {what} at layer {self.target.name!r} is not finite (NaN or infinity) for this image, "
-            f"although the model's output is, so its {spec.method} map cannot be computed: an operation "
-            "between that layer and the output has no finite derivative at these values (such as sqrt or "
-            "log at 0)"
-        )

@@ -12,6 +12,8 @@ preprocessing is tf, [-1, 1]); the library and the server both run it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from camserve.engine.errors import InvalidInputError
@@ -109,3 +111,22 @@ def display_pixels(x: np.ndarray, mode: str) -> np.ndarray:
         lo, hi = float(x.min()), float(x.max())
         pixels = np.zeros_like(x) if hi <= lo else (x - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def image_array(images: Any) -> np.ndarray:
+    """``images`` (an array, a tensor, or a list of images) as one NumPy array.
+
+    Raises ``InvalidInputError`` when a list holds images of different shapes (NumPy alone says
+    "inhomogeneous shape"), naming them: a batch is of one size, the model's.
+    """
+    try:
+        return np.asarray(images)
+    except ValueError as exc:
+        try:
+            shapes = sorted({tuple(np.shape(im)) for im in images}, key=str)
+        except Exception:  # whatever the object is, NumPy's own reason is the one left to give
+            raise InvalidInputError(f"images cannot be read as an array: {exc}") from exc
+        raise InvalidInputError(
+            f"images of different shapes {shapes} cannot form one batch: resize them to the model's "
+            "input size first"
+        ) from exc
