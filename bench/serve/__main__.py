@@ -12,10 +12,15 @@ For each model, at the same max batch size and compile mode:
    the machine's cores with the server.
 
 The ratio served / engine is the price of the network front (decode, gRPC, queueing, the process
-hop). Target: >= 0.85. The engine runs first, then the server starts: they never compete for cores.
+hop). Target: >= 0.85. The two never run at once, so they never compete for cores. With ``--rounds R``
+the engine's and the server's windows alternate R times (the explainer is built and the server started
+once) and the ratio is the median of the rounds' ratios: this machine's speed drifts by tens of
+percent within minutes (the demo's in-process rate ranged 2,224-3,316 img/s over four runs in twenty
+minutes), which one engine window followed by one served window takes for a change of ratio.
 
     python -m bench.serve --quick        # demo model, short steps (a check that it works)
     python -m bench.serve                # demo + MobileNetV2 224 (weights=None), 20 s steps
+    python -m bench.serve --models demo --rounds 3 --duration 10
 
 Prints a table and writes JSON to bench/results/serve[_quick].json. Exits 1 when a served step had an
 error or no success, or the server's exit code said its drain lost calls.
@@ -31,6 +36,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +107,10 @@ def jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
 # ----------------------------------------------------------------------------------------- engine
 
 
-def engine_throughput(repo: Path, name: str, images: list[np.ndarray], max_batch: int, compile_mode: str,
-                      duration: float) -> dict[str, Any]:
-    """Full batches through Explainer.explain_batch in this process (images decoded as the server does)."""
+def engine_runner(repo: Path, name: str, images: list[np.ndarray], max_batch: int, compile_mode: str
+                  ) -> Callable[[float], dict[str, Any]]:
+    """``run(duration)``: full batches through Explainer.explain_batch in this process for ``duration``
+    seconds (images decoded as the server does); the explainer is built and warmed up here, once."""
     import keras
     from camserve.engine import Explainer
     from camserve.records import ItemSpec
@@ -122,13 +129,17 @@ def engine_throughput(repo: Path, name: str, images: list[np.ndarray], max_batch
     batch = np.stack([pixels[i % len(pixels)] for i in range(max_batch)])
     specs = [ItemSpec(method="gradcam")] * max_batch
     explainer.explain_batch(batch, specs)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < duration:
-        explainer.explain_batch(batch, specs)
-        n += max_batch
-    elapsed = time.perf_counter() - t0
-    return {"images": n, "seconds": elapsed, "images_per_s": n / elapsed,
-            "compile_mode": explainer.info.compile_mode}
+
+    def run(duration: float) -> dict[str, Any]:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < duration:
+            explainer.explain_batch(batch, specs)
+            n += max_batch
+        elapsed = time.perf_counter() - t0
+        return {"images": n, "seconds": elapsed, "images_per_s": n / elapsed,
+                "compile_mode": explainer.info.compile_mode}
+
+    return run
 
 
 def closed_loop(target: str, model: str, payloads: list[bytes], concurrency: int, warmup: float,
@@ -161,8 +172,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     images = photos(args.images, side)
     payloads_jpeg = [jpeg_bytes(im) for im in images]
     print(f"[{name}] in-process engine: batch {args.max_batch_size}, {args.duration:.0f} s ...", flush=True)
-    engine = engine_throughput(repo, name, images, args.max_batch_size, args.compile, args.duration)
-    print(f"[{name}]   {engine['images_per_s']:.1f} img/s", flush=True)
+    engine_run = engine_runner(repo, name, images, args.max_batch_size, args.compile)
     from camserve_proto import explain_pb2 as pb
 
     reqs = [pb.ExplainRequest(model=name, image=pb.Image(encoded=b)) for b in payloads_jpeg]
@@ -172,34 +182,53 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     .SerializeToString() for i in range(len(reqs))]
     else:
         payloads = [r.SerializeToString() for r in reqs]
-    print(f"[{name}] starting camserve serve ({args.workers}) ...", flush=True)
-    server = start_server("--max-batch-size", str(args.max_batch_size), "--compile", args.compile,
-                          "--max-queue-size", "4096", "--frontends", str(args.frontends), repository=repo,
-                          workers=args.workers, timeout=900)
+    rounds: list[dict[str, Any]] = []
+    server = None
     try:
-        print(f"[{name}]   SERVING after {server.startup_s:.1f} s; closed loop, concurrency "
-              f"{args.concurrency}, "
-              f"{args.warmup:.0f} s warm-up + {args.duration:.0f} s ...", flush=True)
-        cpu0, count0 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
-        served = closed_loop(server.target, name, payloads, args.concurrency, args.warmup, args.duration, k)
-        cpu1, count1 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
-        if count1 > count0:
-            per = 1e3 / (count1 - count0)
-            served["parent_cpu_ms_per_image"] = (cpu1[0] - cpu0[0]) * per  # supervisor + front ends
-            served["worker_cpu_ms_per_image"] = (cpu1[1] - cpu0[1]) * per
-        served["server_mean_batch"] = (server.metric("camserve_batch_size_sum", model=name)
-                                       / max(1.0, server.metric("camserve_batch_size_count", model=name)))
+        for r in range(max(1, args.rounds)):
+            engine = engine_run(args.duration)
+            print(f"[{name}]   {engine['images_per_s']:.1f} img/s", flush=True)
+            if server is None:
+                print(f"[{name}] starting camserve serve ({args.workers}) ...", flush=True)
+                server = start_server("--max-batch-size", str(args.max_batch_size), "--compile", args.compile,
+                                      "--max-queue-size", "4096", "--frontends", str(args.frontends),
+                                      repository=repo, workers=args.workers, timeout=900)
+                print(f"[{name}]   SERVING after {server.startup_s:.1f} s; closed loop, concurrency "
+                      f"{args.concurrency}, {args.warmup:.0f} s warm-up + {args.duration:.0f} s ...",
+                      flush=True)
+            served = serve_window(server, name, payloads, args, k)
+            ratio = served["images_per_s"] / engine["images_per_s"] if served["calls"] else math.nan
+            rounds.append({"engine": engine, "served": served, "ratio": ratio})
+            parent, worker = (served.get(f"{x}_cpu_ms_per_image", math.nan) for x in ("parent", "worker"))
+            print(f"[{name}]   round {r + 1}: {served['images_per_s']:.1f} img/s served, ratio {ratio:.3f}; "
+                  f"CPU per image: server parent {parent:.2f} ms, worker {worker:.2f} ms", flush=True)
     finally:
-        exit_code = server.stop()
-    ratio = served["images_per_s"] / engine["images_per_s"] if served["calls"] else math.nan
-    print(f"[{name}]   {served['images_per_s']:.1f} img/s served, ratio {ratio:.3f}; CPU per image: server "
-          f"parent {served.get('parent_cpu_ms_per_image', float('nan')):.2f} ms, worker "
-          f"{served.get('worker_cpu_ms_per_image', float('nan')):.2f} ms", flush=True)
+        exit_code = server.stop() if server is not None else 1
+    # The median round stands for the run (its engine and served figures are that round's).
+    median = sorted(rounds, key=lambda x: x["ratio"])[(len(rounds) - 1) // 2]
+    engine, served, ratio = median["engine"], median["served"], median["ratio"]
     return {"model": name, "input_shape": list(cfg.input_shape), "image_side_sent": side,
             "jpeg_bytes_mean": float(np.mean([len(p) for p in payloads_jpeg])),
             "max_batch_size": args.max_batch_size, "compile": engine["compile_mode"], "engine": engine,
             "served": served, "ratio": ratio, "server_exit_code": exit_code, "workers": args.workers,
-            "concurrency": args.concurrency, "images_per_call": k}
+            "concurrency": args.concurrency, "images_per_call": k,
+            "rounds": [{"engine_img_s": x["engine"]["images_per_s"],
+                        "served_img_s": x["served"]["images_per_s"], "ratio": x["ratio"]} for x in rounds]}
+
+
+def serve_window(server: Any, name: str, payloads: list[bytes], args: argparse.Namespace, k: int
+                 ) -> dict[str, Any]:
+    """One served window (:func:`closed_loop`) with the server's CPU per image over it."""
+    cpu0, count0 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
+    served = closed_loop(server.target, name, payloads, args.concurrency, args.warmup, args.duration, k)
+    cpu1, count1 = server.cpu_seconds(), server.metric("camserve_batch_size_sum", model=name)
+    if count1 > count0:
+        per = 1e3 / (count1 - count0)
+        served["parent_cpu_ms_per_image"] = (cpu1[0] - cpu0[0]) * per  # supervisor + front ends
+        served["worker_cpu_ms_per_image"] = (cpu1[1] - cpu0[1]) * per
+    served["server_mean_batch"] = (server.metric("camserve_batch_size_sum", model=name)
+                                   / max(1.0, server.metric("camserve_batch_size_count", model=name)))
+    return served
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                    "load comes on one connection, so one front end serves it)")
     p.add_argument("--batch-per-call", type=int, default=1,
                    help="images per call: 1 = Explain (the headline), k > 1 = ExplainBatch of k images")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate the engine's and the server's windows this many times; the ratio is "
+                        "the median round's (default 1)")
     p.add_argument("--compile", default="auto", choices=("auto", "graph", "xla"))
     p.add_argument("--images", type=int, default=48, help="distinct images cycled through")
     p.add_argument("--image-size", type=int, default=None,
