@@ -116,14 +116,22 @@ class Step:
     ``images`` (B, H, W, C) uint8 or float32 (see the module docstring); ``targets`` (B, K) int32
     with any K up to ``max_k``: the step takes targets padded to ``max_k`` and the count K as a
     traced scalar, so no K compiles anew. ``methods`` (B,) int32 (``methods.CODES``): each image's
-    raw maps come back and the activations and gradients stay on the device; without it, those
-    tensors come back instead (tests, inspection). The same compiled program serves both.
+    raw maps come back and the gradients never leave the compiled program; without it, the
+    activations and gradients come back instead (tests, inspection).
+
+    Two programs of one step function: ``serving`` returns no gradients, so XLA drops the max_k-deep
+    gradient buffer (max_k x B x h x w x C float32) and its writes altogether; ``inspecting`` returns
+    them, compiled only when first called without ``methods``. Measured on JAX on 2 CPU cores,
+    interleaved, ResNet50 224 at batch 8 (a 102 MB buffer): 822 against 1,015 CPU-ms a call, 538
+    against 638 ms wall; MobileNetV2 96 at batch 16: 369 against 379 CPU-ms.
     """
 
     def __init__(
-        self, compiled: _Compiled, jit_compile: bool, max_k: int, cam_kernel: np.ndarray | None
+        self, serving: _Compiled, inspecting: _Compiled, jit_compile: bool, max_k: int,
+        cam_kernel: np.ndarray | None,
     ) -> None:
-        self._compiled = compiled
+        self._serving = serving
+        self._inspecting = inspecting
         self.jit_compile = jit_compile
         self.any_batch = False  # jit compiles static shapes: the caller pads to its batch buckets
         self.max_k = max_k
@@ -139,10 +147,14 @@ class Step:
             pixels = pixels.astype(jnp.float32)
         k = targets.shape[1]
         padded, codes = step_inputs(targets, methods, self.max_k)
-        probs, scores, classes, maps, acts, grads = self._compiled(
-            pixels, np.bool_(raw), padded, np.int32(k), codes, self._cam_kernel)
-        # Only what is fetched crosses to the host: the maps (K x h x w per image) when serving.
-        wanted = (acts, grads) if methods is None else (maps, acts) if wants_activations(codes) else (maps,)
+        args = (pixels, np.bool_(raw), padded, np.int32(k), codes, self._cam_kernel)
+        if methods is None:
+            probs, scores, classes, _, acts, grads = self._inspecting(*args)
+            wanted: tuple[Any, ...] = (acts, grads)
+        else:
+            probs, scores, classes, maps, acts = self._serving(*args)
+            # Only what is fetched crosses to the host: the maps (K x h x w per image) when serving.
+            wanted = (maps, acts) if wants_activations(codes) else (maps,)
         probs, scores, classes, *tensors = jax.device_get((probs, scores, classes, *wanted))
         out = StepOutput(probabilities=np.asarray(probs), scores=np.asarray(scores)[:, :k],
                          classes=np.asarray(classes)[:, :k])
@@ -155,8 +167,8 @@ class Step:
         return out
 
     def trace_count(self) -> int:
-        """How many times the step was traced: nothing may after warm-up."""
-        return self._compiled.traces
+        """How many times the step was traced (both programs): nothing may after warm-up."""
+        return self._serving.traces + self._inspecting.traces
 
 
 def _with(taps: dict[CallKey, Tap], key: CallKey, tap: Tap) -> dict[CallKey, Tap]:
@@ -247,7 +259,10 @@ def build_step(
         maps = jnp.moveaxis(maps, 0, 1)  # (B, max_k, h, w)
         return probs, scores, classes, maps, acts, grads
 
-    return Step(_Compiled(graph.model, step), jit_compile, max_k, cam_kernel)
+    def serving(*args: Any) -> tuple[Any, ...]:
+        return step(*args)[:5]  # no gradients: see Step
+
+    return Step(_Compiled(graph.model, serving), _Compiled(graph.model, step), jit_compile, max_k, cam_kernel)
 
 
 def build_forward(graph: ModelGraph, *, preprocessing: str, jit_compile: bool) -> Callable[[np.ndarray], Any]:
