@@ -1,11 +1,12 @@
 """The JAX step's CPU time against a plain jitted forward pass, interleaved call by call.
 
-    KERAS_BACKEND=jax python -m bench.engine.jax_step [--size 96] [--batch 16] [--rounds 15]
+    KERAS_BACKEND=jax python -m bench.engine.jax_step [--model MobileNetV2] [--size 96] [--batch 16]
+    KERAS_BACKEND=jax python -m bench.engine.jax_step --model ResNet50 --size 224 --batch 8 --rounds 7
 
-MobileNetV2 (random weights) at ``--size``; prints the median CPU milliseconds of each and their
-ratio. What it was made for: the CAM methods' cost inside the compiled step (README, "GPU": 1.52x a
-forward pass with every method over the max_k-deep gradient buffer, 1.03x with each class's maps
-made in the backward loop).
+A keras.applications ``--model`` (random weights) at ``--size``; prints the median CPU milliseconds of
+each and their ratio. What it was made for: the CAM methods' cost inside the compiled step (README,
+"GPU": 1.52x a forward pass with every method over the max_k-deep gradient buffer, 1.03x with each
+class's maps made in the backward loop), then the serving program without that buffer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.engine.jax_step",
                                      description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="MobileNetV2", help="a keras.applications name")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=15)
@@ -30,7 +32,7 @@ def main() -> None:
     from camserve.engine.backend_jax import build_forward
     from camserve.engine.methods import CODES
 
-    model = keras.applications.MobileNetV2(weights=None, input_shape=(args.size, args.size, 3))
+    model = getattr(keras.applications, args.model)(weights=None, input_shape=(args.size, args.size, 3))
     e = Explainer(model, None, preprocessing="tf", compile_mode="xla", max_batch_size=args.batch,
                   backend="jax")
     forward = build_forward(e.graph, preprocessing="tf", jit_compile=True)
